@@ -1,0 +1,398 @@
+"""One frozen, typed config tree, validated once at the edge.
+
+Every error names the field, the value and what is allowed. Sizes are data (``SIZES``), and the
+parameter / FLOP counts are pure functions of a ``ModelConfig`` so reports and cost estimates need
+no model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, get_type_hints
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def _one_of(name: str, value: Any, allowed: tuple) -> None:
+    _require(value in allowed, f"{name}={value!r} is not allowed (allowed: {', '.join(map(repr, allowed))})")
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _require(value > 0, f"{type(obj).__name__}.{name}={value!r} must be > 0")
+
+
+ATTENTION_BACKENDS = ("auto", "sdpa", "math", "flex", "xformers")
+LOSSES = ("l2", "l1")
+ORDERS = ("raster", "random")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Encoder ViT + projection MLP + predictor ViT + next-block pixel head(s)."""
+
+    img_size: int = 32
+    patch_size: int = 4
+    channels: int = 1
+    width: int = 128
+    depth: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.0
+    proj_hidden: int = 512
+    pred_width: int = 128
+    pred_depth: int = 2
+    pred_num_heads: int = 4
+    head_hidden: int = 512
+    block_size: int = 1
+    next_heads: int = 1
+    loss: str = "l2"
+    order: str = "raster"
+    n_orders: int = 16
+    order_seed: int = 0
+    attention: str = "auto"
+
+    def __post_init__(self) -> None:
+        _positive(self, "img_size", "patch_size", "channels", "width", "depth", "num_heads",
+                  "mlp_ratio", "proj_hidden", "pred_width", "pred_depth", "pred_num_heads",
+                  "head_hidden", "block_size", "next_heads", "n_orders")
+        _require(self.img_size % self.patch_size == 0,
+                 f"model.img_size={self.img_size} is not divisible by model.patch_size={self.patch_size} "
+                 f"(allowed patch sizes: {', '.join(map(str, _divisors(self.img_size)))})")
+        g = self.grid
+        _require(g % self.block_size == 0,
+                 f"model.block_size={self.block_size} does not divide the {g}x{g} patch grid "
+                 f"(allowed: {', '.join(map(str, _divisors(g)))})")
+        _require(self.width % self.num_heads == 0,
+                 f"model.width={self.width} is not divisible by model.num_heads={self.num_heads} "
+                 f"(allowed heads: {', '.join(map(str, _divisors(self.width)))})")
+        _require(self.pred_width % self.pred_num_heads == 0,
+                 f"model.pred_width={self.pred_width} is not divisible by model.pred_num_heads="
+                 f"{self.pred_num_heads} (allowed heads: {', '.join(map(str, _divisors(self.pred_width)))})")
+        _require(0.0 <= self.drop_path < 1.0, f"model.drop_path={self.drop_path} must be in [0, 1)")
+        _require(self.next_heads < self.n_blocks,
+                 f"model.next_heads={self.next_heads} leaves nothing to predict with {self.n_blocks} blocks "
+                 f"(allowed: 1..{self.n_blocks - 1})")
+        _one_of("model.loss", self.loss, LOSSES)
+        _one_of("model.order", self.order, ORDERS)
+        _one_of("model.attention", self.attention, ATTENTION_BACKENDS)
+
+    @property
+    def grid(self) -> int:
+        return self.img_size // self.patch_size
+
+    @property
+    def n_tokens(self) -> int:
+        return self.grid**2
+
+    @property
+    def n_blocks(self) -> int:
+        return (self.grid // self.block_size) ** 2
+
+    @property
+    def block_pixels(self) -> int:
+        """Values predicted per block: a (k*p) x (k*p) crop with all channels."""
+        return (self.block_size * self.patch_size) ** 2 * self.channels
+
+
+DATASETS = ("fashion-mnist", "mnist", "digits", "cifar10", "cifar100", "synthetic")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images, how they are split and augmented. Resolution/channels come from the model."""
+
+    name: str = "fashion-mnist"
+    root: str = ""  # "" = look in $XTRA_DATA then /usr/share/datasets/<name>
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    augment: bool = True
+    crop_scale: tuple[float, float] = (0.3, 1.0)
+    crop_ratio: tuple[float, float] = (0.75, 1.5)
+    hflip: str = "auto"  # auto = flip where the dataset allows it (not digits)
+    limit_train: int = 0  # 0 = all; a cap for quick studies
+    synthetic_size: int = 2048
+
+    def __post_init__(self) -> None:
+        _require(self.name in DATASETS or self.name.startswith("imagefolder:"),
+                 f"data.name={self.name!r} is not a known dataset (allowed: {', '.join(DATASETS)}, imagefolder:PATH)")
+        _require(0.0 < self.val_fraction < 0.5, f"data.val_fraction={self.val_fraction} must be in (0, 0.5)")
+        lo, hi = self.crop_scale
+        _require(0.0 < lo <= hi <= 1.0, f"data.crop_scale={self.crop_scale} must satisfy 0 < lo <= hi <= 1")
+        lo, hi = self.crop_ratio
+        _require(0.0 < lo <= hi, f"data.crop_ratio={self.crop_ratio} must satisfy 0 < lo <= hi")
+        _one_of("data.hflip", self.hflip, ("auto", "on", "off"))
+        _require(self.limit_train >= 0, f"data.limit_train={self.limit_train} must be >= 0 (0 = all)")
+        _require(self.synthetic_size >= 64, f"data.synthetic_size={self.synthetic_size} must be >= 64")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """AdamW, warmup + cosine, budget in samples seen (the paper's sample-efficiency unit)."""
+
+    samples: int = 60_000
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_samples: int = 6_000
+    warmup_start_lr: float = 1e-6
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    accumulate: int = 1
+    checkpoint_every: int = 20_000  # samples; also always at the end
+    log_every: int = 10  # steps
+    device: str = "auto"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        _positive(self, "samples", "batch_size", "lr", "accumulate", "checkpoint_every", "log_every")
+        _require(self.batch_size % self.accumulate == 0,
+                 f"pretrain.batch_size={self.batch_size} is not divisible by pretrain.accumulate={self.accumulate}")
+        _require(0 <= self.warmup_samples <= self.samples,
+                 f"pretrain.warmup_samples={self.warmup_samples} must be in [0, pretrain.samples={self.samples}]")
+        _require(0 <= self.min_lr <= self.lr, f"pretrain.min_lr={self.min_lr} must be in [0, pretrain.lr={self.lr}]")
+        _require(self.weight_decay >= 0, f"pretrain.weight_decay={self.weight_decay} must be >= 0")
+        _require(self.grad_clip >= 0, f"pretrain.grad_clip={self.grad_clip} must be >= 0 (0 = off)")
+        _one_of("pretrain.device", self.device, ("auto", "cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Linear and attentive probes on the frozen encoder; all learning rates train at once."""
+
+    kinds: tuple[str, ...] = ("linear", "attentive")
+    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
+    epochs: int = 10
+    batch_size: int = 256
+    warmup_epochs: int = 1
+    linear_weight_decay: float = 0.0
+    attentive_weight_decay: float = 0.1
+    layers: int = 1  # attentive probe: mean of the last `layers` encoder blocks
+    attentive_queries: int = 1
+    mask: str = "block"  # block = the pretraining mask; none = full attention
+    cache: str = "auto"  # linear probe feature cache: auto | memory | disk | off
+    augment: bool = False
+
+    def __post_init__(self) -> None:
+        _require(len(self.kinds) > 0, "probe.kinds is empty (allowed: linear, attentive)")
+        for kind in self.kinds:
+            _one_of("probe.kinds", kind, ("linear", "attentive"))
+        _require(len(self.lrs) > 0 and all(lr > 0 for lr in self.lrs),
+                 f"probe.lrs={self.lrs} must be a non-empty list of positive learning rates")
+        _positive(self, "epochs", "batch_size", "layers", "attentive_queries")
+        _require(0 <= self.warmup_epochs < self.epochs,
+                 f"probe.warmup_epochs={self.warmup_epochs} must be in [0, probe.epochs={self.epochs})")
+        _one_of("probe.mask", self.mask, ("block", "none"))
+        _one_of("probe.cache", self.cache, ("auto", "memory", "disk", "off"))
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One trial of a study: pretrain, then probe."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.probe.layers <= self.model.depth,
+                 f"probe.layers={self.probe.layers} exceeds model.depth={self.model.depth}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def config_hash(self) -> str:
+        """Identity of a trial: a hash of its resolved config (stable across runs and machines)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizes as data. The paper's sizes follow XTRA (arXiv 2411.15648) Sec. 4 / appendix.
+
+SIZES: dict[str, dict[str, Any]] = {
+    # Tests: a step in well under a second.
+    "tiny": dict(img_size=32, patch_size=8, channels=1, width=32, depth=2, num_heads=2,
+                 proj_hidden=64, pred_width=32, pred_depth=1, pred_num_heads=2, head_hidden=64),
+    # Real CPU experiments on 32x32 inputs (8x8 patch grid: k in 1, 2, 4, 8).
+    "cpu-s": dict(img_size=32, patch_size=4, channels=1, width=96, depth=4, num_heads=3,
+                  proj_hidden=384, pred_width=96, pred_depth=2, pred_num_heads=3, head_hidden=384),
+    "cpu-m": dict(img_size=32, patch_size=4, channels=1, width=192, depth=6, num_heads=6,
+                  proj_hidden=768, pred_width=192, pred_depth=3, pred_num_heads=6, head_hidden=768),
+    # ViT-B/16 at 256 px: projection 4096 -> 384, predictor depth 8 heads 6, pixel head 6144.
+    "vit-b/16": dict(img_size=256, patch_size=16, channels=3, width=768, depth=12, num_heads=12,
+                     proj_hidden=4096, pred_width=384, pred_depth=8, pred_num_heads=6, head_hidden=6144),
+    # ViT-H/14 at 224 px: predictor width 640 heads 8, pixel head 9408.
+    "vit-h/14": dict(img_size=224, patch_size=14, channels=3, width=1280, depth=32, num_heads=16,
+                     proj_hidden=4096, pred_width=640, pred_depth=8, pred_num_heads=8, head_hidden=9408),
+}
+
+
+def model_config(size: str, **overrides: Any) -> ModelConfig:
+    if size not in SIZES:
+        raise ValueError(f"size={size!r} is not known (allowed: {', '.join(SIZES)})")
+    return ModelConfig(**{**SIZES[size], **overrides})
+
+
+# ---------------------------------------------------------------------------------------------
+# Dotted overrides: {"model.block_size": 2, "pretrain.lr": 3e-4, "seed": 1}
+
+
+def _leaf_keys(cls: type, prefix: str = "") -> dict[str, Any]:
+    keys: dict[str, Any] = {}
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys.update(_leaf_keys(hint, f"{prefix}{f.name}."))
+        else:
+            keys[f"{prefix}{f.name}"] = hint
+    return keys
+
+
+def valid_keys(cls: type = TrialConfig) -> list[str]:
+    return sorted(_leaf_keys(cls))
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    """Check a value against a field's annotation; accept ints for floats and lists for tuples."""
+    origin = getattr(hint, "__origin__", None)
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    elif origin is tuple:
+        ok = isinstance(value, (list, tuple))
+        if ok:
+            inner = hint.__args__[0]
+            value = tuple(_coerce(key, inner, v) for v in value)
+    else:  # pragma: no cover - every field is one of the above
+        ok = True
+    if not ok:
+        raise ValueError(f"{key}={value!r} has the wrong type (expected {getattr(hint, '__name__', hint)})")
+    return value
+
+
+def override(cfg: Any, updates: dict[str, Any]) -> Any:
+    """Return a new config with dotted keys replaced; unknown keys are errors listing the valid ones."""
+    leaves = _leaf_keys(type(cfg))
+    nested: dict[str, Any] = {}
+    for key, value in updates.items():
+        if key not in leaves:
+            raise ValueError(f"unknown config key {key!r} (valid keys: {', '.join(sorted(leaves))})")
+        value = _coerce(key, leaves[key], value)
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return _apply(cfg, nested)
+
+
+def _apply(cfg: Any, nested: dict[str, Any]) -> Any:
+    changes = {k: _apply(getattr(cfg, k), v) if isinstance(v, dict) else v for k, v in nested.items()}
+    return replace(cfg, **changes)
+
+
+def from_dict(data: dict[str, Any]) -> TrialConfig:
+    """Inverse of ``TrialConfig.to_dict`` (e.g. a config stored beside a checkpoint)."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[f"{prefix}{k}"] = v
+
+    walk(data, "")
+    return override(TrialConfig(), flat)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure cost model. Matmul FLOPs only (2*m*n*k), like torch's FlopCounterMode; the block-causal
+# mask is applied densely, so attention is counted over all T x T scores.
+
+
+def _block_params(d: int, mlp_ratio: float) -> int:
+    h = int(d * mlp_ratio)
+    attn = d * 3 * d + 3 * d + d * d + d
+    mlp = d * h + h + h * d + d
+    norms = 4 * d
+    return attn + mlp + norms
+
+
+def n_params_encoder(m: ModelConfig) -> int:
+    patch = m.channels * m.patch_size**2 * m.width + m.width
+    pos = m.n_tokens * m.width
+    return patch + pos + m.depth * _block_params(m.width, m.mlp_ratio) + 2 * m.width
+
+
+def n_params(m: ModelConfig) -> int:
+    proj = m.width * m.proj_hidden + m.proj_hidden + m.proj_hidden * m.pred_width + m.pred_width
+    pred = m.n_tokens * m.pred_width + m.pred_depth * _block_params(m.pred_width, m.mlp_ratio) + 2 * m.pred_width
+    k2 = m.block_size**2
+    head_in, head_out = k2 * m.pred_width, m.block_pixels
+    head = head_in * m.head_hidden + m.head_hidden + m.head_hidden * head_out + head_out
+    return n_params_encoder(m) + proj + pred + m.next_heads * head
+
+
+def _block_flops(t: int, d: int, mlp_ratio: float) -> int:
+    h = int(d * mlp_ratio)
+    linear = 2 * t * (d * 3 * d + d * d + d * h + h * d)
+    attention = 2 * 2 * t * t * d  # Q K^T and A V
+    return linear + attention
+
+
+def encoder_flops_forward(m: ModelConfig) -> int:
+    t = m.n_tokens
+    patch = 2 * t * m.channels * m.patch_size**2 * m.width
+    return patch + m.depth * _block_flops(t, m.width, m.mlp_ratio)
+
+
+def flops_forward(m: ModelConfig) -> int:
+    t = m.n_tokens
+    proj = 2 * t * (m.width * m.proj_hidden + m.proj_hidden * m.pred_width)
+    pred = m.pred_depth * _block_flops(t, m.pred_width, m.mlp_ratio)
+    k2 = m.block_size**2
+    # Every head predicts from the blocks that have a target `j + 1` blocks ahead.
+    head = sum(2 * (m.n_blocks - 1 - j) * (k2 * m.pred_width * m.head_hidden + m.head_hidden * m.block_pixels)
+               for j in range(m.next_heads))
+    return encoder_flops_forward(m) + proj + pred + head
+
+
+def flops_per_image(m: ModelConfig) -> int:
+    """Training FLOPs per image (forward + backward). Backward costs 2x forward, except the patch
+    embedding, whose input (the pixels) needs no gradient."""
+    patch = 2 * m.n_tokens * m.channels * m.patch_size**2 * m.width
+    return 3 * flops_forward(m) - patch
+
+
+def describe(m: ModelConfig) -> str:
+    return (f"{n_params(m) / 1e6:.2f}M params ({n_params_encoder(m) / 1e6:.2f}M encoder), "
+            f"{flops_per_image(m) / 1e9:.3f} GFLOP/image, {m.n_blocks} blocks of {m.block_size}x{m.block_size}")
+
+
+def log_spaced(lo: float, hi: float, n: int) -> list[int]:
+    return [int(round(math.exp(math.log(lo) + i * (math.log(hi) - math.log(lo)) / (n - 1)))) for i in range(n)]
