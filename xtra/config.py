@@ -72,9 +72,13 @@ class ModelConfig:
                  f"model.img_size={self.img_size} is not divisible by model.patch_size={self.patch_size} "
                  f"(allowed patch sizes: {', '.join(map(str, _divisors(self.img_size)))})")
         g = self.grid
+        # k = g would make a single block: nothing left to predict.
+        allowed_k = ", ".join(map(str, _divisors(g)[:-1]))
         _require(g % self.block_size == 0,
-                 f"model.block_size={self.block_size} does not divide the {g}x{g} patch grid "
-                 f"(allowed: {', '.join(map(str, _divisors(g)))})")
+                 f"model.block_size={self.block_size} does not divide the {g}x{g} patch grid (allowed: {allowed_k})")
+        _require(self.block_size < g,
+                 f"model.block_size={self.block_size} makes the whole {g}x{g} patch grid one block, "
+                 f"leaving nothing to predict (allowed: {allowed_k})")
         _require(self.width % self.num_heads == 0,
                  f"model.width={self.width} is not divisible by model.num_heads={self.num_heads} "
                  f"(allowed heads: {', '.join(map(str, _divisors(self.width)))})")

@@ -1,0 +1,108 @@
+"""Unit level: the model's contracts (causality through gradients, gradients everywhere, cost model)."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from xtra.config import flops_per_image, model_config, n_params, n_params_encoder
+from xtra.model import XTRA, block_crops, block_orders
+
+
+def _tiny(**kw):
+    return model_config("tiny", **kw)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("order", ["raster", "random"])
+def test_prediction_i_sees_blocks_up_to_i_only(k, order):
+    """predict(x)[:, i] has zero gradient w.r.t. every pixel of later blocks, non-zero w.r.t. block i."""
+    cfg = model_config("tiny", patch_size=4, block_size=k, order=order, n_orders=4)  # 8x8 grid
+    torch.manual_seed(0)
+    model = XTRA(cfg).eval()
+    order_index = 2 if order == "random" else 0
+    seq = block_orders(cfg.n_blocks, cfg.n_orders, cfg.order_seed)[order_index] if order == "random" \
+        else torch.arange(cfg.n_blocks)
+    x = torch.randn(1, 1, 32, 32, requires_grad=True)
+    pred = model.predict(x, order_index)
+    assert pred.shape == (1, cfg.n_blocks - 1, cfg.block_pixels)
+    for i in range(cfg.n_blocks - 1):
+        (grad,) = torch.autograd.grad(pred[:, i].sum(), x, retain_graph=True)
+        per_block = block_crops(grad, cfg).abs().sum(-1)[0]  # (n_blocks,) in raster block order
+        seen = set(seq[: i + 1].tolist())
+        for b in range(cfg.n_blocks):
+            if b in seen:
+                continue
+            assert per_block[b] == 0, f"prediction {i} leaks block {b}"
+        assert per_block[int(seq[i])] > 0, f"prediction {i} ignores its own block"
+
+
+@pytest.mark.parametrize("overrides", [{}, {"block_size": 2, "next_heads": 2, "loss": "l1"}, {"order": "random"}])
+def test_every_parameter_gets_a_gradient(overrides):
+    cfg = _tiny(drop_path=0.1, **overrides)
+    torch.manual_seed(0)
+    model = XTRA(cfg)
+    model(torch.randn(4, 1, 32, 32)).backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing
+
+
+def test_targets_are_next_blocks_normalized():
+    cfg = _tiny(block_size=2)
+    model = XTRA(cfg)
+    x = torch.randn(3, 1, 32, 32)
+    t = model.targets(x)
+    assert t.shape == (3, cfg.n_blocks, cfg.block_pixels)
+    torch.testing.assert_close(t.mean(-1), torch.zeros(3, cfg.n_blocks), atol=1e-5, rtol=0)
+    torch.testing.assert_close(t.std(-1, unbiased=False), torch.ones(3, cfg.n_blocks), atol=1e-3, rtol=0)
+    # Block 1 (raster) is the top-right 16x16 crop of the 32x32 image.
+    crop = x[:, :, :16, 16:].permute(0, 2, 3, 1).reshape(3, -1)
+    torch.testing.assert_close(block_crops(x, cfg)[:, 1], crop)
+
+
+@pytest.mark.parametrize("size,k", [("tiny", 1), ("tiny", 2), ("cpu-s", 2), ("cpu-s", 4)])
+def test_param_count_matches_built_model(size, k):
+    cfg = model_config(size, block_size=k, next_heads=2)
+    model = XTRA(cfg)
+    assert sum(p.numel() for p in model.parameters()) == n_params(cfg)
+    assert sum(p.numel() for p in model.encoder.parameters()) == n_params_encoder(cfg)
+
+
+def test_paper_sizes():
+    assert 85e6 < n_params_encoder(model_config("vit-b/16")) < 87e6  # "ViT-B/16 with 85M params"
+    assert 620e6 < n_params_encoder(model_config("vit-h/14")) < 650e6
+
+
+@pytest.mark.parametrize("size,k,heads", [("tiny", 1, 1), ("cpu-s", 2, 2), ("cpu-s", 4, 1)])
+def test_flops_match_flop_counter(size, k, heads):
+    cfg = model_config(size, block_size=k, next_heads=heads, attention="math")
+    model = XTRA(cfg)
+    x = torch.randn(2, 1, 32, 32)
+    with FlopCounterMode(display=False) as counter:
+        model(x).backward()
+    measured = counter.get_total_flops() / 2
+    assert measured == pytest.approx(flops_per_image(cfg), rel=0.02)
+
+
+def test_features_stop_at_deepest_layer_and_validate():
+    cfg = model_config("cpu-s")
+    model = XTRA(cfg).eval()
+    x = torch.randn(2, 1, 32, 32)
+    feats = model.encoder.features(x, layers=(2, -1))
+    assert [f.shape for f in feats] == [(2, 64, cfg.width)] * 2
+    with FlopCounterMode(display=False) as shallow:
+        model.encoder.features(x, layers=(1,))
+    with FlopCounterMode(display=False) as deep:
+        model.encoder.features(x, layers=(-1,))
+    assert shallow.get_total_flops() < deep.get_total_flops() / 2
+    with pytest.raises(ValueError, match="out of range"):
+        model.encoder.features(x, layers=(9,))
+
+
+def test_same_seed_same_model_and_loss():
+    cfg = _tiny(block_size=2)
+    x = torch.randn(4, 1, 32, 32)
+    losses = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        losses.append(XTRA(cfg)(x).item())
+    assert losses[0] == losses[1]
