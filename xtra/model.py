@@ -223,7 +223,8 @@ class XTRA(nn.Module):
         """The training loss: mean over heads of the per-element error against the normalized next block(s)."""
         target = self.targets(images, order_index)  # (B, nb, P)
         error = F.mse_loss if self.cfg.loss == "l2" else F.l1_loss
-        losses = [error(pred.float(), target[:, 1 + j:]) for j, pred in enumerate(self._predict_all(images, order_index))]
+        predictions = self._predict_all(images, order_index)
+        losses = [error(pred.float(), target[:, 1 + j:]) for j, pred in enumerate(predictions)]
         return torch.stack(losses).mean()
 
 

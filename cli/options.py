@@ -1,0 +1,52 @@
+"""Shared CLI pieces: `--set key=value` parsing, common option aliases, and one-line user errors."""
+
+from __future__ import annotations
+
+import contextlib
+import tomllib
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+err_console = Console(stderr=True)
+
+Sets = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key: KEY=VALUE, VALUE a TOML literal (e.g. model.block_size=2, "
+                               "probe.lrs=[1e-3,3e-3]); repeatable."),
+]
+Seed = Annotated[int, typer.Option(help="Seed: same seed, same result on CPU.")]
+
+
+def parse_value(text: str) -> Any:
+    """A TOML literal (numbers, booleans, lists, quoted strings); anything else is a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r} is not KEY=VALUE (e.g. --set model.block_size=2)")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Bad input (ValueError and its kin: configs, datasets, checkpoints) -> one red line, exit 2."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err).splitlines()[0] if str(err) else type(err).__name__)

@@ -1,0 +1,59 @@
+"""CLI level: `xtra` through Typer's CliRunner, real data, bad input as one line before any work."""
+
+import json
+
+from typer.testing import CliRunner
+
+from cli.main import app
+from cli.options import parse_sets
+
+runner = CliRunner()
+
+
+def test_help_everywhere():
+    for args in (["--help"], ["pretrain", "--help"], ["info", "--help"], ["data", "--help"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "Usage" in result.output
+
+
+def test_pretrain_then_resume(tmp_path):
+    out = tmp_path / "run"
+    args = ["pretrain", "--size", "tiny", "--block-size", "2", "--samples", "512", "--out", str(out),
+            "--set", "data.limit_train=2000", "--set", "pretrain.batch_size=64"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "checkpoint" in result.output and (out / "checkpoint.pt").exists()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["samples_seen"] == 512
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--resume" in again.output
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+
+
+def test_bad_input_is_one_line_before_any_work(tmp_path):
+    cases = [
+        (["--block-size", "3"], "block_size=3 does not divide the 8x8 patch grid"),
+        (["--size", "huge"], "--size 'huge' is not known"),
+        (["--set", "model.blocksize=2"], "unknown config key 'model.blocksize'"),
+        (["--set", "pretrain.lr"], "is not KEY=VALUE"),
+        (["--data", "imagefolder:/nonexistent/x"], "/nonexistent/x"),
+    ]
+    for extra, message in cases:
+        out = tmp_path / "bad"
+        result = runner.invoke(app, ["pretrain", "--size", "cpu-s", "--out", str(out), *extra])
+        assert result.exit_code == 2, (extra, result.output)
+        assert message in result.output, (extra, result.output)
+        assert not out.exists()
+
+
+def test_set_values_are_toml_literals():
+    assert parse_sets(["a=2", "b=[1e-3, 3e-3]", "c=true", "d=fashion-mnist", "e='x y'"]) == {
+        "a": 2, "b": [1e-3, 3e-3], "c": True, "d": "fashion-mnist", "e": "x y"}
+
+
+def test_info_lists_backends():
+    result = runner.invoke(app, ["info"])
+    assert result.exit_code == 0
+    assert "sdpa" in result.output and "xformers" in result.output

@@ -1,0 +1,108 @@
+"""`run_trial`: pretrain, then probe, in one resumable run directory.
+
+The same function runs from the CLI, from Ray Tune (studies.runner) and from tests. A trial's
+directory holds `config.json`, `checkpoint.pt`, `metrics.jsonl`, `probe.json`, `log.txt` and, once
+finished, `trial.json` (its result row). Calling it again on a finished directory returns the stored
+row; on an interrupted one it resumes from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from xtra.checkpoint import atomic_write_json
+from xtra.config import TrialConfig, flops_per_image, n_params, n_params_encoder
+from xtra.pretrain import Faults, pretrain
+
+TRIAL_JSON = "trial.json"
+PROBE_JSON = "probe.json"
+
+
+def _fault_at(cfg: TrialConfig, variable: str) -> int | None:
+    """Parse `KEY=VALUE@SAMPLES` from the environment; applies when the trial's config matches."""
+    spec = os.environ.get(variable, "").strip()
+    if not spec:
+        return None
+    match, _, at = spec.rpartition("@")
+    key, _, value = match.partition("=")
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part, None)
+    return int(at) if str(node) == value.strip() else None
+
+
+def result_row(cfg: TrialConfig) -> dict[str, Any]:
+    """The static part of a result row (knowable before any compute)."""
+    m = cfg.model
+    return {"config_hash": cfg.config_hash(), "seed": cfg.seed, "block_size": m.block_size, "width": m.width,
+            "depth": m.depth, "n_params": n_params(m), "n_params_encoder": n_params_encoder(m),
+            "flops_per_image": flops_per_image(m)}
+
+
+def read_finished(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / TRIAL_JSON
+    if not path.exists():
+        return None
+    try:
+        row = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return row if row.get("status") == "finished" else None
+
+
+def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | None = None,
+              progress: bool = False) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (done := read_finished(run_dir)) is not None:
+        return done
+    report = report or (lambda event: None)
+    atomic_write_json(run_dir / "config.json", cfg.to_dict())
+    log_file = open(run_dir / "log.txt", "a")  # noqa: SIM115 - closed below
+
+    def log(msg: str) -> None:
+        log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+        log_file.flush()
+
+    t0 = time.perf_counter()
+    try:
+        log(f"trial {cfg.config_hash()} start (pid {os.getpid()})")
+        faults = Faults(nan_at_samples=_fault_at(cfg, "XTRA_FAULT_NAN"),
+                        crash_once_at_samples=_fault_at(cfg, "XTRA_FAULT_CRASH_ONCE"))
+        trained = pretrain(cfg.model, cfg.data, cfg.pretrain, run_dir, seed=cfg.seed, report=report,
+                           progress=progress, faults=faults, log=log)
+        log(f"pretrain done: {trained['samples_seen']} samples, loss {trained['train_loss']:.4f}, "
+            f"val loss {trained['val_loss']:.4f}")
+        probed = _probe(cfg, run_dir, progress)
+        report({"kind": "probe", **{f"{k}_top1": v.get("test_top1") for k, v in probed.items()}})
+        row = {**result_row(cfg), "status": "finished", "error": None,
+               "samples_seen": trained["samples_seen"], "train_loss": trained["train_loss"],
+               "val_loss": trained["val_loss"], "images_per_s": trained["images_per_s"],
+               "pretrain_wall_s": trained["wall_s"], "wall_s": trained["wall_s"] + time.perf_counter() - t0,
+               "attention_backend": trained["attention_backend"], "device": trained["device"]}
+        for kind in ("linear", "attentive"):
+            row[f"{kind}_top1"] = probed.get(kind, {}).get("test_top1")
+            row[f"{kind}_best_lr"] = probed.get(kind, {}).get("best_lr")
+            row[f"{kind}_val_top1"] = probed.get(kind, {}).get("best_val_top1")
+        atomic_write_json(run_dir / TRIAL_JSON, row)
+        log(f"trial finished: linear {row['linear_top1']}, attentive {row['attentive_top1']}")
+        return row
+    except BaseException as err:
+        log(f"trial failed: {type(err).__name__}: {err}")
+        raise
+    finally:
+        log_file.close()
+
+
+def _probe(cfg: TrialConfig, run_dir: Path, progress: bool) -> dict[str, Any]:
+    from xtra.probe import probe_run
+
+    path = run_dir / PROBE_JSON
+    if path.exists():
+        return json.loads(path.read_text())
+    return probe_run(run_dir, cfg.data, cfg.probe, seed=cfg.seed, progress=progress)
