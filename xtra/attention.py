@@ -92,6 +92,8 @@ def attend_flex(q, k, v, block_tokens: int | None):
     if q.device.type == "cpu" and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
         raise RuntimeError("attention backend 'flex' has no backward on CPU (forward only): "
                            "train with model.attention=sdpa, or use flex on a GPU")
+    if q.device.type == "cpu":  # inference only: torch refuses inputs that require grad even under no_grad
+        q, k, v = q.detach(), k.detach(), v.detach()
     mask = None if block_tokens is None else _flex_block_mask(q.shape[-2], block_tokens, str(q.device))
     fn = _compiled_flex() if q.device.type == "cuda" else flex_attention
     return fn(q, k, v, block_mask=mask)
