@@ -11,3 +11,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+from cli import data as _data  # noqa: E402
+from cli.pretrain import info_cmd, pretrain_cmd  # noqa: E402
+
+app.command("pretrain")(pretrain_cmd)
+app.command("info")(info_cmd)
+app.add_typer(_data.app, name="data")
