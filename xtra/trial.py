@@ -8,6 +8,7 @@ row; on an interrupted one it resumes from the checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -103,6 +104,9 @@ def _probe(cfg: TrialConfig, run_dir: Path, progress: bool) -> dict[str, Any]:
     from xtra.probe import probe_run
 
     path = run_dir / PROBE_JSON
-    if path.exists():
-        return json.loads(path.read_text())
-    return probe_run(run_dir, cfg.data, cfg.probe, seed=cfg.seed, progress=progress)
+    if path.exists():  # reuse only a probe made with this probe config
+        stored = json.loads(path.read_text())
+        if stored.get("meta", {}).get("probe") == json.loads(json.dumps(dataclasses.asdict(cfg.probe))):
+            return {k: v for k, v in stored.items() if k != "meta"}
+    probed = probe_run(run_dir, cfg.data, cfg.probe, seed=cfg.seed, progress=progress)
+    return {k: v for k, v in probed.items() if k != "meta"}

@@ -1,0 +1,97 @@
+"""`xtra probe RUN_DIR`: linear / attentive probes of a pretrained run's frozen encoder.
+
+A plain Typer command function; the root wires it with ``app.command("probe")(probe_cmd)``.
+Bad input is one red line and exit code 2, before any compute.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+KINDS = {"linear": ("linear",), "attentive": ("attentive",), "both": ("linear", "attentive")}
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(2)
+
+
+def _parse_lrs(text: str) -> tuple[float, ...]:
+    try:
+        lrs = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--lrs={text!r} is not a comma-separated list of numbers (e.g. 1e-4,3e-4,1e-3)") from None
+    if not lrs:
+        raise ValueError(f"--lrs={text!r} is empty (e.g. 1e-4,3e-4,1e-3)")
+    return lrs
+
+
+def probe_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory holding checkpoint.pt (from `xtra pretrain`).")],
+    data: Annotated[str | None, typer.Option("--data", help="Dataset to probe on (default: the run's own; "
+                                                            "split settings stay the run's).")] = None,
+    kind: Annotated[str, typer.Option("--kind", help="linear | attentive | both.")] = "both",
+    lrs: Annotated[str, typer.Option("--lrs", help="Learning rates, all trained at once.")] = "1e-4,3e-4,1e-3,3e-3",
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs over the train split.")] = 10,
+    warmup_epochs: Annotated[int, typer.Option("--warmup-epochs", help="Linear warmup before the cosine.")] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 256,
+    layers: Annotated[int, typer.Option("--layers", help="Attentive probe: mean of the last N blocks.")] = 1,
+    mask: Annotated[str, typer.Option("--mask", help="block (pretraining mask) | none (full attention).")] = "block",
+    cache: Annotated[str, typer.Option("--cache", help="Feature cache: auto | memory | disk | off.")] = "auto",
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Augment probe training batches.")] = False,
+    random_init: Annotated[bool, typer.Option("--random-init", help="Probe an untrained encoder of the same "
+                                                                    "config (writes probe-random.json).")] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Probe the frozen encoder of RUN_DIR; the lr is chosen on val, test top-1 reported for it only."""
+    from xtra.config import DataConfig, ProbeConfig
+    from xtra.probe import probe_run
+
+    try:
+        if kind not in KINDS:
+            raise ValueError(f"--kind={kind!r} is not allowed (allowed: {', '.join(KINDS)})")
+        cfg = ProbeConfig(kinds=KINDS[kind], lrs=_parse_lrs(lrs), epochs=epochs, warmup_epochs=warmup_epochs,
+                          batch_size=batch_size, layers=layers, mask=mask, cache=cache, augment=augment)
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"--device={device!r} is not allowed (allowed: auto, cpu, cuda)")
+        if data is not None:
+            DataConfig(name=data)  # validate the name now; probe_run applies it to the run's data config
+    except ValueError as err:  # CheckpointError and DatasetNotFound are ValueErrors too
+        raise _fail(str(err)) from None
+
+    from rich.console import Console
+
+    console = Console()
+    try:
+        result = probe_run(run_dir, cfg=cfg, seed=seed, random_init=random_init, data_name=data, device=device,
+                           progress=progress, log=lambda msg: console.print(msg, highlight=False, markup=False))
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    _print_table(console, result)
+
+
+def _print_table(console, result: dict) -> None:
+    from rich.table import Table
+
+    meta = result["meta"]
+    title = (f"{'random-init' if meta['random_init'] else 'pretrained'} encoder, {meta['data']} "
+             f"({meta['n_train']} train / {meta['n_val']} val / {meta['n_test']} test), "
+             f"{meta['probe']['epochs']} epochs")
+    table = Table(title=title)
+    for column in ("kind", "lr", "val top-1", "chosen", "test top-1"):
+        table.add_column(column, justify="left" if column in ("kind", "chosen") else "right")
+    for kind in ("linear", "attentive"):
+        if kind not in result:
+            continue
+        entry = result[kind]
+        for lr, acc in entry["val_top1"].items():
+            chosen = lr == entry["best_lr"]
+            table.add_row(kind, f"{lr:g}", f"{100 * acc:.2f}%", "*" if chosen else "",
+                          f"{100 * entry['test_top1']:.2f}%" if chosen else "")
+    console.print(table)
+    console.print(f"wrote {meta['path']}", highlight=False, markup=False)

@@ -1,0 +1,279 @@
+"""Probes: real learning on Fashion-MNIST, N lrs at once == each lr alone, honest selection, caches
+agree, clear errors before compute, and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from cli.probe import probe_cmd
+from xtra.checkpoint import CheckpointError, load_checkpoint
+from xtra.config import DataConfig, PretrainConfig, ProbeConfig, model_config
+from xtra.data import Split, load_dataset
+from xtra.pretrain import pretrain
+from xtra.probe import (
+    MEMORY_CACHE_BYTES,
+    _Source,
+    bench_probe,
+    cache_mode,
+    evaluate,
+    load_encoder,
+    lr_factor,
+    probe,
+    probe_run,
+    random_encoder,
+    run_configs,
+    train_probe,
+)
+
+DATA = DataConfig(name="fashion-mnist", limit_train=4000)
+# The default lrs (1e-4..3e-3) suit large encoders and long probes; the tiny encoder in a few epochs
+# needs larger ones.
+FAST = ProbeConfig(kinds=("linear",), lrs=(1e-2, 3e-2, 1e-1), epochs=4, warmup_epochs=1, batch_size=128)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Everything here is tiny ops, where a second intra-op thread only adds waiting (badly so on a
+    shared machine); results are compared within one thread setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A briefly pretrained `tiny` XTRA on real Fashion-MNIST (shared by the module)."""
+    path = tmp_path_factory.mktemp("run")
+    pretrain(model_config("tiny"), DATA, PretrainConfig(samples=2048, batch_size=128, warmup_samples=256,
+                                                         checkpoint_every=2048), run_dir=path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def encoder(run_dir):
+    state = load_checkpoint(run_dir)
+    model_cfg, _, _ = run_configs(state, run_dir)
+    return load_encoder(state, model_cfg, run_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def small(encoder):
+    """A small slice of the run's dataset: 1024 train, 512 val, 1024 test images."""
+    ds = load_dataset(DATA, 32, 1)
+    cut = lambda split, n: Split(split.images[:n], split.labels[:n])  # noqa: E731
+    return dataclasses.replace(ds, train=cut(ds.train, 1024), val=cut(ds.val, 512), test=cut(ds.test, 1024))
+
+
+def _state(head) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in head.state_dict().items()}
+
+
+def _without_meta(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "meta"}
+
+
+def test_lr_factor_warms_up_then_decays_to_zero():
+    total, warmup = 100, 10
+    f = [lr_factor(s, total, warmup) for s in range(total)]
+    assert f[0] == pytest.approx(0.1) and f[9] == 1.0 and f[10] == 1.0
+    assert all(a < b for a, b in zip(f[:10], f[1:10]))
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert f[55] == pytest.approx(0.5) and 0 < f[-1] < 1e-3
+    assert lr_factor(0, 10, 0) == 1.0
+
+
+def test_linear_probe_learns_fashion_mnist_and_is_deterministic(run_dir):
+    first = probe_run(run_dir, cfg=FAST, seed=0)
+    linear = first["linear"]
+    assert linear["test_top1"] > 0.5, linear  # chance is 0.1
+    assert linear["epochs"] == FAST.epochs and linear["cache"] == "memory"
+    meta = first["meta"]
+    assert (meta["data"], meta["n_train"], meta["n_val"], meta["n_test"]) == ("fashion-mnist", 4000, 6000, 10000)
+    on_disk = json.loads((run_dir / "probe.json").read_text())
+    assert on_disk["linear"]["test_top1"] == linear["test_top1"]
+    assert on_disk["linear"]["val_top1"] == {str(lr): acc for lr, acc in linear["val_top1"].items()}
+    # Same seed, same numbers; the per-epoch val evaluation of the progress bar changes nothing.
+    again = probe_run(run_dir, cfg=FAST, seed=0, progress=True)
+    assert _without_meta(again) == _without_meta(first)
+
+
+def test_probe_depends_on_the_seed_only(encoder, small):
+    cfg = dataclasses.replace(FAST, kinds=("linear", "attentive"), epochs=2)
+    first = probe(encoder, small, cfg, seed=0)
+    assert probe(encoder, small, cfg, seed=0) == first
+    assert probe(encoder, small, cfg, seed=1) != first
+
+
+def test_random_init_probe_writes_its_own_file(run_dir):
+    trained = json.loads((run_dir / "probe.json").read_text()) if (run_dir / "probe.json").exists() else None
+    floor = probe_run(run_dir, cfg=FAST, seed=0, random_init=True)
+    assert (run_dir / "probe-random.json").exists() and floor["meta"]["random_init"] is True
+    if trained is not None:  # probe.json is left alone
+        assert json.loads((run_dir / "probe.json").read_text()) == trained
+    state = load_checkpoint(run_dir)
+    model_cfg, _, run_seed = run_configs(state, run_dir)
+    rand, pre = random_encoder(model_cfg, run_seed), load_encoder(state, model_cfg, run_dir)
+    assert not torch.equal(rand.blocks[0].attn.qkv.weight, pre.blocks[0].attn.qkv.weight)
+    assert torch.equal(random_encoder(model_cfg, run_seed).pos, rand.pos)  # seeded
+
+
+@pytest.mark.parametrize("kind,cache,augment", [
+    ("linear", "memory", False),
+    ("linear", "off", False),
+    ("linear", "off", True),
+    ("attentive", "off", False),
+    ("attentive", "memory", False),
+])
+def test_heads_trained_together_are_bitwise_the_heads_trained_alone(encoder, small, kind, cache, augment):
+    cfg = ProbeConfig(kinds=(kind,), lrs=(1e-3, 1e-2, 1e-1), epochs=2, warmup_epochs=1, batch_size=128,
+                      cache=cache, augment=augment, layers=2 if kind == "attentive" else 1)
+    together, info = train_probe(kind, encoder, small, cfg, seed=3)
+    assert info["cache"] == ("off" if augment else cache)
+    states = [_state(h) for h in together]
+    assert not torch.equal(states[0]["fc.weight"], states[2]["fc.weight"])  # the lrs really differ
+    for i, lr in enumerate(cfg.lrs):
+        (alone,), _ = train_probe(kind, encoder, small, dataclasses.replace(cfg, lrs=(lr,)), seed=3)
+        alone_state = _state(alone)
+        assert alone_state.keys() == states[i].keys()
+        for key, value in alone_state.items():
+            assert torch.equal(value, states[i][key]), f"{kind} head for lr={lr}: {key} differs"
+
+
+def test_cache_in_memory_on_disk_and_off_give_the_same_linear_probe(encoder, small, tmp_path):
+    results = {}
+    for cache in ("memory", "disk", "off"):
+        cfg = dataclasses.replace(FAST, epochs=2, cache=cache)
+        heads, info = train_probe("linear", encoder, small, cfg, seed=0, cache_dir=tmp_path / "cache")
+        assert info["cache"] == cache
+        results[cache] = ([_state(h) for h in heads], info)
+    assert list((tmp_path / "cache").iterdir()) == []  # the disk scratch is removed
+    ref_states, ref_info = results["memory"]
+    for cache in ("disk", "off"):
+        states, info = results[cache]
+        assert info["val_top1"] == ref_info["val_top1"] and info["best_lr"] == ref_info["best_lr"]
+        for ref, got in zip(ref_states, states):
+            for key in ref:
+                torch.testing.assert_close(got[key], ref[key], rtol=0, atol=1e-6)
+
+
+def test_disk_cache_round_trips_rows_in_batch_order(encoder, small, tmp_path):
+    cfg = dataclasses.replace(FAST, cache="disk")
+    disk = _Source(encoder, small.val.images, "linear", cfg, torch.device("cpu"), "disk", tmp_path, "val")
+    mem = _Source(encoder, small.val.images, "linear", cfg, torch.device("cpu"), "memory", None, "val")
+    idx = torch.tensor([7, 3, 500, 0, 3])
+    assert (tmp_path / "linear-val.npy").exists()
+    torch.testing.assert_close(disk.batch(idx), mem.batch(idx), rtol=0, atol=0)
+
+
+def test_cache_mode_auto():
+    tiny, big = model_config("tiny"), model_config("vit-h/14")
+    auto = ProbeConfig()
+    assert cache_mode("linear", auto, 10_000, tiny) == "memory"
+    assert cache_mode("attentive", auto, 10_000, tiny) == "memory"
+    n = MEMORY_CACHE_BYTES // (4 * big.width) + 1
+    assert cache_mode("linear", auto, n, big) == "disk"
+    assert cache_mode("attentive", auto, n, big) == "off"
+    assert cache_mode("linear", dataclasses.replace(auto, augment=True), 10, tiny) == "off"
+    assert cache_mode("linear", dataclasses.replace(auto, cache="off"), 10, tiny) == "off"
+
+
+def test_lr_is_chosen_on_val_and_only_that_head_is_tested(encoder, small):
+    """Relabel val with the predictions of the smallest-lr head: that head scores 100% on val and must
+    be chosen, although it is the worst on test. Training never sees val, so probe() retrains it bitwise."""
+    cfg = dataclasses.replace(FAST, lrs=(1e-4, 1e-1), epochs=2)
+    heads, _ = train_probe("linear", encoder, small, cfg, seed=0)
+    val_src = _Source(encoder, small.val.images, "linear", cfg, torch.device("cpu"), "memory", None, "val")
+    test_src = _Source(encoder, small.test.images, "linear", cfg, torch.device("cpu"), "memory", None, "test")
+    with torch.no_grad():
+        heads[0].eval()
+        rigged = heads[0](val_src.cache).argmax(dim=-1)
+    test_acc = evaluate(heads, test_src, small.test.labels, 256)
+    assert test_acc[1] > test_acc[0]  # the test split would pick the other lr
+    rigged_ds = dataclasses.replace(small, val=Split(small.val.images, rigged))
+    result = probe(encoder, rigged_ds, cfg, seed=0)["linear"]
+    val = result["val_top1"]
+    assert list(val) == list(cfg.lrs) and val[1e-4] == 1.0 and val[1e-1] < 1.0
+    assert result["best_lr"] == max(val, key=val.get) == 1e-4 and result["best_val_top1"] == 1.0
+    assert result["test_top1"] == test_acc[0]  # a single number, for the chosen head only
+
+
+def test_probe_run_rejects_bad_input_before_compute(run_dir, tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint") as err:
+        probe_run(tmp_path / "empty", cfg=FAST)
+    assert "\n" not in str(err.value)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(run_dir / "checkpoint.pt", run / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"different model config.*model\.width \(checkpoint 32, expected 64\)"):
+        probe_run(run, cfg=FAST, expect_model=model_config("tiny", width=64))
+    rgb = load_dataset(dataclasses.replace(DATA, limit_train=512), 32, 3)
+    with pytest.raises(ValueError, match="3-channel 32x32 but the encoder takes 1-channel 32x32") as err:
+        probe_run(run, cfg=FAST, dataset=rgb)
+    assert "\n" not in str(err.value)
+    small_res = load_dataset(dataclasses.replace(DATA, limit_train=512), 28, 1)
+    with pytest.raises(ValueError, match="1-channel 28x28"):
+        probe_run(run, cfg=FAST, dataset=small_res)
+    with pytest.raises(ValueError, match=r"probe.layers=3 exceeds model.depth=2"):
+        probe_run(run, cfg=dataclasses.replace(FAST, layers=3))
+    with pytest.raises(ValueError, match="dataset 'mnist' not found"):
+        probe_run(run, DataConfig(name="mnist", root=str(tmp_path / "nowhere")), cfg=FAST)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]  # nothing was written
+
+
+def _cli() -> typer.Typer:
+    app = typer.Typer()
+    app.callback()(lambda: None)  # a group, so the command is invoked by name as in `xtra probe`
+    app.command("probe")(probe_cmd)
+    return app
+
+
+def test_cli_probe_prints_table_and_writes_json(run_dir):
+    result = CliRunner().invoke(_cli(), ["probe", str(run_dir), "--kind", "linear", "--epochs", "2",
+                                         "--lrs", "1e-2,1e-1", "--batch-size", "128", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "val top-1" in result.output and "test top-1" in result.output
+    assert str(run_dir / "probe.json") in result.output.replace("\n", "")
+    written = json.loads((run_dir / "probe.json").read_text())
+    assert set(written["linear"]["val_top1"]) == {"0.01", "0.1"}
+    assert written["meta"]["probe"]["epochs"] == 2 and "attentive" not in written
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--kind", "nonlinear"], "--kind='nonlinear' is not allowed"),
+    (["--lrs", "1e-3,fast"], "is not a comma-separated list of numbers"),
+    (["--epochs", "0"], "ProbeConfig.epochs=0 must be > 0"),
+    (["--mask", "causal"], "probe.mask='causal' is not allowed"),
+    (["--layers", "3"], "probe.layers=3 exceeds model.depth=2"),
+    (["--data", "cifar11"], "data.name='cifar11' is not a known dataset"),
+    (["--data", "imagefolder:/nonexistent/xtra"], "not found"),
+])
+def test_cli_bad_input_is_one_red_line_and_exit_2(run_dir, args, message):
+    result = CliRunner().invoke(_cli(), ["probe", str(run_dir), "--no-progress", *args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_cli_missing_checkpoint(tmp_path):
+    result = CliRunner().invoke(_cli(), ["probe", str(tmp_path)])
+    assert result.exit_code == 2 and "no checkpoint here" in result.stderr
+
+
+def test_bench_probe_reports_timings_and_ratios(encoder, small):
+    out = bench_probe(encoder, small, n_lrs=2, epochs=1, batch_size=128, device="cpu", repeats=1)
+    for key in ("linear", "attentive"):
+        assert out[key]["one_lr_s"] > 0 and out[key]["2_lrs_s"] > 0
+        assert math.isclose(out[key]["ratio"], out[key]["2_lrs_s"] / out[key]["one_lr_s"])
+    assert out["linear_cache"]["ratio"] == out["linear_cache"]["uncached_s"] / out["linear_cache"]["cached_s"]
+    assert not encoder.training

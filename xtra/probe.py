@@ -1,0 +1,616 @@
+"""Probes on the frozen encoder: linear (official XTRA protocol) and attentive (AIM protocol).
+
+All learning rates train at once: one encoder forward per batch feeds N independent heads, one per
+learning rate, each with its own optimizer and schedule. The heads are a plain list of modules with
+an optimizer each, and every head starts from the same seeded initial state, so a head trained
+together with others is bitwise the head trained alone (tested). Randomness (initialization,
+shuffling, augmentation) depends only on ``(seed, kind)`` and the epoch / step, never on the
+number of heads.
+
+Without augmentation the head inputs (the pooled last-layer features for the linear probe, the
+token features for the attentive probe when they are small) are computed once and cached, in
+memory or in a scratch ``np.memmap`` on disk; every epoch then trains on the cache.
+
+Model selection is honest: the learning rate is chosen on ``dataset.val`` (carved from the training
+set by the data module) and the test top-1 is reported for that one head only.
+
+Only torch and numpy are imported at module level (rich and the data module are imported where used).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import shutil
+import tempfile
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from xtra.checkpoint import CHECKPOINT, CheckpointError, atomic_write_json, load_checkpoint
+from xtra.config import DataConfig, ModelConfig, ProbeConfig, override
+from xtra.model import XTRA, Encoder
+
+PROBE_JSON = "probe.json"
+PROBE_RANDOM_JSON = "probe-random.json"
+MEMORY_CACHE_BYTES = 1 << 30  # auto: cache train+val+test head inputs in memory up to 1 GiB, else disk (linear)
+BN_EPS = 1e-6
+
+Log = Callable[[str], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Heads
+
+
+class LinearHead(nn.Module):
+    """Average-pooled last-layer tokens -> BatchNorm1d(affine=False) -> Linear."""
+
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=BN_EPS)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def reset(self, gen: torch.Generator) -> None:
+        with torch.no_grad():
+            self.fc.weight.copy_(_trunc_normal(self.fc.weight.shape, 0.01, gen))
+            self.fc.bias.zero_()
+
+    def forward(self, x):  # (B, D) pooled features
+        return self.fc(self.bn(x))  # (B, classes)
+
+
+class AttentiveHead(nn.Module):
+    """Attention pooling with learned queries over the tokens (multi-head key/value projections),
+    the queries' outputs averaged, then BatchNorm1d(affine=False) -> Linear (AIM's probe)."""
+
+    def __init__(self, dim: int, heads: int, queries: int, num_classes: int):
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Parameter(torch.zeros(1, queries, dim))
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=BN_EPS)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def reset(self, gen: torch.Generator) -> None:
+        with torch.no_grad():
+            self.query.copy_(_trunc_normal(self.query.shape, 0.02, gen))
+            for lin, std in ((self.k, 0.02), (self.v, 0.02), (self.fc, 0.01)):
+                lin.weight.copy_(_trunc_normal(lin.weight.shape, std, gen))
+                lin.bias.zero_()
+
+    def forward(self, x):  # (B, T, D) token features
+        b, t, d = x.shape
+        h, q = self.heads, self.query.shape[1]
+        dh = d // h
+        query = self.query.expand(b, -1, -1).reshape(b, q, h, dh).transpose(1, 2)  # (B, H, Q, Dh)
+        k = self.k(x).view(b, t, h, dh).transpose(1, 2)  # (B, H, T, Dh)
+        v = self.v(x).view(b, t, h, dh).transpose(1, 2)  # (B, H, T, Dh)
+        attn = (query @ k.transpose(-2, -1) * dh**-0.5).softmax(dim=-1)  # (B, H, Q, T)
+        pooled = (attn @ v).transpose(1, 2).reshape(b, q, d).mean(dim=1)  # (B, D): queries averaged
+        return self.fc(self.bn(pooled))  # (B, classes)
+
+
+def _trunc_normal(shape, std: float, gen: torch.Generator) -> torch.Tensor:
+    """Normal(0, std) truncated to +-2 std, drawn from `gen` (resampling outliers, like timm)."""
+    x = torch.randn(shape, generator=gen) * std
+    while True:
+        bad = x.abs() > 2 * std
+        if not bad.any():
+            return x
+        x[bad] = torch.randn(int(bad.sum()), generator=gen) * std
+
+
+def make_head(kind: str, encoder_cfg: ModelConfig, num_classes: int, cfg: ProbeConfig, seed: int) -> nn.Module:
+    """A head whose initial state depends only on (seed, kind): every lr starts from the same point."""
+    if kind == "linear":
+        head: nn.Module = LinearHead(encoder_cfg.width, num_classes)
+    elif kind == "attentive":
+        head = AttentiveHead(encoder_cfg.width, encoder_cfg.num_heads, cfg.attentive_queries, num_classes)
+    else:
+        raise ValueError(f"probe kind {kind!r} is not allowed (allowed: 'linear', 'attentive')")
+    head.reset(torch.Generator().manual_seed(_seed(seed, kind, "init")))
+    return head
+
+
+def make_optimizer(kind: str, head: nn.Module, lr: float, cfg: ProbeConfig) -> torch.optim.Optimizer:
+    """AdamW per head. Linear: weight decay `linear_weight_decay` (0, the official protocol);
+    attentive: `attentive_weight_decay` on matrices and queries, none on biases."""
+    wd = cfg.linear_weight_decay if kind == "linear" else cfg.attentive_weight_decay
+    params = [p for p in head.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": wd},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.999))
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule and seeds
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Linear warmup to 1 over `warmup_steps` (the first step already moves), then cosine to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _seed(seed: int, kind: str, what: str, index: int = 0) -> int:
+    """A seed from (seed, kind, what, index) only: never from the number of heads."""
+    tag = zlib.crc32(f"{kind}/{what}".encode())
+    return (seed * 1_000_003 + tag * 7_919 + index * 104_729 + 13) % (2**63 - 1)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Full batches only (BatchNorm needs > 1 sample); a set smaller than a batch is one batch."""
+    return max(n // batch_size, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Head inputs: from the frozen encoder, or from a cache of them
+
+
+def head_inputs(encoder: Encoder, images: torch.Tensor, kind: str, cfg: ProbeConfig) -> torch.Tensor:
+    """What a head of `kind` sees: (B, D) pooled last-layer tokens (linear) or (B, T, D), the mean
+    of the last `cfg.layers` blocks' token features (attentive). Frozen encoder, no grad."""
+    with torch.no_grad(), _autocast(images.device):
+        if kind == "linear":
+            return encoder.features(images, layers=(-1,), mask=cfg.mask)[0].float().mean(dim=1)  # (B, D)
+        feats = encoder.features(images, layers=tuple(range(-cfg.layers, 0)), mask=cfg.mask)
+        return torch.stack(feats).float().mean(dim=0)  # (B, T, D)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def input_shape(kind: str, model_cfg: ModelConfig) -> tuple[int, ...]:
+    return (model_cfg.width,) if kind == "linear" else (model_cfg.n_tokens, model_cfg.width)
+
+
+def cache_mode(kind: str, cfg: ProbeConfig, n_images: int, model_cfg: ModelConfig) -> str:
+    """memory | disk | off. Augmentation needs fresh features every step, so it never caches.
+    auto: memory up to MEMORY_CACHE_BYTES for all splits together; above, disk for the (small)
+    linear features and off for the (large) attentive token features."""
+    if cfg.augment:
+        return "off"
+    if cfg.cache != "auto":
+        return cfg.cache
+    nbytes = 4 * n_images * math.prod(input_shape(kind, model_cfg))
+    if nbytes <= MEMORY_CACHE_BYTES:
+        return "memory"
+    return "disk" if kind == "linear" else "off"
+
+
+class _Source:
+    """Head inputs for one split, by index: gathered from a cache or computed by the encoder."""
+
+    def __init__(self, encoder: Encoder, images: torch.Tensor, kind: str, cfg: ProbeConfig, device: torch.device,
+                 mode: str, scratch: Path | None, name: str, augment: Callable | None = None):
+        self.encoder, self.images, self.kind, self.cfg, self.device = encoder, images, kind, cfg, device
+        self.augment = augment
+        self.cache: torch.Tensor | np.memmap | None = None
+        if mode in ("memory", "disk"):
+            self.cache = self._build(mode, scratch, name)
+        elif device.type == "cuda":  # uncached: keep the (in-memory) images on the device, gather there
+            self.images = images.to(device)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _build(self, mode: str, scratch: Path | None, name: str):
+        n = len(self.images)
+        shape = (n, *input_shape(self.kind, self.encoder.cfg))
+        if mode == "memory":
+            cache: Any = torch.empty(shape, dtype=torch.float32, device=self.device)
+        else:
+            assert scratch is not None
+            cache = np.lib.format.open_memmap(scratch / f"{self.kind}-{name}.npy", mode="w+", dtype=np.float32,
+                                              shape=shape)
+        for start in range(0, n, self.cfg.batch_size):
+            chunk = self.images[start: start + self.cfg.batch_size].to(self.device, non_blocking=True)
+            feats = head_inputs(self.encoder, chunk, self.kind, self.cfg)
+            if mode == "memory":
+                cache[start: start + len(chunk)] = feats
+            else:
+                cache[start: start + len(chunk)] = feats.cpu().numpy()
+        if mode == "disk":
+            cache.flush()
+        return cache
+
+    def batch(self, idx: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        """Head inputs for `idx` (a CPU index tensor); `step` seeds the augmentation of training batches."""
+        if isinstance(self.cache, torch.Tensor):
+            return self.cache[idx.to(self.device)]
+        if self.cache is not None:  # disk: read the rows in order, then put them back in batch order
+            order = idx.argsort()
+            rows = torch.from_numpy(np.ascontiguousarray(self.cache[idx[order].numpy()]))
+            out = torch.empty_like(rows)
+            out[order] = rows
+            return out.to(self.device, non_blocking=True)
+        images = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
+        if self.augment is not None and step is not None:
+            images = self.augment(images, step)
+        return head_inputs(self.encoder, images, self.kind, self.cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and evaluation of N heads at once
+
+
+@torch.no_grad()
+def evaluate(heads: list[nn.Module], source: _Source, labels: torch.Tensor, batch_size: int) -> list[float]:
+    """Top-1 of every head on a split; one pass over the inputs feeds all heads."""
+    for head in heads:
+        head.eval()
+    correct = [0] * len(heads)
+    labels = labels.to(source.device)
+    for start in range(0, len(source), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(source)))
+        x = source.batch(idx)
+        y = labels[start: start + len(idx)]
+        for i, head in enumerate(heads):
+            correct[i] += int((head(x).argmax(dim=-1) == y).sum())
+    for head in heads:
+        head.train()
+    return [c / max(len(source), 1) for c in correct]
+
+
+def train_heads(kind: str, heads: list[nn.Module], lrs: tuple[float, ...], source: _Source, labels: torch.Tensor,
+                cfg: ProbeConfig, seed: int, on_epoch: Callable[[int, int], None] | None = None) -> None:
+    """Train every head for cfg.epochs on the same batches (one input computation per batch).
+
+    Each head has its own AdamW and follows lr_i * lr_factor(step): the heads share nothing but
+    their (read-only) inputs, so each one is exactly what it would be if trained alone."""
+    optimizers = [make_optimizer(kind, head, lr, cfg) for head, lr in zip(heads, lrs)]
+    n, bs = len(source), cfg.batch_size
+    per_epoch = steps_per_epoch(n, bs)
+    total, warmup = per_epoch * cfg.epochs, per_epoch * cfg.warmup_epochs
+    labels = labels.to(source.device)
+    for head in heads:
+        head.train()
+    step = 0
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, kind, "shuffle", epoch)))
+        for s in range(per_epoch):
+            idx = perm[s * bs: (s + 1) * bs]
+            x = source.batch(idx, step)
+            y = labels[idx.to(labels.device)]
+            factor = lr_factor(step, total, warmup)
+            for head, opt, lr in zip(heads, optimizers, lrs):
+                for group in opt.param_groups:
+                    group["lr"] = lr * factor
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(head(x), y).backward()
+                opt.step()
+            step += 1
+            if on_epoch is not None and s == per_epoch - 1:
+                on_epoch(epoch, step)
+
+
+# ---------------------------------------------------------------------------------------------
+# probe(): all kinds, all lrs, honest selection
+
+
+def check_fits(model_cfg: ModelConfig, dataset, cfg: ProbeConfig | None = None) -> None:
+    """One-line ValueError unless the dataset's images fit the encoder (and cfg.layers its depth)."""
+    want = (model_cfg.channels, model_cfg.img_size, model_cfg.img_size)
+    for split_name in ("train", "val", "test"):
+        split = getattr(dataset, split_name)
+        got = tuple(split.images.shape[1:])
+        if got != want:
+            raise ValueError(f"dataset {dataset.name!r} {split_name} images are {_shape_words(got)} but the encoder "
+                             f"takes {_shape_words(want)}; load it with load_dataset(data_cfg, img_size="
+                             f"{model_cfg.img_size}, channels={model_cfg.channels})")
+        if len(split) == 0:
+            raise ValueError(f"dataset {dataset.name!r} has an empty {split_name} split")
+    if cfg is not None and cfg.layers > model_cfg.depth:
+        raise ValueError(f"probe.layers={cfg.layers} exceeds the encoder depth {model_cfg.depth} "
+                         f"(allowed: 1..{model_cfg.depth})")
+
+
+def _shape_words(shape: tuple) -> str:
+    if len(shape) != 3:
+        return f"shaped {shape}"
+    c, h, w = shape
+    return f"{c}-channel {h}x{w}"
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _augmenter(data_cfg: DataConfig, hflip: bool, seed: int, kind: str, device: torch.device) -> Callable:
+    from xtra.data import augment
+
+    def run(images: torch.Tensor, step: int) -> torch.Tensor:
+        gen = torch.Generator(device=device).manual_seed(_seed(seed, kind, "augment", step))
+        return augment(images, gen, data_cfg, hflip)
+
+    return run
+
+
+def train_probe(kind: str, encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, *,
+                data_cfg: DataConfig | None = None, cache_dir: Path | None = None, progress: bool = False,
+                log: Log | None = None) -> tuple[list[nn.Module], dict[str, Any]]:
+    """Train one head per lr in cfg.lrs on dataset.train (the encoder must be in eval mode).
+    Returns (heads, info): info holds "val_top1" {lr: acc}, "best_lr", "best_index", "cache"."""
+    heads, info, _ = _run_kind(kind, encoder, dataset, cfg, seed, data_cfg=data_cfg, cache_dir=cache_dir,
+                               progress=progress, log=log, evaluate_test=False)
+    return heads, info
+
+
+def _run_kind(kind: str, encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, *, data_cfg: DataConfig | None,
+              cache_dir: Path | None, progress: bool, log: Log | None, evaluate_test: bool):
+    model_cfg = encoder.cfg
+    device = _device_of(encoder)
+    n_all = len(dataset.train) + len(dataset.val) + len(dataset.test)
+    mode = cache_mode(kind, cfg, n_all, model_cfg)
+    if mode == "disk" and cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".probe-{kind}-", dir=cache_dir)) if mode == "disk" else None
+    t0 = time.perf_counter()
+    try:
+        augment = (_augmenter(data_cfg or DataConfig(), dataset.hflip, seed, kind, device) if cfg.augment else None)
+        train = _Source(encoder, dataset.train.images, kind, cfg, device, mode, scratch, "train", augment)
+        val = _Source(encoder, dataset.val.images, kind, cfg, device, mode, scratch, "val")
+        t_cache = time.perf_counter() - t0
+        heads = [make_head(kind, model_cfg, dataset.num_classes, cfg, seed).to(device) for _ in cfg.lrs]
+        if log:
+            log(f"{kind} probe: {len(heads)} heads (lrs {', '.join(f'{lr:g}' for lr in cfg.lrs)}), cache {mode}, "
+                f"{len(train)} train / {len(val)} val images")
+        bar = _ProbeBar(kind, cfg.epochs * steps_per_epoch(len(train), cfg.batch_size), cfg) if progress else None
+
+        def on_epoch(epoch: int, step: int) -> None:
+            if bar is not None:
+                accs = evaluate(heads, val, dataset.val.labels, cfg.batch_size)
+                best = int(np.argmax(accs))
+                bar.update(step, epoch + 1, accs[best], cfg.lrs[best])
+
+        try:
+            train_heads(kind, heads, cfg.lrs, train, dataset.train.labels, cfg, seed, on_epoch)
+        finally:
+            if bar is not None:
+                bar.stop()
+        val_acc = evaluate(heads, val, dataset.val.labels, cfg.batch_size)
+        best = int(np.argmax(val_acc))  # ties: the first lr listed
+        info: dict[str, Any] = {"val_top1": {lr: acc for lr, acc in zip(cfg.lrs, val_acc)},
+                                "best_lr": cfg.lrs[best], "best_index": best, "cache": mode,
+                                "cache_s": t_cache}
+        test_acc = None
+        if evaluate_test:  # only the head chosen on val ever sees the test split
+            test = _Source(encoder, dataset.test.images, kind, cfg, device, mode, scratch, "test")
+            test_acc = evaluate([heads[best]], test, dataset.test.labels, cfg.batch_size)[0]
+        info["wall_s"] = time.perf_counter() - t0
+        return heads, info, test_acc
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def probe(encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, progress: bool = False,
+          cache_dir: Path | None = None, *, data_cfg: DataConfig | None = None, log: Log | None = None) -> dict:
+    """Probe the frozen `encoder` on `dataset` for every kind in cfg.kinds.
+
+    Returns {kind: {"val_top1": {lr: acc}, "best_lr": lr, "best_val_top1": acc, "test_top1": acc (best lr only),
+    "epochs": n, "cache": memory|disk|off}}; accuracies are fractions in [0, 1].
+    `data_cfg` supplies the crop parameters when cfg.augment is on."""
+    check_fits(encoder.cfg, dataset, cfg)
+    was_training = encoder.training
+    encoder.eval()
+    results: dict[str, Any] = {}
+    try:
+        for kind in cfg.kinds:
+            _, info, test_acc = _run_kind(kind, encoder, dataset, cfg, seed, data_cfg=data_cfg, cache_dir=cache_dir,
+                                          progress=progress, log=log, evaluate_test=True)
+            results[kind] = {"val_top1": info["val_top1"], "best_lr": info["best_lr"],
+                             "best_val_top1": info["val_top1"][info["best_lr"]], "test_top1": test_acc,
+                             "epochs": cfg.epochs, "cache": info["cache"]}
+    finally:
+        encoder.train(was_training)
+    return results
+
+
+class _ProbeBar:
+    def __init__(self, kind: str, total: int, cfg: ProbeConfig):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn(f"{kind} probe"), TextColumn("epoch {task.fields[epoch]}/" + str(cfg.epochs)), BarColumn(),
+            MofNCompleteColumn(), TextColumn("best val top-1 {task.fields[acc]} (lr {task.fields[lr]})"),
+            TimeRemainingColumn())
+        self.task = self.progress.add_task(kind, total=total, epoch=0, acc="-", lr="-")
+        self.progress.start()
+
+    def update(self, step: int, epoch: int, acc: float, lr: float) -> None:
+        self.progress.update(self.task, completed=step, epoch=epoch, acc=f"{acc:.4f}", lr=f"{lr:g}")
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# probe_run(): a run directory in, probe.json out
+
+
+def run_configs(state: dict, path: Path) -> tuple[ModelConfig, DataConfig, int]:
+    """(model config, data config, seed) stored in a checkpoint; CheckpointError if unusable."""
+    stored = state.get("config")
+    if not isinstance(stored, dict) or not isinstance(stored.get("model"), dict):
+        raise CheckpointError(f"{path}: checkpoint has no stored model config "
+                              "(expected one written by `xtra pretrain`)")
+    try:
+        model_cfg = override(ModelConfig(), stored["model"])
+        data_cfg = override(DataConfig(), stored.get("data") or {})
+    except ValueError as err:
+        raise CheckpointError(f"{path}: stored config is not valid for this version ({err})") from None
+    return model_cfg, data_cfg, int(stored.get("seed", 0))
+
+
+def _check_expected(model_cfg: ModelConfig, expect: ModelConfig, path: Path) -> None:
+    if model_cfg == expect:
+        return
+    a, b = dataclasses.asdict(model_cfg), dataclasses.asdict(expect)
+    diff = [f"model.{k} (checkpoint {a[k]!r}, expected {b[k]!r})" for k in sorted(a) if a[k] != b[k]]
+    raise CheckpointError(f"{path}: checkpoint was written for a different model config (differs in: "
+                          f"{', '.join(diff)})")
+
+
+def load_encoder(state: dict, model_cfg: ModelConfig, path: Path) -> Encoder:
+    """The pretrained encoder from a checkpoint's XTRA state dict."""
+    prefix = "encoder."
+    weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    encoder = Encoder(model_cfg)
+    try:
+        encoder.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: encoder weights do not fit the stored model config ({first[:200]})") from None
+    return encoder
+
+
+def random_encoder(model_cfg: ModelConfig, seed: int) -> Encoder:
+    """An untrained encoder initialized exactly as `pretrain(..., seed=seed)` starts."""
+    from xtra.pretrain import step_seed
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(step_seed(seed, -1))
+        return XTRA(model_cfg).encoder
+
+
+def probe_run(run_dir: Path, data_cfg: DataConfig | None = None, cfg: ProbeConfig = ProbeConfig(), seed: int = 0,
+              random_init: bool = False, *, expect_model: ModelConfig | None = None, dataset=None,
+              data_name: str | None = None, device: str = "auto", progress: bool = False,
+              cache_dir: Path | None = None, log: Log | None = None) -> dict:
+    """Probe the encoder in `run_dir/checkpoint.pt` and write `run_dir/probe.json` atomically
+    (`probe-random.json` with random_init: an untrained encoder of the same config, initialized
+    as the run's pretraining started, the floor for every report).
+
+    `data_cfg` defaults to the run's own data config (`data_name`: the run's data config with
+    another dataset name); `dataset` (an already loaded `xtra.data.Dataset`) replaces loading.
+    Every input is checked before any compute: a missing or foreign checkpoint (CheckpointError),
+    a model config other than `expect_model`, a dataset that is missing or whose images do not
+    fit the encoder (ValueError, one line each).
+    Returns probe()'s dict plus "meta"."""
+    from xtra.pretrain import resolve_device
+
+    run_dir = Path(run_dir)
+    path = run_dir / CHECKPOINT
+    if sum(x is not None for x in (data_cfg, dataset, data_name)) > 1:
+        raise ValueError("give probe_run at most one of data_cfg, data_name and dataset")
+    if random_init and not path.is_file() and expect_model is not None:
+        state, model_cfg, run_data, run_seed, samples = None, expect_model, None, seed, 0
+    else:
+        state = load_checkpoint(path)
+        model_cfg, run_data, run_seed = run_configs(state, path)
+        samples = int(state.get("samples_seen", 0))
+        if expect_model is not None:
+            _check_expected(model_cfg, expect_model, path)
+    if cfg.layers > model_cfg.depth:
+        raise ValueError(f"probe.layers={cfg.layers} exceeds model.depth={model_cfg.depth} of {path} "
+                         f"(allowed: 1..{model_cfg.depth})")
+    torch_device = resolve_device(device)
+    if dataset is None:
+        from xtra.data import load_dataset, locate
+
+        data_cfg = data_cfg or run_data
+        if data_cfg is None:
+            raise ValueError("random_init without a checkpoint needs data_cfg (which dataset to probe on)")
+        if data_name is not None:
+            data_cfg = dataclasses.replace(data_cfg, name=data_name)
+        locate(data_cfg)  # one-line DatasetNotFound before anything else is loaded
+        dataset = load_dataset(data_cfg, model_cfg.img_size, model_cfg.channels)
+    check_fits(model_cfg, dataset, cfg)
+
+    if random_init:
+        encoder = random_encoder(model_cfg, run_seed)
+    else:
+        assert state is not None
+        encoder = load_encoder(state, model_cfg, path)
+    del state
+    encoder = encoder.to(torch_device).eval().requires_grad_(False)
+    t0 = time.perf_counter()
+    results = probe(encoder, dataset, cfg, seed, progress=progress, cache_dir=cache_dir, data_cfg=data_cfg, log=log)
+    out = run_dir / (PROBE_RANDOM_JSON if random_init else PROBE_JSON)
+    results["meta"] = {
+        "run_dir": str(run_dir), "checkpoint": str(path), "samples_seen": 0 if random_init else samples,
+        "random_init": random_init, "seed": seed, "init_seed": run_seed if random_init else None,
+        "data": dataset.name, "n_train": len(dataset.train), "n_val": len(dataset.val), "n_test": len(dataset.test),
+        "num_classes": dataset.num_classes, "probe": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg),
+        "device": str(torch_device), "wall_s": round(time.perf_counter() - t0, 4), "path": str(out),
+    }
+    atomic_write_json(out, results)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark: what training all lrs at once and caching buy
+
+
+def bench_probe(encoder: Encoder | None = None, dataset=None, *, n_lrs: int = 8, epochs: int = 2,
+                batch_size: int = 256, n_train: int = 0, seed: int = 0, device: str = "auto",
+                repeats: int = 2) -> dict:
+    """Time probing with `n_lrs` learning rates at once vs 1 (same data and epochs), for the linear
+    probe (cached) and the attentive probe (uncached: one encoder forward feeds all heads), and the
+    linear probe cached vs uncached (with n_lrs heads). Defaults: a random `cpu-s` encoder on the
+    synthetic set. Returns seconds and ratios (t(n_lrs) / t(1): well below n_lrs when the encoder
+    forward is shared; t(uncached) / t(cached): what the cache saves). Each time is the best of
+    `repeats` runs (a shared machine's noise only ever adds time)."""
+    from xtra.config import model_config
+    from xtra.pretrain import resolve_device
+
+    torch_device = resolve_device(device)
+    if encoder is None:
+        encoder = random_encoder(model_config("cpu-s"), seed)
+    encoder = encoder.to(torch_device).eval().requires_grad_(False)
+    if dataset is None:
+        from xtra.data import load_dataset
+
+        dataset = load_dataset(DataConfig(name="synthetic"), encoder.cfg.img_size, encoder.cfg.channels)
+    if n_train:
+        from xtra.data import Split
+
+        dataset = dataclasses.replace(dataset, train=Split(dataset.train.images[:n_train],
+                                                           dataset.train.labels[:n_train]))
+    check_fits(encoder.cfg, dataset)
+    many = tuple(float(lr) for lr in np.geomspace(1e-4, 1e-2, n_lrs))
+    base = ProbeConfig(epochs=epochs, warmup_epochs=min(1, epochs - 1), batch_size=batch_size)
+
+    def timed(**changes) -> float:
+        cfg = dataclasses.replace(base, **changes)
+        best = math.inf
+        for _ in range(repeats):
+            if torch_device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            probe(encoder, dataset, cfg, seed)
+            if torch_device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    timed(kinds=("linear",), lrs=(1e-3,), epochs=1, warmup_epochs=0)  # warm-up: allocator, kernels
+    out: dict[str, Any] = {"n_lrs": n_lrs, "epochs": epochs, "n_train": len(dataset.train),
+                           "n_val": len(dataset.val), "n_test": len(dataset.test), "device": str(torch_device),
+                           "torch_threads": torch.get_num_threads(), "repeats": repeats,
+                           "model": dataclasses.asdict(encoder.cfg)}
+    for kind, cache in (("linear", "memory"), ("attentive", "off")):
+        one = timed(kinds=(kind,), lrs=(1e-3,), cache=cache)
+        all_ = timed(kinds=(kind,), lrs=many, cache=cache)
+        out[kind] = {"cache": cache, "one_lr_s": one, f"{n_lrs}_lrs_s": all_, "ratio": all_ / one,
+                     "separate_runs_s": one * n_lrs, "speedup_vs_separate": one * n_lrs / all_}
+    cached = timed(kinds=("linear",), lrs=many, cache="memory")
+    uncached = timed(kinds=("linear",), lrs=many, cache="off")
+    out["linear_cache"] = {"cached_s": cached, "uncached_s": uncached, "ratio": uncached / cached}
+    return out
