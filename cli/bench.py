@@ -1,0 +1,124 @@
+"""`xtra bench`: throughput, MFU, attention kernels, probing, reports and orchestration, side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from cli.options import user_errors
+
+console = Console()
+SECTIONS = ("pretrain", "attention", "probe", "report", "orchestration")
+
+
+def bench_cmd(
+    out: Annotated[Path, typer.Option(help="Where to write the JSON figures (Markdown beside it).")] = Path(
+        "runs/bench/bench.json"),
+    sections: Annotated[str, typer.Option(help=f"Comma-separated subset of: {', '.join(SECTIONS)}.")] = ",".join(
+        SECTIONS),
+    quick: Annotated[bool, typer.Option(help="Fewer sizes and repeats (a smoke run of the benchmark itself).")] = False,
+    compare_to: Annotated[Path | None, typer.Option("--compare", help="An earlier bench JSON: print ratios.")] = None,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Also measure torch.compile.")] = False,
+) -> None:
+    """Measure xtra on this machine; figures are ratios measured in one run (nothing is asserted)."""
+    import torch
+
+    from xtra import bench
+
+    with user_errors():
+        chosen = [s.strip() for s in sections.split(",") if s.strip()]
+        unknown = [s for s in chosen if s not in SECTIONS]
+        if unknown:
+            raise ValueError(f"--sections {','.join(unknown)} is not known (allowed: {', '.join(SECTIONS)})")
+        previous = None
+        if compare_to is not None:
+            if not compare_to.is_file():
+                raise ValueError(f"--compare {compare_to}: no such file (expected a bench JSON from `xtra bench`)")
+            try:
+                previous = json.loads(compare_to.read_text())
+            except json.JSONDecodeError as err:
+                raise ValueError(f"--compare {compare_to}: not JSON ({err})") from None
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    results: dict = {"environment": bench.environment()}
+    repeats = 2 if quick else 3
+    if "pretrain" in chosen:
+        peak = bench.matmul_peak(device)
+        results["peak"] = peak
+        console.print(f"matmul peak ({peak['dtype']}): {peak['flops_per_s'] / 1e9:.1f} GFLOP/s")
+        if device.type == "cuda":
+            grid = [("vit-b/16", k, b) for k in (1, 2, 4) for b in ("sdpa", "flex", "xformers", "auto")]
+            batch = 128
+        else:
+            sizes = ("cpu-s",) if quick else ("cpu-s", "cpu-m")
+            grid = [(s, k, b) for s in sizes for k in (1, 2, 4) for b in ("sdpa", "math")]
+            batch = 64 if quick else 128
+        rows = []
+        for size, k, backend in grid:
+            for compiled in ((False, True) if compile else (False,)):
+                try:
+                    row = bench.bench_pretrain_step(size, k, backend, device, batch, repeats=repeats,
+                                                    peak=peak["flops_per_s"], compile=compiled)
+                except Exception as err:  # noqa: BLE001 - a backend that fails here is reported, not fatal
+                    row = {"size": size, "block_size": k, "backend": backend, "compile": compiled,
+                           "error": f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"}
+                rows.append(row)
+                console.print(_line("pretrain", row))
+        results["pretrain"] = rows
+    if "attention" in chosen:
+        kw = dict(tokens=64, heads=3, head_dim=32, batch=64) if device.type == "cpu" else {}
+        results["attention"] = bench.bench_attention(device, repeats=repeats, **kw)
+        for row in results["attention"]:
+            console.print(_line("attention", row))
+    if "probe" in chosen:
+        from xtra.probe import bench_probe
+
+        results["probe"] = bench_probe(epochs=1 if quick else 2, n_train=4000 if quick else 0,
+                                       repeats=1 if quick else 2)
+        results["probe"].pop("model", None)
+        console.print(_line("probe", {k: v for k, v in results["probe"].items() if not isinstance(v, dict)}))
+        for key in ("linear", "attentive", "linear_cache"):
+            console.print(_line(f"probe {key}", results["probe"][key]))
+    if "report" in chosen:
+        from reports.build import bench_report
+
+        results["report"] = bench_report(n_trials=100 if quick else 1000, n_curve_rows=100 if quick else 1000,
+                                         n_boot=20 if quick else 200)
+        console.print(_line("report", results["report"]))
+    if "orchestration" in chosen:
+        from studies.runner import bench_orchestration
+
+        results["orchestration"] = bench_orchestration(n_trials=2 if quick else 4)
+        console.print(_line("orchestration", results["orchestration"]))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    flat = {k: (_flatten(v) if k == "probe" else v) for k, v in results.items()}
+    bench.save(results, out)
+    from xtra.checkpoint import atomic_write_text
+
+    atomic_write_text(out.with_suffix(".md"), bench.to_markdown(flat))
+    console.print(f"wrote {out} and {out.with_suffix('.md')}")
+    if previous is not None:
+        for row in bench.compare(results, previous):
+            console.print(_line("vs previous", row))
+
+
+def _flatten(probe: dict) -> list[dict]:
+    rows = []
+    for key, value in probe.items():
+        if isinstance(value, dict):
+            rows.append({"what": key, **value})
+    return rows
+
+
+def _line(section: str, row: dict) -> str:
+    parts = []
+    for k, v in row.items():
+        if isinstance(v, float):
+            v = f"{v:.3g}"
+        parts.append(f"{k}={v}")
+    return f"[bold]{section}[/] " + " ".join(parts)
