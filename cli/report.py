@@ -1,0 +1,105 @@
+"""`xtra report`: turn study directories into an HTML report (plus summary.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="Build HTML reports (tables, efficiency curves, scaling fits) from study directories.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Output folder (default: STUDY_DIR/report).")]
+ImagesOpt = Annotated[str | None, typer.Option("--images", help="Also write static figures: png or svg (kaleido).")]
+PlotlyJsOpt = Annotated[str, typer.Option("--plotlyjs", help="inline (works offline) or cdn (smaller file).")]
+BootOpt = Annotated[int, typer.Option("--n-boot", help="Bootstrap refits per scaling law (0 = no intervals).")]
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _check_study(path: Path) -> None:
+    if not path.exists():
+        _fail(f"{path}: does not exist (expected a study directory with results.parquet or trials/*/trial.json)")
+    if not path.is_dir():
+        _fail(f"{path}: is not a directory (expected a study directory with results.parquet or trials/*/trial.json)")
+    if not (path / "results.parquet").is_file() and not any((path / "trials").glob("*/trial.json")):
+        _fail(f"{path}: no results.parquet and no trials/<config_hash>/trial.json "
+              "(expected a study directory written by `xtra study run`)")
+
+
+def _check_options(images: str | None, plotlyjs: str, n_boot: int) -> None:
+    from reports.build import IMAGE_FORMATS, PLOTLYJS_MODES
+
+    if images is not None and images not in IMAGE_FORMATS:
+        _fail(f"--images {images!r}: expected one of {', '.join(IMAGE_FORMATS)}")
+    if plotlyjs not in PLOTLYJS_MODES:
+        _fail(f"--plotlyjs {plotlyjs!r}: expected one of {', '.join(PLOTLYJS_MODES)}")
+    if n_boot < 0:
+        _fail(f"--n-boot {n_boot}: expected an integer >= 0")
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        _fail(f"{out}: exists and is not a directory (expected a folder for index.html and summary.md)")
+
+
+def _done(index: Path, images: str | None) -> None:
+    typer.echo(f"report: {index}")
+    typer.echo(f"summary: {index.parent / 'summary.md'}")
+    if images and not any((index.parent / "figures").glob(f"*.{images}")):
+        typer.secho(f"note: {images} images were skipped (the reason is at the top of the report)",
+                    fg=typer.colors.YELLOW)
+
+
+@app.command()
+def build(
+    study_dir: Annotated[Path, typer.Argument(help="A study directory (results.parquet or trials/*/trial.json).")],
+    out: OutOpt = None,
+    images: ImagesOpt = None,
+    plotlyjs: PlotlyJsOpt = "inline",
+    n_boot: BootOpt = 200,
+) -> None:
+    """Write STUDY_DIR/report/index.html and summary.md."""
+    from reports.build import build_report
+    from reports.collect import StudyError
+
+    _check_study(study_dir)
+    _check_options(images, plotlyjs, n_boot)
+    if out is not None:
+        _check_out(out)
+    try:
+        index = build_report(study_dir, out=out, images=images, plotlyjs=plotlyjs, n_boot=n_boot)
+    except StudyError as exc:
+        _fail(str(exc))
+    _done(index, images)
+
+
+@app.command()
+def compare(
+    study_dirs: Annotated[list[Path], typer.Argument(help="Two or more study directories.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder for the combined page (required).")] = None,
+    images: ImagesOpt = None,
+    plotlyjs: PlotlyJsOpt = "inline",
+    n_boot: BootOpt = 200,
+) -> None:
+    """Put several studies on one page: DIR1 DIR2 ... --out DIR."""
+    from reports.build import compare_reports
+    from reports.collect import StudyError
+
+    if len(study_dirs) < 2:
+        _fail(f"{' '.join(map(str, study_dirs)) or '(none)'}: expected at least two study directories to compare")
+    for path in study_dirs:
+        _check_study(path)
+    if out is None:
+        _fail("--out: expected an output folder for the comparison page (e.g. --out runs/compare)")
+    _check_out(out)
+    _check_options(images, plotlyjs, n_boot)
+    try:
+        index = compare_reports(study_dirs, out, images=images, plotlyjs=plotlyjs, n_boot=n_boot)
+    except StudyError as exc:
+        _fail(str(exc))
+    _done(index, images)

@@ -1,0 +1,402 @@
+"""Read a study directory into polars frames.
+
+A finished study has ``results.parquet`` (one row per trial) and ``curves.parquet`` (one row per
+trial and report step), both scanned lazily. Mid-run (either file missing, or ``study.lock``
+present: a runner is at work and the parquet files are from an earlier run) the rows come from the
+trial directories instead: ``trials/<config_hash>/`` with ``params.json`` (trial id, swept params,
+seed), ``trial.json`` (the result row, once finished), ``status.json`` / ``attempts.jsonl`` (why an
+unfinished trial stopped) and ``metrics.jsonl`` (curve rows). Unfinished trials are listed with
+their status (failed, stopped, running, pending) and error; nothing is dropped silently.
+
+``study.toml`` names the study and its swept keys (``[axes]``, dotted keys) and their defaults
+(``[base]``). Without it, the swept keys are the dotted result columns whose values vary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+FINISHED = "finished"
+REPLICATE_KEYS = ("seed",)  # swept for error bars, never an ablation axis
+
+STRING_COLUMNS = ("study", "trial_id", "config_hash", "status", "error")
+RESULT_NUMERIC = ("seed", "block_size", "width", "depth", "n_params", "n_params_encoder", "flops_per_image",
+                  "samples_seen", "train_loss", "val_loss", "linear_top1", "attentive_top1", "linear_best_lr",
+                  "attentive_best_lr", "wall_s")
+CURVE_NUMERIC = ("step", "samples_seen", "loss", "lr", "wall_s")
+RESULT_COLUMNS = STRING_COLUMNS + RESULT_NUMERIC
+CURVE_COLUMNS = ("study", "trial_id", "config_hash") + CURVE_NUMERIC
+
+# Swept keys whose result column may be missing but whose value the contract already stores.
+_KEY_ALIASES = {"model.block_size": "block_size", "model.width": "width", "model.depth": "depth"}
+
+
+class StudyError(ValueError):
+    """A study directory that cannot be read; the message names the path and what was expected."""
+
+
+@dataclass
+class Study:
+    path: Path
+    name: str
+    description: str
+    swept: list[str]  # swept dotted keys present as result columns, in study.toml order (zip companions left out)
+    axes: dict[str, list[Any]]  # every swept key (seed and zip companions included) -> its values
+    base: dict[str, Any]  # dotted defaults
+    results: pl.DataFrame
+    curves: pl.DataFrame
+    source: str  # "parquet" or "trials" (per-trial files, mid-run)
+    notes: list[str] = field(default_factory=list)
+    size: str = ""  # the size preset the study ran (model.* defaults come from it)
+    preset: str = ""
+    companions: dict[str, list[str]] = field(default_factory=dict)  # zip group: first key -> keys moving with it
+
+    @property
+    def finished(self) -> pl.DataFrame:
+        return self.results.filter(pl.col("status") == FINISHED)
+
+    @property
+    def failed(self) -> pl.DataFrame:
+        """Every trial that is not finished (failed, running, ...), with its error."""
+        return self.results.filter(pl.col("status").is_null() | (pl.col("status") != FINISHED))
+
+    def default(self, key: str) -> Any:
+        """The base value of a swept key: ``[base]``, else the size preset's value, else the config default."""
+        if key in self.base:
+            return self.base[key]
+        return config_default(key, self.size)
+
+
+def config_default(key: str, size: str = "") -> Any:
+    """Default of a dotted key: ``xtra.config.SIZES[size]`` for model keys, else ``TrialConfig()``
+    (None when unknown or when xtra is not importable)."""
+    try:
+        from xtra.config import SIZES, TrialConfig
+    except Exception:  # reports work without the model package
+        return None
+    section, _, leaf = key.partition(".")
+    if section == "model" and leaf in SIZES.get(size, {}):
+        return SIZES[size][leaf]
+    node: Any = TrialConfig()
+    for part in key.split("."):
+        if not hasattr(node, part):
+            return None
+        node = getattr(node, part)
+    return node
+
+
+def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"block_size": [1, 2]}}`` and ``{"model.block_size": [1, 2]}`` both become the latter."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def read_spec(study_dir: str | Path) -> dict[str, Any] | None:
+    """study.toml with flat dotted keys: name, description, size, preset, axes, base, companions
+    (zip groups: first key -> the keys that move with it) and search (search-space keys); None if absent."""
+    path = Path(study_dir) / "study.toml"
+    if not path.is_file():
+        return None
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise StudyError(f"{path}: not valid TOML ({exc})") from None
+    axes = {k: v if isinstance(v, list) else [v] for k, v in flatten(raw.get("axes", {})).items()}
+    zips = raw.get("zip", {}) if isinstance(raw.get("zip"), dict) else {}
+    companions = {keys[0]: list(keys[1:]) for keys in zips.values() if isinstance(keys, list) and len(keys) > 1}
+    search = raw.get("search", {}) if isinstance(raw.get("search"), dict) else {}
+    space = search.get("space", {}) if isinstance(search.get("space"), dict) else {}
+    return {"name": str(raw.get("name", "")), "description": str(raw.get("description", "")),
+            "size": str(raw.get("size", "")), "preset": str(raw.get("preset", "")),
+            "axes": axes, "base": flatten(raw.get("base", {})), "companions": companions,
+            "search": _space_keys(space)}
+
+
+def _space_keys(space: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys of a ``[search.space]`` table (a leaf is a table with a ``type``)."""
+    keys = []
+    for key, value in space.items():
+        if isinstance(value, dict) and "type" not in value:
+            keys += _space_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _normalize(lf: pl.LazyFrame, strings: tuple[str, ...], numeric: tuple[str, ...]) -> pl.LazyFrame:
+    """Add missing contract columns as nulls; strings as String, metrics as Float64 with NaN -> null."""
+    have = lf.collect_schema()
+    exprs = []
+    for name in strings:
+        exprs.append(pl.col(name).cast(pl.String) if name in have else pl.lit(None, pl.String).alias(name))
+    for name in numeric:
+        if name in have and have[name].is_numeric():
+            exprs.append(pl.col(name).cast(pl.Float64).fill_nan(None))
+        elif name in have:  # a metric stored as text: parse what parses
+            exprs.append(pl.col(name).cast(pl.String).cast(pl.Float64, strict=False).alias(name))
+        else:
+            exprs.append(pl.lit(None, pl.Float64).alias(name))
+    return lf.with_columns(exprs)
+
+
+def _trial_dirs(study_dir: Path) -> list[Path]:
+    root = study_dir / "trials"
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _static_columns(tdir: Path) -> dict[str, Any]:
+    """Size columns of an unfinished trial from its ``config.json`` (pure functions of the config)."""
+    raw = _json(tdir / "config.json")
+    if not isinstance(raw, dict):
+        return {}
+    try:
+        from xtra.config import flops_per_image, from_dict, n_params, n_params_encoder
+
+        m = from_dict(raw).model
+    except Exception:  # an older or foreign config: leave the columns empty
+        return {}
+    return {"block_size": m.block_size, "width": m.width, "depth": m.depth, "n_params": n_params(m),
+            "n_params_encoder": n_params_encoder(m), "flops_per_image": flops_per_image(m)}
+
+
+def _trial_row(tdir: Path, notes: list[str]) -> dict[str, Any]:
+    """One result row from a trial directory: ``params.json`` (study, trial_id, swept params, seed),
+    ``trial.json`` (the result row, once finished), else ``status.json`` / ``attempts.jsonl`` for why
+    it stopped, and the last ``metrics.jsonl`` row for how far it got."""
+    rec = _json(tdir / "params.json")
+    rec = rec if isinstance(rec, dict) else {}
+    row: dict[str, Any] = {"config_hash": rec.get("config_hash") or tdir.name,
+                           "trial_id": rec.get("trial_id") or tdir.name, "study": rec.get("study"),
+                           "seed": rec.get("seed")}
+    row.update(rec.get("params") or {})
+    path = tdir / "trial.json"
+    if path.is_file():
+        result = _json(path)
+        if isinstance(result, dict):
+            row.update({k: v for k, v in result.items() if v is not None or k not in row})
+            row.setdefault("status", FINISHED)
+            return row
+        notes.append(f"{path}: unreadable; listed as status 'unreadable'")
+        row.update(status="unreadable", error=f"{path.name} is not a readable JSON object")
+        return row
+    status = _json(tdir / "status.json")
+    attempts = [a for a in _read_jsonl(tdir / "attempts.jsonl", []) if isinstance(a, dict)]
+    metrics = _read_jsonl(tdir / "metrics.jsonl", []) if (tdir / "metrics.jsonl").is_file() else []
+    if isinstance(status, dict) and status.get("status"):
+        row.update(status=str(status["status"]), error=status.get("error"))
+    elif attempts and attempts[-1].get("event") == "error":
+        row.update(status="failed", error=attempts[-1].get("error"))
+    elif metrics or attempts:
+        row.update(status="running", error="no trial.json yet (still running, or interrupted)")
+    else:
+        row.update(status="pending", error="not started")
+    for key, value in _static_columns(tdir).items():
+        row.setdefault(key, value)
+    if metrics:
+        row.setdefault("samples_seen", metrics[-1].get("samples_seen"))
+        row.setdefault("train_loss", metrics[-1].get("loss"))
+    return row
+
+
+def _read_trial_rows(study_dir: Path, notes: list[str]) -> pl.DataFrame:
+    rows = [_trial_row(tdir, notes) for tdir in _trial_dirs(study_dir)]
+    if not rows:
+        return pl.DataFrame()
+    return pl.DataFrame(rows, infer_schema_length=None, strict=False)
+
+
+def _running(study_dir: Path) -> bool:
+    """A runner holds ``study.lock`` while it runs (or left it when killed): its parquet files, if
+    any, are from an earlier run, so the trial files are the current state."""
+    return (study_dir / "study.lock").is_file()
+
+
+def scan_results(study_dir: str | Path, notes: list[str] | None = None) -> pl.LazyFrame:
+    """results.parquet (lazy) or, when it is missing or older than the trial files, rows rebuilt from
+    ``trials/<config_hash>/``; contract columns added."""
+    study_dir = Path(study_dir)
+    notes = [] if notes is None else notes
+    parquet = study_dir / "results.parquet"
+    stale = parquet.is_file() and _running(study_dir)
+    if parquet.is_file() and not stale:
+        lf = pl.scan_parquet(parquet)
+    else:
+        df = _read_trial_rows(study_dir, notes)
+        if df.is_empty():
+            raise StudyError(f"{study_dir}: no results.parquet and no trials/<config_hash>/trial.json "
+                             f"(expected a study directory written by `xtra study run`)")
+        notes.append("the study is running (study.lock): rows read from trials/, not the older results.parquet"
+                     if stale else "results.parquet is missing: rows read from trials/ (study still running?)")
+        lf = df.lazy()
+    return _normalize(lf, STRING_COLUMNS, RESULT_NUMERIC)
+
+
+def _read_jsonl(path: Path, notes: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    bad = 0
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return rows
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            bad += 1  # typically the line a running trial is writing
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    if bad:
+        notes.append(f"{path}: skipped {bad} unreadable line(s)")
+    return rows
+
+
+def _scan_metrics(study_dir: Path, notes: list[str]) -> pl.LazyFrame | None:
+    files = [d / "metrics.jsonl" for d in _trial_dirs(study_dir)]
+    files = [f for f in files if f.is_file() and f.stat().st_size > 0]
+    if not files:
+        return None
+    hash_of_path = pl.col("_path").str.replace_all("\\\\", "/").str.split("/").list.get(-2)
+    try:  # fast path: one multi-file scan
+        df = (pl.scan_ndjson(files, include_file_paths="_path", infer_schema_length=None)
+              .with_columns(hash_of_path.alias("_dir")).collect())
+    except Exception:  # a half-written line or mixed types: parse file by file
+        frames = []
+        for f in files:
+            rows = _read_jsonl(f, notes)
+            if rows:
+                frames.append(pl.DataFrame(rows, infer_schema_length=None, strict=False)
+                              .with_columns(pl.lit(f.parent.name).alias("_dir")))
+        if not frames:
+            return None
+        df = pl.concat(frames, how="diagonal_relaxed")
+    if "config_hash" in df.columns:
+        df = df.with_columns(pl.coalesce(pl.col("config_hash").cast(pl.String), pl.col("_dir")).alias("config_hash"))
+    else:
+        df = df.with_columns(pl.col("_dir").alias("config_hash"))
+    return df.drop([c for c in ("_path", "_dir") if c in df.columns]).lazy()
+
+
+def scan_curves(study_dir: str | Path, notes: list[str] | None = None) -> pl.LazyFrame:
+    """curves.parquet (lazy) or, when missing, every ``trials/*/metrics.jsonl``; empty frame if none."""
+    study_dir = Path(study_dir)
+    notes = [] if notes is None else notes
+    parquet = study_dir / "curves.parquet"
+    stale = parquet.is_file() and _running(study_dir)
+    if parquet.is_file() and not stale:
+        lf = pl.scan_parquet(parquet)
+    else:
+        lf = _scan_metrics(study_dir, notes)
+        if lf is None:
+            notes.append("no curves.parquet and no trials/*/metrics.jsonl: no training curves to show")
+            lf = pl.DataFrame({"config_hash": []}, schema={"config_hash": pl.String}).lazy()
+        else:
+            notes.append("curves read from trials/*/metrics.jsonl (curves.parquet "
+                         + ("is from an earlier run)" if stale else "is missing)"))
+    return _normalize(lf, ("study", "trial_id", "config_hash"), CURVE_NUMERIC)
+
+
+def _varies(df: pl.DataFrame, col: str) -> bool:
+    return df.get_column(col).drop_nulls().n_unique() > 1
+
+
+def _groupable(df: pl.DataFrame, col: str) -> pl.DataFrame:
+    """Nested values (a swept tuple such as probe.lrs) become text so they can be grouped and shown."""
+    dtype = df.schema[col]
+    if isinstance(dtype, (pl.List, pl.Array)):
+        return df.with_columns(pl.col(col).cast(pl.List(pl.String)).list.join(", ").alias(col))
+    if isinstance(dtype, pl.Struct):
+        return df.with_columns(pl.col(col).struct.json_encode().alias(col))
+    return df
+
+
+def load_study(study_dir: str | Path) -> Study:
+    """Collect a study directory (see module docstring). Raises StudyError naming the path on bad input."""
+    study_dir = Path(study_dir)
+    if not study_dir.exists():
+        raise StudyError(f"{study_dir}: does not exist (expected a study directory with results.parquet)")
+    if not study_dir.is_dir():
+        raise StudyError(f"{study_dir}: is not a directory (expected a study directory with results.parquet)")
+    notes: list[str] = []
+    spec = read_spec(study_dir)
+    try:
+        results = scan_results(study_dir, notes).collect()
+        curves = scan_curves(study_dir, notes).collect()
+    except StudyError:
+        raise
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise StudyError(f"{study_dir}: cannot read the study's parquet files ({type(exc).__name__}: {exc})") from None
+    source = "trials" if any("rows read from trials/" in n for n in notes) else "parquet"
+
+    # Curves carry trial ids from the results where they lack their own.
+    if curves.height and results.height:
+        ids = results.select("config_hash", pl.col("trial_id").alias("_tid"), pl.col("study").alias("_study"))
+        ids = ids.unique("config_hash", keep="first")
+        curves = (curves.join(ids, on="config_hash", how="left")
+                  .with_columns(pl.coalesce("trial_id", "_tid").alias("trial_id"),
+                                pl.coalesce("study", "_study").alias("study"))
+                  .drop("_tid", "_study"))
+    results = results.with_columns(pl.coalesce("trial_id", "config_hash").alias("trial_id"))
+
+    companions: dict[str, list[str]] = {}
+    if spec is not None:
+        axes = dict(spec["axes"])
+        for key in spec["search"]:  # an Optuna search: its space keys vary per trial
+            if key in results.columns:
+                axes.setdefault(key, sorted(results.get_column(key).drop_nulls().unique().to_list(), key=sort_key))
+        base = dict(spec["base"])
+        companions = spec["companions"]
+        for key in list(axes):
+            if key not in results.columns and _KEY_ALIASES.get(key) in results.columns:
+                results = results.with_columns(pl.col(_KEY_ALIASES[key]).alias(key))
+        missing = [k for k in axes if k not in results.columns and k not in REPLICATE_KEYS]
+        if missing:
+            notes.append(f"swept key(s) {', '.join(missing)} from study.toml have no results column; not tabulated")
+    else:
+        notes.append("no study.toml: swept keys inferred from the dotted result columns that vary")
+        axes = {c: sorted(results.get_column(c).drop_nulls().unique().to_list(), key=sort_key)
+                for c in results.columns if "." in c and _varies(results, c)}
+        base = {}
+    moving = {k for keys in companions.values() for k in keys}
+    swept = [k for k in axes if k in results.columns and k not in REPLICATE_KEYS and k not in moving]
+    for key in swept:
+        results = _groupable(results, key)
+
+    name = spec["name"] if spec and spec["name"] else ""
+    if not name and results.height:
+        name = next(iter(results.get_column("study").drop_nulls().to_list()), "") or ""
+    return Study(path=study_dir, name=name or study_dir.name, description=spec["description"] if spec else "",
+                 swept=swept, axes=axes, base=base, results=results, curves=curves, source=source, notes=notes,
+                 size=spec["size"] if spec else "", preset=spec["preset"] if spec else "",
+                 companions={k: v for k, v in companions.items() if k in swept})
+
+
+def sort_key(value: Any) -> tuple[int, Any]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value if not (isinstance(value, float) and math.isnan(value)) else math.inf)
+    return (1, str(value))

@@ -1,0 +1,535 @@
+"""Plotly figures for a study: only what its data supports.
+
+Each builder returns a ``Panel``: a stable id (the HTML div is ``fig-<id>``), a figure or ``None``
+with a note saying why it was skipped, and any tables that go with it (scaling-law parameters).
+
+Lines group trials by their swept keys (seed never: seeds are averaged, with 95% t-interval error
+bars). Keys that set the model's size (``SIZE_KEYS``) or the sample budget (``SAMPLE_KEYS``) are the
+x axis of the efficiency and scaling figures, so they are left out of those figures' line groups.
+The scaling fits use the final validation loss when every finished trial has one, else the final
+train loss.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import struct
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import polars as pl
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from .collect import REPLICATE_KEYS, Study
+from .scaling import ChinchillaFit, PowerLawFit, fit_chinchilla, fit_power_law
+from .tables import SAMPLE_KEYS, SIZE_KEYS, Table, at_defaults, human, label, mean_ci, top1_scale
+
+PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Dark24
+PROBE_STYLE = {"linear_top1": ("linear", "solid"), "attentive_top1": ("attentive", "dash")}
+MIN_FIT_X = 4  # distinct x values before a power law (3 parameters) is fitted
+MIN_CHINCHILLA_PAIRS = 6  # distinct (N, D) pairs before the 5-parameter surface is fitted
+
+
+@dataclass
+class Panel:
+    id: str
+    title: str
+    figure: go.Figure | None = None
+    note: str = ""
+    tables: list[Table] = field(default_factory=list)
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str, logx: bool = False, logy: bool = False,
+            height: int = 460) -> go.Figure:
+    fig.update_layout(template="plotly_white", title=dict(text=title, x=0.01), height=height,
+                      margin=dict(l=70, r=20, t=60, b=60), hovermode="closest",
+                      legend=dict(font=dict(size=11), itemsizing="constant"))
+    fig.update_xaxes(title_text=x, type="log" if logx else "linear")
+    fig.update_yaxes(title_text=y, type="log" if logy else "linear")
+    return fig
+
+
+def colors(labels: Sequence[str]) -> dict[str, str]:
+    return {lab: PALETTE[i % len(PALETTE)] for i, lab in enumerate(dict.fromkeys(labels))}
+
+
+def group_keys(study: Study, exclude: Sequence[str] = ()) -> list[str]:
+    return [k for k in study.swept if k not in exclude and k not in REPLICATE_KEYS]
+
+
+def groups(df: pl.DataFrame, keys: Sequence[str]) -> list[tuple[str, pl.DataFrame]]:
+    """(label, rows) per combination of ``keys``, in sorted order; one ("all", df) group without keys."""
+    if not keys or df.height == 0:
+        return [("all", df)] if df.height else []
+    parts = df.sort(list(keys), nulls_last=True).partition_by(list(keys), maintain_order=True, as_dict=True)
+    return [(label(keys, vals), part) for vals, part in parts.items()]
+
+
+def loss_column(study: Study) -> tuple[str, str]:
+    fin = study.finished
+    if fin.height and fin.get_column("val_loss").is_not_null().all():
+        return "val_loss", "final val loss"
+    return "train_loss", "final train loss"
+
+
+def _probes(df: pl.DataFrame) -> list[str]:
+    return [c for c in PROBE_STYLE if df.get_column(c).drop_nulls().len() > 0]
+
+
+def _agg(df: pl.DataFrame, x: str, y: str) -> tuple[list[float], list[float], list[float]]:
+    """Mean and t-interval of y over the rows sharing each x (seeds), x ascending."""
+    xs, ms, hs = [], [], []
+    df = df.filter(pl.col(x).is_not_null())
+    for (xv,), part in sorted(df.partition_by(x, as_dict=True).items(), key=lambda kv: kv[0][0]):
+        m, h, n = mean_ci(part.get_column(y).to_list())
+        if n:
+            xs.append(xv)
+            ms.append(m)
+            hs.append(h if math.isfinite(h) else 0.0)
+    return xs, ms, hs
+
+
+def _positive(df: pl.DataFrame, *cols: str) -> pl.DataFrame:
+    return df.filter(pl.all_horizontal([pl.col(c).is_not_null() & pl.col(c).is_finite() & (pl.col(c) > 0)
+                                        for c in cols]))
+
+
+def _varies_within(parts: list[tuple[str, pl.DataFrame]], col: str, at_least: int = 2) -> bool:
+    return any(p.get_column(col).n_unique() >= at_least for _, p in parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training curves
+
+
+def loss_curves(study: Study, per_trial_limit: int = 40) -> Panel:
+    pid, title = "loss-curves", "Pretraining loss vs samples seen"
+    cur = _positive(study.curves, "samples_seen", "loss")
+    if cur.height == 0:
+        return Panel(pid, title, note="No training-curve rows with samples_seen > 0 and a finite loss.")
+    keys = group_keys(study, SAMPLE_KEYS)  # a longer budget is a longer line, not a new colour
+    info = study.results.select("config_hash", "seed", "status", *keys).unique("config_hash", keep="first")
+    cur = cur.join(info, on="config_hash", how="left")
+    n_trials = cur.get_column("config_hash").n_unique()
+    max_pts = 200 if n_trials <= per_trial_limit else 64
+    log_s = pl.col("samples_seen").log()
+    lo, hi = log_s.min().over("config_hash"), log_s.max().over("config_hash")
+    cur = (cur.sort("config_hash", "samples_seen")
+           .with_columns(((log_s - lo) / (hi - lo + 1e-12) * (max_pts - 1)).floor().alias("_bin"))
+           .unique(["config_hash", "_bin"], keep="last", maintain_order=True))
+    parts = groups(cur, keys)
+    cmap = colors([lab for lab, _ in parts])
+    fig = go.Figure()
+    for lab, part in parts:
+        if n_trials <= per_trial_limit:
+            for trial in part.partition_by("config_hash", maintain_order=True):
+                row = trial.row(0, named=True)
+                failed = row["status"] not in (None, "finished")
+                seed = "" if row["seed"] is None else f", seed={row['seed']:.0f}"
+                fig.add_trace(go.Scatter(
+                    x=trial["samples_seen"].to_list(), y=trial["loss"].to_list(), mode="lines",
+                    name=f"{lab}{seed}" + (" (not finished)" if failed else ""), legendgroup=lab,
+                    line=dict(color=cmap[lab], width=1.5, dash="dot" if failed else "solid"),
+                    hovertemplate=f"{lab}{seed}<br>trial {row['config_hash']}<br>samples %{{x:.3s}}<br>"
+                                  f"loss %{{y:.4g}}<extra></extra>"))
+        else:  # one trace per group, trials separated by gaps: the page stays light at 1000 trials
+            xs: list[float | None] = []
+            ys: list[float | None] = []
+            for trial in part.partition_by("config_hash", maintain_order=True):
+                xs += trial["samples_seen"].to_list() + [None]
+                ys += trial["loss"].to_list() + [None]
+            n = part.get_column("config_hash").n_unique()
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"{lab} ({n} trials)", connectgaps=False,
+                                     line=dict(color=cmap[lab], width=1), opacity=0.6))
+    note = "" if n_trials <= per_trial_limit else f"{n_trials} trials: one line colour per group, curves thinned."
+    return Panel(pid, title, _layout(fig, title, "samples seen", "pretraining loss", logx=True), note=note)
+
+
+# ---------------------------------------------------------------------------------------------
+# Probe accuracy
+
+
+def _block_key(study: Study) -> str:
+    return next((k for k in study.swept if k.split(".")[-1] == "block_size"), "block_size")
+
+
+def probe_vs_block_size(study: Study) -> Panel:
+    pid, title = "probe-vs-k", "Probe top-1 vs block size k"
+    fin = study.finished
+    if fin.get_column("block_size").drop_nulls().n_unique() < 2:
+        return Panel(pid, title, note="Skipped: the block size does not vary among finished trials.")
+    probes = _probes(fin)
+    if not probes:
+        return Panel(pid, title, note="Skipped: no finished trial has a finite probe top-1.")
+    with_probe = fin.filter(pl.any_horizontal([pl.col(p).is_not_null() for p in probes]))
+    if with_probe.get_column("block_size").drop_nulls().n_unique() < 2:
+        return Panel(pid, title, note="Skipped: probe results exist for only one block size.")
+    bkey = _block_key(study)
+    df, free = at_defaults(study, fin, bkey, exclude=("block_size",))
+    scale = top1_scale(fin)
+    parts = groups(df, free)
+    cmap = colors([lab for lab, _ in parts])
+    fig = go.Figure()
+    ks: set[float] = set()
+    for lab, part in parts:
+        for probe in probes:
+            xs, ms, hs = _agg(part.filter(pl.col(probe).is_not_null()), "block_size", probe)
+            ks.update(xs)
+            name, dash = PROBE_STYLE[probe]
+            fig.add_trace(go.Scatter(
+                x=xs, y=[m * scale for m in ms], error_y=dict(type="data", array=[h * scale for h in hs]),
+                mode="lines+markers", name=name if lab == "all" else f"{lab}, {name}", legendgroup=lab,
+                line=dict(dash=dash, color=cmap[lab])))
+    _layout(fig, title, "block size k", "top-1 (%)" if scale == 100 else "top-1", logx=True)
+    tick = sorted(ks)
+    fig.update_xaxes(tickvals=tick, ticktext=[f"{k:g}" for k in tick])
+    held = [k for k in study.swept if k not in free and k != bkey]
+    note = ("Other swept keys held at their defaults. " if held else "") + "Error bars: 95% t-interval over seeds."
+    return Panel(pid, title, fig, note=note)
+
+
+def _efficiency(study: Study, pid: str, title: str, x: str, xtitle: str, exclude: Sequence[str],
+                skip: str) -> Panel:
+    fin = _positive(study.finished, x)
+    probes = _probes(fin)
+    keys = group_keys(study, exclude)
+    parts = groups(fin, keys)
+    if not _varies_within(parts, x):
+        return Panel(pid, title, note=skip)
+    if not probes:
+        return Panel(pid, title, note="Skipped: no finished trial has a finite probe top-1.")
+    scale = top1_scale(fin)
+    cmap = colors([lab for lab, _ in parts])
+    fig = go.Figure()
+    for lab, part in parts:
+        for probe in probes:
+            xs, ms, hs = _agg(part.filter(pl.col(probe).is_not_null()), x, probe)
+            name, dash = PROBE_STYLE[probe]
+            fig.add_trace(go.Scatter(
+                x=xs, y=[m * scale for m in ms], error_y=dict(type="data", array=[h * scale for h in hs]),
+                mode="lines+markers", name=name if lab == "all" else f"{lab}, {name}", legendgroup=lab,
+                line=dict(dash=dash, color=cmap[lab])))
+    _layout(fig, title, xtitle, "top-1 (%)" if scale == 100 else "top-1", logx=True)
+    return Panel(pid, title, fig, note="Solid: linear probe; dashed: attentive probe. Error bars: 95% t-interval "
+                                       "over seeds.")
+
+
+def sample_efficiency(study: Study) -> Panel:
+    return _efficiency(study, "sample-efficiency", "Sample efficiency: probe top-1 vs samples seen", "samples_seen",
+                       "samples seen", SAMPLE_KEYS, "Skipped: samples seen do not vary within any configuration.")
+
+
+def parameter_efficiency(study: Study) -> Panel:
+    return _efficiency(study, "param-efficiency", "Parameter efficiency: probe top-1 vs parameters", "n_params",
+                       "parameters", SIZE_KEYS, "Skipped: the parameter count does not vary within any "
+                                                "configuration (sweep a size key such as model.width).")
+
+
+# ---------------------------------------------------------------------------------------------
+# Scaling fits
+
+
+def _fmt_ci(value: float, ci: tuple[float, float]) -> str:
+    if not all(math.isfinite(v) for v in ci):
+        return f"{value:.4g}"
+    return f"{value:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]"
+
+
+def power_law_table(title: str, fits: Mapping[str, PowerLawFit], xname: str, tid: str) -> Table:
+    rows = [[lab, str(f.n_points), _fmt_ci(f.E, f.ci["E"]), _fmt_ci(f.A, f.ci["A"]), _fmt_ci(f.alpha, f.ci["alpha"]),
+             f"{f.loss:.3g}", str(f.n_boot)] for lab, f in fits.items()]
+    return Table(title=title, columns=["group", "points", "E", "A", "alpha", "Huber loss", "bootstrap fits"], rows=rows,
+                 note=f"L = E + A * {xname}^-alpha, fitted on log L (Huber, delta 1e-3, L-BFGS-B); "
+                      "[95% bootstrap percentile interval].", id=tid)
+
+
+def _band(fig: go.Figure, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, color: str, group: str, **kw: Any) -> None:
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        return
+    fig.add_trace(go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]), fill="toself",
+                             fillcolor=color, opacity=0.18, line=dict(width=0), hoverinfo="skip", showlegend=False,
+                             legendgroup=group, **kw))
+
+
+def _fit_power(xs: np.ndarray, ys: np.ndarray, n_boot: int, seed: int) -> tuple[PowerLawFit | None, str]:
+    if len(np.unique(xs)) < MIN_FIT_X:
+        return None, f"{len(np.unique(xs))} distinct x values (a fit needs {MIN_FIT_X})"
+    try:
+        return fit_power_law(xs, ys, n_boot=n_boot, seed=seed), ""
+    except ValueError as exc:
+        return None, str(exc)
+
+
+def loss_scaling(study: Study, x: str, xtitle: str, exclude: Sequence[str], n_boot: int = 200) -> Panel:
+    """Final loss vs ``x`` per configuration, with a power law and its bootstrap band per group."""
+    pid = "loss-vs-" + ("samples" if x == "samples_seen" else "params")
+    lcol, ltitle = loss_column(study)
+    title = f"Scaling: {ltitle} vs {xtitle}"
+    fin = _positive(study.finished, x, lcol)
+    parts = groups(fin, group_keys(study, exclude))
+    if not _varies_within(parts, x):
+        return Panel(pid, title, note=f"Skipped: {xtitle} do not vary within any configuration.")
+    cmap = colors([lab for lab, _ in parts])
+    fig = go.Figure()
+    fits: dict[str, PowerLawFit] = {}
+    skipped = []
+    for lab, part in parts:
+        xs, ys = part.get_column(x).to_numpy(), part.get_column(lcol).to_numpy()
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=lab, legendgroup=lab,
+                                 marker=dict(color=cmap[lab], size=7, opacity=0.8)))
+        fit, why = _fit_power(xs, ys, n_boot, seed=0)
+        if fit is None:
+            skipped.append(f"{lab}: {why}")
+            continue
+        fits[lab] = fit
+        grid = np.logspace(np.log10(xs.min()), np.log10(xs.max()), 100)
+        _band(fig, grid, *fit.predict_interval(grid), color=cmap[lab], group=lab)
+        fig.add_trace(go.Scatter(x=grid, y=fit.predict(grid), mode="lines", name=f"{lab} fit: {fit.describe()}",
+                                 legendgroup=lab, line=dict(color=cmap[lab])))
+    _layout(fig, title, xtitle, ltitle, logx=True, logy=True)
+    note = "Bands: 95% bootstrap interval of the fit." if fits else "No fit: too few distinct x values per group."
+    if skipped and fits:
+        note += " Not fitted: " + "; ".join(skipped) + "."
+    tables = [power_law_table(f"Fit: {ltitle} vs {xtitle}", fits, "x", f"table-fit-{pid}")] if fits else []
+    return Panel(pid, title, fig, note=note, tables=tables)
+
+
+def chinchilla_fits(study: Study, n_boot: int = 200) -> tuple[dict[str, tuple[ChinchillaFit, pl.DataFrame]], str]:
+    """One L(N, D) fit per group of the keys that are neither size nor samples, where N and D both vary."""
+    lcol, _ = loss_column(study)
+    fin = _positive(study.finished, "n_params", "samples_seen", lcol, "flops_per_image")
+    out: dict[str, tuple[ChinchillaFit, pl.DataFrame]] = {}
+    why = []
+    for lab, part in groups(fin, group_keys(study, (*SIZE_KEYS, *SAMPLE_KEYS))):
+        n_n, n_d = part.get_column("n_params").n_unique(), part.get_column("samples_seen").n_unique()
+        pairs = part.select("n_params", "samples_seen").unique().height
+        if n_n < 2 or n_d < 2 or pairs < MIN_CHINCHILLA_PAIRS:
+            why.append(f"{lab}: {n_n} parameter counts, {n_d} sample budgets, {pairs} distinct pairs "
+                       f"(needs >= 2, >= 2, >= {MIN_CHINCHILLA_PAIRS})")
+            continue
+        c = float(np.median((part["flops_per_image"] / part["n_params"]).to_numpy()))
+        try:
+            out[lab] = (fit_chinchilla(part["n_params"].to_numpy(), part["samples_seen"].to_numpy(),
+                                       part[lcol].to_numpy(), n_boot=n_boot, flops_per_param_sample=c), part)
+        except ValueError as exc:
+            why.append(f"{lab}: {exc}")
+    return out, "; ".join(why)
+
+
+def chinchilla_table(fits: Mapping[str, tuple[ChinchillaFit, pl.DataFrame]], ltitle: str) -> Table:
+    rows = []
+    for lab, (f, _) in fits.items():
+        (a, b), eci = f.exponents, f.exponents_ci
+        rows.append([lab, str(f.n_points)] + [_fmt_ci(f.params[p], f.ci[p]) for p in ("E", "A", "B", "alpha", "beta")]
+                    + [_fmt_ci(a, eci["a"]), _fmt_ci(b, eci["b"]), f"{f.flops_per_param_sample:.4g}",
+                       f"{f.loss:.3g}"])
+    return Table(title=f"Fit: {ltitle} = E + A/N^alpha + B/D^beta",
+                 columns=["group", "points", "E", "A", "B", "alpha", "beta", "a (N_opt ∝ C^a)", "b (D_opt ∝ C^b)",
+                          "FLOPs/(param·sample)", "Huber loss"], rows=rows,
+                 note="N = parameters, D = samples seen; compute-optimal allocation under C = c·N·D with c = "
+                      "flops_per_image / n_params (median), so C is training FLOPs; [95% bootstrap interval].",
+                 id="table-fit-chinchilla")
+
+
+def compute_figure(study: Study, chinchilla: Mapping[str, tuple[ChinchillaFit, pl.DataFrame]],
+                   n_boot: int = 200) -> Panel:
+    pid = "compute"
+    lcol, ltitle = loss_column(study)
+    title = f"Compute: {ltitle} vs training FLOPs"
+    fin = _positive(study.finished, "flops_per_image", "samples_seen", lcol)
+    fin = fin.with_columns((pl.col("flops_per_image") * pl.col("samples_seen")).alias("train_flops"))
+    if fin.get_column("train_flops").n_unique() < 2:
+        return Panel(pid, title, note="Skipped: fewer than two distinct training-FLOP budgets among finished trials.")
+    parts = groups(fin, group_keys(study, (*SIZE_KEYS, *SAMPLE_KEYS)))
+    cmap = colors([lab for lab, _ in parts])
+    fig = go.Figure()
+    fits: dict[str, PowerLawFit] = {}
+    for lab, part in parts:
+        xs, ys = part["train_flops"].to_numpy(), part[lcol].to_numpy()
+        hover = [f"{lab}<br>N={human(n)} D={human(d)}" for n, d in zip(part["n_params"], part["samples_seen"])]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=lab, legendgroup=lab, text=hover,
+                                 hovertemplate="%{text}<br>C=%{x:.3s} FLOPs<br>loss %{y:.4g}<extra></extra>",
+                                 marker=dict(color=cmap[lab], size=7, opacity=0.8)))
+        grid = np.logspace(np.log10(xs.min()), np.log10(xs.max()), 100)
+        if lab in chinchilla:
+            front = chinchilla[lab][0].frontier(grid)
+            fig.add_trace(go.Scatter(x=grid, y=front["L"], mode="lines", name=f"{lab}: compute-optimal (L(N,D) fit)",
+                                     legendgroup=lab, line=dict(color=cmap[lab], dash="dot")))
+            continue
+        both = part["n_params"].n_unique() > 1 and part["samples_seen"].n_unique() > 1
+        fit, _ = (None, "") if both else _fit_power(xs, ys, n_boot, seed=0)
+        if fit is not None:
+            fits[lab] = fit
+            _band(fig, grid, *fit.predict_interval(grid), color=cmap[lab], group=lab)
+            fig.add_trace(go.Scatter(x=grid, y=fit.predict(grid), mode="lines", name=f"{lab} fit: {fit.describe()}",
+                                     legendgroup=lab, line=dict(color=cmap[lab])))
+    _layout(fig, title, "training FLOPs (flops_per_image × samples seen)", ltitle, logx=True, logy=True)
+    tables = [power_law_table(f"Fit: {ltitle} vs training FLOPs", fits, "C", "table-fit-compute")] if fits else []
+    note = "Solid: L = E + A·C^-alpha with its 95% bootstrap band. " if fits else ""
+    if chinchilla:
+        note += "Dotted: the compute-optimal frontier of the L(N, D) fit."
+    return Panel(pid, title, fig, note=note.strip(), tables=tables)
+
+
+def _default_group(study: Study, fits: Mapping[str, Any]) -> str:
+    keys = group_keys(study, (*SIZE_KEYS, *SAMPLE_KEYS))
+    want = label(keys, [study.default(k) for k in keys])
+    return want if want in fits else next(iter(fits))
+
+
+def isoflop_figure(study: Study, chinchilla: Mapping[str, tuple[ChinchillaFit, pl.DataFrame]], why: str) -> Panel:
+    pid, title = "isoflop", "Iso-FLOP curves of the L(N, D) fit"
+    if not chinchilla:
+        return Panel(pid, title, note="Skipped: needs parameters and samples both varying (>= 2 values each, "
+                                      f">= {MIN_CHINCHILLA_PAIRS} distinct pairs). " + why)
+    _, ltitle = loss_column(study)
+    lab = _default_group(study, chinchilla)
+    fit, part = chinchilla[lab]
+    budgets = (part["flops_per_image"] * part["samples_seen"]).to_numpy()
+    levels = np.logspace(np.log10(budgets.min()), np.log10(budgets.max()), 5)
+    fig = go.Figure()
+    for i, C in enumerate(levels):
+        prof = fit.isoflop_profile(C)
+        color = PALETTE[i % len(PALETTE)]
+        fig.add_trace(go.Scatter(x=prof["N"], y=prof["L"], mode="lines", name=f"C = {C:.3g} FLOPs",
+                                 line=dict(color=color)))
+        n_opt, d_opt = fit.compute_optimal(C)
+        fig.add_trace(go.Scatter(x=[float(n_opt)], y=[float(fit.predict(n_opt, d_opt))], mode="markers",
+                                 marker=dict(symbol="star", size=13, color=color), showlegend=False,
+                                 hovertemplate="N_opt %{x:.3s}<br>loss %{y:.4g}<extra></extra>"))
+    fig.add_trace(go.Scatter(
+        x=part["n_params"].to_numpy(), y=part[loss_column(study)[0]].to_numpy(), mode="markers", name="trials",
+        marker=dict(color=np.log10(budgets), colorscale="Viridis", size=7, line=dict(width=0.5, color="white"),
+                    colorbar=dict(title="log10 C", x=1.02, len=0.6))))
+    _layout(fig, title, "parameters N", ltitle, logx=True, logy=True)
+    fig.update_layout(legend=dict(x=1.12))
+    note = f"Group {lab}. Stars: N_opt(C). Curves from the fit along C = c·N·D; dots: trials coloured by their FLOPs."
+    return Panel(pid, title, fig, note=note, tables=[chinchilla_table(chinchilla, ltitle)])
+
+
+def frontier_figure(study: Study, chinchilla: Mapping[str, tuple[ChinchillaFit, pl.DataFrame]]) -> Panel:
+    pid, title = "frontier", "Compute-optimal frontier"
+    if not chinchilla:
+        return Panel(pid, title, note="Skipped: no L(N, D) fit (see iso-FLOP curves).")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("N_opt(C): parameters", "D_opt(C): samples seen"))
+    cmap = colors(list(chinchilla))
+    for lab, (fit, part) in chinchilla.items():
+        budgets = (part["flops_per_image"] * part["samples_seen"]).to_numpy()
+        grid = np.logspace(np.log10(budgets.min()) - 0.5, np.log10(budgets.max()) + 0.5, 60)
+        n_opt, d_opt = fit.compute_optimal(grid)
+        a, b = fit.exponents
+        for col, (yopt, ycol, expo) in enumerate(((n_opt, "n_params", a), (d_opt, "samples_seen", b)), start=1):
+            fig.add_trace(go.Scatter(x=grid, y=yopt, mode="lines", name=f"{lab}: ∝ C^{expo:.2f}", legendgroup=lab,
+                                     line=dict(color=cmap[lab]), showlegend=col == 1), row=1, col=col)
+            fig.add_trace(go.Scatter(x=budgets, y=part[ycol].to_numpy(), mode="markers", name=f"{lab}: trials",
+                                     legendgroup=lab, marker=dict(color=cmap[lab], size=6, opacity=0.6),
+                                     showlegend=col == 1), row=1, col=col)
+    _layout(fig, title, "training FLOPs C", "", logx=True, logy=True)
+    fig.update_yaxes(title_text="N_opt", row=1, col=1)
+    fig.update_yaxes(title_text="D_opt", row=1, col=2)
+    return Panel(pid, title, fig, note="Lines: compute-optimal allocation of the L(N, D) fit; dots: the trials run.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction pictures (arrays supplied by the caller)
+
+
+def _png(img: np.ndarray) -> str:
+    """uint8 (H, W, 3) -> PNG data URI (zlib only, no imaging library)."""
+    h, w, _ = img.shape
+    raw = b"".join(b"\x00" + img[r].tobytes() for r in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _as_rgb(arr: Any, where: str) -> np.ndarray:
+    a = np.asarray(arr, dtype=float)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[2] not in (1, 3, 4):
+        a = np.transpose(a, (1, 2, 0))  # CHW -> HWC
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        raise ValueError(f"{where}: expected an HxWxC image with C in 1, 3, 4 (got shape {np.shape(arr)})")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{where}: image contains NaN or inf")
+    a = a[:, :, :3] if a.shape[2] == 4 else np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
+    return (np.clip(a, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+
+
+Pictures = Sequence[tuple[Any, Any]] | Mapping[Any, Any]
+
+
+def prediction_grid(pictures: Pictures, title: str = "Next-block predictions pasted in place") -> go.Figure:
+    """Lay out (k, image) pairs, images HxWxC (or HxW) in [0, 1]: one row per k, in order of appearance.
+
+    A mapping ``{k: image or [images]}`` works too."""
+    items: list[tuple[Any, Any]] = []
+    if isinstance(pictures, Mapping):
+        for k, v in pictures.items():
+            imgs = v if isinstance(v, (list, tuple)) else [v]
+            items += [(k, im) for im in imgs]
+    else:
+        for i, pair in enumerate(pictures):
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                raise ValueError(f"pictures[{i}]: expected a (k, image) pair")
+            items.append((pair[0], pair[1]))
+    if not items:
+        raise ValueError("pictures is empty: expected (k, HxWxC array) pairs")
+    rows: dict[Any, list[np.ndarray]] = {}
+    for i, (k, img) in enumerate(items):
+        rows.setdefault(k, []).append(_as_rgb(img, f"pictures[{i}] (k={k})"))
+    n_cols = max(len(v) for v in rows.values())
+    titles = [f"k={k}" if j == 0 else "" for k, v in rows.items() for j in range(n_cols)]
+    fig = make_subplots(rows=len(rows), cols=n_cols, subplot_titles=titles, horizontal_spacing=0.01,
+                        vertical_spacing=0.06)
+    for r, (_, imgs) in enumerate(rows.items(), start=1):
+        for c, img in enumerate(imgs, start=1):
+            fig.add_trace(go.Image(source=_png(img), hoverinfo="skip"), row=r, col=c)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, scaleanchor=None)
+    fig.update_layout(template="plotly_white", title=dict(text=title, x=0.01), height=80 + 170 * len(rows),
+                      margin=dict(l=10, r=10, t=70, b=10))
+    return fig
+
+
+def predictions_panel(study: Study, pictures: Pictures | Callable[[Any], Pictures] | None) -> Panel:
+    pid, title = "predictions", "Predictions"
+    if pictures is None:
+        return Panel(pid, title, note="No prediction pictures: pass pictures=[(k, HxWxC array in [0, 1]), ...] "
+                                      "(e.g. from a trial checkpoint) to build_report.")
+    try:
+        pics = pictures(study.path) if callable(pictures) else pictures
+        if pics is None or len(pics) == 0:
+            return Panel(pid, title, note="No prediction pictures were produced.")
+        return Panel(pid, title, prediction_grid(pics), note="Validation images with the model's next-block "
+                                                             "predictions pasted in place, one row per k.")
+    except Exception as exc:  # a broken picture hook must not lose the report
+        return Panel(pid, title, note=f"Prediction pictures failed: {type(exc).__name__}: {exc}")
+
+
+def panels(study: Study, n_boot: int = 200, pictures: Any = None) -> list[Panel]:
+    """Every panel of a study's report, skipped ones included (figure None, with the reason)."""
+    chinchilla, why = chinchilla_fits(study, n_boot)
+    return [
+        loss_curves(study),
+        probe_vs_block_size(study),
+        sample_efficiency(study),
+        parameter_efficiency(study),
+        compute_figure(study, chinchilla, n_boot),
+        loss_scaling(study, "samples_seen", "samples seen", SAMPLE_KEYS, n_boot),
+        loss_scaling(study, "n_params", "parameters", SIZE_KEYS, n_boot),
+        isoflop_figure(study, chinchilla, why),
+        frontier_figure(study, chinchilla),
+        predictions_panel(study, pictures),
+    ]

@@ -1,0 +1,171 @@
+"""A synthetic study directory with the real layout and column schema (for tests and the benchmark).
+
+Losses follow a Chinchilla surface in (parameters, samples seen) plus a block-size effect and seed
+noise; probe accuracy falls with loss. Some trials fail with an error and NaN metrics, like real
+ones. Nothing here trains a model: it exercises ``reports`` at any size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+TRUE_LAW = {"E": 0.3, "A": 30.0, "alpha": 0.4, "B": 40.0, "beta": 0.45}  # per-pixel L2 loss, made up
+BLOCK_EFFECT = {1: 0.02, 2: 0.0, 4: 0.01, 8: 0.05}  # extra loss by k
+TOKENS = 64  # an 8x8 patch grid
+
+
+def _n_params(width: int, depth: int) -> int:
+    return 12 * depth * width * width + 2 * TOKENS * width + 4 * width * width
+
+
+def _config_hash(cfg: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def make_study(
+    path: str | Path,
+    *,
+    name: str = "synthetic",
+    block_sizes: Sequence[int] = (1, 2, 4, 8),
+    widths: Sequence[int] = (128,),
+    samples: Sequence[int] = (20_000,),
+    seeds: Sequence[int] = (0,),
+    n_trials: int | None = None,
+    n_curve_rows: int = 50,
+    failed: Sequence[int] = (),
+    nan_probe: Sequence[int] = (),
+    layout: str = "parquet",
+    depth: int = 4,
+    noise: float = 0.01,
+    base: dict[str, Any] | None = None,
+    write_spec: bool = True,
+    rng_seed: int = 0,
+) -> Path:
+    """Write a study directory and return its path.
+
+    Trials are the product of ``seeds x block_sizes x widths x samples`` (seed slowest), cut to
+    ``n_trials`` when given (seeds continue past ``seeds`` to reach it). ``failed`` / ``nan_probe``
+    are trial indices that fail / finish without probe results. ``layout``: ``"parquet"`` writes
+    results.parquet + curves.parquet, ``"trials"`` only ``trials/<hash>/{trial.json,metrics.jsonl}``
+    (a study mid-run), ``"both"`` both.
+    """
+    if layout not in ("parquet", "trials", "both"):
+        raise ValueError(f"layout={layout!r} is not allowed (allowed: 'parquet', 'trials', 'both')")
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(rng_seed)
+    base = base or {"model.block_size": 4, "model.width": widths[0], "pretrain.samples": samples[-1]}
+    axes: dict[str, list[Any]] = {}
+    if len(block_sizes) > 1:
+        axes["model.block_size"] = list(block_sizes)
+    if len(widths) > 1:
+        axes["model.width"] = list(widths)
+    if len(samples) > 1:
+        axes["pretrain.samples"] = list(samples)
+    per_seed = len(block_sizes) * len(widths) * len(samples)
+    total = n_trials if n_trials is not None else per_seed * len(seeds)
+    seed_values = list(seeds) + list(range(max(seeds) + 1, max(seeds) + 1 + math.ceil(total / per_seed)))
+    if n_trials is not None or len(seeds) > 1:
+        axes["seed"] = seed_values[: math.ceil(total / per_seed)]
+    combos = list(itertools.islice(itertools.product(seed_values, block_sizes, widths, samples), total))
+
+    law = TRUE_LAW
+    failed_set, nan_set = set(failed), set(nan_probe)
+    results: list[dict[str, Any]] = []
+    curve_cols: dict[str, list[np.ndarray]] = {c: [] for c in ("trial_id", "config_hash", "step", "samples_seen",
+                                                               "loss", "lr", "wall_s")}
+    batch = 128
+    for i, (seed, k, width, n_samples) in enumerate(combos):
+        cfg = {"model.block_size": k, "model.width": width, "pretrain.samples": n_samples, "seed": seed,
+               "model.depth": depth}
+        chash = _config_hash(cfg)
+        trial_id = f"{name}_{i:05d}"
+        n_params = _n_params(width, depth)
+        loss = (law["E"] + law["A"] / n_params ** law["alpha"] + law["B"] / n_samples ** law["beta"]
+                + BLOCK_EFFECT.get(k, 0.03)) * math.exp(rng.normal(0.0, noise))
+        top1 = min(0.98, max(0.05, 1.05 - 0.6 * loss - 0.01 * abs(math.log2(k) - 2)))
+        lin = top1 + rng.normal(0.0, 0.005)
+        att = min(0.99, top1 + 0.03 + rng.normal(0.0, 0.005))
+        ok = i not in failed_set
+        row = {
+            "study": name, "trial_id": trial_id, "config_hash": chash,
+            "status": "finished" if ok else "failed",
+            "error": None if ok else f"RuntimeError: non-finite loss at step {17 + i} (trial {trial_id})",
+            "seed": seed, "model.block_size": k, "model.width": width, "pretrain.samples": n_samples,
+            "block_size": k, "width": width, "depth": depth, "n_params": n_params,
+            "n_params_encoder": int(n_params * 0.7), "flops_per_image": 6 * n_params * TOKENS,
+            "samples_seen": n_samples if ok else n_samples // 3,
+            "train_loss": loss if ok else float("nan"), "val_loss": loss * 1.01 if ok else float("nan"),
+            "linear_top1": lin if ok and i not in nan_set else float("nan"),
+            "attentive_top1": att if ok and i not in nan_set else float("nan"),
+            "linear_best_lr": 1e-3, "attentive_best_lr": 3e-4, "wall_s": 10.0 + n_samples / 1000,
+        }
+        results.append(row)
+        steps = np.arange(1, n_curve_rows + 1)
+        seen = np.linspace(n_samples / n_curve_rows, row["samples_seen"], n_curve_rows).round()
+        curve = loss * (seen / seen[-1]) ** -0.15 * (1 + 0.02 * rng.standard_normal(n_curve_rows))
+        curve_cols["trial_id"].append(np.full(n_curve_rows, trial_id, dtype=object))
+        curve_cols["config_hash"].append(np.full(n_curve_rows, chash, dtype=object))
+        curve_cols["step"].append(steps * max(1, n_samples // batch // n_curve_rows))
+        curve_cols["samples_seen"].append(seen)
+        curve_cols["loss"].append(np.maximum(curve, 1e-3))
+        curve_cols["lr"].append(1e-3 * np.cos(np.linspace(0, np.pi / 2, n_curve_rows)))
+        curve_cols["wall_s"].append(np.linspace(0.1, row["wall_s"], n_curve_rows))
+
+    res_df = pl.DataFrame(results, infer_schema_length=None)
+    curves = pl.DataFrame({c: np.concatenate(v) if v else np.array([]) for c, v in curve_cols.items()})
+    curves = curves.with_columns(pl.lit(name).alias("study"), pl.col("trial_id").cast(pl.String),
+                                 pl.col("config_hash").cast(pl.String)).select(
+        "study", "trial_id", "config_hash", "step", "samples_seen", "loss", "lr", "wall_s")
+
+    if write_spec:
+        lines = [f"name = {_toml_value(name)}", f"description = {_toml_value('synthetic study for reports')}", "",
+                 "[base]"]
+        lines += [f"{_toml_value(k)} = {_toml_value(v)}" for k, v in base.items()]
+        lines += ["", "[axes]"] + [f"{_toml_value(k)} = {_toml_value(v)}" for k, v in axes.items()]
+        _write(root / "study.toml", "\n".join(lines) + "\n")
+    if layout in ("trials", "both"):  # the runner's layout: params.json, then trial.json or status.json
+        swept_keys = ("model.block_size", "model.width", "pretrain.samples")
+        for row, part in zip(results, curves.partition_by("config_hash", maintain_order=True)):
+            tdir = root / "trials" / row["config_hash"]
+            tdir.mkdir(parents=True, exist_ok=True)
+            params = {k: row[k] for k in swept_keys if k in axes}
+            _write(tdir / "params.json", json.dumps({"study": name, "trial_id": row["trial_id"], "params": params,
+                                                     "seed": row["seed"], "config_hash": row["config_hash"]}))
+            if row["status"] == "finished":
+                result = {k: v for k, v in row.items() if k not in ("study", "trial_id", *swept_keys)}
+                _write(tdir / "trial.json", json.dumps(result))
+            else:
+                _write(tdir / "status.json", json.dumps({"status": row["status"], "error": row["error"]}))
+            metrics = part.select("step", "samples_seen", "loss", "lr", "wall_s").write_ndjson()
+            _write(tdir / "metrics.jsonl", metrics)
+    if layout in ("parquet", "both"):  # written last, like the runner at the end of a run
+        res_df.write_parquet(root / "results.parquet")
+        curves.write_parquet(root / "curves.parquet")
+    return root

@@ -1,0 +1,179 @@
+"""Scaling-law fits: recovery of known parameters, interval coverage, compute-optimal algebra, and
+clear errors on degenerate input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reports.scaling import ChinchillaFit, PowerLawFit, fit_chinchilla, fit_power_law
+
+POWER_TRUTH = {"E": 2.0, "A": 50.0, "alpha": 0.3}
+CHIN_TRUTH = {"E": 1.5, "A": 400.0, "B": 1800.0, "alpha": 0.34, "beta": 0.28}
+
+
+def power_data(noise: float = 0.01, seed: int = 1, n: int = 25) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = np.logspace(3, 7, n)
+    t = POWER_TRUTH
+    return x, (t["E"] + t["A"] * x ** -t["alpha"]) * np.exp(rng.normal(0.0, noise, n))
+
+
+def chinchilla_data(noise: float = 0.01, seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    N = np.repeat(np.logspace(5, 8, 6), 6)
+    D = np.tile(np.logspace(5, 9, 6), 6)
+    t = CHIN_TRUTH
+    L = (t["E"] + t["A"] / N ** t["alpha"] + t["B"] / D ** t["beta"]) * np.exp(rng.normal(0.0, noise, N.size))
+    return N, D, L
+
+
+@pytest.fixture(scope="module")
+def power_fit() -> PowerLawFit:
+    return fit_power_law(*power_data(), n_boot=150, seed=0)
+
+
+@pytest.fixture(scope="module")
+def chin_fit() -> ChinchillaFit:
+    return fit_chinchilla(*chinchilla_data(), n_boot=150, seed=0)
+
+
+def test_power_law_recovers_parameters(power_fit: PowerLawFit) -> None:
+    # 1% multiplicative noise on 25 points over four decades.
+    assert power_fit.alpha == pytest.approx(POWER_TRUTH["alpha"], abs=0.03)
+    assert power_fit.E == pytest.approx(POWER_TRUTH["E"], rel=0.10)
+    assert power_fit.A == pytest.approx(POWER_TRUTH["A"], rel=0.30)
+    assert power_fit.n_points == 25 and power_fit.n_boot == 150
+    assert set(power_fit.params) == {"E", "A", "alpha"}
+    x = np.logspace(3, 7, 50)
+    truth = POWER_TRUTH["E"] + POWER_TRUTH["A"] * x ** -POWER_TRUTH["alpha"]
+    np.testing.assert_allclose(power_fit.predict(x), truth, rtol=0.02)
+
+
+def test_power_law_ci_covers_truth_and_band_brackets_fit(power_fit: PowerLawFit) -> None:
+    for name, true in POWER_TRUTH.items():
+        lo, hi = power_fit.ci[name]
+        assert lo < power_fit.params[name] < hi, name
+        assert lo <= true <= hi, f"{name}: {true} outside {lo, hi}"
+    x = np.logspace(3.5, 6.5, 7)
+    lo, hi = power_fit.predict_interval(x)
+    mid = power_fit.predict(x)
+    assert np.all(lo <= mid) and np.all(mid <= hi) and np.all(hi - lo > 0)
+
+
+def test_power_law_is_deterministic_for_a_seed() -> None:
+    x, y = power_data(n=12)
+    a, b = fit_power_law(x, y, n_boot=20, seed=3), fit_power_law(x, y, n_boot=20, seed=3)
+    assert a.params == b.params and a.ci == b.ci
+
+
+def test_no_bootstrap_gives_nan_intervals() -> None:
+    fit = fit_power_law(*power_data(n=10), n_boot=0)
+    assert fit.n_boot == 0
+    assert all(math.isnan(lo) and math.isnan(hi) for lo, hi in fit.ci.values())
+    lo, _ = fit.predict_interval([1e4])
+    assert np.isnan(lo).all()
+
+
+def test_chinchilla_recovers_parameters(chin_fit: ChinchillaFit) -> None:
+    # 36 points, 1% noise: exponents are well determined, E and the coefficients less so.
+    assert chin_fit.alpha == pytest.approx(CHIN_TRUTH["alpha"], abs=0.05)
+    assert chin_fit.beta == pytest.approx(CHIN_TRUTH["beta"], abs=0.05)
+    assert chin_fit.E == pytest.approx(CHIN_TRUTH["E"], rel=0.15)
+    assert chin_fit.A == pytest.approx(CHIN_TRUTH["A"], rel=0.5)
+    assert chin_fit.B == pytest.approx(CHIN_TRUTH["B"], rel=0.5)
+    N, D, L = chinchilla_data(noise=0.0)
+    np.testing.assert_allclose(chin_fit.predict(N, D), L, rtol=0.02)
+
+
+def test_chinchilla_ci_covers_truth(chin_fit: ChinchillaFit) -> None:
+    for name, true in CHIN_TRUTH.items():
+        lo, hi = chin_fit.ci[name]
+        assert lo <= true <= hi, f"{name}: {true} outside {lo, hi}"
+    a, b = chin_fit.exponents
+    true_a = CHIN_TRUTH["beta"] / (CHIN_TRUTH["alpha"] + CHIN_TRUTH["beta"])
+    lo, hi = chin_fit.exponents_ci["a"]
+    assert lo <= true_a <= hi and a + b == pytest.approx(1.0)
+
+
+def test_compute_optimal_is_the_isoflop_minimum(chin_fit: ChinchillaFit) -> None:
+    for C in (1e15, 1e18, 1e21):
+        n_opt, d_opt = chin_fit.compute_optimal(C)
+        assert 6.0 * n_opt * d_opt == pytest.approx(C, rel=1e-9)
+        prof = chin_fit.isoflop_profile(C, span=1.0, n=2001)
+        assert np.all(np.isclose(6.0 * prof["N"] * prof["D"], C, rtol=1e-9))
+        best = prof["N"][np.argmin(prof["L"])]
+        assert best == pytest.approx(float(n_opt), rel=0.01)
+    # N_opt grows as C^a.
+    (n1, _), (n2, _) = chin_fit.compute_optimal(1e18), chin_fit.compute_optimal(1e20)
+    assert math.log10(n2 / n1) / 2 == pytest.approx(chin_fit.exponents[0], rel=1e-9)
+    front = chin_fit.frontier([1e16, 1e17])
+    assert np.all(np.diff(front["L"]) < 0)
+
+
+def test_compute_optimal_with_image_flops(chin_fit: ChinchillaFit) -> None:
+    c = 6.0 * 256  # flops_per_image / n_params for 256 tokens
+    n_opt, d_opt = chin_fit.compute_optimal(1e18, flops_per_param_sample=c)
+    assert c * n_opt * d_opt == pytest.approx(1e18, rel=1e-9)
+    D, L = chin_fit.isoflop(1e18, [float(n_opt)], flops_per_param_sample=c)
+    assert D[0] == pytest.approx(float(d_opt), rel=1e-9)
+    assert L[0] == pytest.approx(float(chin_fit.predict(n_opt, d_opt)), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "message"),
+    [
+        ([1.0, 2.0], [3.0, 2.0], "only 2 points"),
+        ([1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 1.5], "length mismatch"),
+        ([1.0, 2.0, 3.0, -4.0], [3.0, 2.0, 1.5, 1.2], "x must be > 0"),
+        ([1.0, 2.0, 3.0, 4.0], [3.0, 0.0, 1.5, 1.2], "y must be > 0"),
+        ([1.0, 2.0, float("nan"), 4.0], [3.0, 2.0, 1.5, 1.2], "x contains NaN or inf"),
+        ([1.0, 2.0, 3.0, 4.0], [3.0, float("inf"), 1.5, 1.2], "y contains NaN or inf"),
+        ([1.0, 1.0, 2.0, 2.0], [3.0, 2.9, 1.5, 1.2], "3 distinct x values"),
+        ([[1.0, 2.0], [3.0, 4.0]], [1.0, 2.0], "one-dimensional"),
+        (["a", "b", "c"], [1.0, 2.0, 3.0], "must be numbers"),
+    ],
+)
+def test_power_law_rejects_degenerate_input(x: list, y: list, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as info:
+        fit_power_law(x, y, n_boot=0)
+    assert "\n" not in str(info.value)
+
+
+def test_chinchilla_rejects_degenerate_input() -> None:
+    N, D, L = chinchilla_data()
+    cases = [
+        ((N[:4], D[:4], L[:4]), "only 4 points"),
+        ((N, D[:-1], L), "length mismatch"),
+        ((np.full_like(N, 1e6), D, L), "2 distinct N"),
+        ((N, np.full_like(D, 1e6), L), "2 distinct D"),
+        ((N[[0, 1, 6, 7, 0, 1]], D[[0, 1, 6, 7, 0, 1]], L[:6]), "4 distinct \\(N, D\\) pairs"),
+        ((N, D, -L), "L must be > 0"),
+    ]
+    for args, message in cases:
+        with pytest.raises(ValueError, match=message) as info:
+            fit_chinchilla(*args, n_boot=0)
+        assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="n_boot"):
+        fit_chinchilla(N, D, L, n_boot=-1)
+    with pytest.raises(ValueError, match="flops_per_param_sample"):
+        fit_chinchilla(N, D, L, n_boot=0, flops_per_param_sample=0.0)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(E=st.floats(0.05, 20.0), alpha=st.floats(0.15, 1.2), share=st.floats(0.3, 3.0),
+       scale=st.floats(1e-3, 1e3), x0=st.floats(0.0, 8.0))
+def test_power_law_fits_noise_free_data(E: float, alpha: float, share: float, scale: float, x0: float) -> None:
+    """Any saturating power law, in any units, is reproduced from exact points; scaling y scales E and A."""
+    x = np.logspace(x0, x0 + 3, 12)
+    A = share * E * x[0] ** alpha  # the power term is `share` times E at the smallest x
+    y = E + A * x**-alpha
+    fit = fit_power_law(x, y, n_boot=0)
+    np.testing.assert_allclose(fit.predict(x), y, rtol=5e-3)
+    scaled = fit_power_law(x, y * scale, n_boot=0)
+    np.testing.assert_allclose(scaled.predict(x), y * scale, rtol=5e-3)
+    assert scaled.alpha == pytest.approx(fit.alpha, abs=0.05)
