@@ -62,17 +62,20 @@ def build(
     images: ImagesOpt = None,
     plotlyjs: PlotlyJsOpt = "inline",
     n_boot: BootOpt = 200,
+    pictures: Annotated[bool, typer.Option(help="Draw next-block predictions from the trials' checkpoints.")] = True,
 ) -> None:
     """Write STUDY_DIR/report/index.html and summary.md."""
     from reports.build import build_report
     from reports.collect import StudyError
+    from xtra.pictures import study_pictures
 
     _check_study(study_dir)
     _check_options(images, plotlyjs, n_boot)
     if out is not None:
         _check_out(out)
     try:
-        index = build_report(study_dir, out=out, images=images, plotlyjs=plotlyjs, n_boot=n_boot)
+        index = build_report(study_dir, out=out, images=images, plotlyjs=plotlyjs, n_boot=n_boot,
+                             pictures=study_pictures if pictures else None)
     except StudyError as exc:
         _fail(str(exc))
     _done(index, images)

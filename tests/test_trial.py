@@ -2,7 +2,11 @@
 
 import json
 
+import torch
+
 from xtra.config import TrialConfig, override
+from xtra.model import XTRA, block_crops
+from xtra.pictures import predicted_images, study_pictures
 from xtra.trial import run_trial
 
 
@@ -13,12 +17,25 @@ def test_run_trial_end_to_end_and_idempotent(tmp_path):
         "model.head_hidden": 64, "model.block_size": 2, "data.limit_train": 2000, "pretrain.samples": 512,
         "pretrain.batch_size": 64, "pretrain.warmup_samples": 64, "probe.epochs": 2, "probe.lrs": [1e-2, 1e-1]})
     events = []
-    row = run_trial(cfg, tmp_path, report=events.append)
+    run_dir = tmp_path / "trials" / cfg.config_hash()
+    row = run_trial(cfg, run_dir, report=events.append)
     assert row["status"] == "finished" and row["config_hash"] == cfg.config_hash()
     assert row["samples_seen"] == 512 and row["linear_top1"] > 0.3 and row["attentive_top1"] > 0.1
     assert row["linear_best_lr"] in (1e-2, 1e-1)
     assert {e["kind"] for e in events} >= {"progress", "checkpoint", "probe"}
-    assert json.loads((tmp_path / "trial.json").read_text()) == row
-    starts = (tmp_path / "log.txt").read_text().count("start")
-    assert run_trial(cfg, tmp_path) == row
-    assert (tmp_path / "log.txt").read_text().count("start") == starts  # not rerun
+    assert json.loads((run_dir / "trial.json").read_text()) == row
+    starts = (run_dir / "log.txt").read_text().count("start")
+    assert run_trial(cfg, run_dir) == row
+    assert (run_dir / "log.txt").read_text().count("start") == starts  # not rerun
+    [(k, picture)] = study_pictures(tmp_path)
+    assert k == 2 and picture.ndim == 3 and picture.shape[2] == 3 and 0 <= picture.min() <= picture.max() <= 1
+
+
+def test_predicted_images_keep_block_zero_and_replace_the_rest():
+    cfg = override(TrialConfig(), {"model.block_size": 2}).model
+    model = XTRA(cfg).eval()
+    x = torch.randn(2, 1, 32, 32)
+    pasted = predicted_images(model, x)
+    assert pasted.shape == x.shape
+    torch.testing.assert_close(block_crops(pasted, cfg)[:, 0], block_crops(x, cfg)[:, 0])
+    assert not torch.allclose(block_crops(pasted, cfg)[:, 1:], block_crops(x, cfg)[:, 1:])
