@@ -181,7 +181,9 @@ def test_cache_mode_auto():
     assert cache_mode("attentive", auto, 10_000, tiny) == "memory"
     n = MEMORY_CACHE_BYTES // (4 * big.width) + 1
     assert cache_mode("linear", auto, n, big) == "disk"
-    assert cache_mode("attentive", auto, n, big) == "off"
+    assert cache_mode("attentive", auto, n, big) == "off"  # n x 256 tokens x 1280 floats: past the disk limit
+    n_small = MEMORY_CACHE_BYTES // (4 * 16 * tiny.width) + 1
+    assert cache_mode("attentive", auto, n_small, tiny) == "disk"
     assert cache_mode("linear", dataclasses.replace(auto, augment=True), 10, tiny) == "off"
     assert cache_mode("linear", dataclasses.replace(auto, cache="off"), 10, tiny) == "off"
 

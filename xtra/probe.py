@@ -41,7 +41,8 @@ from xtra.model import XTRA, Encoder
 
 PROBE_JSON = "probe.json"
 PROBE_RANDOM_JSON = "probe-random.json"
-MEMORY_CACHE_BYTES = 1 << 30  # auto: cache train+val+test head inputs in memory up to 1 GiB, else disk (linear)
+MEMORY_CACHE_BYTES = 4 << 30  # auto: cache train+val+test head inputs in memory up to 4 GiB,
+DISK_CACHE_BYTES = 64 << 30  # then on disk up to 64 GiB (e.g. attentive tokens of Fashion-MNIST), else recompute
 BN_EPS = 1e-6
 
 Log = Callable[[str], None]
@@ -181,8 +182,8 @@ def input_shape(kind: str, model_cfg: ModelConfig) -> tuple[int, ...]:
 
 def cache_mode(kind: str, cfg: ProbeConfig, n_images: int, model_cfg: ModelConfig) -> str:
     """memory | disk | off. Augmentation needs fresh features every step, so it never caches.
-    auto: memory up to MEMORY_CACHE_BYTES for all splits together; above, disk for the (small)
-    linear features and off for the (large) attentive token features."""
+    auto: memory up to MEMORY_CACHE_BYTES for all splits together, disk up to DISK_CACHE_BYTES, else
+    off (ImageNet-sized attentive token features are recomputed every epoch)."""
     if cfg.augment:
         return "off"
     if cfg.cache != "auto":
@@ -190,7 +191,7 @@ def cache_mode(kind: str, cfg: ProbeConfig, n_images: int, model_cfg: ModelConfi
     nbytes = 4 * n_images * math.prod(input_shape(kind, model_cfg))
     if nbytes <= MEMORY_CACHE_BYTES:
         return "memory"
-    return "disk" if kind == "linear" else "off"
+    return "disk" if nbytes <= DISK_CACHE_BYTES else "off"
 
 
 class _Source:
