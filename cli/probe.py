@@ -34,7 +34,8 @@ def probe_cmd(
     data: Annotated[str | None, typer.Option("--data", help="Dataset to probe on (default: the run's own; "
                                                             "split settings stay the run's).")] = None,
     kind: Annotated[str, typer.Option("--kind", help="linear | attentive | both.")] = "both",
-    lrs: Annotated[str, typer.Option("--lrs", help="Learning rates, all trained at once.")] = "1e-4,3e-4,1e-3,3e-3",
+    lrs: Annotated[str, typer.Option("--lrs", help="Learning rates, all trained at once.")] = (
+        "3e-4,1e-3,3e-3,1e-2,3e-2,1e-1"),
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs over the train split.")] = 10,
     warmup_epochs: Annotated[int, typer.Option("--warmup-epochs", help="Linear warmup before the cosine.")] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 256,

@@ -279,3 +279,12 @@ def test_bench_probe_reports_timings_and_ratios(encoder, small):
         assert math.isclose(out[key]["ratio"], out[key]["2_lrs_s"] / out[key]["one_lr_s"])
     assert out["linear_cache"]["ratio"] == out["linear_cache"]["uncached_s"] / out["linear_cache"]["cached_s"]
     assert not encoder.training
+
+
+def test_limit_train_is_a_fixed_subset(small):
+    from xtra.probe import limit_train
+
+    a, b = limit_train(small, 100), limit_train(small, 100)
+    assert len(a.train) == 100 and torch.equal(a.train.labels, b.train.labels)
+    assert a.val is small.val and a.test is small.test
+    assert limit_train(small, 0) is small

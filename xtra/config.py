@@ -190,8 +190,10 @@ class ProbeConfig:
     mask: str = "block"  # block = the pretraining mask; none = full attention
     cache: str = "auto"  # linear probe feature cache: auto | memory | disk | off
     augment: bool = False
+    limit_train: int = 0  # 0 = the whole train split; else a fixed subset (same for every trial)
 
     def __post_init__(self) -> None:
+        _require(self.limit_train >= 0, f"probe.limit_train={self.limit_train} must be >= 0 (0 = all)")
         _require(len(self.kinds) > 0, "probe.kinds is empty (allowed: linear, attentive)")
         for kind in self.kinds:
             _one_of("probe.kinds", kind, ("linear", "attentive"))

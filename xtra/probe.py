@@ -400,6 +400,17 @@ def _run_kind(kind: str, encoder: Encoder, dataset, cfg: ProbeConfig, seed: int,
             shutil.rmtree(scratch, ignore_errors=True)
 
 
+def limit_train(dataset, limit: int):
+    """A fixed subset of the train split (seeded independently of the trial), so every trial of a
+    study probes on the same images."""
+    if not limit or limit >= len(dataset.train):
+        return dataset
+    from xtra.data import Split
+
+    keep = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(0))[:limit].sort().values
+    return dataclasses.replace(dataset, train=Split(dataset.train.images[keep], dataset.train.labels[keep]))
+
+
 def probe(encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, progress: bool = False,
           cache_dir: Path | None = None, *, data_cfg: DataConfig | None = None, log: Log | None = None) -> dict:
     """Probe the frozen `encoder` on `dataset` for every kind in cfg.kinds.
@@ -408,6 +419,7 @@ def probe(encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, progress: bool
     "epochs": n, "cache": memory|disk|off}}; accuracies are fractions in [0, 1].
     `data_cfg` supplies the crop parameters when cfg.augment is on."""
     check_fits(encoder.cfg, dataset, cfg)
+    dataset = limit_train(dataset, cfg.limit_train)
     was_training = encoder.training
     encoder.eval()
     results: dict[str, Any] = {}
