@@ -13,6 +13,7 @@ app = typer.Typer(
 )
 
 from cli import data as _data  # noqa: E402
+from cli import study as _study  # noqa: E402
 from cli.bench import bench_cmd  # noqa: E402
 from cli.pretrain import info_cmd, pretrain_cmd  # noqa: E402
 from cli.probe import probe_cmd  # noqa: E402
@@ -22,5 +23,6 @@ app.command("pretrain")(pretrain_cmd)
 app.command("probe")(probe_cmd)
 app.command("bench")(bench_cmd)
 app.command("info")(info_cmd)
+app.add_typer(_study.app, name="study")
 app.add_typer(_data.app, name="data")
 app.add_typer(_report_app, name="report")

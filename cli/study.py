@@ -1,0 +1,288 @@
+"""`xtra study`: list, show, run, resume and inspect studies (sweeps of trials on Ray Tune).
+
+A thin shell: studies.spec validates and expands, studies.runner runs (the only Ray user),
+studies.state reads a study directory from disk. Bad input is one red line and exit code 2,
+always before Ray starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+app = typer.Typer(help="Define, run and inspect studies: sweeps of pretrain+probe trials on Ray Tune.",
+                  no_args_is_help=True)
+
+# Cost assumption for `show`: dense bf16 peak of an H100/H200 SXM, at a typical 40% model FLOPs utilization.
+PEAK_TFLOPS = 989.0
+MFU = 0.40
+
+StudyArg = Annotated[str, typer.Argument(help="a shipped study name (see `xtra study list`), a .toml path, "
+                                              "or a study directory")]
+PresetOpt = Annotated[str | None, typer.Option("--preset", "-p", help="smoke | cpu | paper | a study's own "
+                                                                       "(default: the study's default_preset)")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="KEY=VALUE, VALUE a TOML literal: a config key (model.block_size=2, probe.lrs=[1e-3,3e-3]), "
+                  "an axis (axes.model.block_size=[1,2]), size=..., seeds=...; repeatable")]
+SeedsOpt = Annotated[int | None, typer.Option("--seeds", help="run seeds 0..N-1 (overrides the study's seeds)")]
+
+
+def _fail(message: str) -> typer.Exit:
+    """One red line on stderr, exit code 2, no traceback."""
+    Console(stderr=True, soft_wrap=True, highlight=False).print(Text(f"error: {message}", style="red"))
+    return typer.Exit(2)
+
+
+def _load(study: str, preset: str | None, sets: list[str] | None, seeds: int | None) -> Any:
+    from studies.spec import load_study, parse_sets
+
+    try:
+        return load_study(study, preset=preset, sets=parse_sets(sets), seeds=seeds)
+    except ValueError as err:
+        raise _fail(" ".join(str(err).split())) from None
+
+
+def _wide() -> Console:
+    c = Console()
+    return Console(width=max(c.width, 150)) if not c.is_terminal else c
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def _gpu_hours(flops_per_image: int, samples: int) -> float:
+    return flops_per_image * samples / (PEAK_TFLOPS * 1e12 * MFU) / 3600
+
+
+def _axes_text(study: Any) -> str:
+    if study.search is not None:
+        s = study.search
+        return f"optuna over {', '.join(s.space)} ({s.num_samples} trials, {s.metric} {s.mode})"
+    parts = []
+    for axis in study.axes:
+        if axis.zipped:
+            vals = ", ".join("/".join(str(v[k]) for k in axis.keys) for v in axis.values)
+            parts.append(f"{axis.name} ({' / '.join(axis.keys)}): {vals}")
+        else:
+            parts.append(f"{axis.name}: {', '.join(str(v[axis.name]) for v in axis.values)}")
+    if len(study.seeds) > 1:
+        parts.append(f"seeds: {', '.join(map(str, study.seeds))}")
+    return "; ".join(parts) or "-"
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """Every shipped study: what it sweeps and how many trials each preset runs."""
+    from studies.spec import default_preset, load_study, preset_names, shipped_studies
+
+    table = Table(title="studies (xtra study show NAME --preset P for the trials and their cost)")
+    for col in ("name", "description", "axes (default preset)", "trials per preset"):
+        table.add_column(col, overflow="fold")
+    for name in shipped_studies():
+        try:
+            default = default_preset(name)
+            study = load_study(name, preset=default)
+            counts = []
+            for p in preset_names(name):
+                try:
+                    counts.append(f"{p} {load_study(name, preset=p).n_trials}" + ("*" if p == default else ""))
+                except ValueError as err:
+                    counts.append(f"{p} [red]invalid[/] ({err})")
+            table.add_row(name, study.description, _axes_text(study), " · ".join(counts))
+        except ValueError as err:
+            table.add_row(name, f"[red]{err}[/]", "", "")
+    table.caption = "* = default preset; add your own study as a .toml file and pass its path"
+    _wide().print(table)
+
+
+@app.command("show")
+def show_cmd(study: StudyArg, preset: PresetOpt = None, sets: SetOpt = None, seeds: SeedsOpt = None) -> None:
+    """Every trial with its params, size, FLOPs/image, samples and estimated GPU-hours."""
+    from xtra.config import flops_per_image, n_params, n_params_encoder
+
+    s = _load(study, preset, sets, seeds)
+    console = _wide()
+    res = s.resources
+    console.print(f"[bold]{s.name}[/] — {s.description}", highlight=False)
+    console.print(f"source {s.source} · preset {s.preset or '-'} · size {s.size} · seeds {list(s.seeds)} · "
+                  f"{res.cpus_per_trial:g} CPU + {res.gpus_per_trial:g} GPU per trial, max concurrent "
+                  f"{res.max_concurrent or 'as many as fit'}", highlight=False)
+    base = s.base_config()
+    console.print(f"data {base.data.name} · pretrain {base.pretrain.samples:,} samples, batch "
+                  f"{base.pretrain.batch_size}, lr {base.pretrain.lr:g}, warmup {base.pretrain.warmup_samples:,} · "
+                  f"probe {', '.join(base.probe.kinds)} for {base.probe.epochs} epochs", highlight=False)
+    if s.sets:
+        console.print(f"--set {' '.join(s.sets)}", highlight=False)
+    caption = (f"GPU-hours = FLOPs/image x samples / ({MFU:.0%} MFU x {PEAK_TFLOPS:g} TFLOP/s dense bf16, "
+               f"H100/H200); pretraining only, probes excluded")
+    table = Table(title=f"{s.name}: {s.n_trials} trial(s)", caption=caption)
+    for col in ("#", "trial", "params", "config hash", "params (M)", "encoder (M)", "FLOPs/image", "samples",
+                "est. GPU-h"):
+        table.add_column(col, overflow="fold", justify="right" if col not in ("trial", "params") else "left")
+    total = 0.0
+    if s.search is not None:
+        m = base.model
+        gh = _gpu_hours(flops_per_image(m), base.pretrain.samples)
+        total = gh * s.search.num_samples
+        space = ", ".join(f"{k}~{d['type']}({d.get('low', d.get('values'))}, {d.get('high', '')})".replace(", )", ")")
+                          for k, d in s.search.space.items())
+        table.add_row("1..", f"x{s.search.num_samples} (Optuna)", space, base.config_hash(), f"{n_params(m) / 1e6:.2f}",
+                      f"{n_params_encoder(m) / 1e6:.2f}", _si(flops_per_image(m)), f"{base.pretrain.samples:,}",
+                      f"{gh:.3g} each")
+    for i, spec in enumerate(s.expand(), 1):
+        m = spec.config.model
+        samples = spec.config.pretrain.samples
+        gh = _gpu_hours(flops_per_image(m), samples)
+        total += gh
+        params = " ".join(f"{k}={v}" for k, v in spec.params.items()) + f" seed={spec.seed}"
+        table.add_row(str(i), spec.trial_id, params, spec.config_hash, f"{n_params(m) / 1e6:.2f}",
+                      f"{n_params_encoder(m) / 1e6:.2f}", _si(flops_per_image(m)), f"{samples:,}", f"{gh:.3g}")
+    table.add_section()
+    table.add_row("", "total", "", "", "", "", "", "", f"{total:.3g}")
+    console.print(table)
+
+
+def _default_out(study_arg: str, s: Any) -> Path:
+    p = Path(study_arg)
+    if p.is_dir():
+        return p
+    return Path("runs") / "studies" / (f"{s.name}-{s.preset}" if s.preset else s.name)
+
+
+def _print_outcome(console: Console, o: Any) -> int:
+    for note in o.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    counts = " · ".join(f"{n} {k}" for k, n in sorted(o.counts.items()))
+    console.print(f"{o.study_dir}: {counts} (ran {len(o.ran)}, reused {len(o.reused)} finished)", highlight=False,
+                  soft_wrap=True)
+    console.print(f"results: {o.results}", highlight=False, soft_wrap=True)
+    if o.report is not None:
+        console.print(f"report: {o.report}", highlight=False, soft_wrap=True)
+    failed = o.counts.get("failed", 0)
+    if failed:
+        console.print(Text(f"{failed} trial(s) failed; their errors are in results.parquet and "
+                           f"`xtra study status {o.study_dir}`", style="red"))
+    unfinished = sum(n for k, n in o.counts.items() if k not in ("finished", "failed", "stopped"))
+    return 1 if failed or unfinished else 0
+
+
+@app.command("run")
+def run_cmd(
+    study: StudyArg,
+    preset: PresetOpt = None,
+    sets: SetOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="study directory (default: runs/studies/<name>-<preset>)"
+                                             )] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="where Ray Tune keeps experiment state and "
+                                                "checkpoints: a directory or s3://... (default: the study dir)"
+                                                )] = None,
+    address: Annotated[str | None, typer.Option("--address", help="connect to a running Ray cluster: auto or "
+                                                "HOST:PORT (default: start a local one)")] = None,
+    cpus_per_trial: Annotated[float | None, typer.Option("--cpus-per-trial", help="CPUs per trial")] = None,
+    gpus_per_trial: Annotated[float | None, typer.Option("--gpus-per-trial", help="GPUs per trial (fractions ok)"
+                                                         )] = None,
+    max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", help="trials at once (0 = as many "
+                                                       "as fit)")] = None,
+    seeds: SeedsOpt = None,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="build report/index.html at the end")] = True,
+) -> None:
+    """Run a study: only trials that are new or unfinished; finished ones (same config hash) are reused."""
+    from studies.runner import run_study
+    from studies.spec import StudyError
+
+    s = _load(study, preset, sets, seeds)
+    try:
+        s = s.with_resources(cpus_per_trial, gpus_per_trial, max_concurrent)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    study_dir = out or _default_out(study, s)
+    console = Console()
+    try:
+        outcome = run_study(s, study_dir, address=address, storage=storage, console=console, build_report=report)
+    except StudyError as err:  # a bad study dir, another runner, a missing dataset: before Ray starts
+        raise _fail(" ".join(str(err).split())) from None
+    raise typer.Exit(_print_outcome(console, outcome))
+
+
+@app.command("resume")
+def resume_cmd(
+    study_dir: Annotated[Path, typer.Argument(help="a study directory (holds study.toml)")],
+    address: Annotated[str | None, typer.Option("--address", help="auto or HOST:PORT of a running Ray cluster"
+                                                )] = None,
+    max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", help="trials at once")] = None,
+    cpus_per_trial: Annotated[float | None, typer.Option("--cpus-per-trial", help="CPUs per trial")] = None,
+    gpus_per_trial: Annotated[float | None, typer.Option("--gpus-per-trial", help="GPUs per trial")] = None,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="build report/index.html at the end")] = True,
+) -> None:
+    """Continue an interrupted study: unfinished trials resume from their checkpoints, finished ones are kept."""
+    from studies.runner import resume_study
+    from studies.spec import StudyError
+
+    console = Console()
+    try:
+        outcome = resume_study(study_dir, address=address, console=console, build_report=report,
+                               max_concurrent=max_concurrent, cpus_per_trial=cpus_per_trial,
+                               gpus_per_trial=gpus_per_trial)
+    except StudyError as err:
+        raise _fail(" ".join(str(err).split())) from None
+    raise typer.Exit(_print_outcome(console, outcome))
+
+
+@app.command("status")
+def status_cmd(study_dir: Annotated[Path, typer.Argument(help="a study directory (holds study.toml)")]) -> None:
+    """Counts and each trial's last metrics, read from disk (no Ray)."""
+    from studies import state as st
+
+    try:
+        s = st.load_study_dir(study_dir)
+    except ValueError as err:
+        raise _fail(" ".join(str(err).split())) from None
+    holder = st.lock_holder(study_dir)
+    states = st.study_trials(s, study_dir, running=holder is not None)
+    counts = {k: 0 for k in ("finished", "running", "failed", "pending")}
+    for t in states:
+        counts[t.status] = counts.get(t.status, 0) + 1
+    console = _wide()
+    who = (f"running: pid {holder.get('pid')} on {holder.get('host')} ({holder.get('command')}, since "
+           f"{holder.get('started')})" if holder else "not running")
+    console.print(f"[bold]{s.name}[/] ({s.preset or 'no preset'}) in {study_dir} — {who}", highlight=False)
+    console.print(" · ".join(f"{n} {k}" for k, n in counts.items()), highlight=False)
+    runs = st.read_runs(study_dir)
+    if runs:
+        last = runs[-1]
+        console.print(f"last experiment: {last.get('name')} ({last.get('state')}, started {last.get('started')})",
+                      highlight=False)
+    table = Table()
+    for col in ("trial", "config hash", "status", "starts", "samples", "checkpoint", "loss", "val loss", "linear",
+                "attentive", "error"):
+        table.add_column(col, overflow="fold")
+    style = {"finished": "green", "failed": "red", "running": "cyan", "stopped": "magenta"}
+
+    def f(v: Any, fmt: str = ".4f") -> str:
+        return "" if v is None else format(v, fmt) if isinstance(v, float) else str(v)
+
+    for t in states:
+        row = t.row or {}
+        last = t.last or {}
+        total = t.config.pretrain.samples if t.config else None
+        samples = row.get("samples_seen", last.get("samples_seen", 0))
+        status = f"[{style[t.status]}]{t.status}[/]" if t.status in style else t.status
+        table.add_row(t.trial_id, t.config_hash, status, str(t.starts),
+                      f"{samples:,}/{total:,}" if total else str(samples),
+                      "" if t.checkpoint_samples is None else f"{t.checkpoint_samples:,}",
+                      f(row.get("train_loss", last.get("loss"))), f(row.get("val_loss")),
+                      f(row.get("linear_top1")), f(row.get("attentive_top1")), t.error or "")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()
