@@ -26,3 +26,6 @@ app.command("info")(info_cmd)
 app.add_typer(_study.app, name="study")
 app.add_typer(_data.app, name="data")
 app.add_typer(_report_app, name="report")
+
+if __name__ == "__main__":
+    app()
