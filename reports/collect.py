@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,8 +231,15 @@ def _read_trial_rows(study_dir: Path, notes: list[str]) -> pl.DataFrame:
 
 def _running(study_dir: Path) -> bool:
     """A runner holds ``study.lock`` while it runs (or left it when killed): its parquet files, if
-    any, are from an earlier run, so the trial files are the current state."""
-    return (study_dir / "study.lock").is_file()
+    any, are from an earlier run, so the trial files are the current state. The runner itself builds
+    the report after writing fresh parquet files while still holding the lock: that is not "running"."""
+    lock = study_dir / "study.lock"
+    if not lock.is_file():
+        return False
+    try:
+        return json.loads(lock.read_text()).get("pid") != os.getpid()
+    except (OSError, ValueError, AttributeError):
+        return True
 
 
 def scan_results(study_dir: str | Path, notes: list[str] | None = None) -> pl.LazyFrame:
