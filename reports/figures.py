@@ -300,6 +300,50 @@ def loss_scaling(study: Study, x: str, xtitle: str, exclude: Sequence[str], n_bo
     return Panel(pid, title, fig, note=note, tables=tables)
 
 
+def learning_curve_laws(study: Study, n_boot: int = 200, max_trials: int = 12, warmup_fraction: float = 0.1) -> Panel:
+    """Each finished trial's own pretraining curve, L(s) = E + A·s^-alpha, fitted past the warmup.
+
+    Every study has this law, even one with a single budget: it says how far each configuration's
+    loss was still falling when training stopped. Descriptive (the LR schedule shapes the tail), not
+    a compute-optimal law; those need budgets or sizes that vary across trials."""
+    pid, title = "learning-curve-laws", "Learning-curve laws: pretraining loss vs samples seen (fitted)"
+    finished = study.finished.select("config_hash", "trial_id").unique("config_hash", keep="first")
+    cur = _positive(study.curves, "samples_seen", "loss").join(finished, on="config_hash", how="inner")
+    hashes = cur.get_column("config_hash").unique(maintain_order=True).to_list()[:max_trials]
+    if not hashes:
+        return Panel(pid, title, note="Skipped: no finished trial with a pretraining curve.")
+    labels = {h: str(cur.filter(pl.col("config_hash") == h).get_column("trial_id")[0] or h) for h in hashes}
+    cmap = colors(list(labels.values()))
+    fig, fits, skipped = go.Figure(), {}, []
+    for h in hashes:
+        lab = labels[h]
+        part = cur.filter(pl.col("config_hash") == h).sort("samples_seen")
+        s_max = part.get_column("samples_seen").max()
+        part = part.filter(pl.col("samples_seen") >= warmup_fraction * s_max)
+        xs, ys = part.get_column("samples_seen").to_numpy(), part.get_column("loss").to_numpy()
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=lab, legendgroup=lab,
+                                 marker=dict(color=cmap[lab], size=4, opacity=0.6)))
+        fit, why = _fit_power(xs, ys, n_boot, seed=0)
+        if fit is None:
+            skipped.append(f"{lab}: {why}")
+            continue
+        fits[lab] = fit
+        grid = np.logspace(np.log10(xs.min()), np.log10(xs.max()), 100)
+        _band(fig, grid, *fit.predict_interval(grid), color=cmap[lab], group=lab)
+        fig.add_trace(go.Scatter(x=grid, y=fit.predict(grid), mode="lines", name=f"{lab} fit", legendgroup=lab,
+                                 line=dict(color=cmap[lab])))
+    _layout(fig, title, "samples seen", "pretraining loss", logx=True, logy=True)
+    note = (f"Per trial, curve rows past the first {warmup_fraction:.0%} of the budget (the warmup); "
+            "bands: 95% bootstrap interval. The cosine schedule shapes the tail, so read these as "
+            "descriptive learning curves.")
+    if skipped:
+        note += " Not fitted: " + "; ".join(skipped) + "."
+    if not fits:
+        return Panel(pid, title, note="No learning-curve fit: " + "; ".join(skipped))
+    tables = [power_law_table("Fit: pretraining loss vs samples seen, per trial", fits, "s", f"table-fit-{pid}")]
+    return Panel(pid, title, fig, note=note, tables=tables)
+
+
 def chinchilla_fits(study: Study, n_boot: int = 200) -> tuple[dict[str, tuple[ChinchillaFit, pl.DataFrame]], str]:
     """One L(N, D) fit per group of the keys that are neither size nor samples, where N and D both vary."""
     lcol, _ = loss_column(study)
@@ -529,6 +573,7 @@ def panels(study: Study, n_boot: int = 200, pictures: Any = None) -> list[Panel]
         compute_figure(study, chinchilla, n_boot),
         loss_scaling(study, "samples_seen", "samples seen", SAMPLE_KEYS, n_boot),
         loss_scaling(study, "n_params", "parameters", SIZE_KEYS, n_boot),
+        learning_curve_laws(study, n_boot),
         isoflop_figure(study, chinchilla, why),
         frontier_figure(study, chinchilla),
         predictions_panel(study, pictures),

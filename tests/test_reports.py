@@ -31,7 +31,7 @@ from xtra.config import SIZES
 
 N_BOOT = 20
 ALL_FIGURES = ["loss-curves", "probe-vs-k", "sample-efficiency", "param-efficiency", "compute", "loss-vs-samples",
-               "loss-vs-params", "isoflop", "frontier"]
+               "loss-vs-params", "learning-curve-laws", "isoflop", "frontier"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -321,7 +321,8 @@ def test_smoke_study_report_from_trial_files(smoke: Path) -> None:
     index = build_report(smoke, n_boot=N_BOOT)
     page = index.read_text()
     md = (index.parent / "summary.md").read_text()
-    assert figures_in(page) == ["loss-curves", "probe-vs-k"]
+    assert figures_in(page) == ["loss-curves", "probe-vs-k", "learning-curve-laws"]
+    assert "### Fit: pretraining loss vs samples seen, per trial" in md
     assert set(skipped_in(page)) == {"sample-efficiency", "param-efficiency", "compute", "loss-vs-samples",
                                      "loss-vs-params", "isoflop", "frontier", "predictions"}
     assert "read from trials" in page and "results.parquet is missing" in md
@@ -336,7 +337,7 @@ def test_smoke_study_report_from_trial_files(smoke: Path) -> None:
 def test_single_trial_and_no_probe_study(tmp_path: Path) -> None:
     one = make_study(tmp_path / "one", block_sizes=(4,), nan_probe=(0,), n_curve_rows=5)
     page = build_report(one, n_boot=0).read_text()
-    assert figures_in(page) == ["loss-curves"]
+    assert figures_in(page) == ["loss-curves", "learning-curve-laws"]  # 5 curve rows: enough for a 3-parameter law
     md = (one / "report" / "summary.md").read_text()
     assert "### Finished trials" in md and "Ablation" not in md
     dead = make_study(tmp_path / "dead", block_sizes=(1, 2), failed=(0, 1))
@@ -489,6 +490,6 @@ def test_render_checks_catch_broken_pages(grid: Path, tmp_path: Path) -> None:
 def test_static_images_via_kaleido(smoke: Path, tmp_path: Path) -> None:
     index = build_report(smoke, out=tmp_path / "img", images="svg", n_boot=0)
     svgs = sorted(p.name for p in (tmp_path / "img" / "figures").iterdir())
-    assert svgs == ["loss-curves.svg", "probe-vs-k.svg"], index.read_text()[:2000]
+    assert svgs == ["learning-curve-laws.svg", "loss-curves.svg", "probe-vs-k.svg"], index.read_text()[:2000]
     assert all((tmp_path / "img" / "figures" / s).read_text().lstrip().startswith("<svg") for s in svgs)
     assert 'href="figures/loss-curves.svg"' in index.read_text()
