@@ -26,6 +26,10 @@ def pretrain_cmd(
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
     probe: Annotated[bool, typer.Option(help="Probe the encoder (linear + attentive) after pretraining.")] = False,
     seed: Seed = 0,
+    workers: Annotated[int, typer.Option(help="Data-parallel workers (Ray Train + DDP: NCCL on GPUs, gloo on CPUs); "
+                                              "pretrain.batch_size stays the global batch.")] = 1,
+    address: Annotated[str | None, typer.Option(help="With --workers: a running Ray cluster (auto or HOST:PORT; "
+                                                     "default: start a local one).")] = None,
 ) -> None:
     """Pretrain one XTRA model (resumable), optionally probe it."""
     from xtra.checkpoint import CHECKPOINT, atomic_write_json
@@ -45,12 +49,26 @@ def pretrain_cmd(
         where = locate(cfg.data)
         if (out / CHECKPOINT).exists() and not resume:
             raise ValueError(f"{out / CHECKPOINT} already exists: pass --resume to continue it, or a new --out")
+        if workers < 1:
+            raise ValueError(f"--workers {workers} must be >= 1")
+        if cfg.pretrain.batch_size % (workers * cfg.pretrain.accumulate):
+            raise ValueError(f"pretrain.batch_size={cfg.pretrain.batch_size} is not divisible by --workers x "
+                             f"pretrain.accumulate = {workers} x {cfg.pretrain.accumulate}")
+        if address and workers == 1:
+            raise ValueError("--address needs --workers N (N > 1): a single worker runs here")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.to_dict())
     console.print(f"[bold]xtra pretrain[/] {size} k={cfg.model.block_size} on {cfg.data.name} ({where}): "
                   f"{describe(cfg.model)}")
-    with user_errors():
-        result = pretrain(cfg.model, cfg.data, cfg.pretrain, out, seed=cfg.seed, progress=True, log=console.print)
+    if workers > 1:
+        from studies.runner import run_pretrain_workers
+
+        with user_errors():
+            result = run_pretrain_workers(cfg, out, workers, address=address, probe=probe, console=console)
+    else:
+        with user_errors():
+            result = pretrain(cfg.model, cfg.data, cfg.pretrain, out, seed=cfg.seed, progress=True,
+                              log=console.print)
     console.print(f"pretrained {result['samples_seen']} samples in {result['wall_s']:.0f}s "
                   f"({result['images_per_s']:.0f} img/s): train loss {result['train_loss']:.4f}, "
                   f"val loss {result['val_loss']:.4f}")
@@ -58,8 +76,11 @@ def pretrain_cmd(
     if probe:
         from xtra.probe import probe_run
 
-        with user_errors():
-            probed = probe_run(out, cfg.data, cfg.probe, seed=cfg.seed, progress=True)
+        if workers > 1:  # rank 0 probed on its own device
+            probed = result["probe"]
+        else:
+            with user_errors():
+                probed = probe_run(out, cfg.data, cfg.probe, seed=cfg.seed, progress=True)
         for kind, res in probed.items():
             console.print(f"probe {kind}: test top-1 {res['test_top1']:.2%} (lr {res['best_lr']:g}, "
                           f"chosen on validation)")

@@ -30,6 +30,10 @@ SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="KEY=VALUE, VALUE a TOML literal: a config key (model.block_size=2, probe.lrs=[1e-3,3e-3]), "
                   "an axis (axes.model.block_size=[1,2]), size=..., seeds=...; repeatable")]
 SeedsOpt = Annotated[int | None, typer.Option("--seeds", help="run seeds 0..N-1 (overrides the study's seeds)")]
+WorkersOpt = Annotated[int | None, typer.Option(
+    "--workers-per-trial", help="data-parallel workers per trial (Ray Train + DDP: NCCL on GPUs, gloo on CPUs); the "
+                                "trial's CPUs and GPUs are split among them, the batch is the global batch "
+                                "(default: one per GPU of --gpus-per-trial, 1 on CPUs)")]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -114,8 +118,9 @@ def show_cmd(study: StudyArg, preset: PresetOpt = None, sets: SetOpt = None, see
     res = s.resources
     console.print(f"[bold]{s.name}[/] — {s.description}", highlight=False)
     console.print(f"source {s.source} · preset {s.preset or '-'} · size {s.size} · seeds {list(s.seeds)} · "
-                  f"{res.cpus_per_trial:g} CPU + {res.gpus_per_trial:g} GPU per trial, max concurrent "
-                  f"{res.max_concurrent or 'as many as fit'}", highlight=False)
+                  f"{res.cpus_per_trial:g} CPU + {res.gpus_per_trial:g} GPU per trial"
+                  + (f" on {res.workers} data-parallel workers" if res.workers > 1 else "")
+                  + f", max concurrent {res.max_concurrent or 'as many as fit'}", highlight=False)
     base = s.base_config()
     console.print(f"data {base.data.name} · pretrain {base.pretrain.samples:,} samples, batch "
                   f"{base.pretrain.batch_size}, lr {base.pretrain.lr:g}, warmup {base.pretrain.warmup_samples:,} · "
@@ -188,10 +193,11 @@ def run_cmd(
     address: Annotated[str | None, typer.Option("--address", help="connect to a running Ray cluster: auto or "
                                                 "HOST:PORT (default: start a local one)")] = None,
     cpus_per_trial: Annotated[float | None, typer.Option("--cpus-per-trial", help="CPUs per trial")] = None,
-    gpus_per_trial: Annotated[float | None, typer.Option("--gpus-per-trial", help="GPUs per trial (fractions ok)"
-                                                         )] = None,
+    gpus_per_trial: Annotated[float | None, typer.Option("--gpus-per-trial", help="GPUs per trial (fractions ok; "
+                                                         "N > 1 = N data-parallel workers, one GPU each)")] = None,
     max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", help="trials at once (0 = as many "
                                                        "as fit)")] = None,
+    workers_per_trial: WorkersOpt = None,
     seeds: SeedsOpt = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="build report/index.html at the end")] = True,
 ) -> None:
@@ -201,7 +207,7 @@ def run_cmd(
 
     s = _load(study, preset, sets, seeds)
     try:
-        s = s.with_resources(cpus_per_trial, gpus_per_trial, max_concurrent)
+        s = s.with_resources(cpus_per_trial, gpus_per_trial, max_concurrent, workers_per_trial)
     except ValueError as err:
         raise _fail(str(err)) from None
     study_dir = out or _default_out(study, s)
@@ -221,6 +227,7 @@ def resume_cmd(
     max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", help="trials at once")] = None,
     cpus_per_trial: Annotated[float | None, typer.Option("--cpus-per-trial", help="CPUs per trial")] = None,
     gpus_per_trial: Annotated[float | None, typer.Option("--gpus-per-trial", help="GPUs per trial")] = None,
+    workers_per_trial: WorkersOpt = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="build report/index.html at the end")] = True,
 ) -> None:
     """Continue an interrupted study: unfinished trials resume from their checkpoints, finished ones are kept."""
@@ -231,7 +238,7 @@ def resume_cmd(
     try:
         outcome = resume_study(study_dir, address=address, console=console, build_report=report,
                                max_concurrent=max_concurrent, cpus_per_trial=cpus_per_trial,
-                               gpus_per_trial=gpus_per_trial)
+                               gpus_per_trial=gpus_per_trial, workers_per_trial=workers_per_trial)
     except StudyError as err:
         raise _fail(" ".join(str(err).split())) from None
     raise typer.Exit(_print_outcome(console, outcome))

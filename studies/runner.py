@@ -12,6 +12,15 @@ Tune too, so a retried trial (``FailureConfig(max_failures=2)``) continues from 
   last experiment was interrupted is restored with ``Tuner.restore`` (the Optuna state with it).
 * At the end (also after a failure or Ctrl-C) ``results.parquet`` and ``curves.parquet`` are
   rewritten from the trial directories, then the HTML report is built if ``reports`` is there.
+
+Trials larger than one GPU (``[resources] workers_per_trial`` > 1, or ``gpus_per_trial`` = N > 1): the
+Tune trainable is only a driver (it reserves no CPU or GPU). It launches a Ray Train ``TorchTrainer``
+with ``ScalingConfig(num_workers=N)`` whose workers run ``run_trial`` together as a DDP group (NCCL
+on GPUs, gloo on CPUs) in the same trial directory: rank 0 writes the checkpoints, reports them to
+Ray Train (which restarts a failed worker group from the last one, ``FailureConfig(max_failures=2)``)
+and probes; progress and the result row reach the driver through a queue and go on to Tune as for
+a one-process trial. ``run_pretrain_workers`` (``xtra pretrain --workers N``) and ``bench_scaling``
+take the same path.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -68,10 +78,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _restore_checkpoint(run_dir: Path) -> int | None:
-    """Put Tune's checkpoint into run_dir when it is newer than what run_dir holds (e.g. the trial
-    moved to another node). Returns the samples of the checkpoint restored, or None."""
-    ckpt = tune.get_checkpoint()
+def _restore_checkpoint(run_dir: Path, ckpt: Any) -> int | None:
+    """Put Ray's checkpoint (Tune's, or Ray Train's for a multi-worker trial) into run_dir when it is
+    newer than what run_dir holds (e.g. the trial moved to another node). Returns the samples of
+    the checkpoint restored, or None."""
     if ckpt is None:
         return None
     with ckpt.as_directory() as d:
@@ -93,8 +103,9 @@ def _restore_checkpoint(run_dir: Path) -> int | None:
 class _Reporter:
     """run_trial's ``report`` callback inside the worker: events -> ``tune.report``."""
 
-    def __init__(self, run_dir: Path, config_hash: str, total: int) -> None:
+    def __init__(self, run_dir: Path, config_hash: str, total: int, tune_checkpoints: bool = True) -> None:
         self.run_dir, self.config_hash, self.total = run_dir, config_hash, total
+        self.tune_checkpoints = tune_checkpoints  # False: Ray Train's workers keep the checkpoints
         self.last_report = 0.0
         self.latest: dict[str, Any] = {"samples_seen": 0, "total_samples": total}
 
@@ -113,6 +124,10 @@ class _Reporter:
                 return
             self.last_report = now
             tune.report(self.metrics("running"))
+        elif kind == "checkpoint" and not self.tune_checkpoints:
+            status = "probing" if int(event["samples_seen"]) >= self.total else "running"
+            tune.report(self.metrics(status, kind="checkpoint"))
+            self.last_report = now
         elif kind == "checkpoint":
             samples = int(event["samples_seen"])
             st.write_json(self.run_dir / "tune_checkpoint.json", {"samples_seen": samples, "step": event.get("step")})
@@ -143,7 +158,8 @@ def _trainable(config: dict[str, Any]) -> None:
     cfg, trial_id, params, study_dir = _trial_of(config)
     meta = config["trial"]
     cpus = float(meta.get("cpus", 1))
-    if cpus >= 1:
+    workers = int(meta.get("workers", 1))
+    if cpus >= 1 and workers == 1:
         torch.set_num_threads(int(cpus))
     h = cfg.config_hash()
     run_dir = st.trial_dir(study_dir, h)
@@ -157,16 +173,19 @@ def _trainable(config: dict[str, Any]) -> None:
                                                 "config_hash": h})
     for stale in run_dir.glob(".tune-checkpoint-*"):  # left by a worker killed mid-report
         shutil.rmtree(stale, ignore_errors=True)
-    restored = _restore_checkpoint(run_dir)
+    restored = _restore_checkpoint(run_dir, tune.get_checkpoint())
     (run_dir / "status.json").unlink(missing_ok=True)
     st.append_jsonl(run_dir / "attempts.jsonl", {
         "event": "start", "time": time.strftime("%Y-%m-%d %H:%M:%S"), "pid": os.getpid(),
         "host": socket.gethostname(), "experiment": ctx.get_experiment_name(), "ray_trial_id": ctx.get_trial_id(),
         "gcs_address": ray.get_runtime_context().gcs_address, "threads": torch.get_num_threads(),
-        "checkpoint_samples": st._checkpoint_samples(run_dir), "restored_from_tune": restored})
-    reporter = _Reporter(run_dir, h, cfg.pretrain.samples)
+        "checkpoint_samples": st._checkpoint_samples(run_dir), "restored_from_tune": restored, "workers": workers})
+    reporter = _Reporter(run_dir, h, cfg.pretrain.samples, tune_checkpoints=workers == 1)
     try:
-        row = run_trial(cfg, run_dir, report=reporter)
+        if workers > 1:
+            row = _trial_on_workers(cfg, run_dir, meta, reporter)
+        else:
+            row = run_trial(cfg, run_dir, report=reporter)
     except NonFiniteLoss as err:  # deterministic: a retry would fail the same way, so no retry
         msg = _error_line(err)
         st.write_json(run_dir / "status.json", {"status": "failed", "error": msg})
@@ -182,6 +201,300 @@ def _trainable(config: dict[str, Any]) -> None:
     final = {k: v for k, v in row.items() if k not in _RESERVED and isinstance(v, (int, float, str, type(None)))}
     tune.report({**reporter.metrics("finished", kind="result"), **final, "loss": row.get("train_loss"),
                  "status": "finished"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-worker trials: Ray Train's TorchTrainer inside the Tune trainable
+
+WORKERS_LOG = "workers.jsonl"  # one line per start of a trial's worker group (rank 0 writes it)
+TRAIN_DIR = "train"  # Ray Train's runs (checkpoints, state), one per trial, under the study's storage
+
+
+def _per_worker(total: float, workers: int) -> float:
+    return total / workers if total else 0.0
+
+
+class _WorkerReporter:
+    """``report`` callback on a Ray Train worker. Checkpoint events arrive on every rank at the same
+    step: together they make one ``ray.train.report`` (a barrier), rank 0 handing over its file so a
+    restarted worker group (on any node) resumes from it. Everything rank 0 hears also goes to the
+    driver through ``events`` (progress at most once per PROGRESS_EVERY_S)."""
+
+    def __init__(self, world: Any, run_dir: Path, key: str, events: Any) -> None:
+        self.world, self.run_dir, self.key, self.events = world, run_dir, key, events
+        self.last_progress = 0.0
+
+    def send(self, event: dict[str, Any]) -> None:
+        if self.events is None or not self.world.main:
+            return
+        try:
+            self.events.put(event, timeout=10)
+        except Exception:  # noqa: BLE001 - the driver is gone or slow: training goes on regardless
+            pass
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        import ray.train
+
+        kind = event.get("kind")
+        if kind == "checkpoint":
+            samples = int(event["samples_seen"])
+            metrics = {"samples_seen": samples, "step": event.get("step")}
+            if not self.world.main:
+                ray.train.report(metrics, checkpoint=None)
+                return
+            st.write_json(self.run_dir / "tune_checkpoint.json", {"samples_seen": samples, "step": event.get("step")})
+            tmp = Path(tempfile.mkdtemp(dir=self.run_dir, prefix=".train-checkpoint-"))
+            try:
+                _link_or_copy(Path(event["path"]), tmp / "checkpoint.pt")
+                st.write_json(tmp / "meta.json", {**metrics, "config_hash": self.key})
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            self.send(event)
+        elif kind == "progress":
+            now = time.monotonic()
+            if now - self.last_progress >= PROGRESS_EVERY_S:
+                self.last_progress = now
+                self.send(event)
+        else:
+            self.send(event)
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker of a multi-worker run (a study trial, ``xtra pretrain --workers``, a bench)."""
+    import ray.train
+    import torch
+
+    from xtra.distributed import World
+    from xtra.pretrain import NonFiniteLoss
+
+    ctx = ray.train.get_context()
+    device = None
+    if config["use_gpu"]:
+        import ray.train.torch
+
+        device = str(ray.train.torch.get_device())
+    world = World.from_torch(device=device, local_rank=ctx.get_local_rank())
+    torch.set_num_threads(max(1, int(config["threads"])))
+    cfg = from_dict(config["config"])
+    run_dir = Path(config["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    reporter = _WorkerReporter(world, run_dir, cfg.config_hash(), config.get("events"))
+    if world.main:
+        for stale in run_dir.glob(".train-checkpoint-*"):  # left by a worker killed mid-report
+            shutil.rmtree(stale, ignore_errors=True)
+        restored = _restore_checkpoint(run_dir, ray.train.get_checkpoint())
+        st.append_jsonl(run_dir / WORKERS_LOG, {
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "world_size": world.size, "pid": os.getpid(),
+            "host": socket.gethostname(), "device": device or "cpu", "threads": torch.get_num_threads(),
+            "checkpoint_samples": st._checkpoint_samples(run_dir), "restored_from_train": restored})
+    try:
+        if config["mode"] == "trial":
+            from xtra.trial import run_trial
+
+            row = run_trial(cfg, run_dir, report=reporter, world=world)
+        else:
+            row = _pretrain_on_worker(cfg, run_dir, world, reporter, probe=config.get("probe", False))
+    except NonFiniteLoss as err:  # every rank sees it at once; a retry would fail the same way
+        reporter.send({"kind": "failed", "error": str(err)})
+        return
+    reporter.send({"kind": "result", "row": row})
+
+
+def _pretrain_on_worker(cfg: Any, run_dir: Path, world: Any, reporter: _WorkerReporter,
+                        probe: bool) -> dict[str, Any] | None:
+    from xtra.pretrain import pretrain
+    from xtra.trial import faults_from_env
+
+    def log(msg: str) -> None:
+        reporter.send({"kind": "log", "message": msg})
+
+    result = pretrain(cfg.model, cfg.data, cfg.pretrain, run_dir, seed=cfg.seed, report=reporter,
+                      faults=faults_from_env(cfg), log=log, world=world)
+    if not world.main:
+        return None
+    rows = st.read_jsonl(run_dir / "metrics.jsonl")
+    rates = sorted(r["images_per_s"] for r in rows[2:] if r.get("images_per_s"))  # past the warm-up
+    result["images_per_s_steady"] = rates[len(rates) // 2] if rates else result["images_per_s"]
+    if probe:
+        from xtra.probe import probe_run
+
+        probed = probe_run(run_dir, cfg.data, cfg.probe, seed=cfg.seed, log=log)
+        result["probe"] = {k: v for k, v in probed.items() if k != "meta"}
+    return result
+
+
+def _run_workers(cfg: Any, run_dir: Path, *, mode: str, workers: int, use_gpu: bool, cpus_per_worker: float,
+                 gpus_per_worker: float, storage_path: str, name: str, on_event: Any, probe: bool = False
+                 ) -> dict[str, Any] | None:
+    """Run ``_train_worker`` on ``workers`` Ray Train workers and pump their events into ``on_event``
+    (on this thread) until they finish. Returns rank 0's final event (``result`` or ``failed``)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Empty, Queue
+
+    events = Queue(actor_options={"num_cpus": 0})  # a 0-CPU actor: fits beside a 0-CPU driver
+    resources = {"CPU": cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = gpus_per_worker or 1
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir), "mode": mode, "use_gpu": use_gpu,
+                           "threads": max(1, int(cpus_per_worker)), "events": events, "probe": probe},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=ray.train.RunConfig(name=name, storage_path=storage_path,
+                                       failure_config=ray.train.FailureConfig(max_failures=MAX_FAILURES),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)))
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as err:  # noqa: BLE001 - re-raised on the caller's thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=fit, name="xtra-train-fit", daemon=True)
+    thread.start()
+    final = None
+    try:
+        while True:
+            try:
+                batch = [events.get(timeout=0.25)]
+            except Empty:
+                if thread.is_alive():
+                    continue
+                size = events.qsize()
+                batch = events.get_nowait_batch(size) if size else []
+                if not batch:
+                    break
+            for event in batch:
+                if event.get("kind") in ("result", "failed"):
+                    final = event
+                on_event(event)
+        thread.join()
+    finally:
+        with contextlib.suppress(Exception):
+            ray.kill(events.actor)
+    if "error" in outcome:
+        raise outcome["error"]
+    return final
+
+
+def _trial_on_workers(cfg: Any, run_dir: Path, meta: dict[str, Any], reporter: _Reporter) -> dict[str, Any]:
+    """The Tune trainable's part of a multi-worker trial: launch the workers, relay their events."""
+    from xtra.pretrain import NonFiniteLoss
+
+    workers = int(meta["workers"])
+    gpus = float(meta.get("gpus", 0))
+    storage = str(meta.get("storage") or meta["study_dir"]).rstrip("/")
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("kind") in ("progress", "checkpoint"):
+            reporter(event)
+
+    final = _run_workers(cfg, run_dir, mode="trial", workers=workers, use_gpu=gpus > 0,
+                         cpus_per_worker=_per_worker(float(meta.get("cpus", 1)), workers),
+                         gpus_per_worker=_per_worker(gpus, workers), storage_path=f"{storage}/{TRAIN_DIR}",
+                         name=cfg.config_hash(), on_event=on_event)
+    if final is not None and final["kind"] == "failed":
+        raise NonFiniteLoss(final["error"])
+    row = final.get("row") if final is not None else None
+    if row is None:
+        from xtra.trial import read_finished
+
+        row = read_finished(run_dir)
+    if row is None:
+        raise RuntimeError(f"the {workers} workers of trial {cfg.config_hash()} finished without a result")
+    return row
+
+
+def run_pretrain_workers(cfg: Any, out: str | Path, workers: int, *, address: str | None = None,
+                         probe: bool = False, console: Any = None) -> dict[str, Any]:
+    """``xtra pretrain --workers N``: one run on N Ray Train workers (DDP), resumable in ``out``.
+    GPUs when ``pretrain.device`` is cuda, or auto and the cluster has N of them; CPUs split evenly."""
+    from rich.console import Console
+
+    from xtra.pretrain import NonFiniteLoss, _progress_bar
+
+    console = console or Console()
+    out = Path(out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    with _ray_session(out, address) as info:
+        use_gpu = _use_gpu(cfg.pretrain.device, info, workers)
+        cpus = _cpus_per_worker(info, workers)
+        console.print(f"{workers} workers x ({cpus:g} CPU{' + 1 GPU' if use_gpu else ''}) on "
+                      f"{'the Ray cluster at ' + str(info.get('gcs_address')) if address else 'a local Ray'}; "
+                      f"Ray's log: {out / 'ray.log'}", highlight=False)
+        bar = _progress_bar(cfg.pretrain.samples, 0) if console.is_terminal else None
+
+        def on_event(event: dict[str, Any]) -> None:
+            kind = event.get("kind")
+            if kind == "log":
+                console.print(event["message"], highlight=False, soft_wrap=True)
+            elif kind == "progress" and bar is not None:
+                bar[0].update(bar[1], completed=event["samples_seen"], loss=event["loss"], lr=event["lr"],
+                              ips=event["images_per_s"])
+
+        try:
+            final = _run_workers(cfg, out, mode="pretrain", workers=workers, use_gpu=use_gpu, cpus_per_worker=cpus,
+                                 gpus_per_worker=1, storage_path=str(out), name="ray-train", on_event=on_event,
+                                 probe=probe)
+        finally:
+            if bar is not None:
+                bar[0].stop()
+    if final is None:
+        raise RuntimeError(f"the {workers} workers finished without a result (see {out / 'ray.log'})")
+    if final["kind"] == "failed":
+        raise NonFiniteLoss(final["error"])
+    return final["row"]
+
+
+def _use_gpu(device: str, info: dict[str, Any], workers: int) -> bool:
+    if device == "cuda":
+        return True
+    return device == "auto" and info.get("cluster_gpus", 0) >= workers
+
+
+def _cpus_per_worker(info: dict[str, Any], workers: int) -> float:
+    share = float(info.get("cluster_cpus", 1)) / workers
+    return share if share < 1 else float(int(share))
+
+
+def bench_scaling(n_workers: int = 2, *, size: str | None = None, batch_per_worker: int | None = None,
+                  steps: int = 30, address: str | None = None) -> dict[str, Any]:
+    """Data-parallel scaling efficiency on the devices present: steady-state pretraining throughput
+    of ``n_workers`` Ray Train workers over ``n_workers`` x that of one worker, each worker with the
+    same share of the machine (a GPU each where there are ``n_workers`` GPUs, else CPUs split
+    evenly) and the same per-worker batch (weak scaling), on synthetic images."""
+    from xtra.config import SIZES, TrialConfig, override
+
+    with tempfile.TemporaryDirectory(prefix="xtra-bench-scaling-") as tmp:
+        root = Path(tmp)
+        with _ray_session(root, address) as info:
+            use_gpu = _use_gpu("auto", info, n_workers)
+            size = size or ("vit-b/16" if use_gpu else "cpu-s")
+            batch_per_worker = batch_per_worker or (64 if use_gpu else 32)
+            cpus = _cpus_per_worker(info, n_workers)
+            rates: dict[int, float] = {}
+            for n in (1, n_workers):
+                batch = batch_per_worker * n
+                cfg = override(TrialConfig(), {
+                    **{f"model.{k}": v for k, v in SIZES[size].items()}, "model.block_size": 2 if size != "tiny"
+                    else 1, "data.name": "synthetic", "data.synthetic_size": 512, "pretrain.batch_size": batch,
+                    "pretrain.samples": batch * steps, "pretrain.warmup_samples": batch,
+                    "pretrain.checkpoint_every": batch * steps, "pretrain.log_every": max(1, steps // 10),
+                    "pretrain.device": "cuda" if use_gpu else "cpu"})
+                final = _run_workers(cfg, root / f"w{n}", mode="pretrain", workers=n, use_gpu=use_gpu,
+                                     cpus_per_worker=cpus, gpus_per_worker=1, storage_path=str(root),
+                                     name=f"bench-w{n}", on_event=lambda event: None)
+                if final is None or final["kind"] != "result":
+                    raise RuntimeError(f"bench_scaling: the {n}-worker run failed: {final}")
+                rates[n] = float(final["row"]["images_per_s_steady"])
+    one, many = rates[1], rates[n_workers]
+    return {"n_workers": n_workers, "device": "cuda" if use_gpu else "cpu", "size": size,
+            "batch_per_worker": batch_per_worker, "cpus_per_worker": cpus, "steps": steps,
+            "images_per_s_1": round(one, 2), "images_per_s_n": round(many, 2),
+            "speedup": round(many / one, 3), "efficiency": round(many / (n_workers * one), 3)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,6 +725,7 @@ def _ray_session(study_dir: Path, address: str | None) -> Iterator[dict[str, Any
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # experiment state saved ~every second
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # multi-worker trials launch Ray Train inside Tune
     # Probe accuracy (a search's metric) only exists in a trial's last report, not in progress ones.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # JSON + CSV are added back in _fit, no TBX
@@ -558,14 +872,14 @@ def run_study(study: Study, study_dir: str | Path, *, address: str | None = None
 
 def resume_study(study_dir: str | Path, *, address: str | None = None, console: Any = None, live: bool | None = None,
                  build_report: bool = True, max_concurrent: int | None = None, cpus_per_trial: float | None = None,
-                 gpus_per_trial: float | None = None) -> Outcome:
+                 gpus_per_trial: float | None = None, workers_per_trial: int | None = None) -> Outcome:
     """Continue an interrupted study: unfinished trials from their checkpoints, finished ones untouched."""
     from rich.console import Console
 
     console = console or Console()
     study_dir = Path(study_dir).expanduser().resolve()
     study = st.load_study_dir(study_dir)
-    study = study.with_resources(cpus_per_trial, gpus_per_trial, max_concurrent)
+    study = study.with_resources(cpus_per_trial, gpus_per_trial, max_concurrent, workers_per_trial)
     study.check_data()
     with st.StudyLock(study_dir, "xtra study resume") as lock:
         notes = []
@@ -603,7 +917,7 @@ def _run_locked(study: Study, study_dir: Path, *, address: str | None, storage: 
         if pending:
             trials = [{"trial_id": s.trial_id, "hash": s.config_hash, "params": s.params, "seed": s.seed,
                        "config": s.config.to_dict(), "study_dir": str(study_dir), "study": study.name,
-                       "preset": study.preset, "cpus": study.resources.cpus_per_trial} for s in pending]
+                       "preset": study.preset, **_resource_meta(study, storage_path)} for s in pending]
             tuner_kwargs = {"param_space": {"trial": tune.grid_search(trials)}, "num_samples": 1}
     else:
         if last and last.get("kind") == "search" and last.get("state") != "finished" and \
@@ -618,7 +932,7 @@ def _run_locked(study: Study, study_dir: Path, *, address: str | None, storage: 
                 base_cfg = study.base_config()
                 int_keys = [k for k, d in study.search.space.items() if d["type"] == "int"]
                 meta = {"base_config": base_cfg.to_dict(), "study_dir": str(study_dir), "study": study.name,
-                        "preset": study.preset, "cpus": study.resources.cpus_per_trial, "int_keys": int_keys}
+                        "preset": study.preset, **_resource_meta(study, storage_path), "int_keys": int_keys}
                 tuner_kwargs = {"param_space": {"params": _search_space(study), "trial": meta},
                                 "num_samples": remaining}
     if restore and restore_path is None and tuner_kwargs is None:
@@ -647,12 +961,39 @@ def _run_locked(study: Study, study_dir: Path, *, address: str | None, storage: 
                    results=results, curves=curves, report=report, notes=notes)
 
 
+def _resource_meta(study: Study, storage_path: str) -> dict[str, Any]:
+    """What a trial's driver needs to know about its resources (part of each Tune trial's config)."""
+    res = study.resources
+    return {"cpus": res.cpus_per_trial, "gpus": res.gpus_per_trial, "workers": res.workers,
+            "storage": storage_path}
+
+
+def _trial_resources(study: Study) -> Any:
+    res = study.resources
+    if res.workers > 1:
+        # The trainable only drives the Ray Train workers, which reserve the trial's CPUs and GPUs
+        # themselves; a placement group needs a non-empty bundle, so it asks for one byte of memory.
+        return tune.PlacementGroupFactory([{"memory": 1}])
+    return {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}
+
+
+def _max_concurrent(study: Study, info: dict[str, Any]) -> int | None:
+    """Multi-worker trials reserve nothing in Tune, so Tune would start every trial's driver at once
+    and their worker groups would queue for resources: unless asked otherwise, start only as many
+    as the cluster's CPUs and GPUs fit now."""
+    res = study.resources
+    if res.max_concurrent or res.workers == 1:
+        return res.max_concurrent or None
+    fits = float(info.get("cluster_cpus", 0)) / res.cpus_per_trial
+    if res.gpus_per_trial:
+        fits = min(fits, float(info.get("cluster_gpus", 0)) / res.gpus_per_trial)
+    return max(1, int(fits + 1e-9))
+
+
 def _fit(study: Study, study_dir: Path, *, address: str | None, storage_path: str, runs: list[dict[str, Any]],
          tuner_kwargs: dict[str, Any] | None, restore_path: str | None, display: Display, console: Any,
          notes: list[str]) -> str:
-    res = study.resources
-    resources = {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}
-    trainable = tune.with_resources(_trainable, resources)
+    trainable = tune.with_resources(_trainable, _trial_resources(study))
     monitor = Monitor(display, study, study_dir)
     with _ray_session(study_dir, address) as info:
         if address:
@@ -678,7 +1019,7 @@ def _fit(study: Study, study_dir: Path, *, address: str | None, storage_path: st
             if study.search is None:
                 record["trials"] = [t["hash"] for t in tuner_kwargs["param_space"]["trial"]["grid_search"]]
             runs.append(record)
-            tune_config = _tune_config(study, study_dir, tuner_kwargs["num_samples"])
+            tune_config = _tune_config(study, study_dir, tuner_kwargs["num_samples"], _max_concurrent(study, info))
             from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
             run_config = tune.RunConfig(
@@ -716,11 +1057,10 @@ def _unfinished(study: Study, study_dir: Path, hashes: list[str] | None) -> int:
     return max(study.search.num_samples - done, 0)
 
 
-def _tune_config(study: Study, study_dir: Path, num_samples: int) -> Any:
-    res = study.resources
+def _tune_config(study: Study, study_dir: Path, num_samples: int, max_concurrent: int | None = None) -> Any:
     kwargs: dict[str, Any] = {"num_samples": num_samples, "trial_name_creator": _trial_name,
                               "trial_dirname_creator": _trial_dirname,
-                              "max_concurrent_trials": res.max_concurrent or None}
+                              "max_concurrent_trials": max_concurrent}
     if study.search is not None:
         s = study.search
         points, rewards = _finished_search_points(study, st.study_trials(study, study_dir, running=False))

@@ -24,6 +24,9 @@ path) holds::
     cpus_per_trial = 1
     gpus_per_trial = 0
     max_concurrent = 0
+    workers_per_trial = 0               # data-parallel workers (Ray Train + DDP); 0 = one per whole
+                                        # GPU of the trial (1 on CPUs). The trial's CPUs and GPUs are
+                                        # split evenly among them; the batch is the global batch.
 
     [presets.smoke]                     # a diff on top of the above: dotted overrides plus
     size = "tiny"                       # size / seeds / [axes] / [resources] / [search] replacements
@@ -79,7 +82,7 @@ SHARED_PRESETS = STUDIES_DIR / "_presets.toml"
 TOP_KEYS = ("name", "description", "size", "seeds", "default_preset", "base", "axes", "zip", "resources",
             "presets", "search", "preset", "source", "sets")
 PRESET_KEYS = ("size", "seeds", "axes", "resources", "search")  # everything else: dotted overrides
-RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent")
+RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "workers_per_trial")
 SEARCH_KEYS = ("kind", "metric", "mode", "num_samples", "space", "asha", "grace_samples", "seed")
 SPACE_TYPES = ("loguniform", "uniform", "int", "choice")
 # Metrics a search can optimize, with their natural direction.
@@ -118,6 +121,15 @@ class Resources:
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0
     max_concurrent: int = 0  # 0 = as many as the cluster fits
+    workers_per_trial: int = 0  # 0 = one per whole GPU of the trial, 1 on CPUs
+
+    @property
+    def workers(self) -> int:
+        """Data-parallel workers per trial (1 = the trial runs in the Tune trainable itself)."""
+        if self.workers_per_trial:
+            return self.workers_per_trial
+        g = self.gpus_per_trial
+        return int(g) if g >= 1 and float(g).is_integer() else 1
 
 
 @dataclass(frozen=True)
@@ -225,12 +237,15 @@ class Study:
     # -- derived studies ------------------------------------------------------------------------
 
     def with_resources(self, cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
-                       max_concurrent: int | None = None) -> Study:
+                       max_concurrent: int | None = None, workers_per_trial: int | None = None) -> Study:
         r = self.resources
         raw = {"cpus_per_trial": r.cpus_per_trial if cpus_per_trial is None else cpus_per_trial,
                "gpus_per_trial": r.gpus_per_trial if gpus_per_trial is None else gpus_per_trial,
-               "max_concurrent": r.max_concurrent if max_concurrent is None else max_concurrent}
-        return replace(self, resources=_parse_resources(raw, f"{self.source}: resources"))
+               "max_concurrent": r.max_concurrent if max_concurrent is None else max_concurrent,
+               "workers_per_trial": r.workers_per_trial if workers_per_trial is None else workers_per_trial}
+        study = replace(self, resources=_parse_resources(raw, f"{self.source}: resources"))
+        _check_workers(study)
+        return study
 
     # -- serialization -----------------------------------------------------------------------
 
@@ -496,7 +511,25 @@ def _parse_resources(node: Any, label: str) -> Resources:
             raise StudyError(f"{label}.{k}={_fmt(v)}: must be a number > 0")
         elif k == "gpus_per_trial" and (not number or v < 0):
             raise StudyError(f"{label}.{k}={_fmt(v)}: must be a number >= 0")
-    return Resources(**node)
+        elif k == "workers_per_trial" and (not (isinstance(v, int) and not isinstance(v, bool)) or v < 0):
+            raise StudyError(f"{label}.{k}={_fmt(v)}: must be an int >= 0 (0 = one per GPU of the trial, 1 on CPUs)")
+    res = Resources(**node)
+    if res.workers > 1 and res.gpus_per_trial and not (res.gpus_per_trial / res.workers).is_integer():
+        raise StudyError(f"{label}.gpus_per_trial={_fmt(res.gpus_per_trial)}: not a whole number of GPUs for each of "
+                         f"workers_per_trial={res.workers} workers (NCCL ranks cannot share a GPU)")
+    return res
+
+
+def _check_workers(study: Study) -> None:
+    """Every worker takes an equal share of every micro-batch: the batch must split evenly."""
+    w = study.resources.workers
+    if w <= 1:
+        return
+    for cfg in study.trials() or [study.base_config()]:
+        p = cfg.pretrain
+        if p.batch_size % (w * p.accumulate):
+            raise StudyError(f"{study.source}: resources.workers_per_trial={w}: pretrain.batch_size={p.batch_size} is "
+                             f"not divisible by workers x pretrain.accumulate = {w} x {p.accumulate}")
 
 
 def _parse_search(node: Any, label: str) -> Search:
@@ -767,6 +800,7 @@ def load_study(path_or_name: str | Path, preset: str | None = None, sets: dict[s
                   axes=tuple(axes.values()), seeds=seed_list, resources=resources, search=search,
                   sets=tuple(set_texts), path=path)
     _validate(study, labels, axis_labels)
+    _check_workers(study)
     return study
 
 

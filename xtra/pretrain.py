@@ -4,6 +4,12 @@
 callback so the CLI, Ray and tests share it. The budget is counted in samples seen. Every random
 draw of a step is seeded by (seed, step), and the data stream by (seed, epoch), so resuming from a
 checkpoint replays exactly what an uninterrupted run would have done (bitwise on CPU).
+
+Data parallel (`world`, see `xtra.distributed`): every rank draws the same global batch and the same
+augmentation of it, then trains on its contiguous slice (rank r: rows [r*b/N, (r+1)*b/N)) of a
+DistributedDataParallel model, so N workers x b/N follow 1 worker x b up to float reduction order.
+Rank 0 alone writes metrics.jsonl and checkpoints and sees progress events; checkpoint events reach
+every rank (after a barrier: the file is complete), for a launcher whose report is collective.
 Only torch and numpy are imported at module level.
 """
 
@@ -12,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +29,7 @@ import torch
 
 from xtra.checkpoint import CHECKPOINT, CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
 from xtra.config import DataConfig, ModelConfig, PretrainConfig
+from xtra.distributed import World
 from xtra.model import XTRA, parameter_groups
 
 METRICS = "metrics.jsonl"
@@ -40,6 +48,7 @@ class Faults:
 
     nan_at_samples: int | None = None
     crash_once_at_samples: int | None = None
+    kill_worker_once_at_samples: int | None = None  # the last rank os._exit()s after that checkpoint
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,15 +108,19 @@ def _autocast(device: torch.device):
 
 def train_step(model, optimizer, images, order_index: int, lr: float, cfg: PretrainConfig) -> torch.Tensor:
     """One optimizer step over `images` (split into `cfg.accumulate` micro-batches). Returns the
-    mean loss as a 0-dim tensor without synchronizing with the device."""
+    mean loss as a 0-dim tensor without synchronizing with the device. A DistributedDataParallel
+    `model` all-reduces gradients once, on the last micro-batch (`no_sync` on the others)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=images.device)
-    for micro in images.chunk(cfg.accumulate):
-        with _autocast(images.device):
-            loss = model(micro, order_index)
-        (loss / cfg.accumulate).backward()
+    micros = images.chunk(cfg.accumulate)
+    for i, micro in enumerate(micros):
+        defer = i < len(micros) - 1 and hasattr(model, "no_sync")
+        with model.no_sync() if defer else contextlib.nullcontext():
+            with _autocast(images.device):
+                loss = model(micro, order_index)
+            (loss / cfg.accumulate).backward()
         total = total + loss.detach() / cfg.accumulate
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -162,6 +175,34 @@ def _truncate_metrics(path: Path, samples_seen: int) -> None:
     atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
+def _resume_state(ckpt_path: Path, device: torch.device, world: World) -> dict[str, Any] | None:
+    """The checkpoint to resume from, the same on every rank. Rank 0 decides (its file is the truth);
+    a rank that cannot read the same checkpoint (another node, no shared disk) is sent rank 0's."""
+    if not world.distributed:
+        return load_checkpoint(ckpt_path, map_location=device) if ckpt_path.exists() else None
+    state, header = None, None
+    if world.main and ckpt_path.exists():
+        try:
+            state = load_checkpoint(ckpt_path, map_location="cpu")
+            header = ("ok", state["step"], state["samples_seen"])
+        except CheckpointError as err:
+            header = ("error", str(err))
+    header = world.broadcast_object(header, device=device)
+    if header is None:
+        return None
+    if header[0] == "error":
+        raise CheckpointError(header[1])
+    if not world.main:
+        try:
+            state = load_checkpoint(ckpt_path, map_location="cpu") if ckpt_path.exists() else None
+        except CheckpointError:
+            state = None
+    same = state is not None and (state["step"], state["samples_seen"]) == header[1:]
+    if not world.all_true(same, device=device):
+        state = world.broadcast_object(state if world.main else None, device=device)
+    return state
+
+
 def pretrain(
     model_cfg: ModelConfig,
     data_cfg: DataConfig,
@@ -172,16 +213,26 @@ def pretrain(
     progress: bool = False,
     faults: Faults = Faults(),
     log: Callable[[str], None] | None = None,
+    world: World | None = None,
 ) -> dict[str, Any]:
-    """Pretrain (or resume) in `run_dir`; returns the final metrics."""
+    """Pretrain (or resume) in `run_dir`; returns the final metrics (rank 0's; other ranks get
+    NaN for the losses). With `world.size` > 1 every rank must call it with the same arguments."""
     from xtra.attention import resolve_backend
     from xtra.data import augment, load_dataset
 
+    world = world or World()
+    main = world.main
+    if cfg.batch_size % (world.size * cfg.accumulate):
+        raise ValueError(f"pretrain.batch_size={cfg.batch_size} is not divisible by workers x pretrain.accumulate "
+                         f"= {world.size} x {cfg.accumulate} (each worker takes an equal share of every micro-batch)")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    log = log or (lambda msg: None)
+    log = (log or (lambda msg: None)) if main else (lambda msg: None)
     report = report or (lambda event: None)
     device = resolve_device(cfg.device)
+    if device.type == "cuda" and world.device is not None:
+        device = torch.device(world.device)
+        torch.cuda.set_device(device)
     dataset = load_dataset(data_cfg, model_cfg.img_size, model_cfg.channels)
     train_images = dataset.train.images.to(device)
     val_images = dataset.val.images[:VAL_IMAGES].to(device)
@@ -194,28 +245,46 @@ def pretrain(
 
     step, samples_seen, wall_before = 0, 0, 0.0
     ckpt_path = run_dir / CHECKPOINT
-    if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, map_location=device)
+    state = _resume_state(ckpt_path, device, world)
+    if state is not None:
         _check_resume(state, config_dict, ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, samples_seen, wall_before = state["step"], state["samples_seen"], state.get("wall_s", 0.0)
         log(f"resumed from {ckpt_path} at step {step} ({samples_seen} samples seen)")
-    _truncate_metrics(run_dir / METRICS, samples_seen)
+        del state
+    if main:
+        _truncate_metrics(run_dir / METRICS, samples_seen)
 
     backend = resolve_backend(model_cfg.attention, device)
     log(f"device {device}, attention backend {backend} (asked: {model_cfg.attention}), "
-        f"{len(train_images)} train / {len(dataset.val.images)} val images of {dataset.name}")
-    train = torch.compile(model) if cfg.compile else model
+        f"{len(train_images)} train / {len(dataset.val.images)} val images of {dataset.name}"
+        + (f", {world.size} data-parallel workers x {cfg.batch_size // world.size} images" if world.distributed
+           else ""))
+    train = model
+    if world.distributed:
+        import inspect
+
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Buffers are constants (masks, orders): no need to broadcast them before every forward.
+        no_buffer_sync = ({"forward_sync_buffers": False}  # torch >= 2.12 spells it so
+                          if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                          else {"broadcast_buffers": False})
+        train = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        process_group=world.group, **no_buffer_sync)
+    train = torch.compile(train) if cfg.compile else train
     model.train()
 
     def save(final: bool) -> None:
-        save_checkpoint(ckpt_path, {
-            "config": config_dict, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "step": step, "samples_seen": samples_seen, "wall_s": wall_before + time.perf_counter() - t0,
-            "rng": _rng_state(), "data": {"samples_seen": samples_seen, "n_train": n_train},
-            "final": final,
-        })
+        if main:
+            save_checkpoint(ckpt_path, {
+                "config": config_dict, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "step": step, "samples_seen": samples_seen, "wall_s": wall_before + time.perf_counter() - t0,
+                "rng": _rng_state(), "data": {"samples_seen": samples_seen, "n_train": n_train},
+                "world_size": world.size, "final": final,
+            })
+        world.barrier()  # the checkpoint is complete before any rank hears of it
         report({"kind": "checkpoint", "step": step, "samples_seen": samples_seen, "path": str(ckpt_path)})
 
     pending: list[tuple[int, int, torch.Tensor]] = []  # (step, samples, loss) not yet synced
@@ -223,12 +292,13 @@ def pretrain(
     t0 = time.perf_counter()
     t_window, samples_window = t0, samples_seen
     next_ckpt = (samples_seen // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-    metrics_file = open(run_dir / METRICS, "a")  # noqa: SIM115 - closed in finally
-    bar = _progress_bar(cfg.samples, samples_seen) if progress else None
+    metrics_file = open(run_dir / METRICS, "a") if main else None  # noqa: SIM115 - closed in finally
+    bar = _progress_bar(cfg.samples, samples_seen) if progress and main else None
+    share = world.size * cfg.accumulate
     try:
         while samples_seen < cfg.samples:
             batch = min(cfg.batch_size, cfg.samples - samples_seen)
-            batch -= batch % cfg.accumulate or 0
+            batch -= batch % share
             if batch == 0:
                 break
             torch.manual_seed(step_seed(seed, step))
@@ -237,6 +307,9 @@ def pretrain(
             images = train_images[idx]
             if data_cfg.augment:
                 images = augment(images, gen, data_cfg, dataset.hflip)
+            if world.distributed:  # the same global batch on every rank; each trains on its slice
+                local = batch // world.size
+                images = images[world.rank * local: (world.rank + 1) * local]
             order_index = 0
             if model_cfg.order == "random":
                 order_index = int(torch.randint(model_cfg.n_orders, (1,), generator=torch.Generator().manual_seed(
@@ -252,7 +325,9 @@ def pretrain(
             done = samples_seen >= cfg.samples
             checkpoint_due = samples_seen >= next_ckpt or done
             if step % cfg.log_every == 0 or checkpoint_due:
-                losses = torch.stack([p[2] for p in pending]).float().cpu()  # one sync per log window
+                # One sync per log window; the mean over ranks is the global batch's loss, and a
+                # non-finite loss on any rank is non-finite on all, so every rank stops together.
+                losses = world.all_reduce_mean(torch.stack([p[2] for p in pending]).float()).cpu()
                 bad = (~torch.isfinite(losses)).nonzero()
                 if len(bad):
                     bad_step, bad_samples, _ = pending[int(bad[0])]
@@ -262,33 +337,46 @@ def pretrain(
                 now = time.perf_counter()
                 ips = (samples_seen - samples_window) / max(now - t_window, 1e-9)
                 t_window, samples_window = now, samples_seen
-                row = {"step": step, "samples_seen": samples_seen, "loss": last_loss, "lr": lr,
-                       "wall_s": round(wall_before + now - t0, 4), "images_per_s": round(ips, 2)}
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
                 pending.clear()
-                report({"kind": "progress", **row})
-                if bar is not None:
-                    bar[0].update(bar[1], completed=samples_seen, loss=last_loss, lr=lr, ips=ips)
+                if main:
+                    row = {"step": step, "samples_seen": samples_seen, "loss": last_loss, "lr": lr,
+                           "wall_s": round(wall_before + now - t0, 4), "images_per_s": round(ips, 2)}
+                    metrics_file.write(json.dumps(row) + "\n")
+                    metrics_file.flush()
+                    report({"kind": "progress", **row})
+                    if bar is not None:
+                        bar[0].update(bar[1], completed=samples_seen, loss=last_loss, lr=lr, ips=ips)
             if checkpoint_due:
                 save(final=done)
                 next_ckpt += cfg.checkpoint_every
-                if (faults.crash_once_at_samples is not None and samples_seen >= faults.crash_once_at_samples
+                if (main and faults.crash_once_at_samples is not None and samples_seen >= faults.crash_once_at_samples
                         and not (run_dir / ".fault-crashed").exists()):
                     (run_dir / ".fault-crashed").write_text(str(samples_seen))
                     raise RuntimeError(f"injected fault: crash once at {samples_seen} samples (XTRA_FAULT_CRASH_ONCE)")
+                if (world.distributed and world.rank == world.size - 1 and not done
+                        and faults.kill_worker_once_at_samples is not None
+                        and samples_seen >= faults.kill_worker_once_at_samples
+                        and not (run_dir / ".fault-killed").exists()):
+                    (run_dir / ".fault-killed").write_text(f"rank {world.rank} at {samples_seen}")
+                    os._exit(1)  # a worker dies without a word (XTRA_FAULT_KILL_WORKER)
     finally:
-        metrics_file.close()
+        if metrics_file is not None:
+            metrics_file.close()
         if bar is not None:
             bar[0].stop()
 
+    if not main:
+        return {"samples_seen": samples_seen, "steps": step, "train_loss": last_loss, "val_loss": float("nan"),
+                "wall_s": wall_before + time.perf_counter() - t0, "images_per_s": float("nan"),
+                "attention_backend": backend, "device": str(device), "checkpoint": str(ckpt_path),
+                "workers": world.size}
     if last_loss != last_loss and ckpt_path.exists():  # resumed a finished run: read the last logged loss
         last_loss = _last_logged_loss(run_dir / METRICS)
     val_loss = evaluate_loss(model, val_images)
     wall = wall_before + time.perf_counter() - t0
     return {"samples_seen": samples_seen, "steps": step, "train_loss": last_loss, "val_loss": val_loss,
             "wall_s": wall, "images_per_s": samples_seen / max(wall, 1e-9), "attention_backend": backend,
-            "device": str(device), "checkpoint": str(ckpt_path)}
+            "device": str(device), "checkpoint": str(ckpt_path), "workers": world.size}
 
 
 def _last_logged_loss(path: Path) -> float:

@@ -4,6 +4,10 @@ The same function runs from the CLI, from Ray Tune (studies.runner) and from tes
 directory holds `config.json`, `checkpoint.pt`, `metrics.jsonl`, `probe.json`, `log.txt` and, once
 finished, `trial.json` (its result row). Calling it again on a finished directory returns the stored
 row; on an interrupted one it resumes from the checkpoint.
+
+With a data-parallel `world` (`xtra.distributed.World`) every rank calls it: all ranks pretrain
+together, rank 0 alone writes the directory's files and then probes (on its own device) while the
+others return None.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 from xtra.checkpoint import atomic_write_json
 from xtra.config import TrialConfig, flops_per_image, n_params, n_params_encoder
+from xtra.distributed import World
 from xtra.pretrain import Faults, pretrain
 
 TRIAL_JSON = "trial.json"
@@ -56,13 +61,28 @@ def read_finished(run_dir: Path) -> dict[str, Any] | None:
     return row if row.get("status") == "finished" else None
 
 
+def faults_from_env(cfg: TrialConfig) -> Faults:
+    """Fault injection for orchestration tests: ``XTRA_FAULT_<KIND>=KEY=VALUE@SAMPLES``."""
+    return Faults(nan_at_samples=_fault_at(cfg, "XTRA_FAULT_NAN"),
+                  crash_once_at_samples=_fault_at(cfg, "XTRA_FAULT_CRASH_ONCE"),
+                  kill_worker_once_at_samples=_fault_at(cfg, "XTRA_FAULT_KILL_WORKER"))
+
+
 def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | None = None,
-              progress: bool = False) -> dict[str, Any]:
+              progress: bool = False, world: World | None = None) -> dict[str, Any] | None:
+    world = world or World()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if (done := read_finished(run_dir)) is not None:
-        return done
+    done = read_finished(run_dir) if world.main else None
+    if world.distributed:  # rank 0's disk decides for everyone
+        done = world.broadcast_object(done)
+    if done is not None:
+        return done if world.main else None
     report = report or (lambda event: None)
+    if not world.main:  # a peer: pretrain in step with rank 0; files and probing are rank 0's
+        pretrain(cfg.model, cfg.data, cfg.pretrain, run_dir, seed=cfg.seed, report=report,
+                 faults=faults_from_env(cfg), world=world)
+        return None
     atomic_write_json(run_dir / "config.json", cfg.to_dict())
     log_file = open(run_dir / "log.txt", "a")  # noqa: SIM115 - closed below
 
@@ -72,11 +92,10 @@ def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | 
 
     t0 = time.perf_counter()
     try:
-        log(f"trial {cfg.config_hash()} start (pid {os.getpid()})")
-        faults = Faults(nan_at_samples=_fault_at(cfg, "XTRA_FAULT_NAN"),
-                        crash_once_at_samples=_fault_at(cfg, "XTRA_FAULT_CRASH_ONCE"))
+        log(f"trial {cfg.config_hash()} start (pid {os.getpid()}"
+            + (f", rank 0 of {world.size} data-parallel workers)" if world.distributed else ")"))
         trained = pretrain(cfg.model, cfg.data, cfg.pretrain, run_dir, seed=cfg.seed, report=report,
-                           progress=progress, faults=faults, log=log)
+                           progress=progress, faults=faults_from_env(cfg), log=log, world=world)
         log(f"pretrain done: {trained['samples_seen']} samples, loss {trained['train_loss']:.4f}, "
             f"val loss {trained['val_loss']:.4f}")
         probed = _probe(cfg, run_dir, progress)
@@ -85,7 +104,8 @@ def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | 
                "samples_seen": trained["samples_seen"], "train_loss": trained["train_loss"],
                "val_loss": trained["val_loss"], "images_per_s": trained["images_per_s"],
                "pretrain_wall_s": trained["wall_s"], "wall_s": trained["wall_s"] + time.perf_counter() - t0,
-               "attention_backend": trained["attention_backend"], "device": trained["device"]}
+               "attention_backend": trained["attention_backend"], "device": trained["device"],
+               "workers": world.size}
         for kind in ("linear", "attentive"):
             row[f"{kind}_top1"] = probed.get(kind, {}).get("test_top1")
             row[f"{kind}_best_lr"] = probed.get(kind, {}).get("best_lr")
