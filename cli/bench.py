@@ -12,7 +12,7 @@ from rich.console import Console
 from cli.options import user_errors
 
 console = Console()
-SECTIONS = ("pretrain", "attention", "probe", "report", "orchestration")
+SECTIONS = ("pretrain", "attention", "probe", "report", "orchestration", "scaling")
 
 
 def bench_cmd(
@@ -90,10 +90,16 @@ def bench_cmd(
                                          n_boot=20 if quick else 200)
         console.print(_line("report", results["report"]))
     if "orchestration" in chosen:
-        from studies.runner import bench_orchestration
+        from studies.bench import bench_orchestration
 
         results["orchestration"] = bench_orchestration(n_trials=2 if quick else 4)
         console.print(_line("orchestration", results["orchestration"]))
+
+    if "scaling" in chosen:
+        from studies.runner import bench_scaling
+
+        results["scaling"] = bench_scaling(2, steps=10, size="tiny") if quick else bench_scaling(2)
+        console.print(_line("scaling", results["scaling"]))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     flat = {k: (_flatten(v) if k == "probe" else v) for k, v in results.items()}

@@ -288,3 +288,12 @@ def test_limit_train_is_a_fixed_subset(small):
     assert len(a.train) == 100 and torch.equal(a.train.labels, b.train.labels)
     assert a.val is small.val and a.test is small.test
     assert limit_train(small, 0) is small
+
+
+def test_both_kinds_from_one_encoder_pass_equal_each_kind_alone(encoder, small):
+    """The shared feature pass (both probes cached) gives exactly what each probe gives on its own."""
+    cfg = dataclasses.replace(FAST, epochs=2, kinds=("linear", "attentive"), cache="memory")
+    together = probe(encoder, small, cfg, seed=0)
+    for kind in cfg.kinds:
+        alone = probe(encoder, small, dataclasses.replace(cfg, kinds=(kind,)), seed=0)[kind]
+        assert alone == together[kind]

@@ -163,11 +163,20 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 def head_inputs(encoder: Encoder, images: torch.Tensor, kind: str, cfg: ProbeConfig) -> torch.Tensor:
     """What a head of `kind` sees: (B, D) pooled last-layer tokens (linear) or (B, T, D), the mean
     of the last `cfg.layers` blocks' token features (attentive). Frozen encoder, no grad."""
+    return head_inputs_all(encoder, images, (kind,), cfg)[kind]
+
+
+def head_inputs_all(encoder: Encoder, images: torch.Tensor, kinds: tuple[str, ...], cfg: ProbeConfig) -> dict:
+    """Every kind's head inputs from ONE encoder pass (the last layer is shared by both kinds)."""
+    layers = tuple(range(-cfg.layers, 0)) if "attentive" in kinds else (-1,)
     with torch.no_grad(), _autocast(images.device):
-        if kind == "linear":
-            return encoder.features(images, layers=(-1,), mask=cfg.mask)[0].float().mean(dim=1)  # (B, D)
-        feats = encoder.features(images, layers=tuple(range(-cfg.layers, 0)), mask=cfg.mask)
-        return torch.stack(feats).float().mean(dim=0)  # (B, T, D)
+        feats = encoder.features(images, layers=layers, mask=cfg.mask)  # last entry: layer -1
+    out = {}
+    if "linear" in kinds:
+        out["linear"] = feats[-1].float().mean(dim=1)  # (B, D)
+    if "attentive" in kinds:
+        out["attentive"] = torch.stack(feats).float().mean(dim=0) if len(feats) > 1 else feats[0].float()  # (B, T, D)
+    return out
 
 
 def _autocast(device: torch.device):
@@ -194,41 +203,46 @@ def cache_mode(kind: str, cfg: ProbeConfig, n_images: int, model_cfg: ModelConfi
     return "disk" if nbytes <= DISK_CACHE_BYTES else "off"
 
 
+def _build_caches(encoder: Encoder, images: torch.Tensor, modes: dict[str, str], cfg: ProbeConfig,
+                  device: torch.device, scratch: Path | None, name: str) -> dict[str, Any]:
+    """Cache the head inputs of every kind in `modes` (memory | disk) for one split, in one encoder pass."""
+    n = len(images)
+    caches: dict[str, Any] = {}
+    for kind, mode in modes.items():
+        shape = (n, *input_shape(kind, encoder.cfg))
+        if mode == "memory":
+            caches[kind] = torch.empty(shape, dtype=torch.float32, device=device)
+        else:
+            assert scratch is not None
+            caches[kind] = np.lib.format.open_memmap(scratch / f"{kind}-{name}.npy", mode="w+", dtype=np.float32,
+                                                     shape=shape)
+    for start in range(0, n, cfg.batch_size):
+        chunk = images[start: start + cfg.batch_size].to(device, non_blocking=True)
+        for kind, feats in head_inputs_all(encoder, chunk, tuple(modes), cfg).items():
+            caches[kind][start: start + len(chunk)] = feats if modes[kind] == "memory" else feats.cpu().numpy()
+    for kind, mode in modes.items():
+        if mode == "disk":
+            caches[kind].flush()
+    return caches
+
+
 class _Source:
     """Head inputs for one split, by index: gathered from a cache or computed by the encoder."""
 
     def __init__(self, encoder: Encoder, images: torch.Tensor, kind: str, cfg: ProbeConfig, device: torch.device,
-                 mode: str, scratch: Path | None, name: str, augment: Callable | None = None):
+                 mode: str, scratch: Path | None, name: str, augment: Callable | None = None, prebuilt: Any = None):
         self.encoder, self.images, self.kind, self.cfg, self.device = encoder, images, kind, cfg, device
         self.augment = augment
         self.cache: torch.Tensor | np.memmap | None = None
-        if mode in ("memory", "disk"):
-            self.cache = self._build(mode, scratch, name)
+        if prebuilt is not None:
+            self.cache = prebuilt
+        elif mode in ("memory", "disk"):
+            self.cache = _build_caches(encoder, images, {kind: mode}, cfg, device, scratch, name)[kind]
         elif device.type == "cuda":  # uncached: keep the (in-memory) images on the device, gather there
             self.images = images.to(device)
 
     def __len__(self) -> int:
         return len(self.images)
-
-    def _build(self, mode: str, scratch: Path | None, name: str):
-        n = len(self.images)
-        shape = (n, *input_shape(self.kind, self.encoder.cfg))
-        if mode == "memory":
-            cache: Any = torch.empty(shape, dtype=torch.float32, device=self.device)
-        else:
-            assert scratch is not None
-            cache = np.lib.format.open_memmap(scratch / f"{self.kind}-{name}.npy", mode="w+", dtype=np.float32,
-                                              shape=shape)
-        for start in range(0, n, self.cfg.batch_size):
-            chunk = self.images[start: start + self.cfg.batch_size].to(self.device, non_blocking=True)
-            feats = head_inputs(self.encoder, chunk, self.kind, self.cfg)
-            if mode == "memory":
-                cache[start: start + len(chunk)] = feats
-            else:
-                cache[start: start + len(chunk)] = feats.cpu().numpy()
-        if mode == "disk":
-            cache.flush()
-        return cache
 
     def batch(self, idx: torch.Tensor, step: int | None = None) -> torch.Tensor:
         """Head inputs for `idx` (a CPU index tensor); `step` seeds the augmentation of training batches."""
@@ -353,19 +367,24 @@ def train_probe(kind: str, encoder: Encoder, dataset, cfg: ProbeConfig, seed: in
 
 
 def _run_kind(kind: str, encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, *, data_cfg: DataConfig | None,
-              cache_dir: Path | None, progress: bool, log: Log | None, evaluate_test: bool):
+              cache_dir: Path | None, progress: bool, log: Log | None, evaluate_test: bool,
+              shared: dict[str, dict[str, Any]] | None = None):
+    """`shared`: {split: {kind: cache}} built by `probe` in one encoder pass for all kinds."""
     model_cfg = encoder.cfg
     device = _device_of(encoder)
     n_all = len(dataset.train) + len(dataset.val) + len(dataset.test)
     mode = cache_mode(kind, cfg, n_all, model_cfg)
+    prebuilt = {split: caches[kind] for split, caches in (shared or {}).items() if kind in caches}
     if mode == "disk" and cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".probe-{kind}-", dir=cache_dir)) if mode == "disk" else None
+    scratch = (Path(tempfile.mkdtemp(prefix=f".probe-{kind}-", dir=cache_dir))
+               if mode == "disk" and not prebuilt else None)
     t0 = time.perf_counter()
     try:
         augment = (_augmenter(data_cfg or DataConfig(), dataset.hflip, seed, kind, device) if cfg.augment else None)
-        train = _Source(encoder, dataset.train.images, kind, cfg, device, mode, scratch, "train", augment)
-        val = _Source(encoder, dataset.val.images, kind, cfg, device, mode, scratch, "val")
+        train = _Source(encoder, dataset.train.images, kind, cfg, device, mode, scratch, "train", augment,
+                        prebuilt.get("train"))
+        val = _Source(encoder, dataset.val.images, kind, cfg, device, mode, scratch, "val", None, prebuilt.get("val"))
         t_cache = time.perf_counter() - t0
         heads = [make_head(kind, model_cfg, dataset.num_classes, cfg, seed).to(device) for _ in cfg.lrs]
         if log:
@@ -391,7 +410,8 @@ def _run_kind(kind: str, encoder: Encoder, dataset, cfg: ProbeConfig, seed: int,
                                 "cache_s": t_cache}
         test_acc = None
         if evaluate_test:  # only the head chosen on val ever sees the test split
-            test = _Source(encoder, dataset.test.images, kind, cfg, device, mode, scratch, "test")
+            test = _Source(encoder, dataset.test.images, kind, cfg, device, mode, scratch, "test", None,
+                           prebuilt.get("test"))
             test_acc = evaluate([heads[best]], test, dataset.test.labels, cfg.batch_size)[0]
         info["wall_s"] = time.perf_counter() - t0
         return heads, info, test_acc
@@ -423,15 +443,30 @@ def probe(encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, progress: bool
     was_training = encoder.training
     encoder.eval()
     results: dict[str, Any] = {}
+    n_all = len(dataset.train) + len(dataset.val) + len(dataset.test)
+    modes = {kind: cache_mode(kind, cfg, n_all, encoder.cfg) for kind in cfg.kinds}
+    modes = {kind: mode for kind, mode in modes.items() if mode != "off"}
+    scratch = None
     try:
+        shared = None
+        if len(modes) > 1:  # both probes cached: one encoder pass over each split feeds both
+            if "disk" in modes.values():
+                if cache_dir is not None:
+                    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+                scratch = Path(tempfile.mkdtemp(prefix=".probe-shared-", dir=cache_dir))
+            device = _device_of(encoder)
+            shared = {split: _build_caches(encoder, getattr(dataset, split).images, modes, cfg, device, scratch, split)
+                      for split in ("train", "val", "test")}
         for kind in cfg.kinds:
             _, info, test_acc = _run_kind(kind, encoder, dataset, cfg, seed, data_cfg=data_cfg, cache_dir=cache_dir,
-                                          progress=progress, log=log, evaluate_test=True)
+                                          progress=progress, log=log, evaluate_test=True, shared=shared)
             results[kind] = {"val_top1": info["val_top1"], "best_lr": info["best_lr"],
                              "best_val_top1": info["val_top1"][info["best_lr"]], "test_top1": test_acc,
                              "epochs": cfg.epochs, "cache": info["cache"]}
     finally:
         encoder.train(was_training)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     return results
 
 
