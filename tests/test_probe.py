@@ -297,3 +297,23 @@ def test_both_kinds_from_one_encoder_pass_equal_each_kind_alone(encoder, small):
     for kind in cfg.kinds:
         alone = probe(encoder, small, dataclasses.replace(cfg, kinds=(kind,)), seed=0)[kind]
         assert alone == together[kind]
+
+
+@pytest.mark.parametrize("queries", [1, 3])
+def test_attentive_head_fast_form_equals_the_textbook_form(queries):
+    from xtra.probe import AttentiveHead
+
+    torch.manual_seed(0)
+    head = AttentiveHead(48, 4, queries, 10)
+    head.reset(torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        head.k.bias.normal_()
+        head.v.bias.normal_()
+    x = torch.randn(16, 20, 48, dtype=torch.float64, requires_grad=True)
+    head = head.double().eval()
+    fast, ref = head(x), head.forward_reference(x)
+    torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
+    g_fast = torch.autograd.grad(fast.square().sum(), [x, *head.parameters()])
+    g_ref = torch.autograd.grad(ref.square().sum(), [x, *head.parameters()])
+    for a, b in zip(g_fast, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
