@@ -27,6 +27,8 @@ import plotly.io as pio
 import plotly.offline
 import polars as pl
 
+from xtra.fileio import atomic_write_bytes
+
 from .collect import Study, StudyError, load_study
 from .figures import PALETTE, Panel, loss_column, panels
 from .tables import Table, ablation_tables, failed_table, fmt_value, short, top1_scale, trials_table
@@ -104,16 +106,7 @@ RENDER = """
 
 
 def atomic_write(path: Path, data: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, data.encode() if isinstance(data, str) else data)
 
 
 def _browser_env() -> None:

@@ -47,6 +47,7 @@ from ray.tune.search.optuna import OptunaSearch
 from studies import state as st
 from studies.spec import Study, StudyError
 from xtra.config import from_dict, override
+from xtra.fileio import atomic_path
 
 PROGRESS_EVERY_S = 1.0  # at most one progress report per second per trial (each is a round trip)
 MAX_FAILURES = 2
@@ -92,10 +93,8 @@ def _restore_checkpoint(run_dir: Path, ckpt: Any) -> int | None:
         mine = int(mine_meta["samples_seen"]) if isinstance(mine_meta, dict) and local.exists() else None
         if local.exists() and (mine is None or mine >= theirs):
             return None  # ours is as new (or newer: written after the last report)
-        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".checkpoint.pt.", suffix=".restore")
-        os.close(fd)
-        shutil.copy2(Path(d) / "checkpoint.pt", tmp)
-        os.replace(tmp, local)
+        with atomic_path(local) as tmp:
+            shutil.copy2(Path(d) / "checkpoint.pt", tmp)
         st.write_json(run_dir / "tune_checkpoint.json", {"samples_seen": theirs, "step": meta.get("step")})
         return theirs
 

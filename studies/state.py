@@ -27,7 +27,6 @@ import json
 import math
 import os
 import socket
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 
 from studies.spec import Study, StudyError, TrialSpec
 from xtra.config import TrialConfig, flops_per_image, from_dict, n_params, n_params_encoder
+from xtra.fileio import atomic_path, atomic_write_json, atomic_write_text  # noqa: F401 - atomic_write_text re-exported
 
 TRIALS = "trials"
 LOCK = "study.lock"
@@ -62,23 +62,8 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_json(path, obj)
 
 
 def append_jsonl(path: Path, obj: dict[str, Any]) -> None:
@@ -375,14 +360,8 @@ def _schema() -> dict[str, Any]:
 
 
 def _write_parquet(df: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         df.write_parquet(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_results(study: Study, study_dir: Path, states: list[TrialState] | None = None) -> tuple[Path, Path]:
