@@ -266,6 +266,22 @@ def _fit_power(xs: np.ndarray, ys: np.ndarray, n_boot: int, seed: int) -> tuple[
         return None, str(exc)
 
 
+def _points_and_power_fit(fig: go.Figure, xs: np.ndarray, ys: np.ndarray, lab: str, color: str, n_boot: int,
+                          fits: dict[str, PowerLawFit], skipped: list[str], marker: dict, fit_name: str) -> None:
+    """Draw a group's points, then (when it fits) its power law with the bootstrap band; record either way."""
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=lab, legendgroup=lab, marker=dict(color=color, **marker)))
+    fit, why = _fit_power(xs, ys, n_boot, seed=0)
+    if fit is None:
+        skipped.append(f"{lab}: {why}")
+        return
+    fits[lab] = fit
+    grid = np.logspace(np.log10(xs.min()), np.log10(xs.max()), 100)
+    _band(fig, grid, *fit.predict_interval(grid), color=color, group=lab)
+    name = fit_name.format(lab=lab, fit=fit.describe())
+    fig.add_trace(go.Scatter(x=grid, y=fit.predict(grid), mode="lines", name=name, legendgroup=lab,
+                             line=dict(color=color)))
+
+
 def loss_scaling(study: Study, x: str, xtitle: str, exclude: Sequence[str], n_boot: int = 200) -> Panel:
     """Final loss vs ``x`` per configuration, with a power law and its bootstrap band per group."""
     pid = "loss-vs-" + ("samples" if x == "samples_seen" else "params")
@@ -281,17 +297,8 @@ def loss_scaling(study: Study, x: str, xtitle: str, exclude: Sequence[str], n_bo
     skipped = []
     for lab, part in parts:
         xs, ys = part.get_column(x).to_numpy(), part.get_column(lcol).to_numpy()
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=lab, legendgroup=lab,
-                                 marker=dict(color=cmap[lab], size=7, opacity=0.8)))
-        fit, why = _fit_power(xs, ys, n_boot, seed=0)
-        if fit is None:
-            skipped.append(f"{lab}: {why}")
-            continue
-        fits[lab] = fit
-        grid = np.logspace(np.log10(xs.min()), np.log10(xs.max()), 100)
-        _band(fig, grid, *fit.predict_interval(grid), color=cmap[lab], group=lab)
-        fig.add_trace(go.Scatter(x=grid, y=fit.predict(grid), mode="lines", name=f"{lab} fit: {fit.describe()}",
-                                 legendgroup=lab, line=dict(color=cmap[lab])))
+        _points_and_power_fit(fig, xs, ys, lab, cmap[lab], n_boot, fits, skipped, dict(size=7, opacity=0.8),
+                              "{lab} fit: {fit}")
     _layout(fig, title, xtitle, ltitle, logx=True, logy=True)
     note = "Bands: 95% bootstrap interval of the fit." if fits else "No fit: too few distinct x values per group."
     if skipped and fits:
@@ -321,17 +328,8 @@ def learning_curve_laws(study: Study, n_boot: int = 200, max_trials: int = 12, w
         s_max = part.get_column("samples_seen").max()
         part = part.filter(pl.col("samples_seen") >= warmup_fraction * s_max)
         xs, ys = part.get_column("samples_seen").to_numpy(), part.get_column("loss").to_numpy()
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=lab, legendgroup=lab,
-                                 marker=dict(color=cmap[lab], size=4, opacity=0.6)))
-        fit, why = _fit_power(xs, ys, n_boot, seed=0)
-        if fit is None:
-            skipped.append(f"{lab}: {why}")
-            continue
-        fits[lab] = fit
-        grid = np.logspace(np.log10(xs.min()), np.log10(xs.max()), 100)
-        _band(fig, grid, *fit.predict_interval(grid), color=cmap[lab], group=lab)
-        fig.add_trace(go.Scatter(x=grid, y=fit.predict(grid), mode="lines", name=f"{lab} fit", legendgroup=lab,
-                                 line=dict(color=cmap[lab])))
+        _points_and_power_fit(fig, xs, ys, lab, cmap[lab], n_boot, fits, skipped, dict(size=4, opacity=0.6),
+                              "{lab} fit")
     _layout(fig, title, "samples seen", "pretraining loss", logx=True, logy=True)
     note = (f"Per trial, curve rows past the first {warmup_fraction:.0%} of the budget (the warmup); "
             "bands: 95% bootstrap interval. The cosine schedule shapes the tail, so read these as "
