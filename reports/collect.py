@@ -174,13 +174,12 @@ def _static_columns(tdir: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         return {}
     try:
-        from xtra.config import flops_per_image, from_dict, n_params, n_params_encoder
+        from xtra.config import from_dict, size_columns
 
         m = from_dict(raw).model
     except Exception:  # an older or foreign config: leave the columns empty
         return {}
-    return {"block_size": m.block_size, "width": m.width, "depth": m.depth, "n_params": n_params(m),
-            "n_params_encoder": n_params_encoder(m), "flops_per_image": flops_per_image(m)}
+    return size_columns(m)
 
 
 def _trial_row(tdir: Path, notes: list[str]) -> dict[str, Any]:

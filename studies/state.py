@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from studies.spec import Study, StudyError, TrialSpec
-from xtra.config import TrialConfig, flops_per_image, from_dict, n_params, n_params_encoder
+from xtra.config import TrialConfig, from_dict, size_columns
 from xtra.fileio import atomic_path, atomic_write_json, atomic_write_text  # noqa: F401 - atomic_write_text re-exported
 
 TRIALS = "trials"
@@ -305,9 +305,7 @@ def pending_specs(study: Study, study_dir: Path) -> list[TrialSpec]:
 def _static(cfg: TrialConfig | None) -> dict[str, Any]:
     if cfg is None:
         return {}
-    m = cfg.model
-    return {"block_size": m.block_size, "width": m.width, "depth": m.depth, "n_params": n_params(m),
-            "n_params_encoder": n_params_encoder(m), "flops_per_image": flops_per_image(m)}
+    return size_columns(cfg.model)
 
 
 def _clean(v: Any) -> Any:

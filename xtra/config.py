@@ -395,6 +395,12 @@ def flops_per_image(m: ModelConfig) -> int:
     return 3 * flops_forward(m) - patch
 
 
+def size_columns(m: ModelConfig) -> dict[str, int]:
+    """The size columns of a result row: pure functions of the model config (no model needed)."""
+    return {"block_size": m.block_size, "width": m.width, "depth": m.depth, "n_params": n_params(m),
+            "n_params_encoder": n_params_encoder(m), "flops_per_image": flops_per_image(m)}
+
+
 def describe(m: ModelConfig) -> str:
     return (f"{n_params(m) / 1e6:.2f}M params ({n_params_encoder(m) / 1e6:.2f}M encoder), "
             f"{flops_per_image(m) / 1e9:.3f} GFLOP/image, {m.n_blocks} blocks of {m.block_size}x{m.block_size}")

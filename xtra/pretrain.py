@@ -21,7 +21,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -241,7 +241,7 @@ def pretrain(
     torch.manual_seed(step_seed(seed, -1))
     model = XTRA(model_cfg).to(device)
     optimizer = make_optimizer(model, cfg)
-    config_dict = {"model": _asdict(model_cfg), "data": _asdict(data_cfg), "pretrain": _asdict(cfg), "seed": seed}
+    config_dict = {"model": asdict(model_cfg), "data": asdict(data_cfg), "pretrain": asdict(cfg), "seed": seed}
 
     step, samples_seen, wall_before = 0, 0, 0.0
     ckpt_path = run_dir / CHECKPOINT
@@ -382,12 +382,6 @@ def pretrain(
 def _last_logged_loss(path: Path) -> float:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     return rows[-1]["loss"] if rows else float("nan")
-
-
-def _asdict(cfg) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
 
 
 def _progress_bar(total: int, completed: int):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from xtra.checkpoint import atomic_write_json
-from xtra.config import TrialConfig, flops_per_image, n_params, n_params_encoder
+from xtra.config import TrialConfig, size_columns
 from xtra.distributed import World
 from xtra.pretrain import Faults, pretrain
 
@@ -44,10 +44,7 @@ def _fault_at(cfg: TrialConfig, variable: str) -> int | None:
 
 def result_row(cfg: TrialConfig) -> dict[str, Any]:
     """The static part of a result row (knowable before any compute)."""
-    m = cfg.model
-    return {"config_hash": cfg.config_hash(), "seed": cfg.seed, "block_size": m.block_size, "width": m.width,
-            "depth": m.depth, "n_params": n_params(m), "n_params_encoder": n_params_encoder(m),
-            "flops_per_image": flops_per_image(m)}
+    return {"config_hash": cfg.config_hash(), "seed": cfg.seed, **size_columns(cfg.model)}
 
 
 def read_finished(run_dir: Path) -> dict[str, Any] | None:
