@@ -128,6 +128,10 @@ class DataConfig:
     hflip: str = "auto"  # auto = flip where the dataset allows it (not digits)
     limit_train: int = 0  # 0 = all; a cap for quick studies
     synthetic_size: int = 2048
+    # The collection's identity for path-based data (imagefolder:/wds:): a content fingerprint
+    # filled in by `xtra.data.fingerprint` at planning time, or a name the user gives
+    # (`data.fingerprint="imagenet-1k"`). The path itself is a resource, never identity.
+    fingerprint: str = ""
 
     def __post_init__(self) -> None:
         _require(self.name in DATASETS or self.name.startswith("imagefolder:"),
@@ -223,10 +227,61 @@ class TrialConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def identity(self) -> dict[str, Any]:
+        """What defines the pretraining science: model, the data's identity, the recipe, the seed."""
+        return pretrain_identity(self)
+
     def config_hash(self) -> str:
-        """Identity of a trial: a hash of its resolved config (stable across runs and machines)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        """The pretraining identity's hash: names `trials/<hash>/`, stable across paths, devices and
+        machines (see `RESOURCE_KEYS`)."""
+        return _digest(self.identity())
+
+    def probe_hash(self) -> str:
+        """A probe result's key: the pretraining identity plus the probe protocol, so changing the
+        protocol re-probes finished checkpoints instead of pretraining again."""
+        probe = {k: v for k, v in dataclasses.asdict(self.probe).items() if f"probe.{k}" not in RESOURCE_KEYS}
+        return _digest({"pretrain": self.config_hash(), "probe": probe})
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity. Bump IDENTITY_VERSION whenever the meaning of a hashed field changes; old study
+# directories are then migrated (studies.trialdir.migrate) or refused with a message.
+
+IDENTITY_VERSION = 2
+
+# Resources, not science: where things are, on what they run, how often they are saved or logged.
+# Changing one of these never reruns a finished trial.
+RESOURCE_KEYS = frozenset({
+    "model.attention", "data.root", "pretrain.device", "pretrain.compile", "pretrain.checkpoint_every",
+    "pretrain.log_every", "probe.cache",
+})
+
+PATH_PREFIXES = ("imagefolder:", "wds:")
+
+
+def data_identity(data: DataConfig) -> dict[str, Any]:
+    """The data's identity: its registry name, or for a path-based collection its kind plus the
+    content fingerprint (never the path where it happens to live)."""
+    fields_ = {k: v for k, v in dataclasses.asdict(data).items() if f"data.{k}" not in RESOURCE_KEYS}
+    for prefix in PATH_PREFIXES:
+        if data.name.startswith(prefix):
+            if data.fingerprint:  # the path is a resource once the content is named
+                fields_["name"] = prefix.rstrip(":")
+            break
+    return fields_
+
+
+def pretrain_identity(cfg: TrialConfig) -> dict[str, Any]:
+    def section(name: str, obj: Any) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(obj).items() if f"{name}.{k}" not in RESOURCE_KEYS}
+
+    return {"version": IDENTITY_VERSION, "model": section("model", cfg.model), "data": data_identity(cfg.data),
+            "pretrain": section("pretrain", cfg.pretrain), "seed": cfg.seed}
+
+
+def _digest(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 # ---------------------------------------------------------------------------------------------
