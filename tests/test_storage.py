@@ -140,12 +140,42 @@ def test_directory_upload_download_syncs_only_changes(store, tmp_path):
 def test_never_committed_directory_is_absent(store, tmp_path):
     assert store.manifest("trials/none") is None
     assert store.download_dir("trials/none", tmp_path / "x") is None
-    with pytest.raises(FileNotFoundError, match="no committed file"):
+    with pytest.raises(FileNotFoundError, match=r"no file 'trial.json' \(committed or plain\)"):
         store.read_member("trials/none", "trial.json")
     # Objects of a generation without a manifest (an uploader that died before its commit).
     store.write_bytes(f"trials/orphan/{GENERATIONS}/000001-deadbeef/trial.json", b"{}")
     assert store.manifest("trials/orphan") is None
-    assert store.committed_dirs("trials") == []
+    assert store.download_dir("trials/orphan", tmp_path / "o") is None
+    assert store.committed_dirs("trials") == [] and store.subdirs("trials") == []
+
+
+def test_plain_files_beside_a_commit(store, tmp_path):
+    """The trial's process commits its files; the driver writes status.json plain; readers see both."""
+    src = _tree(tmp_path / "trial", {**FILES, "status.json": b"stale local copy"})
+    # The driver records a failure before the trial ever committed: visible, though not committed.
+    store.write_json("trials/h3/status.json", {"status": "failed"})
+    assert store.subdirs("trials") == ["h3"] and store.committed_dirs("trials") == []
+    assert json.loads(store.read_member("trials/h3", "status.json")) == {"status": "failed"}
+    dst = tmp_path / "cache"
+    assert store.download_dir("trials/h3", dst).transferred == ("status.json",)
+
+    # The trial commits everything but the driver's name; a re-commit leaves the plain file alone.
+    sent = store.upload_dir(src, "trials/h3", include=lambda n: n != "status.json")
+    assert "status.json" not in sent.transferred
+    (src / "metrics.jsonl").write_bytes(b'{"step": 9}\n')
+    store.upload_dir(src, "trials/h3", include=lambda n: n != "status.json")
+    got = store.download_dir("trials/h3", dst)
+    assert got.transferred == tuple(sorted(FILES))  # status.json was already there
+    assert _read_tree(dst) == {**FILES, "metrics.jsonl": b'{"step": 9}\n', "status.json":
+                               store.read_bytes("trials/h3/status.json")}
+    assert pull(store.uri, tmp_path / "pulled").bytes > 0
+    assert (tmp_path / "pulled" / "trials" / "h3" / "status.json").read_bytes() == (dst / "status.json").read_bytes()
+
+    # A name written both ways: the commit wins.
+    store.upload_dir(src, "trials/h3")
+    assert store.read_member("trials/h3", "status.json") == b"stale local copy"
+    store.download_dir("trials/h3", dst)
+    assert (dst / "status.json").read_bytes() == b"stale local copy"
 
 
 _KILLER = textwrap.dedent("""

@@ -17,6 +17,13 @@ checkpoint as complete. The rule:
 Unchanged files (same size and mtime as the committed record) are not uploaded again, and a
 download skips local files whose size and mtime already match the manifest.
 
+A directory may also hold plain files beside its commits, each written whole by `write_bytes`
+(e.g. the driver recording that a trial failed or was stopped). Readers (`download_dir`,
+`read_member`, `pull`) see both; if a name exists both ways the committed one wins, so a name
+must have one writer: commit it (the trial's own process, through `upload_dir`, leaving other
+names out with `include=`) or write it plain, never both. One process commits a given directory
+at a time (Ray runs one live attempt per trial); `_gen` is a reserved name.
+
 Credentials and endpoint come from the usual environment: `AWS_ACCESS_KEY_ID` /
 `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, `AWS_PROFILE` and `~/.aws/*`, instance or pod roles;
 `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` for an S3-compatible store (MinIO, Ceph, moto);
@@ -327,22 +334,36 @@ class Storage:
         return sorted({e.path.split("/")[0] for e in self.list(rel)
                        if e.path.count("/") == 1 and e.path.endswith("/" + MANIFEST)})
 
+    def subdirs(self, rel: str = "") -> list[str]:
+        """Names of the immediate subdirectories of `rel` with anything a reader can see: a commit or
+        a plain file (a generation without a commit does not count)."""
+        return sorted({e.path.split("/")[0] for e in self.list(rel) if "/" in e.path and not _in_generations(e.path)})
+
     def read_member(self, rel: str, name: str) -> bytes:
-        """One file of committed directory `rel`, as of its last commit."""
+        """One file of directory `rel`: as of its last commit, else a plain file of that name."""
         for _ in range(3):
             m = self.manifest(rel)
             if m is None or name not in m.files:
-                raise FileNotFoundError(f"{self.uri_of(rel)}: no committed file {name!r}")
+                try:
+                    return self.read_bytes(_join(rel, name))
+                except FileNotFoundError:
+                    raise FileNotFoundError(f"{self.uri_of(rel)}: no file {name!r} (committed or plain)") from None
             try:
                 return self.read_bytes(_join(rel, m.files[name].key))
             except FileNotFoundError:
                 continue  # a newer commit removed the generation we read from; read its manifest
         raise StorageError(f"{self.uri_of(rel)}: {name!r} kept changing under the reader (3 commits in a row)")
 
+    def plain_files(self, rel: str) -> dict[str, Entry]:
+        """Files of directory `rel` written one by one (`write_bytes`), outside its commits."""
+        return {e.path: e for e in self.list(rel) if e.path != MANIFEST and not _in_generations(e.path)}
+
     def upload_dir(self, local_dir: str | os.PathLike[str], rel: str, *,
+                   include: Callable[[str], bool] | None = None,
                    progress: Callable[[str, int], None] | None = None) -> SyncResult:
         """Commit the files of `local_dir` (recursively) as directory `rel`: changed files to a new
         generation, then the manifest, then old generations are deleted. Returns what was sent.
+        `include(name)` leaves names out of the commit (e.g. files another process writes plain);
         `progress(name, bytes)` is called after each file has landed (for logs)."""
         local_dir = Path(local_dir)
         if not local_dir.is_dir():
@@ -352,7 +373,7 @@ class Storage:
         prev = self.manifest(rel)
         seq = (prev.seq if prev else 0) + 1
         gen = f"{seq:06d}-{secrets.token_hex(4)}"
-        names = _local_files(local_dir)
+        names = [n for n in _local_files(local_dir) if include is None or include(n)]
         records: dict[str, FileRecord] = {}
         todo: list[str] = []
         for name in names:
@@ -380,34 +401,47 @@ class Storage:
 
     def download_dir(self, rel: str, local_dir: str | os.PathLike[str], *, checksum: bool = False, prune: bool = True,
                      include: Callable[[str], bool] | None = None) -> SyncResult | None:
-        """Make `local_dir` equal to committed directory `rel`; None if `rel` was never committed.
+        """Make `local_dir` equal to directory `rel`: its last commit plus its plain files (a committed
+        name wins over a plain one). None when there is neither (an upload that died before its first
+        commit leaves nothing a reader sees).
 
-        Files whose size and mtime (or, with `checksum`, sha256) match are skipped; `include` picks
-        names (e.g. leave out checkpoints); `prune` deletes local files the commit does not have."""
+        Files whose size and mtime (or, with `checksum`, sha256 for committed files) match are
+        skipped; `include` picks names (e.g. leave out checkpoints); `prune` deletes local files that
+        storage does not have."""
         local_dir = Path(local_dir)
         for _ in range(3):
             m = self.manifest(rel)
-            if m is None:
+            plain = self.plain_files(rel)
+            if m is None and not plain:
                 return None
-            wanted = {n: r for n, r in m.files.items() if include is None or include(n)}
-            todo = [n for n, r in wanted.items() if not _matches(local_dir / n, r, checksum)]
+            files = m.files if m else {}
+            plain = {n: e for n, e in plain.items() if n not in files}
+            keep = set(files) | set(plain)
+            todo = [n for n, r in files.items() if (include is None or include(n))
+                    and not _matches(local_dir / n, r, checksum)]
+            todo_plain = [n for n, e in plain.items() if (include is None or include(n))
+                          and not _same_stat(local_dir / n, e)]
+            wanted = {n for n in keep if include is None or include(n)}
 
-            def fetch(name: str, m: Manifest = m) -> int:
-                rec = m.files[name]
-                return self.get_file(_join(rel, rec.key), local_dir / name, mtime_ns=rec.mtime_ns, expect=rec)
+            def fetch(name: str, files: dict[str, FileRecord] = files, plain: dict[str, Entry] = plain) -> int:
+                if name in files:
+                    rec = files[name]
+                    return self.get_file(_join(rel, rec.key), local_dir / name, mtime_ns=rec.mtime_ns, expect=rec)
+                return self.get_file(_join(rel, name), local_dir / name, mtime_ns=plain[name].mtime_ns)
 
             try:
-                with ThreadPoolExecutor(min(_THREADS, max(1, len(todo)))) as pool:
-                    nbytes = sum(pool.map(fetch, todo))
+                with ThreadPoolExecutor(min(_THREADS, max(1, len(todo) + len(todo_plain)))) as pool:
+                    nbytes = sum(pool.map(fetch, todo + todo_plain))
             except FileNotFoundError:
                 continue  # a newer commit replaced the generation mid-download: start over from its manifest
             removed: list[str] = []
             if prune and local_dir.is_dir():
                 for name in _local_files(local_dir):
-                    if name not in m.files:
+                    if name not in keep:
                         (local_dir / name).unlink()
                         removed.append(name)
-            return SyncResult(transferred=tuple(sorted(todo)), unchanged=tuple(sorted(set(wanted) - set(todo))),
+            done = sorted(todo + todo_plain)
+            return SyncResult(transferred=tuple(done), unchanged=tuple(sorted(wanted - set(done))),
                               removed=tuple(removed), bytes=nbytes)
         raise StorageError(f"{self.uri_of(rel)}: kept changing under the reader (3 commits in a row)")
 
@@ -528,14 +562,13 @@ def pull(uri: str | os.PathLike[str], local_dir: str | os.PathLike[str]) -> Sync
     root_is_dir = "" in dirs
 
     def plain(e: Entry) -> bool:
-        # Not part of a committed directory, and not a generation's objects (committed or not:
-        # objects under `_gen/` reach a reader only through a manifest).
-        return not root_is_dir and not e.path.startswith(inside) and GENERATIONS not in e.path.split("/")[:-1]
+        # Not in a committed directory (download_dir brought those, plain files included), and not a
+        # generation's objects (they reach a reader only through a manifest).
+        return not root_is_dir and not e.path.startswith(inside) and not _in_generations(e.path)
 
     todo = []
     for e in filter(plain, entries):
-        dst = local_dir / e.path
-        if dst.is_file() and (dst.stat().st_size, dst.stat().st_mtime_ns) == (e.size, e.mtime_ns):
+        if _same_stat(local_dir / e.path, e):
             unchanged.append(e.path)
         else:
             todo.append(e)
@@ -764,6 +797,19 @@ def _matches(local: Path, rec: FileRecord, checksum: bool) -> bool:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest() == rec.sha256
+
+
+def _same_stat(local: Path, e: Entry) -> bool:
+    try:
+        st = local.stat()
+    except FileNotFoundError:
+        return False
+    return e.mtime_ns is not None and (st.st_size, st.st_mtime_ns) == (e.size, e.mtime_ns)
+
+
+def _in_generations(path: str) -> bool:
+    """Whether a path relative to some directory lies under a `_gen/` (objects of a commit)."""
+    return GENERATIONS in path.split("/")[:-1]
 
 
 def _same_dir(a: Path, b: Path) -> bool:
