@@ -10,11 +10,28 @@ import torch
 from xtra.fileio import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: F401 - re-exported
 
 CHECKPOINT = "checkpoint.pt"
+KEPT_DIR = "checkpoints"  # immutable copies at chosen sample counts (`pretrain(keep_at=...)`)
 FORMAT = 1
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, truncated or belongs to another config."""
+
+
+def kept_checkpoint(run_dir: Path, samples: int) -> Path:
+    """Where a run keeps its immutable copy of the state after exactly `samples` samples."""
+    return Path(run_dir) / KEPT_DIR / f"samples-{int(samples)}.pt"
+
+
+def kept_samples(run_dir: Path) -> list[int]:
+    """The sample counts a run has kept copies at, ascending (temp files of a torn write excluded)."""
+    folder = Path(run_dir) / KEPT_DIR
+    found = []
+    for path in folder.glob("samples-*.pt") if folder.is_dir() else []:
+        tail = path.stem[len("samples-"):]
+        if tail.isdigit():
+            found.append(int(tail))
+    return sorted(found)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

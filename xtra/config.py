@@ -148,7 +148,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """AdamW, warmup + cosine, budget in samples seen (the paper's sample-efficiency unit)."""
+    """AdamW, budget in samples seen (the paper's sample-efficiency unit), lr schedule `cosine`
+    (warmup + cosine, the default) or `wsd` (warmup, constant, then a cooldown over the last
+    `cooldown_fraction` of the budget; see `xtra.schedule`). `cooldown_fraction = 0` under wsd is a
+    run without cooldown: a trunk that budgets branch off. The warmup is absolute (samples), so
+    budgets that share a trunk share it."""
 
     samples: int = 60_000
     batch_size: int = 128
@@ -165,6 +169,9 @@ class PretrainConfig:
     log_every: int = 10  # steps
     device: str = "auto"
     compile: bool = False
+    schedule: str = "cosine"  # cosine | wsd
+    cooldown_fraction: float = 0.2  # wsd: the cooldown's share of the budget (0 = none: a trunk)
+    cooldown_shape: str = "1-sqrt"  # wsd: linear | 1-sqrt (Hägele et al. 2024 find 1-sqrt better)
 
     def __post_init__(self) -> None:
         _positive(self, "samples", "batch_size", "lr", "accumulate", "checkpoint_every", "log_every")
@@ -176,6 +183,25 @@ class PretrainConfig:
         _require(self.weight_decay >= 0, f"pretrain.weight_decay={self.weight_decay} must be >= 0")
         _require(self.grad_clip >= 0, f"pretrain.grad_clip={self.grad_clip} must be >= 0 (0 = off)")
         _one_of("pretrain.device", self.device, ("auto", "cpu", "cuda"))
+        _one_of("pretrain.schedule", self.schedule, ("cosine", "wsd"))
+        _one_of("pretrain.cooldown_shape", self.cooldown_shape, ("linear", "1-sqrt"))
+        _require(0.0 <= self.cooldown_fraction < 1.0,
+                 f"pretrain.cooldown_fraction={self.cooldown_fraction} must be in [0, 1) (0 = no cooldown)")
+        if self.schedule == "wsd":
+            _require(self.warmup_samples <= self.branch_point(),
+                     f"pretrain.warmup_samples={self.warmup_samples} exceeds the wsd branch point "
+                     f"{self.branch_point()} (pretrain.samples={self.samples} x (1 - pretrain.cooldown_fraction="
+                     f"{self.cooldown_fraction}), at a multiple of pretrain.batch_size={self.batch_size}): "
+                     f"the cooldown would start during the warmup")
+
+    def branch_point(self) -> int:
+        """wsd: samples seen when the cooldown starts, samples x (1 - cooldown_fraction) rounded down
+        to a step boundary (a multiple of batch_size), so a kept checkpoint lands exactly on it; the
+        budget itself without a cooldown."""
+        if self.cooldown_fraction == 0:
+            return self.samples
+        cooldown = round(self.samples * self.cooldown_fraction)  # an integer first: no float-boundary drift
+        return (self.samples - cooldown) // self.batch_size * self.batch_size
 
 
 @dataclass(frozen=True)

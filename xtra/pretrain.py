@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -27,10 +26,12 @@ from typing import Any
 
 import torch
 
-from xtra.checkpoint import CHECKPOINT, CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
-from xtra.config import DataConfig, ModelConfig, PretrainConfig
+from xtra.checkpoint import (CHECKPOINT, CheckpointError, atomic_write_text, kept_checkpoint, load_checkpoint,
+                             save_checkpoint)
+from xtra.config import RESOURCE_KEYS, DataConfig, ModelConfig, PretrainConfig
 from xtra.distributed import World
 from xtra.model import XTRA, parameter_groups
+from xtra.schedule import continuation_error, lr_at  # noqa: F401 - lr_at is part of this module's API
 
 METRICS = "metrics.jsonl"
 VAL_IMAGES = 1024  # a fixed slice of the validation split for the val loss
@@ -57,14 +58,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("pretrain.device='cuda' but no CUDA device is available here (allowed: auto, cpu)")
     return torch.device(name)
-
-
-def lr_at(samples_seen: int, cfg: PretrainConfig) -> float:
-    """Linear warmup from warmup_start_lr to lr, then cosine to min_lr; a function of samples seen."""
-    if samples_seen < cfg.warmup_samples:
-        return cfg.warmup_start_lr + (cfg.lr - cfg.warmup_start_lr) * samples_seen / cfg.warmup_samples
-    progress = (samples_seen - cfg.warmup_samples) / max(cfg.samples - cfg.warmup_samples, 1)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -149,15 +142,58 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def _check_resume(state: dict, expected: dict, path: Path) -> None:
+def _check_resume(state: dict, expected: dict, cfg: PretrainConfig, path: Path) -> None:
+    """Can this run continue from `state` (its own checkpoint, or a trunk's for `init_from`)? The
+    science must match (resources like the device or the checkpoint cadence may change); the
+    pretrain recipe may differ only as `xtra.schedule.continuation_error` allows (a wsd budget)."""
     stored = state.get("config", {})
-    for part in ("model", "data", "pretrain"):
-        if stored.get(part) != expected[part]:
-            diff = sorted(k for k in set(stored.get(part, {})) | set(expected[part])
-                          if stored.get(part, {}).get(k) != expected[part].get(k))
+    hint = "use a new --out directory or the same config"
+    for part in ("model", "data"):
+        old = {k: v for k, v in stored.get(part, {}).items() if f"{part}.{k}" not in RESOURCE_KEYS}
+        new = {k: v for k, v in expected[part].items() if f"{part}.{k}" not in RESOURCE_KEYS}
+        if old != new:
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise CheckpointError(f"{path}: checkpoint was written for a different {part} config "
-                                  f"(differs in: {', '.join(f'{part}.{k}' for k in diff)}); "
-                                  f"use a new --out directory or the same config")
+                                  f"(differs in: {', '.join(f'{part}.{k}' for k in diff)}); {hint}")
+    if stored.get("seed", expected["seed"]) != expected["seed"]:
+        raise CheckpointError(f"{path}: checkpoint was written for seed {stored['seed']}, not {expected['seed']}; {hint}")
+    why = continuation_error(stored.get("pretrain", {}), cfg, state["samples_seen"])
+    if why is not None:
+        raise CheckpointError(f"{path}: checkpoint was written for a {why}; {hint}")
+
+
+def _curve_rows(path: Path, samples_seen: int) -> list[dict[str, Any]]:
+    """The curve rows logged up to `samples_seen` (a torn last line from a kill ends the read)."""
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if row.get("samples_seen", samples_seen + 1) <= samples_seen:
+            rows.append(row)
+    return rows
+
+
+def _source_curve(state: dict[str, Any], source: Path) -> list[dict[str, Any]]:
+    """The curve of the run `init_from` points at: a kept checkpoint carries it; a run's rolling
+    checkpoint has it beside it in metrics.jsonl."""
+    if "curve" in state:
+        return state["curve"]
+    run = source if source.is_dir() else source.parent
+    return _curve_rows(run / METRICS, state["samples_seen"])
+
+
+def _check_keep_at(keep_at: tuple[int, ...], cfg: PretrainConfig, share: int) -> frozenset[int]:
+    """keep_at points must be step boundaries, so a kept state is exactly the state after S samples:
+    multiples of batch_size up to the budget, or the run's last step."""
+    full = cfg.samples // cfg.batch_size * cfg.batch_size
+    last = full + (cfg.samples - full) // share * share
+    for s in keep_at:
+        if isinstance(s, bool) or s != int(s) or not 0 < s <= last or (s % cfg.batch_size and s != last):
+            raise ValueError(f"keep_at={s!r} is not a step boundary of this run (allowed: multiples of "
+                             f"pretrain.batch_size={cfg.batch_size} from {cfg.batch_size} to {full}, or {last})")
+    return frozenset(int(s) for s in keep_at)
 
 
 def _truncate_metrics(path: Path, samples_seen: int) -> None:
@@ -214,9 +250,18 @@ def pretrain(
     faults: Faults = Faults(),
     log: Callable[[str], None] | None = None,
     world: World | None = None,
+    keep_at: tuple[int, ...] = (),
+    init_from: Path | str | None = None,
 ) -> dict[str, Any]:
     """Pretrain (or resume) in `run_dir`; returns the final metrics (rank 0's; other ranks get
-    NaN for the losses). With `world.size` > 1 every rank must call it with the same arguments."""
+    NaN for the losses). With `world.size` > 1 every rank must call it with the same arguments.
+
+    `keep_at`: sample counts (step boundaries) at which an immutable copy of the state is kept in
+    `checkpoints/samples-<S>.pt` (`xtra.checkpoint.kept_checkpoint`), e.g. a wsd trunk's branch
+    points or checkpoints to probe along the way. `init_from`: when `run_dir` has no checkpoint of
+    its own yet, start from that checkpoint (model, optimizer, data position, samples seen, curve)
+    instead of from scratch, e.g. a wsd branch from its trunk's kept checkpoint; the recipes may
+    differ only where `xtra.schedule.continuation_error` allows."""
     from xtra.attention import resolve_backend
     from xtra.data import augment, load_dataset
 
@@ -225,6 +270,7 @@ def pretrain(
     if cfg.batch_size % (world.size * cfg.accumulate):
         raise ValueError(f"pretrain.batch_size={cfg.batch_size} is not divisible by workers x pretrain.accumulate "
                          f"= {world.size} x {cfg.accumulate} (each worker takes an equal share of every micro-batch)")
+    keep = _check_keep_at(keep_at, cfg, world.size * cfg.accumulate)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = (log or (lambda msg: None)) if main else (lambda msg: None)
@@ -245,13 +291,31 @@ def pretrain(
 
     step, samples_seen, wall_before = 0, 0, 0.0
     ckpt_path = run_dir / CHECKPOINT
-    state = _resume_state(ckpt_path, device, world)
+    state, source, init = _resume_state(ckpt_path, device, world), ckpt_path, None
+    if state is None and init_from is not None:
+        source = Path(init_from)
+        state = _resume_state(source, device, world)
+        if state is None:
+            raise CheckpointError(f"init_from {source}: no checkpoint here (expected a kept checkpoint "
+                                  f"checkpoints/samples-<S>.pt or a run directory)")
+        init = {"path": str(source), "samples_seen": state["samples_seen"], "wall_s": state.get("wall_s", 0.0)}
     if state is not None:
-        _check_resume(state, config_dict, ckpt_path)
+        _check_resume(state, config_dict, cfg, source)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, samples_seen, wall_before = state["step"], state["samples_seen"], state.get("wall_s", 0.0)
-        log(f"resumed from {ckpt_path} at step {step} ({samples_seen} samples seen)")
+        init = init or state.get("init")
+        if source == ckpt_path:
+            log(f"resumed from {ckpt_path} at step {step} ({samples_seen} samples seen)")
+        else:
+            log(f"initialised from {source} at step {step} ({samples_seen} samples seen)")
+            if main:  # the curve so far is the source's: this run's curve is then a whole run's
+                rows = _source_curve(state, source)
+                atomic_write_text(run_dir / METRICS, "".join(f"{json.dumps(row)}\n" for row in rows))
+        missed = [s for s in keep if s < samples_seen and not kept_checkpoint(run_dir, s).exists()]
+        if missed:
+            raise ValueError(f"keep_at={missed[0]}: this run starts at {samples_seen} samples, past it, and "
+                             f"{kept_checkpoint(run_dir, missed[0])} does not exist (allowed: >= {samples_seen})")
         del state
     if main:
         _truncate_metrics(run_dir / METRICS, samples_seen)
@@ -276,16 +340,28 @@ def pretrain(
     train = torch.compile(train) if cfg.compile else train
     model.train()
 
+    def checkpoint_state(final: bool) -> dict[str, Any]:
+        return {
+            "config": config_dict, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "step": step, "samples_seen": samples_seen, "wall_s": wall_before + time.perf_counter() - t0,
+            "rng": _rng_state(), "data": {"samples_seen": samples_seen, "n_train": n_train},
+            "world_size": world.size, "final": final, "init": init,
+        }
+
     def save(final: bool) -> None:
         if main:
-            save_checkpoint(ckpt_path, {
-                "config": config_dict, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "step": step, "samples_seen": samples_seen, "wall_s": wall_before + time.perf_counter() - t0,
-                "rng": _rng_state(), "data": {"samples_seen": samples_seen, "n_train": n_train},
-                "world_size": world.size, "final": final,
-            })
+            save_checkpoint(ckpt_path, checkpoint_state(final))
         world.barrier()  # the checkpoint is complete before any rank hears of it
         report({"kind": "checkpoint", "step": step, "samples_seen": samples_seen, "path": str(ckpt_path)})
+
+    def keep_copy(final: bool) -> None:
+        """The immutable copy at a keep_at point, with the curve so far (a branch's curve starts
+        with it); written before the rolling checkpoint, so a checkpoint past S implies the copy."""
+        path = kept_checkpoint(run_dir, samples_seen)
+        if main and not path.exists():  # a resumed run replays to S bitwise: the existing copy stands
+            save_checkpoint(path, {**checkpoint_state(final), "curve": _curve_rows(run_dir / METRICS, samples_seen)})
+        world.barrier()
+        report({"kind": "kept", "step": step, "samples_seen": samples_seen, "path": str(path)})
 
     pending: list[tuple[int, int, torch.Tensor]] = []  # (step, samples, loss) not yet synced
     last_loss = float("nan")
@@ -296,6 +372,8 @@ def pretrain(
     bar = _progress_bar(cfg.samples, samples_seen) if progress and main else None
     share = world.size * cfg.accumulate
     try:
+        if samples_seen in keep:  # resumed exactly at a keep point
+            keep_copy(final=samples_seen >= cfg.samples)
         while samples_seen < cfg.samples:
             batch = min(cfg.batch_size, cfg.samples - samples_seen)
             batch -= batch % share
@@ -324,7 +402,8 @@ def pretrain(
 
             done = samples_seen >= cfg.samples
             checkpoint_due = samples_seen >= next_ckpt or done
-            if step % cfg.log_every == 0 or checkpoint_due:
+            keep_due = samples_seen in keep
+            if step % cfg.log_every == 0 or checkpoint_due or keep_due:
                 # One sync per log window; the mean over ranks is the global batch's loss, and a
                 # non-finite loss on any rank is non-finite on all, so every rank stops together.
                 losses = world.all_reduce_mean(torch.stack([p[2] for p in pending]).float()).cpu()
@@ -346,6 +425,8 @@ def pretrain(
                     report({"kind": "progress", **row})
                     if bar is not None:
                         bar[0].update(bar[1], completed=samples_seen, loss=last_loss, lr=lr, ips=ips)
+            if keep_due:
+                keep_copy(final=done)
             if checkpoint_due:
                 save(final=done)
                 next_ckpt += cfg.checkpoint_every
@@ -376,7 +457,8 @@ def pretrain(
     wall = wall_before + time.perf_counter() - t0
     return {"samples_seen": samples_seen, "steps": step, "train_loss": last_loss, "val_loss": val_loss,
             "wall_s": wall, "images_per_s": samples_seen / max(wall, 1e-9), "attention_backend": backend,
-            "device": str(device), "checkpoint": str(ckpt_path), "workers": world.size}
+            "device": str(device), "checkpoint": str(ckpt_path), "workers": world.size,
+            "init_samples": init["samples_seen"] if init else 0, "init_wall_s": init["wall_s"] if init else 0.0}
 
 
 def _last_logged_loss(path: Path) -> float:
