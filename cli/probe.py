@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from xtra.config import ProbeConfig
+
 KINDS = {"linear": ("linear",), "attentive": ("attentive",), "both": ("linear", "attentive")}
 
 
@@ -29,20 +31,29 @@ def _parse_lrs(text: str) -> tuple[float, ...]:
     return lrs
 
 
+_D = ProbeConfig()  # the defaults: the official heads and optimizer, a short schedule
+
+
 def probe_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A run directory holding checkpoint.pt (from `xtra pretrain`).")],
     data: Annotated[str | None, typer.Option("--data", help="Dataset to probe on (default: the run's own; "
                                                             "split settings stay the run's).")] = None,
     kind: Annotated[str, typer.Option("--kind", help="linear | attentive | both.")] = "both",
     lrs: Annotated[str, typer.Option("--lrs", help="Learning rates, all trained at once.")] = (
-        "3e-4,1e-3,3e-3,1e-2,3e-2,1e-1"),
-    epochs: Annotated[int, typer.Option("--epochs", help="Epochs over the train split.")] = 10,
-    warmup_epochs: Annotated[int, typer.Option("--warmup-epochs", help="Linear warmup before the cosine.")] = 1,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 256,
-    layers: Annotated[int, typer.Option("--layers", help="Attentive probe: mean of the last N blocks.")] = 1,
+        ",".join(f"{lr:g}" for lr in _D.lrs)),
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs over the train split (official: 100).")] = _D.epochs,
+    warmup_epochs: Annotated[int, typer.Option("--warmup-epochs", help="Warmup from lr/10 before the cosine "
+                                                                       "(official: 10).")] = _D.warmup_epochs,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per optimizer step.")] = _D.batch_size,
+    accumulate: Annotated[int, typer.Option("--accumulate", help="Micro-batches per step.")] = _D.accumulate,
+    layers: Annotated[int, typer.Option("--layers", help="Attentive probe: mean of the last N blocks "
+                                                         "(clamped to the depth).")] = _D.layers,
+    features: Annotated[str, typer.Option("--features", help="raw (block outputs, official) | normed "
+                                                             "(after the final LayerNorm).")] = _D.features,
     mask: Annotated[str, typer.Option("--mask", help="block (pretraining mask) | none (full attention).")] = "block",
     cache: Annotated[str, typer.Option("--cache", help="Feature cache: auto | memory | disk | off.")] = "auto",
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Augment probe training batches.")] = False,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="The official augmentation (crop + flip; "
+                                                                         "attentive: + RandAugment, erasing).")] = False,
     random_init: Annotated[bool, typer.Option("--random-init", help="Probe an untrained encoder of the same "
                                                                     "config (writes probe-random.json).")] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -50,14 +61,15 @@ def probe_cmd(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Probe the frozen encoder of RUN_DIR; the lr is chosen on val, test top-1 reported for it only."""
-    from xtra.config import DataConfig, ProbeConfig
+    from xtra.config import DataConfig
     from xtra.probe import probe_run
 
     try:
         if kind not in KINDS:
             raise ValueError(f"--kind={kind!r} is not allowed (allowed: {', '.join(KINDS)})")
         cfg = ProbeConfig(kinds=KINDS[kind], lrs=_parse_lrs(lrs), epochs=epochs, warmup_epochs=warmup_epochs,
-                          batch_size=batch_size, layers=layers, mask=mask, cache=cache, augment=augment)
+                          batch_size=batch_size, accumulate=accumulate, layers=layers, features=features,
+                          mask=mask, cache=cache, augment=augment)
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"--device={device!r} is not allowed (allowed: auto, cpu, cuda)")
         if data is not None:
@@ -95,4 +107,9 @@ def _print_table(console, result: dict) -> None:
             table.add_row(kind, f"{lr:g}", f"{100 * acc:.2f}%", "*" if chosen else "",
                           f"{100 * entry['test_top1']:.2f}%" if chosen else "")
     console.print(table)
+    for kind in ("linear", "attentive"):
+        if result.get(kind, {}).get("still_improving"):
+            console.print(f"note: the {kind} probe was still improving at its last epoch (val top-1 curve "
+                          f"{result[kind]['val_curve']}); more epochs would likely raise it", highlight=False,
+                          markup=False)
     console.print(f"wrote {meta['path']}", highlight=False, markup=False)

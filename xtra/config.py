@@ -204,36 +204,125 @@ class PretrainConfig:
         return (self.samples - cooldown) // self.batch_size * self.batch_size
 
 
+def parse_randaugment(spec: str) -> dict[str, Any]:
+    """timm's RandAugment string ("rand-m9-mstd0.5-inc1", optionally "-n2") as a dict: magnitude m,
+    its std mstd, inc (the "increasing" op set), n ops per image. ValueError naming probe.randaugment."""
+    parts = spec.split("-")
+    out: dict[str, Any] = {"m": 9.0, "mstd": 0.0, "inc": 0, "n": 2}  # timm's defaults
+    bad = f"probe.randaugment={spec!r} is not a RandAugment spec (allowed: rand-m<M>[-mstd<S>]-inc1[-n<N>], " \
+          "e.g. rand-m9-mstd0.5-inc1, or \"\" for none)"
+    _require(parts[0] == "rand", bad)
+    for part in parts[1:]:
+        for key in ("mstd", "inc", "m", "n"):
+            if part.startswith(key):
+                try:
+                    out[key] = float(part[len(key):]) if key in ("m", "mstd") else int(part[len(key):])
+                except ValueError:
+                    raise ValueError(bad) from None
+                break
+        else:
+            raise ValueError(bad)
+    # Only the "increasing" op set (inc1, the official protocol's) is implemented.
+    _require(0 <= out["m"] <= 10 and out["mstd"] >= 0 and out["inc"] == 1 and out["n"] >= 1, bad)
+    return out
+
+
 @dataclass(frozen=True)
 class ProbeConfig:
-    """Linear and attentive probes on the frozen encoder; all learning rates train at once."""
+    """Linear and attentive probes on the frozen encoder, the official XTRA heads; all learning rates
+    train at once (one encoder pass per batch feeds one head per lr), the lr is chosen on val.
+
+    Heads (XTRA's `src/modules/cls.py`): linear = last block's raw tokens, mean over tokens,
+    BatchNorm1d(affine=False, eps 1e-6), Linear; attentive = mean of the last `layers` blocks (clamped
+    to the depth), BatchNorm over tokens, attention pooling with `attentive_heads` heads (clamped to a
+    divisor of the width) and `attentive_queries` learned queries, k/v without bias, Linear.
+    Schedule: warmup from lr * `warmup_start` to lr over `warmup_epochs`, cosine down to `min_lr`;
+    AdamW(`beta1`, `beta2`), gradient clip `grad_clip` (0 = off), `accumulate` micro-batches per step
+    (`batch_size` is the optimizer-step batch). The defaults are the official heads and optimizer with
+    a short schedule; the `paper` preset sets the official 100 epochs and augmentation."""
 
     kinds: tuple[str, ...] = ("linear", "attentive")
-    lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)  # all train at once: ~the cost of one
+    lrs: tuple[float, ...] = (1e-4, 3e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 4e-3)  # the official grid, trained at once
     epochs: int = 10
     batch_size: int = 256
+    accumulate: int = 1  # micro-batches per optimizer step (BatchNorm sees each micro-batch)
     warmup_epochs: int = 1
+    warmup_start: float = 0.1  # the warmup starts at lr * warmup_start (official: lr / 10)
+    min_lr: float = 1e-5  # the cosine's floor (official: 1e-5)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 3.0  # max gradient norm per head (0 = off)
     linear_weight_decay: float = 0.0
     attentive_weight_decay: float = 0.1
-    layers: int = 1  # attentive probe: mean of the last `layers` encoder blocks
+    features: str = "raw"  # raw = block outputs as the official probes read them; normed = after the final LayerNorm
+    layers: int = 6  # attentive probe: mean of the last `layers` encoder blocks (clamped to the depth)
+    attentive_heads: int = 16  # clamped to the largest divisor of the width that is <= this
     attentive_queries: int = 1
     mask: str = "block"  # block = the pretraining mask; none = full attention
-    cache: str = "auto"  # linear probe feature cache: auto | memory | disk | off
-    augment: bool = False
+    cache: str = "auto"  # feature cache: auto | memory | disk | off
+    augment: bool = False  # official augmentation (below); training then recomputes features every step
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop of both kinds, with a flip where allowed
+    crop_ratio: tuple[float, float] = (0.75, 4 / 3)
+    randaugment: str = "rand-m9-mstd0.5-inc1"  # attentive only, timm's syntax ("" = off)
+    random_erasing: float = 0.25  # attentive only: probability of one erased box, 'pixel' mode
     limit_train: int = 0  # 0 = the whole train split; else a fixed subset (same for every trial)
+    datasets: tuple[str, ...] = ()  # downstream suite: named sets / imagefolder: / wds: paths; () = the trial's data
+    at_samples: tuple[int, ...] = ()  # also probe the checkpoints at these samples seen (plus the end)
+    points: int = 0  # or: this many evenly spaced checkpoints (the last is the end); 0 = the end only
 
     def __post_init__(self) -> None:
         _require(self.limit_train >= 0, f"probe.limit_train={self.limit_train} must be >= 0 (0 = all)")
         _require(len(self.kinds) > 0, "probe.kinds is empty (allowed: linear, attentive)")
         for kind in self.kinds:
             _one_of("probe.kinds", kind, ("linear", "attentive"))
+        _require(len(set(self.kinds)) == len(self.kinds), f"probe.kinds={self.kinds} lists a kind twice")
         _require(len(self.lrs) > 0 and all(lr > 0 for lr in self.lrs),
                  f"probe.lrs={self.lrs} must be a non-empty list of positive learning rates")
-        _positive(self, "epochs", "batch_size", "layers", "attentive_queries")
+        _positive(self, "epochs", "batch_size", "accumulate", "layers", "attentive_heads", "attentive_queries")
+        _require(self.batch_size % self.accumulate == 0,
+                 f"probe.batch_size={self.batch_size} is not divisible by probe.accumulate={self.accumulate}")
         _require(0 <= self.warmup_epochs < self.epochs,
                  f"probe.warmup_epochs={self.warmup_epochs} must be in [0, probe.epochs={self.epochs})")
+        _require(0 < self.warmup_start <= 1, f"probe.warmup_start={self.warmup_start} must be in (0, 1]")
+        _require(0 <= self.min_lr <= min(self.lrs),
+                 f"probe.min_lr={self.min_lr} must be in [0, min(probe.lrs)={min(self.lrs)}]")
+        _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
+                 f"probe.beta1={self.beta1}, probe.beta2={self.beta2} must be in [0, 1)")
+        _require(self.grad_clip >= 0, f"probe.grad_clip={self.grad_clip} must be >= 0 (0 = off)")
+        _require(self.linear_weight_decay >= 0 and self.attentive_weight_decay >= 0,
+                 "probe.linear_weight_decay and probe.attentive_weight_decay must be >= 0")
+        _one_of("probe.features", self.features, ("raw", "normed"))
         _one_of("probe.mask", self.mask, ("block", "none"))
         _one_of("probe.cache", self.cache, ("auto", "memory", "disk", "off"))
+        lo, hi = self.crop_scale
+        _require(0.0 < lo <= hi <= 1.0, f"probe.crop_scale={self.crop_scale} must satisfy 0 < lo <= hi <= 1")
+        lo, hi = self.crop_ratio
+        _require(0.0 < lo <= hi, f"probe.crop_ratio={self.crop_ratio} must satisfy 0 < lo <= hi")
+        _require(0 <= self.random_erasing <= 1, f"probe.random_erasing={self.random_erasing} must be in [0, 1]")
+        if self.randaugment:
+            parse_randaugment(self.randaugment)  # one-line ValueError naming probe.randaugment
+        for i, name in enumerate(self.datasets):
+            _require(isinstance(name, str) and bool(name), f"probe.datasets[{i}]={name!r} must be a dataset name")
+        _require(len(set(self.datasets)) == len(self.datasets), f"probe.datasets={self.datasets} lists a set twice")
+        _require(all(s > 0 for s in self.at_samples),
+                 f"probe.at_samples={self.at_samples} must be positive sample counts")
+        _require(list(self.at_samples) == sorted(set(self.at_samples)),
+                 f"probe.at_samples={self.at_samples} must be strictly increasing")
+        _require(self.points >= 0, f"probe.points={self.points} must be >= 0 (0 = the end only)")
+        _require(not (self.points and self.at_samples),
+                 f"probe.points={self.points} and probe.at_samples={self.at_samples}: give one of them")
+
+    def probe_samples(self, budget: int) -> tuple[int, ...]:
+        """The samples-seen counts to probe for a pretraining budget: `at_samples` plus the end, or
+        `points` evenly spaced counts ending at the budget, or just the end. ValueError for a count
+        beyond the budget."""
+        bad = [s for s in self.at_samples if s > budget]
+        _require(not bad, f"probe.at_samples={self.at_samples}: {bad} exceed pretrain.samples={budget} "
+                          f"(allowed: 1..{budget})")
+        if self.points:
+            _require(self.points <= budget, f"probe.points={self.points} exceeds pretrain.samples={budget}")
+            return tuple(sorted({round(budget * (i + 1) / self.points) for i in range(self.points)}))
+        return tuple(sorted({*self.at_samples, budget}))
 
 
 @dataclass(frozen=True)
@@ -247,8 +336,7 @@ class TrialConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.probe.layers <= self.model.depth,
-                 f"probe.layers={self.probe.layers} exceeds model.depth={self.model.depth}")
+        self.probe.probe_samples(self.pretrain.samples)  # at_samples / points within the budget
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -325,9 +413,9 @@ SIZES: dict[str, dict[str, Any]] = {
     # ViT-B/16 at 256 px: projection 4096 -> 384, predictor depth 8 heads 6, pixel head 6144.
     "vit-b/16": dict(img_size=256, patch_size=16, channels=3, width=768, depth=12, num_heads=12,
                      proj_hidden=4096, pred_width=384, pred_depth=8, pred_num_heads=6, head_hidden=6144),
-    # ViT-H/14 at 224 px: predictor width 640 heads 8, pixel head 9408.
+    # ViT-H/14 at 224 px: projection 5120 -> 640 (the official config), predictor heads 8, pixel head 9408.
     "vit-h/14": dict(img_size=224, patch_size=14, channels=3, width=1280, depth=32, num_heads=16,
-                     proj_hidden=4096, pred_width=640, pred_depth=8, pred_num_heads=8, head_hidden=9408),
+                     proj_hidden=5120, pred_width=640, pred_depth=8, pred_num_heads=8, head_hidden=9408),
 }
 
 

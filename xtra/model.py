@@ -99,9 +99,12 @@ class Encoder(nn.Module):
             x = block(x, block_tokens)
         return self.norm(x)  # (B, T, D)
 
-    def features(self, images, layers=(-1,), mask: str = "block", order_index: int = 0) -> list[torch.Tensor]:
-        """Normalized token features after the given blocks (1-based, or negative from the end),
-        in block-major order; runs only up to the deepest layer asked for."""
+    def features(self, images, layers=(-1,), mask: str = "block", order_index: int = 0,
+                 norm: bool = True) -> list[torch.Tensor]:
+        """Token features after the given blocks (1-based, or negative from the end), in block-major
+        order; runs only up to the deepest layer asked for. `norm=True` applies the final LayerNorm to
+        every layer returned; `norm=False` returns the raw block outputs (what the official XTRA
+        probes read)."""
         depth = len(self.blocks)
         wanted = sorted({layer if layer > 0 else depth + 1 + layer for layer in layers})
         if not wanted or wanted[0] < 1 or wanted[-1] > depth:
@@ -115,7 +118,7 @@ class Encoder(nn.Module):
         for i, block in enumerate(self.blocks[: wanted[-1]], start=1):
             x = block(x, block_tokens)
             if i in wanted:
-                out.append(self.norm(x))
+                out.append(self.norm(x) if norm else x)
         return [out[wanted.index(layer if layer > 0 else depth + 1 + layer)] for layer in layers]
 
 
