@@ -1,16 +1,23 @@
-"""Datasets as in-memory tensors, augmented on device in batches.
+"""The dataset registry and in-memory sets; path-based collections are streamed (see the submodules).
 
 Registry: ``fashion-mnist`` and ``mnist`` (IDX files), ``cifar10`` / ``cifar100`` (the "python version"
-directories), ``digits`` (scikit-learn's bundled 8x8 digits), ``imagefolder:PATH`` (PNG/JPEG files in
-one folder per class) and ``synthetic`` (procedural, seeded, for tests).
+directories), ``digits`` (scikit-learn's bundled 8x8 digits), ``synthetic`` (procedural, seeded, for
+tests), and two path-based collections: ``imagefolder:PATH`` (one folder per class; ImageNet's
+train/ + val/ layout) and ``wds:PATTERN`` (WebDataset tar shards, e.g. from ``xtra data pack``).
 
-Every set becomes a :class:`Dataset` of three :class:`Split` s of float32 images ``(N, C, H, W)``
+Small sets become a :class:`Dataset` of three :class:`Split` s of float32 images ``(N, C, H, W)``
 at the model's resolution and channel count (28 px sets are zero-padded to 32, others resized; gray is
 repeated to RGB, RGB turned to luminance), normalized with per-channel statistics of the train split
-(taken before any ``limit_train`` cap). The val split is carved from the training set by a permutation
-seeded with ``DataConfig.split_seed`` alone (never the trial seed), so every trial of a study probes
-on the same images; sets without an official test split (digits, flat image folders) hold out a fixed
-seeded 20% as test.
+(taken before any ``limit_train`` cap), and pretraining augments them in batches on the device.
+Path-based collections are never held in memory for pretraining: ``stream.open_stream`` reads,
+decodes and crops them in loader workers (``transforms``: RandomResizedCrop from the full-resolution
+image, bicubic, flip; ImageNet mean/std). ``load_dataset`` of one gives the evaluation transform
+(shorter side to size/0.8533, centre crop) of every split in memory, for probing.
+
+The val split is carved from the training set by a permutation seeded with ``DataConfig.split_seed``
+alone (never the trial seed), so every trial of a study probes on the same images (``val_size``
+images, else ``val_fraction`` of them); sets without an official test split (digits, flat image
+folders, shards without val shards) hold out a fixed seeded 20% as test.
 
 Files are looked for in ``DataConfig.root`` (the folder itself or ``root/<name>``) if set, else in
 ``$XTRA_DATA/<name>`` (default ``~/.cache/xtra/data/<name>``, where ``download`` puts them), then in
@@ -44,8 +51,10 @@ import torch
 import torch.nn.functional as F
 
 from xtra.config import DataConfig
+from xtra.data.collection import BadCollection, is_path_collection
 
 __all__ = [
+    "BadCollection",
     "Dataset",
     "DatasetNotFound",
     "DownloadError",
@@ -55,9 +64,11 @@ __all__ = [
     "data_home",
     "denormalize",
     "download",
+    "fingerprint",
     "list_datasets",
     "load_dataset",
     "locate",
+    "workers_advice",
 ]
 
 
@@ -204,7 +215,6 @@ _DEFAULT_HOME = Path("~/.cache/xtra/data")
 _HELD_OUT_SEED = 1234  # the fixed test carve of digits / flat image folders (independent of split_seed)
 _HELD_OUT_FRACTION = 0.2
 _SYNTHETIC_SEED = 20241123
-_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's "L" conversion
 
 
@@ -215,6 +225,8 @@ def _how_to_get(name: str) -> str:
         return f"get it with `xtra data get {name}`"
     if name.startswith("imagefolder:"):
         return "expected PATH/train/<class>/*.png|jpg (and PATH/val/<class>/...) or PATH/<class>/*.png|jpg"
+    if name.startswith("wds:"):
+        return "expected tar shards (wds:/data/train-{000000..000099}.tar) or a folder from `xtra data pack`"
     return "see `xtra data list`"
 
 
@@ -226,7 +238,7 @@ def data_home() -> Path:
 
 def _spec(name: str) -> _Spec:
     if name not in _SPECS:
-        raise ValueError(f"unknown dataset {name!r} (known: {', '.join(_SPECS)}, imagefolder:PATH)")
+        raise ValueError(f"unknown dataset {name!r} (known: {', '.join(_SPECS)}, imagefolder:PATH, wds:PATTERN)")
     return _SPECS[name]
 
 
@@ -266,45 +278,13 @@ def _locate_files(spec: _Spec, root: str) -> tuple[Path, list[str]]:
     raise DatasetNotFound(spec.name, looked)
 
 
-def _imagefolder_path(name: str) -> Path:
-    raw = name[len("imagefolder:"):]
-    if not raw:
-        raise ValueError("data.name='imagefolder:' needs a path (imagefolder:PATH)")
-    return Path(raw).expanduser()
-
-
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_EXTS)
-
-
-def _imagefolder_layout(path: Path) -> tuple[Path, Path | None]:
-    """(train folder, test folder or None to carve a test split)."""
-    if not path.is_dir():
-        raise DatasetNotFound(f"imagefolder:{path}", [str(path)])
-    train, val = path / "train", path / "val"
-    if train.is_dir():
-        return train, (val if val.is_dir() else None)
-    return path, None
-
-
 def locate(cfg: DataConfig) -> str:
     """Where ``cfg``'s dataset is, without loading it. Raises ``DatasetNotFound`` / ``ValueError``."""
     name = cfg.name
-    if name.startswith("imagefolder:"):
-        path = _imagefolder_path(name)
-        train, _ = _imagefolder_layout(path)
-        classes = _class_dirs(train)
-        if not classes:
-            raise ValueError(f"image folder {train} has no class subfolders "
-                             f"(expected {train}/<class>/*.png|jpg)")
-        if not any(_image_files(c) for c in classes):
-            raise ValueError(f"image folder {train} has no images in its class folders "
-                             f"(expected files ending in {', '.join(_IMAGE_EXTS)})")
-        return str(path.resolve())
+    if is_path_collection(name):
+        from xtra.data.collection import open_collection
+
+        return open_collection(name).root  # lists it: every layout error is raised here, before any work
     spec = _spec(name)
     if spec.kind == "digits":
         import importlib.util
@@ -485,54 +465,13 @@ def _read_synthetic(n_train: int) -> _Raw:
     return _Raw(train_x, train_y, test_x, test_y, 10, names)
 
 
-def _read_images(files: list[Path], img_size: int, channels: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    mode = "RGB" if channels == 3 else "L"
-    out = np.empty((len(files), img_size, img_size, channels), dtype=np.uint8)
-    for i, path in enumerate(files):
-        try:
-            with Image.open(path) as im:
-                im = im.convert(mode)
-                if im.size != (img_size, img_size):
-                    im = im.resize((img_size, img_size), Image.Resampling.BILINEAR)  # antialiased when reducing
-                out[i] = np.asarray(im, dtype=np.uint8).reshape(img_size, img_size, channels)
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"{path}: cannot read image ({e})") from None
-    return out.transpose(0, 3, 1, 2)  # (N, C, H, W)
-
-
-def _read_imagefolder(path: Path, img_size: int, channels: int) -> _Raw:
-    train_dir, test_dir = _imagefolder_layout(path)
-    classes = [d.name for d in _class_dirs(train_dir)]
-    index = {c: i for i, c in enumerate(classes)}
-
-    def listing(folder: Path) -> tuple[list[Path], np.ndarray]:
-        files: list[Path] = []
-        labels: list[int] = []
-        for d in _class_dirs(folder):
-            if d.name not in index:
-                raise ValueError(f"{d}: class {d.name!r} is not among the train classes ({', '.join(classes)})")
-            found = _image_files(d)
-            files += found
-            labels += [index[d.name]] * len(found)
-        return files, np.asarray(labels, dtype=np.int64)
-
-    files, labels = listing(train_dir)
-    if not files:
-        raise ValueError(f"image folder {train_dir} has no images (expected {train_dir}/<class>/*.png|jpg)")
-    x = _read_images(files, img_size, channels)
-    if test_dir is None:
-        train, test = _held_out(len(labels))
-        return _Raw(x[train], labels[train], x[test], labels[test], len(classes), tuple(classes))
-    test_files, test_labels = listing(test_dir)
-    test_x = _read_images(test_files, img_size, channels)
-    return _Raw(x, labels, test_x, test_labels, len(classes), tuple(classes))
-
-
 def _stamp(name: str, where: str) -> tuple:
     """(file, size, mtime) of a located set's files, so memoized data follows changes on disk."""
-    if name.startswith("imagefolder:") or _spec(name).kind not in ("idx", "cifar"):
+    if is_path_collection(name):
+        from xtra.data.collection import open_collection
+
+        return (open_collection(name).fingerprint,)
+    if _spec(name).kind not in ("idx", "cifar"):
         return ()
     try:
         return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns)
@@ -544,8 +483,6 @@ def _stamp(name: str, where: str) -> tuple:
 @functools.lru_cache(maxsize=4)
 def _raw(name: str, where: str, stamp: tuple, synthetic_size: int, img_size: int, channels: int) -> _Raw:
     """Decoded source arrays; shared by every split/resolution asked of the same files."""
-    if name.startswith("imagefolder:"):
-        return _read_imagefolder(Path(where), img_size, channels)
     spec = _spec(name)
     if spec.kind == "idx":
         return _read_idx_set(spec, Path(where))
@@ -599,27 +536,24 @@ def _prepare(x: np.ndarray, img_size: int, channels: int) -> torch.Tensor:
 def _resolve_hflip(cfg: DataConfig) -> bool:
     if cfg.hflip != "auto":
         return cfg.hflip == "on"
-    if cfg.name.startswith("imagefolder:"):
+    if is_path_collection(cfg.name):
         return True
     return _spec(cfg.name).hflip
 
 
-def _carve(n: int, val_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) indices into the training set, from a permutation seeded by split_seed alone.
-    The train indices keep the permutation's order (a cap takes a seeded random subset)."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed)).numpy()
-    n_val = max(1, int(round(n * val_fraction)))
-    if n - n_val < 1:
-        raise ValueError(f"data.val_fraction={val_fraction} leaves no training images out of {n}")
-    return perm[n_val:], np.sort(perm[:n_val])
-
-
 @functools.lru_cache(maxsize=4)
-def _load(name: str, where: str, stamp: tuple, val_fraction: float, split_seed: int, limit_train: int,
-          synthetic_size: int, hflip: bool, img_size: int, channels: int) -> Dataset:
-    folder_size = (img_size, channels) if name.startswith("imagefolder:") else (0, 0)
-    raw = _raw(name, where, stamp, synthetic_size, *folder_size)
-    pool, val_idx = _carve(len(raw.train_y), val_fraction, split_seed)
+def _load(name: str, where: str, stamp: tuple, val_size: int, val_fraction: float, split_seed: int,
+          limit_train: int, synthetic_size: int, hflip: bool, img_size: int, channels: int, skip_bad: bool,
+          workers: int) -> Dataset:
+    from xtra.data.stream import carve
+
+    if is_path_collection(name):
+        return _load_collection(DataConfig(name=name, val_size=val_size, val_fraction=val_fraction,
+                                           split_seed=split_seed, limit_train=limit_train, skip_bad=skip_bad,
+                                           workers=workers), where, hflip, img_size, channels)
+    raw = _raw(name, where, stamp, synthetic_size, 0, 0)
+    pool, val_idx = carve(len(raw.train_y), DataConfig(val_size=val_size, val_fraction=val_fraction,
+                                                       split_seed=split_seed))
     train_idx = np.sort(pool)
     train_x = _prepare(raw.train_x[train_idx], img_size, channels)  # (N, c', S, S) in [0, 1]
     # Per-channel statistics of the whole train split, before any cap: limit_train changes how many
@@ -660,14 +594,78 @@ def load_dataset(cfg: DataConfig, img_size: int, channels: int) -> Dataset:
     if channels not in (1, 3):
         raise ValueError(f"channels={channels} is not supported (allowed: 1, 3)")
     where = locate(cfg)
-    return _load(cfg.name, where, _stamp(cfg.name, where), cfg.val_fraction, cfg.split_seed, cfg.limit_train,
-                 cfg.synthetic_size if cfg.name == "synthetic" else 0, _resolve_hflip(cfg), img_size, channels)
+    path_based = is_path_collection(cfg.name)
+    return _load(cfg.name, where, _stamp(cfg.name, where), cfg.val_size, cfg.val_fraction, cfg.split_seed,
+                 cfg.limit_train, cfg.synthetic_size if cfg.name == "synthetic" else 0, _resolve_hflip(cfg), img_size,
+                 channels, cfg.skip_bad and path_based, cfg.workers if path_based else 0)
+
+
+def _load_collection(cfg: DataConfig, where: str, hflip: bool, img_size: int, channels: int) -> Dataset:
+    """A path-based collection's splits in memory with the evaluation transform (for probing; the
+    pretraining loop streams instead). Normalized with ImageNet statistics."""
+    from xtra.data import stream, transforms
+
+    parts = stream.splits(cfg)
+    workers = stream.resolve_workers(cfg.workers)
+    mean, std = transforms.natural_stats(channels)
+    m = torch.tensor(mean).view(1, -1, 1, 1) * 255
+    s = torch.tensor(std).view(1, -1, 1, 1) * 255
+
+    def split(listing) -> Split:
+        x, y = stream.decode_all(listing, img_size, channels, cfg, workers)
+        return Split((torch.from_numpy(x).float() - m) / s, torch.from_numpy(y))
+
+    return Dataset(name=cfg.name, train=split(parts.train), val=split(parts.val), test=split(parts.test),
+                   num_classes=len(parts.collection.classes), mean=mean, std=std, hflip=hflip, source=where,
+                   class_names=parts.collection.classes)
+
+
+def fingerprint(cfg: DataConfig) -> str:
+    """A content fingerprint of a path-based collection that does not depend on where it lives:
+    imagefolder: a hash of the sorted split/class/file names and sizes (one directory listing);
+    wds: the pack manifest's shard checksums, else the shard names and sizes. For a registered set
+    (fashion-mnist, ...) its name. Bad layouts raise the same one-line errors as ``locate``."""
+    if not is_path_collection(cfg.name):
+        return cfg.name
+    from xtra.data.collection import open_collection
+
+    c = open_collection(cfg.name)
+    return f"{c.kind}-{c.fingerprint}"
+
+
+# Per-image training cost on a GPU, for `workers_advice`: FLOPs / (MFU x peak). The defaults are the
+# README's goal (40% MFU) and an H200's dense bf16 peak (989 TFLOP/s); not measured here.
+H200_BF16_PEAK = 989e12
+TARGET_MFU = 0.40
+
+
+def workers_advice(model_cfg, per_worker_images_per_s: float, *, peak_flops: float = H200_BF16_PEAK,
+                   mfu: float = TARGET_MFU, headroom: float = 1.25, gpu: str = "H200") -> dict:
+    """How many loader worker processes keep one GPU fed: the GPU's images/s at ``mfu`` of
+    ``peak_flops`` (from ``flops_per_image``), times ``headroom``, over the measured per-worker decode
+    + augment rate at the model's resolution. Returns the figures and a one-line ``advice``."""
+    from xtra.config import flops_per_image
+
+    if per_worker_images_per_s <= 0:
+        raise ValueError(f"per_worker_images_per_s={per_worker_images_per_s} must be > 0 (a measured rate)")
+    gpu_ips = mfu * peak_flops / flops_per_image(model_cfg)
+    workers = math.ceil(headroom * gpu_ips / per_worker_images_per_s)
+    advice = (f"data loading: one {gpu} at {mfu:.0%} MFU trains ~{gpu_ips:,.0f} images/s of this model at "
+              f"{model_cfg.img_size} px; at {per_worker_images_per_s:,.0f} images/s per loader worker (measured "
+              f"decode + crop) it needs ~{workers} workers per GPU ({headroom:g}x headroom): "
+              f"--set data.workers={workers} and cpus_per_trial >= {workers + 1}")
+    return {"gpu_images_per_s": gpu_ips, "per_worker_images_per_s": per_worker_images_per_s, "workers": workers,
+            "mfu": mfu, "peak_flops": peak_flops, "advice": advice}
 
 
 def clear_cache() -> None:
     """Forget memoized datasets (e.g. after files changed on disk)."""
+    from xtra.data import collection, stream
+
     _load.cache_clear()
     _raw.cache_clear()
+    stream._splits.cache_clear()
+    collection.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -751,7 +749,10 @@ def list_datasets() -> list[dict]:
         rows.append(row)
     rows.append(dict(name="imagefolder:PATH", found=False, where="PATH/train/<class>/*.png|jpg (+ PATH/val/...)",
                      looked_in=[], size=None, n_train=None, n_test=None,
-                     description="your own images, one folder per class (Pillow)"))
+                     description="your own images, one folder per class (ImageNet's layout); streamed"))
+    rows.append(dict(name="wds:PATTERN", found=False, where="a `xtra data pack` folder, or train-{000000..000099}.tar",
+                     looked_in=[], size=None, n_train=None, n_test=None,
+                     description="WebDataset tar shards (<key>.jpg + <key>.cls); streamed"))
     return rows
 
 
@@ -851,8 +852,8 @@ def download(name: str, dest_root: Path | None = None, base_url: str | None = No
     extracted there, and only then is everything moved into place with ``os.replace``. On any error
     the staging folder is removed and nothing new is in place. Returns the dataset's folder.
     """
-    if name.startswith("imagefolder:"):
-        raise ValueError("imagefolder datasets are your own files; there is nothing to download")
+    if is_path_collection(name):
+        raise ValueError(f"{name}: imagefolder:/wds: collections are your own files; there is nothing to download")
     spec = _spec(name)
     if not spec.remotes:
         what = "bundled with scikit-learn" if spec.kind == "digits" else "generated on the fly"
