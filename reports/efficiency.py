@@ -1,0 +1,267 @@
+"""The paper's efficiency claims, computed from probe results: "k reaches the baseline's top-1 with
+X x fewer samples" (top-1 vs samples seen, one curve per k), "X x fewer parameters" (top-1 vs
+parameters from a width sweep), and the downstream suite's average. Pure polars/numpy functions.
+
+How a ratio is read off the curves. The baseline (k = 1 by default) sets the target: its mean
+top-1 (over seeds) at its largest x (samples seen, or parameters), reached at that x. For another
+k, the x where its mean curve first reaches the target is interpolated linearly in log x between
+the two points that bracket the crossing; the ratio is baseline x / that x. A curve that is already
+at the target at its first point gives a lower bound on the ratio (marked `bound`); a curve that
+never reaches the target gives no ratio (`reached` false, with the best it got): nothing is
+extrapolated. Confidence intervals: percentile bootstrap over seeds (seeds resampled with
+replacement within each curve), over the resamples where the curve reaches the target; the share of
+resamples that reach it is reported beside.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from .tables import mean_ci
+
+# ---------------------------------------------------------------------------------------------
+# One curve
+
+
+def crossing(xs: Sequence[float], ys: Sequence[float], target: float) -> tuple[float | None, str]:
+    """Where the curve (xs increasing) first reaches `target`, interpolated linearly in log x.
+    Returns (x, status): status "reached", "before_first" (at or above the target at its first
+    point: x is the first point, an upper bound), or "never" (x None)."""
+    x = np.asarray(xs, dtype=float)
+    y = np.asarray(ys, dtype=float)
+    if len(x) == 0:
+        return None, "never"
+    if np.any(np.diff(x) <= 0):
+        raise ValueError(f"crossing: x must be strictly increasing, got {list(x)}")
+    hit = np.nonzero(y >= target)[0]
+    if len(hit) == 0:
+        return None, "never"
+    i = int(hit[0])
+    if i == 0:
+        return float(x[0]), "before_first"
+    lx0, lx1 = math.log(x[i - 1]), math.log(x[i])
+    frac = (target - y[i - 1]) / (y[i] - y[i - 1])  # y[i-1] < target <= y[i]
+    return float(math.exp(lx0 + frac * (lx1 - lx0))), "reached"
+
+
+def _matrix(df: pl.DataFrame, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
+    """(xs, Y): the x values every seed has, sorted, and Y[seed, i] = y of that seed at xs[i] (the
+    mean if a seed repeats an x): a curve per seed on a common grid, not a patchwork."""
+    per_seed: dict[Any, dict[float, list[float]]] = {}
+    for sd, xv, yv in df.select("seed", x, y).iter_rows():
+        per_seed.setdefault(sd, {}).setdefault(float(xv), []).append(float(yv))
+    common = sorted(set.intersection(*(set(c) for c in per_seed.values())))
+    ys = np.array([[np.mean(c[v]) for v in common] for c in per_seed.values()], dtype=float)
+    return np.asarray(common, dtype=float), ys.reshape(len(per_seed), len(common))
+
+
+def _ratio(bx: np.ndarray, by: np.ndarray, ox: np.ndarray, oy: np.ndarray) -> dict[str, Any]:
+    """Ratio from mean curves: baseline (bx, by) and the other (ox, oy)."""
+    target, base_x = float(by[-1]), float(bx[-1])
+    at, status = crossing(ox, oy, target)
+    return {"target": target, "baseline_x": base_x, "x": at, "status": status,
+            "ratio": base_x / at if at else None, "best": float(oy.max()) if len(oy) else None,
+            "max_x": float(ox[-1]) if len(ox) else None}
+
+
+def efficiency_ratios(df: pl.DataFrame, *, x: str, y: str = "top1", group: str = "block_size",
+                      baseline: Any = 1, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> pl.DataFrame:
+    """For every `group` value other than `baseline`: how much less `x` it needs to reach the
+    baseline's `y` at the baseline's largest `x`. `df`: one row per (group, seed, x) with column
+    `seed`. Returns one row per group: target, baseline_x, x (where it reaches the target), status
+    (reached | before_first | never), ratio (baseline_x / x), ratio_lo / ratio_hi (bootstrap CI
+    over seeds; null with one seed per curve), reached_share (of the bootstrap resamples), best (its
+    best mean y), max_x, n_seeds, bound (the ratio is a lower bound: reached at its first point)."""
+    for col in (x, y, group, "seed"):
+        if col not in df.columns:
+            raise ValueError(f"efficiency_ratios: column {col!r} is missing (have: {', '.join(df.columns)})")
+    df = df.filter(pl.col(y).is_not_null() & pl.col(y).is_not_nan())
+    groups = df[group].unique().sort().to_list()
+    if baseline not in groups:
+        raise ValueError(f"efficiency_ratios: baseline {group}={baseline!r} has no rows (have: {groups})")
+    bx, bm = _matrix(df.filter(pl.col(group) == baseline), x, y)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in groups:
+        if g == baseline:
+            continue
+        ox, om = _matrix(df.filter(pl.col(group) == g), x, y)
+        point = _ratio(bx, bm.mean(axis=0), ox, om.mean(axis=0))
+        boot: list[float] = []
+        reached = 0
+        for _ in range(n_boot):  # seeds resampled with replacement within each curve
+            b = bm[rng.integers(0, len(bm), len(bm))].mean(axis=0)
+            o = om[rng.integers(0, len(om), len(om))].mean(axis=0)
+            r = _ratio(bx, b, ox, o)
+            if r["ratio"] is not None:
+                reached += 1
+                boot.append(r["ratio"])
+        lo = hi = None
+        if boot and (len(bm) > 1 or len(om) > 1):
+            lo, hi = (float(v) for v in np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]))
+        rows.append({group: g, "baseline": baseline, "target": point["target"], "baseline_x": point["baseline_x"],
+                     "x": point["x"], "status": point["status"], "ratio": point["ratio"], "ratio_lo": lo,
+                     "ratio_hi": hi, "reached_share": reached / n_boot if n_boot else None, "best": point["best"],
+                     "max_x": point["max_x"], "n_seeds": len(om), "bound": point["status"] == "before_first"})
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def sample_efficiency(curves: pl.DataFrame, *, kind: str = "linear", dataset: str | None = None,
+                      baseline: int = 1, n_boot: int = 1000, seed: int = 0) -> pl.DataFrame:
+    """'k reaches k=`baseline`'s top-1 with X x fewer samples' from long-format probe rows
+    (columns block_size, seed, samples, kind, top1, optionally dataset): one row per k
+    (`efficiency_ratios` with x = samples)."""
+    df = _select(curves, kind, dataset)
+    return efficiency_ratios(df, x="samples", group="block_size", baseline=baseline, n_boot=n_boot, seed=seed)
+
+
+def parameter_efficiency(results: pl.DataFrame, *, kind: str = "linear", params: str = "n_params_encoder",
+                         baseline: int = 1, n_boot: int = 1000, seed: int = 0) -> pl.DataFrame:
+    """'X x fewer parameters' from a width sweep: results with columns block_size, seed, `params`
+    and `<kind>_top1` (one row per trial, e.g. results.parquet): for each k, the parameters at which
+    its top-1 vs parameters curve reaches the baseline's top-1 at the baseline's largest model."""
+    col = f"{kind}_top1"
+    for c in (col, params, "block_size", "seed"):
+        if c not in results.columns:
+            raise ValueError(f"parameter_efficiency: column {c!r} is missing (have: {', '.join(results.columns)})")
+    df = results.select("block_size", "seed", pl.col(params).cast(pl.Float64), pl.col(col).alias("top1"))
+    return efficiency_ratios(df, x=params, group="block_size", baseline=baseline, n_boot=n_boot, seed=seed)
+
+
+def _select(curves: pl.DataFrame, kind: str, dataset: str | None) -> pl.DataFrame:
+    df = curves.filter(pl.col("kind") == kind) if "kind" in curves.columns else curves
+    if dataset is not None and "dataset" in df.columns:
+        df = df.filter(pl.col("dataset") == dataset)
+    elif "dataset" in df.columns and df["dataset"].n_unique() > 1:
+        raise ValueError("sample_efficiency: the rows hold several datasets; name one (dataset=...)")
+    return df
+
+
+# ---------------------------------------------------------------------------------------------
+# The downstream suite
+
+
+def suite_average(rows: pl.DataFrame, *, by: Sequence[str] = ("config_hash", "samples", "kind"),
+                  datasets: Sequence[str] | None = None) -> pl.DataFrame:
+    """The suite score per trial (the paper's 15-benchmark average): the mean top-1 over the datasets,
+    per `by` group. Long-format input: columns `by`, dataset, top1. A group missing a dataset of the
+    suite (all datasets seen, or `datasets`) gets a null average and the missing names, never a
+    mean over fewer sets."""
+    by = list(by)
+    for c in (*by, "dataset", "top1"):
+        if c not in rows.columns:
+            raise ValueError(f"suite_average: column {c!r} is missing (have: {', '.join(rows.columns)})")
+    suite = sorted(datasets) if datasets is not None else sorted(rows["dataset"].unique().to_list())
+    agg = rows.filter(pl.col("dataset").is_in(suite)).group_by(by).agg(
+        pl.col("top1").mean().alias("mean"), pl.col("dataset").unique().alias("have"),
+        pl.col("top1").is_null().any().alias("has_null"))
+    out = []
+    for r in agg.iter_rows(named=True):
+        missing = [d for d in suite if d not in r["have"]]
+        ok = not missing and not r["has_null"]
+        out.append({**{k: r[k] for k in by}, "n_datasets": len(r["have"]), "suite_size": len(suite),
+                    "average": r["mean"] if ok else None, "missing": ", ".join(missing)})
+    return pl.DataFrame(out, infer_schema_length=None).sort(by)
+
+
+def suite_table(rows: pl.DataFrame, *, label: str = "config_hash", kind: str = "linear",
+                samples: int | None = None) -> pl.DataFrame:
+    """The per-dataset table with the average, one row per trial (`label`), one column per dataset,
+    at each trial's last probed checkpoint (or `samples`)."""
+    df = rows.filter(pl.col("kind") == kind)
+    if samples is not None:
+        df = df.filter(pl.col("samples") == samples)
+    else:
+        df = df.filter(pl.col("samples") == pl.col("samples").max().over(label))
+    wide = df.pivot(on="dataset", index=label, values="top1", aggregate_function="mean").sort(label)
+    avg = suite_average(df, by=(label,)).select(label, "average")
+    return wide.join(avg, on=label, how="left")
+
+
+# ---------------------------------------------------------------------------------------------
+# Curves for the report: top-1 vs samples per k, mean and CI over seeds
+
+
+def sample_curves(curves: pl.DataFrame, *, kind: str = "linear", dataset: str | None = None,
+                  group: str = "block_size", level: float = 0.95) -> pl.DataFrame:
+    """One row per (group, samples): mean top-1 over seeds, its t-interval (lo, hi; null with one
+    seed) and the seed count, sorted, ready to draw as one line per k with a band."""
+    df = _select(curves, kind, dataset)
+    out = []
+    for (g, s), part in df.group_by([group, "samples"]):
+        m, half, n = mean_ci(part["top1"].to_list(), level)
+        ok = n > 1 and math.isfinite(half)
+        out.append({group: g, "samples": s, "mean": m, "lo": m - half if ok else None,
+                    "hi": m + half if ok else None, "n_seeds": n})
+    return pl.DataFrame(out, infer_schema_length=None).sort(group, "samples")
+
+
+# ---------------------------------------------------------------------------------------------
+# Text for summary.md and the HTML report
+
+
+def _fmt_n(v: float) -> str:
+    return f"{v:,.0f}" if v >= 1000 else f"{v:.3g}"
+
+
+def ratio_sentences(ratios: pl.DataFrame, *, what: str = "samples", kind: str = "linear",
+                    group: str = "block_size", name: str = "k") -> list[str]:
+    """One line per row of `efficiency_ratios`, e.g. 'k=2 reaches k=1's linear top-1 (76.9% at
+    30,000 samples) with 3.1x fewer samples (95% CI 2.0-4.6, reached in 100% of resamples, 3 seeds)'
+    or '... never reaches k=1's linear top-1 (76.9% at 30,000 samples): best 75.5% within 30,000
+    samples'."""
+    lines = []
+    for r in ratios.iter_rows(named=True):
+        head = (f"{name}={r[group]} reaches {name}={r['baseline']}'s {kind} top-1 "
+                f"({100 * r['target']:.1f}% at {_fmt_n(r['baseline_x'])} {what})")
+        if r["status"] == "never":
+            lines.append(f"{name}={r[group]} never reaches {name}={r['baseline']}'s {kind} top-1 "
+                         f"({100 * r['target']:.1f}% at {_fmt_n(r['baseline_x'])} {what}): best "
+                         f"{100 * r['best']:.1f}% within {_fmt_n(r['max_x'])} {what}")
+            continue
+        ci = (f"95% CI {r['ratio_lo']:.2g}-{r['ratio_hi']:.2g}, " if r["ratio_lo"] is not None else "no CI: one seed, ")
+        share = f"reached in {100 * r['reached_share']:.0f}% of resamples, " if r["reached_share"] is not None else ""
+        bound = "at least " if r["bound"] else ""
+        fewer = "fewer" if r["ratio"] >= 1 else "more"
+        factor = r["ratio"] if r["ratio"] >= 1 else 1 / r["ratio"]
+        lines.append(f"{head} with {bound}{factor:.2g}x {fewer} {what} ({ci}{share}{r['n_seeds']} seeds)")
+    return lines
+
+
+def markdown_table(df: pl.DataFrame, *, percent: Sequence[str] = ()) -> str:
+    """A Markdown table; columns in `percent` (fractions) shown as percentages."""
+    cols = df.columns
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.iter_rows(named=True):
+        lines.append("| " + " | ".join(_cell(row[c], c in percent) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def html_table(df: pl.DataFrame, *, percent: Sequence[str] = ()) -> str:
+    """The same table as HTML (escaped), for the report page."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(row[c], c in percent))}</td>" for c in df.columns)
+                   + "</tr>" for row in df.iter_rows(named=True))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell(v: Any, percent: bool) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if percent and isinstance(v, (int, float)):
+        return f"{100 * v:.1f}"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def suite_markdown(rows: pl.DataFrame, *, label: str = "config_hash", kind: str = "linear") -> str:
+    """The per-dataset table + average (top-1 %) in Markdown, as in the paper's benchmark table."""
+    table = suite_table(rows, label=label, kind=kind)
+    return markdown_table(table, percent=[c for c in table.columns if c != label])

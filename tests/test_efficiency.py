@@ -1,0 +1,144 @@
+"""The paper's efficiency ratios on synthetic curves with known answers, the 'never reaches' case,
+suite averaging and the report's fragments."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy import stats
+
+from reports.efficiency import (
+    crossing,
+    efficiency_ratios,
+    html_table,
+    parameter_efficiency,
+    ratio_sentences,
+    sample_curves,
+    sample_efficiency,
+    suite_average,
+    suite_markdown,
+    suite_table,
+)
+
+SAMPLES = [1e3, 1e4, 1e5, 1e6]
+
+
+def _curve(k: int, shift: float, seeds=(0, 1, 2), noise=(-0.01, 0.0, 0.01), ceiling: float = 1.0) -> list[dict]:
+    """top-1 = 0.3 + 0.1 log10(shift * s), capped at `ceiling`: a curve `shift` x ahead in samples."""
+    return [{"block_size": k, "seed": sd, "samples": s, "kind": "linear",
+             "top1": min(ceiling, 0.3 + 0.1 * math.log10(shift * s)) + n}
+            for sd, n in zip(seeds, noise) for s in SAMPLES]
+
+
+def test_crossing_interpolates_in_log_x():
+    assert crossing([1e3, 1e4], [0.0, 1.0], 0.5) == (pytest.approx(math.sqrt(1e7)), "reached")
+    assert crossing([1e3, 1e4, 1e5], [0.1, 0.2, 0.6], 0.4) == (pytest.approx(10 ** 4.5), "reached")
+    assert crossing([1e3, 1e4], [0.7, 0.8], 0.5) == (1e3, "before_first")
+    assert crossing([1e3, 1e4], [0.1, 0.2], 0.5) == (None, "never")
+    assert crossing([1e3, 1e4, 1e5], [0.1, 0.6, 0.3], 0.5)[1] == "reached"  # the first crossing
+    with pytest.raises(ValueError, match="strictly increasing"):
+        crossing([1e4, 1e3], [0.1, 0.2], 0.5)
+
+
+def test_a_curve_ten_times_ahead_needs_ten_times_fewer_samples():
+    df = pl.DataFrame(_curve(1, 1.0) + _curve(2, 10.0) + _curve(4, 31.6227766))
+    out = sample_efficiency(df, n_boot=300).sort("block_size")
+    assert out["status"].to_list() == ["reached", "reached"]
+    assert out["ratio"].to_list() == pytest.approx([10.0, 31.6227766], rel=1e-6)
+    assert out["target"][0] == pytest.approx(0.3 + 0.6)
+    assert out["baseline_x"][0] == 1e6 and out["bound"].to_list() == [False, False]
+    for row in out.iter_rows(named=True):  # the seed noise (+-1 point) gives a CI around the true ratio
+        assert row["ratio_lo"] < row["ratio"] < row["ratio_hi"]
+        assert row["ratio_hi"] / row["ratio_lo"] < 3 and row["reached_share"] == 1.0
+
+
+def test_a_curve_that_never_reaches_the_baseline_says_so():
+    df = pl.DataFrame(_curve(1, 1.0) + _curve(4, 10.0, ceiling=0.8))
+    (row,) = sample_efficiency(df, n_boot=200).iter_rows(named=True)
+    assert row["status"] == "never" and row["ratio"] is None and row["x"] is None
+    assert row["ratio_lo"] is None and row["reached_share"] == 0.0
+    assert row["best"] == pytest.approx(0.8)
+    (line,) = ratio_sentences(sample_efficiency(df, n_boot=10))
+    assert line.startswith("k=4 never reaches k=1's linear top-1 (90.0% at 1,000,000 samples): best 80.0%")
+
+
+def test_a_curve_at_the_target_from_its_first_point_is_a_lower_bound():
+    df = pl.DataFrame(_curve(1, 1.0) + _curve(2, 1e4))
+    (row,) = sample_efficiency(df, n_boot=50).iter_rows(named=True)
+    assert row["status"] == "before_first" and row["bound"] and row["ratio"] == pytest.approx(1e3)
+    assert "with at least 1e+03x fewer samples" in ratio_sentences(sample_efficiency(df, n_boot=10))[0]
+
+
+def test_one_seed_gives_a_ratio_without_ci():
+    df = pl.DataFrame(_curve(1, 1.0, seeds=(0,), noise=(0,)) + _curve(2, 10.0, seeds=(0,), noise=(0,)))
+    (row,) = sample_efficiency(df, n_boot=20).iter_rows(named=True)
+    assert row["ratio"] == pytest.approx(10.0) and row["ratio_lo"] is None and row["n_seeds"] == 1
+    assert "no CI: one seed" in ratio_sentences(sample_efficiency(df, n_boot=20))[0]
+
+
+def test_parameter_efficiency_from_a_width_sweep():
+    rows = []
+    for k, shift in ((1, 1.0), (2, 4.0)):
+        for sd, n in ((0, -0.005), (1, 0.005)):
+            for p in (1e6, 4e6, 16e6):
+                rows.append({"block_size": k, "seed": sd, "n_params_encoder": p,
+                             "linear_top1": 0.2 + 0.1 * math.log2(shift * p / 1e6) + n})
+    (row,) = parameter_efficiency(pl.DataFrame(rows), n_boot=200).iter_rows(named=True)
+    assert row["ratio"] == pytest.approx(4.0) and row["x"] == pytest.approx(4e6)
+    assert "k=2 reaches k=1's linear top-1 (60.0% at 16,000,000 parameters) with 4x fewer parameters" in \
+        ratio_sentences(parameter_efficiency(pl.DataFrame(rows), n_boot=50), what="parameters")[0]
+
+
+def test_ratios_reject_missing_columns_and_baseline():
+    df = pl.DataFrame(_curve(2, 1.0))
+    with pytest.raises(ValueError, match="baseline block_size=1 has no rows"):
+        efficiency_ratios(df, x="samples")
+    with pytest.raises(ValueError, match="column 'samples' is missing"):
+        efficiency_ratios(df.drop("samples"), x="samples")
+    two = pl.concat([df.with_columns(pl.lit("a").alias("dataset")), df.with_columns(pl.lit("b").alias("dataset"))])
+    with pytest.raises(ValueError, match="several datasets"):
+        sample_efficiency(two)
+
+
+def _suite_rows() -> pl.DataFrame:
+    rows = []
+    for trial, accs in (("t1", {"cifar10": 0.6, "mnist": 0.9, "digits": 0.75}),
+                        ("t2", {"cifar10": 0.5, "mnist": 0.8})):  # t2 lacks digits
+        for ds, acc in accs.items():
+            for kind, delta in (("linear", 0.0), ("attentive", 0.05)):
+                rows.append({"config_hash": trial, "samples": 1000, "dataset": ds, "kind": kind, "top1": acc + delta})
+    return pl.DataFrame(rows)
+
+
+def test_suite_average_is_the_mean_over_the_whole_suite_only():
+    avg = suite_average(_suite_rows())
+    got = {(r["config_hash"], r["kind"]): r for r in avg.iter_rows(named=True)}
+    assert got[("t1", "linear")]["average"] == pytest.approx(0.75)
+    assert got[("t1", "attentive")]["average"] == pytest.approx(0.80)
+    assert got[("t2", "linear")]["average"] is None and got[("t2", "linear")]["missing"] == "digits"
+    sub = suite_average(_suite_rows(), datasets=["cifar10", "mnist"])
+    assert sub.filter(pl.col("config_hash") == "t2", pl.col("kind") == "linear")["average"][0] == pytest.approx(0.65)
+
+
+def test_suite_table_and_fragments():
+    table = suite_table(_suite_rows())
+    assert table.columns[0] == "config_hash" and set(table.columns[1:]) == {"cifar10", "mnist", "digits", "average"}
+    assert table.filter(pl.col("config_hash") == "t1")["average"][0] == pytest.approx(0.75)
+    md = suite_markdown(_suite_rows())
+    assert "| t1 |" in md and "75.0" in md and "| t2 |" in md and " - |" in md  # missing -> '-'
+    page = html_table(table, percent=["average"])
+    assert page.startswith("<table>") and "<td>75.0</td>" in page
+
+
+def test_sample_curves_mean_and_t_interval_over_seeds():
+    df = pl.DataFrame(_curve(1, 1.0) + _curve(2, 10.0))
+    out = sample_curves(df)
+    assert out.height == 8 and out["n_seeds"].unique().to_list() == [3]
+    row = out.filter(pl.col("block_size") == 2, pl.col("samples") == 1e4).row(0, named=True)
+    vals = np.array([0.3 + 0.1 * 5 + n for n in (-0.01, 0.0, 0.01)])
+    half = stats.t.ppf(0.975, 2) * vals.std(ddof=1) / math.sqrt(3)
+    assert row["mean"] == pytest.approx(vals.mean()) and row["hi"] - row["mean"] == pytest.approx(half)
+    assert out.filter(pl.col("block_size") == 1)["samples"].to_list() == SAMPLES  # monotone x per curve
