@@ -128,14 +128,18 @@ class DataConfig:
     hflip: str = "auto"  # auto = flip where the dataset allows it (not digits)
     limit_train: int = 0  # 0 = all; a cap for quick studies
     synthetic_size: int = 2048
+    val_size: int = 0  # images carved from train for validation; 0 = val_fraction of them
+    skip_bad: bool = False  # unreadable images: False = stop naming the file, True = skip and count them
+    workers: int = -1  # loader processes for imagefolder:/wds: (-1 = auto, 0 = in the trainer); a resource
     # The collection's identity for path-based data (imagefolder:/wds:): a content fingerprint
     # filled in by `xtra.data.fingerprint` at planning time, or a name the user gives
     # (`data.fingerprint="imagenet-1k"`). The path itself is a resource, never identity.
     fingerprint: str = ""
 
     def __post_init__(self) -> None:
-        _require(self.name in DATASETS or self.name.startswith("imagefolder:"),
-                 f"data.name={self.name!r} is not a known dataset (allowed: {', '.join(DATASETS)}, imagefolder:PATH)")
+        _require(self.name in DATASETS or self.name.startswith(("imagefolder:", "wds:")),
+                 f"data.name={self.name!r} is not a known dataset "
+                 f"(allowed: {', '.join(DATASETS)}, imagefolder:PATH, wds:PATTERN)")
         _require(0.0 < self.val_fraction < 0.5, f"data.val_fraction={self.val_fraction} must be in (0, 0.5)")
         lo, hi = self.crop_scale
         _require(0.0 < lo <= hi <= 1.0, f"data.crop_scale={self.crop_scale} must satisfy 0 < lo <= hi <= 1")
@@ -144,6 +148,8 @@ class DataConfig:
         _one_of("data.hflip", self.hflip, ("auto", "on", "off"))
         _require(self.limit_train >= 0, f"data.limit_train={self.limit_train} must be >= 0 (0 = all)")
         _require(self.synthetic_size >= 64, f"data.synthetic_size={self.synthetic_size} must be >= 64")
+        _require(self.val_size >= 0, f"data.val_size={self.val_size} must be >= 0 (0 = use data.val_fraction)")
+        _require(self.workers >= -1, f"data.workers={self.workers} must be >= -1 (-1 = auto, 0 = no subprocesses)")
 
 
 @dataclass(frozen=True)
@@ -269,6 +275,7 @@ class ProbeConfig:
     datasets: tuple[str, ...] = ()  # downstream suite: named sets / imagefolder: / wds: paths; () = the trial's data
     at_samples: tuple[int, ...] = ()  # also probe the checkpoints at these samples seen (plus the end)
     points: int = 0  # or: this many evenly spaced checkpoints (the last is the end); 0 = the end only
+    along_kinds: tuple[str, ...] = ("linear",)  # of `kinds`, those probed at the earlier checkpoints too
 
     def __post_init__(self) -> None:
         _require(self.limit_train >= 0, f"probe.limit_train={self.limit_train} must be >= 0 (0 = all)")
@@ -311,17 +318,26 @@ class ProbeConfig:
         _require(self.points >= 0, f"probe.points={self.points} must be >= 0 (0 = the end only)")
         _require(not (self.points and self.at_samples),
                  f"probe.points={self.points} and probe.at_samples={self.at_samples}: give one of them")
+        for kind in self.along_kinds:
+            _one_of("probe.along_kinds", kind, ("linear", "attentive"))
 
-    def probe_samples(self, budget: int) -> tuple[int, ...]:
+    def probe_samples(self, budget: int, batch_size: int = 1) -> tuple[int, ...]:
         """The samples-seen counts to probe for a pretraining budget: `at_samples` plus the end, or
-        `points` evenly spaced counts ending at the budget, or just the end. ValueError for a count
-        beyond the budget."""
+        `points` evenly spaced counts (rounded to step boundaries, multiples of `batch_size`) ending
+        at the budget, or just the end. ValueError for a count beyond the budget or off a step
+        boundary. The last entry is always `budget` (the run's final checkpoint)."""
         bad = [s for s in self.at_samples if s > budget]
         _require(not bad, f"probe.at_samples={self.at_samples}: {bad} exceed pretrain.samples={budget} "
                           f"(allowed: 1..{budget})")
+        off = [s for s in self.at_samples if s % batch_size and s != budget]
+        _require(not off, f"probe.at_samples={self.at_samples}: {off} are not step boundaries (allowed: multiples "
+                          f"of pretrain.batch_size={batch_size}, or pretrain.samples={budget})")
         if self.points:
-            _require(self.points <= budget, f"probe.points={self.points} exceeds pretrain.samples={budget}")
-            return tuple(sorted({round(budget * (i + 1) / self.points) for i in range(self.points)}))
+            steps = budget // batch_size
+            _require(self.points <= max(steps, 1),
+                     f"probe.points={self.points} exceeds the {steps} steps of pretrain.samples={budget}")
+            early = {max(1, round(steps * (i + 1) / self.points)) * batch_size for i in range(self.points - 1)}
+            return tuple(sorted({s for s in early if s < budget} | {budget}))
         return tuple(sorted({*self.at_samples, budget}))
 
 
@@ -336,7 +352,7 @@ class TrialConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self.probe.probe_samples(self.pretrain.samples)  # at_samples / points within the budget
+        self.probe.probe_samples(self.pretrain.samples, self.pretrain.batch_size)  # within the budget, on steps
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -366,7 +382,7 @@ IDENTITY_VERSION = 2
 # Resources, not science: where things are, on what they run, how often they are saved or logged.
 # Changing one of these never reruns a finished trial.
 RESOURCE_KEYS = frozenset({
-    "model.attention", "data.root", "pretrain.device", "pretrain.compile", "pretrain.checkpoint_every",
+    "model.attention", "data.root", "data.workers", "pretrain.device", "pretrain.compile", "pretrain.checkpoint_every",
     "pretrain.log_every", "probe.cache",
 })
 

@@ -6,7 +6,8 @@ draw of a step is seeded by (seed, step), and the data stream by (seed, epoch), 
 checkpoint replays exactly what an uninterrupted run would have done (bitwise on CPU).
 
 Data parallel (`world`, see `xtra.distributed`): every rank draws the same global batch and the same
-augmentation of it, then trains on its contiguous slice (rank r: rows [r*b/N, (r+1)*b/N)) of a
+augmentation of it (a streamed collection: only its own rows of it, `xtra.data.stream`), then trains
+on its contiguous slice (rank r: rows [r*b/N, (r+1)*b/N)) of a
 DistributedDataParallel model, so N workers x b/N follow 1 worker x b up to float reduction order.
 Rank 0 alone writes metrics.jsonl and checkpoints and sees progress events; checkpoint events reach
 every rank (after a barrier: the file is complete), for a launcher whose report is collective.
@@ -263,7 +264,8 @@ def pretrain(
     instead of from scratch, e.g. a wsd branch from its trunk's kept checkpoint; the recipes may
     differ only where `xtra.schedule.continuation_error` allows."""
     from xtra.attention import resolve_backend
-    from xtra.data import augment, load_dataset
+    from xtra.data import locate
+    from xtra.data.stream import open_stream
 
     world = world or World()
     main = world.main
@@ -272,6 +274,7 @@ def pretrain(
                          f"= {world.size} x {cfg.accumulate} (each worker takes an equal share of every micro-batch)")
     keep = _check_keep_at(keep_at, cfg, world.size * cfg.accumulate)
     run_dir = Path(run_dir)
+    locate(data_cfg)  # a missing or malformed collection is one line, before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     log = (log or (lambda msg: None)) if main else (lambda msg: None)
     report = report or (lambda event: None)
@@ -279,10 +282,11 @@ def pretrain(
     if device.type == "cuda" and world.device is not None:
         device = torch.device(world.device)
         torch.cuda.set_device(device)
-    dataset = load_dataset(data_cfg, model_cfg.img_size, model_cfg.channels)
-    train_images = dataset.train.images.to(device)
-    val_images = dataset.val.images[:VAL_IMAGES].to(device)
-    n_train = len(train_images)
+    # In memory for small sets, streamed by loader workers for imagefolder:/wds: (xtra.data.stream).
+    data = open_stream(data_cfg, model_cfg.img_size, model_cfg.channels, seed=seed, rank=world.rank,
+                       size=world.size, device=device, total=cfg.samples, batch_size=cfg.batch_size,
+                       share=world.size * cfg.accumulate)
+    val_images = data.val_images(VAL_IMAGES)
 
     torch.manual_seed(step_seed(seed, -1))
     model = XTRA(model_cfg).to(device)
@@ -304,6 +308,7 @@ def pretrain(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, samples_seen, wall_before = state["step"], state["samples_seen"], state.get("wall_s", 0.0)
+        data.restore(state.get("data", {}))  # the position is samples_seen; this checks the collection
         init = init or state.get("init")
         if source == ckpt_path:
             log(f"resumed from {ckpt_path} at step {step} ({samples_seen} samples seen)")
@@ -322,7 +327,7 @@ def pretrain(
 
     backend = resolve_backend(model_cfg.attention, device)
     log(f"device {device}, attention backend {backend} (asked: {model_cfg.attention}), "
-        f"{len(train_images)} train / {len(dataset.val.images)} val images of {dataset.name}"
+        f"{data.describe}"
         + (f", {world.size} data-parallel workers x {cfg.batch_size // world.size} images" if world.distributed
            else ""))
     train = model
@@ -344,7 +349,7 @@ def pretrain(
         return {
             "config": config_dict, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "step": step, "samples_seen": samples_seen, "wall_s": wall_before + time.perf_counter() - t0,
-            "rng": _rng_state(), "data": {"samples_seen": samples_seen, "n_train": n_train},
+            "rng": _rng_state(), "data": data.state(samples_seen),
             "world_size": world.size, "final": final, "init": init,
         }
 
@@ -366,7 +371,7 @@ def pretrain(
     pending: list[tuple[int, int, torch.Tensor]] = []  # (step, samples, loss) not yet synced
     last_loss = float("nan")
     t0 = time.perf_counter()
-    t_window, samples_window = t0, samples_seen
+    t_window, samples_window, wait_window = t0, samples_seen, 0.0
     next_ckpt = (samples_seen // cfg.checkpoint_every + 1) * cfg.checkpoint_every
     metrics_file = open(run_dir / METRICS, "a") if main else None  # noqa: SIM115 - closed in finally
     bar = _progress_bar(cfg.samples, samples_seen) if progress and main else None
@@ -380,14 +385,9 @@ def pretrain(
             if batch == 0:
                 break
             torch.manual_seed(step_seed(seed, step))
-            gen = torch.Generator(device=device).manual_seed(step_seed(seed, step))
-            idx = batch_indices(samples_seen, batch, n_train, seed).to(device)
-            images = train_images[idx]
-            if data_cfg.augment:
-                images = augment(images, gen, data_cfg, dataset.hflip)
-            if world.distributed:  # the same global batch on every rank; each trains on its slice
-                local = batch // world.size
-                images = images[world.rank * local: (world.rank + 1) * local]
+            t_wait = time.perf_counter()
+            images = data.batch(step, samples_seen, batch)  # this rank's rows of the global batch
+            wait_window += time.perf_counter() - t_wait
             order_index = 0
             if model_cfg.order == "random":
                 order_index = int(torch.randint(model_cfg.n_orders, (1,), generator=torch.Generator().manual_seed(
@@ -415,11 +415,15 @@ def pretrain(
                 last_loss = float(losses.mean())
                 now = time.perf_counter()
                 ips = (samples_seen - samples_window) / max(now - t_window, 1e-9)
+                stall, wait_window = wait_window / max(now - t_window, 1e-9), 0.0  # time waiting for data
                 t_window, samples_window = now, samples_seen
                 pending.clear()
                 if main:
                     row = {"step": step, "samples_seen": samples_seen, "loss": last_loss, "lr": lr,
-                           "wall_s": round(wall_before + now - t0, 4), "images_per_s": round(ips, 2)}
+                           "wall_s": round(wall_before + now - t0, 4), "images_per_s": round(ips, 2),
+                           "data_stall": round(stall, 4)}
+                    if data_cfg.skip_bad:
+                        row["skipped_bad"] = data.skipped_bad
                     metrics_file.write(json.dumps(row) + "\n")
                     metrics_file.flush()
                     report({"kind": "progress", **row})
@@ -441,6 +445,7 @@ def pretrain(
                     (run_dir / ".fault-killed").write_text(f"rank {world.rank} at {samples_seen}")
                     os._exit(1)  # a worker dies without a word (XTRA_FAULT_KILL_WORKER)
     finally:
+        data.close()
         if metrics_file is not None:
             metrics_file.close()
         if bar is not None:
