@@ -450,8 +450,9 @@ def test_probe_checkpoints_long_format_rows(run_dir, tmp_path):
                               datasets=("fashion-mnist", "digits"), limit_train=600)
     data = dataclasses.replace(DATA, limit_train=600)
     rows = probe_checkpoints({2048: run_dir / "checkpoint.pt", 1024: early}, data, cfg, seed=0, device="cpu")
-    assert [(r["samples"], r["dataset"], r["kind"]) for r in rows] == [
-        (s, d, k) for s in (1024, 2048) for d in ("fashion-mnist", "digits") for k in ("linear", "attentive")]
+    assert [(r["samples"], r["dataset"], r["kind"]) for r in rows] == [  # earlier checkpoints: along_kinds
+        (1024, "fashion-mnist", "linear"), (1024, "digits", "linear"),
+        *((2048, d, k) for d in ("fashion-mnist", "digits") for k in ("linear", "attentive"))]
     assert all(0 <= r["top1"] <= 1 and r["best_lr"] in cfg.lrs for r in rows)
     by = {(r["samples"], r["dataset"], r["kind"]): r for r in rows}
     assert by[(1024, "digits", "linear")]["top1"] == by[(2048, "digits", "linear")]["top1"]  # same weights
@@ -481,8 +482,10 @@ def test_at_samples_beyond_the_budget_is_one_line():
 
     with pytest.raises(ValueError, match=r"probe.at_samples=\(1000, 90000\): \[90000\] exceed pretrain.samples=60000"):
         override(TrialConfig(), {"probe.at_samples": [1000, 90000]})
-    cfg = override(TrialConfig(), {"probe.points": 4, "pretrain.samples": 30000})
-    assert cfg.probe.probe_samples(cfg.pretrain.samples) == (7500, 15000, 22500, 30000)
+    cfg = override(TrialConfig(), {"probe.points": 4, "pretrain.samples": 30000, "pretrain.batch_size": 128})
+    assert cfg.probe.probe_samples(cfg.pretrain.samples, 128) == (7424, 14976, 22528, 30000)  # step boundaries
     assert ProbeConfig(at_samples=(100, 500)).probe_samples(1000) == (100, 500, 1000)
+    with pytest.raises(ValueError, match=r"probe.at_samples=\(100,\): \[100\] are not step boundaries"):
+        override(TrialConfig(), {"probe.at_samples": [100], "pretrain.batch_size": 128})
     with pytest.raises(ValueError, match="give one of them"):
         ProbeConfig(at_samples=(100,), points=3)

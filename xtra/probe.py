@@ -735,8 +735,9 @@ def _load_probe_set(name: str, data_cfg: DataConfig, model_cfg: ModelConfig, ind
 def probe_checkpoints(paths_by_samples: dict[int, Path | str], data_cfg: DataConfig, probe_cfg: ProbeConfig,
                       seed: int, *, expect_model: ModelConfig | None = None, device: str = "auto",
                       cache_dir: Path | None = None, log: Log | None = None) -> list[dict[str, Any]]:
-    """Probe a trial's checkpoints ({samples seen: checkpoint path}) on every probe dataset with every
-    kind. Returns long-format rows, one per (samples, dataset, kind), sorted that way:
+    """Probe a trial's checkpoints ({samples seen: checkpoint path}) on every probe dataset: the last
+    (largest samples) with every kind of `probe.kinds`, the earlier ones with `probe.along_kinds`.
+    Returns long-format rows, one per (samples, dataset, kind), sorted that way:
     {"samples", "dataset", "kind", "top1" (test, the lr chosen on val), "best_lr", "best_val_top1",
     "still_improving", "epochs", "layers", "heads", "features", "n_train", "n_test", "num_classes",
     "wall_s"}. `data_cfg` is the trial's data (its own set is probed with its split settings).
@@ -764,15 +765,19 @@ def probe_checkpoints(paths_by_samples: dict[int, Path | str], data_cfg: DataCon
     datasets = {name: _load_probe_set(name, cfg, model_cfg, i) for i, (name, cfg) in enumerate(sets.items())}
     torch_device = resolve_device(device)
     rows: list[dict[str, Any]] = []
+    end = max(states)
+    # Earlier checkpoints: only `along_kinds` (of `kinds`; all kinds if none of them is listed)
+    along = tuple(k for k in probe_cfg.kinds if k in probe_cfg.along_kinds) or probe_cfg.kinds
     for samples, path in states.items():
+        cfg = probe_cfg if samples == end else dataclasses.replace(probe_cfg, kinds=along)
         encoder = load_encoder(load_checkpoint(path), model_cfg, path).to(torch_device).eval().requires_grad_(False)
         for name, dataset in datasets.items():
             t0 = time.perf_counter()
             if log:
-                log(f"probing the checkpoint at {samples} samples on {name}")
-            result = probe(encoder, dataset, probe_cfg, seed, cache_dir=cache_dir, log=log)
+                log(f"probing the checkpoint at {samples} samples on {name} ({', '.join(cfg.kinds)})")
+            result = probe(encoder, dataset, cfg, seed, cache_dir=cache_dir, log=log)
             wall = time.perf_counter() - t0
-            for kind in probe_cfg.kinds:
+            for kind in cfg.kinds:
                 r = result[kind]
                 rows.append({"samples": samples, "dataset": name, "kind": kind, "top1": r["test_top1"],
                              "best_lr": r["best_lr"], "best_val_top1": r["best_val_top1"],
@@ -884,18 +889,22 @@ def reference_top1(encoder: Encoder, dataset, cfg: ProbeConfig,
     return {"val_top1": best[0], "C": best[1], "test_top1": test_acc, "wall_s": time.perf_counter() - t0}
 
 
-def bench_probe_protocol(*, samples: int = 30_000, protocol_train: int = 10_000, official_epochs: int = 2,
-                         ours: ProbeConfig = CPU_PROBE, seed: int = 0, device: str = "auto",
-                         work_dir: Path | None = None, log: Log | None = None) -> dict[str, Any]:
+def bench_probe_protocol(*, samples: int = 30_000, protocol_train: int = 2_000, protocol_eval: int = 2_000,
+                         official_epochs: int = 2, along_train: int = 5_000, ours: ProbeConfig = CPU_PROBE,
+                         seed: int = 0, device: str = "auto", run_dir: Path | None = None,
+                         log: Log | None = None) -> dict[str, Any]:
     """The probing figures of the `cpu` setting, on a `cpu-s` (k = 2) encoder pretrained here on
     Fashion-MNIST for `samples` samples (the `cpu` preset's recipe), keeping 4 evenly spaced checkpoints:
 
     - convergence: the preset's linear probe (`ours`, full train split) vs `reference_top1`;
     - protocol cost: the official protocol (every lr of every kind a separate run, with its
       augmentation, `official_epochs` epochs) vs `ours` (all lrs in one pass on cached features),
-      both on a fixed `protocol_train`-image subset, with their test top-1;
-    - probing along the way: probing the 3 earlier checkpoints too vs the end only (`ours`).
-    Times are wall seconds of one run each on this machine (nothing is asserted)."""
+      both on the same fixed subsets (`protocol_train` train images, `protocol_eval` val and test
+      images, so the 14 runs fit a 2-core machine), with their test top-1;
+    - probing along the way: `probe_checkpoints` on the 3 earlier checkpoints too vs the end only
+      (`ours`, train split capped at `along_train`).
+    `run_dir`: where to pretrain (kept, and resumed or reused on a second call); default a temporary
+    directory. Times are wall seconds of one run each on this machine (nothing is asserted)."""
     from xtra.checkpoint import kept_checkpoint
     from xtra.config import PretrainConfig, model_config
     from xtra.data import load_dataset
@@ -910,13 +919,13 @@ def bench_probe_protocol(*, samples: int = 30_000, protocol_train: int = 10_000,
     keep = tuple(max(batch, round(s / batch) * batch) for s in points[:-1])
     out: dict[str, Any] = {"device": str(torch_device), "torch_threads": torch.get_num_threads(),
                            "model": "cpu-s k=2", "pretrain_samples": samples}
-    with tempfile.TemporaryDirectory(prefix="xtra-bench-probe-", dir=work_dir) as tmp:
-        run = Path(tmp) / "run"
+    with contextlib.ExitStack() as stack:
+        run = Path(run_dir) if run_dir is not None else Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="xtra-bench-probe-"))) / "run"
         pre = PretrainConfig(samples=samples, batch_size=batch, warmup_samples=samples // 10,
-                             checkpoint_every=samples, device=torch_device.type)
-        t0 = time.perf_counter()
+                             checkpoint_every=keep[0], device=torch_device.type)
         trained = pretrain(model_cfg, data_cfg, pre, run, seed=seed, keep_at=keep)
-        out["pretrain_s"] = time.perf_counter() - t0
+        out["pretrain_s"] = trained["wall_s"]  # the run's own pretraining wall time (a resumed run: all of it)
         log(f"pretrained {trained['samples_seen']} samples in {out['pretrain_s']:.0f} s")
         final = run / CHECKPOINT
         encoder = load_encoder(load_checkpoint(final), model_cfg, final).to(torch_device).eval()
@@ -938,19 +947,24 @@ def bench_probe_protocol(*, samples: int = 30_000, protocol_train: int = 10_000,
         # 2. the official protocol (one run per lr and kind, augmented) vs one pass on cached features
         official = dataclasses.replace(ours, epochs=official_epochs, warmup_epochs=0, augment=True,
                                        limit_train=protocol_train)
+        from xtra.data import Split
+
+        cut = lambda split: Split(split.images[:protocol_eval], split.labels[:protocol_eval])  # noqa: E731
+        evalset = dataclasses.replace(dataset, val=cut(dataset.val), test=cut(dataset.test))
         runs: dict[str, list[tuple[float, float, float]]] = {}
         t_official = 0.0
         for kind in ours.kinds:
             for lr in ours.lrs:
                 t0 = time.perf_counter()
-                r = probe(encoder, dataset, dataclasses.replace(official, kinds=(kind,), lrs=(lr,)), seed)[kind]
+                r = probe(encoder, evalset, dataclasses.replace(official, kinds=(kind,), lrs=(lr,)), seed)[kind]
                 t_official += time.perf_counter() - t0
                 runs.setdefault(kind, []).append((r["best_val_top1"], r["test_top1"], lr))
         single = dataclasses.replace(ours, limit_train=protocol_train)
         t0 = time.perf_counter()
-        mine = probe(encoder, dataset, single, seed)
+        mine = probe(encoder, evalset, single, seed)
         t_single = time.perf_counter() - t0
-        protocol: dict[str, Any] = {"n_train": protocol_train, "official_epochs": official_epochs,
+        protocol: dict[str, Any] = {"n_train": protocol_train, "n_val": len(evalset.val),
+                                    "n_test": len(evalset.test), "official_epochs": official_epochs,
                                     "single_pass_epochs": ours.epochs, "official_runs": len(ours.kinds) * len(ours.lrs),
                                     "official_s": t_official, "single_pass_s": t_single,
                                     "speedup": t_official / t_single}
@@ -962,15 +976,16 @@ def bench_probe_protocol(*, samples: int = 30_000, protocol_train: int = 10_000,
         out["protocol"] = protocol
         log(f"protocol: {protocol}")
 
-        # 3. probing at 4 checkpoints vs at the end only (the end's probe is the single pass above,
-        # on the full train split here)
+        # 3. probing at 4 checkpoints (the earlier ones with along_kinds) vs at the end only
+        along = dataclasses.replace(ours, limit_train=along_train)
         t0 = time.perf_counter()
-        end_rows = probe_checkpoints({trained["samples_seen"]: final}, data_cfg, ours, seed, device=device)
+        end_rows = probe_checkpoints({trained["samples_seen"]: final}, data_cfg, along, seed, device=device)
         t_end = time.perf_counter() - t0
         t0 = time.perf_counter()
-        rows = probe_checkpoints({s: kept_checkpoint(run, s) for s in keep}, data_cfg, ours, seed, device=device)
+        rows = probe_checkpoints({s: kept_checkpoint(run, s) for s in keep}, data_cfg, along, seed, device=device)
         t_more = time.perf_counter() - t0
-        out["checkpoints"] = {"points": len(keep) + 1, "probe_end_s": t_end, "probe_all_s": t_end + t_more,
+        out["checkpoints"] = {"points": len(keep) + 1, "n_train": along_train, "along_kinds": along.along_kinds,
+                              "probe_end_s": t_end, "probe_all_s": t_end + t_more,
                               "probe_ratio": (t_end + t_more) / t_end,
                               "trial_overhead": (t_end + t_more + out["pretrain_s"]) / (t_end + out["pretrain_s"]),
                               "curve": [{k: r[k] for k in ("samples", "kind", "top1")} for r in rows + end_rows]}
