@@ -83,6 +83,13 @@ def bench_cmd(
         console.print(_line("probe", {k: v for k, v in results["probe"].items() if not isinstance(v, dict)}))
         for key in ("linear", "attentive", "linear_cache"):
             console.print(_line(f"probe {key}", results["probe"][key]))
+        from xtra.probe import QUICK_PROTOCOL, bench_probe_protocol  # convergence, official cost, checkpoints
+
+        protocol = bench_probe_protocol(**(QUICK_PROTOCOL if quick else {}))
+        results["probe"]["sample_curve"] = protocol["checkpoints"].pop("curve")
+        for key in ("convergence", "protocol", "checkpoints"):
+            results["probe"][key] = protocol[key]
+            console.print(_line(f"probe {key}", protocol[key]))
     if "report" in chosen:
         from reports.build import bench_report
 

@@ -991,3 +991,8 @@ def bench_probe_protocol(*, samples: int = 30_000, protocol_train: int = 2_000, 
                               "curve": [{k: r[k] for k in ("samples", "kind", "top1")} for r in rows + end_rows]}
         log(f"checkpoints: {out['checkpoints']}")
     return out
+
+
+# `xtra bench --quick`: the same measurements at smoke scale (a check of the benchmark itself).
+QUICK_PROTOCOL = dict(samples=2048, protocol_train=500, protocol_eval=500, along_train=1000,
+                      ours=dataclasses.replace(CPU_PROBE, epochs=2, warmup_epochs=0))
