@@ -61,7 +61,7 @@ def pretrain_cmd(
     console.print(f"[bold]xtra pretrain[/] {size} k={cfg.model.block_size} on {cfg.data.name} ({where}): "
                   f"{describe(cfg.model)}")
     if workers > 1:
-        from studies.runner import run_pretrain_workers
+        from studies.ray.workers import run_pretrain_workers
 
         with user_errors():
             result = run_pretrain_workers(cfg, out, workers, address=address, probe=probe, console=console)

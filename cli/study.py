@@ -35,6 +35,12 @@ WorkersOpt = Annotated[int | None, typer.Option(
                                 "trial's CPUs and GPUs are split among them, the batch is the global batch "
                                 "(default: one per GPU of --gpus-per-trial, 1 on CPUs)")]
 
+LoggerOpt = Annotated[list[str] | None, typer.Option(
+    "--logger", help="experiment tracker for every trial: tensorboard | mlflow | wandb (offline), or none; "
+                     "repeatable (default: the study's [resources] loggers, tensorboard)")]
+BreakLockOpt = Annotated[bool, typer.Option(
+    "--break-lock", help="take the study's lock even if its holder looks alive (you know it is gone)")]
+
 
 def _fail(message: str) -> typer.Exit:
     """One red line on stderr, exit code 2, no traceback."""
@@ -199,6 +205,8 @@ def run_cmd(
                                                        "as fit)")] = None,
     workers_per_trial: WorkersOpt = None,
     seeds: SeedsOpt = None,
+    loggers: LoggerOpt = None,
+    break_lock: BreakLockOpt = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="build report/index.html at the end")] = True,
 ) -> None:
     """Run a study: only trials that are new or unfinished; finished ones (same config hash) are reused."""
@@ -207,13 +215,14 @@ def run_cmd(
 
     s = _load(study, preset, sets, seeds)
     try:
-        s = s.with_resources(cpus_per_trial, gpus_per_trial, max_concurrent, workers_per_trial)
+        s = s.with_resources(cpus_per_trial, gpus_per_trial, max_concurrent, workers_per_trial, loggers)
     except ValueError as err:
         raise _fail(str(err)) from None
     study_dir = out or _default_out(study, s)
     console = Console()
     try:
-        outcome = run_study(s, study_dir, address=address, storage=storage, console=console, build_report=report)
+        outcome = run_study(s, study_dir, address=address, storage=storage, console=console, build_report=report,
+                            break_lock=break_lock)
     except StudyError as err:  # a bad study dir, another runner, a missing dataset: before Ray starts
         raise _fail(" ".join(str(err).split())) from None
     raise typer.Exit(_print_outcome(console, outcome))
@@ -228,6 +237,8 @@ def resume_cmd(
     cpus_per_trial: Annotated[float | None, typer.Option("--cpus-per-trial", help="CPUs per trial")] = None,
     gpus_per_trial: Annotated[float | None, typer.Option("--gpus-per-trial", help="GPUs per trial")] = None,
     workers_per_trial: WorkersOpt = None,
+    loggers: LoggerOpt = None,
+    break_lock: BreakLockOpt = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="build report/index.html at the end")] = True,
 ) -> None:
     """Continue an interrupted study: unfinished trials resume from their checkpoints, finished ones are kept."""
@@ -238,29 +249,75 @@ def resume_cmd(
     try:
         outcome = resume_study(study_dir, address=address, console=console, build_report=report,
                                max_concurrent=max_concurrent, cpus_per_trial=cpus_per_trial,
-                               gpus_per_trial=gpus_per_trial, workers_per_trial=workers_per_trial)
+                               gpus_per_trial=gpus_per_trial, workers_per_trial=workers_per_trial, loggers=loggers,
+                               break_lock=break_lock)
     except StudyError as err:
         raise _fail(" ".join(str(err).split())) from None
     raise typer.Exit(_print_outcome(console, outcome))
+
+
+@app.command("probe")
+def probe_cmd(
+    study_dir: Annotated[Path, typer.Argument(help="a study directory (holds study.toml)")],
+    sets: SetOpt = None,
+    address: Annotated[str | None, typer.Option("--address", help="auto or HOST:PORT of a running Ray cluster"
+                                                )] = None,
+    break_lock: BreakLockOpt = False,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="build report/index.html at the end")] = True,
+) -> None:
+    """Probe the study's finished pretraining again under a new probe protocol (--set probe.KEY=VALUE):
+    zero pretraining steps; results are kept per protocol, the study's rows show the new one."""
+    from studies.runner import run_study
+    from studies.spec import StudyError
+
+    items = sets or []
+    bad = [i for i in items if not i.split("=", 1)[0].strip().startswith("probe.")]
+    if bad:
+        raise _fail(f"--set {bad[0]}: `xtra study probe` changes only probe.* keys (use `xtra study run` for others)")
+    if not (study_dir / "study.toml").is_file():
+        raise _fail(f"{study_dir}: not a study directory (no study.toml; start one with `xtra study run`)")
+    s = _load(str(study_dir), None, items, None)
+    console = Console()
+    try:
+        outcome = run_study(s, study_dir, address=address, console=console, build_report=report,
+                            command="xtra study probe", break_lock=break_lock)
+    except StudyError as err:
+        raise _fail(" ".join(str(err).split())) from None
+    raise typer.Exit(_print_outcome(console, outcome))
+
+
+@app.command("pull")
+def pull_cmd(
+    uri: Annotated[str, typer.Argument(help="a study's storage URI (s3://bucket/prefix/study) or path")],
+    out: Annotated[Path, typer.Argument(help="the local directory to copy it into")],
+) -> None:
+    """Copy a study from its storage into a local directory (for notebooks: xtra.load_results(out))."""
+    from xtra.storage import StorageError, pull
+
+    try:
+        copied = pull(uri, out)
+    except (StorageError, ValueError, OSError) as err:
+        raise _fail(" ".join(str(err).split())) from None
+    Console().print(f"{uri} -> {out}: {copied} file(s) copied", highlight=False, soft_wrap=True)
 
 
 @app.command("status")
 def status_cmd(study_dir: Annotated[Path, typer.Argument(help="a study directory (holds study.toml)")]) -> None:
     """Counts and each trial's last metrics, read from disk (no Ray)."""
     from studies import state as st
+    from studies.plan import make_plan
 
     try:
         s = st.load_study_dir(study_dir)
     except ValueError as err:
         raise _fail(" ".join(str(err).split())) from None
     holder = st.lock_holder(study_dir)
-    states = st.study_trials(s, study_dir, running=holder is not None)
-    counts = {k: 0 for k in ("finished", "running", "failed", "pending")}
+    states = make_plan(s, study_dir, running=holder is not None).states
+    counts = {k: 0 for k in ("finished", "running", "interrupted", "failed", "pending")}
     for t in states:
         counts[t.status] = counts.get(t.status, 0) + 1
     console = _wide()
-    who = (f"running: pid {holder.get('pid')} on {holder.get('host')} ({holder.get('command')}, since "
-           f"{holder.get('started')})" if holder else "not running")
+    who = f"running: {st.describe_holder(holder)}" if holder else "not running"
     console.print(f"[bold]{s.name}[/] ({s.preset or 'no preset'}) in {study_dir} — {who}", highlight=False)
     console.print(" · ".join(f"{n} {k}" for k, n in counts.items()), highlight=False)
     runs = st.read_runs(study_dir)
@@ -272,7 +329,7 @@ def status_cmd(study_dir: Annotated[Path, typer.Argument(help="a study directory
     for col in ("trial", "config hash", "status", "starts", "samples", "checkpoint", "loss", "val loss", "linear",
                 "attentive", "error"):
         table.add_column(col, overflow="fold")
-    style = {"finished": "green", "failed": "red", "running": "cyan", "stopped": "magenta"}
+    style = {"finished": "green", "failed": "red", "running": "cyan", "stopped": "magenta", "interrupted": "yellow"}
 
     def f(v: Any, fmt: str = ".4f") -> str:
         return "" if v is None else format(v, fmt) if isinstance(v, float) else str(v)

@@ -14,14 +14,14 @@ their status (failed, stopped, running, pending) and error; nothing is dropped s
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from studies.spec import StudyError  # one error type for bad study input, everywhere
 
 try:  # Python 3.11+
     import tomllib
@@ -43,8 +43,6 @@ CURVE_COLUMNS = ("study", "trial_id", "config_hash") + CURVE_NUMERIC
 _KEY_ALIASES = {"model.block_size": "block_size", "model.width": "width", "model.depth": "depth"}
 
 
-class StudyError(ValueError):
-    """A study directory that cannot be read; the message names the path and what was expected."""
 
 
 @dataclass
@@ -156,89 +154,45 @@ def _normalize(lf: pl.LazyFrame, strings: tuple[str, ...], numeric: tuple[str, .
     return lf.with_columns(exprs)
 
 
-def _trial_dirs(study_dir: Path) -> list[Path]:
-    root = study_dir / "trials"
-    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+def _trial_row(state: Any, notes: list[str]) -> dict[str, Any]:
+    """One result row from a trial's state (``xtra.trialdir``: the one definition of its status)."""
+    from xtra import trialdir as td
 
-
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-
-
-def _static_columns(tdir: Path) -> dict[str, Any]:
-    """Size columns of an unfinished trial from its ``config.json`` (pure functions of the config)."""
-    raw = _json(tdir / "config.json")
-    if not isinstance(raw, dict):
-        return {}
-    try:
-        from xtra.config import from_dict, size_columns
-
-        m = from_dict(raw).model
-    except Exception:  # an older or foreign config: leave the columns empty
-        return {}
-    return size_columns(m)
-
-
-def _trial_row(tdir: Path, notes: list[str]) -> dict[str, Any]:
-    """One result row from a trial directory: ``params.json`` (study, trial_id, swept params, seed),
-    ``trial.json`` (the result row, once finished), else ``status.json`` / ``attempts.jsonl`` for why
-    it stopped, and the last ``metrics.jsonl`` row for how far it got."""
-    rec = _json(tdir / "params.json")
-    rec = rec if isinstance(rec, dict) else {}
-    row: dict[str, Any] = {"config_hash": rec.get("config_hash") or tdir.name,
-                           "trial_id": rec.get("trial_id") or tdir.name, "study": rec.get("study"),
-                           "seed": rec.get("seed")}
-    row.update(rec.get("params") or {})
-    path = tdir / "trial.json"
-    if path.is_file():
-        result = _json(path)
-        if isinstance(result, dict):
-            row.update({k: v for k, v in result.items() if v is not None or k not in row})
-            row.setdefault("status", FINISHED)
-            return row
-        notes.append(f"{path}: unreadable; listed as status 'unreadable'")
-        row.update(status="unreadable", error=f"{path.name} is not a readable JSON object")
-        return row
-    status = _json(tdir / "status.json")
-    attempts = [a for a in _read_jsonl(tdir / "attempts.jsonl", []) if isinstance(a, dict)]
-    metrics = _read_jsonl(tdir / "metrics.jsonl", []) if (tdir / "metrics.jsonl").is_file() else []
-    if isinstance(status, dict) and status.get("status"):
-        row.update(status=str(status["status"]), error=status.get("error"))
-    elif attempts and attempts[-1].get("event") == "error":
-        row.update(status="failed", error=attempts[-1].get("error"))
-    elif metrics or attempts:
-        row.update(status="running", error="no trial.json yet (still running, or interrupted)")
+    row: dict[str, Any] = {"config_hash": state.config_hash, "trial_id": state.trial_id, "study": state.study,
+                           "seed": state.seed}
+    row.update(state.params)
+    if state.row is not None:
+        row.update({k: v for k, v in state.row.items() if v is not None or k not in row})
     else:
-        row.update(status="pending", error="not started")
-    for key, value in _static_columns(tdir).items():
-        row.setdefault(key, value)
-    if metrics:
-        row.setdefault("samples_seen", metrics[-1].get("samples_seen"))
-        row.setdefault("train_loss", metrics[-1].get("loss"))
+        from xtra.config import size_columns
+
+        row.update(status=state.status, error=state.error or ("not started" if state.status == "pending" else None))
+        if state.config is not None:
+            for key, value in size_columns(state.config.model).items():
+                row.setdefault(key, value)
+        if state.last:
+            row.setdefault("samples_seen", state.last.get("samples_seen"))
+            row.setdefault("train_loss", state.last.get("loss"))
+    row["status"] = state.status if state.row is None else td.FINISHED
     return row
 
 
 def _read_trial_rows(study_dir: Path, notes: list[str]) -> pl.DataFrame:
-    rows = [_trial_row(tdir, notes) for tdir in _trial_dirs(study_dir)]
+    from studies.state import all_trials
+
+    rows = [_trial_row(s, notes) for s in all_trials(study_dir, notes=notes)]
     if not rows:
         return pl.DataFrame()
     return pl.DataFrame(rows, infer_schema_length=None, strict=False)
 
 
 def _running(study_dir: Path) -> bool:
-    """A runner holds ``study.lock`` while it runs (or left it when killed): its parquet files, if
-    any, are from an earlier run, so the trial files are the current state. The runner itself builds
-    the report after writing fresh parquet files while still holding the lock: that is not "running"."""
-    lock = study_dir / "study.lock"
-    if not lock.is_file():
-        return False
-    try:
-        return json.loads(lock.read_text()).get("pid") != os.getpid()
-    except (OSError, ValueError, AttributeError):
-        return True
+    """A live runner holds ``study.lock``: its parquet files, if any, are from an earlier run, so the
+    trial files are the current state. A lock left by a killed runner is not live (the lease decides),
+    and the runner itself builds the report after writing fresh parquet files: neither is "running"."""
+    from studies.state import is_running
+
+    return is_running(study_dir)
 
 
 def scan_results(study_dir: str | Path, notes: list[str] | None = None) -> pl.LazyFrame:
@@ -261,52 +215,18 @@ def scan_results(study_dir: str | Path, notes: list[str] | None = None) -> pl.La
     return _normalize(lf, STRING_COLUMNS, RESULT_NUMERIC)
 
 
-def _read_jsonl(path: Path, notes: list[str]) -> list[dict[str, Any]]:
-    rows = []
-    bad = 0
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return rows
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            bad += 1  # typically the line a running trial is writing
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    if bad:
-        notes.append(f"{path}: skipped {bad} unreadable line(s)")
-    return rows
-
-
 def _scan_metrics(study_dir: Path, notes: list[str]) -> pl.LazyFrame | None:
-    files = [d / "metrics.jsonl" for d in _trial_dirs(study_dir)]
-    files = [f for f in files if f.is_file() and f.stat().st_size > 0]
-    if not files:
+    from xtra import trialdir as td
+
+    frames = []
+    for run in td.trial_dirs(study_dir):
+        rows = td.curve_rows(run, notes)
+        if rows:
+            frames.append(pl.DataFrame(rows, infer_schema_length=None, strict=False)
+                          .with_columns(pl.lit(run.name).alias("config_hash")))
+    if not frames:
         return None
-    hash_of_path = pl.col("_path").str.replace_all("\\\\", "/").str.split("/").list.get(-2)
-    try:  # fast path: one multi-file scan
-        df = (pl.scan_ndjson(files, include_file_paths="_path", infer_schema_length=None)
-              .with_columns(hash_of_path.alias("_dir")).collect())
-    except Exception:  # a half-written line or mixed types: parse file by file
-        frames = []
-        for f in files:
-            rows = _read_jsonl(f, notes)
-            if rows:
-                frames.append(pl.DataFrame(rows, infer_schema_length=None, strict=False)
-                              .with_columns(pl.lit(f.parent.name).alias("_dir")))
-        if not frames:
-            return None
-        df = pl.concat(frames, how="diagonal_relaxed")
-    if "config_hash" in df.columns:
-        df = df.with_columns(pl.coalesce(pl.col("config_hash").cast(pl.String), pl.col("_dir")).alias("config_hash"))
-    else:
-        df = df.with_columns(pl.col("_dir").alias("config_hash"))
-    return df.drop([c for c in ("_path", "_dir") if c in df.columns]).lazy()
+    return pl.concat(frames, how="diagonal_relaxed").lazy()
 
 
 def scan_curves(study_dir: str | Path, notes: list[str] | None = None) -> pl.LazyFrame:

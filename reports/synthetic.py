@@ -152,19 +152,20 @@ def make_study(
         _write(root / "study.toml", "\n".join(lines) + "\n")
     if layout in ("trials", "both"):  # the runner's layout: params.json, then trial.json or status.json
         swept_keys = ("model.block_size", "model.width", "pretrain.samples")
+        from xtra import trialdir as td  # the one owner of the trial-directory layout
+
         for row, part in zip(results, curves.partition_by("config_hash", maintain_order=True)):
-            tdir = root / "trials" / row["config_hash"]
+            tdir = td.path(root, row["config_hash"])
             tdir.mkdir(parents=True, exist_ok=True)
             params = {k: row[k] for k in swept_keys if k in axes}
-            _write(tdir / "params.json", json.dumps({"study": name, "trial_id": row["trial_id"], "params": params,
-                                                     "seed": row["seed"], "config_hash": row["config_hash"]}))
+            td.write_params(tdir, study=name, preset=None, trial_id=row["trial_id"], params=params, seed=row["seed"],
+                            config_hash=row["config_hash"])
             if row["status"] == "finished":
-                result = {k: v for k, v in row.items() if k not in ("study", "trial_id", *swept_keys)}
-                _write(tdir / "trial.json", json.dumps(result))
+                td.write_result(tdir, {k: v for k, v in row.items() if k not in ("study", "trial_id", *swept_keys)})
             else:
-                _write(tdir / "status.json", json.dumps({"status": row["status"], "error": row["error"]}))
-            metrics = part.select("step", "samples_seen", "loss", "lr", "wall_s").write_ndjson()
-            _write(tdir / "metrics.jsonl", metrics)
+                td.record_attempt(tdir, "failed", error=row["error"])
+            for m in part.select("step", "samples_seen", "loss", "lr", "wall_s").to_dicts():
+                td.append_jsonl(tdir / td.METRICS, m)
     if layout in ("parquet", "both"):  # written last, like the runner at the end of a run
         res_df.write_parquet(root / "results.parquet")
         curves.write_parquet(root / "curves.parquet")

@@ -82,7 +82,9 @@ SHARED_PRESETS = STUDIES_DIR / "_presets.toml"
 TOP_KEYS = ("name", "description", "size", "seeds", "default_preset", "base", "axes", "zip", "resources",
             "presets", "search", "preset", "source", "sets")
 PRESET_KEYS = ("size", "seeds", "axes", "resources", "search")  # everything else: dotted overrides
-RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "workers_per_trial")
+RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "workers_per_trial", "loggers")
+LOGGERS = ("tensorboard", "mlflow", "wandb")  # experiment trackers (studies.ray.tuner.tracker_callbacks)
+DEFAULT_LOGGERS = ("tensorboard",)  # cheap (bench: orchestration), so on unless a study says loggers = []
 SEARCH_KEYS = ("kind", "metric", "mode", "num_samples", "space", "asha", "grace_samples", "seed")
 SPACE_TYPES = ("loguniform", "uniform", "int", "choice")
 # Metrics a search can optimize, with their natural direction.
@@ -122,6 +124,7 @@ class Resources:
     gpus_per_trial: float = 0
     max_concurrent: int = 0  # 0 = as many as the cluster fits
     workers_per_trial: int = 0  # 0 = one per whole GPU of the trial, 1 on CPUs
+    loggers: tuple[str, ...] = DEFAULT_LOGGERS  # experiment trackers each trial logs to
 
     @property
     def workers(self) -> int:
@@ -237,12 +240,14 @@ class Study:
     # -- derived studies ------------------------------------------------------------------------
 
     def with_resources(self, cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
-                       max_concurrent: int | None = None, workers_per_trial: int | None = None) -> Study:
+                       max_concurrent: int | None = None, workers_per_trial: int | None = None,
+                       loggers: list[str] | tuple[str, ...] | None = None) -> Study:
         r = self.resources
         raw = {"cpus_per_trial": r.cpus_per_trial if cpus_per_trial is None else cpus_per_trial,
                "gpus_per_trial": r.gpus_per_trial if gpus_per_trial is None else gpus_per_trial,
                "max_concurrent": r.max_concurrent if max_concurrent is None else max_concurrent,
-               "workers_per_trial": r.workers_per_trial if workers_per_trial is None else workers_per_trial}
+               "workers_per_trial": r.workers_per_trial if workers_per_trial is None else workers_per_trial,
+               "loggers": list(r.loggers if loggers is None else [x for x in loggers if x != "none"])}
         study = replace(self, resources=_parse_resources(raw, f"{self.source}: resources"))
         _check_workers(study)
         return study
@@ -263,7 +268,8 @@ class Study:
             # one list per swept dotted key (what reports read); zip groups are named in [zip]
             "axes": {k: [v[k] for v in a.values] for a in self.axes for k in a.keys},
             "zip": {a.name: list(a.keys) for a in self.axes if a.zipped},
-            "resources": {k: getattr(self.resources, k) for k in RESOURCE_KEYS},
+            "resources": {k: list(v) if isinstance(v := getattr(self.resources, k), tuple) else v
+                          for k in RESOURCE_KEYS},
         }
         if not doc["zip"]:
             del doc["zip"]
@@ -513,6 +519,14 @@ def _parse_resources(node: Any, label: str) -> Resources:
             raise StudyError(f"{label}.{k}={_fmt(v)}: must be a number >= 0")
         elif k == "workers_per_trial" and (not (isinstance(v, int) and not isinstance(v, bool)) or v < 0):
             raise StudyError(f"{label}.{k}={_fmt(v)}: must be an int >= 0 (0 = one per GPU of the trial, 1 on CPUs)")
+        elif k == "loggers":
+            if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
+                raise StudyError(f"{label}.{k}={_fmt(v)}: must be a list of names (allowed: {', '.join(LOGGERS)})")
+            for x in v:
+                if x not in LOGGERS:
+                    raise StudyError(f"{label}.{k}={_fmt(x)}: unknown logger (allowed: {', '.join(LOGGERS)})")
+    if "loggers" in node:
+        node = {**node, "loggers": tuple(dict.fromkeys(node["loggers"]))}
     res = Resources(**node)
     if res.workers > 1 and res.gpus_per_trial and not (res.gpus_per_trial / res.workers).is_integer():
         raise StudyError(f"{label}.gpus_per_trial={_fmt(res.gpus_per_trial)}: not a whole number of GPUs for each of "
@@ -643,6 +657,9 @@ def load_study(path_or_name: str | Path, preset: str | None = None, sets: dict[s
     if path.parent == STUDIES_DIR and path.name != "study.toml":
         src = f"studies/{path.name}"
     raw = _read_toml(path, src)
+    if not raw:
+        raise StudyError(f"{src}: the study file is empty (expected at least [axes] or a preset; "
+                         f"see `xtra study show block-size` for an example)")
     for k in raw:
         if k not in TOP_KEYS:
             raise StudyError(f"{src}: unknown key {k!r} (allowed: {', '.join(TOP_KEYS)})")
@@ -652,6 +669,8 @@ def load_study(path_or_name: str | Path, preset: str | None = None, sets: dict[s
     for key, v in (("name", name), ("description", description)):
         if not isinstance(v, str):
             raise StudyError(f"{src}: {key}={_fmt(v)}: must be a string")
+    if not name.strip():
+        raise StudyError(f"{src}: name={_fmt(name)}: a study needs a name (it names results, trials and reports)")
 
     # -- which preset ----------------------------------------------------------------------------
     resolved_preset = raw.get("preset") or None

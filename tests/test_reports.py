@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import time
 import math
 import re
 import shutil
@@ -200,7 +201,7 @@ def test_per_trial_fallback_matches_parquet(tmp_path: Path) -> None:
     c = load_study(mid)
     assert c.results.height == a.results.height + 1
     row = c.results.filter(pl.col("config_hash") == "feedfacecafe").row(0, named=True)
-    assert (row["status"], row["trial_id"], row["model.block_size"], row["samples_seen"]) == ("running", "fb_new", 8,
+    assert (row["status"], row["trial_id"], row["model.block_size"], row["samples_seen"]) == ("interrupted", "fb_new", 8,
                                                                                              128)
     assert c.curves.filter(pl.col("config_hash") == "feedfacecafe").height == 1
     assert c.curves.height == a.curves.height + 1  # the broken line is skipped, with a note
@@ -216,7 +217,7 @@ def test_running_study_reads_trial_files(tmp_path: Path) -> None:
     result["linear_top1"] = 0.999
     (some / "trial.json").write_text(json.dumps(result))
     assert load_study(root).results.filter(pl.col("config_hash") == some.name)["linear_top1"].item() != 0.999
-    (root / "study.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
+    (root / "study.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "heartbeat": time.time()}))
     study = load_study(root)
     assert study.source == "trials" and any("study.lock" in n for n in study.notes)
     assert study.results.filter(pl.col("config_hash") == some.name)["linear_top1"].item() == 0.999

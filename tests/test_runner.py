@@ -40,15 +40,8 @@ needs_data = pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST is n
 
 
 def _study_cmd() -> list[str]:
-    """`xtra study` as a subprocess: through cli.main once the lead registers it, else the sub-app."""
-    try:
-        from cli.main import app as root
-
-        if any(g.name == "study" for g in root.registered_groups):
-            return [sys.executable, "-m", "cli.main", "study"]
-    except Exception:  # noqa: BLE001 - cli.main mid-edit must not break these tests
-        pass
-    return [sys.executable, "-m", "cli.study"]
+    """`xtra study` as a subprocess, exactly as the console script runs it."""
+    return [sys.executable, "-m", "cli.main", "study"]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -133,7 +126,8 @@ def test_bad_study_fails_before_ray_starts(tmp_path: Path) -> None:
 
 def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path: Path) -> None:
     with st.StudyLock(tmp_path, "test"):
-        with pytest.raises(st.StudyLocked, match=rf"in use by pid {os.getpid()} on {socket.gethostname()}"):
+        with pytest.raises(st.StudyLocked, match=rf"in use by pid {os.getpid()} on {socket.gethostname()} "
+                                                 r"\(test, since .*, heartbeat \d+s ago\)"):
             st.StudyLock(tmp_path, "second").acquire()
     assert not (tmp_path / st.LOCK).exists()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -170,7 +164,7 @@ def test_end_to_end(reference: Reference, smoke_hashes: dict[int, str]) -> None:
     assert not (study_dir / st.LOCK).exists()
     assert json.loads((study_dir / st.RUNS).read_text())[-1]["state"] == "finished"
     res = CliRunner().invoke(app, ["status", str(study_dir)])
-    assert res.exit_code == 0 and "2 finished · 0 running · 0 failed · 0 pending" in res.output
+    assert res.exit_code == 0 and "2 finished · 0 running · 0 interrupted · 0 failed · 0 pending" in res.output
 
 
 @pytest.mark.slow
@@ -220,7 +214,13 @@ def test_kill_driver_then_resume(reference: Reference, smoke_hashes: dict[int, s
     ckpt = json.loads((st.trial_dir(study_dir, unfinished) / "tune_checkpoint.json").read_text())["samples_seen"]
     assert 0 < ckpt < 512
     res = CliRunner().invoke(app, ["status", str(study_dir)])
-    assert res.exit_code == 0 and "1 finished · 0 running · 0 failed · 1 pending" in res.output, res.output
+    assert res.exit_code == 0 and "1 finished · 0 running · 1 interrupted · 0 failed · 0 pending" in res.output, \
+        res.output
+    # `xtra study status` and the report read the killed directory the same way (one definition of status)
+    from reports.collect import load_study as collect
+
+    seen = {r["config_hash"]: r["status"] for r in collect(study_dir).results.to_dicts()}
+    assert seen == {finished: "finished", unfinished: "interrupted"}, seen
 
     proc2 = xtra("resume", str(study_dir), "--no-report")
     assert proc2.returncode == 0, proc2.stdout + proc2.stderr

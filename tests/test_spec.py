@@ -42,7 +42,7 @@ def test_every_study_expands_for_every_preset(name: str, preset: str) -> None:
         assert study.n_trials == study.search.num_samples >= 1
         base = study.base_config()
         assert set(study.search.space) <= set(study.swept_keys)
-        assert base.config_hash()
+        assert len(base.config_hash()) == 12 and base.config_hash() != base.probe_hash()
         return
     specs = study.expand()
     assert len(specs) == study.n_trials >= 2

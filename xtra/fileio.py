@@ -14,9 +14,23 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    try:  # Linux: read without changing it (os.umask would briefly set it for every thread)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path in the target's directory; on success it replaces `path`, on error it is removed."""
+    """Yield a temp path in the target's directory; on success it replaces `path`, on error it is removed.
+    The file ends with the mode a plain ``open(path, "w")`` would give (mkstemp's is 0600), so reports
+    and results can be served and shared as the umask says."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -25,6 +39,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

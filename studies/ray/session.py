@@ -1,0 +1,113 @@
+"""A Ray session for one call: start (or connect to) Ray, keep its output in STUDY_DIR/ray.log, and
+leave the process as it was (environment, fd 2, logging, warnings) when the call returns."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ray
+
+# Set for the session only, restored afterwards (a notebook calling xtra.run_study keeps its environment).
+SESSION_ENV = {
+    "TUNE_GLOBAL_CHECKPOINT_S": "1",  # experiment state saved ~every second: a killed driver can resume
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "RAY_TRAIN_V2_ENABLED": "1",  # multi-worker trials launch Ray Train inside Tune
+    # Probe accuracy (a search's metric) only exists in a trial's last report, not in progress ones.
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    # Tune's default loggers are replaced by the ones the study asks for (studies.ray.tuner.loggers).
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set defaults for the session; afterwards the environment is exactly as before (Ray itself sets
+    variables such as RAY_AUTH_MODE while it starts, and those go too)."""
+    saved = dict(os.environ)
+    for k, v in values.items():
+        os.environ.setdefault(k, v)
+    try:
+        yield
+    finally:
+        for k in [k for k in os.environ if k not in saved]:
+            del os.environ[k]
+        for k, v in saved.items():
+            if os.environ.get(k) != v:
+                os.environ[k] = v
+
+
+def _worker_env() -> dict[str, str]:
+    """What every worker of any cluster must see: fault-injection switches, the data location, and
+    object-store credentials/endpoints (a worker on another node uploads trial files itself)."""
+    prefixes = ("XTRA_", "AWS_")
+    return {k: v for k, v in os.environ.items() if k.startswith(prefixes)}
+
+
+@contextlib.contextmanager
+def ray_session(log_dir: Path, address: str | None) -> Iterator[dict[str, Any]]:
+    """Start (or connect to) Ray with its chatter in LOG_DIR/ray.log; always shut down and restore."""
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "ray.log"
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ray_logger = logging.getLogger("ray")
+    saved = (list(ray_logger.handlers), ray_logger.propagate, ray_logger.level)
+    ray_logger.handlers, ray_logger.propagate = [handler], False
+    ray_logger.setLevel(logging.INFO)
+    saved_showwarning = warnings.showwarning
+
+    def showwarning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                    line: Any = None) -> None:
+        handler.emit(logging.LogRecord("py.warnings", logging.WARNING, filename, lineno,
+                                       f"{category.__name__}: {message}", None, None))
+
+    warnings.showwarning = showwarning
+    env = dict(SESSION_ENV)
+    with _environment(env):
+        env_vars = _worker_env()
+        kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
+                                  "configure_logging": False}
+        if env_vars:
+            kwargs["runtime_env"] = {"env_vars": env_vars}
+        info: dict[str, Any] = {"address": address or "local"}
+        if address and address != "auto":
+            # Ray enables token auth on a cluster whenever a token exists on its machine, but only a driver
+            # that joins with address="auto" sends its token unasked: name the cluster through RAY_ADDRESS
+            # (for this session only) and join it the "auto" way.
+            os.environ["RAY_ADDRESS"] = address
+        # Ray's C++ side writes to the process' stderr (fd 2): send it to ray.log for the session.
+        sys.stderr.flush()
+        saved_fd = os.dup(2)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+        try:
+            if address:
+                ctx = ray.init(address="auto", **kwargs)
+            else:
+                ctx = ray.init(include_dashboard=False, **kwargs)
+            ray_logger.handlers, ray_logger.propagate = [handler], False  # ray.init resets them
+            info["gcs_address"] = getattr(ctx, "address_info", {}).get("gcs_address") or \
+                ray.get_runtime_context().gcs_address
+            info["cluster_cpus"] = ray.cluster_resources().get("CPU", 0)
+            info["cluster_gpus"] = ray.cluster_resources().get("GPU", 0)
+            yield info
+        finally:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            sys.stderr.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            warnings.showwarning = saved_showwarning
+            ray_logger.handlers, ray_logger.propagate = saved[0], saved[1]
+            ray_logger.setLevel(saved[2])
+            handler.close()

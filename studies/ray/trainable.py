@@ -1,0 +1,167 @@
+"""The Tune trainable: one study trial, a thin adapter over ``xtra.trial.run_trial``.
+
+It runs the trial in its own directory ``STUDY_DIR/trials/<config_hash>/`` (stable across runs, so a
+rerun finds it), turns the trial's events into ``tune.report`` calls, and hands every checkpoint the
+trial writes to Tune too, so a retried trial (``FailureConfig(max_failures=2)``) continues from it,
+on any node. Every file it touches goes through ``xtra.trialdir``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from xtra import trialdir as td
+from xtra.config import from_dict, override
+from xtra.fileio import atomic_path
+
+PROGRESS_EVERY_S = 1.0  # at most one progress report per second per trial (each is a round trip)
+# Tune's own keys that a trial's metrics must not shadow.
+RESERVED = {"done", "training_iteration", "trial_id", "time_total_s", "timestamp", "time_this_iter_s", "config",
+            "date", "hostname", "node_ip", "pid", "experiment_id", "checkpoint_dir_name", "should_checkpoint"}
+
+
+def trial_of(config: dict[str, Any]) -> tuple[Any, str | None, dict[str, Any], Path]:
+    """(TrialConfig, trial_id or None, swept params, study_dir) from a Tune trial's config."""
+    t = config["trial"]
+    if "config" in t:  # a grid trial: everything fixed up front
+        return from_dict(t["config"]), t["trial_id"], dict(t["params"]), Path(t["study_dir"])
+    # Tune samples numpy scalars; the config wants plain ints (randint) and floats.
+    params = {k: (int(v) if k in t["int_keys"] else v.item() if hasattr(v, "item") else v)
+              for k, v in config["params"].items()}
+    return override(from_dict(t["base_config"]), params), None, params, Path(t["study_dir"])
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def restore_checkpoint(run_dir: Path, ckpt: Any) -> int | None:
+    """Put Ray's checkpoint (Tune's, or Ray Train's for a multi-worker trial) into run_dir when it is
+    newer than what run_dir holds (e.g. the trial moved to another node). Returns the samples of
+    the checkpoint restored, or None."""
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        meta = td.read_json(Path(d) / "meta.json") or {}
+        theirs = int(meta.get("samples_seen", -1))
+        local = run_dir / td.CHECKPOINT
+        mine_meta = td.read_json(run_dir / td.TUNE_CHECKPOINT)
+        mine = int(mine_meta["samples_seen"]) if isinstance(mine_meta, dict) and local.exists() else None
+        if local.exists() and (mine is None or mine >= theirs):
+            return None  # ours is as new (or newer: written after the last report)
+        with atomic_path(local) as tmp:
+            shutil.copy2(Path(d) / td.CHECKPOINT, tmp)
+        td.write_tune_checkpoint(run_dir, theirs, meta.get("step"))
+        return theirs
+
+
+def checkpoint_dir(run_dir: Path, event: dict[str, Any], config_hash: str, prefix: str) -> Path:
+    """A temporary directory holding the event's checkpoint (hard-linked) and its meta.json, for Ray."""
+    samples = int(event["samples_seen"])
+    td.write_tune_checkpoint(run_dir, samples, event.get("step"))
+    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=prefix))
+    link_or_copy(Path(event["path"]), tmp / td.CHECKPOINT)
+    td.write_json(tmp / "meta.json", {"samples_seen": samples, "step": event.get("step"), "config_hash": config_hash})
+    return tmp
+
+
+class Reporter:
+    """run_trial's ``report`` callback inside the worker: events -> ``tune.report``."""
+
+    def __init__(self, run_dir: Path, config_hash: str, total: int, tune_checkpoints: bool = True) -> None:
+        self.run_dir, self.config_hash, self.total = run_dir, config_hash, total
+        self.tune_checkpoints = tune_checkpoints  # False: Ray Train's workers keep the checkpoints
+        self.last_report = 0.0
+        self.latest: dict[str, Any] = {"samples_seen": 0, "total_samples": total}
+
+    def metrics(self, status: str, **extra: Any) -> dict[str, Any]:
+        return {**self.latest, "kind": extra.pop("kind", "progress"), "status": status,
+                "config_hash": self.config_hash, **extra}
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("kind")
+        for key in ("step", "samples_seen", "loss", "lr", "images_per_s"):
+            if key in event and event[key] is not None:
+                self.latest[key] = event[key]
+        now = time.monotonic()
+        if kind == "progress":
+            if now - self.last_report < PROGRESS_EVERY_S:
+                return
+            self.last_report = now
+            tune.report(self.metrics("running"))
+        elif kind == "checkpoint":
+            status = "probing" if int(event["samples_seen"]) >= self.total else "running"
+            if not self.tune_checkpoints:
+                tune.report(self.metrics(status, kind="checkpoint"))
+            else:
+                tmp = checkpoint_dir(self.run_dir, event, self.config_hash, ".tune-checkpoint-")
+                try:
+                    tune.report(self.metrics(status, kind="checkpoint"),
+                                checkpoint=tune.Checkpoint.from_directory(str(tmp)))
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+            self.last_report = now
+
+
+def error_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
+def trainable(config: dict[str, Any]) -> None:
+    """One study trial, resumable, in STUDY_DIR/trials/<config_hash>/."""
+    import torch
+
+    from studies.ray.workers import trial_on_workers
+    from xtra.pretrain import NonFiniteLoss
+    from xtra.trial import run_trial
+
+    cfg, trial_id, params, study_dir = trial_of(config)
+    meta = config["trial"]
+    cpus = float(meta.get("cpus", 1))
+    workers = int(meta.get("workers", 1))
+    if cpus >= 1 and workers == 1:
+        torch.set_num_threads(int(cpus))
+    h = cfg.config_hash()
+    run_dir = td.path(study_dir, h)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = tune.get_context()
+    trial_id = trial_id or ctx.get_trial_name()
+    td.write_params(run_dir, study=meta["study"], preset=meta.get("preset"), trial_id=trial_id, params=params,
+                    seed=cfg.seed, config_hash=h)
+    for stale in run_dir.glob(".tune-checkpoint-*"):  # left by a worker killed mid-report
+        shutil.rmtree(stale, ignore_errors=True)
+    restored = restore_checkpoint(run_dir, tune.get_checkpoint())
+    td.record_attempt(run_dir, "start", pid=os.getpid(), host=socket.gethostname(),
+                      experiment=ctx.get_experiment_name(), ray_trial_id=ctx.get_trial_id(),
+                      gcs_address=ray.get_runtime_context().gcs_address, threads=torch.get_num_threads(),
+                      checkpoint_samples=td.checkpoint_samples(run_dir), restored_from_tune=restored, workers=workers)
+    reporter = Reporter(run_dir, h, cfg.pretrain.samples, tune_checkpoints=workers == 1)
+    try:
+        if workers > 1:
+            row = trial_on_workers(cfg, run_dir, meta, reporter)
+        else:
+            row = run_trial(cfg, run_dir, report=reporter)
+    except NonFiniteLoss as err:  # deterministic: a retry would fail the same way, so no retry
+        msg = error_line(err)
+        td.record_attempt(run_dir, "failed", error=msg)
+        tune.report(reporter.metrics("failed", kind="result", error=msg))
+        return
+    except Exception as err:
+        td.record_attempt(run_dir, "error", error=error_line(err))
+        raise
+    td.record_attempt(run_dir, "finish")
+    final = {k: v for k, v in row.items() if k not in RESERVED and isinstance(v, (int, float, str, type(None)))}
+    tune.report({**reporter.metrics("finished", kind="result"), **final, "loss": row.get("train_loss"),
+                 "status": "finished"})
