@@ -396,6 +396,19 @@ def test_bad_arguments():
         download("svhn")
     with pytest.raises(ValueError, match="bundled with scikit-learn"):
         download("digits")
+    with pytest.raises(ValueError, match=r"data.val_size=-1 must be >= 0"):
+        DataConfig(val_size=-1)
+    with pytest.raises(ValueError, match=r"data.workers=-2 must be >= -1"):
+        DataConfig(workers=-2)
+    with pytest.raises(ValueError, match=r"data.name='tfds:x' is not a known dataset .*wds:PATTERN"):
+        DataConfig(name="tfds:x")
+
+
+def test_val_size_carves_a_fixed_number_of_images():
+    ds = load_dataset(DataConfig(name="synthetic", synthetic_size=256, val_size=50), 32, 3)
+    assert (len(ds.train), len(ds.val)) == (206, 50)
+    with pytest.raises(ValueError, match="data.val_size=256 leaves no training images out of 256"):
+        load_dataset(DataConfig(name="synthetic", synthetic_size=256, val_size=256), 32, 3)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -251,3 +251,19 @@ def test_pretrain_and_probe_end_to_end(kind, folder, packed, tmp_path):
     assert probe["meta"]["n_test"] == N_CLASSES * VAL_PER_CLASS and probe["meta"]["num_classes"] == N_CLASSES
     assert 0.0 <= probe["linear"]["test_top1"] <= 1.0
     assert locate(data) in (str(folder.resolve()), str(packed))
+
+
+def test_reduced_scale_jpeg_decode_matches_full_decode(tmp_path):
+    """The crop is drawn in full-resolution coordinates; decoding a JPEG at 1/2..1/8 scale (draft)
+    must cut the same region (a few grey levels apart), for every box, without failing."""
+    rng = np.random.default_rng(1)
+    for i, size in enumerate([(640, 427), (333, 777), (1000, 999)]):
+        path = tmp_path / f"{i}.jpg"
+        write_image(path, rng, i, 3, size)
+        data = path.read_bytes()
+        for s in range(40):
+            fast = transforms.train_image(data, 32, 3, (0.3, 1.0), (0.75, 1.5), True, transforms.sample_rng(0, i, s))
+            full = transforms.train_image(data, 32, 3, (0.3, 1.0), (0.75, 1.5), True, transforms.sample_rng(0, i, s),
+                                          fast=False)
+            assert fast.shape == (3, 32, 32)
+            assert np.abs(fast.astype(int) - full.astype(int)).mean() < 4

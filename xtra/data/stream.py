@@ -94,6 +94,7 @@ class BatchSet(torch.utils.data.Dataset):
         self.listing, self.size, self.channels = listing, size, channels
         self.scale, self.ratio, self.hflip = cfg.crop_scale, cfg.crop_ratio, hflip
         self.seed, self.augment, self.skip_bad = seed, augment, cfg.skip_bad
+        self.fast = True  # reduced-scale JPEG decode where the crop allows (transforms.train_image)
 
     def __len__(self) -> int:
         return len(self.listing)
@@ -109,7 +110,7 @@ class BatchSet(torch.utils.data.Dataset):
                 if self.augment:
                     rng = transforms.sample_rng(self.seed, e, p)
                     out[j] = transforms.train_image(data, self.size, self.channels, self.scale, self.ratio,
-                                                    self.hflip, rng)
+                                                    self.hflip, rng, fast=self.fast)
                 else:
                     out[j] = transforms.eval_image(data, self.size, self.channels)
             except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file

@@ -73,17 +73,17 @@ def _open(data: bytes):
     return im
 
 
-def _draft(im, box_w: int, box_h: int, size: int) -> float:
+def _draft(im, box_w: int, box_h: int, size: int) -> tuple[float, float]:
     """Decode a JPEG at a reduced DCT scale where the box keeps >= 2x the output size. Returns the
-    factor from full-resolution to decoded coordinates (1.0 when not reduced)."""
+    factors (x, y) from full-resolution to decoded coordinates ((1, 1) when not reduced)."""
     if im.format != "JPEG":
-        return 1.0
+        return 1.0, 1.0
     full_w, full_h = im.size
     reduce = min(box_w, box_h) / (2 * size)  # how much smaller the whole image may become
     if reduce < 2:
-        return 1.0
+        return 1.0, 1.0
     im.draft(im.mode if im.mode in ("RGB", "L") else None, (math.ceil(full_w / reduce), math.ceil(full_h / reduce)))
-    return im.size[0] / full_w
+    return im.size[0] / full_w, im.size[1] / full_h
 
 
 def _to_mode(im, channels: int):
@@ -112,9 +112,9 @@ def train_image(data: bytes, size: int, channels: int, scale: tuple[float, float
         width, height = im.size
         left, top, w, h = crop_box(width, height, scale, ratio, rng)
         flip = hflip and rng.random() < 0.5
-        f = _draft(im, w, h, size) if fast else 1.0
+        fx, fy = _draft(im, w, h, size) if fast else (1.0, 1.0)
         im = _to_mode(im, channels)
-        box = (left * f, top * f, (left + w) * f, (top + h) * f)
+        box = (left * fx, top * fy, min((left + w) * fx, im.size[0]), min((top + h) * fy, im.size[1]))
         out = im.resize((size, size), Image.Resampling.BICUBIC, box=box)
         if flip:
             out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
