@@ -216,6 +216,7 @@ def _study_body(study: Study, pans: list[Panel], tables: list[Table], notes: lis
     if ablations:
         out.append(f'<h2 id="{prefix}ablations">Ablations</h2>')
         out += [_table_html(t, prefix) for t in ablations]
+    out += _laws_html(pans, prefix)
     failed = [t for t in tables if t.id == "table-failed"]
     out += [f'<h2 id="{prefix}failed">Trials not finished</h2>' + _table_html(t, prefix) for t in failed]
     out += [_figure_html(p, prefix, images.get(p.id)) for p in shown]
@@ -227,7 +228,20 @@ def _study_body(study: Study, pans: list[Panel], tables: list[Table], notes: lis
         out.append(f'<h2 id="{prefix}skipped">Not shown</h2><ul>')
         out += [f'<li data-skipped="{_esc(p.id)}"><b>{_esc(p.title)}</b>: {_esc(p.note)}</li>' for p in skipped]
         out.append("</ul>")
+        out += [_table_html(t, prefix) for p in skipped for t in p.tables]  # e.g. why an L(N, D) fit is no law
     return "\n".join(out)
+
+
+def _laws_html(pans: Sequence[Panel], prefix: str) -> list[str]:
+    """Every fitted group's verdict (law, descriptive fit, or no law and why), before the figures."""
+    laws = [(v, s) for p in pans for v, s in p.laws]
+    if not laws:
+        return []
+    items = "".join(f'<li data-law="{_esc(v)}"><b>{_esc(v)}</b>: {_esc(s)}</li>' for v, s in laws)
+    return [f'<h2 id="{prefix}laws">Scaling laws</h2>',
+            '<p class="note">A fit is stated as a law only when the form chosen by cross-validation is identifiable '
+            '(see each fit table); otherwise the points are shown and no curve, frontier or iso-FLOP curve is drawn '
+            'from it.</p>', f'<ul class="laws">{items}</ul>']
 
 
 def _plotlyjs_tag(mode: str) -> str:
@@ -270,6 +284,9 @@ def summary_markdown(study: Study, pans: Sequence[Panel], tables: Sequence[Table
     out += [f"- {n}" for n in notes] + ([""] if notes else [])
     for t in tables:
         out.append(t.to_markdown())
+    laws = [(v, s) for p in pans for v, s in p.laws]
+    if laws:
+        out += [f"{h}# Scaling laws", ""] + [f"- **{v}**: {s}" for v, s in laws] + [""]
     for t in _fit_tables(pans):
         out.append(t.to_markdown())
     skipped = [p for p in pans if p.figure is None]

@@ -27,7 +27,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from .collect import REPLICATE_KEYS, Study
-from .scaling import ChinchillaFit, PowerLawFit, fit_chinchilla, fit_power_law
+from .scaling import ChinchillaFit, FormFit, HeldOut, LawAnalysis, analyze_chinchilla, analyze_power_law
 from .tables import SAMPLE_KEYS, SIZE_KEYS, Table, at_defaults, human, label, mean_ci, top1_scale
 
 PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Dark24
@@ -43,6 +43,7 @@ class Panel:
     figure: go.Figure | None = None
     note: str = ""
     tables: list[Table] = field(default_factory=list)
+    laws: list[tuple[str, str]] = field(default_factory=list)  # (verdict, sentence) per fitted group
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, logx: bool = False, logy: bool = False,
@@ -232,21 +233,107 @@ def parameter_efficiency(study: Study) -> Panel:
 
 
 # ---------------------------------------------------------------------------------------------
-# Scaling fits
+# Scaling laws. Every fit goes through reports.scaling's model comparison and diagnostics: a curve
+# is drawn, and a law stated, only when the chosen form is identifiable; otherwise the points are
+# shown and the panel says why there is no law. Curves stay within the data's range (extrapolation
+# dashed), and the y axis is set by the data, never by a band.
+
+HELD_MARKER = dict(symbol="diamond-open", size=12, line=dict(width=2))
+PRED_MARKER = dict(symbol="x-thin-open", size=11, line=dict(width=2))
 
 
 def _fmt_ci(value: float, ci: tuple[float, float]) -> str:
+    if not math.isfinite(value):
+        return "–"
     if not all(math.isfinite(v) for v in ci):
         return f"{value:.4g}"
     return f"{value:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]"
 
 
-def power_law_table(title: str, fits: Mapping[str, PowerLawFit], xname: str, tid: str) -> Table:
-    rows = [[lab, str(f.n_points), _fmt_ci(f.E, f.ci["E"]), _fmt_ci(f.A, f.ci["A"]), _fmt_ci(f.alpha, f.ci["alpha"]),
-             f"{f.loss:.3g}", str(f.n_boot)] for lab, f in fits.items()]
-    return Table(title=title, columns=["group", "points", "E", "A", "alpha", "Huber loss", "bootstrap fits"], rows=rows,
-                 note=f"L = E + A * {xname}^-alpha, fitted on log L (Huber, delta 1e-3, L-BFGS-B); "
-                      "[95% bootstrap percentile interval].", id=tid)
+def _param(fit: FormFit | None, name: str) -> str:
+    if fit is None or name not in fit.params:
+        return "–"
+    return _fmt_ci(fit.params[name], fit.ci[name])
+
+
+def _held_cells(a: LawAnalysis) -> list[str]:
+    h = a.held
+    if h is None:
+        return ["–", a.held_note or "–"]
+    inside = f"{int(h.inside.sum())}/{len(h.actual)}" if h.has_interval else "no interval"
+    return [f"{h.mean_abs_rel_error:.2%}", inside]
+
+
+def _verdict(a: LawAnalysis, descriptive: bool = False) -> str:
+    if a.law is None:
+        return "no law"
+    return "descriptive fit" if descriptive else "law"
+
+
+def _why(a: LawAnalysis) -> str:
+    chosen = a.chosen
+    why = a.comparison.reason
+    if chosen is not None and a.law is None and chosen.diagnostics.problems and not why.startswith("no law"):
+        why = "no law: " + chosen.diagnostics.summary()
+    return why
+
+
+def law_table(title: str, analyses: Mapping[str, LawAnalysis], xname: str, tid: str,
+              descriptive: Mapping[str, bool] | None = None) -> Table:
+    """One row per fitted group: verdict, chosen form, parameters [95% CI], diagnostics, held-out check."""
+    descriptive = descriptive or {}
+    rows = []
+    for lab, a in analyses.items():
+        f = a.law or a.chosen
+        d = f.diagnostics if f is not None else None
+        rows.append([lab, _verdict(a, descriptive.get(lab, False)), f.form.name if f is not None else "–",
+                     str(f.n_points) if f is not None else "–", _param(a.law, "E"),
+                     _param(a.law, "A") if a.law is None or "A" in a.law.params else _param(a.law, "C"),
+                     _param(a.law, "alpha"), f"{d.rmse_log:.3g}" if d else "–",
+                     f"{d.points_per_param:.1f}" if d else "–", *_held_cells(a), _why(a)])
+    return Table(title=title, columns=["group", "verdict", "form", "points", "E", "A (or C)", "alpha",
+                                       "RMSE log L", "points/param", "held-out error", "held-out in 95% PI", "why"],
+                 rows=rows, id=tid,
+                 note=f"Forms: L = E + A·{xname}^-alpha (full), A·{xname}^-alpha (E = 0, log-linear), a constant "
+                      "(no scaling); fitted on log L (Huber, delta 1e-3, L-BFGS-B), [95% bootstrap percentile "
+                      "interval]. The form is the simplest within one standard error of the best cross-validated "
+                      "error; it is a law only if identifiable (no parameter at a bound, E and alpha intervals "
+                      f"narrower than their value, >= 2 points per parameter). Held out: {{what}}, refitted "
+                      "without it; PI = 95% prediction interval.")
+
+
+def comparison_table(title: str, analyses: Mapping[str, LawAnalysis], tid: str) -> Table:
+    rows = []
+    for lab, a in analyses.items():
+        chosen = a.chosen.form.name if a.chosen is not None else None
+        for s in a.comparison.scores:
+            rows.append([lab, s.form.name, str(s.form.n_params),
+                         f"{s.cv_rmse:.4g}" if math.isfinite(s.cv_rmse) else "–",
+                         f"{s.cv_se / (2 * s.cv_rmse):.2g}" if math.isfinite(s.cv_se) and s.cv_rmse > 0 else "–",
+                         "chosen" if s.form.name == chosen else "", s.note])
+    method = next(iter(analyses.values())).comparison.method if analyses else "leave-one-out"
+    return Table(title=title, columns=["group", "form", "parameters", "CV RMSE (log L)", "± SE", "", "note"],
+                 rows=rows, id=tid,
+                 note=f"Cross-validated ({method}; 5-fold above 20 points) error of log L per form. Chosen: the "
+                      "simplest form within one standard error of the best (the one-standard-error rule), if "
+                      "identifiable; a constant chosen means no law.")
+
+
+def held_out_table(title: str, analyses: Mapping[str, LawAnalysis], columns: Sequence[str], tid: str) -> Table:
+    rows = []
+    for lab, a in analyses.items():
+        h = a.held
+        if h is None:
+            continue
+        for i in range(len(h.actual)):
+            xs = [human(v) for v in h.X[i]]
+            pi = f"[{h.lo[i]:.4g}, {h.hi[i]:.4g}]" if h.has_interval else "–"
+            inside = ("yes" if h.inside[i] else "no") if h.has_interval else "–"
+            rows.append([lab, *xs, f"{h.actual[i]:.4g}", f"{h.predicted[i]:.4g}", pi, f"{h.rel_error[i]:+.2%}", inside])
+    what = next((a.held.what for a in analyses.values() if a.held is not None), "")
+    return Table(title=title, columns=["group", *columns, "actual", "predicted", "95% PI", "error", "inside PI"],
+                 rows=rows, id=tid, note=f"Held out: {what}; the chosen form refitted on the other runs predicts "
+                                         "them. PI: bootstrap fits plus resampled residuals.")
 
 
 def _band(fig: go.Figure, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, color: str, group: str, **kw: Any) -> None:
@@ -257,33 +344,94 @@ def _band(fig: go.Figure, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, color: 
                              legendgroup=group, **kw))
 
 
-def _fit_power(xs: np.ndarray, ys: np.ndarray, n_boot: int, seed: int) -> tuple[PowerLawFit | None, str]:
+def data_range(values: Sequence[float] | np.ndarray, log: bool = True, pad: float = 0.12) -> list[float]:
+    """An axis range around the data (log10 units for a log axis), padded by ``pad`` of the span."""
+    v = np.asarray([x for x in np.ravel(values) if x is not None and np.isfinite(x) and (x > 0 or not log)])
+    if v.size == 0:
+        return [0.0, 1.0]
+    v = np.log10(v) if log else v
+    lo, hi = float(v.min()), float(v.max())
+    span = max(hi - lo, 0.05 if log else abs(hi) * 0.1 or 1.0)
+    return [lo - pad * span, hi + pad * span]
+
+
+def _analyze_power(xs: np.ndarray, ys: np.ndarray, n_boot: int, hold_out: str | None = "largest"
+                   ) -> tuple[LawAnalysis | None, str]:
     if len(np.unique(xs)) < MIN_FIT_X:
         return None, f"{len(np.unique(xs))} distinct x values (a fit needs {MIN_FIT_X})"
     try:
-        return fit_power_law(xs, ys, n_boot=n_boot, seed=seed), ""
+        return analyze_power_law(xs, ys, n_boot=n_boot, seed=0, hold_out=hold_out,
+                                 no_hold_out_reason="cosine schedule: descriptive, not extrapolated"), ""
     except ValueError as exc:
         return None, str(exc)
 
 
-def _points_and_power_fit(fig: go.Figure, xs: np.ndarray, ys: np.ndarray, lab: str, color: str, n_boot: int,
-                          fits: dict[str, PowerLawFit], skipped: list[str], marker: dict, fit_name: str) -> None:
-    """Draw a group's points, then (when it fits) its power law with the bootstrap band; record either way."""
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=lab, legendgroup=lab, marker=dict(color=color, **marker)))
-    fit, why = _fit_power(xs, ys, n_boot, seed=0)
-    if fit is None:
-        skipped.append(f"{lab}: {why}")
+def _draw_law(fig: go.Figure, a: LawAnalysis, grid_x: np.ndarray, predict: Callable[[FormFit, np.ndarray], np.ndarray],
+              band: Callable[[FormFit, np.ndarray], tuple[np.ndarray, np.ndarray]], lab: str, color: str,
+              name: str) -> None:
+    """The law's curve and band over the data's range (solid)."""
+    law = a.law
+    if law is None:
         return
-    fits[lab] = fit
-    grid = np.logspace(np.log10(xs.min()), np.log10(xs.max()), 100)
-    _band(fig, grid, *fit.predict_interval(grid), color=color, group=lab)
-    name = fit_name.format(lab=lab, fit=fit.describe())
-    fig.add_trace(go.Scatter(x=grid, y=fit.predict(grid), mode="lines", name=name, legendgroup=lab,
+    _band(fig, grid_x, *band(law, grid_x), color=color, group=lab)
+    fig.add_trace(go.Scatter(x=grid_x, y=predict(law, grid_x), mode="lines", name=name, legendgroup=lab,
                              line=dict(color=color)))
 
 
+def _draw_held(fig: go.Figure, h: HeldOut, x_held: np.ndarray, lab: str, color: str) -> None:
+    """Held-out runs (open diamonds) and their predictions with 95% prediction intervals (crosses)."""
+    fig.add_trace(go.Scatter(x=x_held, y=h.actual, mode="markers", name=f"{lab}: held out", legendgroup=lab,
+                             marker=dict(color=color, **HELD_MARKER),
+                             hovertemplate="held out<br>x %{x:.3s}<br>loss %{y:.4g}<extra></extra>"))
+    err = dict(type="data", symmetric=False, array=(h.hi - h.predicted).tolist(),
+               arrayminus=(h.predicted - h.lo).tolist(), color=color, thickness=1.5) if h.has_interval else None
+    fig.add_trace(go.Scatter(x=x_held, y=h.predicted, mode="markers", name=f"{lab}: predicted (fit without it)",
+                             legendgroup=lab, marker=dict(color=color, **PRED_MARKER), error_y=err,
+                             hovertemplate="predicted %{y:.4g}<extra></extra>"))
+
+
+def _points_and_law(fig: go.Figure, xs: np.ndarray, ys: np.ndarray, lab: str, color: str, n_boot: int,
+                    analyses: dict[str, LawAnalysis], skipped: list[str], marker: dict, fit_name: str,
+                    hold_out: str | None = "largest") -> None:
+    """A group's points, then (when it is a law) its curve and band, and the held-out check."""
+    a, why = _analyze_power(xs, ys, n_boot, hold_out)
+    held = a.held if a is not None else None
+    is_held = np.isin(xs, held.X[:, 0]) if held is not None else np.zeros(len(xs), dtype=bool)
+    fig.add_trace(go.Scatter(x=xs[~is_held], y=ys[~is_held], mode="markers", name=lab, legendgroup=lab,
+                             marker=dict(color=color, **marker)))
+    if a is None:
+        skipped.append(f"{lab}: {why}")
+        return
+    analyses[lab] = a
+    if a.law is None:
+        skipped.append(f"{lab}: {_why(a)}")
+        return
+    grid = np.logspace(np.log10(xs.min()), np.log10(xs.max()), 100)
+    _draw_law(fig, a, grid, lambda f, g: f.predict(g), lambda f, g: f.predict_interval(g), lab, color,
+              fit_name.format(lab=lab, fit=a.law.describe()))
+    if held is not None:
+        x_train_max = held.fit.x_range[0][1]
+        ext = np.logspace(np.log10(x_train_max), np.log10(xs.max()), 30)
+        fig.add_trace(go.Scatter(x=ext, y=held.fit._predict_matrix(ext[:, None]), mode="lines", showlegend=False,
+                                 legendgroup=lab, line=dict(color=color, dash="dash", width=1.5),
+                                 hoverinfo="skip"))  # the held-out fit, extrapolated
+        _draw_held(fig, held, held.X[:, 0], lab, color)
+
+
+def _law_note(analyses: Mapping[str, LawAnalysis], skipped: Sequence[str]) -> str:
+    n_laws = sum(a.law is not None for a in analyses.values())
+    note = f"{n_laws} of {len(analyses)} fitted group(s) hold a law. " if analyses else ""
+    if n_laws:
+        note += ("Solid: the law over the data's range, band: 95% bootstrap interval; dashed: the fit without the "
+                 "held-out runs, extrapolated; open diamonds: held-out runs; crosses: their predictions with 95% "
+                 "prediction intervals. ")
+    if skipped:
+        note += "No law: " + "; ".join(skipped) + "."
+    return note.strip()
+
+
 def loss_scaling(study: Study, x: str, xtitle: str, exclude: Sequence[str], n_boot: int = 200) -> Panel:
-    """Final loss vs ``x`` per configuration, with a power law and its bootstrap band per group."""
+    """Final loss vs ``x`` per configuration; a power law per group where the data identify one."""
     pid = "loss-vs-" + ("samples" if x == "samples_seen" else "params")
     lcol, ltitle = loss_column(study)
     title = f"Scaling: {ltitle} vs {xtitle}"
@@ -293,26 +441,56 @@ def loss_scaling(study: Study, x: str, xtitle: str, exclude: Sequence[str], n_bo
         return Panel(pid, title, note=f"Skipped: {xtitle} do not vary within any configuration.")
     cmap = colors([lab for lab, _ in parts])
     fig = go.Figure()
-    fits: dict[str, PowerLawFit] = {}
-    skipped = []
+    analyses: dict[str, LawAnalysis] = {}
+    skipped: list[str] = []
     for lab, part in parts:
         xs, ys = part.get_column(x).to_numpy(), part.get_column(lcol).to_numpy()
-        _points_and_power_fit(fig, xs, ys, lab, cmap[lab], n_boot, fits, skipped, dict(size=7, opacity=0.8),
-                              "{lab} fit: {fit}")
+        _points_and_law(fig, xs, ys, lab, cmap[lab], n_boot, analyses, skipped, dict(size=7, opacity=0.8),
+                        "{lab} law: {fit}")
     _layout(fig, title, xtitle, ltitle, logx=True, logy=True)
-    note = "Bands: 95% bootstrap interval of the fit." if fits else "No fit: too few distinct x values per group."
-    if skipped and fits:
-        note += " Not fitted: " + "; ".join(skipped) + "."
-    tables = [power_law_table(f"Fit: {ltitle} vs {xtitle}", fits, "x", f"table-fit-{pid}")] if fits else []
-    return Panel(pid, title, fig, note=note, tables=tables)
+    fig.update_yaxes(range=data_range(fin.get_column(lcol).to_numpy()))
+    tables = [law_table(f"Law: {ltitle} vs {xtitle}", analyses, "x", f"table-fit-{pid}")] if analyses else []
+    for t in tables:
+        t.note = t.note.replace("{what}", f"the largest {xtitle} per group")
+    return Panel(pid, title, fig, note=_law_note(analyses, skipped), tables=tables,
+                 laws=_verdicts(f"{ltitle} vs {xtitle}", analyses, skipped))
+
+
+def _verdicts(what: str, analyses: Mapping[str, LawAnalysis], skipped: Sequence[str] = (),
+              descriptive: Mapping[str, bool] | None = None) -> list[tuple[str, str]]:
+    """(verdict, sentence) per group for the report's list of laws."""
+    out = []
+    for lab, a in analyses.items():
+        if a.law is not None:
+            kind = "descriptive fit" if (descriptive or {}).get(lab) else "law"
+            held = ""
+            if a.held is not None:
+                held = (f"; held-out error {a.held.mean_abs_rel_error:.2%}, "
+                        f"{int(a.held.inside.sum())}/{len(a.held.actual)} inside the 95% PI" if a.held.has_interval
+                        else f"; held-out error {a.held.mean_abs_rel_error:.2%}")
+            out.append((kind, f"{what}, {lab}: {kind} ({a.law.form.name}): {a.law.describe()}{held}"))
+        else:
+            out.append(("no law", f"{what}, {lab}: {_why(a)}"))
+    return out
+
+
+def _schedules(study: Study) -> dict[str, str]:
+    """LR schedule per config_hash: the ``pretrain.schedule`` column, else the study's default, else cosine
+    (the only schedule before the key existed)."""
+    res = study.results
+    default = study.default("pretrain.schedule") or "cosine"
+    if "pretrain.schedule" in res.columns:
+        return {h: (s or default) for h, s in zip(res["config_hash"].to_list(), res["pretrain.schedule"].to_list())}
+    return {h: default for h in res["config_hash"].to_list()}
 
 
 def learning_curve_laws(study: Study, n_boot: int = 200, max_trials: int = 12, warmup_fraction: float = 0.1) -> Panel:
     """Each finished trial's own pretraining curve, L(s) = E + A·s^-alpha, fitted past the warmup.
 
-    Every study has this law, even one with a single budget: it says how far each configuration's
-    loss was still falling when training stopped. Descriptive (the LR schedule shapes the tail), not
-    a compute-optimal law; those need budgets or sizes that vary across trials."""
+    Every study has these curves, even one with a single budget: they say how far each configuration's
+    loss was still falling when training stopped. Under a cosine schedule the LR decay shapes the tail,
+    so a fit is descriptive only (no held-out extrapolation); under a constant-LR phase (wsd) the last
+    20% of the curve is held out and predicted."""
     pid, title = "learning-curve-laws", "Learning-curve laws: pretraining loss vs samples seen (fitted)"
     finished = study.finished.select("config_hash", "trial_id").unique("config_hash", keep="first")
     cur = _positive(study.curves, "samples_seen", "loss").join(finished, on="config_hash", how="inner")
@@ -320,33 +498,49 @@ def learning_curve_laws(study: Study, n_boot: int = 200, max_trials: int = 12, w
     if not hashes:
         return Panel(pid, title, note="Skipped: no finished trial with a pretraining curve.")
     labels = {h: str(cur.filter(pl.col("config_hash") == h).get_column("trial_id")[0] or h) for h in hashes}
+    sched = _schedules(study)
     cmap = colors(list(labels.values()))
-    fig, fits, skipped = go.Figure(), {}, []
+    fig = go.Figure()
+    analyses: dict[str, LawAnalysis] = {}
+    skipped: list[str] = []
+    descriptive: dict[str, bool] = {}
+    shown: list[float] = []
     for h in hashes:
         lab = labels[h]
+        cosine = sched.get(h, "cosine") == "cosine"
+        descriptive[lab] = cosine
         part = cur.filter(pl.col("config_hash") == h).sort("samples_seen")
         s_max = part.get_column("samples_seen").max()
         part = part.filter(pl.col("samples_seen") >= warmup_fraction * s_max)
         xs, ys = part.get_column("samples_seen").to_numpy(), part.get_column("loss").to_numpy()
-        _points_and_power_fit(fig, xs, ys, lab, cmap[lab], n_boot, fits, skipped, dict(size=4, opacity=0.6),
-                              "{lab} fit")
+        shown += ys.tolist()
+        _points_and_law(fig, xs, ys, lab, cmap[lab], n_boot, analyses, skipped, dict(size=4, opacity=0.6),
+                        "{lab} fit", hold_out=None if cosine else "tail")
     _layout(fig, title, "samples seen", "pretraining loss", logx=True, logy=True)
-    note = (f"Per trial, curve rows past the first {warmup_fraction:.0%} of the budget (the warmup); "
-            "bands: 95% bootstrap interval. The cosine schedule shapes the tail, so read these as "
-            "descriptive learning curves.")
-    if skipped:
-        note += " Not fitted: " + "; ".join(skipped) + "."
-    if not fits:
+    fig.update_yaxes(range=data_range(shown))
+    n_cos = sum(descriptive.values())
+    note = (f"Per trial, curve rows past the first {warmup_fraction:.0%} of the budget (the warmup). ")
+    if n_cos:
+        note += (f"{n_cos} trial(s) ran a cosine schedule: its decay shapes the tail, so their fits are descriptive "
+                 "learning curves, not laws to extrapolate (no held-out check). ")
+    note += _law_note(analyses, skipped)
+    if not analyses:
         return Panel(pid, title, note="No learning-curve fit: " + "; ".join(skipped))
-    tables = [power_law_table("Fit: pretraining loss vs samples seen, per trial", fits, "s", f"table-fit-{pid}")]
-    return Panel(pid, title, fig, note=note, tables=tables)
+    table = law_table("Fit: pretraining loss vs samples seen, per trial", analyses, "s", f"table-fit-{pid}",
+                      descriptive=descriptive)
+    table.note = table.note.replace("{what}", "the last 20% of the curve (wsd only)")
+    return Panel(pid, title, fig, note=note.strip(), tables=[table],
+                 laws=_verdicts("learning curve", analyses, skipped, descriptive))
 
 
-def chinchilla_fits(study: Study, n_boot: int = 200) -> tuple[dict[str, tuple[ChinchillaFit, pl.DataFrame]], str]:
-    """One L(N, D) fit per group of the keys that are neither size nor samples, where N and D both vary."""
+ChinchillaResult = Mapping[str, tuple[LawAnalysis, pl.DataFrame]]
+
+
+def chinchilla_fits(study: Study, n_boot: int = 200) -> tuple[dict[str, tuple[LawAnalysis, pl.DataFrame]], str]:
+    """One L(N, D) analysis per group of the keys that are neither size nor samples, where N and D both vary."""
     lcol, _ = loss_column(study)
     fin = _positive(study.finished, "n_params", "samples_seen", lcol, "flops_per_image")
-    out: dict[str, tuple[ChinchillaFit, pl.DataFrame]] = {}
+    out: dict[str, tuple[LawAnalysis, pl.DataFrame]] = {}
     why = []
     for lab, part in groups(fin, group_keys(study, (*SIZE_KEYS, *SAMPLE_KEYS))):
         n_n, n_d = part.get_column("n_params").n_unique(), part.get_column("samples_seen").n_unique()
@@ -357,30 +551,56 @@ def chinchilla_fits(study: Study, n_boot: int = 200) -> tuple[dict[str, tuple[Ch
             continue
         c = float(np.median((part["flops_per_image"] / part["n_params"]).to_numpy()))
         try:
-            out[lab] = (fit_chinchilla(part["n_params"].to_numpy(), part["samples_seen"].to_numpy(),
-                                       part[lcol].to_numpy(), n_boot=n_boot, flops_per_param_sample=c), part)
+            out[lab] = (analyze_chinchilla(part["n_params"].to_numpy(), part["samples_seen"].to_numpy(),
+                                           part[lcol].to_numpy(), n_boot=n_boot, flops_per_param_sample=c), part)
         except ValueError as exc:
             why.append(f"{lab}: {exc}")
     return out, "; ".join(why)
 
 
-def chinchilla_table(fits: Mapping[str, tuple[ChinchillaFit, pl.DataFrame]], ltitle: str) -> Table:
+def chinchilla_table(fits: ChinchillaResult, ltitle: str) -> Table:
     rows = []
-    for lab, (f, _) in fits.items():
-        (a, b), eci = f.exponents, f.exponents_ci
-        rows.append([lab, str(f.n_points)] + [_fmt_ci(f.params[p], f.ci[p]) for p in ("E", "A", "B", "alpha", "beta")]
-                    + [_fmt_ci(a, eci["a"]), _fmt_ci(b, eci["b"]), f"{f.flops_per_param_sample:.4g}",
-                       f"{f.loss:.3g}"])
-    return Table(title=f"Fit: {ltitle} = E + A/N^alpha + B/D^beta",
-                 columns=["group", "points", "E", "A", "B", "alpha", "beta", "a (N_opt ∝ C^a)", "b (D_opt ∝ C^b)",
-                          "FLOPs/(param·sample)", "Huber loss"], rows=rows,
-                 note="N = parameters, D = samples seen; compute-optimal allocation under C = c·N·D with c = "
-                      "flops_per_image / n_params (median), so C is training FLOPs; [95% bootstrap interval].",
-                 id="table-fit-chinchilla")
+    for lab, (a, _) in fits.items():
+        f = a.law
+        shown = f or a.chosen
+        d = shown.diagnostics if shown is not None else None
+        (ea, eb), eci = (f.exponents, f.exponents_ci) if isinstance(f, ChinchillaFit) else ((math.nan,) * 2, None)
+        rows.append([lab, _verdict(a), shown.form.name if shown else "–", str(shown.n_points) if shown else "–"]
+                    + [_param(f, p) for p in ("E", "A", "B", "C", "alpha", "beta")]
+                    + [_fmt_ci(ea, eci["a"]) if eci else "–", _fmt_ci(eb, eci["b"]) if eci else "–",
+                       f"{d.rmse_log:.3g}" if d else "–", f"{d.points_per_param:.1f}" if d else "–",
+                       *_held_cells(a), _why(a)])
+    return Table(title=f"Law: {ltitle} = E + A/N^alpha + B/D^beta (or the reduced form chosen)",
+                 columns=["group", "verdict", "form", "points", "E", "A", "B", "C", "alpha", "beta",
+                          "a (N_opt ∝ C^a)", "b (D_opt ∝ C^b)", "RMSE log L", "points/param", "held-out error",
+                          "held-out in 95% PI", "why"], rows=rows,
+                 note="N = parameters, D = samples seen; [95% bootstrap interval]; C is the coefficient of the "
+                      "log-linear form L = C·N^-alpha·D^-beta. Compute-optimal allocation (a, b) under C = c·N·D "
+                      "with c = flops_per_image / n_params exists only for a law with both power terms (full or "
+                      "E = 0). Held out: the largest sample budget, refitted without it; PI = 95% prediction "
+                      "interval.", id="table-fit-chinchilla")
 
 
-def compute_figure(study: Study, chinchilla: Mapping[str, tuple[ChinchillaFit, pl.DataFrame]],
-                   n_boot: int = 200) -> Panel:
+def _laws_with_frontier(chinchilla: ChinchillaResult) -> dict[str, tuple[ChinchillaFit, pl.DataFrame]]:
+    out = {}
+    for lab, (a, part) in chinchilla.items():
+        if isinstance(a.law, ChinchillaFit) and a.law.has_frontier:
+            out[lab] = (a.law, part)
+    return out
+
+
+def _no_frontier_reason(chinchilla: ChinchillaResult, why: str) -> str:
+    bits = []
+    for lab, (a, _) in chinchilla.items():
+        if a.law is None:
+            bits.append(f"{lab}: {_why(a)}")
+        elif not (isinstance(a.law, ChinchillaFit) and a.law.has_frontier):
+            bits.append(f"{lab}: the law chosen ({a.law.form.name}) has no power term in both N and D, so no "
+                        "compute-optimal trade-off")
+    return "; ".join(bits + ([why] if why else []))
+
+
+def compute_figure(study: Study, chinchilla: ChinchillaResult, n_boot: int = 200) -> Panel:
     pid = "compute"
     lcol, ltitle = loss_column(study)
     title = f"Compute: {ltitle} vs training FLOPs"
@@ -391,32 +611,61 @@ def compute_figure(study: Study, chinchilla: Mapping[str, tuple[ChinchillaFit, p
     parts = groups(fin, group_keys(study, (*SIZE_KEYS, *SAMPLE_KEYS)))
     cmap = colors([lab for lab, _ in parts])
     fig = go.Figure()
-    fits: dict[str, PowerLawFit] = {}
+    analyses: dict[str, LawAnalysis] = {}
+    skipped: list[str] = []
+    notes: list[str] = []
     for lab, part in parts:
         xs, ys = part["train_flops"].to_numpy(), part[lcol].to_numpy()
-        hover = [f"{lab}<br>N={human(n)} D={human(d)}" for n, d in zip(part["n_params"], part["samples_seen"])]
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=lab, legendgroup=lab, text=hover,
-                                 hovertemplate="%{text}<br>C=%{x:.3s} FLOPs<br>loss %{y:.4g}<extra></extra>",
-                                 marker=dict(color=cmap[lab], size=7, opacity=0.8)))
-        grid = np.logspace(np.log10(xs.min()), np.log10(xs.max()), 100)
-        if lab in chinchilla:
-            front = chinchilla[lab][0].frontier(grid)
-            fig.add_trace(go.Scatter(x=grid, y=front["L"], mode="lines", name=f"{lab}: compute-optimal (L(N,D) fit)",
-                                     legendgroup=lab, line=dict(color=cmap[lab], dash="dot")))
+        color = cmap[lab]
+        if lab in chinchilla:  # both N and D vary: the L(N, D) analysis speaks for this group
+            a = chinchilla[lab][0]
+            d_max = part["samples_seen"].max() if a.held is not None else None
+            held = (part["samples_seen"] == d_max).to_numpy() if d_max is not None else np.zeros(len(xs), bool)
+            hover = [f"{lab}<br>N={human(n)} D={human(d)}" for n, d in zip(part["n_params"], part["samples_seen"])]
+            fig.add_trace(go.Scatter(x=xs[~held], y=ys[~held], mode="markers", name=lab, legendgroup=lab,
+                                     text=[h for h, k in zip(hover, held) if not k],
+                                     hovertemplate="%{text}<br>C=%{x:.3s} FLOPs<br>loss %{y:.4g}<extra></extra>",
+                                     marker=dict(color=color, size=7, opacity=0.8)))
+            if a.held is not None:
+                h = a.held
+                c_held = (part.filter(pl.col("samples_seen") == d_max)
+                          .select("n_params", "flops_per_image"))
+                fpi = dict(zip(c_held["n_params"].to_list(), c_held["flops_per_image"].to_list()))
+                x_held = np.array([fpi.get(n, np.nan) * d for n, d in h.X])
+                _draw_held(fig, h, x_held, lab, color)
+            law = a.law
+            if isinstance(law, ChinchillaFit) and law.has_frontier:
+                grid = np.logspace(np.log10(xs.min()), np.log10(xs.max()), 100)
+                front = law.frontier(grid)
+                fig.add_trace(go.Scatter(x=grid, y=front["L"], mode="lines", name=f"{lab}: compute-optimal "
+                                         f"frontier ({law.form.name} law)", legendgroup=lab,
+                                         line=dict(color=color, dash="dot")))
+            else:
+                notes.append(f"{lab}: no frontier ({_no_frontier_reason({lab: chinchilla[lab]}, '')})")
             continue
         both = part["n_params"].n_unique() > 1 and part["samples_seen"].n_unique() > 1
-        fit, _ = (None, "") if both else _fit_power(xs, ys, n_boot, seed=0)
-        if fit is not None:
-            fits[lab] = fit
-            _band(fig, grid, *fit.predict_interval(grid), color=cmap[lab], group=lab)
-            fig.add_trace(go.Scatter(x=grid, y=fit.predict(grid), mode="lines", name=f"{lab} fit: {fit.describe()}",
-                                     legendgroup=lab, line=dict(color=cmap[lab])))
+        if both:  # N and D both vary but too few pairs for L(N, D): a law in C alone would mix them
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=lab, legendgroup=lab,
+                                     marker=dict(color=color, size=7, opacity=0.8)))
+            continue
+        _points_and_law(fig, xs, ys, lab, color, n_boot, analyses, skipped, dict(size=7, opacity=0.8),
+                        "{lab} law: {fit}")
     _layout(fig, title, "training FLOPs (flops_per_image × samples seen)", ltitle, logx=True, logy=True)
-    tables = [power_law_table(f"Fit: {ltitle} vs training FLOPs", fits, "C", "table-fit-compute")] if fits else []
-    note = "Solid: L = E + A·C^-alpha with its 95% bootstrap band. " if fits else ""
+    fig.update_yaxes(range=data_range(fin[lcol].to_numpy()))
+    tables = []
+    if analyses:
+        t = law_table(f"Law: {ltitle} vs training FLOPs", analyses, "C", "table-fit-compute")
+        t.note = t.note.replace("{what}", "the largest compute per group")
+        tables.append(t)
+    note = _law_note(analyses, skipped) if analyses or skipped else ""
     if chinchilla:
-        note += "Dotted: the compute-optimal frontier of the L(N, D) fit."
-    return Panel(pid, title, fig, note=note.strip(), tables=tables)
+        note += (" Dotted: the compute-optimal frontier of an L(N, D) law (drawn only where one was identified); "
+                 "open diamonds: runs of the largest budget, held out; crosses: their predictions from the law "
+                 "refitted without them, with 95% prediction intervals.")
+    if notes:
+        note += " " + "; ".join(notes) + "."
+    return Panel(pid, title, fig, note=note.strip(), tables=tables,
+                 laws=_verdicts(f"{ltitle} vs training FLOPs", analyses, skipped))
 
 
 def _default_group(study: Study, fits: Mapping[str, Any]) -> str:
@@ -425,57 +674,88 @@ def _default_group(study: Study, fits: Mapping[str, Any]) -> str:
     return want if want in fits else next(iter(fits))
 
 
-def isoflop_figure(study: Study, chinchilla: Mapping[str, tuple[ChinchillaFit, pl.DataFrame]], why: str) -> Panel:
-    pid, title = "isoflop", "Iso-FLOP curves of the L(N, D) fit"
-    if not chinchilla:
-        return Panel(pid, title, note="Skipped: needs parameters and samples both varying (>= 2 values each, "
-                                      f">= {MIN_CHINCHILLA_PAIRS} distinct pairs). " + why)
+def isoflop_figure(study: Study, chinchilla: ChinchillaResult, why: str) -> Panel:
+    """Iso-FLOP curves of the L(N, D) law: solid within the trials' N range, dashed beyond."""
+    pid, title = "isoflop", "Iso-FLOP curves of the L(N, D) law"
     _, ltitle = loss_column(study)
-    lab = _default_group(study, chinchilla)
-    fit, part = chinchilla[lab]
+    tables = []
+    if chinchilla:
+        tables = [chinchilla_table(chinchilla, ltitle),
+                  comparison_table("Model comparison: L(N, D)", {k: a for k, (a, _) in chinchilla.items()},
+                                   "table-compare-chinchilla"),
+                  held_out_table("Held-out prediction: L(N, D)", {k: a for k, (a, _) in chinchilla.items()},
+                                 ["N", "D"], "table-heldout-chinchilla")]
+    laws = [(v, f"L(N, D): {s}") for v, s in _verdicts(ltitle, {k: a for k, (a, _) in chinchilla.items()})]
+    usable = _laws_with_frontier(chinchilla)
+    if not usable:
+        reason = _no_frontier_reason(chinchilla, why) if chinchilla else (
+            f"needs parameters and samples both varying (>= 2 values each, >= {MIN_CHINCHILLA_PAIRS} distinct "
+            f"pairs). {why}")
+        return Panel(pid, title, note="Skipped: no L(N, D) law, so no iso-FLOP curves or frontier. " + reason,
+                     tables=tables, laws=laws)
+    lab = _default_group(study, usable)
+    fit, part = usable[lab]
+    lcol = loss_column(study)[0]
     budgets = (part["flops_per_image"] * part["samples_seen"]).to_numpy()
+    n_lo, n_hi = part["n_params"].min(), part["n_params"].max()
     levels = np.logspace(np.log10(budgets.min()), np.log10(budgets.max()), 5)
     fig = go.Figure()
+    inside: list[float] = []
     for i, C in enumerate(levels):
         prof = fit.isoflop_profile(C)
         color = PALETTE[i % len(PALETTE)]
-        fig.add_trace(go.Scatter(x=prof["N"], y=prof["L"], mode="lines", name=f"C = {C:.3g} FLOPs",
+        within = (prof["N"] >= n_lo) & (prof["N"] <= n_hi)
+        fig.add_trace(go.Scatter(x=prof["N"], y=prof["L"], mode="lines", showlegend=False, hoverinfo="skip",
+                                 line=dict(color=color, dash="dash", width=1)))
+        fig.add_trace(go.Scatter(x=prof["N"][within], y=prof["L"][within], mode="lines", name=f"C = {C:.3g} FLOPs",
                                  line=dict(color=color)))
+        inside += prof["L"][within].tolist()
         n_opt, d_opt = fit.compute_optimal(C)
         fig.add_trace(go.Scatter(x=[float(n_opt)], y=[float(fit.predict(n_opt, d_opt))], mode="markers",
                                  marker=dict(symbol="star", size=13, color=color), showlegend=False,
                                  hovertemplate="N_opt %{x:.3s}<br>loss %{y:.4g}<extra></extra>"))
     fig.add_trace(go.Scatter(
-        x=part["n_params"].to_numpy(), y=part[loss_column(study)[0]].to_numpy(), mode="markers", name="trials",
+        x=part["n_params"].to_numpy(), y=part[lcol].to_numpy(), mode="markers", name="trials",
         marker=dict(color=np.log10(budgets), colorscale="Viridis", size=7, line=dict(width=0.5, color="white"),
                     colorbar=dict(title="log10 C", x=1.02, len=0.6))))
     _layout(fig, title, "parameters N", ltitle, logx=True, logy=True)
     fig.update_layout(legend=dict(x=1.12))
-    note = f"Group {lab}. Stars: N_opt(C). Curves from the fit along C = c·N·D; dots: trials coloured by their FLOPs."
-    return Panel(pid, title, fig, note=note, tables=[chinchilla_table(chinchilla, ltitle)])
+    fig.update_xaxes(range=data_range([n_lo / 10, n_hi * 10]))
+    fig.update_yaxes(range=data_range(part[lcol].to_list() + inside))
+    note = (f"Group {lab} ({fit.form.name} law). Solid: the iso-FLOP curve within the trials' parameter range; "
+            "dashed: extrapolated. Stars: N_opt(C), which may lie outside the range run. Dots: trials coloured by "
+            "their FLOPs.")
+    return Panel(pid, title, fig, note=note, tables=tables, laws=laws)
 
 
-def frontier_figure(study: Study, chinchilla: Mapping[str, tuple[ChinchillaFit, pl.DataFrame]]) -> Panel:
+def frontier_figure(study: Study, chinchilla: ChinchillaResult) -> Panel:
     pid, title = "frontier", "Compute-optimal frontier"
-    if not chinchilla:
-        return Panel(pid, title, note="Skipped: no L(N, D) fit (see iso-FLOP curves).")
+    usable = _laws_with_frontier(chinchilla)
+    if not usable:
+        return Panel(pid, title, note="Skipped: no L(N, D) law with a compute-optimal trade-off (see the iso-FLOP "
+                                      "section for why).")
     fig = make_subplots(rows=1, cols=2, subplot_titles=("N_opt(C): parameters", "D_opt(C): samples seen"))
-    cmap = colors(list(chinchilla))
-    for lab, (fit, part) in chinchilla.items():
+    cmap = colors(list(usable))
+    for lab, (fit, part) in usable.items():
         budgets = (part["flops_per_image"] * part["samples_seen"]).to_numpy()
         grid = np.logspace(np.log10(budgets.min()) - 0.5, np.log10(budgets.max()) + 0.5, 60)
+        within = (grid >= budgets.min()) & (grid <= budgets.max())
         n_opt, d_opt = fit.compute_optimal(grid)
         a, b = fit.exponents
         for col, (yopt, ycol, expo) in enumerate(((n_opt, "n_params", a), (d_opt, "samples_seen", b)), start=1):
-            fig.add_trace(go.Scatter(x=grid, y=yopt, mode="lines", name=f"{lab}: ∝ C^{expo:.2f}", legendgroup=lab,
-                                     line=dict(color=cmap[lab]), showlegend=col == 1), row=1, col=col)
+            fig.add_trace(go.Scatter(x=grid, y=yopt, mode="lines", legendgroup=lab, showlegend=False,
+                                     line=dict(color=cmap[lab], dash="dash", width=1), hoverinfo="skip"),
+                          row=1, col=col)
+            fig.add_trace(go.Scatter(x=grid[within], y=yopt[within], mode="lines", name=f"{lab}: ∝ C^{expo:.2f}",
+                                     legendgroup=lab, line=dict(color=cmap[lab]), showlegend=col == 1), row=1, col=col)
             fig.add_trace(go.Scatter(x=budgets, y=part[ycol].to_numpy(), mode="markers", name=f"{lab}: trials",
                                      legendgroup=lab, marker=dict(color=cmap[lab], size=6, opacity=0.6),
                                      showlegend=col == 1), row=1, col=col)
     _layout(fig, title, "training FLOPs C", "", logx=True, logy=True)
     fig.update_yaxes(title_text="N_opt", row=1, col=1)
     fig.update_yaxes(title_text="D_opt", row=1, col=2)
-    return Panel(pid, title, fig, note="Lines: compute-optimal allocation of the L(N, D) fit; dots: the trials run.")
+    return Panel(pid, title, fig, note="Lines: compute-optimal allocation of the L(N, D) law, solid over the "
+                                       "budgets run, dashed beyond; dots: the trials run.")
 
 
 # ---------------------------------------------------------------------------------------------
