@@ -1,5 +1,5 @@
-"""Scaling-law fits: recovery of known parameters, interval coverage, compute-optimal algebra, and
-clear errors on degenerate input."""
+"""Scaling-law fits: recovery of known parameters, interval coverage, compute-optimal algebra, clear
+errors on degenerate input; diagnostics, model comparison and held-out prediction on synthetic laws."""
 
 from __future__ import annotations
 
@@ -10,7 +10,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reports.scaling import ChinchillaFit, PowerLawFit, fit_chinchilla, fit_power_law
+from reports.scaling import (
+    FORMS_1D,
+    FORMS_2D,
+    ChinchillaFit,
+    PowerLawFit,
+    analyze_chinchilla,
+    analyze_power_law,
+    fit_chinchilla,
+    fit_power_law,
+)
 
 POWER_TRUTH = {"E": 2.0, "A": 50.0, "alpha": 0.3}
 CHIN_TRUTH = {"E": 1.5, "A": 400.0, "B": 1800.0, "alpha": 0.34, "beta": 0.28}
@@ -181,14 +190,6 @@ def test_power_law_fits_noise_free_data(E: float, alpha: float, share: float, sc
 
 # ---------------------------------------------------------------------------------------------
 # Diagnostics, model comparison, held-out prediction
-
-from reports.scaling import (  # noqa: E402  (grouped with the tests that use them)
-    FORMS_1D,
-    FORMS_2D,
-    analyze_chinchilla,
-    analyze_power_law,
-)
-
 
 @pytest.fixture(scope="module")
 def chin_analysis():

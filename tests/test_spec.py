@@ -112,7 +112,7 @@ def test_zip_group_moves_keys_together() -> None:
     assert study.swept_keys == ["model.width", "model.num_heads"]
     assert all(s.config.model.width // s.config.model.num_heads == 32 for s in study.expand())
     crossed = load_study("scaling", preset="smoke")
-    assert crossed.n_trials == 4 and len(crossed.swept_keys) == 4
+    assert crossed.n_trials == 9 and len(crossed.swept_keys) == 4
 
 
 # ---------------------------------------------------------------------------------------------
