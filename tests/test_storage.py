@@ -249,6 +249,9 @@ def test_pull_copies_committed_state_and_plain_files(store, tmp_path):
 
     with pytest.raises(StorageError, match="nothing there to pull"):
         pull(store.uri_of("no/such/study"), tmp_path / "empty")
+    if store.is_local:
+        with pytest.raises(StorageError, match="is the storage directory .* itself"):
+            pull(store.uri, store.base)
 
 
 # ---- URIs ---------------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ GENERATIONS = "_gen"
 MANIFEST_FORMAT = "xtra-dir/1"
 SCHEMES = ("local path", "file://", "s3://", "gs://")
 _CHUNK = 8 << 20
+REQUEST_TIMEOUT_S = 120.0  # object stores: the longest wait for the next byte of one request
 _THREADS = 8
 # Temp files of an in-flight `xtra.fileio` atomic write (".name.XXXX.tmp"): never part of a commit.
 _TMP_RE = re.compile(r"^\..+\.tmp$")
@@ -541,6 +542,8 @@ def pull(uri: str | os.PathLike[str], local_dir: str | os.PathLike[str]) -> Sync
     directories are kept."""
     st = Storage.from_uri(uri)
     local_dir = Path(local_dir)
+    if st.is_local and _same_dir(local_dir, Path(st.base)):
+        raise StorageError(f"{local_dir}: is the storage directory {st.uri} itself (pull into another directory)")
     entries = st.list()
     if not entries:
         raise StorageError(f"{st.uri}: nothing there to pull (check the URI)")
@@ -666,9 +669,12 @@ def _s3_filesystem(bucket: str, connect_timeout: float | None, attempts: int | N
         kw["region"] = region
     elif endpoint:
         kw["region"] = "us-east-1"  # S3-compatible stores accept any region in the signature
+    # The SDK's default request timeout (3 s without a byte) fails large uploads whenever the store
+    # is slow to finish one (completing a multipart upload of a 1 GB checkpoint, a loaded MinIO
+    # or moto): wait longer for a byte, and let a connection attempt fail fast.
+    kw["request_timeout"] = REQUEST_TIMEOUT_S
     if connect_timeout is not None:
         kw["connect_timeout"] = connect_timeout
-        kw["request_timeout"] = max(30.0, connect_timeout)
     if attempts is not None:
         kw["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=attempts)
     return pafs.S3FileSystem(**kw)
