@@ -265,3 +265,70 @@ def suite_markdown(rows: pl.DataFrame, *, label: str = "config_hash", kind: str 
     """The per-dataset table + average (top-1 %) in Markdown, as in the paper's benchmark table."""
     table = suite_table(rows, label=label, kind=kind)
     return markdown_table(table, percent=[c for c in table.columns if c != label])
+
+
+# ---------------------------------------------------------------------------------------------
+# One call for the report: what the data supports, as Markdown and HTML
+
+
+def efficiency_report(curves: pl.DataFrame | None, results: pl.DataFrame | None = None, *,
+                      kinds: Sequence[str] = ("linear", "attentive"), baseline: int = 1, n_boot: int = 1000,
+                      seed: int = 0) -> dict[str, Any]:
+    """The efficiency section of a block-size (or width) study, from long-format probe rows
+    (`curves`: block_size, seed, samples, dataset, kind, top1, config_hash) and the result rows
+    (`results`: block_size, seed, width, n_params_encoder, <kind>_top1). Returns {"markdown": str,
+    "html": str, "sample_ratios": {kind: DataFrame}, "param_ratios": {kind: DataFrame},
+    "curves": {kind: DataFrame from sample_curves}, "suite": DataFrame | None}; each part only where
+    the data supports it (samples vary within a k, widths vary within a k, several datasets)."""
+    md: list[str] = []
+    page: list[str] = []
+    out: dict[str, Any] = {"sample_ratios": {}, "param_ratios": {}, "curves": {}, "suite": None}
+    if curves is not None and curves.height:
+        datasets = curves["dataset"].unique().sort().to_list() if "dataset" in curves.columns else [None]
+        main = datasets[0] if len(datasets) == 1 else None
+        own = curves if main is not None or "dataset" not in curves.columns else None
+        if own is None:  # several datasets: the sample axis is read on the first (the trial's own set first)
+            main = datasets[0]
+            own = curves.filter(pl.col("dataset") == main)
+        varies = own.group_by("block_size").agg(pl.col("samples").n_unique().alias("n"))["n"].min()
+        has_base = baseline in own["block_size"].to_list()
+        for kind in kinds:
+            part = own.filter(pl.col("kind") == kind)
+            if part.height == 0:
+                continue
+            out["curves"][kind] = sample_curves(part, kind=kind)
+            if varies and varies > 1 and has_base and part["block_size"].n_unique() > 1:
+                ratios = sample_efficiency(part, kind=kind, baseline=baseline, n_boot=n_boot, seed=seed)
+                out["sample_ratios"][kind] = ratios
+                lines = ratio_sentences(ratios, kind=kind)
+                md += ["", f"**Sample efficiency ({kind} probe{f', {main}' if main else ''}).**", "",
+                       *[f"- {line}" for line in lines]]
+                page.append(f"<h3>Sample efficiency ({html.escape(kind)} probe)</h3><ul>"
+                            + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
+        if "dataset" in curves.columns and len(datasets) > 1:
+            label = "config_hash" if "config_hash" in curves.columns else "block_size"
+            for kind in kinds:
+                if curves.filter(pl.col("kind") == kind).height == 0:
+                    continue
+                table = suite_table(curves, label=label, kind=kind)
+                out["suite"] = table if out["suite"] is None else out["suite"]
+                pct = [c for c in table.columns if c != label]
+                md += ["", f"**Downstream suite ({kind} probe, top-1 %).**", "", markdown_table(table, percent=pct)]
+                page.append(f"<h3>Downstream suite ({html.escape(kind)} probe, top-1 %)</h3>"
+                            + html_table(table, percent=pct))
+    if results is not None and results.height and "n_params_encoder" in results.columns:
+        per_k = results.group_by("block_size").agg(pl.col("n_params_encoder").n_unique().alias("n"))
+        if per_k.height > 1 and per_k["n"].min() > 1 and baseline in results["block_size"].to_list():
+            for kind in kinds:
+                if f"{kind}_top1" not in results.columns:
+                    continue
+                ratios = parameter_efficiency(results, kind=kind, baseline=baseline, n_boot=n_boot, seed=seed)
+                out["param_ratios"][kind] = ratios
+                lines = ratio_sentences(ratios, what="parameters", kind=kind)
+                md += ["", f"**Parameter efficiency ({kind} probe, encoder parameters).**", "",
+                       *[f"- {line}" for line in lines]]
+                page.append(f"<h3>Parameter efficiency ({html.escape(kind)} probe)</h3><ul>"
+                            + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
+    out["markdown"] = "\n".join(md).strip()
+    out["html"] = "".join(page)
+    return out

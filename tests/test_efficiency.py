@@ -142,3 +142,17 @@ def test_sample_curves_mean_and_t_interval_over_seeds():
     half = stats.t.ppf(0.975, 2) * vals.std(ddof=1) / math.sqrt(3)
     assert row["mean"] == pytest.approx(vals.mean()) and row["hi"] - row["mean"] == pytest.approx(half)
     assert out.filter(pl.col("block_size") == 1)["samples"].to_list() == SAMPLES  # monotone x per curve
+
+
+def test_efficiency_report_shows_what_the_data_supports():
+    from reports.efficiency import efficiency_report
+
+    curves = pl.DataFrame(_curve(1, 1.0) + _curve(2, 10.0) + _curve(4, 10.0, ceiling=0.8))
+    rep = efficiency_report(curves.with_columns(pl.lit("fashion-mnist").alias("dataset")), kinds=("linear",),
+                            n_boot=50)
+    assert "k=2 reaches k=1's linear top-1 (90.0% at 1,000,000 samples) with 10x fewer samples" in rep["markdown"]
+    assert "k=4 never reaches" in rep["markdown"] and "<h3>Sample efficiency (linear probe)</h3>" in rep["html"]
+    assert rep["curves"]["linear"].height == 12 and rep["suite"] is None and rep["param_ratios"] == {}
+    # One budget per k: no sample axis, so no ratio (and no claim)
+    flat = curves.filter(pl.col("samples") == 1e6)
+    assert efficiency_report(flat, kinds=("linear",), n_boot=10)["markdown"] == ""
