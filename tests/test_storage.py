@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from xtra.s3server import LocalS3Server, free_port
-from xtra.storage import GENERATIONS, Storage, StorageError, check, measure_upload, pull
+from xtra.storage import GENERATIONS, Storage, StorageError, check, measure_upload, measure_upload_local_s3, pull
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -240,6 +240,11 @@ def test_pull_copies_committed_state_and_plain_files(store, tmp_path):
     assert _read_tree(out / "trials" / "bbb") == {**FILES, "trial.json": b"bbb"}
     assert len(res.transferred) == 3 + 2 * (len(FILES) + 1)
 
+    light = pull(store.uri, tmp_path / "light", include=lambda p: not p.endswith(".pt") and not p.endswith(".parquet"))
+    assert not any(n.endswith((".pt", ".parquet")) for n in light.transferred)
+    assert sorted(_read_tree(tmp_path / "light" / "trials" / "aaa")) == sorted(set(FILES) - {"checkpoint.pt"}
+                                                                                | {"trial.json"})
+
     # Again: nothing to transfer. After one trial's new commit: only its changed file.
     assert pull(store.uri, out).transferred == ()
     (tmp_path / "aaa" / "trial.json").write_bytes(b"aaa-finished")
@@ -375,6 +380,15 @@ def test_measure_upload_reports_seconds_and_ratios(s3_bucket, tmp_path):
     assert st.list() == []  # it cleans up after itself
     with pytest.raises(ValueError, match="trial_wall_s=0"):
         measure_upload(st, trial, trial_wall_s=0)
+
+
+def test_measure_on_its_own_server_restores_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # a caller's own setting survives
+    before = dict(os.environ)
+    trial = _tree(tmp_path / "trial", {"checkpoint.pt": b"c" * 1000, "metrics.jsonl": b"{}\n"})
+    out = measure_upload_local_s3(trial, trial_wall_s=1.0, repeats=1)
+    assert out["storage"] == "s3" and out["trial_dir_bytes"] == 1003 and out["checkpoint_commit_s"] > 0
+    assert dict(os.environ) == before
 
 
 def test_storage_imports_no_ray_polars_or_moto():

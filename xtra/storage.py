@@ -535,11 +535,13 @@ def check(uri: str | os.PathLike[str], *, write: bool = True) -> Storage:
     return Storage.from_uri(text)
 
 
-def pull(uri: str | os.PathLike[str], local_dir: str | os.PathLike[str]) -> SyncResult:
+def pull(uri: str | os.PathLike[str], local_dir: str | os.PathLike[str], *,
+         include: Callable[[str], bool] | None = None) -> SyncResult:
     """Make `local_dir` a local copy of everything at `uri` (the `xtra study pull URI DIR` command):
     committed directories through their manifests (uncommitted uploads are left out), other files
     as they are. Only what changed (size and mtime) is transferred; local extras outside committed
-    directories are kept."""
+    directories are kept. `include(path)` (relative to `uri`) picks files, e.g. no checkpoints for
+    `status`; a copy refreshed this way is the driver's cache of the study."""
     st = Storage.from_uri(uri)
     local_dir = Path(local_dir)
     if st.is_local and _same_dir(local_dir, Path(st.base)):
@@ -555,7 +557,8 @@ def pull(uri: str | os.PathLike[str], local_dir: str | os.PathLike[str]) -> Sync
     removed: list[str] = []
     nbytes = 0
     for d in dirs:
-        res = st.download_dir(d, local_dir / d)
+        pick = None if include is None else (lambda n, d=d: include(_join(d, n)))
+        res = st.download_dir(d, local_dir / d, include=pick)
         if res is None:  # deleted since the listing
             continue
         transferred += [_join(d, n) for n in res.transferred]
@@ -567,7 +570,8 @@ def pull(uri: str | os.PathLike[str], local_dir: str | os.PathLike[str]) -> Sync
     def plain(e: Entry) -> bool:
         # Not in a committed directory (download_dir brought those, plain files included), and not a
         # generation's objects (they reach a reader only through a manifest).
-        return not root_is_dir and not e.path.startswith(inside) and not _in_generations(e.path)
+        return (not root_is_dir and not e.path.startswith(inside) and not _in_generations(e.path)
+                and (include is None or include(e.path)))
 
     todo = []
     for e in filter(plain, entries):
