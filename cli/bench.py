@@ -12,7 +12,7 @@ from rich.console import Console
 from cli.options import user_errors
 
 console = Console()
-SECTIONS = ("pretrain", "attention", "probe", "report", "orchestration", "scaling")
+SECTIONS = ("pretrain", "attention", "probe", "report", "orchestration", "scaling", "data")
 
 
 def bench_cmd(
@@ -107,6 +107,14 @@ def bench_cmd(
 
         results["scaling"] = bench_scaling(2, steps=10, size="tiny") if quick else bench_scaling(2)
         console.print(_line("scaling", results["scaling"]))
+
+    if "data" in chosen:
+        from xtra.bench_data import bench_data
+
+        results.update(bench_data(Path("runs/bench/data-cache"), quick=quick))
+        for key in ("data_decode", "data_memory", "data_stall", "data_workers"):
+            for row in results[key] if isinstance(results[key], list) else [results[key]]:
+                console.print(_line(key, row))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     flat = {k: (_flatten(v) if k == "probe" else v) for k, v in results.items()}
