@@ -302,9 +302,11 @@ def test_summary_tables_match_parquet(grid: Path) -> None:
     widths = md_table(md, "Ablation: model.width")
     assert [r["width"] for r in widths] == ["64 (default)", "128", "256"]
     assert md_table(md, "Ablation: pretrain.samples")[-1]["samples"] == "40000 (default)"
-    # Scaling-law parameter tables come along.
-    assert "### Fit: final val loss = E + A/N^alpha + B/D^beta" in md
-    assert "### Fit: final val loss vs samples seen" in md
+    # Scaling-law tables come along: each fit's verdict, the L(N, D) model comparison and held-out check.
+    assert "### Law: final val loss = E + A/N^alpha + B/D^beta (or the reduced form chosen)" in md
+    assert "### Law: final val loss vs samples seen" in md
+    assert "### Model comparison: L(N, D)" in md and "### Held-out prediction: L(N, D)" in md
+    assert "## Scaling laws" in md
 
 
 def test_failed_trials_are_listed_with_their_error(grid: Path) -> None:
@@ -404,10 +406,15 @@ def test_compare_reports_puts_studies_on_one_page(tmp_path: Path, grid: Path, sm
     assert [(r["study"], r["trials"], r["finished"]) for r in studies] == [("grid", "96", "94"), ("smoke", "4", "3")]
 
 
-def test_bench_report_small() -> None:
-    out = bench_report(n_trials=24, n_curve_rows=10, n_boot=0)
+def test_bench_report_small(tmp_path: Path) -> None:
+    """The sizes the benchmark reports are those of the files it wrote (kept under ``keep``)."""
+    out = bench_report(n_trials=24, n_curve_rows=10, n_boot=0, keep=tmp_path)
+    index = tmp_path / "study" / "report" / "index.html"
     assert out["n_trials"] == 24 and out["curve_rows_total"] == 240
-    assert all(out[k] >= 0 for k in ("generate_s", "collect_s", "build_s")) and out["html_mb"] > 1
+    assert pl.read_parquet(tmp_path / "study" / "results.parquet").height == 24
+    assert out["html_mb"] == round(index.stat().st_size / 2**20, 2) and out["html_mb"] > 1
+    assert out["summary_kb"] == round((index.parent / "summary.md").stat().st_size / 1024, 1)
+    assert {"generate_s", "collect_s", "build_s"} <= set(out)
 
 
 # ---------------------------------------------------------------------------------------------
