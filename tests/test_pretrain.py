@@ -79,3 +79,22 @@ def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(ckpt)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(tmp_path / "nowhere")
+
+
+def test_kept_copies_are_exactly_the_state_at_their_point_and_immutable(tmp_path):
+    from xtra.checkpoint import kept_checkpoint, kept_samples
+
+    crash = Faults(crash_once_at_samples=512)
+    with pytest.raises(RuntimeError, match="injected fault"):
+        pretrain(TINY, DATA, _cfg(), tmp_path, seed=1, keep_at=(512, 1536), faults=crash)
+    kept, rolling = load_checkpoint(kept_checkpoint(tmp_path, 512)), load_checkpoint(tmp_path)
+    assert kept["samples_seen"] == rolling["samples_seen"] == 512
+    assert all(torch.equal(kept["model"][k], rolling["model"][k]) for k in kept["model"])
+    assert kept["curve"] == _rows(tmp_path) and kept["curve"][-1]["samples_seen"] == 512
+    before = kept_checkpoint(tmp_path, 512).read_bytes()
+    # Resume with another checkpoint cadence (a resource, not science): allowed, and ends the same.
+    pretrain(TINY, DATA, _cfg(checkpoint_every=1024), tmp_path, seed=1, keep_at=(512, 1536), faults=crash)
+    assert kept_checkpoint(tmp_path, 512).read_bytes() == before
+    assert kept_samples(tmp_path) == [512, 1536]
+    last, final = load_checkpoint(kept_checkpoint(tmp_path, 1536)), load_checkpoint(tmp_path)
+    assert last["final"] and all(torch.equal(last["model"][k], final["model"][k]) for k in final["model"])
