@@ -12,7 +12,7 @@ from rich.console import Console
 from cli.options import user_errors
 
 console = Console()
-SECTIONS = ("pretrain", "attention", "probe", "report", "orchestration", "scaling", "data")
+SECTIONS = ("pretrain", "attention", "probe", "report", "orchestration", "scaling", "data", "wsd")
 
 
 def bench_cmd(
@@ -115,6 +115,13 @@ def bench_cmd(
         for key in ("data_decode", "data_memory", "data_stall", "data_workers"):
             for row in results[key] if isinstance(results[key], list) else [results[key]]:
                 console.print(_line(key, row))
+
+    if "wsd" in chosen:  # samples trained by sample-budget under wsd vs cosine (plan arithmetic, no training)
+        from studies.wsd_bench import bench_wsd_samples
+
+        results["wsd"] = bench_wsd_samples()
+        for row in results["wsd"]:
+            console.print(_line("wsd", row))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     flat = {k: (_flatten(v) if k == "probe" else v) for k, v in results.items()}
