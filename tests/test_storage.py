@@ -149,6 +149,21 @@ def test_never_committed_directory_is_absent(store, tmp_path):
     assert store.committed_dirs("trials") == [] and store.subdirs("trials") == []
 
 
+def test_trial_writing_in_place_in_local_storage(tmp_path):
+    """Single machine, storage = the study directory: the same calls work and move nothing."""
+    st = Storage.from_uri(tmp_path / "study")
+    run_dir = _tree(tmp_path / "study" / "trials" / "h4", FILES)
+    assert st.is_directory_itself(run_dir, "trials/h4") and not st.is_directory_itself(tmp_path, "trials/h4")
+    assert st.upload_dir(run_dir, "trials/h4").unchanged == tuple(sorted(FILES))
+    assert st.download_dir("trials/h4", run_dir).transferred == ()
+    assert st.download_dir("trials/h5", tmp_path / "study" / "trials" / "h5") is None
+    assert st.read_member("trials/h4", "config.json") == FILES["config.json"]  # plain files
+    assert _read_tree(run_dir) == FILES and st.manifest("trials/h4") is None
+    copy = tmp_path / "copy"
+    assert st.download_dir("trials/h4", copy).transferred == tuple(sorted(FILES))
+    assert _read_tree(copy) == FILES
+
+
 def test_plain_files_beside_a_commit(store, tmp_path):
     """The trial's process commits its files; the driver writes status.json plain; readers see both."""
     src = _tree(tmp_path / "trial", {**FILES, "status.json": b"stale local copy"})

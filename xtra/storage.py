@@ -24,6 +24,9 @@ must have one writer: commit it (the trial's own process, through `upload_dir`, 
 names out with `include=`) or write it plain, never both. One process commits a given directory
 at a time (Ray runs one live attempt per trial); `_gen` is a reserved name.
 
+When the storage is a local path and a trial writes in place (`is_directory_itself`), uploads
+and downloads are no-ops: the same calls serve a single machine and a cluster.
+
 Credentials and endpoint come from the usual environment: `AWS_ACCESS_KEY_ID` /
 `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, `AWS_PROFILE` and `~/.aws/*`, instance or pod roles;
 `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` for an S3-compatible store (MinIO, Ceph, moto);
@@ -200,6 +203,12 @@ class Storage:
         """The OS path of `rel` when this storage is a local or shared filesystem, else None."""
         return Path(self.path(rel)) if self.is_local else None
 
+    def is_directory_itself(self, local_dir: str | os.PathLike[str], rel: str) -> bool:
+        """Whether `local_dir` IS directory `rel` of this (local) storage: a trial running where the
+        study's storage is, writing its files in place. Uploads and downloads between the two are
+        then no-ops, and its files are plain files (each atomic on its own, no commit)."""
+        return self.is_local and _same_dir(Path(local_dir), Path(self.path(rel)))
+
     def ray_storage(self) -> tuple[str, pafs.FileSystem | None]:
         """`(storage_path, storage_filesystem)` for `ray.tune.RunConfig` / `ray.train.RunConfig`.
 
@@ -369,8 +378,8 @@ class Storage:
         local_dir = Path(local_dir)
         if not local_dir.is_dir():
             raise StorageError(f"{local_dir}: not a directory (uploading to {self.uri_of(rel)})")
-        if self.is_local and _same_dir(local_dir, Path(self.path(rel))):
-            raise StorageError(f"{local_dir}: is the storage directory {self.uri_of(rel)} itself")
+        if self.is_directory_itself(local_dir, rel):  # the files are already where storage keeps them
+            return SyncResult(transferred=(), unchanged=tuple(_local_files(local_dir)))
         prev = self.manifest(rel)
         seq = (prev.seq if prev else 0) + 1
         gen = f"{seq:06d}-{secrets.token_hex(4)}"
@@ -410,6 +419,9 @@ class Storage:
         skipped; `include` picks names (e.g. leave out checkpoints); `prune` deletes local files that
         storage does not have."""
         local_dir = Path(local_dir)
+        if self.is_directory_itself(local_dir, rel):
+            names = tuple(_local_files(local_dir)) if local_dir.is_dir() else ()
+            return SyncResult(transferred=(), unchanged=names) if names else None
         for _ in range(3):
             m = self.manifest(rel)
             plain = self.plain_files(rel)
