@@ -59,14 +59,18 @@ def run(args: argparse.Namespace) -> None:
     results_path = work / "runs.json"
     runs = json.loads(results_path.read_text()) if results_path.exists() else {}
 
-    def record(key: str, fn) -> dict:
+    def record(key: str, fn, *fn_args, **fn_kw) -> dict:
         if key not in runs:
             t0 = time.perf_counter()
-            runs[key] = {**fn(), "wall_s": time.perf_counter() - t0}
+            runs[key] = {**fn(*fn_args, **fn_kw), "wall_s": time.perf_counter() - t0}
             atomic_write_json(results_path, runs)
             summarize(runs, budgets, seeds, args)
         print(key, {k: v for k, v in runs[key].items() if not isinstance(v, dict)}, flush=True)
         return runs[key]
+
+    def grow_trunk(cfg: PretrainConfig, trunk_dir: Path, seed: int, keep_at: tuple[int, ...]) -> dict:
+        out = pretrain(model, data, cfg, trunk_dir, seed=seed, keep_at=keep_at)
+        return {"reach": cfg.samples, "samples_seen": out["samples_seen"]}
 
     def train_and_probe(cfg: PretrainConfig, run_dir: Path, seed: int, **kw) -> dict:
         trained = pretrain(model, data, cfg, run_dir, seed=seed, **kw)
@@ -82,16 +86,12 @@ def run(args: argparse.Namespace) -> None:
             points = [branch_point(replace(wsd, samples=b)) for b in budgets[: i + 1]]
             trunk_dir = work / f"seed{seed}" / "trunk"
 
-            def grow_trunk() -> dict:
-                out = pretrain(model, data, trunk_config(wsd, reach=points[-1]), trunk_dir, seed=seed,
-                               keep_at=tuple(points))
-                return {"reach": points[-1], "samples_seen": out["samples_seen"]}
-
-            record(f"seed{seed}/trunk-to-{points[-1]}", grow_trunk)
-            record(f"seed{seed}/wsd-{budget}", lambda: train_and_probe(
-                wsd, work / f"seed{seed}" / f"wsd-{budget}", seed, init_from=kept_checkpoint(trunk_dir, points[-1])))
-            record(f"seed{seed}/cosine-{budget}", lambda: train_and_probe(
-                replace(base, samples=budget), work / f"seed{seed}" / f"cosine-{budget}", seed))
+            record(f"seed{seed}/trunk-to-{points[-1]}", grow_trunk, trunk_config(wsd, reach=points[-1]), trunk_dir,
+                   seed, tuple(points))
+            record(f"seed{seed}/wsd-{budget}", train_and_probe, wsd, work / f"seed{seed}" / f"wsd-{budget}", seed,
+                   init_from=kept_checkpoint(trunk_dir, points[-1]))
+            record(f"seed{seed}/cosine-{budget}", train_and_probe, replace(base, samples=budget),
+                   work / f"seed{seed}" / f"cosine-{budget}", seed)
 
 
 def summarize(runs: dict, budgets: list[int], seeds: list[int], args: argparse.Namespace) -> None:
@@ -124,13 +124,14 @@ def summarize(runs: dict, budgets: list[int], seeds: list[int], args: argparse.N
     atomic_write_json(Path(args.out), out)
     lines = ["| budget | seeds | val loss wsd | val loss cosine | Δ (wsd − cosine) | linear top-1 wsd | "
              "linear top-1 cosine | Δ (wsd − cosine) |", "|---|---|---|---|---|---|---|---|"]
+    def f(r: dict, key: str) -> str:
+        m, ci = r[key], r[f"{key}_ci95"]
+        return f"{m:.4f} ± {ci:.4f}" if ci == ci else f"{m:.4f}"
+
     for r in rows:
-        def f(key, digits):
-            m, ci = r[key], r[f"{key}_ci95"]
-            return f"{m:.{digits}f} ± {ci:.{digits}f}" if ci == ci else f"{m:.{digits}f}"
-        lines.append(f"| {r['budget']:,} | {r['seeds']} | {f('val_loss_wsd', 4)} | {f('val_loss_cosine', 4)} | "
-                     f"{f('val_loss_diff', 4)} | {f('linear_top1_wsd', 4)} | {f('linear_top1_cosine', 4)} | "
-                     f"{f('linear_top1_diff', 4)} |")
+        lines.append(f"| {r['budget']:,} | {r['seeds']} | {f(r, 'val_loss_wsd')} | {f(r, 'val_loss_cosine')} | "
+                     f"{f(r, 'val_loss_diff')} | {f(r, 'linear_top1_wsd')} | {f(r, 'linear_top1_cosine')} | "
+                     f"{f(r, 'linear_top1_diff')} |")
     lines += ["", "± is the half-width of the 95% t interval over seeds; Δ is paired by seed.", "",
               "Samples trained per seed (wsd: trunk + cooldowns; cosine: every budget from scratch): "
               + ", ".join(f"seed {s}: {trained[s]:,} vs {equivalent[s]:,}" for s in seeds), "",

@@ -62,7 +62,8 @@ def test_wsd_lr_follows_its_definition(shape):
 
 
 def test_wsd_lr_before_the_branch_point_is_the_same_for_every_budget():
-    budgets = [PretrainConfig(samples=s, batch_size=64, warmup_samples=640, schedule="wsd") for s in (3200, 6400, 12800)]
+    budgets = [PretrainConfig(samples=s, batch_size=64, warmup_samples=640, schedule="wsd")
+               for s in (3200, 6400, 12800)]
     trunk = trunk_config(budgets[-1], reach=max(branch_point(c) for c in budgets))
     for cfg in budgets:
         for s in range(0, branch_point(cfg) + 1, 64):
@@ -120,8 +121,7 @@ def test_plan_trains_one_trunk_plus_cooldowns():
            for s in budgets]
     cosine = [TrialConfig(pretrain=PretrainConfig(samples=s, batch_size=128, warmup_samples=750)) for s in budgets]
     (trunk,) = plan_trunks(wsd + cosine)
-    points = [s - round(0.2 * s) for s in budgets]  # 6000, 12000, 24000, 48000: multiples of 128? not all
-    points = [p // 128 * 128 for p in points]
+    points = [(s - round(0.2 * s)) // 128 * 128 for s in budgets]  # 80% of each, down to a step boundary
     assert trunk.branch_points == tuple(points)
     assert trunk.config.pretrain.samples == points[-1] and trunk.config.pretrain.cooldown_fraction == 0
     expected = points[-1] + sum(s - p for s, p in zip(budgets, points))
@@ -183,7 +183,8 @@ def test_init_from_refuses_a_state_that_is_not_on_the_branch(tmp_path):
                                               r"state at 1152 samples, branch points 1152 and 768"):
         pretrain(TINY, DATA, short, tmp_path / "b1", seed=0, init_from=kept_checkpoint(trunk_dir, 1152))
     with pytest.raises(CheckpointError, match=r"differs in: .*pretrain.schedule"):
-        pretrain(TINY, DATA, _wsd(schedule="cosine"), tmp_path / "b2", seed=0, init_from=kept_checkpoint(trunk_dir, 1152))
+        pretrain(TINY, DATA, _wsd(schedule="cosine"), tmp_path / "b2", seed=0,
+                 init_from=kept_checkpoint(trunk_dir, 1152))
     with pytest.raises(CheckpointError, match="written for seed 0, not 1"):
         pretrain(TINY, DATA, _wsd(), tmp_path / "b3", seed=1, init_from=kept_checkpoint(trunk_dir, 1152))
     with pytest.raises(CheckpointError, match="init_from .*nowhere.pt: no checkpoint here"):

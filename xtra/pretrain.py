@@ -27,8 +27,14 @@ from typing import Any
 
 import torch
 
-from xtra.checkpoint import (CHECKPOINT, CheckpointError, atomic_write_text, kept_checkpoint, load_checkpoint,
-                             save_checkpoint)
+from xtra.checkpoint import (
+    CHECKPOINT,
+    CheckpointError,
+    atomic_write_text,
+    kept_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from xtra.config import RESOURCE_KEYS, DataConfig, ModelConfig, PretrainConfig
 from xtra.distributed import World
 from xtra.model import XTRA, parameter_groups
@@ -157,7 +163,8 @@ def _check_resume(state: dict, expected: dict, cfg: PretrainConfig, path: Path) 
             raise CheckpointError(f"{path}: checkpoint was written for a different {part} config "
                                   f"(differs in: {', '.join(f'{part}.{k}' for k in diff)}); {hint}")
     if stored.get("seed", expected["seed"]) != expected["seed"]:
-        raise CheckpointError(f"{path}: checkpoint was written for seed {stored['seed']}, not {expected['seed']}; {hint}")
+        raise CheckpointError(f"{path}: checkpoint was written for seed {stored['seed']}, "
+                              f"not {expected['seed']}; {hint}")
     why = continuation_error(stored.get("pretrain", {}), cfg, state["samples_seen"])
     if why is not None:
         raise CheckpointError(f"{path}: checkpoint was written for a {why}; {hint}")
