@@ -4,6 +4,7 @@ Checked in the written page and, where it matters, in headless Chromium."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -30,10 +31,17 @@ def laws_in(page: str) -> list[tuple[str, str]]:
     return re.findall(r'<li data-law="([^"]+)"><b>[^<]*</b>: ([^<]*)</li>', page)
 
 
+def values(v: object) -> np.ndarray:
+    """A trace's x or y: a list, or plotly's typed array {"dtype": ..., "bdata": base64}."""
+    if isinstance(v, dict):
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"])).astype(float)
+    return np.asarray([np.nan if x is None else x for x in (v or [])], dtype=float)
+
+
 def marker_ys(fig: dict) -> np.ndarray:
     """Every y of the marker traces (the runs), the data an axis must show."""
-    ys = [y for t in fig["data"] if t.get("mode") == "markers" for y in t.get("y", []) if y is not None]
-    return np.asarray(ys, dtype=float)
+    ys = np.concatenate([values(t.get("y")) for t in fig["data"] if t.get("mode") == "markers"])
+    return ys[np.isfinite(ys)]
 
 
 @pytest.fixture(scope="module")
@@ -111,12 +119,13 @@ def test_law_study_states_the_law_with_held_out_runs(lawful: Path) -> None:
     compute = figure_json(page, "compute")
     held_tr = [t for t in compute["data"] if t.get("name", "").endswith("held out")]
     pred_tr = [t for t in compute["data"] if "predicted" in t.get("name", "")]
-    assert len(held_tr) == 1 and len(held_tr[0]["y"]) == 4
-    assert held_tr[0]["marker"]["symbol"] != "circle" and pred_tr and pred_tr[0]["error_y"]["array"]
+    assert len(held_tr) == 1 and len(values(held_tr[0]["y"])) == 4
+    assert held_tr[0]["marker"]["symbol"] != "circle" and pred_tr and len(values(pred_tr[0]["error_y"]["array"])) == 4
     frontier = [t for t in compute["data"] if "frontier" in t.get("name", "")]
     assert len(frontier) == 1
-    assert min(frontier[0]["x"]) >= min(t for tr in compute["data"] if tr.get("mode") == "markers"
-                                        for t in tr["x"]) * 0.999  # drawn over the budgets run only
+    run_x = np.concatenate([values(t["x"]) for t in compute["data"] if t.get("mode") == "markers"])
+    assert values(frontier[0]["x"]).min() >= run_x.min() * 0.999  # drawn over the budgets run only
+    assert values(frontier[0]["x"]).max() <= run_x.max() * 1.001
 
 
 @pytest.mark.parametrize("study", ["flat", "lawful"])
@@ -135,19 +144,24 @@ def test_scaling_axes_follow_the_data(study: str, request: pytest.FixtureRequest
 
 
 def test_a_diverging_band_does_not_set_the_axis(tmp_path: Path) -> None:
-    """An identifiable but loosely determined law (four noisy budgets per width): its bootstrap band
-    leaves the data's range, and the axis still does not follow it."""
-    root = make_study(tmp_path / "loose", name="loose", block_sizes=(4,), widths=(64, 128, 256),
-                      samples=(1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000), seeds=(0,),
-                      noise=0.06, n_curve_rows=6, rng_seed=3)
+    """A loosely determined law (ten budgets over four decades, 20% noise): its bootstrap band leaves
+    the data's range at the ends, and the axis still does not follow it."""
+    root = make_study(tmp_path / "loose", name="loose", block_sizes=(4,), widths=(64,),
+                      samples=tuple(int(x) for x in np.logspace(3, 7, 10)), n_curve_rows=4)
+    res = pl.read_parquet(root / "results.parquet")
+    s = res["samples_seen"].to_numpy().astype(float)
+    loss = 5.0 * s**-0.3 * np.exp(np.random.default_rng(2).normal(0.0, 0.2, len(s)))
+    res.with_columns(pl.Series("train_loss", loss), pl.Series("val_loss", loss)).write_parquet(
+        root / "results.parquet")
     page = build_report(root, n_boot=N_BOOT).read_text()
     fig = figure_json(page, "loss-vs-samples")
     bands = [t for t in fig["data"] if t.get("fill") == "toself"]
     assert bands, "the test needs a drawn law with a band"
     lo, hi = fig["layout"]["yaxis"]["range"]
-    band_logs = np.log10([y for t in bands for y in t["y"]])
+    band_logs = np.log10(np.concatenate([values(t["y"]) for t in bands]))
     ys = np.log10(marker_ys(fig))
     assert band_logs.max() > hi or band_logs.min() < lo, "no band left the data's range: the scenario is not tested"
+    assert lo <= ys.min() and ys.max() <= hi
     assert ys.min() - lo < 0.3 and hi - ys.max() < 0.3
 
 
@@ -163,3 +177,28 @@ def test_no_law_page_renders_without_a_frontier(flat: Path, tmp_path: Path) -> N
     assert 'id="fig-frontier"' not in dom and 'id="fig-isoflop"' not in dom
     legend_text = " ".join(re.findall(r'<text class="legendtext"[^>]*>([^<]*)</text>', dom))
     assert legend_text and "frontier" not in legend_text and "iso" not in legend_text.lower()
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST is not installed")
+def test_smoke_preset_reaches_the_l_n_d_analysis(tmp_path: Path) -> None:
+    """`scaling --preset smoke` (3 tiny widths x 3 budgets, real training through Ray) has enough
+    (N, D) pairs for the L(N, D) analysis, and the page is consistent with its verdict."""
+    import xtra
+
+    outcome = xtra.run_study("scaling", tmp_path / "study", preset="smoke", report=False)
+    assert outcome.counts == {"finished": 9}
+    page = build_report(outcome.study_dir, n_boot=N_BOOT).read_text()
+    md = (outcome.study_dir / "report" / "summary.md").read_text()
+    chin = [(v, s) for v, s in laws_in(page) if s.startswith("L(N, D)")]
+    assert len(chin) == 1, laws_in(page)
+    row = md_table(md, "Law: final val loss = E + A/N^alpha + B/D^beta (or the reduced form chosen)")[0]
+    assert row["points"] == "9" and row["verdict"] == chin[0][0]
+    assert len(md_table(md, "Model comparison: L(N, D)")) == 6
+    if chin[0][0] == "no law":  # says why, and derives nothing from it
+        assert "frontier" not in figures_in(page) and "isoflop" not in figures_in(page)
+        assert len(chin[0][1]) > len("L(N, D): final val loss, all: ") + 10
+    else:  # a law is checked on the largest budget's three runs
+        assert len(md_table(md, "Held-out prediction: L(N, D)")) == 3
