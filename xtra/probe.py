@@ -102,7 +102,10 @@ class AttentiveHead(nn.Module):
             self.fc.bias.zero_()
 
     def normalize(self, x):  # (B, T, D) -> (B, T, D): statistics per channel over batch and tokens
-        return self.bn(x.transpose(1, 2)).transpose(1, 2)
+        b, t, d = x.shape
+        # BatchNorm1d on (B*T, D) rows: the same statistics (and running estimates, n = B*T) as on
+        # the (B, D, T) transpose, on contiguous memory (several times faster on CPU)
+        return self.bn(x.reshape(b * t, d)).view(b, t, d)
 
     def forward(self, x):  # (B, T, D) token features
         """Same function as `forward_reference`, evaluated without projecting every token: with
@@ -113,11 +116,12 @@ class AttentiveHead(nn.Module):
         h, q = self.heads, self.query.shape[1]
         dh = d // h
         query = self.query.view(q, h, dh)  # (Q, H, Dh)
-        key_dirs = torch.einsum("qhe,hed->qhd", query, self.k.weight.view(h, dh, d))  # (Q, H, D)
-        scores = torch.einsum("btd,qhd->bqht", x, key_dirs) * dh**-0.5  # (B, Q, H, T)
-        mixed = torch.einsum("bqht,btd->bqhd", scores.softmax(dim=-1), x)  # (B, Q, H, D)
-        pooled = torch.einsum("bqhd,hed->bqhe", mixed, self.v.weight.view(h, dh, d))  # (B, Q, H, Dh)
-        return self.fc(pooled.reshape(b, q, d).mean(dim=1))  # (B, classes): queries averaged
+        key_dirs = torch.einsum("qhe,hed->qhd", query, self.k.weight.view(h, dh, d)).reshape(q * h, d)  # (QH, D)
+        scores = (x @ key_dirs.t() * dh**-0.5).transpose(1, 2)  # (B, QH, T)
+        mixed = scores.softmax(dim=-1) @ x  # (B, QH, D): each head's attention-weighted token mean
+        per_head = mixed.view(b * q, h, d).transpose(0, 1)  # (H, BQ, D)
+        pooled = per_head @ self.v.weight.view(h, dh, d).transpose(1, 2)  # (H, BQ, Dh): head h's W_v rows
+        return self.fc(pooled.transpose(0, 1).reshape(b, q, d).mean(dim=1))  # (B, classes): queries averaged
 
     def forward_reference(self, x):  # (B, T, D): the textbook form, kept to test `forward` against
         x = self.normalize(x)
@@ -856,9 +860,9 @@ def bench_probe(encoder: Encoder | None = None, dataset=None, *, n_lrs: int = 8,
     return out
 
 
-# The `cpu` preset's probe (studies/_presets.toml): the official heads, cached features, a short
-# schedule that still converges (measured by `bench_probe_protocol`).
-CPU_PROBE = ProbeConfig(epochs=20, warmup_epochs=2, batch_size=256)
+# The `cpu` preset's probe (studies/_presets.toml): the official heads on cached features of a fixed
+# 20,000-image train subset, a short schedule that still converges (measured by `bench_probe_protocol`).
+CPU_PROBE = ProbeConfig(epochs=16, warmup_epochs=2, batch_size=256, limit_train=20_000)
 
 
 def reference_top1(encoder: Encoder, dataset, cfg: ProbeConfig,
