@@ -1,6 +1,7 @@
 """Warmup-stable-decay: the schedule's shapes, the trunk/branch arithmetic, and the loop features
 behind it (keep_at, init_from): trunk to a branch point + branch == one uninterrupted wsd run."""
 
+import dataclasses
 import json
 import math
 
@@ -10,7 +11,14 @@ import torch
 from xtra.checkpoint import CheckpointError, kept_checkpoint, kept_samples, load_checkpoint
 from xtra.config import DataConfig, PretrainConfig, TrialConfig, model_config
 from xtra.pretrain import lr_at, pretrain
-from xtra.schedule import branch_point, plan_trunks, samples_trained, trunk_config, trunk_identity
+from xtra.schedule import (
+    branch_point,
+    continuation_error,
+    plan_trunks,
+    samples_trained,
+    trunk_config,
+    trunk_identity,
+)
 
 DATA = DataConfig(name="fashion-mnist", limit_train=3000)
 TINY = model_config("tiny", block_size=2)
@@ -132,6 +140,23 @@ def test_plan_trains_one_trunk_plus_cooldowns():
     two_warmups = [TrialConfig(pretrain=PretrainConfig(samples=s, batch_size=128, warmup_samples=s // 10,
                                                        schedule="wsd")) for s in budgets]
     assert len(plan_trunks(two_warmups)) == 4  # budget-relative warmups share nothing
+
+
+def test_a_state_continues_under_another_budget_only_before_both_cooldowns():
+    long, short = _wsd(samples=1536), _wsd(samples=1024)  # branch points 1152 and 768
+    stored = dataclasses.asdict(long)
+    assert continuation_error(stored, long, 1536) is None  # its own resume
+    assert continuation_error(stored, short, 768) is None
+    assert "branch points 1152 and 768" in continuation_error(stored, short, 832)
+    assert continuation_error(stored, dataclasses.replace(long, log_every=1, device="cpu"), 900) is None  # resources
+    assert "differs in: pretrain.lr" in continuation_error(stored, dataclasses.replace(long, lr=1e-3), 64)
+    plain = PretrainConfig(samples=1536, batch_size=64, warmup_samples=128)
+    cosine = dataclasses.asdict(plain)
+    assert "differs in: pretrain.samples" in continuation_error(cosine, dataclasses.replace(plain, samples=1024), 64)
+    written_before_wsd = {k: v for k, v in cosine.items()
+                          if k not in ("schedule", "cooldown_fraction", "cooldown_shape")}
+    assert continuation_error(written_before_wsd, plain, 64) is None
+    assert "keys unknown here (pretrain.bogus)" in continuation_error({**cosine, "bogus": 1}, long, 64)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -132,17 +132,18 @@ def samples_trained(trials: Iterable[TrialConfig]) -> dict[str, Any]:
 
 def continuation_error(stored: dict[str, Any], cfg: PretrainConfig, samples_seen: int) -> str | None:
     """Why the state after `samples_seen` samples of a run under `stored` (a checkpoint's
-    `config.pretrain`) cannot continue as a run under `cfg`, or None if it can. It can when the
+    `config.pretrain`) cannot continue as a run under `cfg`, or None if it can; the reason completes
+    "checkpoint was written for a ...". It can when the
     recipes are equal (resources aside), or, under wsd, when they differ only in the branch keys and
     neither run had started its cooldown yet (their lr histories are then identical)."""
     known = {f.name for f in dataclasses.fields(PretrainConfig)}
     unknown = sorted(set(stored) - known)
     if unknown:
-        return f"checkpoint's pretrain config has unknown keys ({', '.join(unknown)})"
+        return f"pretrain config with keys unknown here ({', '.join(f'pretrain.{k}' for k in unknown)})"
     try:
         old = PretrainConfig(**stored)  # fills keys added since the checkpoint was written with defaults
     except (TypeError, ValueError) as err:
-        return f"checkpoint's pretrain config is not valid here ({err})"
+        return f"pretrain config that is not valid here ({err})"
     a, b = _science(old), _science(cfg)
     diff = sorted(k for k in a if a[k] != b[k])
     if not diff:
