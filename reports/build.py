@@ -30,6 +30,7 @@ import polars as pl
 from xtra.fileio import atomic_write_bytes
 
 from .collect import Study, StudyError, load_study
+from .evaluation import evaluation
 from .figures import PALETTE, Panel, loss_column, panels
 from .tables import Table, ablation_tables, failed_table, fmt_value, short, top1_scale, trials_table
 
@@ -322,6 +323,10 @@ def _prepare(study_dir: str | Path, out: Path | None, images: str | None, pictur
     pans = panels(study, n_boot=n_boot, pictures=pictures)
     tables = _study_tables(study)
     notes = list(study.notes)
+    eval_panels, eval_tables, efficiency = evaluation(study)
+    pans += eval_panels
+    tables += eval_tables
+    notes += [f"Efficiency: {s}" for s in efficiency]
     if study.finished.height == 0:
         notes.append("No finished trials yet: figures and ablations are empty; see the trials not finished.")
     image_paths: dict[str, Path] = {}

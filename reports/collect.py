@@ -60,6 +60,7 @@ class Study:
     size: str = ""  # the size preset the study ran (model.* defaults come from it)
     preset: str = ""
     companions: dict[str, list[str]] = field(default_factory=dict)  # zip group: first key -> keys moving with it
+    probes: pl.DataFrame = field(default_factory=pl.DataFrame)  # long format: trial x samples x dataset x kind
 
     @property
     def finished(self) -> pl.DataFrame:
@@ -248,6 +249,23 @@ def scan_curves(study_dir: str | Path, notes: list[str] | None = None) -> pl.Laz
     return _normalize(lf, ("study", "trial_id", "config_hash"), CURVE_NUMERIC)
 
 
+def scan_probes(study_dir: str | Path, notes: list[str] | None = None) -> pl.DataFrame:
+    """probes.parquet, or (mid-run, or when it is missing) the finished trials' probe rows read through
+    xtra.trialdir; one row per trial x checkpoint (samples seen) x probe dataset x kind."""
+    from xtra import trialdir as td
+
+    study_dir = Path(study_dir)
+    parquet = study_dir / "probes.parquet"
+    if parquet.is_file() and not _running(study_dir):
+        return pl.read_parquet(parquet)
+    rows = []
+    for run in td.trial_dirs(study_dir):
+        result = td.read_result(run)
+        for r in td.probe_rows(run, (result or {}).get("probe_hash")):
+            rows.append({"config_hash": run.name, **r})
+    return pl.DataFrame(rows, infer_schema_length=None, strict=False) if rows else pl.DataFrame()
+
+
 def _varies(df: pl.DataFrame, col: str) -> bool:
     return df.get_column(col).drop_nulls().n_unique() > 1
 
@@ -317,10 +335,15 @@ def load_study(study_dir: str | Path) -> Study:
     name = spec["name"] if spec and spec["name"] else ""
     if not name and results.height:
         name = next(iter(results.get_column("study").drop_nulls().to_list()), "") or ""
+    try:
+        probes = scan_probes(study_dir, notes)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        notes.append(f"probes.parquet unreadable ({type(exc).__name__}); probe curves not shown")
+        probes = pl.DataFrame()
     return Study(path=study_dir, name=name or study_dir.name, description=spec["description"] if spec else "",
                  swept=swept, axes=axes, base=base, results=results, curves=curves, source=source, notes=notes,
                  size=spec["size"] if spec else "", preset=spec["preset"] if spec else "",
-                 companions={k: v for k, v in companions.items() if k in swept})
+                 companions={k: v for k, v in companions.items() if k in swept}, probes=probes)
 
 
 def sort_key(value: Any) -> tuple[int, Any]:

@@ -66,6 +66,7 @@ def make_study(
     base: dict[str, Any] | None = None,
     write_spec: bool = True,
     rng_seed: int = 0,
+    probe_points: Sequence[float] = (),
 ) -> Path:
     """Write a study directory and return its path.
 
@@ -73,7 +74,9 @@ def make_study(
     ``n_trials`` when given (seeds continue past ``seeds`` to reach it). ``failed`` / ``nan_probe``
     are trial indices that fail / finish without probe results. ``layout``: ``"parquet"`` writes
     results.parquet + curves.parquet, ``"trials"`` only ``trials/<hash>/{trial.json,metrics.jsonl}``
-    (a study mid-run), ``"both"`` both.
+    (a study mid-run), ``"both"`` both. ``probe_points``: fractions of each trial's budget at which
+    its checkpoints were probed (linear and attentive; the end is always included), written as the
+    trials' probe rows and probes.parquet: top-1 rises along pretraining, faster for larger k.
     """
     if layout not in ("parquet", "trials", "both"):
         raise ValueError(f"layout={layout!r} is not allowed (allowed: 'parquet', 'trials', 'both')")
@@ -138,6 +141,25 @@ def make_study(
         curve_cols["lr"].append(1e-3 * np.cos(np.linspace(0, np.pi / 2, n_curve_rows)))
         curve_cols["wall_s"].append(np.linspace(0.1, row["wall_s"], n_curve_rows))
 
+    probe_rows: dict[str, list[dict[str, Any]]] = {}
+    if probe_points:
+        for row in results:
+            if row["status"] != "finished":
+                continue
+            fractions = sorted({*probe_points, 1.0})
+            speed = {1: 1.0, 2: 1.6, 4: 2.2, 8: 1.2}.get(row["block_size"], 1.0)
+            out = []
+            for f in fractions:
+                for kind in ("linear", "attentive"):
+                    end = row[f"{kind}_top1"]
+                    if end is None or not math.isfinite(end):
+                        continue
+                    top1 = end - 0.25 * (1 - min(1.0, f * speed)) ** 2 + rng.normal(0.0, 0.002)
+                    out.append({"samples": int(round(f * row["samples_seen"])), "dataset": "fashion-mnist",
+                                "kind": kind, "top1": top1, "best_lr": 1e-3, "best_val_top1": top1,
+                                "still_improving": False})
+            probe_rows[row["config_hash"]] = out
+            row["probe_hash"] = f"p{row['config_hash'][:11]}"
     res_df = pl.DataFrame(results, infer_schema_length=None)
     curves = pl.DataFrame({c: np.concatenate(v) if v else np.array([]) for c, v in curve_cols.items()})
     curves = curves.with_columns(pl.lit(name).alias("study"), pl.col("trial_id").cast(pl.String),
@@ -166,7 +188,14 @@ def make_study(
                 td.record_attempt(tdir, "failed", error=row["error"])
             for m in part.select("step", "samples_seen", "loss", "lr", "wall_s").to_dicts():
                 td.append_jsonl(tdir / td.METRICS, m)
+            if row["config_hash"] in probe_rows:
+                td.write_json(td.probe_path(tdir, row["probe_hash"]), {"rows": probe_rows[row["config_hash"]]})
     if layout in ("parquet", "both"):  # written last, like the runner at the end of a run
         res_df.write_parquet(root / "results.parquet")
         curves.write_parquet(root / "curves.parquet")
+        if probe_rows:
+            by_hash = {r["config_hash"]: r for r in results}
+            pl.DataFrame([{"study": name, "trial_id": by_hash[h]["trial_id"], "config_hash": h,
+                           "probe_hash": by_hash[h]["probe_hash"], "seed": by_hash[h]["seed"], **r}
+                          for h, rows in probe_rows.items() for r in rows]).write_parquet(root / "probes.parquet")
     return root

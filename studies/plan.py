@@ -20,6 +20,23 @@ from xtra.config import PATH_PREFIXES
 
 
 @dataclass(frozen=True)
+class Job:
+    """A unit of work for Ray beyond an ordinary trial: a wsd trunk, or a trial run as a branch of one."""
+
+    role: str  # trunk | branch
+    config_hash: str  # the directory it runs in
+    config: Any  # its TrialConfig (a trunk's: the recipe without cooldown, run to its reach)
+    trunk: str  # the trunk's directory name
+    start: int = 0  # branch: samples at which it leaves the trunk
+    keep_at: tuple[int, ...] = ()  # trunk: where it keeps checkpoints
+
+    def as_meta(self, study_dir: Path) -> dict[str, Any]:
+        if self.role == "trunk":
+            return {"role": "trunk", "keep_at": list(self.keep_at)}
+        return {"role": "branch", "trunk_dir": str(td.path(study_dir, self.trunk)), "start": self.start}
+
+
+@dataclass(frozen=True)
 class Plan:
     study: Study
     trials: tuple[TrialSpec, ...]  # a grid's expansion (empty for a search)
@@ -29,6 +46,9 @@ class Plan:
     reprobe: tuple[str, ...]  # pretraining finished, probe protocol new: probe again, pretrain nothing
     search_left: int = 0  # Optuna points still to propose
     search_rerun: tuple[dict[str, Any], ...] = ()  # params of search trials interrupted mid-run
+    trunks: tuple[Job, ...] = ()  # wsd trunks to run (or continue) before/beside their branches
+    branches: dict[str, Job] = dataclasses.field(default_factory=dict)  # pending trial hash -> its branch job
+    samples: dict[str, int] = dataclasses.field(default_factory=dict)  # trained vs cosine-equivalent, this run
 
     @property
     def empty(self) -> bool:
@@ -82,10 +102,62 @@ def make_plan(study: Study, study_dir: Path, running: bool = False) -> Plan:
                 reused.append(spec.config_hash)
             elif state.status != "running":
                 pending.append(spec)
-        return Plan(study, specs, tuple(states), tuple(pending), tuple(reused), tuple(reprobe))
+        trunks, branches, samples = _plan_wsd(study_dir, [s for s in pending if s.config_hash not in reprobe])
+        return Plan(study, specs, tuple(states), tuple(pending), tuple(reused), tuple(reprobe), trunks=trunks,
+                    branches=branches, samples=samples)
     states = st.study_trials(study, study_dir, running=running)
     done = [s for s in states if s.status in td.TERMINAL]
     rerun = tuple(s.params for s in states if s.status == "interrupted")
     left = max(study.search.num_samples - len(done) - len(rerun), 0)
     return Plan(study, (), tuple(states), (), tuple(s.config_hash for s in states if s.status == td.FINISHED), (),
                 search_left=left, search_rerun=rerun)
+
+
+TRUNK_GRID = 8  # extra evenly spaced checkpoints a trunk keeps, so a budget added later starts near it
+
+
+def _plan_wsd(study_dir: Path, pending: list[TrialSpec]) -> tuple[tuple[Job, ...], dict[str, Job], dict[str, int]]:
+    """Trunks and branches for the pending wsd trials (``xtra.schedule``): trials that differ only in
+    budget and cooldown share one trunk (``trunk_identity``), trained once to the deepest branch point
+    with checkpoints kept at every branch point (and probe point before it); each trial continues
+    from its point. A trunk finished earlier is reused, and continued when a deeper point is asked;
+    a point it did not keep starts from the nearest earlier checkpoint it did keep."""
+    from xtra.schedule import plan_trunks
+
+    wsd = [s for s in pending if s.config.pretrain.schedule == "wsd"]
+    if not wsd:
+        return (), {}, {}
+    by_hash = {s.config_hash: s for s in wsd}
+    jobs, branches = [], {}
+    trained = cosine = 0
+    for trunk in plan_trunks([s.config for s in wsd]):
+        tdir = td.path(study_dir, trunk.trunk_id)
+        state = td.read_state(tdir, running=False)
+        reached = int(state.row.get("samples_seen") or 0) if state.row else 0
+        kept = set(td.kept_samples(tdir))
+        resume_at = td.checkpoint_samples(tdir) or 0
+        reach = max(trunk.reach, reached)
+        batch = trunk.config.pretrain.batch_size
+        grid = {max(1, round(reach * i / TRUNK_GRID / batch)) * batch for i in range(1, TRUNK_GRID)}
+        probe_points = set()
+        for b in trunk.branches:
+            bp = b.pretrain.branch_point()
+            probe_points |= {p for p in b.probe.probe_samples(b.pretrain.samples, b.pretrain.batch_size) if p <= bp}
+        wanted = sorted({p for p in (*trunk.branch_points, *grid, *probe_points)
+                         if p <= reach and p > resume_at and p >= trunk.config.pretrain.warmup_samples} | {reach})
+        will_keep = kept | set(wanted)
+        needs_run = reached < trunk.reach
+        if needs_run:
+            cfg = dataclasses.replace(trunk.config, pretrain=dataclasses.replace(trunk.config.pretrain, samples=reach))
+            jobs.append(Job("trunk", trunk.trunk_id, cfg, trunk.trunk_id, keep_at=tuple(wanted)))
+            trained += reach - resume_at
+        for b in trunk.branches:
+            h = b.config_hash()
+            bp = b.pretrain.branch_point()
+            available = will_keep if needs_run else kept
+            start = max((p for p in available if p <= bp), default=0)
+            cosine += b.pretrain.samples
+            trained += b.pretrain.samples - start
+            if start > 0 and h in by_hash:
+                branches[h] = Job("branch", h, b, trunk.trunk_id, start=start)
+    return tuple(jobs), branches, {"trained": trained, "cosine_equivalent": cosine}

@@ -44,6 +44,7 @@ RUNS = "runs.json"
 STUDY_TOML = "study.toml"
 RESULTS = "results.parquet"
 CURVES = "curves.parquet"
+PROBES = "probes.parquet"
 OPTUNA_DB = "optuna.db"
 
 RESULT_COLUMNS = ("study", "trial_id", "config_hash", "status", "error", "seed")
@@ -52,6 +53,8 @@ METRIC_COLUMNS = ("block_size", "width", "depth", "n_params", "n_params_encoder"
                   "wall_s")
 EXTRA_COLUMNS = ("preset", "images_per_s", "attempts", "probe_hash")
 CURVE_COLUMNS = ("study", "trial_id", "config_hash", "step", "samples_seen", "loss", "lr", "wall_s")
+PROBE_COLUMNS = ("study", "trial_id", "config_hash", "probe_hash", "seed", "samples", "dataset", "kind", "top1",
+                 "best_lr", "best_val_top1", "still_improving")
 
 HEARTBEAT_S = 10.0  # the lock holder refreshes its heartbeat this often
 STALE_AFTER_S = 6 * HEARTBEAT_S  # a heartbeat older than this is a dead holder, whichever host it ran on
@@ -232,7 +235,7 @@ def study_trials(study: Study, study_dir: Path, running: bool | None = None) -> 
         return [td.read_state(trial_dir(study_dir, s.config_hash), running=running, trial_id=s.trial_id,
                               params=s.params, seed=s.seed, config=s.config) for s in study.expand()]
     states = [td.read_state(run, running=running) for run in td.trial_dirs(study_dir)]
-    states = [s for s in states if s.study == study.name]
+    states = [s for s in states if s.study == study.name and not is_trunk(s)]
     states.sort(key=lambda s: str(s.trial_id))
     return states
 
@@ -240,7 +243,14 @@ def study_trials(study: Study, study_dir: Path, running: bool | None = None) -> 
 def all_trials(study_dir: Path, running: bool | None = None, notes: list[str] | None = None) -> list[TrialState]:
     """Every trial directory of a study, whatever spec it belongs to (the report's view mid-run)."""
     running = is_running(study_dir) if running is None else running
-    return [td.read_state(run, running=running, notes=notes) for run in td.trial_dirs(study_dir)]
+    states = [td.read_state(run, running=running, notes=notes) for run in td.trial_dirs(study_dir)]
+    return [s for s in states if not is_trunk(s)]
+
+
+def is_trunk(state: TrialState) -> bool:
+    """A wsd trunk: pretraining shared by a study's trials, not a trial itself."""
+    return bool(state.extra and state.extra.get("role") == "trunk") or bool(state.row and
+                                                                              state.row.get("role") == "trunk")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,13 +319,34 @@ def curves_frame(study_name: str, states: list[TrialState], study_dir: Path, not
     return pl.DataFrame({c: [r[c] for r in rows] for c in CURVE_COLUMNS}, schema=schema, strict=False)
 
 
+def probes_frame(study: Study, states: list[TrialState], study_dir: Path) -> Any:
+    """probes.parquet: long format, one row per trial x checkpoint (samples seen) x probe dataset x kind,
+    for each finished trial's current probe protocol; the swept keys ride along for grouping."""
+    import polars as pl
+
+    rows: list[dict[str, Any]] = []
+    for s in states:
+        probe_hash = (s.row or {}).get("probe_hash")
+        for r in td.probe_rows(trial_dir(study_dir, s.config_hash), probe_hash):
+            rows.append({"study": study.name, "trial_id": s.trial_id, "config_hash": s.config_hash,
+                         "probe_hash": probe_hash, "seed": s.seed, **{k: r.get(k) for k in PROBE_COLUMNS[5:]},
+                         **{k: td.clean(s.params.get(k)) for k in study.swept_keys}})
+    schema = {"study": pl.String, "trial_id": pl.String, "config_hash": pl.String, "probe_hash": pl.String,
+              "seed": pl.Int64, "samples": pl.Int64, "dataset": pl.String, "kind": pl.String, "top1": pl.Float64,
+              "best_lr": pl.Float64, "best_val_top1": pl.Float64, "still_improving": pl.Boolean}
+    columns = list(PROBE_COLUMNS) + [k for k in study.swept_keys if k not in PROBE_COLUMNS]
+    series = [pl.Series(c, [r.get(c) for r in rows], dtype=schema.get(c), strict=False) for c in columns]
+    return pl.DataFrame(series)
+
+
 def write_results(study: Study, study_dir: Path, states: list[TrialState] | None = None) -> tuple[Path, Path]:
-    """Write results.parquet and curves.parquet (atomically) from the trial directories."""
+    """Write results.parquet, curves.parquet and probes.parquet (atomically) from the trial directories."""
     study_dir = Path(study_dir)
     states = study_trials(study, study_dir) if states is None else states
     results_path, curves_path = study_dir / RESULTS, study_dir / CURVES
     _write_parquet(results_frame(study, states), results_path)
     _write_parquet(curves_frame(study.name, states, study_dir), curves_path)
+    _write_parquet(probes_frame(study, states, study_dir), study_dir / PROBES)
     return results_path, curves_path
 
 
@@ -329,7 +360,7 @@ def migrate(study_dir: Path) -> list[tuple[str, str]]:
     moved = []
     for run in td.trial_dirs(study_dir):
         cfg = td.read_config(run)
-        if cfg is None:
+        if cfg is None or is_trunk(td.read_state(run, running=False)):  # a trunk is named by its trunk identity
             continue
         new = cfg.config_hash()
         if new == run.name:

@@ -94,7 +94,7 @@ def test_trackers_log_config_and_metrics_offline(api_run) -> None:
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=(study_dir / "trackers" / "mlflow").resolve().as_uri())
+    client = MlflowClient(tracking_uri=f"sqlite:///{(study_dir / 'trackers' / 'mlflow' / 'mlflow.db').resolve()}")
     exp = client.get_experiment_by_name("block-size")
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1

@@ -12,6 +12,7 @@ others return None.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -62,19 +63,31 @@ def faults_from_env(cfg: TrialConfig) -> Faults:
 
 
 def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | None = None,
-              progress: bool = False, world: World | None = None) -> dict[str, Any] | None:
+              progress: bool = False, world: World | None = None,
+              job: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """``job`` (from the study's plan) makes the run a wsd *trunk* (``{"role": "trunk", "keep_at": [...]}``:
+    pretrain only, keeping checkpoints where branches start) or a *branch* (``{"role": "branch",
+    "trunk_dir": ..., "start": S}``: wait for the trunk's checkpoint at S, continue from it under this
+    trial's own budget and cooldown, then probe like any trial)."""
     world = world or World()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    done = read_finished(run_dir, cfg) if world.main else None
+    job = job or {}
+    role = job.get("role", "trial")
+    if world.main:
+        done = td.read_result(run_dir) if role == "trunk" else read_finished(run_dir, cfg)
+    else:
+        done = None
     if world.distributed:  # rank 0's disk decides for everyone
         done = world.broadcast_object(done)
     if done is not None:
         return done if world.main else None
     report = report or (lambda event: None)
+    keep = tuple(job["keep_at"]) if role == "trunk" else keep_at(cfg, start=int(job.get("start", 0)))
+    init_from = _wait_for_trunk(job, run_dir, report, world) if role == "branch" else None
     if not world.main:  # a peer: pretrain in step with rank 0; files and probing are rank 0's
         pretrain(cfg.model, cfg.data, cfg.pretrain, run_dir, seed=cfg.seed, report=report,
-                 faults=faults_from_env(cfg), world=world)
+                 faults=faults_from_env(cfg), world=world, keep_at=keep, init_from=init_from)
         return None
     td.write_config(run_dir, cfg)
     log_file = open(run_dir / td.LOG, "a")  # noqa: SIM115 - closed below
@@ -93,22 +106,38 @@ def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | 
             trained["wall_s"] = earlier.get("pretrain_wall_s") or 0.0
             log(f"pretraining reused ({trained['samples_seen']} samples); probing with protocol {cfg.probe_hash()}")
         else:
+            if init_from is not None:
+                log(f"wsd branch: starts from the trunk's checkpoint {init_from}")
             trained = pretrain(cfg.model, cfg.data, cfg.pretrain, run_dir, seed=cfg.seed, report=report,
-                               progress=progress, faults=faults_from_env(cfg), log=log, world=world)
+                               progress=progress, faults=faults_from_env(cfg), log=log, world=world,
+                               keep_at=keep, init_from=init_from)
             log(f"pretrain done: {trained['samples_seen']} samples, loss {trained['train_loss']:.4f}, "
                 f"val loss {trained['val_loss']:.4f}")
-        probed = _probe(cfg, run_dir, progress)
-        report({"kind": "probe", **{f"{k}_top1": v.get("test_top1") for k, v in probed.items()}})
+        if role == "trunk":  # a trunk is pretraining only: its branches are the study's trials
+            row = {**result_row(cfg), "role": "trunk", "keep_at": list(keep), **{k: trained.get(k) for k in
+                   PRETRAIN_FIELDS}, "pretrain_wall_s": trained["wall_s"], "wall_s": time.perf_counter() - t0}
+            td.write_result(run_dir, row)
+            log(f"trunk finished at {trained['samples_seen']} samples; checkpoints kept at {list(keep)}")
+            return row
+        probed = probe_summary(cfg, _probe(cfg, run_dir, log, trunk_dir=job.get("trunk_dir")))
+        report({"kind": "probe", **{f"{k}_top1": v.get("top1") for k, v in probed.items()}})
         row = {**result_row(cfg), "status": "finished", "error": None,
                "samples_seen": trained["samples_seen"], "train_loss": trained["train_loss"],
                "val_loss": trained["val_loss"], "images_per_s": trained["images_per_s"],
                "pretrain_wall_s": trained["wall_s"], "wall_s": trained["wall_s"] + time.perf_counter() - t0,
                "attention_backend": trained["attention_backend"], "device": trained["device"],
                "workers": world.size}
+        if role == "branch":
+            row.update(trunk=Path(job["trunk_dir"]).name, branch_start=int(job["start"]),
+                       samples_trained=trained["samples_seen"] - int(job["start"]))
         for kind in ("linear", "attentive"):
-            row[f"{kind}_top1"] = probed.get(kind, {}).get("test_top1")
-            row[f"{kind}_best_lr"] = probed.get(kind, {}).get("best_lr")
-            row[f"{kind}_val_top1"] = probed.get(kind, {}).get("best_val_top1")
+            got = probed.get(kind, {})
+            row[f"{kind}_top1"] = got.get("top1")
+            row[f"{kind}_best_lr"] = got.get("best_lr")
+            row[f"{kind}_val_top1"] = got.get("best_val_top1")
+            row[f"{kind}_still_improving"] = got.get("still_improving")
+            if "suite_top1" in got:
+                row[f"{kind}_suite_top1"] = got["suite_top1"]
         td.write_result(run_dir, row)
         log(f"trial finished: linear {row['linear_top1']}, attentive {row['attentive_top1']}")
         return row
@@ -119,13 +148,85 @@ def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | 
         log_file.close()
 
 
-def _probe(cfg: TrialConfig, run_dir: Path, progress: bool) -> dict[str, Any]:
-    from xtra.probe import probe_run
+def keep_at(cfg: TrialConfig, start: int = 0) -> tuple[int, ...]:
+    """Sample counts whose checkpoints the trial keeps: the probe points before the end (after
+    ``start``, where a wsd branch begins: its trunk keeps the earlier ones)."""
+    points = cfg.probe.probe_samples(cfg.pretrain.samples, cfg.pretrain.batch_size)
+    return tuple(s for s in points[:-1] if start < s < cfg.pretrain.samples)
+
+
+TRUNK_POLL_S = 2.0
+
+
+def _wait_for_trunk(job: dict[str, Any], run_dir: Path, report: Callable[[dict], None], world: World) -> Path:
+    """The trunk's kept checkpoint this branch starts from, once it exists (the branch was scheduled
+    beside its trunk). A branch that already has its own checkpoint resumes from that instead."""
+    from xtra.checkpoint import kept_checkpoint
+
+    trunk_dir, start = Path(job["trunk_dir"]), int(job["start"])
+    source = kept_checkpoint(trunk_dir, start)
+    if world.main and not (run_dir / td.CHECKPOINT).exists():
+        while not source.is_file():
+            state = td.read_state(trunk_dir, running=True)
+            if state.status in ("failed", "stopped"):
+                raise RuntimeError(f"wsd trunk {trunk_dir.name} {state.status} ({state.error}); its branches "
+                                   f"cannot start (fix it, then `xtra study resume`)")
+            if state.status == td.FINISHED:
+                raise RuntimeError(f"wsd trunk {trunk_dir.name} finished without a checkpoint at {start} samples "
+                                   f"(kept: {state.row.get('keep_at') if state.row else '?'})")
+            report({"kind": "progress", "samples_seen": 0, "waiting": f"trunk {trunk_dir.name} to {start}"})
+            time.sleep(TRUNK_POLL_S)
+    if world.distributed:
+        world.broadcast_object(True)  # every rank waits for rank 0's word
+    return source
+
+
+def _probe(cfg: TrialConfig, run_dir: Path, log: Callable[[str], None],
+           trunk_dir: str | None = None) -> list[dict[str, Any]]:
+    """Probe rows (one per samples x dataset x kind) of this probe protocol on this pretraining,
+    computed once and kept in probes/<probe_hash>.json."""
+    from xtra.checkpoint import kept_checkpoint
+    from xtra.probe import probe_checkpoints
 
     path = td.probe_path(run_dir, cfg.probe_hash())
     stored = td.read_json(path)
-    if isinstance(stored, dict):  # this protocol already ran on this pretraining
-        return {k: v for k, v in stored.items() if k != "meta"}
-    probed = probe_run(run_dir, cfg.data, cfg.probe, seed=cfg.seed, progress=progress)
-    td.write_json(path, probed)
-    return {k: v for k, v in probed.items() if k != "meta"}
+    if isinstance(stored, dict) and isinstance(stored.get("rows"), list):
+        return stored["rows"]
+    wanted = cfg.probe.probe_samples(cfg.pretrain.samples, cfg.pretrain.batch_size)
+    paths: dict[int, Path] = {wanted[-1]: run_dir / td.CHECKPOINT}
+    missing = []
+    for samples in wanted[:-1]:
+        kept = kept_checkpoint(run_dir, samples)
+        shared = kept_checkpoint(Path(trunk_dir), samples) if trunk_dir else None  # a branch's early points
+        if kept.is_file():
+            paths[samples] = kept
+        elif shared is not None and shared.is_file():
+            paths[samples] = shared
+        else:
+            missing.append(samples)
+    if missing:  # pretrained before this protocol asked for them: probe what exists, say what does not
+        log(f"probe points {missing} have no kept checkpoint (pretrained under another protocol); skipped")
+    rows = probe_checkpoints(paths, cfg.data, cfg.probe, seed=cfg.seed, expect_model=cfg.model, log=log)
+    td.write_json(path, {"probe_hash": cfg.probe_hash(), "config_hash": cfg.config_hash(),
+                         "probe": dataclasses.asdict(cfg.probe), "missing_points": missing, "rows": rows})
+    return rows
+
+
+def probe_summary(cfg: TrialConfig, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per kind, the result row's probe figures at the end of pretraining: the trial's own data when it
+    is probed, else the suite's average; with several probe datasets, also the suite average."""
+    end = max((r["samples"] for r in rows), default=None)
+    out: dict[str, dict[str, Any]] = {}
+    for kind in cfg.probe.kinds:
+        at_end = [r for r in rows if r["samples"] == end and r["kind"] == kind]
+        if not at_end:
+            continue
+        own = next((r for r in at_end if r["dataset"] == cfg.data.name), None)
+        scores = [r["top1"] for r in at_end if r.get("top1") is not None]
+        suite = sum(scores) / len(scores) if scores else None
+        pick = own or {"top1": suite, "best_lr": None, "best_val_top1": None,
+                       "still_improving": any(r.get("still_improving") for r in at_end)}
+        out[kind] = {k: pick.get(k) for k in ("top1", "best_lr", "best_val_top1", "still_improving")}
+        if len(at_end) > 1:
+            out[kind]["suite_top1"] = suite
+    return out

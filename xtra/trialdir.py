@@ -50,6 +50,23 @@ ATTEMPTS = "attempts.jsonl"
 STATUS = "status.json"
 TUNE_CHECKPOINT = "tune_checkpoint.json"
 
+# Written whole, one at a time, beside the trial's commits when the study's storage is remote
+# (``xtra.storage``: a name has one writer): params.json and attempts.jsonl by the trial's Ray actor,
+# status.json by it (a diverged trial) or by the driver (retries exhausted, stopped by ASHA). Every
+# other file is the trial's own and reaches storage in its commits (``upload_dir``).
+PLAIN = (PARAMS, ATTEMPTS, STATUS)
+
+
+def committed(name: str) -> bool:
+    """Whether a file of the trial directory travels in the trial's commits (not a PLAIN file)."""
+    return name not in PLAIN
+
+
+def is_checkpoint(name: str) -> bool:
+    """checkpoint.pt and the kept checkpoints/: what a driver's or a report's light copy leaves out."""
+    return name == CHECKPOINT or name.startswith(CHECKPOINTS + "/")
+
+
 FINISHED = "finished"
 STATUSES = ("finished", "failed", "stopped", "running", "interrupted", "pending")
 TERMINAL = ("finished", "failed", "stopped")
@@ -146,8 +163,24 @@ def write_tune_checkpoint(run_dir: Path, samples_seen: int, step: int | None) ->
     write_json(Path(run_dir) / TUNE_CHECKPOINT, {"samples_seen": int(samples_seen), "step": step})
 
 
+def kept_samples(run_dir: Path) -> list[int]:
+    """Sample counts at which the run kept an immutable checkpoint (``checkpoints/samples-<S>.pt``)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    found = [p.stem[len("samples-"):] for p in folder.glob("samples-*.pt")] if folder.is_dir() else []
+    return sorted(int(t) for t in found if t.isdigit())
+
+
 def probe_path(run_dir: Path, probe_hash: str) -> Path:
     return Path(run_dir) / PROBES / f"{probe_hash}.json"
+
+
+def probe_rows(run_dir: Path, probe_hash: str | None) -> list[dict[str, Any]]:
+    """The long-format probe rows (samples x dataset x kind) of one protocol on this pretraining."""
+    if not probe_hash:
+        return []
+    stored = read_json(probe_path(run_dir, probe_hash))
+    rows = stored.get("rows") if isinstance(stored, dict) else None
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +323,7 @@ def result_row(state: TrialState, study: str, swept: list[str], metric_columns: 
         if value is None and col == "train_loss" and state.last:
             value = state.last.get("loss")
         row[col] = clean(value)
-    for col in ("images_per_s", "probe_hash", "trunk", "samples_trained"):
+    for col in ("images_per_s", "probe_hash", "trunk", "branch_start", "samples_trained"):
         if col in src or (state.extra and col in state.extra):
             row[col] = clean(src.get(col, (state.extra or {}).get(col)))
     row["attempts"] = state.starts

@@ -1,0 +1,55 @@
+"""The report's evaluation: probe curves along pretraining, the paper's sample-efficiency ratio, the
+downstream suite table, on a synthetic study written through xtra.trialdir like a real one."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import polars as pl
+
+from reports.build import build_report
+from reports.collect import load_study
+from reports.evaluation import evaluation
+from reports.synthetic import make_study
+
+
+def test_sample_efficiency_from_checkpoints_reaches_the_page_and_summary(tmp_path: Path) -> None:
+    root = make_study(tmp_path / "s", block_sizes=(1, 2, 4), seeds=(0, 1, 2), probe_points=(0.25, 0.5, 0.75),
+                      layout="both", n_curve_rows=5)
+    study = load_study(root)
+    assert study.probes.height == 3 * 3 * 4 * 2  # trials x checkpoints x kinds
+    from_trials = load_study(make_study(tmp_path / "t", block_sizes=(1, 2, 4), seeds=(0, 1, 2),
+                                        probe_points=(0.25, 0.5, 0.75), layout="trials", n_curve_rows=5))
+    cols = ["config_hash", "samples", "kind", "top1"]
+    assert study.probes.select(cols).sort(cols).equals(from_trials.probes.select(cols).sort(cols))
+
+    panels, tables, sentences = evaluation(study)
+    linear = next(p for p in panels if p.id == "probe-curves-linear")
+    assert linear.figure is not None and len([t for t in linear.figure.data if t.mode == "lines+markers"]) == 3
+    assert tables == []  # one probe dataset: no suite table
+    # synthetic k=2 and k=4 learn faster than k=1: both reach its top-1 with fewer samples, CIs over 3 seeds
+    by_k = {int(m.group(1)): m.group(0) for m in (re.match(r"k=(\d) reaches k=1's linear top-1.*", s)
+                                                    for s in sentences) if m}
+    assert set(by_k) == {2, 4}, sentences
+    assert all("fewer samples (95% CI" in s and "3 seeds" in s for s in by_k.values()), sentences
+
+    index = build_report(root, n_boot=0)
+    html = index.read_text()
+    assert 'data-figure="probe-curves-linear"' in html
+    summary = (index.parent / "summary.md").read_text()
+    assert "Efficiency: k=2 reaches k=1's linear top-1" in summary
+
+
+def test_a_suite_gets_a_per_dataset_table_with_its_average(tmp_path: Path) -> None:
+    root = make_study(tmp_path / "s", block_sizes=(1, 2), probe_points=(0.5,), layout="parquet", n_curve_rows=5)
+    probes = pl.read_parquet(root / "probes.parquet")
+    other = probes.with_columns(pl.lit("digits").alias("dataset"), (pl.col("top1") - 0.1).alias("top1"))
+    pl.concat([probes, other]).write_parquet(root / "probes.parquet")
+    _, tables, _ = evaluation(load_study(root))
+    linear = next(t for t in tables if t.id == "table-suite-linear")
+    assert sorted(linear.columns) == ["average", "digits", "fashion-mnist", "trial_id"]
+    for row in linear.rows:
+        cells = dict(zip(linear.columns, row))
+        digits, fashion, average = (float(cells[c]) for c in ("digits", "fashion-mnist", "average"))
+        assert abs(average - (digits + fashion) / 2) < 0.051  # shown to one decimal of a percent

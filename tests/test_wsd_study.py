@@ -1,0 +1,112 @@
+"""Budget sweeps under warmup-stable-decay: the plan shares one trunk per group, Ray runs trunk and
+branches, a kill -9 of the driver loses nothing, and a budget added later costs only its cooldown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from studies.plan import make_plan
+from studies.spec import load_study
+from xtra import trialdir as td
+from xtra.schedule import trunk_identity
+from xtra.trial import run_trial
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+WSD = ["--set", 'pretrain.schedule="wsd"']
+METRICS = ("samples_seen", "train_loss", "val_loss", "linear_top1", "attentive_top1", "linear_best_lr")
+
+
+def _study(*sets: str, k: tuple[int, ...] = (1, 2), budgets: tuple[int, ...] = (256, 512)):
+    return load_study("sample-budget", preset="smoke", sets={"pretrain.schedule": "wsd",
+                                                             "axes.model.block_size": list(k),
+                                                             "axes.pretrain.samples": list(budgets)})
+
+
+def test_the_plan_shares_one_trunk_per_group_and_counts_the_samples(tmp_path: Path) -> None:
+    study = _study()
+    plan = make_plan(study, tmp_path)
+    assert len(plan.trunks) == 2 and len(plan.branches) == 4  # k = 1 and k = 2, two budgets each
+    for job in plan.trunks:
+        assert job.config.pretrain.cooldown_fraction == 0 and job.config.pretrain.samples == 384  # 512's branch point
+        assert {192, 384} <= set(job.keep_at)  # every branch point is kept
+    starts = sorted(b.start for b in plan.branches.values())
+    assert starts == [192, 192, 384, 384]
+    # 2 x (trunk 384 + cooldowns 64 + 128) = 1152 trained, vs 2 x (256 + 512) = 1536 as separate runs
+    assert plan.samples == {"trained": 1152, "cosine_equivalent": 1536}
+    cosine = load_study("sample-budget", preset="smoke")
+    assert make_plan(cosine, tmp_path).trunks == ()
+
+
+def _xtra(*args: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XTRA_FAULT_") and k != "RAY_ADDRESS"}
+    return subprocess.Popen([sys.executable, "-m", "cli.main", "study", *args, "--no-report", "--logger", "none"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _starts(run: Path) -> int:
+    return sum(1 for a in td.read_jsonl(run / td.ATTEMPTS) if a.get("event") == "start")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST is not installed")
+def test_trunk_and_branches_survive_a_kill_and_a_new_budget_costs_its_cooldown(tmp_path: Path) -> None:
+    study_dir = tmp_path / "wsd"
+    args = ["run", "sample-budget", "--preset", "smoke", *WSD, "--set", "axes.model.block_size=[1]",
+            "--out", str(study_dir)]
+    study = _study(k=(1,))
+    small, large = study.expand()
+    trunk_dir = td.path(study_dir, trunk_identity(small.config))
+
+    proc = _xtra(*args)
+    try:  # SIGKILL the driver once one branch is finished and the other is not
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "no finished branch appeared"
+            done = [s for s in (small, large) if td.read_result(td.path(study_dir, s.config_hash))]
+            if len(done) == 1:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    finished = done[0]
+    resumed = _xtra("resume", str(study_dir))
+    out, _ = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, out
+    df = pl.read_parquet(study_dir / "results.parquet")
+    assert df.height == 2 and set(df["status"]) == {"finished"}, df
+    assert _starts(td.path(study_dir, finished.config_hash)) == 1, "a finished branch was rerun"
+    assert _starts(trunk_dir) <= 2 and td.read_result(trunk_dir)["role"] == "trunk"
+    rows = {r["config_hash"]: r for r in df.to_dicts()}
+    assert {r["trunk"] for r in rows.values()} == {trunk_dir.name}
+    assert [rows[s.config_hash]["branch_start"] for s in (small, large)] == [192, 384]
+
+    # each branch is bitwise the wsd run of its budget trained alone
+    for spec in (small, large):
+        alone = run_trial(spec.config, tmp_path / "alone" / spec.config_hash)
+        for key in METRICS:
+            assert rows[spec.config_hash][key] == alone[key], (spec.trial_id, key)
+
+    # a budget below the trunk's reach: its branch starts at a kept trunk checkpoint, costs its cooldown
+    extended = _xtra(*args[:-2], "--set", "axes.pretrain.samples=[256,384,512]", "--out", str(study_dir))
+    out, _ = extended.communicate(timeout=400)
+    assert extended.returncode == 0, out
+    assert "(ran 1, reused 2 finished)" in out, out
+    new = pl.read_parquet(study_dir / "results.parquet").filter(pl.col("pretrain.samples") == 384).row(0, named=True)
+    assert new["branch_start"] == 256 and new["samples_trained"] == 128 and new["samples_seen"] == 384
+    assert _starts(trunk_dir) <= 2, "the trunk ran again"
+    assert json.loads((study_dir / "runs.json").read_text())[-1].get("trunks") == []
