@@ -106,3 +106,24 @@ def test_same_seed_same_model_and_loss():
         torch.manual_seed(3)
         losses.append(XTRA(cfg)(x).item())
     assert losses[0] == losses[1]
+
+
+def test_activation_checkpointing_is_the_same_function_with_the_same_gradients():
+    from xtra.config import TrialConfig, override
+
+    torch.manual_seed(0)
+    images = torch.randn(4, 1, 32, 32)
+    grads = []
+    for checkpointing in (False, True):
+        cfg = model_config("tiny", drop_path=0.2, activation_checkpointing=checkpointing)
+        torch.manual_seed(1)
+        model = XTRA(cfg).train()
+        torch.manual_seed(2)  # drop path draws: recomputation must replay them exactly
+        loss = model(images)
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (l0, g0), (l1, g1) = grads
+    assert torch.equal(l0, l1)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(g0, g1))
+    base = override(TrialConfig(), {"model.activation_checkpointing": True})
+    assert base.config_hash() == TrialConfig().config_hash()  # a resource, not identity

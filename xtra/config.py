@@ -63,6 +63,9 @@ class ModelConfig:
     n_orders: int = 16
     order_seed: int = 0
     attention: str = "auto"
+    # Recompute each block's activations in the backward pass (memory for compute: vit-h/14 needs it
+    # on one GPU at useful batch sizes). The same function, so a resource, not identity.
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         _positive(self, "img_size", "patch_size", "channels", "width", "depth", "num_heads",
@@ -382,8 +385,8 @@ IDENTITY_VERSION = 2
 # Resources, not science: where things are, on what they run, how often they are saved or logged.
 # Changing one of these never reruns a finished trial.
 RESOURCE_KEYS = frozenset({
-    "model.attention", "data.root", "data.workers", "pretrain.device", "pretrain.compile", "pretrain.checkpoint_every",
-    "pretrain.log_every", "probe.cache",
+    "model.attention", "model.activation_checkpointing", "data.root", "data.workers", "pretrain.device",
+    "pretrain.compile", "pretrain.checkpoint_every", "pretrain.log_every", "probe.cache",
 })
 
 PATH_PREFIXES = ("imagefolder:", "wds:")

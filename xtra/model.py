@@ -13,6 +13,7 @@ import functools
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from xtra.attention import attend, block_major_order, resolve_backend
 from xtra.config import ModelConfig
@@ -76,6 +77,14 @@ class Block(nn.Module):
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
+def run_block(block: Block, x, block_tokens: int | None, checkpointing: bool):
+    """A block, or (training with activation checkpointing) a block whose activations are recomputed
+    in the backward pass instead of stored: same function, same RNG (drop path), less memory."""
+    if checkpointing and block.training and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(block, x, block_tokens, use_reentrant=False)
+    return block(x, block_tokens)
+
+
 class Encoder(nn.Module):
     """The ViT that is kept after pretraining and probed."""
 
@@ -96,7 +105,7 @@ class Encoder(nn.Module):
     def forward(self, images, token_order, block_tokens: int | None):
         x = self.embed(images, token_order)
         for block in self.blocks:
-            x = block(x, block_tokens)
+            x = run_block(block, x, block_tokens, self.cfg.activation_checkpointing)
         return self.norm(x)  # (B, T, D)
 
     def features(self, images, layers=(-1,), mask: str = "block", order_index: int = 0,
@@ -132,11 +141,12 @@ class Predictor(nn.Module):
         self.blocks = nn.ModuleList(
             Block(cfg.pred_width, cfg.pred_num_heads, cfg.mlp_ratio, 0.0, cfg.attention) for _ in range(cfg.pred_depth))
         self.norm = nn.LayerNorm(cfg.pred_width, eps=NORM_EPS)
+        self.checkpointing = cfg.activation_checkpointing
 
     def forward(self, x, token_order, block_tokens: int):
         x = self.project(x) + self.pos[:, token_order]  # (B, T, Dp)
         for block in self.blocks:
-            x = block(x, block_tokens)
+            x = run_block(block, x, block_tokens, self.checkpointing)
         return self.norm(x)
 
 
