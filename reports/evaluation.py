@@ -106,9 +106,27 @@ def suite_tables(study: Study) -> list[Table]:
     return out
 
 
+def wsd_samples(study: Study) -> list[str]:
+    """For a study whose trials branch off wsd trunks: the samples it trained against running every
+    budget on its own (each trunk counted once, to its deepest branch start)."""
+    res = study.finished
+    if "trunk" not in res.columns or res["trunk"].null_count() == res.height:
+        return []
+    branches = res.filter(pl.col("trunk").is_not_null())
+    trunks = branches.group_by("trunk").agg(pl.col("branch_start").max())
+    trained = int(branches["samples_trained"].sum() + trunks["branch_start"].sum())
+    separate = int(res["samples_seen"].sum())
+    own = res.height - branches.height
+    trained += int(res.filter(pl.col("trunk").is_null())["samples_seen"].sum())
+    return [f"wsd: {branches.height} trial(s) branched off {trunks.height} trunk(s)"
+            + (f" (and {own} ran alone)" if own else "")
+            + f": {trained:,} samples trained where separate runs would train {separate:,} "
+              f"({separate / max(trained, 1):.2f}x fewer)"]
+
+
 def evaluation(study: Study) -> tuple[list[Panel], list[Table], list[str]]:
     """Panels, tables and the efficiency sentences (for the page and summary.md)."""
-    panels, sentences = [], []
+    panels, sentences = [], wsd_samples(study)
     for kind in ("linear", "attentive"):
         panel, said = sample_efficiency_from_checkpoints(study, kind)
         if panel.figure is not None or kind == "linear":

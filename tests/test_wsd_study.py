@@ -110,3 +110,11 @@ def test_trunk_and_branches_survive_a_kill_and_a_new_budget_costs_its_cooldown(t
     assert new["branch_start"] == 256 and new["samples_trained"] == 128 and new["samples_seen"] == 384
     assert _starts(trunk_dir) <= 2, "the trunk ran again"
     assert json.loads((study_dir / "runs.json").read_text())[-1].get("trunks") == []
+
+    # the report states what the study trained: one trunk to 384, cooldowns from 192, 256 and 384
+    from reports.build import build_report
+
+    summary = (build_report(study_dir, n_boot=0).parent / "summary.md").read_text()
+    trained = 384 + (256 - 192) + (384 - 256) + (512 - 384)
+    assert f"wsd: 3 trial(s) branched off 1 trunk(s): {trained:,} samples trained where separate runs would " \
+           f"train {256 + 384 + 512:,}" in summary, summary
