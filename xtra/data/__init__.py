@@ -611,11 +611,9 @@ def _load_collection(cfg: DataConfig, where: str, hflip: bool, img_size: int, ch
     m = torch.tensor(mean).view(1, -1, 1, 1) * 255
     s = torch.tensor(std).view(1, -1, 1, 1) * 255
 
-    def split(listing) -> Split:
-        x, y = stream.decode_all(listing, img_size, channels, cfg, workers)
-        return Split((torch.from_numpy(x).float() - m) / s, torch.from_numpy(y))
-
-    return Dataset(name=cfg.name, train=split(parts.train), val=split(parts.val), test=split(parts.test),
+    decoded = stream.decode_splits([parts.train, parts.val, parts.test], img_size, channels, cfg, workers)
+    train, val, test = (Split((torch.from_numpy(x).float() - m) / s, torch.from_numpy(y)) for x, y in decoded)
+    return Dataset(name=cfg.name, train=train, val=val, test=test,
                    num_classes=len(parts.collection.classes), mean=mean, std=std, hflip=hflip, source=where,
                    class_names=parts.collection.classes)
 

@@ -100,6 +100,27 @@ class ShardListing(Listing):
                             self.keys[idx])
 
 
+class ConcatListing(Listing):
+    """Several listings read as one (one loader decodes every split of a collection)."""
+
+    def __init__(self, parts: list[Listing]) -> None:
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+        self.labels = np.concatenate([p.labels for p in parts]) if parts else np.empty(0, dtype=np.int64)
+
+    def _where(self, i: int) -> tuple[Listing, int]:
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.parts[k], i - int(self.starts[k])
+
+    def read(self, i: int) -> bytes:
+        part, j = self._where(i)
+        return part.read(j)
+
+    def name(self, i: int) -> str:
+        part, j = self._where(i)
+        return part.name(j)
+
+
 @functools.lru_cache(maxsize=8)
 def _open_shard(path: str, pid: int):
     """An open handle per shard and process: a forked loader worker must not share its parent's file

@@ -120,7 +120,7 @@ class BatchSet(torch.utils.data.Dataset):
                 keep[j] = False
                 bad.append(message)
         return {"images": torch.from_numpy(out[keep] if len(bad) else out),
-                "labels": torch.from_numpy(self.listing.labels[samples][keep]), "bad": bad}
+                "labels": torch.from_numpy(self.listing.labels[samples][keep]), "bad": bad, "keep": keep}
 
 
 def _worker_init(_: int) -> None:
@@ -138,33 +138,58 @@ def resolve_workers(requested: int) -> int:
     return max(1, min(8, cores - 1))
 
 
+def _as_is(item: dict[str, Any]) -> dict[str, Any]:
+    return item
+
+
+def start_method() -> str:
+    """How loader workers start: fork (instant) in a plain process; spawn inside a Ray worker, whose
+    gRPC threads a forked child would inherit mid-lock (a fork there hangs the loader)."""
+    return "fork" if sys.platform == "linux" and "ray" not in sys.modules else "spawn"
+
+
 def _loader(dataset: BatchSet, requests, workers: int, pin: bool) -> Iterator[dict[str, Any]]:
     kw: dict[str, Any] = {}
     if workers > 0:
-        kw = dict(prefetch_factor=PREFETCH, worker_init_fn=_worker_init,
-                  multiprocessing_context="fork" if sys.platform == "linux" else None)
+        kw = dict(prefetch_factor=PREFETCH, worker_init_fn=_worker_init, multiprocessing_context=start_method())
     loader = torch.utils.data.DataLoader(dataset, sampler=requests, batch_size=None, num_workers=workers,
-                                         pin_memory=pin, collate_fn=lambda x: x, **kw)
+                                         pin_memory=pin, collate_fn=_as_is, **kw)
     return iter(loader)
 
 
-def decode_all(listing: col.Listing, size: int, channels: int, cfg: DataConfig, workers: int,
-               batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def decode_all(listing: col.Listing, size: int, channels: int, cfg: DataConfig,
+               workers: int) -> tuple[np.ndarray, np.ndarray]:
     """Every image of a listing with the evaluation transform: (N, C, S, S) uint8 and labels (the
     in-memory splits for probing). Unreadable images stop with one line, or are dropped with skip_bad."""
-    n = len(listing)
-    dataset = BatchSet(listing, size, channels, cfg, False, 0, augment=False)
+    return decode_splits([listing], size, channels, cfg, workers)[0]
+
+
+def decode_splits(listings: list[col.Listing], size: int, channels: int, cfg: DataConfig,
+                  workers: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``decode_all`` of several listings through one loader (its workers start once)."""
+    whole = col.ConcatListing(listings)
+    dataset = BatchSet(whole, size, channels, cfg, False, 0, augment=False)
+    n, batch = len(whole), 256
     requests = [(np.arange(s, min(s + batch, n)), np.zeros(min(batch, n - s), dtype=np.int64),
                  np.zeros(min(batch, n - s), dtype=np.int64)) for s in range(0, n, batch)]
-    images, labels = [], []
+    images, labels, kept = [], [], []
     for item in _loader(dataset, requests, min(workers, len(requests)), False):
         if "error" in item:
             raise ValueError(item["error"])
         images.append(item["images"].numpy())
         labels.append(item["labels"].numpy())
-    if not images:
-        return np.empty((0, channels, size, size), dtype=np.uint8), np.empty(0, dtype=np.int64)
-    return np.concatenate(images), np.concatenate(labels)
+        kept.append(item["keep"])
+    x = np.concatenate(images) if images else np.empty((0, channels, size, size), dtype=np.uint8)
+    y = np.concatenate(labels) if labels else np.empty(0, dtype=np.int64)
+    index = np.cumsum(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)  # rows kept so far
+    out, start = [], 0
+    for part in listings:
+        end = start + len(part)
+        lo = int(index[start - 1]) if start else 0
+        hi = int(index[end - 1]) if end else 0
+        out.append((x[lo:hi], y[lo:hi]))
+        start = end
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,7 +276,8 @@ class StreamSource:
 
     def val_images(self, n: int) -> torch.Tensor:
         listing = self.splits.val.take(np.arange(min(n, len(self.splits.val))))
-        x, _ = decode_all(listing, self.img_size, self.channels, self.cfg, min(self.workers, 2))
+        # In this process: starting loader workers (spawned under Ray) costs more than ~1k decodes.
+        x, _ = decode_all(listing, self.img_size, self.channels, self.cfg, 0)
         return self.normalize(torch.from_numpy(x))
 
     def batch(self, step: int, samples_seen: int, batch: int) -> torch.Tensor:
