@@ -7,7 +7,9 @@ Lines group trials by their swept keys (seed never: seeds are averaged, with 95%
 bars). Keys that set the model's size (``SIZE_KEYS``) or the sample budget (``SAMPLE_KEYS``) are the
 x axis of the efficiency and scaling figures, so they are left out of those figures' line groups.
 The scaling fits use the final validation loss when every finished trial has one, else the final
-train loss.
+train loss. Every fit goes through ``reports.scaling``'s model comparison, diagnostics and held-out
+check; a curve, band, frontier or iso-FLOP curve is drawn only from a law (an identifiable chosen
+form), and each panel's ``laws`` say, per group, which law was found or why there is none.
 """
 
 from __future__ import annotations
