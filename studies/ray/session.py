@@ -14,6 +14,8 @@ from typing import Any
 
 import ray
 
+from studies.ray import token_auth_available
+
 # Set for the session only, restored afterwards (a notebook calling xtra.run_study keeps its environment).
 SESSION_ENV = {
     "TUNE_GLOBAL_CHECKPOINT_S": "1",  # experiment state saved ~every second: a killed driver can resume
@@ -48,7 +50,8 @@ def _worker_env() -> dict[str, str]:
     """What every worker of any cluster must see: fault-injection switches, the data location, and
     object-store credentials/endpoints (a worker on another node uploads trial files itself)."""
     prefixes = ("XTRA_", "AWS_")
-    return {k: v for k, v in os.environ.items() if k.startswith(prefixes)}
+    node_local = ("XTRA_SCRATCH",)  # each node's own setting (`XTRA_SCRATCH=... ray start`), never the driver's
+    return {k: v for k, v in os.environ.items() if k.startswith(prefixes) and k not in node_local}
 
 
 @contextlib.contextmanager
@@ -72,6 +75,8 @@ def ray_session(log_dir: Path, address: str | None) -> Iterator[dict[str, Any]]:
 
     warnings.showwarning = showwarning
     env = dict(SESSION_ENV)
+    if token_auth_available():  # see studies.ray: Ray reads the mode both at import and at every call
+        env["RAY_AUTH_MODE"] = "token"
     with _environment(env):
         env_vars = _worker_env()
         kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
@@ -79,11 +84,6 @@ def ray_session(log_dir: Path, address: str | None) -> Iterator[dict[str, Any]]:
         if env_vars:
             kwargs["runtime_env"] = {"env_vars": env_vars}
         info: dict[str, Any] = {"address": address or "local"}
-        if address and address != "auto":
-            # Ray enables token auth on a cluster whenever a token exists on its machine, but only a driver
-            # that joins with address="auto" sends its token unasked: name the cluster through RAY_ADDRESS
-            # (for this session only) and join it the "auto" way.
-            os.environ["RAY_ADDRESS"] = address
         # Ray's C++ side writes to the process' stderr (fd 2): send it to ray.log for the session.
         sys.stderr.flush()
         saved_fd = os.dup(2)
@@ -92,7 +92,7 @@ def ray_session(log_dir: Path, address: str | None) -> Iterator[dict[str, Any]]:
         os.close(log_fd)
         try:
             if address:
-                ctx = ray.init(address="auto", **kwargs)
+                ctx = ray.init(address=address, **kwargs)
             else:
                 ctx = ray.init(include_dashboard=False, **kwargs)
             ray_logger.handlers, ray_logger.propagate = [handler], False  # ray.init resets them
