@@ -166,7 +166,8 @@ def bench_data(cache: Path, quick: bool = False) -> dict[str, list[dict[str, Any
         two = decode_rate(small, size, 2, limit=limit)
         full = decode_rate(small, size, 1, fast=False, limit=limit)
         evaluation = decode_rate(small, size, 1, augment=False, limit=limit)
-        decode.append({"img_size": size, "per_worker_images_per_s": one, "two_workers_images_per_s": two,
+        decode.append({"img_size": size, "load_avg_1min": round(os.getloadavg()[0], 1),
+                       "per_worker_images_per_s": one, "two_workers_images_per_s": two,
                        "scaling_1_to_2": two / one, "full_decode_images_per_s": full, "draft_speedup": one / full,
                        "eval_images_per_s": evaluation, "images": limit})
     rss = []
@@ -185,11 +186,14 @@ def bench_data(cache: Path, quick: bool = False) -> dict[str, list[dict[str, Any
                 "samples": samples, "workers": workers})
     stall_samples = 512 if quick else 3072
     run = pretrain_run(small, cache / "run-stall", stall_samples, workers)
-    steady = run["rows"][1:] or run["rows"]
-    stall = {"size": "cpu-s", "img_size": 32, "samples": stall_samples, "workers": workers,
+    rows = run["rows"]
+    spans = np.diff([0.0] + [r["wall_s"] for r in rows])  # each log window's duration
+    steady = slice(1, None) if len(rows) > 1 else slice(None)  # the first window includes worker start-up
+    stall = {"size": "cpu-s", "img_size": 32, "load_avg_1min": round(os.getloadavg()[0], 1),
+             "samples": stall_samples, "workers": workers,
              "images_per_s": run["result"]["images_per_s"],
-             "data_stall": float(np.mean([r["data_stall"] for r in steady])),
-             "data_stall_first_window": run["rows"][0]["data_stall"]}
+             "data_stall": float(np.average([r["data_stall"] for r in rows][steady], weights=spans[steady])),
+             "data_stall_first_window": rows[0]["data_stall"]}
     vit = model_config("vit-b/16", block_size=4)
     advice = workers_advice(vit, decode[1]["per_worker_images_per_s"])
     return {"data_decode": decode, "data_memory": rss, "data_stall": stall,
