@@ -57,28 +57,50 @@ def _done(index: Path, images: str | None) -> None:
 
 @app.command()
 def build(
-    study_dir: Annotated[Path, typer.Argument(help="A study directory (results.parquet or trials/*/trial.json).")],
+    study_dir: Annotated[str, typer.Argument(help="A study directory (results.parquet or trials/*/trial.json), or "
+                                                  "its storage URI (s3://bucket/prefix/study).")],
     out: OutOpt = None,
+    copy: Annotated[Path | None, typer.Option("--copy", help="For a URI: the local copy of the study (default: "
+                                              "$XTRA_CACHE/studies/..., XTRA_CACHE defaulting to ~/.cache/xtra).")
+                    ] = None,
     images: ImagesOpt = None,
     plotlyjs: PlotlyJsOpt = "inline",
     n_boot: BootOpt = 200,
     pictures: Annotated[bool, typer.Option(help="Draw next-block predictions from the trials' checkpoints.")] = True,
 ) -> None:
-    """Write STUDY_DIR/report/index.html and summary.md."""
+    """Write STUDY_DIR/report/index.html and summary.md. A study kept in an object store is read from a
+    local copy refreshed first (checkpoints fetched only for the pictures drawn), and its report is
+    written back to the storage too."""
     from reports.build import build_report
     from reports.collect import StudyError
-    from xtra.pictures import study_pictures
+    from studies.runner import pictures_from, publish_report, study_copy
+    from studies.spec import StudyError as SpecError
+    from xtra.storage import StorageError
 
-    _check_study(study_dir)
     _check_options(images, plotlyjs, n_boot)
     if out is not None:
         _check_out(out)
+    remote = "://" in study_dir
+    if not remote and not Path(study_dir).exists():
+        _check_study(Path(study_dir))
     try:
-        index = build_report(study_dir, out=out, images=images, plotlyjs=plotlyjs, n_boot=n_boot,
-                             pictures=study_pictures if pictures else None)
+        path, stor, _ = study_copy(study_dir, copy, write=remote and out is None)
+    except (SpecError, StorageError) as exc:
+        _fail(" ".join(str(exc).split()))
+    _check_study(path)
+    try:
+        index = build_report(path, out=out, images=images, plotlyjs=plotlyjs, n_boot=n_boot,
+                             pictures=pictures_from(stor, path) if pictures else None)
     except StudyError as exc:
         _fail(str(exc))
     _done(index, images)
+    if out is None:
+        try:
+            where = publish_report(stor, path)
+        except StorageError as exc:
+            _fail(f"report built locally, not written to storage: {' '.join(str(exc).split())}")
+        if where:
+            typer.echo(f"report in storage: {where}")
 
 
 @app.command()

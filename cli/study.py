@@ -40,6 +40,10 @@ LoggerOpt = Annotated[list[str] | None, typer.Option(
                      "repeatable (default: the study's [resources] loggers, tensorboard)")]
 BreakLockOpt = Annotated[bool, typer.Option(
     "--break-lock", help="take the study's lock even if its holder looks alive (you know it is gone)")]
+StudyWhereArg = Annotated[str, typer.Argument(help="a study directory, or its storage URI (s3://bucket/prefix/study)")]
+CopyOpt = Annotated[Path | None, typer.Option(
+    "--copy", help="for a URI: the local copy of the study to use (default: $XTRA_CACHE/studies/..., "
+                   "XTRA_CACHE defaulting to ~/.cache/xtra)")]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -193,9 +197,10 @@ def run_cmd(
     sets: SetOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="study directory (default: runs/studies/<name>-<preset>)"
                                              )] = None,
-    storage: Annotated[str | None, typer.Option("--storage", help="where Ray Tune keeps experiment state and "
-                                                "checkpoints: a directory or s3://... (default: the study dir)"
-                                                )] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="the study's storage, its source of truth: a "
+                                                "directory every node mounts, or s3://bucket/prefix (gs://...); "
+                                                "the study goes to STORAGE/<name of --out>, --out is the local "
+                                                "copy (default: the study dir itself)")] = None,
     address: Annotated[str | None, typer.Option("--address", help="connect to a running Ray cluster: auto or "
                                                 "HOST:PORT (default: start a local one)")] = None,
     cpus_per_trial: Annotated[float | None, typer.Option("--cpus-per-trial", help="CPUs per trial")] = None,
@@ -230,9 +235,10 @@ def run_cmd(
 
 @app.command("resume")
 def resume_cmd(
-    study_dir: Annotated[Path, typer.Argument(help="a study directory (holds study.toml)")],
+    study_dir: StudyWhereArg,
     address: Annotated[str | None, typer.Option("--address", help="auto or HOST:PORT of a running Ray cluster"
                                                 )] = None,
+    copy: CopyOpt = None,
     max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", help="trials at once")] = None,
     cpus_per_trial: Annotated[float | None, typer.Option("--cpus-per-trial", help="CPUs per trial")] = None,
     gpus_per_trial: Annotated[float | None, typer.Option("--gpus-per-trial", help="GPUs per trial")] = None,
@@ -250,7 +256,7 @@ def resume_cmd(
         outcome = resume_study(study_dir, address=address, console=console, build_report=report,
                                max_concurrent=max_concurrent, cpus_per_trial=cpus_per_trial,
                                gpus_per_trial=gpus_per_trial, workers_per_trial=workers_per_trial, loggers=loggers,
-                               break_lock=break_lock)
+                               break_lock=break_lock, copy=copy)
     except StudyError as err:
         raise _fail(" ".join(str(err).split())) from None
     raise typer.Exit(_print_outcome(console, outcome))
@@ -290,24 +296,36 @@ def probe_cmd(
 def pull_cmd(
     uri: Annotated[str, typer.Argument(help="a study's storage URI (s3://bucket/prefix/study) or path")],
     out: Annotated[Path, typer.Argument(help="the local directory to copy it into")],
+    checkpoints: Annotated[bool, typer.Option("--checkpoints/--no-checkpoints", help="also copy the trials' "
+                                              "checkpoints (large; the report fetches the few it draws)")] = False,
 ) -> None:
-    """Copy a study from its storage into a local directory (for notebooks: xtra.load_results(out))."""
-    from xtra.storage import StorageError, pull
+    """Copy a study from its storage into a local directory (for notebooks: xtra.load_results(out)).
+    Only what changed since the last pull is transferred."""
+    from studies.runner import study_copy
+    from studies.spec import StudyError
+    from xtra.storage import StorageError
 
     try:
-        copied = pull(uri, out)
-    except (StorageError, ValueError, OSError) as err:
+        res = study_copy(uri, out, checkpoints=checkpoints)
+    except (StudyError, StorageError, ValueError, OSError) as err:
         raise _fail(" ".join(str(err).split())) from None
-    Console().print(f"{uri} -> {out}: {copied} file(s) copied", highlight=False, soft_wrap=True)
+    sync = res[2]
+    copied = f"{len(sync.transferred)} file(s) copied ({sync.bytes / 1e6:.1f} MB), {len(sync.unchanged)} unchanged"
+    if sync.removed:
+        copied += f", {len(sync.removed)} removed"
+    Console().print(f"{uri} -> {res[0]}: {copied}", highlight=False, soft_wrap=True)
 
 
 @app.command("status")
-def status_cmd(study_dir: Annotated[Path, typer.Argument(help="a study directory (holds study.toml)")]) -> None:
-    """Counts and each trial's last metrics, read from disk (no Ray)."""
+def status_cmd(study_dir: StudyWhereArg, copy: CopyOpt = None) -> None:
+    """Counts and each trial's last metrics, read from disk (no Ray); a study kept in an object store is
+    read from a local copy refreshed first."""
     from studies import state as st
     from studies.plan import make_plan
+    from studies.runner import study_copy
 
     try:
+        study_dir = study_copy(study_dir, copy)[0]
         s = st.load_study_dir(study_dir)
     except ValueError as err:
         raise _fail(" ".join(str(err).split())) from None

@@ -66,11 +66,35 @@ def bench_orchestration(n_trials: int = 4, status_trials: int = 1000) -> dict[st
                   console=_quiet_console())
         with_tracker = time.perf_counter() - t0
         first_step, cli_total = _first_step_seconds(root / "cli", n_trials)
+        upload = bench_upload(root / "inprocess" / trials[0].config_hash(), trials[0])
         status = bench_status(root / "status", status_trials)
     return {"n_trials": len(trials), "in_process_s": in_process, "ray_s": through_ray,
             "overhead_ratio": through_ray / in_process, "ray_tensorboard_s": with_tracker,
             "tracker_overhead_ratio": with_tracker / through_ray, "cli_first_step_s": first_step,
-            "cli_total_s": cli_total, **status, **bench_heartbeat(root / "lease")}
+            "cli_total_s": cli_total, **status, **bench_heartbeat(root / "lease"), **upload}
+
+
+def bench_upload(run_dir: Path, cfg: Any, repeats: int = 3) -> dict[str, Any]:
+    """Upload overhead of a finished smoke trial when the study's storage is S3 (a moto server on
+    127.0.0.1; a real store adds its network time): a commit per checkpoint (what a trial pays at each
+    one) and per trial (the first commit, then one per later checkpoint and the final one), as ratios
+    to the trial's wall time."""
+    from xtra import trialdir as td
+    from xtra.storage import measure_upload_local_s3
+
+    row = td.read_result(run_dir) or {}
+    wall = float(row.get("wall_s") or 0.0)
+    try:
+        m = measure_upload_local_s3(run_dir, trial_wall_s=wall, repeats=repeats)
+    except ImportError as err:  # moto is a dev extra
+        return {"upload_error": f"{type(err).__name__}: {err}"}
+    checkpoints = max(1, -(-cfg.pretrain.samples // cfg.pretrain.checkpoint_every))
+    per_trial = m["trial_dir_upload_s"] + checkpoints * m["checkpoint_commit_s"]
+    return {"upload_trial_wall_s": wall, "upload_checkpoint_bytes": m["checkpoint_bytes"],
+            "upload_trial_dir_bytes": m["trial_dir_bytes"], "upload_checkpoints": checkpoints,
+            "upload_per_checkpoint_s": m["checkpoint_commit_s"],
+            "upload_per_checkpoint_ratio": m["checkpoint_commit_ratio"],
+            "upload_per_trial_s": per_trial, "upload_per_trial_ratio": per_trial / wall}
 
 
 def bench_status(study_dir: Path, n_trials: int = 1000, curve_rows: int = 20) -> dict[str, Any]:

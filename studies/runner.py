@@ -6,10 +6,19 @@ recognised), runs what is left as one Ray Tune experiment (``studies.ray.tuner``
 ``results.parquet`` / ``curves.parquet`` from the trial directories (also after Ctrl-C or a crash)
 and builds the report. ``resume_study`` does the same from a study directory alone. No Ray import
 here: everything Ray lives in ``studies.ray``.
+
+Storage (``--storage``, ``xtra.storage``) is the study's source of truth; the study directory is the
+driver's local copy. By default they are one directory and nothing moves. With an object store
+(``s3://bucket/prefix``) or another directory, the trials keep their directories there
+(``studies.ray.trainable.TrialSync``), and the driver checks the storage before anything starts,
+refreshes its copy from it (``pull``, without checkpoints) before planning and before writing results,
+and writes study.toml, runs.json, the parquet files and report/ back. So any machine can resume or
+report a study from its URI alone (``study_copy``).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +26,10 @@ from typing import Any
 from studies import state as st
 from studies.plan import make_plan, with_data_identity
 from studies.spec import Study, StudyError
+from xtra import trialdir as td
+from xtra.storage import Storage, StorageError, SyncResult, check, pull
+
+CACHE_ENV = "XTRA_CACHE"  # where local copies of studies opened by URI go (default ~/.cache/xtra)
 
 
 @dataclass
@@ -34,10 +47,90 @@ class Outcome:
 
 def _storage(study_dir: Path, storage: str | None) -> str:
     if not storage:
-        return str(study_dir)
+        return _recorded_storage(study_dir) or str(study_dir)
     if "://" in storage:
         return storage.rstrip("/") + "/" + study_dir.name
     return str((Path(storage).expanduser().resolve()) / study_dir.name)
+
+
+def _recorded_storage(study_dir: Path) -> str | None:
+    """The object store a local study directory was last run with (a later run or resume without
+    --storage keeps using it). Local storage paths are not adopted: a moved study stays where it is."""
+    for run in reversed(st.read_runs(study_dir)):
+        path = str(run.get("storage_path") or "")
+        if "://" in path:
+            return path
+    return None
+
+
+def _check_storage(uri: str, write: bool = True) -> Storage:
+    """One line naming the URI and what failed (no bucket, no credentials, denied), before any work."""
+    try:
+        return check(uri, write=write)
+    except StorageError as err:
+        raise StudyError(" ".join(str(err).split())) from None
+
+
+def _elsewhere(stor: Storage, study_dir: Path) -> bool:
+    """Whether the storage is not the study directory itself (then the directory is a copy of it)."""
+    return not stor.is_directory_itself(study_dir, "")
+
+
+def _light(path: str) -> bool:
+    """What a driver's copy of a study holds: everything but checkpoints and Ray's own state."""
+    parts = path.split("/")
+    if parts[0] == st.TRIALS and len(parts) > 2:
+        return not td.is_checkpoint("/".join(parts[2:]))
+    return not (parts[0].startswith("run-") or parts[0] == "train" or parts[0] == st.LOCK)
+
+
+def _pull(stor: Storage, study_dir: Path, include: Any = _light) -> SyncResult | None:
+    """Refresh the local copy from storage (only what changed)."""
+    if _elsewhere(stor, study_dir) and stor.is_file(st.STUDY_TOML):  # a new study has nothing to pull yet
+        return pull(stor.uri, study_dir, include=include)
+    return None
+
+
+def _push(stor: Storage, study_dir: Path, *names: str) -> None:
+    """Write the driver's files (study.toml, runs.json, the parquet files) to storage."""
+    if not _elsewhere(stor, study_dir):
+        return
+    for name in names:
+        if (Path(study_dir) / name).is_file():
+            stor.put_file(Path(study_dir) / name, name)
+
+
+def default_copy(uri: str) -> Path:
+    """Where a study opened by its URI is copied: $XTRA_CACHE/studies/<scheme>/<bucket>/<prefix>."""
+    root = Path(os.environ.get(CACHE_ENV) or "~/.cache/xtra").expanduser()
+    scheme, _, rest = uri.partition("://")
+    return (root / "studies" / scheme / rest.strip("/")).resolve()
+
+
+def study_copy(where: str | Path, copy: str | Path | None = None, *, write: bool = False,
+               checkpoints: bool = False) -> tuple[Path, Storage, SyncResult]:
+    """A local, refreshed study directory for ``where``: a study directory (refreshed from the object
+    store it was run with, if any) or a storage URI or path copied into ``copy`` (for a URI, default
+    ``default_copy``). Checks the storage first (StudyError, one line). ``checkpoints`` copies those
+    too. Returns the directory, the storage and what the refresh transferred."""
+    text = os.fspath(where)
+    pulled = SyncResult(transferred=(), unchanged=())
+    if "://" in text or copy is not None:
+        uri = text.rstrip("/")
+        study_dir = Path(copy).expanduser().resolve() if copy else default_copy(uri)
+    else:
+        study_dir = Path(text).expanduser().resolve()
+        uri = _recorded_storage(study_dir) or str(study_dir)
+    stor = _check_storage(uri, write=write)
+    if _elsewhere(stor, study_dir):
+        if not stor.is_file(st.STUDY_TOML):
+            raise StudyError(f"{stor.uri}: not a study (no {st.STUDY_TOML} there; check the URI)")
+        try:
+            pulled = _pull(stor, study_dir, include=(lambda p: not p.startswith(("run-", "train/")))
+                           if checkpoints else _light) or pulled
+        except StorageError as err:
+            raise StudyError(" ".join(str(err).split())) from None
+    return study_dir, stor, pulled
 
 
 def _check_same_study(study_dir: Path, study: Study) -> None:
@@ -62,26 +155,34 @@ def run_study(study: Study, study_dir: str | Path, *, address: str | None = None
     if check_data:
         study.check_data()
     study = with_data_identity(study)
+    stor = _check_storage(_storage(study_dir, storage))  # before any trial starts
+    try:
+        _pull(stor, study_dir)
+    except StorageError as err:
+        raise StudyError(" ".join(str(err).split())) from None
     _check_same_study(study_dir, study)
     _check_trackers(study)
     with st.StudyLock(study_dir, command, break_lock=break_lock) as lock:
         st.atomic_write_text(study_dir / st.STUDY_TOML, study.to_toml())
-        return _run_locked(study, study_dir, lock, address=address, storage=storage, console=console, live=live,
+        _push(stor, study_dir, st.STUDY_TOML)
+        return _run_locked(study, study_dir, lock, address=address, stor=stor, console=console, live=live,
                            build_report=build_report, resuming=False)
 
 
 def resume_study(study_dir: str | Path, *, address: str | None = None, console: Any = None, live: bool | None = None,
                  build_report: bool = True, max_concurrent: int | None = None, cpus_per_trial: float | None = None,
                  gpus_per_trial: float | None = None, workers_per_trial: int | None = None,
-                 loggers: list[str] | None = None, break_lock: bool = False) -> Outcome:
-    """Continue an interrupted study: unfinished trials from their checkpoints, finished ones untouched."""
-    study_dir = Path(study_dir).expanduser().resolve()
+                 loggers: list[str] | None = None, break_lock: bool = False, copy: str | Path | None = None) -> Outcome:
+    """Continue an interrupted study: unfinished trials from their checkpoints, finished ones untouched.
+    ``study_dir`` may be the study's storage URI (``s3://bucket/prefix/study``): it is copied into
+    ``copy`` (default ``default_copy``) and resumed from storage alone, on any machine."""
+    study_dir, stor, _ = study_copy(study_dir, copy, write=True)
     study = st.load_study_dir(study_dir)
     study = study.with_resources(cpus_per_trial, gpus_per_trial, max_concurrent, workers_per_trial, loggers)
     study.check_data()
     _check_trackers(study)
     with st.StudyLock(study_dir, "xtra study resume", break_lock=break_lock) as lock:
-        return _run_locked(study, study_dir, lock, address=address, storage=None, console=console, live=live,
+        return _run_locked(study, study_dir, lock, address=address, stor=stor, console=console, live=live,
                            build_report=build_report, resuming=True)
 
 
@@ -91,7 +192,7 @@ def _check_trackers(study: Study) -> None:
     check_trackers(study.resources.loggers)
 
 
-def _run_locked(study: Study, study_dir: Path, lock: st.StudyLock, *, address: str | None, storage: str | None,
+def _run_locked(study: Study, study_dir: Path, lock: st.StudyLock, *, address: str | None, stor: Storage,
                 console: Any, live: bool | None, build_report: bool, resuming: bool) -> Outcome:
     from rich.console import Console
 
@@ -102,7 +203,10 @@ def _run_locked(study: Study, study_dir: Path, lock: st.StudyLock, *, address: s
     notes: list[str] = []
     if lock.took_over:
         notes.append(f"took over the lock of {st.describe_holder(lock.took_over)} (no longer running)")
-    moved = st.migrate(study_dir)
+    root = stor.local_path()  # trial directories of a study kept in an object store are never renamed
+    moved = st.migrate(root) if root is not None else []
+    if moved and _elsewhere(stor, study_dir):
+        _pull(stor, study_dir)
     if moved:
         notes.append(f"migrated {len(moved)} trial director{'y' if len(moved) == 1 else 'ies'} to the current "
                      f"trial identity (paths and resources no longer part of it)")
@@ -120,6 +224,13 @@ def _run_locked(study: Study, study_dir: Path, lock: st.StudyLock, *, address: s
         if s.status == "finished" and s.row:
             display.rows[s.config_hash].samples = int(s.row.get("samples_seen") or 0)
             display.rows[s.config_hash].loss = s.row.get("train_loss")
+    for job in plan.trunks:
+        display.add(job.config_hash, f"trunk-{job.trunk}", {"role": "wsd trunk"}, job.config.pretrain.samples)
+    if plan.samples:
+        done, cosine = plan.samples["trained"], plan.samples["cosine_equivalent"]
+        notes.append(f"wsd: {len(plan.branches)} trial(s) branch off {len(plan.trunks)} trunk run(s): this run "
+                     f"trains {done:,} samples where separate runs would train {cosine:,} "
+                     f"({cosine / max(done, 1):.2f}x fewer)")
     if plan.reprobe:
         notes.append(f"{len(plan.reprobe)} pretrained trial(s) will only be probed (new probe protocol)")
     if resuming and plan.empty:
@@ -128,29 +239,69 @@ def _run_locked(study: Study, study_dir: Path, lock: st.StudyLock, *, address: s
     experiment = None
     try:
         if not plan.empty:
-            experiment, finished = fit(plan, study_dir, address=address, storage_path=_storage(study_dir, storage),
-                                       runs=runs, display=display, notes=notes,
-                                       write_runs=lambda r: st.write_runs(study_dir, r))
+            def write_runs(r: list[dict[str, Any]]) -> None:
+                st.write_runs(study_dir, r)
+                _push(stor, study_dir, st.RUNS)
+
+            experiment, finished = fit(plan, study_dir, address=address, storage_path=stor.uri,
+                                       runs=runs, display=display, notes=notes, write_runs=write_runs)
             if not finished:
                 notes.append(f"interrupted with trials unfinished; continue with `xtra study resume {study_dir}`")
         else:
             st.write_runs(study_dir, runs)
-    finally:  # also after Ctrl-C or a crash: the parquet files reflect what is on disk
+            _push(stor, study_dir, st.RUNS)
+    finally:  # also after Ctrl-C or a crash: the parquet files reflect what is on disk (and in storage)
+        try:
+            _pull(stor, study_dir)
+        except StorageError as err:
+            notes.append(f"results from the last copy of the study: {' '.join(str(err).split())}")
         after = make_plan(study, study_dir)
         results, curves = st.write_results(study, study_dir, list(after.states))
+        try:
+            _push(stor, study_dir, st.RESULTS, st.CURVES, st.PROBES, st.OPTUNA_DB)  # a search resumes anywhere
+        except StorageError as err:
+            notes.append(f"results not written to storage: {' '.join(str(err).split())}")
     ran = [s.config_hash for s in after.states if s.config_hash not in plan.reused]
-    report = _build_report(study_dir, notes) if build_report else None
+    report = build_study_report(study_dir, stor, notes) if build_report else None
     return Outcome(study_dir=study_dir, experiment=experiment, ran=ran if experiment else [],
                    reused=list(plan.reused), counts=after.counts(), results=results, curves=curves, report=report,
                    notes=notes)
 
 
-def _build_report(study_dir: Path, notes: list[str]) -> Path | None:
-    from reports.build import build_report
+def pictures_from(stor: Storage, study_dir: Path) -> Any:
+    """``study_pictures`` for a study copy: a chosen trial's checkpoint is fetched from storage."""
     from xtra.pictures import study_pictures
 
+    if not _elsewhere(stor, study_dir):
+        return study_pictures
+
+    def fetch(run_dir: Path) -> bool:
+        stor.download_dir(f"{st.TRIALS}/{run_dir.name}", run_dir, include=lambda n: n == td.CHECKPOINT, prune=False)
+        return (run_dir / td.CHECKPOINT).is_file()
+
+    return lambda d: study_pictures(d, fetch=fetch)
+
+
+def publish_report(stor: Storage, study_dir: Path) -> str | None:
+    """Commit STUDY_DIR/report/ to the study's storage (a reader sees the whole report or the last one)."""
+    if not _elsewhere(stor, study_dir) or not (Path(study_dir) / "report").is_dir():
+        return None
+    stor.upload_dir(Path(study_dir) / "report", "report")
+    return stor.uri_of("report/index.html")
+
+
+def build_study_report(study_dir: Path, stor: Storage, notes: list[str]) -> Path | None:
+    from reports.build import build_report
+
     try:
-        return Path(build_report(study_dir, pictures=study_pictures))
+        index = Path(build_report(study_dir, pictures=pictures_from(stor, study_dir)))
     except Exception as err:  # noqa: BLE001 - a report problem must not fail a finished run
         notes.append(f"report not built: {type(err).__name__}: {' '.join(str(err).split())}")
         return None
+    try:
+        where = publish_report(stor, study_dir)
+        if where:
+            notes.append(f"report also in storage: {where}")
+    except StorageError as err:
+        notes.append(f"report not written to storage: {' '.join(str(err).split())}")
+    return index

@@ -10,6 +10,7 @@ of showing reconstructions), then with the dataset's statistics.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -66,14 +67,20 @@ def trial_picture(run_dir: Path, n_images: int = N_IMAGES) -> tuple[int, np.ndar
     return model_cfg.block_size, _grid(denormalize(images, dataset), denormalize(predicted, dataset))
 
 
-def study_pictures(study_dir: Path) -> list[tuple[int, np.ndarray]]:
-    """One picture per block size: the first finished trial (by directory name) with a checkpoint."""
+def study_pictures(study_dir: Path, fetch: Callable[[Path], bool] | None = None) -> list[tuple[int, np.ndarray]]:
+    """One picture per block size: the first finished trial (by directory name) with a checkpoint.
+
+    ``fetch(run_dir)`` brings a finished trial's missing checkpoint (a study copied from an object
+    store without checkpoints: only the trials drawn are fetched) and says whether it is there now."""
     chosen: dict[int, Path] = {}
     for trial_json in sorted(Path(study_dir).glob("trials/*/trial.json")):
         row = json.loads(trial_json.read_text())
-        if row.get("status") != "finished" or not (trial_json.parent / CHECKPOINT).exists():
+        k = row.get("block_size")
+        if row.get("status") != "finished" or k is None or int(k) in chosen:
             continue
-        chosen.setdefault(int(row["block_size"]), trial_json.parent)
+        if not (trial_json.parent / CHECKPOINT).exists() and not (fetch is not None and fetch(trial_json.parent)):
+            continue
+        chosen[int(k)] = trial_json.parent
     if not chosen:
         raise FileNotFoundError(f"{study_dir}: no finished trial with a checkpoint (trials/*/checkpoint.pt)")
     return [trial_picture(chosen[k]) for k in sorted(chosen)]

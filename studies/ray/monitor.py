@@ -4,6 +4,7 @@ terminal), fed by a Tune callback that also records the terminal states only the
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 from ray import tune
 
-from studies.ray.trainable import RESERVED, trial_of
+from studies.ray.trainable import RESERVED, TrialSync, trial_of
 from studies.ray.workers import MAX_FAILURES
 from studies.spec import Study
 from xtra import trialdir as td
@@ -132,11 +133,32 @@ class Monitor(tune.Callback):
         self.display = None
         self.keys = {}
 
+    def _sync(self, trial: Any, key: str) -> TrialSync:
+        """The trial's directory as the study's storage holds it (see ``TrialSync``)."""
+        return TrialSync(trial.config["trial"].get("storage") or self.study_dir, key)
+
+    def _record(self, trial: Any, key: str, event: str, error: str, **fields: Any) -> None:
+        """A terminal state only the driver sees: in the trial's directory (local storage), or as
+        its plain status.json in remote storage (the trial's own attempts.jsonl stays its own)."""
+        sync = self._sync(trial, key)
+        if sync.remote:
+            sync.storage.write_json(f"{sync.rel}/{td.STATUS}", {"status": event, "error": error})
+            self._refresh(sync, key)
+        else:
+            td.record_attempt(sync.run_dir, event, error=error, **fields)
+
+    def _refresh(self, sync: TrialSync, key: str) -> None:
+        """Bring a remote trial's directory into the driver's copy of the study (no checkpoints)."""
+        if not sync.remote:
+            return
+        with contextlib.suppress(Exception):  # the runner pulls the whole study at the end anyway
+            sync.storage.download_dir(sync.rel, td.path(self.study_dir, key), include=lambda n: not td.is_checkpoint(n))
+
     def _key(self, trial: Any) -> tuple[str, None]:
         key = self.keys.get(trial.trial_id)
         if key is None:
             cfg, trial_id, params, _ = trial_of(trial.config)
-            key = self.keys[trial.trial_id] = cfg.config_hash()
+            key = self.keys[trial.trial_id] = trial.config["trial"].get("hash") or cfg.config_hash()
             if key not in self.display.rows:
                 self.display.add(key, trial_id or trial_name(trial), params, cfg.pretrain.samples)
         return key, None
@@ -162,9 +184,12 @@ class Monitor(tune.Callback):
                 lin, att = result.get("linear_top1"), result.get("attentive_top1")
                 fields["result"] = " ".join(f"{n} {v:.3f}" for n, v in (("linear", lin), ("attentive", att))
                                             if isinstance(v, (int, float)))
-                run_dir = td.path(self.study_dir, key)
-                if td.read_result(run_dir) is None:  # a worker on another machine: keep the row
-                    td.write_result(run_dir, {k: v for k, v in result.items() if k not in RESERVED and k != "kind"})
+                sync = self._sync(trial, key)
+                if sync.remote:  # the trial committed its trial.json before this report
+                    self._refresh(sync, key)
+                elif td.read_result(sync.run_dir) is None:  # a worker on another machine: keep the row
+                    td.write_result(sync.run_dir,
+                                    {k: v for k, v in result.items() if k not in RESERVED and k != "kind"})
             else:
                 fields["error"] = result.get("error")
         self.display.update(key, **fields)
@@ -173,14 +198,15 @@ class Monitor(tune.Callback):
         if self.display is None:
             return
         key, _ = self._key(trial)
-        self.display.update(key, status="retrying", error=last_error(self.study_dir, key, trial))
+        self.display.update(key, status="retrying", error=last_error(self.study_dir, key, trial,
+                                                                     self._sync(trial, key)))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.display is None:
             return
         key, _ = self._key(trial)
-        err = last_error(self.study_dir, key, trial)
-        td.record_attempt(td.path(self.study_dir, key), "failed", error=err, after_attempts=MAX_FAILURES + 1)
+        err = last_error(self.study_dir, key, trial, self._sync(trial, key))
+        self._record(trial, key, "failed", err, after_attempts=MAX_FAILURES + 1)
         self.display.update(key, status="failed", error=err)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -189,8 +215,7 @@ class Monitor(tune.Callback):
         key, _ = self._key(trial)
         last = trial.last_result or {}
         if last.get("kind") != "result":  # stopped early by the scheduler (ASHA)
-            td.record_attempt(td.path(self.study_dir, key), "stopped",
-                              error=f"stopped early by ASHA at {last.get('samples_seen', 0)} samples")
+            self._record(trial, key, "stopped", f"stopped early by ASHA at {last.get('samples_seen', 0)} samples")
             self.display.update(key, status="stopped")
         elif last.get("status") == "finished":
             self.display.update(key, status="finished")
@@ -198,8 +223,13 @@ class Monitor(tune.Callback):
             self.display.update(key, status="failed", error=last.get("error"))
 
 
-def last_error(study_dir: Path, key: str, trial: Any) -> str:
-    attempts = td.read_jsonl(td.path(study_dir, key) / td.ATTEMPTS)
+def last_error(study_dir: Path, key: str, trial: Any, sync: TrialSync | None = None) -> str:
+    attempts = td.read_jsonl((sync.run_dir if sync is not None and not sync.remote else td.path(study_dir, key))
+                             / td.ATTEMPTS)
+    if sync is not None and sync.remote:
+        with contextlib.suppress(Exception):
+            text = sync.storage.read_bytes(f"{sync.rel}/{td.ATTEMPTS}").decode(errors="replace")
+            attempts = [json.loads(ln) for ln in text.splitlines() if ln.strip().startswith("{")]
     for a in reversed(attempts):
         if a.get("event") == "error":
             return str(a.get("error"))

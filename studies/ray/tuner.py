@@ -81,7 +81,8 @@ def _optuna_searcher(study: Study, study_dir: Path, rerun: tuple[dict[str, Any],
 def tracker_callbacks(loggers: tuple[str, ...], study: Study, study_dir: Path) -> list[Any]:
     """Ray Tune's logger callbacks for the trackers asked for; each logs every trial's config and its
     reported metrics (loss curve, throughput, probe results). Offline by design: files under
-    STUDY_DIR/trackers/ (W&B in offline mode unless WANDB_MODE says otherwise)."""
+    STUDY_DIR/trackers/ (MLflow in trackers/mlflow/mlflow.db unless MLFLOW_TRACKING_URI says otherwise;
+    W&B in offline mode unless WANDB_MODE says otherwise)."""
     out: list[Any] = []
     root = Path(study_dir) / TRACKERS_DIR
     for name in loggers:
@@ -94,7 +95,8 @@ def tracker_callbacks(loggers: tuple[str, ...], study: Study, study_dir: Path) -
                 from ray.air.integrations.mlflow import MLflowLoggerCallback
             except ImportError as err:
                 raise StudyError(f"resources.loggers: mlflow is not installed ({err}); pip install mlflow") from None
-            uri = os.environ.get("MLFLOW_TRACKING_URI") or (root / "mlflow").resolve().as_uri()
+            (root / "mlflow").mkdir(parents=True, exist_ok=True)  # SQLite: MLflow's file store is deprecated
+            uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow' / 'mlflow.db').resolve()}"
             out.append(MLflowLoggerCallback(tracking_uri=uri, experiment_name=study.name, save_artifact=False))
         elif name == "wandb":
             try:
@@ -155,9 +157,14 @@ def _param_space(plan: Plan, study_dir: Path, storage_path: str) -> tuple[dict[s
     common = {"study_dir": str(study_dir), "study": study.name, "preset": study.preset,
               **_resource_meta(study, storage_path)}
     if study.search is None:
+        # wsd trunks first: Tune starts trials in this order, so a branch never holds the slot its trunk needs
+        trunks = [{"trial_id": f"trunk-{j.trunk}", "hash": j.config_hash, "params": {}, "seed": j.config.seed,
+                   "config": j.config.to_dict(), "job": j.as_meta(study_dir), **common} for j in plan.trunks]
         trials = [{"trial_id": s.trial_id, "hash": s.config_hash, "params": s.params, "seed": s.seed,
-                   "config": s.config.to_dict(), **common} for s in plan.pending]
-        return {"trial": tune.grid_search(trials)}, 1
+                   "config": s.config.to_dict(), **common,
+                   **({"job": plan.branches[s.config_hash].as_meta(study_dir)}
+                      if s.config_hash in plan.branches else {})} for s in plan.pending]
+        return {"trial": tune.grid_search(trunks + trials)}, 1
     int_keys = [k for k, d in study.search.space.items() if d["type"] == "int"]
     meta = {"base_config": study.base_config().to_dict(), "int_keys": int_keys, **common}
     return {"params": _search_space(study), "trial": meta}, plan.search_left + len(plan.search_rerun)
@@ -207,11 +214,16 @@ def fit(plan: Plan, study_dir: Path, *, address: str | None, storage_path: str, 
                   "address": info.get("gcs_address")}
         if study.search is None:
             record["trials"] = [s.config_hash for s in plan.pending]
+            record["trunks"] = [j.config_hash for j in plan.trunks]
         runs.append(record)
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+        from xtra.storage import Storage
+
+        # An object store goes to Ray as a scheme-less path plus our filesystem (same endpoint, credentials).
+        ray_path, ray_fs = Storage.from_uri(storage_path).ray_storage()
         run_config = tune.RunConfig(
-            name=name, storage_path=storage_path, verbose=0,
+            name=name, storage_path=ray_path, storage_filesystem=ray_fs, verbose=0,
             callbacks=[*callbacks, JsonLoggerCallback(), CSVLoggerCallback()],
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1))

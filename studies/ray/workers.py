@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from studies.ray.session import ray_session
-from studies.ray.trainable import PROGRESS_EVERY_S, checkpoint_dir, restore_checkpoint
+from studies.ray.trainable import PROGRESS_EVERY_S, TrialSync, checkpoint_dir, restore_checkpoint
 from xtra import trialdir as td
 from xtra.config import from_dict
 
@@ -42,8 +42,9 @@ class _WorkerReporter:
     restarted worker group (on any node) resumes from it. Everything rank 0 hears also goes to the
     driver through ``events`` (progress at most once per PROGRESS_EVERY_S)."""
 
-    def __init__(self, world: Any, run_dir: Path, key: str, events: Any) -> None:
+    def __init__(self, world: Any, run_dir: Path, key: str, events: Any, sync: TrialSync | None = None) -> None:
         self.world, self.run_dir, self.key, self.events = world, run_dir, key, events
+        self.sync = sync  # rank 0 of a study trial: commits the trial directory when storage is remote
         self.last_progress = 0.0
 
     def send(self, event: dict[str, Any]) -> None:
@@ -63,6 +64,12 @@ class _WorkerReporter:
             metrics = {"samples_seen": samples, "step": event.get("step")}
             if not self.world.main:
                 ray.train.report(metrics, checkpoint=None)
+                return
+            if self.sync is not None and self.sync.remote:  # storage carries it: a restarted group downloads it
+                td.write_tune_checkpoint(self.run_dir, samples, event.get("step"))
+                self.sync.upload()
+                ray.train.report(metrics, checkpoint=None)
+                self.send(event)
                 return
             tmp = checkpoint_dir(self.run_dir, event, self.key, ".train-checkpoint-")
             try:
@@ -97,9 +104,15 @@ def _train_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(config["threads"])))
     cfg = from_dict(config["config"])
     run_dir = Path(config["run_dir"])
+    sync = TrialSync(config["storage"], config["hash"]) if config.get("storage") else None
+    if sync is not None:  # every rank on its own node's view of the trial directory; rank 0 syncs it
+        run_dir = sync.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    reporter = _WorkerReporter(world, run_dir, cfg.config_hash(), config.get("events"))
+    reporter = _WorkerReporter(world, run_dir, cfg.config_hash(), config.get("events"),
+                               sync if world.main else None)
     if world.main:
+        if sync is not None:
+            sync.download()
         for stale in run_dir.glob(".train-checkpoint-*"):  # left by a worker killed mid-report
             shutil.rmtree(stale, ignore_errors=True)
         restored = restore_checkpoint(run_dir, ray.train.get_checkpoint())
@@ -111,12 +124,16 @@ def _train_worker(config: dict[str, Any]) -> None:
         if config["mode"] == "trial":
             from xtra.trial import run_trial
 
-            row = run_trial(cfg, run_dir, report=reporter, world=world)
+            row = run_trial(cfg, run_dir, report=reporter, world=world, job=config.get("job"))
         else:
             row = _pretrain_on_worker(cfg, run_dir, world, reporter, probe=config.get("probe", False))
     except NonFiniteLoss as err:  # every rank sees it at once; a retry would fail the same way
+        if reporter.sync is not None:
+            reporter.sync.upload()
         reporter.send({"kind": "failed", "error": str(err)})
         return
+    if reporter.sync is not None:
+        reporter.sync.upload()  # trial.json is in storage before the driver hears of the result
     reporter.send({"kind": "result", "row": row})
 
 
@@ -144,14 +161,17 @@ def _pretrain_on_worker(cfg: Any, run_dir: Path, world: Any, reporter: _WorkerRe
 
 
 def _run_workers(cfg: Any, run_dir: Path, *, mode: str, workers: int, use_gpu: bool, cpus_per_worker: float,
-                 gpus_per_worker: float, storage_path: str, name: str, on_event: Any, probe: bool = False
-                 ) -> dict[str, Any] | None:
+                 gpus_per_worker: float, storage_path: str, name: str, on_event: Any, probe: bool = False,
+                 job: dict[str, Any] | None = None, trial_storage: str | None = None) -> dict[str, Any] | None:
     """Run ``_train_worker`` on ``workers`` Ray Train workers and pump their events into ``on_event``
     (on this thread) until they finish. Returns rank 0's final event (``result`` or ``failed``)."""
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Empty, Queue
 
+    from xtra.storage import Storage
+
+    ray_path, ray_fs = Storage.from_uri(storage_path).ray_storage()  # an object store through our own client
     events = Queue(actor_options={"num_cpus": 0})  # a 0-CPU actor: fits beside a 0-CPU driver
     resources = {"CPU": cpus_per_worker}
     if use_gpu:
@@ -159,9 +179,10 @@ def _run_workers(cfg: Any, run_dir: Path, *, mode: str, workers: int, use_gpu: b
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir), "mode": mode, "use_gpu": use_gpu,
-                           "threads": max(1, int(cpus_per_worker)), "events": events, "probe": probe},
+                           "threads": max(1, int(cpus_per_worker)), "events": events, "probe": probe,
+                           "job": job, "storage": trial_storage, "hash": name},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
-        run_config=ray.train.RunConfig(name=name, storage_path=storage_path,
+        run_config=ray.train.RunConfig(name=name, storage_path=ray_path, storage_filesystem=ray_fs,
                                        failure_config=ray.train.FailureConfig(max_failures=MAX_FAILURES),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)))
     outcome: dict[str, Any] = {}
@@ -214,7 +235,8 @@ def trial_on_workers(cfg: Any, run_dir: Path, meta: dict[str, Any], reporter: An
     final = _run_workers(cfg, run_dir, mode="trial", workers=workers, use_gpu=gpus > 0,
                          cpus_per_worker=_per_worker(float(meta.get("cpus", 1)), workers),
                          gpus_per_worker=_per_worker(gpus, workers), storage_path=f"{storage}/{TRAIN_DIR}",
-                         name=cfg.config_hash(), on_event=on_event)
+                         name=meta.get("hash") or cfg.config_hash(), on_event=on_event, job=meta.get("job"),
+                         trial_storage=str(meta.get("storage") or meta["study_dir"]))
     if final is not None and final["kind"] == "failed":
         raise NonFiniteLoss(final["error"])
     row = final.get("row") if final is not None else None
