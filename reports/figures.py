@@ -687,6 +687,7 @@ def isoflop_figure(study: Study, chinchilla: ChinchillaResult, why: str) -> Pane
                                    "table-compare-chinchilla"),
                   held_out_table("Held-out prediction: L(N, D)", {k: a for k, (a, _) in chinchilla.items()},
                                  ["N", "D"], "table-heldout-chinchilla")]
+        tables = [t for t in tables if t.rows]  # no held-out table without a law to check
     laws = [(v, f"L(N, D): {s}") for v, s in _verdicts(ltitle, {k: a for k, (a, _) in chinchilla.items()})]
     usable = _laws_with_frontier(chinchilla)
     if not usable:

@@ -20,8 +20,8 @@ too narrow for the data, a fit that does not describe its own points) set the ch
   which the data cannot pin down), parameters that hit a bound in many bootstrap refits, the relative
   width of each interval, the RMSE of the log-space residuals, and points per parameter. A fit is
   *identifiable* only when none of these fails.
-* ``compare_forms``: the full form against reduced ones (E = 0; one variable; a plain log-linear law;
-  a constant, i.e. no scaling at all) by cross-validated error (leave-one-out up to
+* ``compare_forms``: the full form against reduced ones (E = 0; one variable, with or without E; a
+  plain log-linear law; a constant, i.e. no scaling at all) by cross-validated error (leave-one-out up to
   ``LOO_MAX_POINTS`` points, else 5-fold). The simplest form within one standard error of the best
   is chosen (the one-standard-error rule); the constant winning means the data hold no law.
 * ``held_out``: refit the chosen form on every point but the largest budget (or compute) and predict
@@ -154,7 +154,8 @@ class Form:
 CONSTANT = Form("constant (no scaling)", ())
 FORMS_1D = (Form("full", (0,)), Form("E = 0 (log-linear)", (0,), has_e=False), CONSTANT)
 FORMS_2D = (Form("full", (0, 1)), Form("E = 0", (0, 1), has_e=False), Form("N only", (0,)), Form("D only", (1,)),
-            Form("log-linear", (0, 1), loglinear=True), CONSTANT)
+            Form("log-linear", (0, 1), loglinear=True), Form("N only, E = 0", (0,), loglinear=True),
+            Form("D only, E = 0", (1,), loglinear=True), CONSTANT)
 
 
 @dataclass(frozen=True)

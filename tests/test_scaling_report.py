@@ -15,6 +15,7 @@ import pytest
 from test_reports import dump_dom, figures_in, md_table, needs_chromium, skipped_in
 
 from reports.build import build_report
+from reports.scaling import FORMS_2D
 from reports.synthetic import TRUE_LAW, make_study
 
 N_BOOT = 20
@@ -196,7 +197,7 @@ def test_smoke_preset_reaches_the_l_n_d_analysis(tmp_path: Path) -> None:
     assert len(chin) == 1, laws_in(page)
     row = md_table(md, "Law: final val loss = E + A/N^alpha + B/D^beta (or the reduced form chosen)")[0]
     assert row["points"] == "9" and row["verdict"] == chin[0][0]
-    assert len(md_table(md, "Model comparison: L(N, D)")) == 6
+    assert len(md_table(md, "Model comparison: L(N, D)")) == len(FORMS_2D)
     if chin[0][0] == "no law":  # says why, and derives nothing from it
         assert "frontier" not in figures_in(page) and "isoflop" not in figures_in(page)
         assert len(chin[0][1]) > len("L(N, D): final val loss, all: ") + 10
