@@ -143,9 +143,11 @@ def _as_is(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def start_method() -> str:
-    """How loader workers start: fork (instant) in a plain process; spawn inside a Ray worker, whose
-    gRPC threads a forked child would inherit mid-lock (a fork there hangs the loader)."""
-    return "fork" if sys.platform == "linux" and "ray" not in sys.modules else "spawn"
+    """How loader workers start: fork (instant) in a plain process; spawn in a process connected to
+    Ray (a trial's worker), whose gRPC threads a forked child would inherit mid-lock (it hangs)."""
+    ray = sys.modules.get("ray")
+    in_ray = ray is not None and getattr(ray, "is_initialized", lambda: False)()
+    return "fork" if sys.platform == "linux" and not in_ray else "spawn"
 
 
 def _loader(dataset: BatchSet, requests, workers: int, pin: bool) -> Iterator[dict[str, Any]]:
@@ -316,6 +318,10 @@ class StreamSource:
         if state.get("n_train", self.n_train) != self.n_train:
             raise ValueError(f"{self.cfg.name}: the checkpoint was written for {state['n_train']} training images, "
                              f"the collection now has {self.n_train} (the data changed; use a new run directory)")
+        now = self.splits.collection.fingerprint
+        if state.get("fingerprint", now) != now:
+            raise ValueError(f"{self.cfg.name}: the checkpoint was written for collection {state['fingerprint']}, "
+                             f"these files are {now} (files were added, removed or renamed; use a new run directory)")
         self.skipped_bad = int(state.get("skipped_bad", 0))
 
     def close(self) -> None:
