@@ -44,6 +44,8 @@ def sample_efficiency_from_checkpoints(study: Study, kind: str = "linear") -> tu
         return Panel(pid, title, note="Skipped: no probe results along pretraining (set probe.points or "
                                       "probe.at_samples)."), []
     rows = rows.filter(pl.col("kind") == kind)
+    if rows.is_empty():  # e.g. probe.kinds = ["linear"]: no attentive rows
+        return Panel(pid, title, note=f"Skipped: no {kind} probe results along pretraining."), []
     datasets = sorted(rows["dataset"].unique().to_list())
     dataset = study.base.get("data.name") if study.base.get("data.name") in datasets else datasets[0]
     rows = rows.filter(pl.col("dataset") == dataset)
