@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -113,9 +114,10 @@ def hashes() -> dict[int, str]:
 
 
 @pytest.fixture(scope="module")
-def cluster_study(s3_server, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def cluster_study(s3_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """The smoke block-size study (2 trials) on a two-node Ray cluster on this machine, 1 CPU per node,
-    each node with its own scratch root, storage in S3; the reference run for the other tests."""
+    each node with its own scratch root, storage in S3; the reference run for the other tests, which
+    may use the cluster (``address``) until the module's tests are done."""
     bucket = s3_server.create_bucket("xtra-cluster")
     tmp = tmp_path_factory.mktemp("cluster")
     scratch = {"a": tmp / "scratch-a", "b": tmp / "scratch-b"}
@@ -145,9 +147,10 @@ def cluster_study(s3_server, tmp_path_factory: pytest.TempPathFactory) -> dict:
                                "--out", str(out), "--storage", f"{bucket}/studies", "--address", f"127.0.0.1:{port}"],
                               cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+        yield {"uri": f"{bucket}/studies/ref", "out": out, "scratch": scratch, "stdout": proc.stdout, "tmp": tmp,
+               "address": f"127.0.0.1:{port}"}
     finally:
         _stop_cluster(temp_dir)
-    return {"uri": f"{bucket}/studies/ref", "out": out, "scratch": scratch, "stdout": proc.stdout, "tmp": tmp}
 
 
 def test_cluster_without_shared_filesystem(cluster_study: dict, hashes: dict[int, str]) -> None:
@@ -212,10 +215,11 @@ def test_kill_driver_delete_copy_resume_from_uri(cluster_study: dict, hashes: di
     bucket = s3_server.create_bucket("xtra-killed")
     stor = Storage.from_uri(f"{bucket}/studies/killed")
     out = tmp_path / "first" / "killed"
-    env = _env(XTRA_SCRATCH=str(tmp_path / "scratch-1"))
+    # On the module's cluster (its nodes keep their own scratch roots; starting no new Ray saves time)
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "study", "run", "block-size", "--preset", "smoke",
                              "--out", str(out), "--storage", f"{bucket}/studies", "--no-report",
-                             "--max-concurrent", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             "--max-concurrent", "1", "--address", cluster_study["address"]], cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         # SIGKILL once one trial is finished in storage and the other has a committed checkpoint
@@ -232,7 +236,7 @@ def test_kill_driver_delete_copy_resume_from_uri(cluster_study: dict, hashes: di
                     finished = h
                 elif "tune_checkpoint.json" in m.files and finished is not None and h != finished:
                     unfinished = h
-            time.sleep(0.2)
+            time.sleep(0.5)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -247,12 +251,14 @@ def test_kill_driver_delete_copy_resume_from_uri(cluster_study: dict, hashes: di
     assert "trial.json" not in stor.manifest(f"trials/{unfinished}").files
     ckpt = json.loads(stor.read_member(f"trials/{unfinished}", "tune_checkpoint.json"))["samples_seen"]
     assert 0 < ckpt < 512
-    # a new machine: no local study directory, no scratch
+    # as if on a new machine: no local study directory, no scratch copy of any trial on any node
     shutil.rmtree(tmp_path / "first")
-    shutil.rmtree(tmp_path / "scratch-1", ignore_errors=True)
+    for root in cluster_study["scratch"].values():
+        for run in root.glob("*/trials/*"):
+            shutil.rmtree(run)
     copy = tmp_path / "second"
-    res = xtra("resume", stor.uri, "--copy", str(copy), "--no-report",
-               env=_env(XTRA_SCRATCH=str(tmp_path / "scratch-2")))
+    res = xtra("resume", stor.uri, "--copy", str(copy), "--no-report", "--address", cluster_study["address"],
+               env=_env())
     assert res.returncode == 0, res.stdout + res.stderr
     assert len(starts(stor, finished)) == 1, "a finished trial was rerun"
     again = starts(stor, unfinished)
