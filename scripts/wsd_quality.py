@@ -107,13 +107,13 @@ def summarize(runs: dict, budgets: list[int], seeds: list[int], args: argparse.N
                                  ("diff", [w[metric] - c[metric] for w, c in pairs])):
                 row[f"{metric}_{name}"], row[f"{metric}_{name}_ci95"] = t_interval(values)
         rows.append(row)
-    trained = {s: 0 for s in seeds}
-    equivalent = {s: 0 for s in seeds}
-    for s in seeds:
-        reaches = [v["reach"] for k, v in runs.items() if k.startswith(f"seed{s}/trunk-to-")]
-        trained[s] = max(reaches, default=0) + sum(runs[k]["trained_samples"] for k in runs
-                                                   if k.startswith(f"seed{s}/wsd-"))
-        equivalent[s] = sum(runs[k]["trained_samples"] for k in runs if k.startswith(f"seed{s}/cosine-"))
+    trained, equivalent = {}, {}
+    for s in seeds:  # over the budgets with both runs done: trunk to the deepest branch point + cooldowns
+        done = [(runs[f"seed{s}/wsd-{b}"], runs[f"seed{s}/cosine-{b}"]) for b in budgets
+                if f"seed{s}/wsd-{b}" in runs and f"seed{s}/cosine-{b}" in runs]
+        trained[s] = max((w["samples"] - w["trained_samples"] for w, _ in done), default=0) + sum(
+            w["trained_samples"] for w, _ in done)
+        equivalent[s] = sum(c["trained_samples"] for _, c in done)
     setting = {"model": "cpu-s, block_size 2", "data": "fashion-mnist (54k train)", "batch_size": 128, "lr": 1e-3,
                "min_lr": 1e-5, "warmup_samples": args.warmup, "cooldown_fraction": args.cooldown,
                "cooldown_shape": args.shape, "probe": f"linear, {args.probe_epochs} epochs, "
