@@ -287,3 +287,40 @@ def test_bad_storage_is_one_line_before_any_trial(s3_bucket: str, tmp_path: Path
     res = CliRunner().invoke(report_app, ["build", f"{s3_bucket}/x"])
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 2 and len(lines) == 1 and f"{s3_bucket}/x: cannot reach endpoint" in lines[0], res.output
+
+
+def test_trial_sync_commits_own_files_and_writes_plain_ones(s3_bucket: str, tmp_path: Path, monkeypatch) -> None:
+    """What a trial's Ray actor does with its directory (no Ray needed): on one node it commits its
+    own files and writes the PLAIN ones whole; another node downloads all of them; a wsd branch gets
+    its own copy of the trunk's directory, never the trunk's scratch directory."""
+    from studies.ray.trainable import TrialSync
+    from xtra import trialdir as td
+
+    monkeypatch.setenv("XTRA_SCRATCH", str(tmp_path / "node-a"))
+    a = TrialSync(f"{s3_bucket}/s/study", "h1")
+    assert a.remote and a.run_dir.is_relative_to(tmp_path / "node-a")
+    a.download()  # nothing stored yet: an empty directory
+    files = {td.CONFIG: b"{}", td.CHECKPOINT: b"weights", td.PARAMS: b'{"p": 1}', td.ATTEMPTS: b'{"event": "start"}\n',
+             ".tune-checkpoint-x/checkpoint.pt": b"temp", "checkpoints/samples-64.pt": b"kept"}
+    for name, data in files.items():
+        (a.run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (a.run_dir / name).write_bytes(data)
+    a.upload()
+    a.put(td.PARAMS, td.ATTEMPTS, td.STATUS)
+    m = a.storage.manifest(a.rel)
+    assert sorted(m.files) == sorted([td.CONFIG, td.CHECKPOINT, "checkpoints/samples-64.pt"])
+    assert sorted(a.storage.plain_files(a.rel)) == sorted([td.PARAMS, td.ATTEMPTS])
+    monkeypatch.setenv("XTRA_SCRATCH", str(tmp_path / "node-b"))
+    b = TrialSync(f"{s3_bucket}/s/study", "h1")
+    b.download()
+    got = {p.relative_to(b.run_dir).as_posix(): p.read_bytes() for p in b.run_dir.rglob("*") if p.is_file()}
+    assert got == {k: v for k, v in files.items() if not k.startswith(".")}
+    branch = TrialSync(f"{s3_bucket}/s/study", "h2")
+    job = branch.trunk({"role": "branch", "trunk_dir": "/driver/only/trials/h1", "start": 64}, lambda e: None)
+    copy = Path(job["trunk_dir"])
+    assert copy.name == "h1" and copy != b.run_dir and (copy / "checkpoints" / "samples-64.pt").read_bytes() == b"kept"
+    assert not (copy / td.CHECKPOINT).exists()  # the trunk's latest checkpoint is not the branch's business
+    branch.cleanup()
+    assert not copy.exists()
+    local = TrialSync(tmp_path / "shared" / "study", "h3")  # a shared filesystem: in place, nothing moves
+    assert not local.remote and local.run_dir == (tmp_path / "shared" / "study" / "trials" / "h3").resolve()

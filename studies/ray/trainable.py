@@ -138,30 +138,33 @@ class TrialSync:
 
     def trunk(self, job: dict[str, Any], report: Any) -> dict[str, Any]:
         """A wsd branch's job with ``trunk_dir`` where this node sees the trunk: in storage itself
-        (local), or a scratch copy refreshed from storage until the trunk's checkpoint at the
-        branch's start is there or the trunk has ended (``xtra.trial`` then decides)."""
+        (local), or this branch's own copy of the trunk's stored directory (never the trunk's scratch
+        directory, which a trunk running on this node is writing), refreshed until the trunk's
+        checkpoint at the branch's start is there or the trunk has ended (``xtra.trial`` decides then)."""
         if job.get("role") != "branch":
             return job
-        trunk = TrialSync(self.storage.uri, Path(job["trunk_dir"]).name)
-        if trunk.remote and not (self.run_dir / td.CHECKPOINT).exists():
-            from xtra.checkpoint import kept_checkpoint
+        name = Path(job["trunk_dir"]).name  # xtra.trial names the row's trunk by this directory's name
+        trunk = TrialSync(self.storage.uri, name)
+        if not trunk.remote:
+            return {**job, "trunk_dir": str(trunk.run_dir)}
+        from xtra.checkpoint import kept_checkpoint
 
-            start = int(job["start"])
-            while True:
-                trunk.run_dir.mkdir(parents=True, exist_ok=True)
-                trunk.storage.download_dir(trunk.rel, trunk.run_dir,
-                                           include=lambda n: n != td.CHECKPOINT and not n.startswith("."))
-                if kept_checkpoint(trunk.run_dir, start).is_file() or \
-                        td.read_state(trunk.run_dir, running=True).status in td.TERMINAL:
-                    break
-                report({"kind": "progress", "samples_seen": 0})
-                time.sleep(TRUNK_POLL_S)
-        return {**job, "trunk_dir": str(trunk.run_dir)}
+        copy = self.run_dir.parent.parent / "trunk-copies" / self.run_dir.name / name
+        start = int(job["start"])
+        while True:
+            copy.mkdir(parents=True, exist_ok=True)
+            trunk.storage.download_dir(trunk.rel, copy, include=lambda n: n != td.CHECKPOINT and not n.startswith("."))
+            if (self.run_dir / td.CHECKPOINT).exists() or kept_checkpoint(copy, start).is_file() or \
+                    td.read_state(copy, running=True).status in td.TERMINAL:
+                return {**job, "trunk_dir": str(copy)}
+            report({"kind": "progress", "samples_seen": 0})
+            time.sleep(TRUNK_POLL_S)
 
     def cleanup(self) -> None:
-        """Drop the scratch copy of a trial that storage now holds whole."""
+        """Drop the scratch copy of a trial that storage now holds whole (and its copies of a trunk)."""
         if self.remote:
             shutil.rmtree(self.run_dir, ignore_errors=True)
+            shutil.rmtree(self.run_dir.parent.parent / "trunk-copies" / self.run_dir.name, ignore_errors=True)
 
 
 class Reporter:
@@ -251,7 +254,7 @@ def trainable(config: dict[str, Any]) -> None:
     reporter = Reporter(run_dir, h, cfg.pretrain.samples, tune_checkpoints=workers == 1 and not sync.remote,
                         sync=own)
     try:
-        job = sync.trunk(job, reporter) if job else job
+        job = sync.trunk(job, reporter) if job and workers == 1 else job  # else rank 0 copies the trunk
         if workers > 1:
             row = trial_on_workers(cfg, run_dir, {**meta, "job": job or None}, reporter)
         else:

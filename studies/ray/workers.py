@@ -124,7 +124,10 @@ def _train_worker(config: dict[str, Any]) -> None:
         if config["mode"] == "trial":
             from xtra.trial import run_trial
 
-            row = run_trial(cfg, run_dir, report=reporter, world=world, job=config.get("job"))
+            job = config.get("job")
+            if job and reporter.sync is not None:  # rank 0's file decides: its node's view of a wsd trunk
+                job = reporter.sync.trunk(job, reporter)
+            row = run_trial(cfg, run_dir, report=reporter, world=world, job=job)
         else:
             row = _pretrain_on_worker(cfg, run_dir, world, reporter, probe=config.get("probe", False))
     except NonFiniteLoss as err:  # every rank sees it at once; a retry would fail the same way
