@@ -454,6 +454,8 @@ def test_probe_checkpoints_long_format_rows(run_dir, tmp_path):
         (1024, "fashion-mnist", "linear"), (1024, "digits", "linear"),
         *((2048, d, k) for d in ("fashion-mnist", "digits") for k in ("linear", "attentive"))]
     assert all(0 <= r["top1"] <= 1 and r["best_lr"] in cfg.lrs for r in rows)
+    # 3 lrs: the middle one is inside the grid, the others at its edge
+    assert all(r["lr_at_edge"] == (r["best_lr"] != 3e-2) for r in rows)
     by = {(r["samples"], r["dataset"], r["kind"]): r for r in rows}
     assert by[(1024, "digits", "linear")]["top1"] == by[(2048, "digits", "linear")]["top1"]  # same weights
     assert by[(1024, "digits", "linear")]["num_classes"] == 10 and by[(1024, "digits", "linear")]["n_train"] == 600

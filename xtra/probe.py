@@ -502,7 +502,9 @@ def _run_kind(kind: str, encoder: Encoder, dataset, cfg: ProbeConfig, seed: int,
         info: dict[str, Any] = {"val_top1": {lr: acc for lr, acc in zip(cfg.lrs, val_acc)},
                                 "best_lr": cfg.lrs[best], "best_index": best, "cache": mode,
                                 "cache_s": t_cache, "val_curve": curve,
-                                "still_improving": still_improving(curve, cfg.epochs), **shape}
+                                "still_improving": still_improving(curve, cfg.epochs),
+                                "lr_at_edge": len(cfg.lrs) > 1 and cfg.lrs[best] in (min(cfg.lrs), max(cfg.lrs)),
+                                **shape}
         test_acc = None
         if evaluate_test:  # only the head chosen on val ever sees the test split
             test = _Source(encoder, dataset.test.images, kind, cfg, device, mode, scratch, "test", None,
@@ -532,7 +534,8 @@ def probe(encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, progress: bool
 
     Returns {kind: {"val_top1": {lr: acc}, "best_lr": lr, "best_val_top1": acc, "test_top1": acc (best lr only),
     "epochs": n, "cache": memory|disk|off, "val_curve": {epoch: val top-1 of the chosen lr},
-    "still_improving": bool | None, "layers": blocks averaged, "heads": attention heads (None for
+    "still_improving": bool | None, "lr_at_edge": the chosen lr is the grid's smallest or largest
+    (the grid may not hold the best lr: widen it), "layers": blocks averaged, "heads": attention heads (None for
     linear), "features": raw|normed}}; accuracies are fractions in [0, 1]. `data_cfg` is unused
     (kept for callers; the augmentation's parameters are in `cfg`)."""
     check_fits(encoder.cfg, dataset, cfg)
@@ -560,7 +563,8 @@ def probe(encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, progress: bool
             results[kind] = {"val_top1": info["val_top1"], "best_lr": info["best_lr"],
                              "best_val_top1": info["val_top1"][info["best_lr"]], "test_top1": test_acc,
                              "epochs": cfg.epochs, "cache": info["cache"], "val_curve": info["val_curve"],
-                             "still_improving": info["still_improving"], "layers": info["layers"],
+                             "still_improving": info["still_improving"], "lr_at_edge": info["lr_at_edge"],
+                             "layers": info["layers"],
                              "heads": info["heads"], "features": cfg.features}
     finally:
         encoder.train(was_training)
@@ -743,7 +747,7 @@ def probe_checkpoints(paths_by_samples: dict[int, Path | str], data_cfg: DataCon
     (largest samples) with every kind of `probe.kinds`, the earlier ones with `probe.along_kinds`.
     Returns long-format rows, one per (samples, dataset, kind), sorted that way:
     {"samples", "dataset", "kind", "top1" (test, the lr chosen on val), "best_lr", "best_val_top1",
-    "still_improving", "epochs", "layers", "heads", "features", "n_train", "n_test", "num_classes",
+    "still_improving", "lr_at_edge", "epochs", "layers", "heads", "features", "n_train", "n_test", "num_classes",
     "wall_s"}. `data_cfg` is the trial's data (its own set is probed with its split settings).
 
     Every input is checked before any compute: each checkpoint exists and is an xtra checkpoint of
@@ -785,7 +789,8 @@ def probe_checkpoints(paths_by_samples: dict[int, Path | str], data_cfg: DataCon
                 r = result[kind]
                 rows.append({"samples": samples, "dataset": name, "kind": kind, "top1": r["test_top1"],
                              "best_lr": r["best_lr"], "best_val_top1": r["best_val_top1"],
-                             "still_improving": r["still_improving"], "epochs": r["epochs"], "layers": r["layers"],
+                             "still_improving": r["still_improving"], "lr_at_edge": r["lr_at_edge"],
+                             "epochs": r["epochs"], "layers": r["layers"],
                              "heads": r["heads"], "features": r["features"],
                              "n_train": len(limit_train(dataset, probe_cfg.limit_train).train),
                              "n_test": len(dataset.test), "num_classes": dataset.num_classes,
@@ -861,8 +866,12 @@ def bench_probe(encoder: Encoder | None = None, dataset=None, *, n_lrs: int = 8,
 
 
 # The `cpu` preset's probe (studies/_presets.toml): the official heads on cached features of a fixed
-# 20,000-image train subset, a short schedule that still converges (measured by `bench_probe_protocol`).
-CPU_PROBE = ProbeConfig(epochs=16, warmup_epochs=2, batch_size=256, limit_train=20_000)
+# 20,000-image train subset, a short schedule (`bench_probe_protocol` measures how far from converged
+# it is). The official lrs (1e-4..4e-3) are sized for 100 epochs of ImageNet: in 16 short epochs the
+# best of them is the largest and the linear probe stays ~13 points under a converged reference, so
+# the grid here is shifted up (measured: 64.6% -> 72.7% test top-1 on the same features).
+CPU_PROBE = ProbeConfig(epochs=16, warmup_epochs=2, batch_size=256, limit_train=20_000,
+                        lrs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1))
 
 
 def reference_top1(encoder: Encoder, dataset, cfg: ProbeConfig,
@@ -941,8 +950,9 @@ def bench_probe_protocol(*, samples: int = 30_000, protocol_train: int = 2_000, 
         got = probe(encoder, dataset, linear, seed)["linear"]
         probe_s = time.perf_counter() - t0
         ref = reference_top1(encoder, dataset, linear)
-        out["convergence"] = {"epochs": ours.epochs, "n_train": len(dataset.train), "probe_top1": got["test_top1"],
-                              "probe_best_lr": got["best_lr"], "still_improving": got["still_improving"],
+        out["convergence"] = {"epochs": ours.epochs, "n_train": len(limit_train(dataset, ours.limit_train).train),
+                              "lrs": ours.lrs, "probe_top1": got["test_top1"], "probe_best_lr": got["best_lr"],
+                              "still_improving": got["still_improving"], "lr_at_edge": got["lr_at_edge"],
                               "reference_top1": ref["test_top1"], "reference_C": ref["C"],
                               "gap_points": 100 * (ref["test_top1"] - got["test_top1"]), "probe_s": probe_s,
                               "reference_s": ref["wall_s"]}
