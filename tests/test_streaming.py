@@ -267,3 +267,19 @@ def test_reduced_scale_jpeg_decode_matches_full_decode(tmp_path):
                                           fast=False)
             assert fast.shape == (3, 32, 32)
             assert np.abs(fast.astype(int) - full.astype(int)).mean() < 4
+
+
+def test_workers_advice_is_gpu_rate_over_worker_rate():
+    import math
+
+    from xtra.config import flops_per_image
+    from xtra.data import MEASURED_WORKER_RATE, workers_advice
+
+    vit = model_config("vit-b/16", block_size=4)
+    got = workers_advice(vit, 100.0)
+    gpu = 0.4 * 989e12 / flops_per_image(vit)
+    assert got["gpu_images_per_s"] == pytest.approx(gpu) and got["workers"] == math.ceil(1.25 * gpu / 100.0)
+    assert f"--set data.workers={got['workers']}" in got["advice"]
+    assert workers_advice(vit)["per_worker_images_per_s"] == MEASURED_WORKER_RATE[256]
+    with pytest.raises(ValueError, match="must be > 0"):
+        workers_advice(vit, 0.0)
