@@ -217,10 +217,10 @@ def _study_body(study: Study, pans: list[Panel], tables: list[Table], notes: lis
     if ablations:
         out.append(f'<h2 id="{prefix}ablations">Ablations</h2>')
         out += [_table_html(t, prefix) for t in ablations]
-    out += _laws_html(pans, prefix)
     failed = [t for t in tables if t.id == "table-failed"]
     out += [f'<h2 id="{prefix}failed">Trials not finished</h2>' + _table_html(t, prefix) for t in failed]
     out += [_figure_html(p, prefix, images.get(p.id)) for p in shown]
+    out += _laws_html(pans, prefix)  # after the figures: one line per fitted group can run long
     rest = [t for t in tables if t not in ablations and t not in failed]
     if rest:
         out.append(f'<h2 id="{prefix}trials">Trials</h2>')
