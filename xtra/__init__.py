@@ -20,6 +20,25 @@ from typing import Any
 __all__ = ["run_study", "resume_study", "load_results", "load_curves"]
 
 
+class _Environment:
+    """The process environment as it was; restored exactly on exit (libraries imported on first use,
+    such as ray and pyarrow, set variables of their own at import)."""
+
+    def __enter__(self) -> None:
+        import os
+
+        self.saved = dict(os.environ)
+
+    def __exit__(self, *exc: Any) -> None:
+        import os
+
+        for key in [k for k in os.environ if k not in self.saved]:
+            del os.environ[key]
+        for key, value in self.saved.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
 def run_study(study: str | Path, out: str | Path | None = None, *, preset: str | None = None,
               sets: dict[str, Any] | list[str] | None = None, seeds: int | list[int] | None = None,
               address: str | None = None, storage: str | None = None, report: bool = True, verbose: bool = False,
@@ -28,34 +47,36 @@ def run_study(study: str | Path, out: str | Path | None = None, *, preset: str |
     ``runs/studies/<name>-<preset>``); finished trials are reused. ``resources``: cpus_per_trial,
     gpus_per_trial, max_concurrent, workers_per_trial, loggers. Returns the runner's Outcome
     (study_dir, counts, results, report, notes). Bad input raises ``studies.spec.StudyError``."""
-    import io
+    with _Environment():
+        import io
 
-    from rich.console import Console
+        from rich.console import Console
 
-    from studies.runner import run_study as _run
-    from studies.spec import load_study
+        from studies.runner import run_study as _run
+        from studies.spec import load_study
 
-    spec = load_study(study, preset=preset, sets=sets, seeds=seeds)
-    if resources:
-        spec = spec.with_resources(**resources)
-    if out is None:
-        out = Path("runs") / "studies" / (f"{spec.name}-{spec.preset}" if spec.preset else spec.name)
-    console = Console() if verbose else Console(file=io.StringIO())
-    return _run(spec, out, address=address, storage=storage, console=console, live=False, build_report=report,
-                command="xtra.run_study")
+        spec = load_study(study, preset=preset, sets=sets, seeds=seeds)
+        if resources:
+            spec = spec.with_resources(**resources)
+        if out is None:
+            out = Path("runs") / "studies" / (f"{spec.name}-{spec.preset}" if spec.preset else spec.name)
+        console = Console() if verbose else Console(file=io.StringIO())
+        return _run(spec, out, address=address, storage=storage, console=console, live=False,
+                    build_report=report, command="xtra.run_study")
 
 
 def resume_study(study_dir: str | Path, *, address: str | None = None, report: bool = True,
                  verbose: bool = False) -> Any:
     """Continue an interrupted study from its directory (unfinished trials from their checkpoints)."""
-    import io
+    with _Environment():
+        import io
 
-    from rich.console import Console
+        from rich.console import Console
 
-    from studies.runner import resume_study as _resume
+        from studies.runner import resume_study as _resume
 
-    console = Console() if verbose else Console(file=io.StringIO())
-    return _resume(study_dir, address=address, console=console, live=False, build_report=report)
+        console = Console() if verbose else Console(file=io.StringIO())
+        return _resume(study_dir, address=address, console=console, live=False, build_report=report)
 
 
 def load_results(study_dir: str | Path) -> Any:

@@ -49,14 +49,15 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 def _worker_env() -> dict[str, str]:
     """What every worker of any cluster must see: fault-injection switches, the data location, and
     object-store credentials/endpoints (a worker on another node uploads trial files itself)."""
-    prefixes = ("XTRA_", "AWS_")
+    prefixes = ("XTRA_", "AWS_", "WANDB_", "MLFLOW_")
     node_local = ("XTRA_SCRATCH",)  # each node's own setting (`XTRA_SCRATCH=... ray start`), never the driver's
     return {k: v for k, v in os.environ.items() if k.startswith(prefixes) and k not in node_local}
 
 
 @contextlib.contextmanager
-def ray_session(log_dir: Path, address: str | None) -> Iterator[dict[str, Any]]:
-    """Start (or connect to) Ray with its chatter in LOG_DIR/ray.log; always shut down and restore."""
+def ray_session(log_dir: Path, address: str | None, env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    """Start (or connect to) Ray with its chatter in LOG_DIR/ray.log; always shut down and restore.
+    ``env``: defaults for the session's environment (the driver's and every worker's)."""
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "ray.log"
@@ -74,7 +75,7 @@ def ray_session(log_dir: Path, address: str | None) -> Iterator[dict[str, Any]]:
                                        f"{category.__name__}: {message}", None, None))
 
     warnings.showwarning = showwarning
-    env = dict(SESSION_ENV)
+    env = {**SESSION_ENV, **(env or {})}
     if token_auth_available():  # see studies.ray: Ray reads the mode both at import and at every call
         env["RAY_AUTH_MODE"] = "token"
     with _environment(env):

@@ -105,6 +105,7 @@ def tracker_callbacks(loggers: tuple[str, ...], study: Study, study_dir: Path) -
             except ImportError as err:
                 raise StudyError(f"resources.loggers: wandb is not installed ({err}); pip install wandb") from None
             (root / "wandb").mkdir(parents=True, exist_ok=True)
+            # offline unless WANDB_MODE says otherwise (the session sets it for the driver and workers)
             out.append(WandbLoggerCallback(project=study.name, mode=os.environ.get("WANDB_MODE", "offline"),
                                            dir=str(root / "wandb"), log_config=True))
     return out
@@ -203,7 +204,8 @@ def fit(plan: Plan, study_dir: Path, *, address: str | None, storage_path: str, 
     runnable = tune.with_resources(trainable, _trial_resources(study))
     callbacks: list[Any] = [Monitor(display, study, study_dir),
                             *tracker_callbacks(study.resources.loggers, study, study_dir)]
-    with ray_session(study_dir, address) as info:
+    tracker_env = {"WANDB_MODE": "offline"} if "wandb" in study.resources.loggers else {}
+    with ray_session(study_dir, address, env=tracker_env) as info:
         if address:
             notes.append(f"used the Ray cluster at {info.get('gcs_address')} "
                          f"({info['cluster_cpus']:g} CPUs, {info['cluster_gpus']:g} GPUs)")
