@@ -103,7 +103,7 @@ def bench_cmd(
         console.print(_line("orchestration", results["orchestration"]))
 
     if "scaling" in chosen:
-        from studies.runner import bench_scaling
+        from studies.ray.workers import bench_scaling
 
         results["scaling"] = bench_scaling(2, steps=10, size="tiny") if quick else bench_scaling(2)
         console.print(_line("scaling", results["scaling"]))
