@@ -995,14 +995,15 @@ def bench_probe_protocol(*, samples: int = 30_000, protocol_train: int = 2_000, 
         t0 = time.perf_counter()
         end_rows = probe_checkpoints({trained["samples_seen"]: final}, data_cfg, along, seed, device=device)
         t_end = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        rows = probe_checkpoints({s: kept_checkpoint(run, s) for s in keep}, data_cfg, along, seed, device=device)
-        t_more = time.perf_counter() - t0
+        t0 = time.perf_counter()  # all 4 in one call, as a trial makes it (the end with every kind)
+        rows = probe_checkpoints({**{s: kept_checkpoint(run, s) for s in keep}, trained["samples_seen"]: final},
+                                 data_cfg, along, seed, device=device)
+        t_all = time.perf_counter() - t0
         out["checkpoints"] = {"points": len(keep) + 1, "n_train": along_train, "along_kinds": along.along_kinds,
-                              "probe_end_s": t_end, "probe_all_s": t_end + t_more,
-                              "probe_ratio": (t_end + t_more) / t_end,
-                              "trial_overhead": (t_end + t_more + out["pretrain_s"]) / (t_end + out["pretrain_s"]),
-                              "curve": [{k: r[k] for k in ("samples", "kind", "top1")} for r in rows + end_rows]}
+                              "probe_end_s": t_end, "probe_all_s": t_all, "probe_ratio": t_all / t_end,
+                              "trial_overhead": (t_all + out["pretrain_s"]) / (t_end + out["pretrain_s"]),
+                              "end_top1": {r["kind"]: r["top1"] for r in end_rows},
+                              "curve": [{k: r[k] for k in ("samples", "kind", "top1")} for r in rows]}
         log(f"checkpoints: {out['checkpoints']}")
     return out
 
