@@ -266,7 +266,7 @@ def test_bad_study_dirs_raise_clear_errors(tmp_path: Path) -> None:
 def test_grid_report_has_every_figure(grid: Path) -> None:
     page = (grid / "report" / "index.html").read_text()
     assert figures_in(page) == ALL_FIGURES
-    assert skipped_in(page) == ["predictions"]
+    assert skipped_in(page) == ["predictions", "probe-curves-linear"]  # no probes along pretraining here
     for fid in ALL_FIGURES:
         spec = re.search(rf'<script type="application/json" id="fig-{fid}-json">(.*?)</script>', page, re.S)
         assert spec and json.loads(spec.group(1).replace("<\\/", "</"))["data"], fid
@@ -327,7 +327,7 @@ def test_smoke_study_report_from_trial_files(smoke: Path) -> None:
     assert figures_in(page) == ["loss-curves", "probe-vs-k", "learning-curve-laws"]
     assert "### Fit: pretraining loss vs samples seen, per trial" in md
     assert set(skipped_in(page)) == {"sample-efficiency", "param-efficiency", "compute", "loss-vs-samples",
-                                     "loss-vs-params", "isoflop", "frontier", "predictions"}
+                                     "loss-vs-params", "isoflop", "frontier", "predictions", "probe-curves-linear"}
     assert "read from trials" in page and "results.parquet is missing" in md
     rows = md_table(md, "Ablation: model.block_size")
     assert [r["n"] for r in rows] == ["1", "0 (+1 failed)", "1", "1"]
