@@ -236,6 +236,18 @@ class Study:
                 locate(cfg.data)
             except (ValueError, FileNotFoundError) as e:
                 raise StudyError(f"{self.source}: data.name={cfg.data.name!r}: {_one_line(e)}") from None
+        from xtra.probe import probe_data_configs
+
+        probed = set()
+        for cfg in configs:  # the downstream suite: every set found, and each fits the encoder
+            key = repr((cfg.probe.datasets, cfg.data, cfg.model.channels))
+            if key in probed:
+                continue
+            probed.add(key)
+            try:
+                probe_data_configs(cfg.probe, cfg.data, cfg.model)
+            except (ValueError, FileNotFoundError) as e:
+                raise StudyError(f"{self.source}: {_one_line(e)}") from None
 
     # -- derived studies ------------------------------------------------------------------------
 

@@ -176,3 +176,10 @@ def test_migration_renames_old_identity_directories(tmp_path: Path) -> None:
     assert st.migrate(tmp_path) == [("0123456789ab", spec.config_hash)]
     assert td.read_result(td.path(tmp_path, spec.config_hash)) is not None
     assert json.loads((td.path(tmp_path, spec.config_hash) / td.PARAMS).read_text())["migrated_from"] == old.name
+
+
+def test_a_missing_probe_dataset_fails_before_any_work(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["run", "block-size", "-p", "smoke", "--out", str(tmp_path / "o"),
+                                   "--set", 'probe.datasets=["fashion-mnist", "imagefolder:/nope"]'])
+    assert res.exit_code == 2 and "probe.datasets[1]='imagefolder:/nope'" in res.output
+    assert not (tmp_path / "o").exists()
