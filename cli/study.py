@@ -164,6 +164,10 @@ def show_cmd(study: StudyArg, preset: PresetOpt = None, sets: SetOpt = None, see
     table.add_section()
     table.add_row("", "total", "", "", "", "", "", "", f"{total:.3g}")
     console.print(table)
+    if base.data.name.startswith(("imagefolder:", "wds:")):  # streamed collections: how many loader workers
+        from xtra.data import workers_advice
+
+        console.print(workers_advice(base.model)['advice'], highlight=False, soft_wrap=True)
 
 
 def _default_out(study_arg: str, s: Any) -> Path:

@@ -258,6 +258,7 @@ def test_cli_list_and_show() -> None:
     res = runner.invoke(app, ["show", "block-size", "--preset", "paper"])
     assert res.exit_code == 0, res.output
     assert "block_size=4,seed=0" in res.output and "40% MFU" in res.output and "128,116,700" in res.output
+    assert "loader workers per GPU" in res.output and "--set data.workers=" in res.output
     res = runner.invoke(app, ["show", "width", "-p", "smoke", "--set", "pretrain.samples=256", "--seeds", "2"])
     assert res.exit_code == 0, res.output
     assert "width=32,seed=1" in res.output and "256" in res.output
