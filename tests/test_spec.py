@@ -90,7 +90,7 @@ def test_paper_protocol() -> None:
     cfg = study.base_config()
     assert cfg.pretrain.samples == 100 * 1_281_167 and cfg.pretrain.warmup_samples == 10 * 1_281_167
     assert cfg.pretrain.lr == 1e-3 and cfg.model.pred_width == 384 and cfg.model.pred_depth == 8
-    assert [s.params["model.block_size"] for s in study.expand()] == [1, 2, 4]  # the paper's ablation; k=8 is an extension
+    assert [s.params["model.block_size"] for s in study.expand()] == [1, 2, 4]
     # the placeholder dataset path is fine for `show`, and fails at run time with one line
     with pytest.raises(StudyError) as err:
         study.check_data()
