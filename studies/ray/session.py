@@ -76,7 +76,9 @@ def ray_session(log_dir: Path, address: str | None, env: dict[str, str] | None =
 
     warnings.showwarning = showwarning
     env = {**SESSION_ENV, **(env or {})}
-    if token_auth_available():  # see studies.ray: Ray reads the mode both at import and at every call
+    if address and address != "auto" and token_auth_available():
+        # see studies.ray: for an explicit address Ray reads the mode at import and at every call; a
+        # cluster it starts or finds itself gets token auth from Ray's own defaults
         env["RAY_AUTH_MODE"] = "token"
     with _environment(env):
         env_vars = _worker_env()
