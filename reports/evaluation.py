@@ -11,7 +11,7 @@ import polars as pl
 from . import efficiency as eff
 from .collect import Study
 from .figures import Panel, _layout
-from .tables import Table
+from .tables import Table, mean_ci
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
@@ -126,6 +126,60 @@ def wsd_samples(study: Study) -> list[str]:
               f"({separate / max(trained, 1):.2f}x fewer)"]
 
 
+def schedule_comparison(results: pl.DataFrame, metrics: tuple[str, ...] = ("val_loss", "linear_top1")) -> pl.DataFrame:
+    """wsd vs cosine per budget (and k): each schedule's mean over seeds, and the difference wsd - cosine
+    paired by seed with its 95% t-interval (``lo``/``hi``; null with one seed). Empty unless the study
+    swept `pretrain.schedule` over both."""
+    need = {"pretrain.schedule", "pretrain.samples", "seed"}
+    if not need <= set(results.columns) or set(results["pretrain.schedule"].drop_nulls().unique()) != {"cosine",
+                                                                                                          "wsd"}:
+        return pl.DataFrame()
+    keys = ["pretrain.samples"] + (["block_size"] if "block_size" in results.columns
+                                   and results["block_size"].n_unique() > 1 else [])
+    rows = []
+    for group, part in results.group_by(keys, maintain_order=True):
+        by = {s: part.filter(pl.col("pretrain.schedule") == s) for s in ("cosine", "wsd")}
+        row: dict = dict(zip(keys, group))
+        for metric in metrics:
+            paired = by["wsd"].select("seed", pl.col(metric).alias("w")).join(
+                by["cosine"].select("seed", pl.col(metric).alias("c")), on="seed").drop_nulls()
+            diffs = (paired["w"] - paired["c"]).to_list()
+            mean, half, n = mean_ci(diffs)
+            row.update({f"{metric} wsd": by["wsd"][metric].mean(), f"{metric} cosine": by["cosine"][metric].mean(),
+                        f"{metric} delta": mean if n else None,
+                        f"{metric} lo": mean - half if n > 1 else None, f"{metric} hi": mean + half if n > 1 else None,
+                        "seeds": n})
+        rows.append(row)
+    return pl.DataFrame(rows, infer_schema_length=None).sort(keys)
+
+
+def schedule_table(study: Study) -> list[Table]:
+    df = schedule_comparison(study.finished)
+    if df.is_empty():
+        return []
+
+    def cell(v: object, digits: str = ".4f") -> str:
+        return "-" if v is None else format(v, digits)
+
+    columns = [c for c in df.columns if not c.endswith((" lo", " hi"))]
+    body = []
+    for r in df.iter_rows(named=True):
+        out = []
+        for c in columns:
+            if c.endswith(" delta"):
+                base = c[: -len(" delta")]
+                ci = (f" [{cell(r[base + ' lo'])}, {cell(r[base + ' hi'])}]" if r[base + " lo"] is not None else "")
+                out.append(cell(r[c]) + ci)
+            elif isinstance(r[c], float):
+                out.append(cell(r[c]))
+            else:
+                out.append(str(r[c]))
+        body.append(out)
+    return [Table(title="wsd vs cosine per budget (delta = wsd - cosine, paired by seed, 95% CI)",
+                  columns=columns, rows=body, id="table-schedule",
+                  note="Each wsd trial branched off a shared trunk; each cosine trial ran alone.")]
+
+
 def evaluation(study: Study) -> tuple[list[Panel], list[Table], list[str]]:
     """Panels, tables and the efficiency sentences (for the page and summary.md)."""
     panels, sentences = [], wsd_samples(study)
@@ -135,4 +189,4 @@ def evaluation(study: Study) -> tuple[list[Panel], list[Table], list[str]]:
             panels.append(panel)
         sentences += said
     sentences += parameter_ratios(study)
-    return panels, suite_tables(study), sentences
+    return panels, suite_tables(study) + schedule_table(study), sentences

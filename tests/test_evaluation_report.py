@@ -53,3 +53,22 @@ def test_a_suite_gets_a_per_dataset_table_with_its_average(tmp_path: Path) -> No
         cells = dict(zip(linear.columns, row))
         digits, fashion, average = (float(cells[c]) for c in ("digits", "fashion-mnist", "average"))
         assert abs(average - (digits + fashion) / 2) < 0.051  # shown to one decimal of a percent
+
+
+def test_wsd_vs_cosine_per_budget_is_paired_by_seed() -> None:
+    from reports.evaluation import schedule_comparison
+
+    rows = []
+    for seed in (0, 1, 2):
+        for samples in (4000, 8000):
+            base = 0.6 - samples / 1e5 + 0.01 * seed
+            rows.append({"pretrain.schedule": "cosine", "pretrain.samples": samples, "seed": seed,
+                         "val_loss": base, "linear_top1": 0.7})
+            rows.append({"pretrain.schedule": "wsd", "pretrain.samples": samples, "seed": seed,
+                         "val_loss": base - 0.02 - 0.001 * seed, "linear_top1": 0.71})
+    df = schedule_comparison(pl.DataFrame(rows))
+    assert df["pretrain.samples"].to_list() == [4000, 8000] and df["seeds"].to_list() == [3, 3]
+    for r in df.iter_rows(named=True):  # the seed offset cancels in the pairing: delta -0.021, a tight CI
+        assert abs(r["val_loss delta"] + 0.021) < 1e-9 and r["val_loss lo"] < -0.021 < r["val_loss hi"]
+        assert abs(r["linear_top1 delta"] - 0.01) < 1e-9
+    assert schedule_comparison(pl.DataFrame([r for r in rows if r["pretrain.schedule"] == "wsd"])).is_empty()

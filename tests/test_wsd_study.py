@@ -131,3 +131,13 @@ def test_trunk_and_branches_survive_a_kill_and_a_new_budget_costs_its_cooldown(t
     trained = 384 + (256 - 192) + (384 - 256) + (512 - 384)
     assert f"wsd: 3 trial(s) branched off 1 trunk(s): {trained:,} samples trained where separate runs would " \
            f"train {256 + 384 + 512:,}" in summary, summary
+
+    # the same budgets under cosine beside them: the report compares the schedules per budget
+    both = _xtra(*args[:-2], "--set", "axes.pretrain.samples=[256,384,512]", "--set",
+                 'axes.pretrain.schedule=["cosine","wsd"]', "--out", str(study_dir))
+    out, _ = both.communicate(timeout=400)
+    assert both.returncode == 0, out
+    assert "(ran 3, reused 3 finished)" in out, out
+    summary = (build_report(study_dir, n_boot=0).parent / "summary.md").read_text()
+    table = summary[summary.index("### wsd vs cosine per budget"):]
+    assert all(f"| {budget} |" in table for budget in (256, 384, 512)), table
