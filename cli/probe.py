@@ -52,8 +52,9 @@ def probe_cmd(
                                                              "(after the final LayerNorm).")] = _D.features,
     mask: Annotated[str, typer.Option("--mask", help="block (pretraining mask) | none (full attention).")] = "block",
     cache: Annotated[str, typer.Option("--cache", help="Feature cache: auto | memory | disk | off.")] = "auto",
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="The official augmentation (crop + flip; "
-                                                                         "attentive: + RandAugment, erasing).")] = False,
+    augment: Annotated[bool, typer.Option(
+        "--augment/--no-augment",
+        help="The official augmentation (crop + flip; attentive: + RandAugment, erasing).")] = False,
     random_init: Annotated[bool, typer.Option("--random-init", help="Probe an untrained encoder of the same "
                                                                     "config (writes probe-random.json).")] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,

@@ -7,12 +7,12 @@ from __future__ import annotations
 import base64
 import html
 import json
-import time
 import math
 import re
 import shutil
 import struct
 import subprocess
+import time
 import zlib
 from pathlib import Path
 
@@ -201,8 +201,8 @@ def test_per_trial_fallback_matches_parquet(tmp_path: Path) -> None:
     c = load_study(mid)
     assert c.results.height == a.results.height + 1
     row = c.results.filter(pl.col("config_hash") == "feedfacecafe").row(0, named=True)
-    assert (row["status"], row["trial_id"], row["model.block_size"], row["samples_seen"]) == ("interrupted", "fb_new", 8,
-                                                                                             128)
+    assert (row["status"], row["trial_id"], row["model.block_size"], row["samples_seen"]) == (
+        "interrupted", "fb_new", 8, 128)
     assert c.curves.filter(pl.col("config_hash") == "feedfacecafe").height == 1
     assert c.curves.height == a.curves.height + 1  # the broken line is skipped, with a note
     assert any("skipped 1 unreadable line" in n for n in c.notes)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,11 +20,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from raycluster import stop_cluster
 from typer.testing import CliRunner
 
 from cli.study import app
 from studies import state as st
 from studies.spec import load_study
+from xtra.s3server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -295,31 +296,11 @@ def test_search_study_runs_optuna(tmp_path: Path) -> None:
     assert df["config_hash"].n_unique() == 2 and (df["linear_top1"] > 0).all()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _processes_under(marker: str) -> list[int]:
-    """Pids whose command line mentions ``marker`` (the cluster's private temp dir)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            if marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
-
-
 @pytest.mark.slow
 @needs_data
 def test_runs_on_a_separately_started_cluster(reference: Reference, smoke_hashes: dict[int, str],
                                               tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="xr", dir="/tmp")  # short: Ray's socket paths live under it
     ray_bin = str(Path(sys.executable).parent / "ray")
     started = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
@@ -336,17 +317,4 @@ def test_runs_on_a_separately_started_cluster(reference: Reference, smoke_hashes
         assert [a["gcs_address"].rsplit(":", 1)[1] for a in starts(study_dir, k1)] == [str(port)]
         same_metrics(results(study_dir).to_dicts()[0], reference[k1])
     finally:
-        # `ray stop` would stop every Ray instance on this machine; stop exactly this cluster's
-        # processes instead (all of them carry its private temp dir on their command line).
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            pids = _processes_under(temp_dir)
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + 10
-            while _processes_under(temp_dir) and time.monotonic() < deadline:
-                time.sleep(0.2)
-        assert not _processes_under(temp_dir), "the test's Ray cluster is still running"
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        stop_cluster(temp_dir)

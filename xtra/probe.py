@@ -151,7 +151,8 @@ def protocol(kind: str, model_cfg: ModelConfig, cfg: ProbeConfig) -> dict[str, A
     """The head's effective shape on this encoder (after clamping), recorded with every result."""
     if kind == "linear":
         return {"layers": 1, "heads": None}
-    return {"layers": probe_layers(cfg, model_cfg.depth), "heads": attentive_heads(model_cfg.width, cfg.attentive_heads)}
+    return {"layers": probe_layers(cfg, model_cfg.depth),
+            "heads": attentive_heads(model_cfg.width, cfg.attentive_heads)}
 
 
 def _trunc_normal(shape, std: float, gen: torch.Generator) -> torch.Tensor:
@@ -360,7 +361,7 @@ def train_heads(kind: str, heads: list[nn.Module], lrs: tuple[float, ...], sourc
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, kind, "shuffle", epoch)))
         for s in range(per_epoch):
             idx = perm[s * bs: (s + 1) * bs]
-            for head, opt, lr in zip(heads, optimizers, lrs):
+            for opt, lr in zip(optimizers, lrs):
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, total, warmup, lr, cfg)
                 opt.zero_grad(set_to_none=True)
@@ -885,7 +886,8 @@ def reference_top1(encoder: Encoder, dataset, cfg: ProbeConfig,
     device = _device_of(encoder)
 
     def feats(split) -> np.ndarray:
-        return _build_caches(encoder, split.images, {"linear": "memory"}, cfg, device, None, "x")["linear"].cpu().numpy()
+        caches = _build_caches(encoder, split.images, {"linear": "memory"}, cfg, device, None, "x")
+        return caches["linear"].cpu().numpy()
 
     t0 = time.perf_counter()
     train, val, test = feats(dataset.train), feats(dataset.val), feats(dataset.test)
