@@ -85,7 +85,7 @@ def test_pack_round_trip_same_images_and_labels(folder, packed):
     assert a.class_names == b.class_names == tuple(f"class_{c:03d}" for c in range(N_CLASSES))
     for split in ("train", "val", "test"):
         x, y = getattr(a, split), getattr(b, split)
-        assert len(x) > 0 and torch.equal(x.images, y.images) and torch.equal(x.labels, y.labels)
+        assert len(x) > 0 and torch.equal(x.images[:], y.images[:]) and torch.equal(x.labels, y.labels)
     # The same shards found by a brace pattern (no manifest: labels as numbers) give the same train images.
     c = stream.splits(_data(f"wds:{packed}/train-{{000000..000002}}.tar"))
     assert len(c.collection.train) == N_CLASSES * PER_CLASS and len(c.collection.test) == N_CLASSES * VAL_PER_CLASS
@@ -226,7 +226,7 @@ def test_eval_transform_is_deterministic_and_centred(folder):
     a = load_dataset(_data(f"imagefolder:{folder}", workers=2), 32, 1)
     clear_cache()
     b = load_dataset(_data(f"imagefolder:{folder}"), 32, 1)
-    assert torch.equal(a.test.images, b.test.images) and a.mean == transforms.natural_stats(1)[0]
+    assert torch.equal(a.test.images[:], b.test.images[:]) and a.mean == transforms.natural_stats(1)[0]
 
 
 def test_random_resized_crop_follows_scale_and_ratio():

@@ -297,8 +297,8 @@ class _Source:
             self.cache = prebuilt
         elif mode in ("memory", "disk"):
             self.cache = _build_caches(encoder, images, {kind: mode}, cfg, device, scratch, name)[kind]
-        elif device.type == "cuda":  # uncached: keep the (in-memory) images on the device, gather there
-            self.images = images.to(device)
+        elif device.type == "cuda" and not getattr(images, "lazy", False):  # uncached: keep in-memory images
+            self.images = images.to(device)  # on the device and gather there (lazy ones decode on demand)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -313,6 +313,9 @@ class _Source:
             out = torch.empty_like(rows)
             out[order] = rows
             return out.to(self.device, non_blocking=True)
+        from_files = getattr(self.augment, "from_files", None)
+        if from_files is not None and step is not None:  # a streamed collection: crops cut from the files
+            return head_inputs(self.encoder, from_files(self.images, idx, step), self.kind, self.cfg)
         images = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
         if self.augment is not None and step is not None:
             images = self.augment(images, step)
@@ -431,12 +434,34 @@ def _device_of(module: nn.Module) -> torch.device:
 def _augmenter(cfg: ProbeConfig, dataset, seed: int, kind: str, device: torch.device) -> Callable:
     """The official training augmentation of `kind` for normalized image batches (see
     `xtra.probe_augment.probe_augment`), seeded by (seed, kind, micro-batch)."""
-    from xtra.probe_augment import probe_augment
+    from xtra.probe_augment import probe_augment, rand_augment, random_erasing
 
     def run(images: torch.Tensor, step: int) -> torch.Tensor:
         gen = torch.Generator(device=device).manual_seed(_seed(seed, kind, "augment", step))
         return probe_augment(images, gen, kind, cfg, dataset.mean, dataset.std, dataset.hflip)
 
+    if getattr(dataset.train.images, "lazy", False):
+        from xtra.data.stream import Crop
+
+        crop_seed = _seed(seed, kind, "crop")
+
+        def from_files(images, idx: torch.Tensor, step: int) -> torch.Tensor:
+            """A streamed collection's batch: RandomResizedCrop (bicubic) + flip cut from the decoded
+            full-resolution files in the loader workers (sample j of micro-batch `step` seeded by
+            (seed, kind, step, j)), then the rest of `probe_augment` on the device."""
+            x = images.cropped(idx, Crop(crop_seed, step, cfg.crop_scale, cfg.crop_ratio, dataset.hflip)).to(device)
+            if kind != "attentive":
+                return x
+            gen = torch.Generator(device=device).manual_seed(_seed(seed, kind, "augment", step))
+            if cfg.randaugment:
+                m = torch.tensor(dataset.mean, dtype=x.dtype, device=device).view(1, -1, 1, 1)
+                s = torch.tensor(dataset.std, dtype=x.dtype, device=device).view(1, -1, 1, 1)
+                x = (rand_augment(x * s + m, gen, cfg.randaugment, dataset.mean) - m) / s
+            if cfg.random_erasing > 0:
+                x = random_erasing(x, gen, cfg.random_erasing)
+            return x
+
+        run.from_files = from_files  # type: ignore[attr-defined]
     return run
 
 
@@ -526,7 +551,9 @@ def limit_train(dataset, limit: int):
     from xtra.data import Split
 
     keep = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(0))[:limit].sort().values
-    return dataclasses.replace(dataset, train=Split(dataset.train.images[keep], dataset.train.labels[keep]))
+    images = dataset.train.images
+    images = images.subset(keep) if getattr(images, "lazy", False) else images[keep]  # lazy stays lazy
+    return dataclasses.replace(dataset, train=Split(images, dataset.train.labels[keep]))
 
 
 def probe(encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, progress: bool = False,
@@ -722,7 +749,7 @@ def probe_data_configs(probe_cfg: ProbeConfig, data_cfg: DataConfig, model_cfg: 
         try:
             cfg = data_cfg if name == data_cfg.name else DataConfig(
                 name=name, val_fraction=data_cfg.val_fraction, split_seed=data_cfg.split_seed,
-                augment=False, hflip="auto")
+                augment=False, hflip="auto", workers=data_cfg.workers, skip_bad=data_cfg.skip_bad)
             locate(cfg)
         except ValueError as err:  # DatasetNotFound, a bad name, an empty image folder
             raise ValueError(f"probe.datasets[{i}]={name!r}: {err}") from None

@@ -11,8 +11,9 @@ repeated to RGB, RGB turned to luminance), normalized with per-channel statistic
 (taken before any ``limit_train`` cap), and pretraining augments them in batches on the device.
 Path-based collections are never held in memory for pretraining: ``stream.open_stream`` reads,
 decodes and crops them in loader workers (``transforms``: RandomResizedCrop from the full-resolution
-image, bicubic, flip; ImageNet mean/std). ``load_dataset`` of one gives the evaluation transform
-(shorter side to size/0.8533, centre crop) of every split in memory, for probing.
+image, bicubic, flip; ImageNet mean/std). ``load_dataset`` of one gives lazy splits for probing
+(``stream.LazyImages``: the evaluation transform, shorter side to size/0.8533 and a centre crop,
+decoded on demand in loader workers; nothing decoded is kept).
 
 The val split is carved from the training set by a permutation seeded with ``DataConfig.split_seed``
 alone (never the trial seed), so every trial of a study probes on the same images (``val_size``
@@ -76,7 +77,7 @@ __all__ = [
 class Split:
     """One split in memory. Treat the tensors as read-only: datasets are shared (memoized)."""
 
-    images: torch.Tensor  # (N, C, H, W) float32, normalized with the train statistics
+    images: torch.Tensor  # (N, C, H, W) float32, normalized; for imagefolder:/wds: a stream.LazyImages
     labels: torch.Tensor  # (N,) int64
 
     def __len__(self) -> int:
@@ -601,18 +602,21 @@ def load_dataset(cfg: DataConfig, img_size: int, channels: int) -> Dataset:
 
 
 def _load_collection(cfg: DataConfig, where: str, hflip: bool, img_size: int, channels: int) -> Dataset:
-    """A path-based collection's splits in memory with the evaluation transform (for probing; the
-    pretraining loop streams instead). Normalized with ImageNet statistics."""
-    from xtra.data import stream, transforms
+    """A path-based collection's splits for probing (the pretraining loop streams instead): lazy
+    images (``stream.LazyImages``) that decode on demand with the evaluation transform in loader
+    workers, normalized with ImageNet statistics, so memory does not grow with the number of images;
+    labels in memory (8 bytes per image). An unreadable file stops with one line when it is read, or
+    with ``skip_bad`` reads as the mean colour (counted in ``decoder.skipped_bad``)."""
+    from xtra.data import collection, stream, transforms
 
     parts = stream.splits(cfg)
-    workers = stream.resolve_workers(cfg.workers)
+    splits = [parts.train, parts.val, parts.test]
+    decoder = stream.ProbeDecoder(collection.ConcatListing(splits), img_size, channels, cfg.skip_bad,
+                                  stream.resolve_workers(cfg.workers))
+    starts = np.cumsum([0] + [len(part) for part in splits])
+    train, val, test = (Split(stream.LazyImages(decoder, np.arange(a, b)), torch.from_numpy(part.labels.copy()))
+                        for part, a, b in zip(splits, starts[:-1].tolist(), starts[1:].tolist()))
     mean, std = transforms.natural_stats(channels)
-    m = torch.tensor(mean).view(1, -1, 1, 1) * 255
-    s = torch.tensor(std).view(1, -1, 1, 1) * 255
-
-    decoded = stream.decode_splits([parts.train, parts.val, parts.test], img_size, channels, cfg, workers)
-    train, val, test = (Split((torch.from_numpy(x).float() - m) / s, torch.from_numpy(y)) for x, y in decoded)
     return Dataset(name=cfg.name, train=train, val=val, test=test,
                    num_classes=len(parts.collection.classes), mean=mean, std=std, hflip=hflip, source=where,
                    class_names=parts.collection.classes)
