@@ -7,22 +7,32 @@ split (ImageNet's own layout), or ``PATH/<class>/*`` (a fixed seeded 20% is then
 glob; without a manifest the test split is the shards beside them named like them with ``train``
 replaced by ``val`` (any brace range read as ``*``), else a held-out 20%. A sample is the members
 sharing a key: one image (``.jpg .jpeg .png .webp .bmp``) and its label ``.cls`` (an integer).
+The same forms work on S3 (``wds:s3://bucket/in1k`` a pack folder, ``wds:s3://bucket/in1k/train-{...}.tar``):
+objects are listed once per prefix and read by ranged GETs through pyarrow, with the credentials and
+``AWS_ENDPOINT_URL`` of ``xtra.storage``. ``wds:pipe:CMD`` (CMD brace-expanded, one shard per command on
+stdout) streams each shard once into ``$XTRA_CACHE/shards/`` and reads it from there.
 
-A listing is one directory walk (or one pass over the tar headers), kept as compact numpy arrays so
-its memory is a few bytes per image; reading a sample is one file read or one seek + read in a
-shard, so any permutation of a split can be read directly (exact resume, disjoint ranks).
+A listing is one directory walk (or, for a pack, its index file; else one pass over the tar headers),
+kept as compact numpy arrays so its memory is a few bytes per image; reading a sample is one file read
+or one seek + read in a shard, so any permutation of a split can be read directly (exact resume,
+disjoint ranks).
 Errors are one line naming the path and what was expected.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import functools
 import glob
 import hashlib
+import io
 import json
 import os
 import re
+import subprocess
 import tarfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,8 +96,11 @@ class ShardListing(Listing):
 
     def read(self, i: int) -> bytes:
         f = _open_shard(self.shards[int(self.shard[i])], os.getpid())
-        f.seek(int(self.offset[i]))
-        data = f.read(int(self.size[i]))
+        if hasattr(f, "read_at"):  # an S3 object: one ranged GET
+            data = f.read_at(int(self.size[i]), int(self.offset[i]))
+        else:
+            f.seek(int(self.offset[i]))
+            data = f.read(int(self.size[i]))
         if len(data) != int(self.size[i]):
             raise OSError(f"short read ({len(data)} of {int(self.size[i])} bytes)")
         return data
@@ -124,8 +137,48 @@ class ConcatListing(Listing):
 @functools.lru_cache(maxsize=8)
 def _open_shard(path: str, pid: int):
     """An open handle per shard and process: a forked loader worker must not share its parent's file
-    offset, hence the pid in the key."""
+    offset or S3 client, hence the pid in the key."""
+    if is_s3(path):
+        bucket, key = _s3_parts(path)
+        return _s3_fs(bucket, pid).open_input_file(key)
     return open(path, "rb")  # noqa: SIM115 - kept open on purpose, closed at exit
+
+
+# Shards on S3: read by ranged GETs through pyarrow's S3FileSystem, built by xtra.storage (the same
+# credentials, AWS_ENDPOINT_URL and timeouts as study storage), one client per process.
+
+
+def is_s3(path: str) -> bool:
+    return path.startswith("s3://")
+
+
+def _s3_parts(url: str) -> tuple[str, str]:
+    """(bucket, path on the filesystem: bucket/key) of s3://bucket/key."""
+    rest = url[len("s3://"):]
+    return rest.split("/", 1)[0], rest.rstrip("/")
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_fs(bucket: str, pid: int):
+    from xtra.storage import Storage
+
+    return Storage.from_uri(f"s3://{bucket}").fs
+
+
+def _s3_diagnosis(url: str) -> str:
+    """The storage module's one-line diagnosis of ``url``'s bucket (no such bucket, no credentials,
+    endpoint unreachable, denied), or "" when the bucket answers."""
+    from xtra.storage import StorageError, check
+
+    try:
+        check(f"s3://{_s3_parts(url)[0]}", write=False)
+    except StorageError as err:
+        return f"{url}: {str(err).split(': ', 1)[-1]}"
+    return ""
+
+
+def _s3_problem(url: str, e: BaseException) -> str:
+    return _s3_diagnosis(url) or f"{url}: cannot read ({' '.join(str(e).split())})"
 
 
 @dataclass(frozen=True, eq=False)
@@ -268,13 +321,82 @@ def _match(pattern: str) -> list[str]:
     return out
 
 
+def _list_s3(folder: str) -> dict[str, tuple[int, int]]:
+    """{object name: (size, mtime_ns)} directly under an s3:// prefix, in one listing."""
+    import pyarrow.fs as pafs
+
+    bucket, key = _s3_parts(folder)
+    try:
+        infos = _s3_fs(bucket, os.getpid()).get_file_info(
+            pafs.FileSelector(key, recursive=False, allow_not_found=True))
+    except OSError as e:
+        raise BadCollection(_s3_problem(folder, e)) from None
+    found = {i.base_name: (int(i.size), int(i.mtime_ns or 0)) for i in infos if i.type == pafs.FileType.File}
+    if not found and (problem := _s3_diagnosis(folder)):  # S3 lists a missing bucket as empty
+        raise BadCollection(problem)
+    return found
+
+
+def _match_s3(pattern: str) -> tuple[list[str], dict[str, tuple[int, int]]]:
+    """The objects a brace pattern / glob (in the last path component) names, listing each prefix once;
+    and {url: (size, mtime_ns)} of them."""
+    out: list[str] = []
+    stats: dict[str, tuple[int, int]] = {}
+    listed: dict[str, dict[str, tuple[int, int]]] = {}
+    for url in expand_braces(pattern):
+        folder, base = url.rsplit("/", 1)
+        if folder not in listed:
+            listed[folder] = _list_s3(folder)
+        names = listed[folder]
+        if any(ch in base for ch in "*?["):
+            found = sorted(n for n in names if fnmatch.fnmatchcase(n, base))
+        elif base in names:
+            found = [base]
+        elif "{" in pattern:
+            raise BadCollection(f"wds:{pattern}: shard {url} does not exist (expected every shard of the range)")
+        else:
+            found = []
+        for n in found:
+            out.append(f"{folder}/{n}")
+            stats[f"{folder}/{n}"] = names[n]
+    return out, stats
+
+
+def _read_small(path: str) -> bytes:
+    """A manifest or index file, local or on S3."""
+    if is_s3(path):
+        bucket, key = _s3_parts(path)
+        try:
+            with _s3_fs(bucket, os.getpid()).open_input_stream(key) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise BadCollection(_s3_problem(path, e)) from None
+    return Path(path).read_bytes()
+
+
+@contextlib.contextmanager
+def _tar_for_scan(path: str):
+    """The shard opened for one pass over its headers: seeking past members on a local file; on S3 one
+    buffered sequential read (thousands of tiny ranged GETs would cost more than the bytes)."""
+    if not is_s3(path):
+        with tarfile.open(path, "r:") as tar:
+            yield tar
+        return
+    bucket, key = _s3_parts(path)
+    with _s3_fs(bucket, os.getpid()).open_input_stream(key, buffer_size=8 << 20) as f, \
+            tarfile.open(fileobj=f, mode="r|") as tar:
+        yield tar
+
+
 def _index_shard(path: str, with_names: bool = False) -> list[tuple[str, str, int, int, int | None, str]]:
     """[(key, ext, offset, size, label, name)] of a shard's images, from its tar headers and .cls members."""
     images: dict[str, tuple[str, int, int]] = {}
     labels: dict[str, int] = {}
     names: dict[str, str] = {}
     try:
-        with tarfile.open(path, "r:") as tar:
+        with _tar_for_scan(path) as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -305,73 +427,195 @@ def _index_shard(path: str, with_names: bool = False) -> list[tuple[str, str, in
     return out
 
 
-def _shard_listing(shards: list[str]) -> tuple[ShardListing, list[tuple[str, int]]]:
-    shard_i, offsets, sizes, labels, keys = [], [], [], [], []
-    stats = []
-    for s, path in enumerate(shards):
-        rows = _index_shard(path)
-        stats.append((os.path.basename(path), os.path.getsize(path)))
-        for key, ext, off, size, label, _ in rows:
-            shard_i.append(s)
-            offsets.append(off)
-            sizes.append(size)
-            labels.append(label)
-            keys.append(f"{key}.{ext}".encode())
-    return ShardListing(np.asarray(labels, dtype=np.int64), tuple(shards), np.asarray(shard_i, dtype=np.int32),
-                        np.asarray(offsets, dtype=np.int64), np.asarray(sizes, dtype=np.int64),
-                        np.asarray(keys) if keys else np.empty(0, dtype="S1")), stats
+def index_array(rows_per_shard: list[list[tuple]]) -> np.ndarray:
+    """One structured array (shard, offset, size, label, key) from ``_index_shard`` rows of each shard:
+    what `xtra data pack` stores beside the manifest, so a reader never scans the shards."""
+    flat = [(s, off, size, label, f"{key}.{ext}".encode())
+            for s, rows in enumerate(rows_per_shard) for key, ext, off, size, label, _ in rows]
+    width = max((len(r[4]) for r in flat), default=1)
+    dtype = np.dtype([("shard", "<i4"), ("offset", "<i8"), ("size", "<i8"), ("label", "<i8"), ("key", f"S{width}")])
+    return np.array(flat, dtype=dtype)
+
+
+def _listing_from_index(index: np.ndarray, shards: list[str]) -> ShardListing:
+    return ShardListing(index["label"].astype(np.int64), tuple(shards), index["shard"].astype(np.int32),
+                        index["offset"].astype(np.int64), index["size"].astype(np.int64), index["key"].copy())
+
+
+def _shard_listing(shards: list[str]) -> ShardListing:
+    return _listing_from_index(index_array([_index_shard(path) for path in shards]), shards)
+
+
+# Shards from a command (pipe:CMD): its stdout cannot be seeked, so each shard is streamed once into a
+# node-local cache, named by a hash of the command and renamed into place when complete, and read
+# from there. A command is assumed to give the same bytes every time.
+
+
+def shard_cache() -> Path:
+    return Path(os.environ.get("XTRA_CACHE") or "~/.cache/xtra").expanduser() / "shards"
+
+
+def _piped(command: str) -> tuple[str, str]:
+    """(local path, sha256) of a command's output, run once per node."""
+    folder = shard_cache()
+    final = folder / f"{hashlib.sha256(command.encode()).hexdigest()[:32]}.tar"
+    digest_file = final.with_suffix(".sha256")
+    if final.is_file() and digest_file.is_file():
+        return str(final), digest_file.read_text().strip()
+    folder.mkdir(parents=True, exist_ok=True)
+    part = folder / f".{final.stem}.{os.getpid()}.{threading.get_ident()}.part"
+    digest = hashlib.sha256()
+    try:
+        with open(part, "wb") as out, subprocess.Popen(command, shell=True, stdout=subprocess.PIPE,  # noqa: S602
+                                                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL) as proc:
+            assert proc.stdout is not None and proc.stderr is not None
+            while chunk := proc.stdout.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+            err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+            code = proc.wait()
+        if code != 0:
+            raise BadCollection(f"wds:pipe:{command}: the command failed (exit status {code}"
+                                + (f": {err[-1].strip()[:200]})" if err else ")"))
+        if not tarfile.is_tarfile(part):
+            raise BadCollection(f"wds:pipe:{command}: its output ({part.stat().st_size} bytes) is not a tar shard "
+                                "(expected a command that writes one shard to stdout, e.g. pipe:aws s3 cp URL -)")
+        digest_file.write_text(digest.hexdigest())
+        os.replace(part, final)
+    finally:
+        part.unlink(missing_ok=True)
+    return str(final), digest.hexdigest()
+
+
+def _pipe_shards(spec: str) -> tuple[list[str], dict[str, str]]:
+    """(local cached shards, {shard: sha256}) of ``pipe:CMD`` with CMD brace-expanded, 4 at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    commands = [c.strip() for c in expand_braces(spec[len("pipe:"):])]
+    if not commands or not all(commands):
+        raise BadCollection("wds:pipe: needs a command that writes a tar shard to stdout "
+                            "(e.g. wds:pipe:aws s3 cp s3://bucket/train-{0000..0099}.tar -)")
+    with ThreadPoolExecutor(min(4, len(commands))) as pool:
+        got = list(pool.map(_piped, commands))
+    return [path for path, _ in got], dict(got)
 
 
 def wds_spec(name: str) -> str:
     raw = name[len("wds:"):]
     if not raw:
         raise BadCollection("data.name='wds:' needs a shard pattern or a packed folder (wds:PATTERN)")
-    if raw.startswith(("pipe:", "s3://", "http://", "https://", "gs://")):
-        raise BadCollection(f"data.name={name!r}: only local shards are supported (a folder, a brace pattern or a "
-                            "glob on a filesystem every worker can read, e.g. a shared mount); "
-                            "remote URLs are not read")
-    return os.path.expanduser(raw)
+    if raw.startswith(("http://", "https://", "gs://", "file://")):
+        raise BadCollection(f"data.name={name!r}: shards are read from a local path, s3://BUCKET/... or pipe:COMMAND "
+                            "(for this URL use a command, e.g. wds:pipe:curl -sf URL or wds:pipe:gsutil cat URL)")
+    return raw if raw.startswith(("pipe:", "s3://")) else os.path.expanduser(raw)
 
 
-def _wds_files(spec: str) -> tuple[list[str], list[str], dict | None]:
-    """(train shards, test shards, manifest or None)."""
-    if os.path.isdir(spec):
-        path = os.path.join(spec, MANIFEST)
-        if not os.path.isfile(path):
-            raise BadCollection(f"wds:{spec}: folder has no {MANIFEST} (expected a folder written by "
-                                "`xtra data pack`, or a shard pattern such as wds:/data/train-{000000..000099}.tar)")
+@dataclass(frozen=True)
+class _Shards:
+    train: list[str]
+    test: list[str]
+    manifest: dict | None
+    folder: str  # the pack folder holding the manifest ("" without one)
+    stats: dict[str, tuple]  # shard -> (size, mtime_ns or content sha256): the stamp, and the fingerprint
+
+
+def _is_folder(spec: str) -> bool:
+    if is_s3(spec):  # an S3 prefix with no pattern and not a .tar: a pack folder
+        return not any(ch in spec for ch in "{*?[") and not spec.endswith(".tar")
+    return os.path.isdir(spec)
+
+
+def _wds_files(spec: str) -> _Shards:
+    """Where the train and test shards are (checked to exist), with the manifest when there is one."""
+    if spec.startswith("pipe:"):
+        train, digests = _pipe_shards(spec)
+        return _Shards(train, [], None, "", {p: (os.path.getsize(p), digests[p]) for p in train})
+    s3 = is_s3(spec)
+    if _is_folder(spec):
+        folder = spec.rstrip("/")
+        path = f"{folder}/{MANIFEST}"
         try:
-            manifest = json.loads(Path(path).read_text())
+            manifest = json.loads(_read_small(path))
+        except FileNotFoundError:
+            raise BadCollection(f"wds:{spec}: folder has no {MANIFEST} (expected a folder written by "
+                                "`xtra data pack`, or a shard pattern such as wds:/data/train-{000000..000099}.tar)"
+                                ) from None
+        except json.JSONDecodeError as e:
+            raise BadCollection(f"{path}: not an xtra pack manifest (JSONDecodeError: {e})") from None
+        try:
             splits = manifest["splits"]
-            train = [os.path.join(spec, s["name"]) for s in splits["train"]["shards"]]
-            test = [os.path.join(spec, s["name"]) for s in splits.get("val", {}).get("shards", [])]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            wanted = {f"{folder}/{s['name']}": int(s["bytes"]) for split in ("train", "val")
+                      for s in splits.get(split, {}).get("shards", [])}
+            train = [f"{folder}/{s['name']}" for s in splits["train"]["shards"]]
+            test = [f"{folder}/{s['name']}" for s in splits.get("val", {}).get("shards", [])]
+        except (KeyError, TypeError, ValueError) as e:
             raise BadCollection(f"{path}: not an xtra pack manifest ({type(e).__name__}: {e})") from None
-        for shard in train + test:
-            if not os.path.isfile(shard):
+        if s3:
+            listed = _list_s3(folder)
+            stats = {p: listed[p.rsplit("/", 1)[1]] for p in wanted if p.rsplit("/", 1)[1] in listed}
+        else:
+            stats = {p: (st.st_size, st.st_mtime_ns) for p in wanted if (st := _stat(p)) is not None}
+        for shard, size in wanted.items():
+            if shard not in stats:
                 raise BadCollection(f"{path}: names shard {shard}, which does not exist")
-        return train, test, manifest
-    train = _match(spec)
+            if stats[shard][0] != size:
+                raise BadCollection(f"{shard}: {stats[shard][0]} bytes, but {path} says {size} "
+                                    "(an unfinished copy or another pack; copy the shard again)")
+        return _Shards(train, test, manifest, folder, stats)
+    if s3:
+        train, stats = _match_s3(spec)
+    else:
+        train = _match(spec)
     if not train:
         raise BadCollection(f"wds:{spec} matches no files (expected tar shards, e.g. "
                             "wds:/data/in1k/train-{000000..001281}.tar or a folder written by `xtra data pack`)")
     test: list[str] = []
-    if "train" in os.path.basename(spec):  # train-{000000..001281}.tar -> every val-*.tar beside it
-        head, tail = os.path.split(spec)
-        test = _match(os.path.join(head, re.sub(r"\{[^{}]*\}", "*", tail.replace("train", "val"))))
-    return train, test, None
+    head, tail = spec.rsplit("/", 1) if "/" in spec else ("", spec)
+    if "train" in tail:  # train-{000000..001281}.tar -> every val-*.tar beside it
+        sibling = re.sub(r"\{[^{}]*\}", "*", tail.replace("train", "val"))
+        if s3:
+            test, more = _match_s3(f"{head}/{sibling}")
+            stats.update(more)
+        else:
+            test = _match(os.path.join(head, sibling))
+    if not s3:
+        stats = {p: (st.st_size, st.st_mtime_ns) for p in train + test if (st := _stat(p)) is not None}
+    return _Shards(train, test, None, "", stats)
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _split_listing(shards: _Shards, split: str, paths: list[str]) -> ShardListing:
+    """From the pack's index when it has one (checked against its sha256), else by scanning every shard."""
+    entry = (shards.manifest or {}).get("splits", {}).get(split, {}).get("index")
+    if not entry:
+        return _shard_listing(paths)
+    path = f"{shards.folder}/{entry['name']}"
+    try:
+        data = _read_small(path)
+    except FileNotFoundError:
+        raise BadCollection(f"{shards.folder}/{MANIFEST}: names index {path}, which does not exist") from None
+    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise BadCollection(f"{path}: sha256 differs from the manifest's (an unfinished copy; copy it again)")
+    index = np.load(io.BytesIO(data), allow_pickle=False)
+    if len(index) and int(index["shard"].max()) >= len(paths):
+        raise BadCollection(f"{path}: refers to shard {int(index['shard'].max())} of {len(paths)}")
+    return _listing_from_index(index, paths)
 
 
 @functools.lru_cache(maxsize=4)
 def _open_wds(spec: str, stamp: tuple) -> Collection:
-    train_files, test_files, manifest = _wds_files(spec)
-    train, train_stats = _shard_listing(train_files)
+    shards = _wds_files(spec)
+    train = _split_listing(shards, "train", shards.train)
     if not len(train):
         raise BadCollection(f"wds:{spec}: the shards hold no images (expected members <key>.jpg|png + <key>.cls)")
-    test = None
-    test_stats: list = []
-    if test_files:
-        test, test_stats = _shard_listing(test_files)
+    test = _split_listing(shards, "val", shards.test) if shards.test else None
+    manifest = shards.manifest
     n_classes = int(max(train.labels.max(), test.labels.max() if test is not None and len(test) else 0)) + 1
     if manifest is not None and manifest.get("classes"):
         classes = tuple(manifest["classes"])
@@ -388,18 +632,22 @@ def _open_wds(spec: str, stamp: tuple) -> Collection:
             for s in manifest["splits"].get(split, {}).get("shards", []):
                 digest.update(f"{split}/{s['name']}\t{s['bytes']}\t{s.get('sha256', '')}\n".encode())
     else:
-        for split, stats in (("train", train_stats), ("val", test_stats)):
-            for base, size in stats:
-                digest.update(f"{split}/{base}\t{size}\n".encode())
+        for split, paths in (("train", shards.train), ("val", shards.test)):
+            for path in paths:
+                size, extra = shards.stats[path][:2]
+                name = extra if spec.startswith("pipe:") else path.rsplit("/", 1)[-1]  # pipe: the content's sha256
+                digest.update(f"{split}/{name}\t{size}\n".encode())
     return Collection(f"wds:{spec}", "wds", spec, classes, train, test, 0, digest.hexdigest()[:16])
 
 
 def _wds_stamp(spec: str) -> tuple:
+    if spec.startswith("pipe:"):
+        return (spec,)  # the cache is keyed by the command
     try:
-        train, test, _ = _wds_files(spec)
+        shards = _wds_files(spec)
     except BadCollection:
         return ()
-    return tuple((p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in train + test)
+    return tuple(sorted(shards.stats.items()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,12 +662,14 @@ def open_collection(name: str) -> Collection:
         resolved = root.resolve()
         return _open_folder(str(resolved), _stamp(resolved))
     spec = wds_spec(name)
-    if not os.path.isdir(spec):
+    stamp = _wds_stamp(spec)
+    if not stamp:
         _wds_files(spec)  # a clear error before anything else
-    return _open_wds(spec, _wds_stamp(spec))
+    return _open_wds(spec, stamp)
 
 
 def clear() -> None:
     _open_folder.cache_clear()
     _open_wds.cache_clear()
     _open_shard.cache_clear()
+    _s3_fs.cache_clear()

@@ -9,8 +9,9 @@ as large-scale trainers prepare ImageNet. Every shard is written to ``.part`` an
 complete, and ``OUT/.pack-progress.json`` records each finished shard's size and sha256, so a
 killed pack resumes where it stopped (finished shards are checked, not rewritten). The manifest
 (``manifest.json``, written last, atomically) holds the settings, classes, per-split counts and
-class counts, and every shard's name, count, size and sha256; its checksums are the packed
-collection's fingerprint.
+class counts, every shard's name, count, size and sha256 (its checksums are the packed collection's
+fingerprint), and per split an index file (``train-index.npy``: each sample's shard, byte offset, size,
+label and key), so a reader of the pack, on S3 above all, never scans the tar headers.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from xtra.data import collection as col
-from xtra.fileio import atomic_write_text
+from xtra.fileio import atomic_write_bytes, atomic_write_text
 
 FORMAT = "xtra-wds"
 VERSION = 1
@@ -103,6 +104,16 @@ def _write_shard(args: tuple) -> dict[str, Any]:
     os.replace(part, final)
     return {"name": name, "count": count, "bytes": final.stat().st_size, "sha256": _sha256(final),
             "class_counts": {str(k): v for k, v in sorted(classes.items())}, "bad": bad}
+
+
+def _write_index(out: Path, split: str, names: list[str]) -> dict[str, Any]:
+    """``<split>-index.npy``: every sample's shard, byte offset, size, label and key (``col.index_array``),
+    so readers (an S3 bucket above all) never scan the tar headers. Deterministic bytes, like the shards."""
+    buf = io.BytesIO()
+    np.save(buf, col.index_array([col._index_shard(str(out / name)) for name in names]), allow_pickle=False)
+    name = f"{split}-index.npy"
+    atomic_write_bytes(out / name, buf.getvalue())
+    return {"name": name, "bytes": len(buf.getvalue()), "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
 
 
 def pack(src: str | Path, out: str | Path, *, shorter_side: int = 0, shard_size: int = 1000, workers: int = 1,
@@ -192,8 +203,9 @@ def pack(src: str | Path, out: str | Path, *, shorter_side: int = 0, shard_size:
         s["class_counts"].update({int(k): v for k, v in e["class_counts"].items()})
         s["shards"].append({k: e[k] for k in ("name", "count", "bytes", "sha256")})
         s["skipped_bad"] += e.get("bad", [])
-    for s in splits.values():
+    for split, s in splits.items():
         s["class_counts"] = {c.classes[k]: v for k, v in sorted(s["class_counts"].items())}
+        s["index"] = _write_index(out, split, [e["name"] for e in s["shards"]])
     manifest = {**settings, "splits": splits}
     atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     progress_path.unlink(missing_ok=True)
