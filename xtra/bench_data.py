@@ -5,6 +5,8 @@
   without the reduced-scale JPEG decode (``draft``), and the evaluation transform.
 - ``data_memory``: peak RSS (the trainer plus its loader workers) of the same short ``cpu-s``
   pretraining reading a 5k- and a 50k-image collection, and the growth between them.
+- ``data_probe_memory``: peak RSS of a linear probe (features cached in memory, their bytes given
+  apart) over every image of the same 5k and 50k collections, through the lazy splits.
 - ``data_stall``: the fraction of step time a ``cpu-s`` pretraining run waits for its next batch.
 - ``data_workers``: from the measured per-worker rate at 256 px, how many workers one H200 needs to
   keep ``vit-b/16`` fed (``xtra.data.workers_advice``; the GPU rate is 40% MFU of its bf16 peak, not
@@ -152,6 +154,49 @@ def pretrain_run(folder: Path, out: Path, samples: int, workers: int) -> dict[st
     return {"peak_rss": peak[0], "peak_pss_tree": peak[1], "result": result, "rows": rows}
 
 
+_PROBE = """
+import json, sys, torch
+from xtra.config import DataConfig, ProbeConfig, model_config
+from xtra.data import load_dataset
+from xtra.probe import probe, random_encoder
+folder, workers = sys.argv[1], int(sys.argv[2])
+model = model_config("cpu-s", block_size=2)
+dataset = load_dataset(DataConfig(name="imagefolder:" + folder, val_size=256, workers=workers), model.img_size,
+                       model.channels)
+cfg = ProbeConfig(kinds=("linear",), epochs=1, warmup_epochs=0, lrs=(1e-3,), batch_size=256, cache="memory")
+result = probe(random_encoder(model, 0).eval(), dataset, cfg, seed=0)
+n = len(dataset.train) + len(dataset.val) + len(dataset.test)
+print(json.dumps({"images": n, "feature_cache_bytes": 4 * n * model.width, "top1": result["linear"]["test_top1"]}))
+"""
+
+
+def probe_memory(folder: Path, workers: int) -> dict[str, Any]:
+    """A linear probe of a random ``cpu-s`` encoder on every image of ``folder`` (train, val and the
+    held-out test, features cached in memory: 4 * width bytes an image, reported so it can be told
+    apart), in a fresh process; its peak RSS and the PSS of it plus its loader workers."""
+    proc = subprocess.Popen([sys.executable, "-c", _PROBE, str(folder), str(workers)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    peak = [0, 0]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            rss, pss = _tree_memory(proc.pid)
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
+            stop.wait(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    t0 = time.perf_counter()
+    stdout, stderr = proc.communicate()
+    stop.set()
+    watcher.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"probing {folder} failed: {stderr.strip().splitlines()[-1:]}")
+    return {"peak_rss": peak[0], "peak_pss_tree": peak[1], "wall_s": time.perf_counter() - t0,
+            **json.loads(stdout.strip().splitlines()[-1])}
+
+
 def bench_data(cache: Path, quick: bool = False) -> dict[str, list[dict[str, Any]] | dict[str, Any]]:
     from xtra.config import model_config
     from xtra.data import workers_advice
@@ -184,6 +229,21 @@ def bench_data(cache: Path, quick: bool = False) -> dict[str, list[dict[str, Any
                 "growth_rss": b["peak_rss_mb"] / a["peak_rss_mb"] - 1,
                 "growth_pss_with_workers": b["peak_pss_with_workers_mb"] / a["peak_pss_with_workers_mb"] - 1,
                 "samples": samples, "workers": workers})
+    probing = []
+    for n in ((500, 5000) if quick else (5000, 50000)):
+        folder = small if n == len(list((small / "train").glob("*/*.jpg"))) else _linked(cache, small, n)
+        run = probe_memory(folder, workers)
+        probing.append({"images": run["images"], "peak_rss_mb": run["peak_rss"] / 2**20,
+                        "peak_pss_with_workers_mb": run["peak_pss_tree"] / 2**20,
+                        "feature_cache_mb": run["feature_cache_bytes"] / 2**20, "wall_s": run["wall_s"],
+                        "workers": workers})
+    a, b = probing
+    probing.append({"images": f"{b['images']} vs {a['images']}", "peak_rss_mb": b["peak_rss_mb"] - a["peak_rss_mb"],
+                    "peak_pss_with_workers_mb": b["peak_pss_with_workers_mb"] - a["peak_pss_with_workers_mb"],
+                    "feature_cache_mb": b["feature_cache_mb"] - a["feature_cache_mb"],
+                    "growth_rss": b["peak_rss_mb"] / a["peak_rss_mb"] - 1, "workers": workers,
+                    # what the old in-memory splits would have added: float32 pixels (cpu-s: 1 x 32 x 32)
+                    "decoded_pixels_mb_avoided": (b["images"] - a["images"]) * 4 * 32 * 32 / 2**20})
     stall_samples = 512 if quick else 3072
     run = pretrain_run(small, cache / "run-stall", stall_samples, workers)
     rows = run["rows"]
@@ -196,5 +256,5 @@ def bench_data(cache: Path, quick: bool = False) -> dict[str, list[dict[str, Any
              "data_stall_first_window": rows[0]["data_stall"]}
     vit = model_config("vit-b/16", block_size=4)
     advice = workers_advice(vit, decode[1]["per_worker_images_per_s"])
-    return {"data_decode": decode, "data_memory": rss, "data_stall": stall,
+    return {"data_decode": decode, "data_memory": rss, "data_probe_memory": probing, "data_stall": stall,
             "data_workers": {"model": "vit-b/16 k=4", "img_size": 256, **{k: v for k, v in advice.items()}}}
