@@ -326,14 +326,14 @@ def status_cmd(study_dir: StudyWhereArg, copy: CopyOpt = None) -> None:
     read from a local copy refreshed first."""
     from studies import state as st
     from studies.plan import make_plan
-    from studies.runner import study_copy
+    from studies.runner import shared_lease, study_copy
 
     try:
-        study_dir = study_copy(study_dir, copy)[0]
+        study_dir, stor, _ = study_copy(study_dir, copy)
         s = st.load_study_dir(study_dir)
     except ValueError as err:
         raise _fail(" ".join(str(err).split())) from None
-    holder = st.lock_holder(study_dir)
+    holder = st.lock_holder(study_dir, storage=shared_lease(stor, study_dir))
     states = make_plan(s, study_dir, running=holder is not None).states
     counts = {k: 0 for k in ("finished", "running", "interrupted", "failed", "pending")}
     for t in states:

@@ -76,6 +76,11 @@ def _elsewhere(stor: Storage, study_dir: Path) -> bool:
     return not stor.is_directory_itself(study_dir, "")
 
 
+def shared_lease(stor: Storage, study_dir: Path) -> Storage | None:
+    """Where the lease must also live: storage that other machines' drivers see but this directory is not."""
+    return stor if _elsewhere(stor, study_dir) else None
+
+
 def _light(path: str) -> bool:
     """What a driver's copy of a study holds: everything but checkpoints and Ray's own state."""
     parts = path.split("/")
@@ -162,7 +167,7 @@ def run_study(study: Study, study_dir: str | Path, *, address: str | None = None
         raise StudyError(" ".join(str(err).split())) from None
     _check_same_study(study_dir, study)
     _check_trackers(study)
-    with st.StudyLock(study_dir, command, break_lock=break_lock) as lock:
+    with st.StudyLock(study_dir, command, break_lock=break_lock, storage=shared_lease(stor, study_dir)) as lock:
         st.atomic_write_text(study_dir / st.STUDY_TOML, study.to_toml())
         _push(stor, study_dir, st.STUDY_TOML)
         return _run_locked(study, study_dir, lock, address=address, stor=stor, console=console, live=live,
@@ -181,7 +186,8 @@ def resume_study(study_dir: str | Path, *, address: str | None = None, console: 
     study = study.with_resources(cpus_per_trial, gpus_per_trial, max_concurrent, workers_per_trial, loggers)
     study.check_data()
     _check_trackers(study)
-    with st.StudyLock(study_dir, "xtra study resume", break_lock=break_lock) as lock:
+    with st.StudyLock(study_dir, "xtra study resume", break_lock=break_lock,
+                      storage=shared_lease(stor, study_dir)) as lock:
         return _run_locked(study, study_dir, lock, address=address, stor=stor, console=console, live=live,
                            build_report=build_report, resuming=True)
 

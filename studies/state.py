@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import threading
 import time
@@ -36,6 +37,7 @@ from studies.spec import Study, StudyError
 from xtra import trialdir as td
 from xtra.config import IDENTITY_VERSION
 from xtra.fileio import atomic_path, atomic_write_json, atomic_write_text  # noqa: F401 - atomic_write_text re-exported
+from xtra.storage import StorageError
 from xtra.trialdir import TrialState, append_jsonl, read_jsonl  # noqa: F401 - re-exported for callers and tests
 
 TRIALS = "trials"
@@ -112,9 +114,24 @@ def read_lock(study_dir: Path) -> dict[str, Any] | None:
     return info if isinstance(info, dict) else None
 
 
-def lock_holder(study_dir: Path) -> dict[str, Any] | None:
-    """The live process holding the study's lock, or None."""
+def _read_shared(storage: Any) -> dict[str, Any] | None:
+    """The lease kept in an object store, or None (absent or unreadable garbage)."""
+    if not storage.is_file(LOCK):
+        return None
+    try:
+        info = storage.read_json(LOCK)
+    except (ValueError, StorageError):  # removed meanwhile, or half-written garbage
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def lock_holder(study_dir: Path, storage: Any = None) -> dict[str, Any] | None:
+    """The live process holding the study's lock, or None; with ``storage`` (an object store the
+    directory is a copy of), also a driver on another machine holding the lease there."""
     info = read_lock(study_dir)
+    if info is not None and _alive(info):
+        return info
+    info = _read_shared(storage) if storage is not None else None
     return info if info is not None and _alive(info) else None
 
 
@@ -129,12 +146,20 @@ def describe_holder(info: dict[str, Any]) -> str:
 class StudyLock:
     """``with StudyLock(dir, "xtra study run"):`` -- refuses (StudyLocked) while another live process
     holds it; takes over a lock whose holder is dead (same host) or silent (any host). While held, a
-    thread refreshes the heartbeat every HEARTBEAT_S. ``break_lock`` takes it whatever the holder."""
+    thread refreshes the heartbeat every HEARTBEAT_S. ``break_lock`` takes it whatever the holder.
+
+    ``storage``: the study's storage when it is not the study directory itself (an object store).
+    Drivers on different machines hold different local copies, so the lease is also kept there
+    (``STORAGE/study.lock``) and refused the same way. An object store has no create-if-absent, so
+    the lease is written, then read back after ``settle_s``: of two drivers writing at once, only the
+    one whose lease is still there goes on (the other sees the winner and is refused)."""
 
     study_dir: Path
     command: str
     break_lock: bool = False
     heartbeat_s: float = HEARTBEAT_S
+    storage: Any = None
+    settle_s: float = 1.0
     took_over: dict[str, Any] | None = field(default=None, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
@@ -148,7 +173,36 @@ class StudyLock:
         Path(self.study_dir).mkdir(parents=True, exist_ok=True)
         self._me = {"pid": os.getpid(), "host": socket.gethostname(), "proc_start": _proc_start(os.getpid()),
                     "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": self.command,
-                    "heartbeat": time.time(), "heartbeat_s": self.heartbeat_s}
+                    "heartbeat": time.time(), "heartbeat_s": self.heartbeat_s, "token": secrets.token_hex(8)}
+        self._acquire_local()
+        if self.storage is not None:
+            try:
+                self._acquire_shared()
+            except BaseException:
+                self._release_local()
+                raise
+        return self
+
+    def _acquire_shared(self) -> None:
+        """The lease in storage (see the class doc): refuse a live holder, else write ours and check it stuck."""
+        where = self.storage.uri_of(LOCK)
+        for _ in range(3):
+            other = _read_shared(self.storage)
+            if other is not None and other.get("token") != self._me["token"]:
+                if _alive(other) and not self.break_lock:
+                    raise StudyLocked(f"{where}: in use by {describe_holder(other)}; wait for it, stop it, "
+                                      f"or pass --break-lock if you know it is gone")
+                self.took_over = self.took_over or other
+            self.storage.write_json(LOCK, {**self._me, "heartbeat": time.time()})
+            time.sleep(self.settle_s)
+            now = _read_shared(self.storage)
+            if now is not None and now.get("token") == self._me["token"]:
+                return
+            if self.break_lock:  # two breakers at once: the later one wins the retry
+                continue
+        raise StudyLocked(f"{where}: another driver took the lease at the same time; try again")
+
+    def _acquire_local(self) -> None:
         for _ in range(5):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -174,20 +228,40 @@ class StudyLock:
                 f.write(json.dumps(self._me) + "\n")
             self._thread = threading.Thread(target=self._beat, name="xtra-study-heartbeat", daemon=True)
             self._thread.start()
-            return self
+            return
         raise StudyLocked(f"{self.study_dir}: could not take the lock {self.path}")
 
     def _beat(self) -> None:
+        shared = self.storage is not None
         while not self._stop.wait(self.heartbeat_s):
             info = read_lock(self.study_dir)
             if info is None or info.get("pid") != self._me["pid"] or info.get("host") != self._me["host"]:
                 return  # broken by someone else: never write over their lock
             atomic_write_json(self.path, {**self._me, "heartbeat": time.time()})
+            if shared:
+                try:
+                    other = _read_shared(self.storage)
+                    if other is not None and other.get("token") != self._me["token"]:
+                        shared = False  # broken by another driver (--break-lock): leave their lease alone
+                    else:
+                        self.storage.write_json(LOCK, {**self._me, "heartbeat": time.time()})
+                except Exception:  # noqa: BLE001 - a storage hiccup: try again at the next beat
+                    pass
 
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self.storage is not None:
+            try:
+                info = _read_shared(self.storage)
+                if info is not None and info.get("token") == self._me.get("token"):
+                    self.storage.delete(LOCK)
+            except Exception:  # noqa: BLE001 - unreachable storage: the lease goes stale on its own
+                pass
+        self._release_local()
+
+    def _release_local(self) -> None:
         info = read_lock(self.study_dir)
         if info is not None and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
             self.path.unlink(missing_ok=True)

@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 
 from cli.report import app as report_app
 from cli.study import app as study_app
+from studies import state as st
 from studies.ray import token_auth_available
 from studies.spec import load_study
 from xtra.storage import Storage
@@ -175,6 +176,26 @@ def test_status_report_and_pull_from_a_machine_that_never_saw_it(cluster_study: 
     assert not list((tmp_path / "notebook").glob("trials/*/checkpoint.pt"))
     again = CliRunner().invoke(study_app, ["pull", uri, str(tmp_path / "notebook")])
     assert again.exit_code == 0 and ": 0 file(s) copied" in again.output, again.output
+
+
+def test_a_second_machine_is_refused_while_a_driver_holds_the_lease(cluster_study: dict, hashes: dict[int, str],
+                                                                    tmp_path: Path, monkeypatch) -> None:
+    """A driver on "machine A" holds the study (its lease is in S3); "machine B", with its own empty copy,
+    is refused by resume in one line before any trial starts, and status there names the holder."""
+    uri = cluster_study["uri"]
+    monkeypatch.setenv("XTRA_CACHE", str(tmp_path / "cache-b"))
+    holder = st.StudyLock(tmp_path / "machine-a", "xtra study resume", storage=Storage.from_uri(uri)).acquire()
+    try:
+        res = CliRunner().invoke(study_app, ["resume", uri])
+        assert res.exit_code != 0
+        line = res.output.strip()
+        assert "\n" not in line and f"{uri}/study.lock: in use by pid {os.getpid()}" in line, res.output
+        res = CliRunner().invoke(study_app, ["status", uri])
+        assert res.exit_code == 0 and f"running: pid {os.getpid()}" in res.output, res.output
+    finally:
+        holder.release()
+    assert not Storage.from_uri(uri).is_file(st.LOCK)
+    assert all(len(starts(Storage.from_uri(uri), h)) == 1 for h in hashes.values())  # nothing reran
 
 
 def test_kill_driver_delete_copy_resume_from_uri(cluster_study: dict, hashes: dict[int, str], s3_server,

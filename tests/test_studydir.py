@@ -89,6 +89,69 @@ def test_the_holder_refreshes_its_heartbeat(tmp_path: Path) -> None:
         lock.release()
 
 
+def test_drivers_on_two_machines_share_one_lease_in_object_storage(s3_bucket: str, tmp_path: Path) -> None:
+    """Two local copies of one study in S3 (two machines): the second driver is refused by the lease in
+    storage, not by its own (empty) copy; after the first lets go the second runs."""
+    from xtra.storage import Storage
+
+    stor = Storage.from_uri(f"{s3_bucket}/studies/block-size")
+    first = st.StudyLock(tmp_path / "machine-a", "xtra study run", storage=stor, settle_s=0.05).acquire()
+    try:
+        assert stor.read_json(st.LOCK)["pid"] == os.getpid()
+        with pytest.raises(st.StudyLocked) as err:
+            st.StudyLock(tmp_path / "machine-b", "xtra study resume", storage=stor, settle_s=0.05).acquire()
+        msg = str(err.value)
+        assert msg.startswith(f"{s3_bucket}/studies/block-size/{st.LOCK}: in use by pid {os.getpid()}")
+        assert "\n" not in msg and "--break-lock" in msg
+        assert not (tmp_path / "machine-b" / st.LOCK).exists()  # a refused driver leaves nothing behind
+    finally:
+        first.release()
+    assert not stor.is_file(st.LOCK)
+    second = st.StudyLock(tmp_path / "machine-b", "xtra study resume", storage=stor, settle_s=0.05).acquire()
+    second.release()
+
+
+def test_a_silent_lease_in_storage_is_taken_over_and_a_fresh_one_needs_break_lock(s3_bucket: str,
+                                                                                  tmp_path: Path) -> None:
+    from xtra.storage import Storage
+
+    stor = Storage.from_uri(f"{s3_bucket}/study")
+    dead = {"pid": 1, "host": "node-that-died", "command": "xtra study run", "token": "theirs",
+            "heartbeat": time.time() - 10 * st.STALE_AFTER_S}
+    stor.write_json(st.LOCK, dead)
+    lock = st.StudyLock(tmp_path / "copy", "xtra study resume", storage=stor, settle_s=0.05).acquire()
+    assert lock.took_over["host"] == "node-that-died" and stor.read_json(st.LOCK)["token"] == lock._me["token"]
+    lock.release()
+
+    stor.write_json(st.LOCK, {**dead, "heartbeat": time.time() - 5})
+    with pytest.raises(st.StudyLocked, match="pid 1 on node-that-died .*heartbeat 5s ago"):
+        st.StudyLock(tmp_path / "copy", "xtra study resume", storage=stor, settle_s=0.05).acquire()
+    lock = st.StudyLock(tmp_path / "copy", "xtra study resume", storage=stor, settle_s=0.05, break_lock=True).acquire()
+    assert stor.read_json(st.LOCK)["token"] == lock._me["token"]
+    lock.release()
+
+
+def test_the_shared_lease_is_refreshed_and_a_broken_one_is_left_alone(s3_bucket: str, tmp_path: Path) -> None:
+    from xtra.storage import Storage
+
+    stor = Storage.from_uri(f"{s3_bucket}/study")
+    lock = st.StudyLock(tmp_path / "a", "test", storage=stor, settle_s=0.0, heartbeat_s=0.05).acquire()
+    try:
+        first = stor.read_json(st.LOCK)["heartbeat"]
+        deadline = time.monotonic() + 10
+        while stor.read_json(st.LOCK)["heartbeat"] == first and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stor.read_json(st.LOCK)["heartbeat"] > first
+        breaker = st.StudyLock(tmp_path / "b", "xtra study resume", storage=stor, settle_s=0.3,
+                               break_lock=True).acquire()
+        time.sleep(0.3)  # several of the first holder's beats: none may write over the breaker's lease
+        assert stor.read_json(st.LOCK)["token"] == breaker._me["token"]
+        breaker.release()
+    finally:
+        lock.release()
+    assert not stor.is_file(st.LOCK)  # the breaker removed its own lease; the first holder wrote none back
+
+
 # ---------------------------------------------------------------------------------------------
 # Study files
 
