@@ -261,10 +261,10 @@ def test_pretrain_workers_survive_a_killed_worker_exactly(runs: dict[str, Path],
 def test_study_with_two_workers_per_trial(tmp_path: Path) -> None:
     """A smoke block-size trial on 2 workers (2 x 32 images of the global 64), one of them killed
     once mid-run: the trial restarts from its last checkpoint, finishes, probes, and its row and
-    curve feed results.parquet and the report like any other."""
+    curve feed results.parquet like any other (the report reads only those, tested elsewhere)."""
     study_dir = tmp_path / "study"
     proc = xtra("study", "run", "block-size", "--preset", "smoke", "--workers-per-trial", "2", "--set",
-                "axes.model.block_size=[2]", "--out", str(study_dir),
+                "axes.model.block_size=[2]", "--out", str(study_dir), "--no-report", "--logger", "none",
                 env=_env(XTRA_FAULT_KILL_WORKER="model.block_size=2@128"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     df = pl.read_parquet(study_dir / st.RESULTS)
@@ -281,6 +281,5 @@ def test_study_with_two_workers_per_trial(tmp_path: Path) -> None:
     assert trial["workers"] == 2 and trial["samples_seen"] == 512
     curves = pl.read_parquet(study_dir / st.CURVES)
     assert curves["samples_seen"].max() == 512 and curves["step"].n_unique() == curves.height
-    assert (study_dir / "report" / "index.html").is_file()
     written = load_study(study_dir)
     assert written.resources.workers == 2

@@ -123,6 +123,11 @@ def test_optuna_state_lives_in_sqlite(tmp_path: Path) -> None:
     lrs = [next(v for k, v in t.params.items() if k.endswith("pretrain.lr")) for t in done]  # Ray nests the space
     assert sorted(lrs) == sorted(df["pretrain.lr"].to_list())
     assert sorted(t.value for t in done) == pytest.approx(sorted(df["linear_top1"].to_list()))
+    # the sampled points are inside the search space, distinct, and each trial finished with its probe
+    assert set(df["status"]) == {"finished"} and {"pretrain.lr", "pretrain.warmup_samples"} <= set(df.columns)
+    assert all(1e-4 <= lr <= 3e-3 for lr in df["pretrain.lr"])
+    assert all(0 <= w <= 256 for w in df["pretrain.warmup_samples"])
+    assert df["config_hash"].n_unique() == 2 and (df["linear_top1"] > 0).all()
 
 
 def test_a_moved_study_with_its_data_elsewhere_reruns_nothing(api_run, tmp_path: Path) -> None:

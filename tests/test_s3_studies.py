@@ -205,7 +205,7 @@ def test_kill_driver_delete_copy_resume_from_uri(cluster_study: dict, hashes: di
     out = tmp_path / "first" / "killed"
     # On the module's cluster (its nodes keep their own scratch roots; starting no new Ray saves time)
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "study", "run", "block-size", "--preset", "smoke",
-                             "--out", str(out), "--storage", f"{bucket}/studies", "--no-report",
+                             "--out", str(out), "--storage", f"{bucket}/studies", "--no-report", "--logger", "none",
                              "--max-concurrent", "1", "--address", cluster_study["address"]], cwd=ROOT, env=_env(),
                             stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -114,30 +114,26 @@ def test_trunk_and_branches_survive_a_kill_and_a_new_budget_costs_its_cooldown(t
         theirs = torch.load(tmp_path / "alone" / spec.config_hash / td.CHECKPOINT, weights_only=False)["model"]
         assert all(torch.equal(mine[k], theirs[k]) for k in theirs), spec.trial_id
 
-    # a budget below the trunk's reach: its branch starts at a kept trunk checkpoint, costs its cooldown
-    extended = _xtra(*args[:-2], "--set", "axes.pretrain.samples=[256,384,512]", "--out", str(study_dir))
-    out, _ = extended.communicate(timeout=400)
-    assert extended.returncode == 0, out
-    assert "(ran 1, reused 2 finished)" in out, out
-    new = pl.read_parquet(study_dir / "results.parquet").filter(pl.col("pretrain.samples") == 384).row(0, named=True)
+    # One more run adds a wsd budget below the trunk's reach and the same budgets under cosine beside them.
+    # The new branch starts at a kept trunk checkpoint and costs only its cooldown; the trunk does not rerun.
+    both = _xtra(*args[:-2], "--set", "axes.pretrain.samples=[256,384,512]", "--set",
+                 'axes.pretrain.schedule=["cosine","wsd"]', "--out", str(study_dir))
+    out, _ = both.communicate(timeout=400)
+    assert both.returncode == 0, out
+    assert "(ran 4, reused 2 finished)" in out, out
+    df = pl.read_parquet(study_dir / "results.parquet")
+    new = df.filter((pl.col("pretrain.samples") == 384) & (pl.col("pretrain.schedule") == "wsd")).row(0, named=True)
     assert new["branch_start"] == 256 and new["samples_trained"] == 128 and new["samples_seen"] == 384
     assert _starts(trunk_dir) <= 2, "the trunk ran again"
     assert json.loads((study_dir / "runs.json").read_text())[-1].get("trunks") == []
 
-    # the report states what the study trained: one trunk to 384, cooldowns from 192, 256 and 384
+    # the report states what the wsd trials trained (one trunk to 384, cooldowns from 192, 256 and 384)
+    # and compares the schedules per budget
     from reports.build import build_report
 
     summary = (build_report(study_dir, n_boot=0).parent / "summary.md").read_text()
     trained = 384 + (256 - 192) + (384 - 256) + (512 - 384)
     assert f"wsd: 3 trial(s) branched off 1 trunk(s): {trained:,} samples trained where separate runs would " \
            f"train {256 + 384 + 512:,}" in summary, summary
-
-    # the same budgets under cosine beside them: the report compares the schedules per budget
-    both = _xtra(*args[:-2], "--set", "axes.pretrain.samples=[256,384,512]", "--set",
-                 'axes.pretrain.schedule=["cosine","wsd"]', "--out", str(study_dir))
-    out, _ = both.communicate(timeout=400)
-    assert both.returncode == 0, out
-    assert "(ran 3, reused 3 finished)" in out, out
-    summary = (build_report(study_dir, n_boot=0).parent / "summary.md").read_text()
     table = summary[summary.index("### wsd vs cosine per budget"):]
     assert all(f"| {budget} |" in table for budget in (256, 384, 512)), table

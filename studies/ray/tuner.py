@@ -173,8 +173,11 @@ def _param_space(plan: Plan, study_dir: Path, storage_path: str) -> tuple[dict[s
 
 def _tune_config(plan: Plan, study_dir: Path, num_samples: int, max_concurrent: int | None) -> Any:
     study = plan.study
+    # reuse_actors: a finished trial's process takes the next trial of the same resources, so a study of
+    # many short trials does not pay a fresh interpreter (ray, torch, torch._dynamo imports) for each.
     kwargs: dict[str, Any] = {"num_samples": num_samples, "trial_name_creator": trial_name,
-                              "trial_dirname_creator": _trial_dirname, "max_concurrent_trials": max_concurrent}
+                              "trial_dirname_creator": _trial_dirname, "max_concurrent_trials": max_concurrent,
+                              "reuse_actors": True}
     if study.search is not None:
         s = study.search
         kwargs["search_alg"] = _optuna_searcher(study, study_dir, plan.search_rerun)
