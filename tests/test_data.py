@@ -261,12 +261,12 @@ def test_imagefolder_train_val(tmp_path):
     assert ds.num_classes == 2 and ds.class_names == ("blue", "red") and ds.hflip is True
     assert (len(ds.train), len(ds.val), len(ds.test)) == (9, 3, 4)
     assert ds.train.images.shape[1:] == (3, 16, 16)
-    rgb = denormalize(ds.test.images, ds).mean(dim=(2, 3))  # (N, 3)
+    rgb = denormalize(ds.test.images[:], ds).mean(dim=(2, 3))  # (N, 3); [:] decodes the lazy split
     for label, pixel in zip(ds.test.labels.tolist(), rgb, strict=True):
         expected = torch.tensor(colors[ds.class_names[label]], dtype=torch.float32) / 255
         assert torch.allclose(pixel, expected, atol=1e-4)
     gray = load_dataset(cfg, 16, 1)
-    red = denormalize(gray.test.images[gray.test.labels == 1], gray)
+    red = denormalize(gray.test.images[:][gray.test.labels == 1], gray)
     assert torch.allclose(red, torch.full_like(red, round(0.299 * 255) / 255), atol=1 / 255)
 
 
@@ -286,8 +286,10 @@ def test_imagefolder_errors(tmp_path):
         locate(DataConfig(name=f"imagefolder:{tmp_path / 'empty'}"))
     write_png(tmp_path / "bad" / "x" / "0.png", (1, 2, 3))
     (tmp_path / "bad" / "x" / "1.png").write_bytes(b"not a png")
+    bad = load_dataset(DataConfig(name=f"imagefolder:{tmp_path / 'bad'}"), 8, 3)  # lazy: files are read on use
     with pytest.raises(ValueError, match=r"1\.png: cannot read image"):
-        load_dataset(DataConfig(name=f"imagefolder:{tmp_path / 'bad'}"), 8, 3)
+        for split in (bad.train, bad.val, bad.test):
+            split.images[:]
 
 
 def test_cifar10_from_python_batches(tmp_path):

@@ -84,7 +84,10 @@ def ray_session(log_dir: Path, address: str | None, env: dict[str, str] | None =
         env_vars = _worker_env()
         kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
                                   "configure_logging": False}
-        if env_vars:
+        if env_vars and address:
+            # A cluster started elsewhere does not have the driver's environment. A local one inherits it
+            # (workers are children of the raylet this process starts), and without a runtime_env its
+            # pre-started workers can host the trials at once instead of a fresh worker per trial.
             kwargs["runtime_env"] = {"env_vars": env_vars}
         info: dict[str, Any] = {"address": address or "local"}
         # Ray's C++ side writes to the process' stderr (fd 2): send it to ray.log for the session.
