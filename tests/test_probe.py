@@ -490,3 +490,57 @@ def test_at_samples_beyond_the_budget_is_one_line():
         override(TrialConfig(), {"probe.at_samples": [100], "pretrain.batch_size": 128})
     with pytest.raises(ValueError, match="give one of them"):
         ProbeConfig(at_samples=(100,), points=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The linear head solved to convergence (probe.linear_solver = lbfgs)
+
+
+def test_lbfgs_head_is_the_penalized_logistic_regression_optimum(encoder, small):
+    """The same head (BatchNorm at the train statistics, Linear) solved by L-BFGS equals scikit-learn's
+    multinomial logistic regression with the matching penalty (C = 1 / (l2 n)) on the same
+    standardized features: the same predictions, probabilities within 3e-3 (float32 here), and
+    clearly closer than to the optimum of half the penalty."""
+    from sklearn.linear_model import LogisticRegression
+
+    from xtra.probe import fit_linear_lbfgs
+
+    cfg = dataclasses.replace(FAST, linear_solver="lbfgs", linear_l2=(1e-2, 1e-3))
+    train = _Source(encoder, small.train.images, "linear", cfg, torch.device("cpu"), "memory", None, "train")
+    heads = [make_head("linear", encoder.cfg, small.num_classes, cfg, 0) for _ in cfg.linear_l2]
+    fit_linear_lbfgs(heads, cfg.linear_l2, train, small.train.labels)
+    x = train.cache.double()
+    z = ((x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-6)).numpy()
+    y = small.train.labels.numpy()
+    for head, l2 in zip(heads, cfg.linear_l2):
+        ref = LogisticRegression(C=1 / (l2 * len(y)), max_iter=5000, tol=1e-10).fit(z, y)
+        head.eval()
+        with torch.no_grad():
+            mine = torch.softmax(head(train.cache), dim=-1).double().numpy()
+        gap = abs(mine - ref.predict_proba(z)).max()
+        off = LogisticRegression(C=2 / (l2 * len(y)), max_iter=5000, tol=1e-10).fit(z, y)  # half the penalty
+        assert gap < 3e-3 and abs(mine - off.predict_proba(z)).max() > 3 * gap, l2  # float32 vs float64 solve
+        assert (mine.argmax(1) == ref.predict(z)).mean() > 0.995
+
+
+def test_lbfgs_probe_chooses_the_penalty_on_val_and_records_it(encoder, small):
+    cfg = dataclasses.replace(FAST, linear_solver="lbfgs", linear_l2=(1e-6, 1e-1))
+    result = probe(encoder, small, cfg, seed=0)["linear"]
+    val = result["val_top1"]
+    assert list(val) == [1e-6, 1e-1] and result["solver"] == "lbfgs" and result["best_lr"] is None
+    assert result["best_l2"] == max(val, key=val.get) and result["best_val_top1"] == max(val.values())
+    assert result["still_improving"] is None and 0.1 < result["test_top1"] <= 1.0
+    adamw = probe(encoder, small, FAST, seed=0)["linear"]
+    assert adamw["solver"] == "adamw" and adamw["best_l2"] is None and adamw["best_lr"] in FAST.lrs
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"linear_solver": "sgd"}, "probe.linear_solver='sgd' is not allowed"),
+    ({"linear_solver": "lbfgs", "augment": True}, "probe.linear_solver=lbfgs solves on cached features"),
+    ({"linear_solver": "lbfgs", "cache": "off"}, "probe.linear_solver=lbfgs needs the feature cache"),
+    ({"linear_l2": ()}, "probe.linear_l2=() must be a non-empty list"),
+])
+def test_bad_solver_settings_are_one_line(changes, message):
+    with pytest.raises(ValueError) as err:
+        ProbeConfig(**changes)
+    assert message in str(err.value) and "\n" not in str(err.value)

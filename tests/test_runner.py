@@ -267,14 +267,3 @@ def test_faults_then_extend(reference: Reference, smoke_hashes: dict[int, str], 
     assert df[k2]["status"] == "failed" and df[k2]["attempts"] == 1
     assert df[k2]["error"].startswith("NonFiniteLoss: non-finite loss") and "step" in df[k2]["error"]
     assert df[k2]["linear_top1"] is None and df[k2]["block_size"] == 2
-
-    # Extend: a second seed for k=1 runs only the new trial; the finished one is reused
-    proc = smoke(study_dir, "--seeds", "2", "--set", "axes.model.block_size=[1]")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "(ran 1, reused 1 finished)" in proc.stdout
-    assert len(starts(study_dir, k1)) == 2, "the finished trial was rerun"
-    df = results(study_dir)
-    assert df.height == 2 and set(df["status"]) == {"finished"} and sorted(df["seed"]) == [0, 1]
-    new = df.filter(pl.col("seed") == 1).to_dicts()[0]
-    assert len(starts(study_dir, new["config_hash"])) == 1 and new["linear_top1"] > 0
-    assert [r["name"] for r in json.loads((study_dir / st.RUNS).read_text())] == ["run-1", "run-2"]

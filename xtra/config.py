@@ -263,6 +263,11 @@ class ProbeConfig:
     grad_clip: float = 3.0  # max gradient norm per head (0 = off)
     linear_weight_decay: float = 0.0
     attentive_weight_decay: float = 0.1
+    # adamw = the official recipe above (lrs, epochs, ...); lbfgs = the same linear head solved to
+    # convergence on cached features (full-batch L-BFGS, BatchNorm at the train split's statistics),
+    # one head per L2 strength in linear_l2 (mean cross-entropy + l2/2 |W|^2), chosen on val.
+    linear_solver: str = "adamw"
+    linear_l2: tuple[float, ...] = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4)
     features: str = "raw"  # raw = block outputs as the official probes read them; normed = after the final LayerNorm
     layers: int = 6  # attentive probe: mean of the last `layers` encoder blocks (clamped to the depth)
     attentive_heads: int = 16  # clamped to the largest divisor of the width that is <= this
@@ -301,6 +306,14 @@ class ProbeConfig:
         _require(self.grad_clip >= 0, f"probe.grad_clip={self.grad_clip} must be >= 0 (0 = off)")
         _require(self.linear_weight_decay >= 0 and self.attentive_weight_decay >= 0,
                  "probe.linear_weight_decay and probe.attentive_weight_decay must be >= 0")
+        _one_of("probe.linear_solver", self.linear_solver, ("adamw", "lbfgs"))
+        _require(len(self.linear_l2) > 0 and all(v >= 0 for v in self.linear_l2),
+                 f"probe.linear_l2={self.linear_l2} must be a non-empty list of L2 strengths >= 0")
+        _require(not (self.linear_solver == "lbfgs" and self.augment),
+                 "probe.linear_solver=lbfgs solves on cached features, which probe.augment=true never caches "
+                 "(allowed: linear_solver=adamw with augment, or augment=false)")
+        _require(not (self.linear_solver == "lbfgs" and self.cache == "off"),
+                 "probe.linear_solver=lbfgs needs the feature cache (allowed: probe.cache=auto|memory|disk)")
         _one_of("probe.features", self.features, ("raw", "normed"))
         _one_of("probe.mask", self.mask, ("block", "none"))
         _one_of("probe.cache", self.cache, ("auto", "memory", "disk", "off"))
