@@ -125,14 +125,10 @@ print(json.dumps(result))
 """
 
 
-def pretrain_run(folder: Path, out: Path, samples: int, workers: int) -> dict[str, Any]:
-    """A ``cpu-s`` pretraining in a fresh process; returns its peak RSS (the trainer) and peak PSS
-    (the trainer plus loader workers), its result and curve rows."""
-    import shutil
-
-    shutil.rmtree(out, ignore_errors=True)
-    proc = subprocess.Popen([sys.executable, "-c", _PRETRAIN, str(folder), str(out), str(samples), str(workers)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _run_watched(args: list[str]) -> tuple[subprocess.Popen, str, str, list[int]]:
+    """``python -c ARGS...`` in a fresh process, sampling its peak RSS and the peak PSS of its process
+    tree every 50 ms; returns the finished process, its stdout and stderr, and [peak RSS, peak PSS]."""
+    proc = subprocess.Popen([sys.executable, "-c", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0, 0]
     stop = threading.Event()
 
@@ -147,6 +143,16 @@ def pretrain_run(folder: Path, out: Path, samples: int, workers: int) -> dict[st
     stdout, stderr = proc.communicate()
     stop.set()
     watcher.join()
+    return proc, stdout, stderr, peak
+
+
+def pretrain_run(folder: Path, out: Path, samples: int, workers: int) -> dict[str, Any]:
+    """A ``cpu-s`` pretraining in a fresh process; returns its peak RSS (the trainer) and peak PSS
+    (the trainer plus loader workers), its result and curve rows."""
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    proc, stdout, stderr, peak = _run_watched([_PRETRAIN, str(folder), str(out), str(samples), str(workers)])
     if proc.returncode != 0:
         raise RuntimeError(f"pretraining on {folder} failed: {stderr.strip().splitlines()[-1:]}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -174,23 +180,8 @@ def probe_memory(folder: Path, workers: int) -> dict[str, Any]:
     """A linear probe of a random ``cpu-s`` encoder on every image of ``folder`` (train, val and the
     held-out test, features cached in memory: 4 * width bytes an image, reported so it can be told
     apart), in a fresh process; its peak RSS and the PSS of it plus its loader workers."""
-    proc = subprocess.Popen([sys.executable, "-c", _PROBE, str(folder), str(workers)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    peak = [0, 0]
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.is_set():
-            rss, pss = _tree_memory(proc.pid)
-            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
-            stop.wait(0.05)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
     t0 = time.perf_counter()
-    stdout, stderr = proc.communicate()
-    stop.set()
-    watcher.join()
+    proc, stdout, stderr, peak = _run_watched([_PROBE, str(folder), str(workers)])
     if proc.returncode != 0:
         raise RuntimeError(f"probing {folder} failed: {stderr.strip().splitlines()[-1:]}")
     return {"peak_rss": peak[0], "peak_pss_tree": peak[1], "wall_s": time.perf_counter() - t0,
