@@ -60,6 +60,9 @@ PROBE_COLUMNS = ("study", "trial_id", "config_hash", "probe_hash", "seed", "samp
 
 HEARTBEAT_S = 10.0  # the lock holder refreshes its heartbeat this often
 STALE_AFTER_S = 6 * HEARTBEAT_S  # a heartbeat older than this is a dead holder, whichever host it ran on
+# Writes of a lease in object storage that another driver may overwrite before it sees ours (a holder
+# whose refresh was already under way when --break-lock wrote): each attempt waits settle_s.
+SHARED_LEASE_ATTEMPTS = 5
 
 
 def trial_dir(study_dir: Path, config_hash: str) -> Path:
@@ -186,7 +189,7 @@ class StudyLock:
     def _acquire_shared(self) -> None:
         """The lease in storage (see the class doc): refuse a live holder, else write ours and check it stuck."""
         where = self.storage.uri_of(LOCK)
-        for _ in range(3):
+        for _ in range(SHARED_LEASE_ATTEMPTS):
             other = _read_shared(self.storage)
             if other is not None and other.get("token") != self._me["token"]:
                 if _alive(other) and not self.break_lock:

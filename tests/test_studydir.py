@@ -135,16 +135,17 @@ def test_the_shared_lease_is_refreshed_and_a_broken_one_is_left_alone(s3_bucket:
     from xtra.storage import Storage
 
     stor = Storage.from_uri(f"{s3_bucket}/study")
-    lock = st.StudyLock(tmp_path / "a", "test", storage=stor, settle_s=0.0, heartbeat_s=0.05).acquire()
+    lock = st.StudyLock(tmp_path / "a", "test", storage=stor, settle_s=0.0, heartbeat_s=0.3).acquire()
     try:
         first = stor.read_json(st.LOCK)["heartbeat"]
         deadline = time.monotonic() + 10
         while stor.read_json(st.LOCK)["heartbeat"] == first and time.monotonic() < deadline:
             time.sleep(0.05)
         assert stor.read_json(st.LOCK)["heartbeat"] > first
-        breaker = st.StudyLock(tmp_path / "b", "xtra study resume", storage=stor, settle_s=0.3,
+        # a refresh under way may land over the breaker's first write; the breaker writes again
+        breaker = st.StudyLock(tmp_path / "b", "xtra study resume", storage=stor, settle_s=0.5,
                                break_lock=True).acquire()
-        time.sleep(0.3)  # several of the first holder's beats: none may write over the breaker's lease
+        time.sleep(1.0)  # several of the first holder's beats: none may write over the breaker's lease
         assert stor.read_json(st.LOCK)["token"] == breaker._me["token"]
         breaker.release()
     finally:
