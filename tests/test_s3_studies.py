@@ -210,6 +210,15 @@ def test_kill_driver_delete_copy_resume_from_uri(cluster_study: dict, hashes: di
                             stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
+        # While it runs, a driver on "another machine" (its own copy, the study's URI) is refused by the
+        # lease in storage, in one line, before Ray starts.
+        deadline = time.monotonic() + 60
+        while not (stor.is_file(st.LOCK) and stor.is_file(st.STUDY_TOML)):
+            assert proc.poll() is None and time.monotonic() < deadline, "the first driver never took the lease"
+            time.sleep(0.05)
+        res = CliRunner().invoke(study_app, ["resume", stor.uri, "--copy", str(tmp_path / "elsewhere")])
+        assert res.exit_code == 2 and f"in use by pid {proc.pid} on " in " ".join(res.output.split()), res.output
+
         # SIGKILL once one trial is finished in storage and the other has a committed checkpoint
         deadline = time.monotonic() + 240
         finished = unfinished = None
@@ -240,6 +249,14 @@ def test_kill_driver_delete_copy_resume_from_uri(cluster_study: dict, hashes: di
     assert "trial.json" not in stor.manifest(f"trials/{unfinished}").files
     ckpt = json.loads(stor.read_member(f"trials/{unfinished}", "tune_checkpoint.json"))["samples_seen"]
     assert 0 < ckpt < 512
+    # `xtra study status` and the report read the killed study the same way (one definition of status)
+    res = CliRunner().invoke(study_app, ["status", str(out)])
+    assert res.exit_code == 0 and "1 finished · 0 running · 1 interrupted · 0 failed · 0 pending" in res.output, \
+        res.output
+    from reports.collect import load_study as collect
+
+    seen = {r["config_hash"]: r["status"] for r in collect(out).results.to_dicts()}
+    assert seen == {finished: "finished", unfinished: "interrupted"}, seen
     # as if on a new machine: no local study directory, no scratch copy of any trial on any node
     shutil.rmtree(tmp_path / "first")
     for root in cluster_study["scratch"].values():
@@ -249,6 +266,7 @@ def test_kill_driver_delete_copy_resume_from_uri(cluster_study: dict, hashes: di
     res = xtra("resume", stor.uri, "--copy", str(copy), "--no-report", "--address", cluster_study["address"],
                env=_env())
     assert res.returncode == 0, res.stdout + res.stderr
+    assert "took over the lock" in res.stdout  # the killed driver's lease, in storage
     assert len(starts(stor, finished)) == 1, "a finished trial was rerun"
     again = starts(stor, unfinished)
     assert len(again) == 2 and again[1]["checkpoint_samples"] >= ckpt > 0

@@ -98,8 +98,8 @@ class LocalS3Server:
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
+            try:  # its threaded server can take 10 s to drain on SIGTERM; it holds nothing worth waiting for
+                self._proc.wait(timeout=1)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
