@@ -26,13 +26,13 @@ def processes_under(marker: str) -> list[int]:
 
 def stop_cluster(temp_dir: str) -> None:
     """SIGTERM, then SIGKILL, every process of the cluster (all carry its temp dir); then remove it."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    for sig, grace in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):  # a test cluster holds nothing worth a wait
         for pid in processes_under(temp_dir):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + grace
         while processes_under(temp_dir) and time.monotonic() < deadline:
             time.sleep(0.2)
     assert not processes_under(temp_dir), "the test's Ray cluster is still running"
