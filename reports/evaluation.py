@@ -180,9 +180,25 @@ def schedule_table(study: Study) -> list[Table]:
                   note="Each wsd trial branched off a shared trunk; each cosine trial ran alone.")]
 
 
+def still_improving(study: Study) -> list[str]:
+    """A sentence naming the final probes whose chosen head was still improving over its last quarter
+    of epochs: their top-1 understates the encoder (the probe wants more epochs)."""
+    rows = _probe_rows(study)
+    if rows.is_empty() or "still_improving" not in rows.columns:
+        return []
+    last = rows.filter(pl.col("samples") == pl.col("samples").max().over("config_hash"))
+    flagged = last.filter(pl.col("still_improving").fill_null(False)).sort("trial_id", "kind", "dataset")
+    if flagged.is_empty():
+        return []
+    names = [f"{r['kind']} on {r['dataset']} of {r['trial_id']} ({100 * r['top1']:.1f}%)"
+             for r in flagged.iter_rows(named=True)]
+    return [f"Still improving at the last probe epoch, so these top-1s understate their encoders (more "
+            f"probe epochs would raise them): {', '.join(names)}."]
+
+
 def evaluation(study: Study) -> tuple[list[Panel], list[Table], list[str]]:
     """Panels, tables and the efficiency sentences (for the page and summary.md)."""
-    panels, sentences = [], wsd_samples(study)
+    panels, sentences = [], wsd_samples(study) + still_improving(study)
     for kind in ("linear", "attentive"):
         panel, said = sample_efficiency_from_checkpoints(study, kind)
         if panel.figure is not None or kind == "linear":

@@ -72,3 +72,18 @@ def test_wsd_vs_cosine_per_budget_is_paired_by_seed() -> None:
         assert abs(r["val_loss delta"] + 0.021) < 1e-9 and r["val_loss lo"] < -0.021 < r["val_loss hi"]
         assert abs(r["linear_top1 delta"] - 0.01) < 1e-9
     assert schedule_comparison(pl.DataFrame([r for r in rows if r["pretrain.schedule"] == "wsd"])).is_empty()
+
+
+def test_a_probe_still_improving_at_its_last_epoch_is_flagged(tmp_path: Path) -> None:
+    root = make_study(tmp_path / "s", block_sizes=(1, 2), probe_points=(0.5,), layout="parquet", n_curve_rows=5)
+    assert not any("Still improving" in s for s in evaluation(load_study(root))[2])
+    probes = pl.read_parquet(root / "probes.parquet")
+    last = pl.col("samples") == pl.col("samples").max().over("config_hash")
+    flag = (pl.col("kind") == "attentive") & last & (pl.col("config_hash") == probes["config_hash"][0])
+    probes.with_columns(pl.when(flag).then(True).otherwise(pl.col("still_improving")).alias("still_improving")) \
+        .write_parquet(root / "probes.parquet")
+    study = load_study(root)
+    (said,) = [s for s in evaluation(study)[2] if "Still improving" in s]
+    trial = study.finished.filter(pl.col("config_hash") == probes["config_hash"][0])["trial_id"][0]
+    assert f"attentive on fashion-mnist of {trial} (" in said and said.count(" of ") == 1, said
+    assert "Still improving at the last probe epoch" in (build_report(root, n_boot=0).parent / "summary.md").read_text()
