@@ -267,18 +267,12 @@ def _run_locked(study: Study, study_dir: Path, lock: st.StudyLock, *, address: s
             _push(stor, study_dir, st.RESULTS, st.CURVES, st.PROBES, st.OPTUNA_DB)  # a search resumes anywhere
         except StorageError as err:
             notes.append(f"results not written to storage: {' '.join(str(err).split())}")
-    ran = [s.config_hash for s in after.states if s.config_hash not in plan.reused
-           and _started_in(study_dir, s.config_hash, experiment)]
+    starts_before = {s.config_hash: s.starts for s in plan.states}  # an interrupted run leaves some never started
+    ran = [s.config_hash for s in after.states if s.starts > starts_before.get(s.config_hash, 0)]
     report = build_study_report(study_dir, stor, notes) if build_report else None
     return Outcome(study_dir=study_dir, experiment=experiment, ran=ran if experiment else [],
                    reused=list(plan.reused), counts=after.counts(), results=results, curves=curves, report=report,
                    notes=notes)
-
-
-def _started_in(study_dir: Path, config_hash: str, experiment: str | None) -> bool:
-    """Whether the trial started in this experiment (an interrupted run leaves some never started)."""
-    attempts = td.read_jsonl(td.path(study_dir, config_hash) / td.ATTEMPTS)
-    return any(a.get("event") == "start" and a.get("experiment") == experiment for a in attempts)
 
 
 def pictures_from(stor: Storage, study_dir: Path) -> Any:

@@ -138,6 +138,11 @@ def lock_holder(study_dir: Path, storage: Any = None) -> dict[str, Any] | None:
     return info if info is not None and _alive(info) else None
 
 
+def _refusal(where: object, holder: dict[str, Any]) -> StudyLocked:
+    return StudyLocked(f"{where}: in use by {describe_holder(holder)}; wait for it, stop it, "
+                       f"or pass --break-lock if you know it is gone")
+
+
 def describe_holder(info: dict[str, Any]) -> str:
     age = heartbeat_age(info)
     beat = "no heartbeat" if age == float("inf") else f"heartbeat {age:.0f}s ago"
@@ -193,8 +198,7 @@ class StudyLock:
             other = _read_shared(self.storage)
             if other is not None and other.get("token") != self._me["token"]:
                 if _alive(other) and not self.break_lock:
-                    raise StudyLocked(f"{where}: in use by {describe_holder(other)}; wait for it, stop it, "
-                                      f"or pass --break-lock if you know it is gone")
+                    raise _refusal(where, other)
                 self.took_over = self.took_over or other
             self.storage.write_json(LOCK, {**self._me, "heartbeat": time.time()})
             time.sleep(self.settle_s)
@@ -217,8 +221,7 @@ class StudyLock:
                         time.sleep(0.2)
                         continue
                 elif _alive(other) and not self.break_lock:
-                    raise StudyLocked(f"{self.study_dir}: in use by {describe_holder(other)}; wait for it, stop it, "
-                                      f"or pass --break-lock if you know it is gone") from None
+                    raise _refusal(self.study_dir, other) from None
                 self.took_over = other
                 stale = self.path.with_name(f".{LOCK}.stale.{os.getpid()}")
                 try:  # rename first so two processes cannot both take over the same stale lock
