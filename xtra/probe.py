@@ -473,7 +473,7 @@ def _device_of(module: nn.Module) -> torch.device:
 def _augmenter(cfg: ProbeConfig, dataset, seed: int, kind: str, device: torch.device) -> Callable:
     """The official training augmentation of `kind` for normalized image batches (see
     `xtra.probe_augment.probe_augment`), seeded by (seed, kind, micro-batch)."""
-    from xtra.probe_augment import probe_augment, rand_augment, random_erasing
+    from xtra.probe_augment import after_crop, probe_augment
 
     def run(images: torch.Tensor, step: int) -> torch.Tensor:
         gen = torch.Generator(device=device).manual_seed(_seed(seed, kind, "augment", step))
@@ -489,16 +489,8 @@ def _augmenter(cfg: ProbeConfig, dataset, seed: int, kind: str, device: torch.de
             full-resolution files in the loader workers (sample j of micro-batch `step` seeded by
             (seed, kind, step, j)), then the rest of `probe_augment` on the device."""
             x = images.cropped(idx, Crop(crop_seed, step, cfg.crop_scale, cfg.crop_ratio, dataset.hflip)).to(device)
-            if kind != "attentive":
-                return x
             gen = torch.Generator(device=device).manual_seed(_seed(seed, kind, "augment", step))
-            if cfg.randaugment:
-                m = torch.tensor(dataset.mean, dtype=x.dtype, device=device).view(1, -1, 1, 1)
-                s = torch.tensor(dataset.std, dtype=x.dtype, device=device).view(1, -1, 1, 1)
-                x = (rand_augment(x * s + m, gen, cfg.randaugment, dataset.mean) - m) / s
-            if cfg.random_erasing > 0:
-                x = random_erasing(x, gen, cfg.random_erasing)
-            return x
+            return after_crop(x, gen, kind, cfg, dataset.mean, dataset.std)
 
         run.from_files = from_files  # type: ignore[attr-defined]
     return run

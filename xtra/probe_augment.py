@@ -275,7 +275,13 @@ def probe_augment(images: torch.Tensor, gen: torch.Generator, kind: str, cfg: Pr
     from xtra.data import augment
 
     crop = DataConfig(crop_scale=cfg.crop_scale, crop_ratio=cfg.crop_ratio)
-    x = augment(images, gen, crop, hflip)
+    return after_crop(augment(images, gen, crop, hflip), gen, kind, cfg, mean, std)
+
+
+def after_crop(x: torch.Tensor, gen: torch.Generator, kind: str, cfg: ProbeConfig, mean: tuple[float, ...],
+               std: tuple[float, ...]) -> torch.Tensor:
+    """What follows the crop and flip in `probe_augment` (nothing for linear; RandAugment on the
+    pixels, then RandomErasing, for attentive), on normalized crops cut in memory or from files."""
     if kind != "attentive":
         return x
     if cfg.randaugment:
