@@ -1,21 +1,26 @@
 """run_trial: pretrain then probe in one directory; a finished trial is returned, not rerun."""
 
 import json
+import shutil
 
+import pytest
 import torch
 
+from xtra import trialdir as td
 from xtra.config import TrialConfig, override
 from xtra.model import XTRA, block_crops
 from xtra.pictures import predicted_images, study_pictures
-from xtra.trial import run_trial
+from xtra.pretrain import pretrain
+from xtra.trial import _probe, keep_at, run_trial
+
+TINY = {"model.img_size": 32, "model.patch_size": 8, "model.width": 32, "model.depth": 2, "model.num_heads": 2,
+        "model.proj_hidden": 64, "model.pred_width": 32, "model.pred_depth": 1, "model.pred_num_heads": 2,
+        "model.head_hidden": 64, "model.block_size": 2, "data.limit_train": 2000, "pretrain.samples": 512,
+        "pretrain.batch_size": 64, "pretrain.warmup_samples": 64, "probe.epochs": 2, "probe.lrs": [1e-2, 1e-1]}
 
 
 def test_run_trial_end_to_end_and_idempotent(tmp_path):
-    cfg = override(TrialConfig(), {
-        "model.img_size": 32, "model.patch_size": 8, "model.width": 32, "model.depth": 2, "model.num_heads": 2,
-        "model.proj_hidden": 64, "model.pred_width": 32, "model.pred_depth": 1, "model.pred_num_heads": 2,
-        "model.head_hidden": 64, "model.block_size": 2, "data.limit_train": 2000, "pretrain.samples": 512,
-        "pretrain.batch_size": 64, "pretrain.warmup_samples": 64, "probe.epochs": 2, "probe.lrs": [1e-2, 1e-1]})
+    cfg = override(TrialConfig(), TINY)
     events = []
     run_dir = tmp_path / "trials" / cfg.config_hash()
     row = run_trial(cfg, run_dir, report=events.append)
@@ -39,3 +44,35 @@ def test_predicted_images_keep_block_zero_and_replace_the_rest():
     assert pasted.shape == x.shape
     torch.testing.assert_close(block_crops(pasted, cfg)[:, 0], block_crops(x, cfg)[:, 0])
     assert not torch.allclose(block_crops(pasted, cfg)[:, 1:], block_crops(x, cfg)[:, 1:])
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_probe_resumes_at_the_checkpoint_it_stopped_at(tmp_path):
+    """Probing along the way keeps each checkpoint's rows as they finish: a probe stopped at its
+    second checkpoint probes only that one again, and its rows equal an uninterrupted probe's."""
+    cfg = override(TrialConfig(), {**TINY, "probe.points": 2, "probe.limit_train": 500})
+    first = tmp_path / "first"
+    pretrain(cfg.model, cfg.data, cfg.pretrain, first, seed=cfg.seed, keep_at=keep_at(cfg))
+    shutil.copytree(first, tmp_path / "whole")
+    whole = _probe(cfg, tmp_path / "whole", log=lambda msg: None)
+    assert [(r["samples"], r["kind"]) for r in whole] == [(256, "linear"), (512, "linear"), (512, "attentive")]
+
+    def stop_at_the_end(msg: str) -> None:
+        if msg.startswith("probing the checkpoint at 512 samples"):
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        _probe(cfg, first, log=stop_at_the_end)
+    assert not td.probe_path(first, cfg.probe_hash()).exists()
+    heard: list[str] = []
+    rows = _probe(cfg, first, log=heard.append)
+    assert any(m.startswith("probe resumed: 1 checkpoint x dataset point") for m in heard)
+    assert [m for m in heard if m.startswith("probing the checkpoint")] == [
+        "probing the checkpoint at 512 samples on fashion-mnist (linear, attentive)"]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
+    assert strip(rows) == strip(whole)
+    assert td.probe_rows(first, cfg.probe_hash()) == rows
+    assert not td.probe_path(first, cfg.probe_hash()).with_suffix(".partial.json").exists()

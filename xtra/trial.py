@@ -206,9 +206,29 @@ def _probe(cfg: TrialConfig, run_dir: Path, log: Callable[[str], None],
             missing.append(samples)
     if missing:  # pretrained before this protocol asked for them: probe what exists, say what does not
         log(f"probe points {missing} have no kept checkpoint (pretrained under another protocol); skipped")
-    rows = probe_checkpoints(paths, cfg.data, cfg.probe, seed=cfg.seed, expect_model=cfg.model, log=log)
-    td.write_json(path, {"probe_hash": cfg.probe_hash(), "config_hash": cfg.config_hash(),
-                         "probe": dataclasses.asdict(cfg.probe), "missing_points": missing, "rows": rows})
+    # Each (checkpoint, dataset) is kept as it finishes, so an interrupted probe resumes where it stopped
+    partial_path = path.with_suffix(".partial.json")
+    partial = td.read_json(partial_path)
+    finished: list[dict[str, Any]] = []
+    if (isinstance(partial, dict) and partial.get("config_hash") == cfg.config_hash()
+            and isinstance(partial.get("rows"), list)):
+        finished = [r for r in partial["rows"] if isinstance(r, dict) and r.get("samples") in paths]
+    done: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for r in finished:
+        done.setdefault((r["samples"], r["dataset"]), []).append(r)
+    if done:
+        log(f"probe resumed: {len(done)} checkpoint x dataset point(s) already probed "
+            f"({', '.join(f'{s} samples on {d}' for s, d in sorted(done))})")
+    header = {"probe_hash": cfg.probe_hash(), "config_hash": cfg.config_hash(), "probe": dataclasses.asdict(cfg.probe)}
+
+    def keep_point(samples: int, dataset: str, rows: list[dict[str, Any]]) -> None:
+        finished.extend(rows)
+        td.write_json(partial_path, {**header, "rows": finished})
+
+    rows = probe_checkpoints(paths, cfg.data, cfg.probe, seed=cfg.seed, expect_model=cfg.model, log=log,
+                             done=done, on_point=keep_point)
+    td.write_json(path, {**header, "missing_points": missing, "rows": rows})
+    partial_path.unlink(missing_ok=True)
     return rows
 
 
