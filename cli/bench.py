@@ -85,7 +85,9 @@ def bench_cmd(
             console.print(_line(f"probe {key}", results["probe"][key]))
         from xtra.probe import QUICK_PROTOCOL, bench_probe_protocol  # convergence, official cost, checkpoints
 
-        protocol = bench_probe_protocol(**(QUICK_PROTOCOL if quick else {}))
+        # the pretrained encoder is kept beside the figures: a second full run reuses it (same config)
+        protocol = bench_probe_protocol(**(QUICK_PROTOCOL if quick else {"run_dir": out.parent / "probe-encoder"}),
+                                        log=lambda msg: console.print(f"  {msg}"))
         results["probe"]["sample_curve"] = protocol["checkpoints"].pop("curve")
         for key in ("convergence", "protocol", "checkpoints"):
             results["probe"][key] = protocol[key]

@@ -28,6 +28,7 @@ from xtra.probe import (
     make_head,
     probe,
     probe_run,
+    protocol_cost,
     random_encoder,
     run_configs,
     train_probe,
@@ -281,6 +282,24 @@ def test_bench_probe_times_real_runs_whose_heads_agree(encoder, small):
         assert out[key]["one_lr_s"] > 0 and out[key]["3_lrs_s"] > 0
         assert 0.1 < out[key]["val_top1_alone"] == out[key]["val_top1_in_pass"]
     assert out["n_train"] == len(small.train) and not encoder.training
+
+
+def test_protocol_cost_costs_the_first_single_pass_that_reaches_the_official_top1(encoder, small):
+    """The protocol bench: 7 separate official runs per kind over ours' lr range, then ours with 2x,
+    4x ... epochs until it reaches the official top-1; with no tolerance below it, ours stops at its
+    first run; with a target no run can reach, every rung runs and no ratio is claimed."""
+    ours = dataclasses.replace(FAST, epochs=1, warmup_epochs=0)
+    easy = protocol_cost(encoder, small, ours, 0, n_train=256, n_eval=256, official_epochs=1, tolerance=1.0, rungs=2)
+    assert easy["official_lrs"] == (0.01, 0.0147, 0.0215, 0.0316, 0.0464, 0.0681, 0.1)
+    linear = easy["linear"]
+    assert len(linear["official_val_top1"]) == 7 and linear["official_s"] > 0
+    assert linear["reached"] and [r["epochs"] for r in linear["ours"]] == [1]
+    assert linear["speedup"] == linear["official_s"] / linear["ours"][0]["s"] == easy["speedup"]
+    never = protocol_cost(encoder, small, ours, 0, n_train=256, n_eval=256, official_epochs=1, tolerance=-1.0,
+                          rungs=2)
+    assert [r["epochs"] for r in never["linear"]["ours"]] == [1, 2]
+    assert not never["linear"]["reached"] and never["linear"]["speedup"] is None and never["speedup"] is None
+    assert never["linear"]["official_top1"] == linear["official_top1"]  # the same seeded runs
 
 
 def test_limit_train_is_a_fixed_subset(small):
