@@ -75,7 +75,7 @@ def bench_cmd(
         for row in results["attention"]:
             console.print(_line("attention", row))
     if "probe" in chosen:
-        from xtra.probe import bench_probe
+        from xtra.bench_probe import bench_probe
 
         results["probe"] = bench_probe(epochs=1 if quick else 2, n_train=4000 if quick else 0,
                                        repeats=1 if quick else 2)
@@ -83,7 +83,7 @@ def bench_cmd(
         console.print(_line("probe", {k: v for k, v in results["probe"].items() if not isinstance(v, dict)}))
         for key in ("linear", "attentive", "linear_cache"):
             console.print(_line(f"probe {key}", results["probe"][key]))
-        from xtra.probe import QUICK_PROTOCOL, bench_probe_protocol  # convergence, official cost, checkpoints
+        from xtra.bench_probe import QUICK_PROTOCOL, bench_probe_protocol  # convergence, official cost, checkpoints
 
         # the pretrained encoder is kept beside the figures: a second full run reuses it (same config)
         protocol = bench_probe_protocol(**(QUICK_PROTOCOL if quick else {"run_dir": out.parent / "probe-encoder"}),

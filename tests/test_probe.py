@@ -13,6 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from cli.probe import probe_cmd
+from xtra.bench_probe import bench_probe, protocol_cost
 from xtra.checkpoint import CheckpointError, load_checkpoint
 from xtra.config import DataConfig, PretrainConfig, ProbeConfig, model_config
 from xtra.data import Split, load_dataset
@@ -20,7 +21,6 @@ from xtra.pretrain import pretrain
 from xtra.probe import (
     MEMORY_CACHE_BYTES,
     _Source,
-    bench_probe,
     cache_mode,
     evaluate,
     load_encoder,
@@ -28,7 +28,6 @@ from xtra.probe import (
     make_head,
     probe,
     probe_run,
-    protocol_cost,
     random_encoder,
     run_configs,
     train_probe,
