@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from drivers import kill_when
 from raycluster import stop_cluster
 from typer.testing import CliRunner
 
@@ -220,11 +220,10 @@ def test_kill_driver_delete_copy_resume_from_uri(cluster_study: dict, hashes: di
         assert res.exit_code == 2 and f"in use by pid {proc.pid} on " in " ".join(res.output.split()), res.output
 
         # SIGKILL once one trial is finished in storage and the other has a committed checkpoint
-        deadline = time.monotonic() + 240
         finished = unfinished = None
-        while finished is None or unfinished is None:
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "no finished + checkpointed pair appeared in storage"
+
+        def pair_in_storage() -> bool:
+            nonlocal finished, unfinished
             for h in hashes.values():
                 m = stor.manifest(f"trials/{h}")
                 if m is None:
@@ -234,9 +233,9 @@ def test_kill_driver_delete_copy_resume_from_uri(cluster_study: dict, hashes: di
                 elif "tune_checkpoint.json" in m.files and finished is not None and h != finished and \
                         json.loads(stor.read_member(f"trials/{h}", "tune_checkpoint.json"))["samples_seen"] < 512:
                     unfinished = h  # mid-pretraining: a trial past its last checkpoint is probing, nearly done
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+            return finished is not None and unfinished is not None
+
+        kill_when(proc, pair_in_storage, timeout=240, what="a finished + checkpointed pair in storage", every=0.1)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
 import pytest
+from drivers import kill_when
 
 from studies.plan import make_plan
 from studies.spec import load_study
@@ -69,23 +68,15 @@ def test_trunk_and_branches_survive_a_kill_and_a_new_budget_costs_its_cooldown(t
     small, large = study.expand()
     trunk_dir = td.path(study_dir, trunk_identity(small.config))
 
-    proc = _xtra(*args)
-    try:  # SIGKILL the driver once one branch is finished and the other is not
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "no finished branch appeared"
-            done = [s for s in (small, large) if td.read_result(td.path(study_dir, s.config_hash))]
-            if len(done) == 1:
-                break
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    finished = done[0]
+    done: list = []
+
+    def one_branch_done() -> bool:
+        done[:] = [s for s in (small, large) if td.read_result(td.path(study_dir, s.config_hash))]
+        return len(done) == 1
+
+    # SIGKILL the driver once one branch is finished and the other is not
+    kill_when(_xtra(*args), one_branch_done, timeout=300, what="one finished branch", every=0.02)
+    [finished] = done
     resumed = _xtra("resume", str(study_dir))
     out, _ = resumed.communicate(timeout=400)
     assert resumed.returncode == 0, out
