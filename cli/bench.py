@@ -126,7 +126,9 @@ def bench_cmd(
             console.print(_line("wsd", row))
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    flat = {k: (_flatten(v) if k == "probe" else v) for k, v in results.items()}
+    flat: dict = {}
+    for key, value in results.items():
+        flat.update(_probe_tables(value) if key == "probe" else {key: value})
     bench.save(results, out)
     from xtra.checkpoint import atomic_write_text
 
@@ -137,12 +139,29 @@ def bench_cmd(
             console.print(_line("vs previous", row))
 
 
-def _flatten(probe: dict) -> list[dict]:
-    rows = []
-    for key, value in probe.items():
-        if isinstance(value, dict):
-            rows.append({"what": key, **value})
-    return rows
+def _probe_tables(probe: dict) -> dict[str, list[dict]]:
+    """The probe section as one Markdown table per measurement: lrs at once and the cache, the
+    linear probe's convergence, the official protocol's cost per kind, probing at checkpoints, and
+    the top-1 vs samples curve."""
+    tables = {"probe": [{"what": key, **probe[key]} for key in ("linear", "attentive", "linear_cache") if key in probe]}
+    if "convergence" in probe:
+        tables["probe_convergence"] = [probe["convergence"]]
+    if "protocol" in probe:
+        cost = probe["protocol"]
+        rows = [{"kind": kind, "official_s": cost[kind]["official_s"], "official_top1": cost[kind]["official_top1"],
+                 "official_lr": cost[kind]["official_lr"], "ours_s": cost[kind]["single_pass_s"],
+                 "ours_top1": cost[kind]["single_pass_top1"],
+                 "ours_epochs_tried": [run["epochs"] for run in cost[kind]["ours"]],
+                 "reached": cost[kind]["reached"], "cost_ratio": cost[kind]["speedup"]}
+                for kind in ("linear", "attentive") if kind in cost]
+        rows.append({"kind": "both", "official_s": cost["official_s"], "ours_s": cost["single_pass_s"],
+                     "cost_ratio": cost["speedup"]})
+        tables["probe_protocol"] = rows
+    if "checkpoints" in probe:
+        tables["probe_checkpoints"] = [probe["checkpoints"]]
+    if "sample_curve" in probe:
+        tables["probe_sample_curve"] = probe["sample_curve"]
+    return tables
 
 
 def _line(section: str, row: dict) -> str:
