@@ -65,3 +65,21 @@ def test_info_lists_backends():
     assert picked in lines["auto picks"]  # what `auto` really resolves to here, not a fixed word
     assert "ok" in lines["attention sdpa"] and "needs CUDA" in lines["attention xformers"]
     assert "no backward" in lines["attention flex"]
+
+
+def test_bench_markdown_gives_each_probe_measurement_its_own_table():
+    """The committed probe figures (docs/bench-cpu-2core-probe.json) render as one table per
+    measurement, the protocol's cost per kind and for both."""
+    from pathlib import Path
+
+    from cli.bench import _probe_tables
+    from xtra.bench import to_markdown
+
+    results = json.loads((Path(__file__).parents[1] / "docs" / "bench-cpu-2core-probe.json").read_text())
+    tables = _probe_tables(results["probe"])
+    assert list(tables) == ["probe", "probe_convergence", "probe_protocol", "probe_checkpoints", "probe_sample_curve"]
+    assert [row["kind"] for row in tables["probe_protocol"]] == ["linear", "attentive", "both"]
+    both = tables["probe_protocol"][-1]
+    assert both["cost_ratio"] == both["official_s"] / both["ours_s"]
+    markdown = to_markdown({"environment": results["environment"], **tables})
+    assert "## probe_protocol" in markdown and "| kind | official_s | official_top1 |" in markdown
