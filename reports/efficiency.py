@@ -225,12 +225,16 @@ def ratio_sentences(ratios: pl.DataFrame, *, what: str = "samples", kind: str = 
                          f"({100 * r['target']:.1f}% at {_fmt_n(r['baseline_x'])} {what}): best "
                          f"{100 * r['best']:.1f}% within {_fmt_n(r['max_x'])} {what}")
             continue
-        ci = (f"95% CI {r['ratio_lo']:.2g}-{r['ratio_hi']:.2g}, " if r["ratio_lo"] is not None else "no CI: one seed, ")
-        share = f"reached in {100 * r['reached_share']:.0f}% of resamples, " if r["reached_share"] is not None else ""
+        if r["ratio_lo"] is None:  # one seed: nothing to resample
+            spread = "one seed: no CI"
+        else:
+            share = ("" if r["reached_share"] is None
+                     else f"reached in {100 * r['reached_share']:.0f}% of resamples, ")
+            spread = f"95% CI {r['ratio_lo']:.2g}-{r['ratio_hi']:.2g}, {share}{r['n_seeds']} seeds"
         bound = "at least " if r["bound"] else ""
         fewer = "fewer" if r["ratio"] >= 1 else "more"
         factor = r["ratio"] if r["ratio"] >= 1 else 1 / r["ratio"]
-        lines.append(f"{head} with {bound}{factor:.2g}x {fewer} {what} ({ci}{share}{r['n_seeds']} seeds)")
+        lines.append(f"{head} with {bound}{factor:.2g}x {fewer} {what} ({spread})")
     return lines
 
 
