@@ -36,7 +36,7 @@ chromium:
 		 (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) && echo "installed chromium"; \
 	else echo "skipping chromium: needs apt-get as root (report rendering tests will skip)"; fi
 
-# The main job: the block-size study on real Fashion-MNIST (about 12 minutes on 2 cores), its
+# The main job: the block-size study on real Fashion-MNIST (24 minutes on 2 cores), its
 # report, and a table of the trials. A second run reuses the finished trials.
 DEMO_DIR ?= runs/studies/block-size-cpu
 demo: setup
