@@ -71,8 +71,9 @@ def sample_efficiency_from_checkpoints(study: Study, kind: str = "linear") -> tu
     if 1 in ks and len(ks) > 1:
         ratios = eff.sample_efficiency(rows, kind=kind, dataset=dataset, baseline=1, n_boot=1000)
         sentences = eff.ratio_sentences(ratios, what="samples", kind=kind)
-    note = "Mean over seeds with a 95% band; " + (" ".join(sentences) if sentences else
-                                                   "no ratio: k=1 and another k are both needed.")
+    several = "seed" in rows.columns and rows["seed"].n_unique() > 1
+    spread = "Mean over seeds with a 95% band; " if several else "One seed: no band; "
+    note = spread + (" ".join(sentences) if sentences else "no ratio: k=1 and another k are both needed.")
     return Panel(pid, title, fig, note=note), sentences
 
 

@@ -193,7 +193,7 @@ def probe_vs_block_size(study: Study) -> Panel:
     tick = sorted(ks)
     fig.update_xaxes(tickvals=tick, ticktext=[f"{k:g}" for k in tick])
     held = [k for k in study.swept if k not in free and k != bkey]
-    note = ("Other swept keys held at their defaults. " if held else "") + "Error bars: 95% t-interval over seeds."
+    note = ("Other swept keys held at their defaults. " if held else "") + _error_bars(fin)
     return Panel(pid, title, fig, note=note)
 
 
@@ -219,8 +219,12 @@ def _efficiency(study: Study, pid: str, title: str, x: str, xtitle: str, exclude
                 mode="lines+markers", name=name if lab == "all" else f"{lab}, {name}", legendgroup=lab,
                 line=dict(dash=dash, color=cmap[lab])))
     _layout(fig, title, xtitle, "top-1 (%)" if scale == 100 else "top-1", logx=True)
-    return Panel(pid, title, fig, note="Solid: linear probe; dashed: attentive probe. Error bars: 95% t-interval "
-                                       "over seeds.")
+    return Panel(pid, title, fig, note="Solid: linear probe; dashed: attentive probe. " + _error_bars(fin))
+
+
+def _error_bars(rows: pl.DataFrame) -> str:
+    seeds = rows.get_column("seed").n_unique() if "seed" in rows.columns and rows.height else 0
+    return "Error bars: 95% t-interval over seeds." if seeds > 1 else "One seed: no error bars."
 
 
 def sample_efficiency(study: Study) -> Panel:
@@ -420,13 +424,22 @@ def _points_and_law(fig: go.Figure, xs: np.ndarray, ys: np.ndarray, lab: str, co
         _draw_held(fig, held, held.X[:, 0], lab, color)
 
 
-def _law_note(analyses: Mapping[str, LawAnalysis], skipped: Sequence[str]) -> str:
-    n_laws = sum(a.law is not None for a in analyses.values())
-    note = f"{n_laws} of {len(analyses)} fitted group(s) hold a law. " if analyses else ""
+def _law_note(analyses: Mapping[str, LawAnalysis], skipped: Sequence[str],
+              descriptive: Mapping[str, bool] | None = None) -> str:
+    """`descriptive`: groups whose fit describes the data but is no law (e.g. a cosine tail)."""
+    fitted = [lab for lab, a in analyses.items() if a.law is not None]
+    n_descriptive = sum(bool((descriptive or {}).get(lab)) for lab in fitted)
+    n_laws = len(fitted) - n_descriptive
+    note = ""
+    if analyses:
+        note = (f"{n_laws} of {len(analyses)} fitted group(s) hold a law"
+                + (f", {n_descriptive} give a descriptive fit" if n_descriptive else "") + ". ")
     if n_laws:
         note += ("Solid: the law over the data's range, band: 95% bootstrap interval; dashed: the fit without the "
                  "held-out runs, extrapolated; open diamonds: held-out runs; crosses: their predictions with 95% "
                  "prediction intervals. ")
+    elif n_descriptive:
+        note += "Solid: the fit over the data's range, band: 95% bootstrap interval. "
     if skipped:
         note += "No law: " + "; ".join(skipped) + "."
     return note.strip()
@@ -525,7 +538,7 @@ def learning_curve_laws(study: Study, n_boot: int = 200, max_trials: int = 12, w
     if n_cos:
         note += (f"{n_cos} trial(s) ran a cosine schedule: its decay shapes the tail, so their fits are descriptive "
                  "learning curves, not laws to extrapolate (no held-out check). ")
-    note += _law_note(analyses, skipped)
+    note += _law_note(analyses, skipped, descriptive)
     if not analyses:
         return Panel(pid, title, note="No learning-curve fit: " + "; ".join(skipped))
     table = law_table("Fit: pretraining loss vs samples seen, per trial", analyses, "s", f"table-fit-{pid}",
