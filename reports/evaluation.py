@@ -73,7 +73,8 @@ def sample_efficiency_from_checkpoints(study: Study, kind: str = "linear") -> tu
         sentences = eff.ratio_sentences(ratios, what="samples", kind=kind)
     several = "seed" in rows.columns and rows["seed"].n_unique() > 1
     spread = "Mean over seeds with a 95% band; " if several else "One seed: no band; "
-    note = spread + (" ".join(sentences) if sentences else "no ratio: k=1 and another k are both needed.")
+    said = " ".join(f"{s}." for s in sentences) if sentences else "no ratio: k=1 and another k are both needed."
+    note = spread + said
     return Panel(pid, title, fig, note=note), sentences
 
 

@@ -45,12 +45,12 @@ def test_sample_efficiency_from_checkpoints_reaches_the_page_and_summary(tmp_pat
 def test_one_seed_claims_no_band_no_error_bars_and_no_law_for_a_cosine_tail(tmp_path: Path) -> None:
     """With one seed the figures say there is no spread to show, and a cosine run's learning-curve
     fit is counted as a descriptive fit, not a law."""
-    root = make_study(tmp_path / "s", block_sizes=(1, 2), probe_points=(0.5,), n_curve_rows=20)
+    root = make_study(tmp_path / "s", block_sizes=(1, 2, 4), probe_points=(0.5,), n_curve_rows=20)
     index = build_report(root, n_boot=0)
     html = index.read_text()
-    assert "One seed: no band; k=2 " in html
+    assert re.search(r"One seed: no band; k=2 [^<]*\. k=4 ", html)  # one sentence per k
     assert "One seed: no error bars." in html and "Error bars: 95% t-interval" not in html
-    assert "0 of 2 fitted group(s) hold a law, 2 give a descriptive fit." in html
+    assert "0 of 3 fitted group(s) hold a law, 3 give a descriptive fit." in html
 
 
 def test_a_suite_gets_a_per_dataset_table_with_its_average(tmp_path: Path) -> None:
