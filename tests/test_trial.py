@@ -76,3 +76,21 @@ def test_an_interrupted_probe_resumes_at_the_checkpoint_it_stopped_at(tmp_path):
     assert strip(rows) == strip(whole)
     assert td.probe_rows(first, cfg.probe_hash()) == rows
     assert not td.probe_path(first, cfg.probe_hash()).with_suffix(".partial.json").exists()
+
+
+def test_a_new_probe_protocol_probes_again_with_zero_pretraining_steps(tmp_path):
+    """The same pretraining under another probe config: the checkpoint and the metrics are untouched,
+    the new protocol's results are kept beside the old, and the trial says it is probing."""
+    cfg = override(TrialConfig(), {**TINY, "probe.kinds": ["linear"], "probe.limit_train": 500})
+    run_dir = tmp_path / "trials" / cfg.config_hash()
+    first = run_trial(cfg, run_dir)
+    metrics, checkpoint = (run_dir / td.METRICS).read_bytes(), (run_dir / td.CHECKPOINT).read_bytes()
+    again = override(cfg, {"probe.epochs": 3})
+    assert again.config_hash() == cfg.config_hash() and again.probe_hash() != cfg.probe_hash()
+    events = []
+    row = run_trial(again, run_dir, report=events.append)
+    assert [e["kind"] for e in events] == ["probing", "probe"]  # no progress, no checkpoint: no step ran
+    assert (run_dir / td.METRICS).read_bytes() == metrics and (run_dir / td.CHECKPOINT).read_bytes() == checkpoint
+    assert "pretraining reused (512 samples)" in (run_dir / td.LOG).read_text()
+    assert row["probe_hash"] == again.probe_hash() and row["samples_seen"] == first["samples_seen"]
+    assert td.probe_rows(run_dir, cfg.probe_hash()) and td.probe_rows(run_dir, again.probe_hash())

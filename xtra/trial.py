@@ -119,6 +119,7 @@ def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | 
             td.write_result(run_dir, row)
             log(f"trunk finished at {trained['samples_seen']} samples; checkpoints kept at {list(keep)}")
             return row
+        report({"kind": "probing", "samples_seen": trained["samples_seen"]})  # also when pretraining was reused
         probed = probe_summary(cfg, _probe(cfg, run_dir, log, trunk_dir=job.get("trunk_dir")))
         report({"kind": "probe", **{f"{k}_top1": v.get("top1") for k, v in probed.items()}})
         row = {**result_row(cfg), "status": "finished", "error": None,

@@ -193,6 +193,9 @@ class Reporter:
                 return
             self.last_report = now
             tune.report(self.metrics("running"))
+        elif kind == "probing":  # a re-probe has no checkpoint event to say so
+            tune.report(self.metrics("probing"))
+            self.last_report = now
         elif kind == "checkpoint":
             status = "probing" if int(event["samples_seen"]) >= self.total else "running"
             if self.sync is not None and self.sync.remote:

@@ -232,7 +232,7 @@ def trial_on_workers(cfg: Any, run_dir: Path, meta: dict[str, Any], reporter: An
     storage = str(meta.get("storage") or meta["study_dir"]).rstrip("/")
 
     def on_event(event: dict[str, Any]) -> None:
-        if event.get("kind") in ("progress", "checkpoint"):
+        if event.get("kind") in ("progress", "checkpoint", "probing"):
             reporter(event)
 
     final = _run_workers(cfg, run_dir, mode="trial", workers=workers, use_gpu=gpus > 0,
