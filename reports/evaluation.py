@@ -10,7 +10,7 @@ import polars as pl
 
 from . import efficiency as eff
 from .collect import Study
-from .figures import Panel, _layout
+from .figures import Panel, _layout, several_seeds
 from .tables import Table, mean_ci
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
@@ -71,8 +71,7 @@ def sample_efficiency_from_checkpoints(study: Study, kind: str = "linear") -> tu
     if 1 in ks and len(ks) > 1:
         ratios = eff.sample_efficiency(rows, kind=kind, dataset=dataset, baseline=1, n_boot=1000)
         sentences = eff.ratio_sentences(ratios, what="samples", kind=kind)
-    several = "seed" in rows.columns and rows["seed"].n_unique() > 1
-    spread = "Mean over seeds with a 95% band; " if several else "One seed: no band; "
+    spread = "Mean over seeds with a 95% band; " if several_seeds(rows) else "One seed: no band; "
     said = " ".join(f"{s}." for s in sentences) if sentences else "no ratio: k=1 and another k are both needed."
     note = spread + said
     return Panel(pid, title, fig, note=note), sentences

@@ -222,9 +222,13 @@ def _efficiency(study: Study, pid: str, title: str, x: str, xtitle: str, exclude
     return Panel(pid, title, fig, note="Solid: linear probe; dashed: attentive probe. " + _error_bars(fin))
 
 
+def several_seeds(rows: pl.DataFrame) -> bool:
+    """Whether `rows` hold more than one seed: only then is there a spread over seeds to show."""
+    return "seed" in rows.columns and rows.get_column("seed").n_unique() > 1
+
+
 def _error_bars(rows: pl.DataFrame) -> str:
-    seeds = rows.get_column("seed").n_unique() if "seed" in rows.columns and rows.height else 0
-    return "Error bars: 95% t-interval over seeds." if seeds > 1 else "One seed: no error bars."
+    return "Error bars: 95% t-interval over seeds." if several_seeds(rows) else "One seed: no error bars."
 
 
 def sample_efficiency(study: Study) -> Panel:
