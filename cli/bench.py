@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from cli.options import user_errors
+from xtra.cli.options import user_errors
 
 console = Console()
 SECTIONS = ("pretrain", "attention", "probe", "report", "orchestration", "scaling", "data", "wsd")
@@ -93,19 +93,19 @@ def bench_cmd(
             results["probe"][key] = protocol[key]
             console.print(_line(f"probe {key}", protocol[key]))
     if "report" in chosen:
-        from reports.build import bench_report
+        from xtra.reports.build import bench_report
 
         results["report"] = bench_report(n_trials=100 if quick else 1000, n_curve_rows=100 if quick else 1000,
                                          n_boot=20 if quick else 200)
         console.print(_line("report", results["report"]))
     if "orchestration" in chosen:
-        from studies.bench import bench_orchestration
+        from xtra.studies.bench import bench_orchestration
 
         results["orchestration"] = bench_orchestration(n_trials=2 if quick else 4)
         console.print(_line("orchestration", results["orchestration"]))
 
     if "scaling" in chosen:
-        from studies.ray.workers import bench_scaling
+        from xtra.studies.ray.workers import bench_scaling
 
         results["scaling"] = bench_scaling(2, steps=10, size="tiny") if quick else bench_scaling(2)
         console.print(_line("scaling", results["scaling"]))
@@ -119,7 +119,7 @@ def bench_cmd(
                 console.print(_line(key, row))
 
     if "wsd" in chosen:  # samples trained by sample-budget under wsd vs cosine (plan arithmetic, no training)
-        from studies.wsd_bench import bench_wsd_samples
+        from xtra.studies.wsd_bench import bench_wsd_samples
 
         results["wsd"] = bench_wsd_samples()
         for row in results["wsd"]:

@@ -12,12 +12,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-from cli import data as _data  # noqa: E402
-from cli import study as _study  # noqa: E402
-from cli.bench import bench_cmd  # noqa: E402
-from cli.pretrain import info_cmd, pretrain_cmd  # noqa: E402
-from cli.probe import probe_cmd  # noqa: E402
-from cli.report import app as _report_app  # noqa: E402
+from xtra.cli import data as _data  # noqa: E402
+from xtra.cli import study as _study  # noqa: E402
+from xtra.cli.bench import bench_cmd  # noqa: E402
+from xtra.cli.pretrain import info_cmd, pretrain_cmd  # noqa: E402
+from xtra.cli.probe import probe_cmd  # noqa: E402
+from xtra.cli.report import app as _report_app  # noqa: E402
 
 app.command("pretrain")(pretrain_cmd)
 app.command("probe")(probe_cmd)

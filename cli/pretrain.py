@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.options import Seed, Sets, parse_sets, user_errors
+from xtra.cli.options import Seed, Sets, parse_sets, user_errors
 
 console = Console()
 
@@ -61,7 +61,7 @@ def pretrain_cmd(
     console.print(f"[bold]xtra pretrain[/] {size} k={cfg.model.block_size} on {cfg.data.name} ({where}): "
                   f"{describe(cfg.model)}")
     if workers > 1:
-        from studies.ray.workers import run_pretrain_workers
+        from xtra.studies.ray.workers import run_pretrain_workers
 
         with user_errors():
             result = run_pretrain_workers(cfg, out, workers, address=address, probe=probe, console=console)

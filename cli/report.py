@@ -32,7 +32,7 @@ def _check_study(path: Path) -> None:
 
 
 def _check_options(images: str | None, plotlyjs: str, n_boot: int) -> None:
-    from reports.build import IMAGE_FORMATS, PLOTLYJS_MODES
+    from xtra.reports.build import IMAGE_FORMATS, PLOTLYJS_MODES
 
     if images is not None and images not in IMAGE_FORMATS:
         _fail(f"--images {images!r}: expected one of {', '.join(IMAGE_FORMATS)}")
@@ -71,10 +71,10 @@ def build(
     """Write STUDY_DIR/report/index.html and summary.md. A study kept in an object store is read from a
     local copy refreshed first (checkpoints fetched only for the pictures drawn), and its report is
     written back to the storage too."""
-    from reports.build import build_report
-    from reports.collect import StudyError
-    from studies.runner import pictures_from, publish_report, study_copy
-    from studies.spec import StudyError as SpecError
+    from xtra.reports.build import build_report
+    from xtra.reports.collect import StudyError
+    from xtra.studies.runner import pictures_from, publish_report, study_copy
+    from xtra.studies.spec import StudyError as SpecError
     from xtra.storage import StorageError
 
     _check_options(images, plotlyjs, n_boot)
@@ -112,8 +112,8 @@ def compare(
     n_boot: BootOpt = 200,
 ) -> None:
     """Put several studies on one page: DIR1 DIR2 ... --out DIR."""
-    from reports.build import compare_reports
-    from reports.collect import StudyError
+    from xtra.reports.build import compare_reports
+    from xtra.reports.collect import StudyError
 
     if len(study_dirs) < 2:
         _fail(f"{' '.join(map(str, study_dirs)) or '(none)'}: expected at least two study directories to compare")

@@ -1,7 +1,7 @@
 """`xtra study`: list, show, run, resume and inspect studies (sweeps of trials on Ray Tune).
 
-A thin shell: studies.spec validates and expands, studies.runner runs (the only Ray user),
-studies.state reads a study directory from disk. Bad input is one red line and exit code 2,
+A thin shell: xtra.studies.spec validates and expands, xtra.studies.runner runs (the only Ray user),
+xtra.studies.state reads a study directory from disk. Bad input is one red line and exit code 2,
 always before Ray starts.
 """
 
@@ -53,7 +53,7 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _load(study: str, preset: str | None, sets: list[str] | None, seeds: int | None) -> Any:
-    from studies.spec import load_study, parse_sets
+    from xtra.studies.spec import load_study, parse_sets
 
     try:
         return load_study(study, preset=preset, sets=parse_sets(sets), seeds=seeds)
@@ -96,7 +96,7 @@ def _axes_text(study: Any) -> str:
 @app.command("list")
 def list_cmd() -> None:
     """Every shipped study: what it sweeps and how many trials each preset runs."""
-    from studies.spec import default_preset, load_study, preset_names, shipped_studies
+    from xtra.studies.spec import default_preset, load_study, preset_names, shipped_studies
 
     table = Table(title="studies (xtra study show NAME --preset P for the trials and their cost)")
     for col in ("name", "description", "axes (default preset)", "trials per preset"):
@@ -219,8 +219,8 @@ def run_cmd(
     report: Annotated[bool, typer.Option("--report/--no-report", help="build report/index.html at the end")] = True,
 ) -> None:
     """Run a study: only trials that are new or unfinished; finished ones (same config hash) are reused."""
-    from studies.runner import run_study
-    from studies.spec import StudyError
+    from xtra.studies.runner import run_study
+    from xtra.studies.spec import StudyError
 
     s = _load(study, preset, sets, seeds)
     try:
@@ -252,8 +252,8 @@ def resume_cmd(
     report: Annotated[bool, typer.Option("--report/--no-report", help="build report/index.html at the end")] = True,
 ) -> None:
     """Continue an interrupted study: unfinished trials resume from their checkpoints, finished ones are kept."""
-    from studies.runner import resume_study
-    from studies.spec import StudyError
+    from xtra.studies.runner import resume_study
+    from xtra.studies.spec import StudyError
 
     console = Console()
     try:
@@ -277,8 +277,8 @@ def probe_cmd(
 ) -> None:
     """Probe the study's finished pretraining again under a new probe protocol (--set probe.KEY=VALUE):
     zero pretraining steps; results are kept per protocol, the study's rows show the new one."""
-    from studies.runner import run_study
-    from studies.spec import StudyError
+    from xtra.studies.runner import run_study
+    from xtra.studies.spec import StudyError
 
     items = sets or []
     bad = [i for i in items if not i.split("=", 1)[0].strip().startswith("probe.")]
@@ -305,8 +305,8 @@ def pull_cmd(
 ) -> None:
     """Copy a study from its storage into a local directory (for notebooks: xtra.load_results(out)).
     Only what changed since the last pull is transferred."""
-    from studies.runner import study_copy
-    from studies.spec import StudyError
+    from xtra.studies.runner import study_copy
+    from xtra.studies.spec import StudyError
     from xtra.storage import StorageError
 
     try:
@@ -324,9 +324,9 @@ def pull_cmd(
 def status_cmd(study_dir: StudyWhereArg, copy: CopyOpt = None) -> None:
     """Counts and each trial's last metrics, read from disk (no Ray); a study kept in an object store is
     read from a local copy refreshed first."""
-    from studies import state as st
-    from studies.plan import make_plan
-    from studies.runner import shared_lease, study_copy
+    from xtra.studies import state as st
+    from xtra.studies.plan import make_plan
+    from xtra.studies.runner import shared_lease, study_copy
 
     try:
         study_dir, stor, _ = study_copy(study_dir, copy)

@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from studies.spec import StudyError  # one error type for bad study input, everywhere
+from xtra.studies.spec import StudyError  # one error type for bad study input, everywhere
 
 try:  # Python 3.11+
     import tomllib
@@ -179,7 +179,7 @@ def _trial_row(state: Any, notes: list[str]) -> dict[str, Any]:
 
 
 def _read_trial_rows(study_dir: Path, notes: list[str]) -> pl.DataFrame:
-    from studies.state import all_trials
+    from xtra.studies.state import all_trials
 
     rows = [_trial_row(s, notes) for s in all_trials(study_dir, notes=notes)]
     if not rows:
@@ -191,7 +191,7 @@ def _running(study_dir: Path) -> bool:
     """A live runner holds ``study.lock``: its parquet files, if any, are from an earlier run, so the
     trial files are the current state. A lock left by a killed runner is not live (the lease decides),
     and the runner itself builds the report after writing fresh parquet files: neither is "running"."""
-    from studies.state import is_running
+    from xtra.studies.state import is_running
 
     return is_running(study_dir)
 

@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from studies.spec import load_study
+from xtra.studies.spec import load_study
 from xtra.trial import run_trial
 
 
 def _first_step_seconds(study_dir: Path, n_trials: int, timeout: float = 300.0) -> tuple[float, float]:
     """Start `xtra study run` as a user would; seconds until a trial logs its first step, and until it exits."""
-    cmd = [sys.executable, "-m", "cli.main", "study", "run", "block-size", "--preset", "smoke", "--out",
+    cmd = [sys.executable, "-m", "xtra.cli.main", "study", "run", "block-size", "--preset", "smoke", "--out",
            str(study_dir), "--no-report", "--seeds", str(max(1, n_trials // 2))]
     root = Path(__file__).resolve().parents[1]
     t0 = time.perf_counter()
@@ -46,7 +46,7 @@ def bench_orchestration(n_trials: int = 4, status_trials: int = 1000) -> dict[st
     """`n_trials` smoke trials (k in 1, 2; n_trials // 2 seeds) through Ray vs back to back in-process;
     the same Ray run with the default tracker (TensorBoard) vs none; `xtra study status` on a directory
     of `status_trials` trials; the lease's heartbeat cost."""
-    from studies.runner import run_study
+    from xtra.studies.runner import run_study
 
     seeds = max(1, n_trials // 2)
     study = load_study("block-size", preset="smoke", seeds=seeds)
@@ -100,7 +100,7 @@ def bench_upload(run_dir: Path, cfg: Any, repeats: int = 3) -> dict[str, Any]:
 def bench_status(study_dir: Path, n_trials: int = 1000, curve_rows: int = 20) -> dict[str, Any]:
     """`xtra study status` (a subprocess, as a user runs it) on a grid study of `n_trials` finished
     trials whose directories are written through xtra.trialdir, like a real run's."""
-    from studies import state as st
+    from xtra.studies import state as st
     from xtra import trialdir as td
 
     study = load_study("block-size", preset="smoke", seeds=max(1, n_trials // 2))
@@ -121,20 +121,20 @@ def bench_status(study_dir: Path, n_trials: int = 1000, curve_rows: int = 20) ->
         td.record_attempt(run, "finish")
     root = Path(__file__).resolve().parents[1]
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "study", "status", str(study_dir)], cwd=root,
+    proc = subprocess.run([sys.executable, "-m", "xtra.cli.main", "study", "status", str(study_dir)], cwd=root,
                           capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0 or f"{n_trials} finished" not in proc.stdout:
         raise RuntimeError(f"bench_status: `xtra study status` failed: {proc.stdout[-500:]}{proc.stderr[-500:]}")
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", "import cli.main"], cwd=root, capture_output=True)
+    proc = subprocess.run([sys.executable, "-c", "import xtra.cli.main"], cwd=root, capture_output=True)
     startup = time.perf_counter() - t0
     return {"status_trials": n_trials, "status_s": seconds, "status_cli_startup_s": startup}
 
 
 def bench_heartbeat(study_dir: Path, beats: int = 200) -> dict[str, Any]:
     """What the lease costs: one heartbeat write, and the fraction of an hour spent writing them."""
-    from studies import state as st
+    from xtra.studies import state as st
 
     lock = st.StudyLock(study_dir, "bench", heartbeat_s=3600).acquire()
     try:

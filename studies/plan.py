@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from studies.spec import Study, StudyError, TrialSpec
+from xtra.studies.spec import Study, StudyError, TrialSpec
 from xtra import trialdir as td
 from xtra.config import PATH_PREFIXES
 
@@ -83,7 +83,7 @@ def _needs_probe(state: td.TrialState, spec_probe_hash: str) -> bool:
 
 def make_plan(study: Study, study_dir: Path, running: bool = False) -> Plan:
     """The plan for ``study`` in ``study_dir`` (``running``: a live runner holds it, for status)."""
-    from studies import state as st
+    from xtra.studies import state as st
 
     study_dir = Path(study_dir)
     if study.search is None:

@@ -1,8 +1,8 @@
 """Run a study, top to bottom: lock -> study.toml -> plan -> run -> results -> report.
 
 ``run_study`` validates the data (before Ray starts), takes the study's lease, writes the resolved
-``study.toml``, plans once (``studies.plan``: finished trials are reused, probe-only work is
-recognised), runs what is left as one Ray Tune experiment (``studies.ray.tuner``), then rewrites
+``study.toml``, plans once (``xtra.studies.plan``: finished trials are reused, probe-only work is
+recognised), runs what is left as one Ray Tune experiment (``xtra.studies.ray.tuner``), then rewrites
 ``results.parquet`` / ``curves.parquet`` from the trial directories (also after Ctrl-C or a crash)
 and builds the report. ``resume_study`` does the same from a study directory alone. No Ray import
 here: everything Ray lives in ``studies.ray``.
@@ -10,7 +10,7 @@ here: everything Ray lives in ``studies.ray``.
 Storage (``--storage``, ``xtra.storage``) is the study's source of truth; the study directory is the
 driver's local copy. By default they are one directory and nothing moves. With an object store
 (``s3://bucket/prefix``) or another directory, the trials keep their directories there
-(``studies.ray.trainable.TrialSync``), and the driver checks the storage before anything starts,
+(``xtra.studies.ray.trainable.TrialSync``), and the driver checks the storage before anything starts,
 refreshes its copy from it (``pull``, without checkpoints) before planning and before writing results,
 and writes study.toml, runs.json, the parquet files and report/ back. So any machine can resume or
 report a study from its URI alone (``study_copy``).
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studies import state as st
-from studies.plan import make_plan, with_data_identity
-from studies.spec import Study, StudyError
+from xtra.studies import state as st
+from xtra.studies.plan import make_plan, with_data_identity
+from xtra.studies.spec import Study, StudyError
 from xtra import trialdir as td
 from xtra.storage import Storage, StorageError, SyncResult, check, pull
 
@@ -193,7 +193,7 @@ def resume_study(study_dir: str | Path, *, address: str | None = None, console: 
 
 
 def _check_trackers(study: Study) -> None:
-    from studies.ray.tuner import check_trackers
+    from xtra.studies.ray.tuner import check_trackers
 
     check_trackers(study.resources.loggers)
 
@@ -202,8 +202,8 @@ def _run_locked(study: Study, study_dir: Path, lock: st.StudyLock, *, address: s
                 console: Any, live: bool | None, build_report: bool, resuming: bool) -> Outcome:
     from rich.console import Console
 
-    from studies.ray.monitor import Display
-    from studies.ray.tuner import fit
+    from xtra.studies.ray.monitor import Display
+    from xtra.studies.ray.tuner import fit
 
     console = console or Console()
     notes: list[str] = []
@@ -298,7 +298,7 @@ def publish_report(stor: Storage, study_dir: Path) -> str | None:
 
 
 def build_study_report(study_dir: Path, stor: Storage, notes: list[str]) -> Path | None:
-    from reports.build import build_report
+    from xtra.reports.build import build_report
 
     try:
         index = Path(build_report(study_dir, pictures=pictures_from(stor, study_dir)))

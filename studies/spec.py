@@ -72,18 +72,20 @@ import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from importlib import resources
 from typing import Any
 
 from xtra.config import SIZES, TrialConfig, _coerce, _leaf_keys, model_config, override, valid_keys
 
-STUDIES_DIR = Path(__file__).resolve().parent
+# Shipped study files are package data: found through importlib.resources, wheel or editable install.
+STUDIES_DIR = Path(str(resources.files("xtra.studies")))
 SHARED_PRESETS = STUDIES_DIR / "_presets.toml"
 
 TOP_KEYS = ("name", "description", "size", "seeds", "default_preset", "base", "axes", "zip", "resources",
             "presets", "search", "preset", "source", "sets")
 PRESET_KEYS = ("size", "seeds", "axes", "resources", "search")  # everything else: dotted overrides
 RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "workers_per_trial", "loggers")
-LOGGERS = ("tensorboard", "mlflow", "wandb")  # experiment trackers (studies.ray.tuner.tracker_callbacks)
+LOGGERS = ("tensorboard", "mlflow", "wandb")  # experiment trackers (xtra.studies.ray.tuner.tracker_callbacks)
 DEFAULT_LOGGERS = ("tensorboard",)  # cheap (bench: orchestration), so on unless a study says loggers = []
 SEARCH_KEYS = ("kind", "metric", "mode", "num_samples", "space", "asha", "grace_samples", "seed")
 SPACE_TYPES = ("loguniform", "uniform", "int", "choice")

@@ -18,7 +18,7 @@ Layout (DESIGN.md, "Study directory")::
       trials/<config_hash>/ the trial's own directory (see xtra.trialdir)
       results.parquet       one row per trial (contract columns, see RESULT_COLUMNS)
       curves.parquet        one row per trial and logged step
-      report/index.html     built by reports.build
+      report/index.html     built by xtra.reports.build
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studies.spec import Study, StudyError
+from xtra.studies.spec import Study, StudyError
 from xtra import trialdir as td
 from xtra.config import IDENTITY_VERSION
 from xtra.fileio import atomic_path, atomic_write_json, atomic_write_text  # noqa: F401 - atomic_write_text re-exported
@@ -459,7 +459,7 @@ def migrate(study_dir: Path) -> list[tuple[str, str]]:
 
 def load_study_dir(study_dir: Path) -> Study:
     """The resolved spec a study directory was last run with."""
-    from studies.spec import load_study
+    from xtra.studies.spec import load_study
 
     path = Path(study_dir) / STUDY_TOML
     if not path.is_file():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from studies.spec import load_study
+from xtra.studies.spec import load_study
 from xtra.schedule import samples_trained
 
 

@@ -4,8 +4,8 @@ import json
 
 from typer.testing import CliRunner
 
-from cli.main import app
-from cli.options import parse_sets
+from xtra.cli.main import app
+from xtra.cli.options import parse_sets
 
 runner = CliRunner()
 
@@ -72,7 +72,7 @@ def test_bench_markdown_gives_each_probe_measurement_its_own_table():
     measurement, the protocol's cost per kind and for both."""
     from pathlib import Path
 
-    from cli.bench import _probe_tables
+    from xtra.cli.bench import _probe_tables
     from xtra.bench import to_markdown
 
     results = json.loads((Path(__file__).parents[1] / "docs" / "bench-cpu-2core-probe.json").read_text())

@@ -19,7 +19,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.data import app
+from xtra.cli.data import app
 from xtra import data
 from xtra.config import DataConfig
 from xtra.data import (

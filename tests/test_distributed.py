@@ -23,8 +23,8 @@ import polars as pl
 import pytest
 import torch
 
-from studies import state as st
-from studies.spec import StudyError, load_study
+from xtra.studies import state as st
+from xtra.studies.spec import StudyError, load_study
 from xtra.config import SIZES, TrialConfig, override
 from xtra.distributed import World, spawn
 
@@ -153,7 +153,7 @@ def test_workers_split_the_batch_evenly_or_fail_in_one_line(tmp_path: Path) -> N
     assert load_study(path).resources == again.resources
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from xtra.cli.main import app
 
     res = CliRunner().invoke(app, ["pretrain", "--out", str(tmp_path / "p"), "--size", "tiny", "--block-size", "1",
                                    "--workers", "3", "--set", "pretrain.batch_size=64"])
@@ -229,7 +229,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def xtra(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "xtra.cli.main", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=TIMEOUT)
 
 

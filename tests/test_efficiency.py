@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from reports.efficiency import (
+from xtra.reports.efficiency import (
     crossing,
     efficiency_ratios,
     html_table,
@@ -145,7 +145,7 @@ def test_sample_curves_mean_and_t_interval_over_seeds():
 
 
 def test_efficiency_report_shows_what_the_data_supports():
-    from reports.efficiency import efficiency_report
+    from xtra.reports.efficiency import efficiency_report
 
     curves = pl.DataFrame(_curve(1, 1.0) + _curve(2, 10.0) + _curve(4, 10.0, ceiling=0.8))
     rep = efficiency_report(curves.with_columns(pl.lit("fashion-mnist").alias("dataset")), kinds=("linear",),

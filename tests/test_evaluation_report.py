@@ -8,10 +8,10 @@ from pathlib import Path
 
 import polars as pl
 
-from reports.build import build_report
-from reports.collect import load_study
-from reports.evaluation import evaluation
-from reports.synthetic import make_study
+from xtra.reports.build import build_report
+from xtra.reports.collect import load_study
+from xtra.reports.evaluation import evaluation
+from xtra.reports.synthetic import make_study
 
 
 def test_sample_efficiency_from_checkpoints_reaches_the_page_and_summary(tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ def test_a_suite_gets_a_per_dataset_table_with_its_average(tmp_path: Path) -> No
 
 
 def test_wsd_vs_cosine_per_budget_is_paired_by_seed() -> None:
-    from reports.evaluation import schedule_comparison
+    from xtra.reports.evaluation import schedule_comparison
 
     rows = []
     for seed in (0, 1, 2):

@@ -12,7 +12,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from cli.probe import probe_cmd
+from xtra.cli.probe import probe_cmd
 from xtra.bench_probe import bench_probe, protocol_cost
 from xtra.checkpoint import CheckpointError, load_checkpoint
 from xtra.config import DataConfig, PretrainConfig, ProbeConfig, model_config

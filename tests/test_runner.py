@@ -21,9 +21,9 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from cli.study import app
-from studies import state as st
-from studies.spec import load_study
+from xtra.cli.study import app
+from xtra.studies import state as st
+from xtra.studies.spec import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -39,7 +39,7 @@ needs_data = pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST is n
 
 def _study_cmd() -> list[str]:
     """`xtra study` as a subprocess, exactly as the console script runs it."""
-    return [sys.executable, "-m", "cli.main", "study"]
+    return [sys.executable, "-m", "xtra.cli.main", "study"]
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -25,11 +25,11 @@ from drivers import kill_when
 from raycluster import stop_cluster
 from typer.testing import CliRunner
 
-from cli.report import app as report_app
-from cli.study import app as study_app
-from studies import state as st
-from studies.ray import token_auth_available
-from studies.spec import load_study
+from xtra.cli.report import app as report_app
+from xtra.cli.study import app as study_app
+from xtra.studies import state as st
+from xtra.studies.ray import token_auth_available
+from xtra.studies.spec import load_study
 from xtra.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def xtra(*args: str, env: dict[str, str], timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.main", "study", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "xtra.cli.main", "study", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -111,7 +111,7 @@ def cluster_study(s3_server, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                                   timeout=120, env=env)
             assert proc.returncode == 0, proc.stdout + proc.stderr
         out = tmp / "driver" / "ref"
-        proc = subprocess.run([sys.executable, "-m", "cli.main", "study", "run", "block-size", "--preset", "smoke",
+        proc = subprocess.run([sys.executable, "-m", "xtra.cli.main", "study", "run", "block-size", "--preset", "smoke",
                                "--out", str(out), "--storage", f"{bucket}/studies", "--address", f"127.0.0.1:{port}"],
                               cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -204,7 +204,7 @@ def test_kill_driver_delete_copy_resume_from_uri(cluster_study: dict, hashes: di
     stor = Storage.from_uri(f"{bucket}/studies/killed")
     out = tmp_path / "first" / "killed"
     # On the module's cluster (its nodes keep their own scratch roots; starting no new Ray saves time)
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "study", "run", "block-size", "--preset", "smoke",
+    proc = subprocess.Popen([sys.executable, "-m", "xtra.cli.main", "study", "run", "block-size", "--preset", "smoke",
                              "--out", str(out), "--storage", f"{bucket}/studies", "--no-report", "--logger", "none",
                              "--max-concurrent", "1", "--address", cluster_study["address"]], cwd=ROOT, env=_env(),
                             stdout=subprocess.PIPE,
@@ -252,7 +252,7 @@ def test_kill_driver_delete_copy_resume_from_uri(cluster_study: dict, hashes: di
     res = CliRunner().invoke(study_app, ["status", str(out)])
     assert res.exit_code == 0 and "1 finished · 0 running · 1 interrupted · 0 failed · 0 pending" in res.output, \
         res.output
-    from reports.collect import load_study as collect
+    from xtra.reports.collect import load_study as collect
 
     seen = {r["config_hash"]: r["status"] for r in collect(out).results.to_dicts()}
     assert seen == {finished: "finished", unfinished: "interrupted"}, seen
@@ -299,7 +299,7 @@ def test_trial_sync_commits_own_files_and_writes_plain_ones(s3_bucket: str, tmp_
     """What a trial's Ray actor does with its directory (no Ray needed): on one node it commits its
     own files and writes the PLAIN ones whole; another node downloads all of them; a wsd branch gets
     its own copy of the trunk's directory, never the trunk's scratch directory."""
-    from studies.ray.trainable import TrialSync
+    from xtra.studies.ray.trainable import TrialSync
     from xtra import trialdir as td
 
     monkeypatch.setenv("XTRA_SCRATCH", str(tmp_path / "node-a"))

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reports.scaling import (
+from xtra.reports.scaling import (
     FORMS_1D,
     FORMS_2D,
     ChinchillaFit,

@@ -15,12 +15,12 @@ import polars as pl
 import pytest
 from test_reports import dump_dom, figures_in, md_table, needs_chromium, skipped_in
 
-from reports.build import build_report
-from reports.collect import load_study
-from reports.figures import loss_scaling
-from reports.scaling import FORMS_2D
-from reports.synthetic import TRUE_LAW, make_study
-from reports.tables import SAMPLE_KEYS
+from xtra.reports.build import build_report
+from xtra.reports.collect import load_study
+from xtra.reports.figures import loss_scaling
+from xtra.reports.scaling import FORMS_2D
+from xtra.reports.synthetic import TRUE_LAW, make_study
+from xtra.reports.tables import SAMPLE_KEYS
 
 N_BOOT = 20
 SCALING_FIGURES = ("compute", "loss-vs-samples", "loss-vs-params", "learning-curve-laws", "isoflop")

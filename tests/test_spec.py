@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.study import app
-from studies.spec import (
+from xtra.cli.study import app
+from xtra.studies.spec import (
     STUDIES_DIR,
     StudyError,
     load_study,

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.study import app
-from studies import state as st
-from studies.plan import make_plan
-from studies.spec import StudyError, load_study
+from xtra.cli.study import app
+from xtra.studies import state as st
+from xtra.studies.plan import make_plan
+from xtra.studies.spec import StudyError, load_study
 from xtra import trialdir as td
 from xtra.config import RESOURCE_KEYS, TrialConfig, override
 
@@ -215,7 +215,7 @@ def test_plan_reuses_finished_continues_interrupted_and_reprobes_a_new_protocol(
 def test_status_and_report_agree_on_every_trial(tmp_path: Path) -> None:
     """Finished, failed, interrupted (killed driver) and pending trials, read by `xtra study status`'s
     state module and by the report's collector."""
-    from reports.collect import load_study as collect
+    from xtra.reports.collect import load_study as collect
 
     study = load_study("block-size", preset="smoke", seeds=3)
     specs = study.expand()

@@ -13,8 +13,8 @@ import polars as pl
 import pytest
 from drivers import kill_when
 
-from studies.plan import make_plan
-from studies.spec import load_study
+from xtra.studies.plan import make_plan
+from xtra.studies.spec import load_study
 from xtra import trialdir as td
 from xtra.schedule import trunk_identity
 from xtra.trial import run_trial
@@ -50,7 +50,7 @@ def test_the_plan_shares_one_trunk_per_group_and_counts_the_samples(tmp_path: Pa
 
 def _xtra(*args: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("XTRA_FAULT_") and k != "RAY_ADDRESS"}
-    return subprocess.Popen([sys.executable, "-m", "cli.main", "study", *args, "--no-report", "--logger", "none"],
+    return subprocess.Popen([sys.executable, "-m", "xtra.cli.main", "study", *args, "--no-report", "--logger", "none"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -120,7 +120,7 @@ def test_trunk_and_branches_survive_a_kill_and_a_new_budget_costs_its_cooldown(t
 
     # the report states what the wsd trials trained (one trunk to 384, cooldowns from 192, 256 and 384)
     # and compares the schedules per budget
-    from reports.build import build_report
+    from xtra.reports.build import build_report
 
     summary = (build_report(study_dir, n_boot=0).parent / "summary.md").read_text()
     wsd = 384 + (256 - 192) + (384 - 256) + (512 - 384)

@@ -46,14 +46,14 @@ def run_study(study: str | Path, out: str | Path | None = None, *, preset: str |
     """Run a study (a shipped name, a .toml path, or a study directory) into ``out`` (default
     ``runs/studies/<name>-<preset>``); finished trials are reused. ``resources``: cpus_per_trial,
     gpus_per_trial, max_concurrent, workers_per_trial, loggers. Returns the runner's Outcome
-    (study_dir, counts, results, report, notes). Bad input raises ``studies.spec.StudyError``."""
+    (study_dir, counts, results, report, notes). Bad input raises ``xtra.studies.spec.StudyError``."""
     with _Environment():
         import io
 
         from rich.console import Console
 
-        from studies.runner import run_study as _run
-        from studies.spec import load_study
+        from xtra.studies.runner import run_study as _run
+        from xtra.studies.spec import load_study
 
         spec = load_study(study, preset=preset, sets=sets, seeds=seeds)
         if resources:
@@ -73,7 +73,7 @@ def resume_study(study_dir: str | Path, *, address: str | None = None, report: b
 
         from rich.console import Console
 
-        from studies.runner import resume_study as _resume
+        from xtra.studies.runner import resume_study as _resume
 
         console = Console() if verbose else Console(file=io.StringIO())
         return _resume(study_dir, address=address, console=console, live=False, build_report=report)
@@ -82,13 +82,13 @@ def resume_study(study_dir: str | Path, *, address: str | None = None, report: b
 def load_results(study_dir: str | Path) -> Any:
     """results.parquet of a study as a polars DataFrame (rebuilt from the trial directories while a
     study is running or when the file is missing); one row per trial, contract columns included."""
-    from reports.collect import scan_results
+    from xtra.reports.collect import scan_results
 
     return scan_results(study_dir).collect()
 
 
 def load_curves(study_dir: str | Path) -> Any:
     """curves.parquet of a study as a polars DataFrame: one row per trial and logged step."""
-    from reports.collect import scan_curves
+    from xtra.reports.collect import scan_curves
 
     return scan_curves(study_dir).collect()

@@ -1,4 +1,4 @@
-"""Data-parallel plumbing on torch.distributed (no Ray here: studies.runner launches workers with Ray Train).
+"""Data-parallel plumbing on torch.distributed (no Ray here: xtra.studies.runner launches workers with Ray Train).
 
 A `World` says who this process is (rank, size, device) and wraps the few collectives the loop
 needs. `World()` is the single-process world: every collective is a no-op, so `xtra.pretrain`

@@ -1,6 +1,6 @@
 """`run_trial`: pretrain, then probe, in one resumable run directory.
 
-The same function runs from the CLI, from Ray Tune (studies.ray.trainable) and from tests. Its
+The same function runs from the CLI, from Ray Tune (xtra.studies.ray.trainable) and from tests. Its
 files are laid out by ``xtra.trialdir``. Calling it again on a finished directory returns the stored
 row; on an interrupted one it resumes from the checkpoint; on one finished under another probe
 protocol it pretrains nothing and only probes (probe results are kept per ``probe_hash``).

@@ -21,7 +21,7 @@ def _import_ray() -> None:
     """Import Ray with token authentication on when this machine has a token. Ray turns it on by
     itself for clusters it starts or finds with address="auto", but a driver given an explicit
     HOST:PORT only sends its token if RAY_AUTH_MODE=token is set when ray is first imported (its
-    config is read then), and Ray's calls read it again later: studies.ray.session sets it for the
+    config is read then), and Ray's calls read it again later: xtra.studies.ray.session sets it for the
     length of each session. Here it is set for the import only: the process keeps its environment."""
     if "ray" in __import__("sys").modules or "RAY_AUTH_MODE" in os.environ or not token_auth_available():
         return

@@ -12,9 +12,9 @@ from typing import Any
 
 from ray import tune
 
-from studies.ray.trainable import RESERVED, TrialSync, trial_of
-from studies.ray.workers import MAX_FAILURES
-from studies.spec import Study
+from xtra.studies.ray.trainable import RESERVED, TrialSync, trial_of
+from xtra.studies.ray.workers import MAX_FAILURES
+from xtra.studies.spec import Study
 from xtra import trialdir as td
 
 

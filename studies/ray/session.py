@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 
-from studies.ray import token_auth_available
+from xtra.studies.ray import token_auth_available
 
 # Set for the session only, restored afterwards (a notebook calling xtra.run_study keeps its environment).
 SESSION_ENV = {
@@ -24,7 +24,7 @@ SESSION_ENV = {
     "RAY_TRAIN_V2_ENABLED": "1",  # multi-worker trials launch Ray Train inside Tune
     # Probe accuracy (a search's metric) only exists in a trial's last report, not in progress ones.
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
-    # Tune's default loggers are replaced by the ones the study asks for (studies.ray.tuner.loggers).
+    # Tune's default loggers are replaced by the ones the study asks for (xtra.studies.ray.tuner.loggers).
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
 

@@ -12,12 +12,12 @@ from typing import Any
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from studies.plan import Plan
-from studies.ray.monitor import Display, Monitor, trial_name
-from studies.ray.session import ray_session
-from studies.ray.trainable import trainable
-from studies.ray.workers import MAX_FAILURES
-from studies.spec import Study, StudyError
+from xtra.studies.plan import Plan
+from xtra.studies.ray.monitor import Display, Monitor, trial_name
+from xtra.studies.ray.session import ray_session
+from xtra.studies.ray.trainable import trainable
+from xtra.studies.ray.workers import MAX_FAILURES
+from xtra.studies.spec import Study, StudyError
 
 EXPERIMENT = "run-{}"
 OPTUNA_DB = "optuna.db"
@@ -250,7 +250,7 @@ def fit(plan: Plan, study_dir: Path, *, address: str | None, storage_path: str, 
 
 def _unfinished(plan: Plan, study_dir: Path) -> int:
     """Ctrl-C makes fit() return with trials marked TERMINATED: judge by the trial directories."""
-    from studies.plan import make_plan
+    from xtra.studies.plan import make_plan
 
     after = make_plan(plan.study, study_dir)
     if plan.study.search is None:

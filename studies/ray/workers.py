@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from studies.ray.session import ray_session
-from studies.ray.trainable import PROGRESS_EVERY_S, TrialSync, checkpoint_dir, restore_checkpoint
+from xtra.studies.ray.session import ray_session
+from xtra.studies.ray.trainable import PROGRESS_EVERY_S, TrialSync, checkpoint_dir, restore_checkpoint
 from xtra import trialdir as td
 from xtra.config import from_dict
 

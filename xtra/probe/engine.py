@@ -1,0 +1,112 @@
+"""Training and scoring N heads at once on the same batches: AdamW per head (`train_heads`), the
+linear heads solved to convergence by L-BFGS (`fit_linear_lbfgs`), top-1 of every head (`evaluate`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from xtra.config import ProbeConfig
+from xtra.probe.features import _Source
+from xtra.probe.heads import make_optimizer
+from xtra.probe.schedule import _seed, lr_at, steps_per_epoch
+
+
+@torch.no_grad()
+def evaluate(heads: list[nn.Module], source: _Source, labels: torch.Tensor, batch_size: int) -> list[float]:
+    """Top-1 of every head on a split; one pass over the inputs feeds all heads."""
+    for head in heads:
+        head.eval()
+    correct = [0] * len(heads)
+    labels = labels.to(source.device)
+    for start in range(0, len(source), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(source)))
+        x = source.batch(idx)
+        y = labels[start: start + len(idx)]
+        for i, head in enumerate(heads):
+            correct[i] += int((head(x).argmax(dim=-1) == y).sum())
+    for head in heads:
+        head.train()
+    return [c / max(len(source), 1) for c in correct]
+
+
+def train_heads(kind: str, heads: list[nn.Module], lrs: tuple[float, ...], source: _Source, labels: torch.Tensor,
+                cfg: ProbeConfig, seed: int, on_epoch: Callable[[int, int], None] | None = None) -> None:
+    """Train every head for cfg.epochs on the same batches (one input computation per micro-batch).
+
+    Each head has its own AdamW, follows `lr_at(step, ..., lr_i)`, and clips its own gradient norm:
+    the heads share nothing but their (read-only) inputs, so each one is exactly what it would be if
+    trained alone. A step of cfg.batch_size images is cfg.accumulate micro-batches (BatchNorm sees
+    each micro-batch, as in the official code)."""
+    optimizers = [make_optimizer(kind, head, lr, cfg) for head, lr in zip(heads, lrs)]
+    n, bs = len(source), cfg.batch_size
+    per_epoch = steps_per_epoch(n, bs)
+    total, warmup = per_epoch * cfg.epochs, per_epoch * cfg.warmup_epochs
+    labels = labels.to(source.device)
+    for head in heads:
+        head.train()
+    step = 0
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, kind, "shuffle", epoch)))
+        for s in range(per_epoch):
+            idx = perm[s * bs: (s + 1) * bs]
+            for opt, lr in zip(optimizers, lrs):
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, total, warmup, lr, cfg)
+                opt.zero_grad(set_to_none=True)
+            micro = idx.chunk(cfg.accumulate) if cfg.accumulate > 1 else (idx,)
+            for j, part in enumerate(micro):
+                x = source.batch(part, step * cfg.accumulate + j)
+                y = labels[part.to(labels.device)]
+                weight = len(part) / len(idx)  # the step's gradient is the mean over its images
+                for head in heads:
+                    (F.cross_entropy(head(x), y) * weight).backward()
+            for head, opt in zip(heads, optimizers):
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
+                opt.step()
+            step += 1
+            if on_epoch is not None and s == per_epoch - 1:
+                on_epoch(epoch, step)
+
+
+LBFGS_MAX_ITER = 1000  # full-batch iterations per head (each one pass over the cached train features)
+
+
+def fit_linear_lbfgs(heads: list[nn.Module], l2s: tuple[float, ...], source: _Source, labels: torch.Tensor) -> None:
+    """Solve each linear head to convergence on the cached train features: its BatchNorm (no affine
+    part) takes the train split's mean and variance, which is what its running statistics estimate,
+    so it standardizes; then its Linear layer minimizes mean cross-entropy + l2/2 |W|^2 by full-batch
+    L-BFGS with a strong-Wolfe line search. The same head as `train_heads` trains, without the
+    optimizer's noise: on correlated features AdamW needs far more epochs than a short probe has to
+    get there (docs/bench-cpu-2core-probe.md)."""
+    n = len(source)
+    x = torch.cat([source.batch(torch.arange(i, min(i + 4096, n))) for i in range(0, n, 4096)])  # (N, D)
+    y = labels.to(x.device)
+    mean, var = x.mean(dim=0), x.var(dim=0, unbiased=False)
+    previous = None
+    for i in sorted(range(len(heads)), key=lambda i: -l2s[i]):  # strongest penalty first: a warm start for the next
+        head, l2 = heads[i], l2s[i]
+        with torch.no_grad():
+            head.bn.running_mean.copy_(mean)
+            head.bn.running_var.copy_(var)
+            if previous is not None:
+                head.fc.load_state_dict(previous.fc.state_dict())
+        head.eval()  # BatchNorm on the statistics just set
+        with torch.no_grad():
+            z = head.bn(x)
+        opt = torch.optim.LBFGS(head.fc.parameters(), lr=1.0, max_iter=LBFGS_MAX_ITER, history_size=20,
+                                tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe")
+
+        def closure(head: nn.Module = head, opt: torch.optim.Optimizer = opt, l2: float = l2,
+                    z: torch.Tensor = z) -> torch.Tensor:
+            opt.zero_grad()
+            loss = F.cross_entropy(head.fc(z), y) + 0.5 * l2 * head.fc.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        previous = head

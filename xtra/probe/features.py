@@ -1,0 +1,126 @@
+"""Head inputs from the frozen encoder, and caches of them (in memory or a scratch `np.memmap`):
+one encoder pass per split feeds every kind."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xtra.config import ModelConfig, ProbeConfig
+from xtra.model import Encoder
+from xtra.probe.heads import probe_layers
+
+MEMORY_CACHE_BYTES = 4 << 30  # auto: cache train+val+test head inputs in memory up to 4 GiB,
+DISK_CACHE_BYTES = 64 << 30  # then on disk up to 64 GiB (e.g. attentive tokens of Fashion-MNIST), else recompute
+
+
+def head_inputs(encoder: Encoder, images: torch.Tensor, kind: str, cfg: ProbeConfig) -> torch.Tensor:
+    """What a head of `kind` sees: (B, D) mean-pooled last-block tokens (linear) or (B, T, D), the
+    mean of the last `probe_layers` blocks' tokens (attentive); raw block outputs unless
+    cfg.features == "normed". Frozen encoder, no grad."""
+    return head_inputs_all(encoder, images, (kind,), cfg)[kind]
+
+
+def head_inputs_all(encoder: Encoder, images: torch.Tensor, kinds: tuple[str, ...], cfg: ProbeConfig) -> dict:
+    """Every kind's head inputs from ONE encoder pass (the last layer is shared by both kinds)."""
+    n_layers = probe_layers(cfg, len(encoder.blocks))
+    layers = tuple(range(-n_layers, 0)) if "attentive" in kinds else (-1,)
+    with torch.no_grad(), _autocast(images.device):
+        feats = encoder.features(images, layers=layers, mask=cfg.mask,
+                                 norm=cfg.features == "normed")  # last entry: layer -1
+    out = {}
+    if "linear" in kinds:
+        out["linear"] = feats[-1].float().mean(dim=1)  # (B, D)
+    if "attentive" in kinds:
+        out["attentive"] = torch.stack(feats).float().mean(dim=0) if len(feats) > 1 else feats[0].float()  # (B, T, D)
+    return out
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def input_shape(kind: str, model_cfg: ModelConfig) -> tuple[int, ...]:
+    return (model_cfg.width,) if kind == "linear" else (model_cfg.n_tokens, model_cfg.width)
+
+
+def cache_mode(kind: str, cfg: ProbeConfig, n_images: int, model_cfg: ModelConfig) -> str:
+    """memory | disk | off. Augmentation needs fresh features every step, so it never caches.
+    auto: memory up to MEMORY_CACHE_BYTES for all splits together, disk up to DISK_CACHE_BYTES, else
+    off (ImageNet-sized attentive token features are recomputed every epoch)."""
+    if cfg.augment:
+        return "off"
+    if cfg.cache != "auto":
+        return cfg.cache
+    nbytes = 4 * n_images * math.prod(input_shape(kind, model_cfg))
+    if nbytes <= MEMORY_CACHE_BYTES:
+        return "memory"
+    return "disk" if nbytes <= DISK_CACHE_BYTES else "off"
+
+
+def _build_caches(encoder: Encoder, images: torch.Tensor, modes: dict[str, str], cfg: ProbeConfig,
+                  device: torch.device, scratch: Path | None, name: str) -> dict[str, Any]:
+    """Cache the head inputs of every kind in `modes` (memory | disk) for one split, in one encoder pass."""
+    n = len(images)
+    caches: dict[str, Any] = {}
+    for kind, mode in modes.items():
+        shape = (n, *input_shape(kind, encoder.cfg))
+        if mode == "memory":
+            caches[kind] = torch.empty(shape, dtype=torch.float32, device=device)
+        else:
+            assert scratch is not None
+            caches[kind] = np.lib.format.open_memmap(scratch / f"{kind}-{name}.npy", mode="w+", dtype=np.float32,
+                                                     shape=shape)
+    for start in range(0, n, cfg.batch_size):
+        chunk = images[start: start + cfg.batch_size].to(device, non_blocking=True)
+        for kind, feats in head_inputs_all(encoder, chunk, tuple(modes), cfg).items():
+            caches[kind][start: start + len(chunk)] = feats if modes[kind] == "memory" else feats.cpu().numpy()
+    for kind, mode in modes.items():
+        if mode == "disk":
+            caches[kind].flush()
+    return caches
+
+
+class _Source:
+    """Head inputs for one split, by index: gathered from a cache or computed by the encoder."""
+
+    def __init__(self, encoder: Encoder, images: torch.Tensor, kind: str, cfg: ProbeConfig, device: torch.device,
+                 mode: str, scratch: Path | None, name: str, augment: Callable | None = None, prebuilt: Any = None):
+        self.encoder, self.images, self.kind, self.cfg, self.device = encoder, images, kind, cfg, device
+        self.augment = augment
+        self.cache: torch.Tensor | np.memmap | None = None
+        if prebuilt is not None:
+            self.cache = prebuilt
+        elif mode in ("memory", "disk"):
+            self.cache = _build_caches(encoder, images, {kind: mode}, cfg, device, scratch, name)[kind]
+        elif device.type == "cuda" and not getattr(images, "lazy", False):  # uncached: keep in-memory images
+            self.images = images.to(device)  # on the device and gather there (lazy ones decode on demand)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, idx: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        """Head inputs for `idx` (a CPU index tensor); `step` seeds the augmentation of training batches."""
+        if isinstance(self.cache, torch.Tensor):
+            return self.cache[idx.to(self.device)]
+        if self.cache is not None:  # disk: read the rows in order, then put them back in batch order
+            order = idx.argsort()
+            rows = torch.from_numpy(np.ascontiguousarray(self.cache[idx[order].numpy()]))
+            out = torch.empty_like(rows)
+            out[order] = rows
+            return out.to(self.device, non_blocking=True)
+        from_files = getattr(self.augment, "from_files", None)
+        if from_files is not None and step is not None:  # a streamed collection: crops cut from the files
+            return head_inputs(self.encoder, from_files(self.images, idx, step), self.kind, self.cfg)
+        images = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
+        if self.augment is not None and step is not None:
+            images = self.augment(images, step)
+        return head_inputs(self.encoder, images, self.kind, self.cfg)

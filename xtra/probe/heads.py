@@ -1,0 +1,141 @@
+"""The official XTRA probe heads (`src/modules/cls.py`): linear and attentive, their seeded
+initialization and their AdamW; both read raw block outputs (no final LayerNorm)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from xtra.config import ModelConfig, ProbeConfig
+from xtra.probe.schedule import _seed
+
+BN_EPS = 1e-6
+
+
+class LinearHead(nn.Module):
+    """Average-pooled last-block tokens -> BatchNorm1d(affine=False) -> Linear."""
+
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=BN_EPS)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def reset(self, gen: torch.Generator) -> None:
+        with torch.no_grad():
+            self.fc.weight.copy_(_trunc_normal(self.fc.weight.shape, 0.01, gen))
+            self.fc.bias.zero_()
+
+    def forward(self, x):  # (B, D) pooled features
+        return self.fc(self.bn(x))  # (B, classes)
+
+
+class AttentiveHead(nn.Module):
+    """BatchNorm1d(affine=False) over the tokens, attention pooling with learned queries (k/v
+    projections without bias, `heads` heads), the queries' outputs averaged, then Linear: the
+    official XTRA / AIM attentive probe."""
+
+    def __init__(self, dim: int, heads: int, queries: int, num_classes: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attentive probe: width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=BN_EPS)
+        self.query = nn.Parameter(torch.zeros(1, queries, dim))
+        self.k = nn.Linear(dim, dim, bias=False)
+        self.v = nn.Linear(dim, dim, bias=False)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def reset(self, gen: torch.Generator) -> None:
+        with torch.no_grad():
+            self.query.copy_(_trunc_normal(self.query.shape, 0.02, gen))
+            for lin, std in ((self.k, 0.02), (self.v, 0.02), (self.fc, 0.01)):
+                lin.weight.copy_(_trunc_normal(lin.weight.shape, std, gen))
+            self.fc.bias.zero_()
+
+    def normalize(self, x):  # (B, T, D) -> (B, T, D): statistics per channel over batch and tokens
+        b, t, d = x.shape
+        # BatchNorm1d on (B*T, D) rows: the same statistics (and running estimates, n = B*T) as on
+        # the (B, D, T) transpose, on contiguous memory (several times faster on CPU)
+        return self.bn(x.reshape(b * t, d)).view(b, t, d)
+
+    def forward(self, x):  # (B, T, D) token features
+        """Same function as `forward_reference`, evaluated without projecting every token: with
+        q·(W_k x) = (W_kᵀ q)·x and Σ_t a_t W_v x_t = W_v (Σ_t a_t x_t), a head costs O(T·D·H) per
+        image instead of O(T·D²)."""
+        x = self.normalize(x)
+        b, t, d = x.shape
+        h, q = self.heads, self.query.shape[1]
+        dh = d // h
+        query = self.query.view(q, h, dh)  # (Q, H, Dh)
+        key_dirs = torch.einsum("qhe,hed->qhd", query, self.k.weight.view(h, dh, d)).reshape(q * h, d)  # (QH, D)
+        scores = (x @ key_dirs.t() * dh**-0.5).transpose(1, 2)  # (B, QH, T)
+        mixed = scores.softmax(dim=-1) @ x  # (B, QH, D): each head's attention-weighted token mean
+        per_head = mixed.view(b * q, h, d).transpose(0, 1)  # (H, BQ, D)
+        pooled = per_head @ self.v.weight.view(h, dh, d).transpose(1, 2)  # (H, BQ, Dh): head h's W_v rows
+        return self.fc(pooled.transpose(0, 1).reshape(b, q, d).mean(dim=1))  # (B, classes): queries averaged
+
+    def forward_reference(self, x):  # (B, T, D): the textbook form, kept to test `forward` against
+        x = self.normalize(x)
+        b, t, d = x.shape
+        h, q = self.heads, self.query.shape[1]
+        dh = d // h
+        query = self.query.expand(b, -1, -1).reshape(b, q, h, dh).transpose(1, 2)  # (B, H, Q, Dh)
+        k = self.k(x).view(b, t, h, dh).transpose(1, 2)  # (B, H, T, Dh)
+        v = self.v(x).view(b, t, h, dh).transpose(1, 2)  # (B, H, T, Dh)
+        attn = (query @ k.transpose(-2, -1) * dh**-0.5).softmax(dim=-1)  # (B, H, Q, T)
+        pooled = (attn @ v).transpose(1, 2).reshape(b, q, d).mean(dim=1)  # (B, D): queries averaged
+        return self.fc(pooled)  # (B, classes)
+
+
+def attentive_heads(width: int, wanted: int) -> int:
+    """The official 16 heads where they divide the width, else the largest divisor below (e.g. a
+    width-36 encoder gets 12): small models keep the protocol's shape as closely as they can."""
+    return max(h for h in range(1, min(wanted, width) + 1) if width % h == 0)
+
+
+def probe_layers(cfg: ProbeConfig, depth: int) -> int:
+    """Blocks the attentive probe averages: the official 6, clamped to the encoder's depth."""
+    return min(cfg.layers, depth)
+
+
+def protocol(kind: str, model_cfg: ModelConfig, cfg: ProbeConfig) -> dict[str, Any]:
+    """The head's effective shape on this encoder (after clamping), recorded with every result."""
+    if kind == "linear":
+        return {"layers": 1, "heads": None}
+    return {"layers": probe_layers(cfg, model_cfg.depth),
+            "heads": attentive_heads(model_cfg.width, cfg.attentive_heads)}
+
+
+def _trunc_normal(shape, std: float, gen: torch.Generator) -> torch.Tensor:
+    """Normal(0, std) truncated to +-2 std, drawn from `gen` (resampling outliers, like timm)."""
+    x = torch.randn(shape, generator=gen) * std
+    while True:
+        bad = x.abs() > 2 * std
+        if not bad.any():
+            return x
+        x[bad] = torch.randn(int(bad.sum()), generator=gen) * std
+
+
+def make_head(kind: str, encoder_cfg: ModelConfig, num_classes: int, cfg: ProbeConfig, seed: int) -> nn.Module:
+    """A head whose initial state depends only on (seed, kind): every lr starts from the same point."""
+    if kind == "linear":
+        head: nn.Module = LinearHead(encoder_cfg.width, num_classes)
+    elif kind == "attentive":
+        head = AttentiveHead(encoder_cfg.width, attentive_heads(encoder_cfg.width, cfg.attentive_heads),
+                             cfg.attentive_queries, num_classes)
+    else:
+        raise ValueError(f"probe kind {kind!r} is not allowed (allowed: 'linear', 'attentive')")
+    head.reset(torch.Generator().manual_seed(_seed(seed, kind, "init")))
+    return head
+
+
+def make_optimizer(kind: str, head: nn.Module, lr: float, cfg: ProbeConfig) -> torch.optim.Optimizer:
+    """AdamW per head. Linear: weight decay `linear_weight_decay` (0, the official protocol);
+    attentive: `attentive_weight_decay` on matrices and queries, none on biases."""
+    wd = cfg.linear_weight_decay if kind == "linear" else cfg.attentive_weight_decay
+    params = [p for p in head.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": wd},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(cfg.beta1, cfg.beta2), fused=True)

@@ -1,0 +1,48 @@
+"""When things happen in a probe: the lr schedule, the seeds (from (seed, kind) only, never from
+the number of heads), steps per epoch, the epochs at which heads are scored and the
+"still improving" flag."""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+from xtra.config import ProbeConfig
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, cfg: ProbeConfig) -> float:
+    """The official probe schedule: linear warmup from lr * warmup_start to lr over `warmup_steps`,
+    then a cosine from lr down to cfg.min_lr at the last step."""
+    if step < warmup_steps:
+        return lr * (cfg.warmup_start + (1.0 - cfg.warmup_start) * step / warmup_steps)
+    progress = (step - warmup_steps) / max(total_steps - 1 - warmup_steps, 1)
+    return cfg.min_lr + (lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _seed(seed: int, kind: str, what: str, index: int = 0) -> int:
+    """A seed from (seed, kind, what, index) only: never from the number of heads."""
+    tag = zlib.crc32(f"{kind}/{what}".encode())
+    return (seed * 1_000_003 + tag * 7_919 + index * 104_729 + 13) % (2**63 - 1)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Full batches only (BatchNorm needs > 1 sample); a set smaller than a batch is one batch."""
+    return max(n // batch_size, 1)
+
+
+def check_epochs(epochs: int) -> tuple[int, ...]:
+    """Epochs (1-based) after which every head is scored on val: half-way, three quarters and the
+    end. The last two tell whether a probe was still improving when it stopped."""
+    return tuple(sorted({e for e in (epochs // 2, (3 * epochs) // 4, epochs) if e >= 1}))
+
+
+IMPROVING_TOL = 0.0025  # a probe whose val top-1 rose by more than this over its last quarter is flagged
+
+
+def still_improving(curve: dict[int, float], epochs: int) -> bool | None:
+    """True when the chosen head's val top-1 rose by more than IMPROVING_TOL between three quarters
+    of the schedule and its end (it would likely gain from more epochs); None for a 1-epoch probe."""
+    marks = check_epochs(epochs)
+    if len(marks) < 2:
+        return None
+    return curve[marks[-1]] - curve[marks[-2]] > IMPROVING_TOL
