@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-
 from xtra.cli.options import user_errors
 
 console = Console()

@@ -75,6 +75,7 @@ def build(
     from xtra.reports.collect import StudyError
     from xtra.studies.runner import pictures_from, publish_report, study_copy
     from xtra.studies.spec import StudyError as SpecError
+
     from xtra.storage import StorageError
 
     _check_options(images, plotlyjs, n_boot)

@@ -307,6 +307,7 @@ def pull_cmd(
     Only what changed since the last pull is transferred."""
     from xtra.studies.runner import study_copy
     from xtra.studies.spec import StudyError
+
     from xtra.storage import StorageError
 
     try:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-
 from xtra.studies.spec import StudyError  # one error type for bad study input, everywhere
 
 try:  # Python 3.11+

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from xtra.studies.spec import load_study
+
 from xtra.trial import run_trial
 
 
@@ -101,6 +102,7 @@ def bench_status(study_dir: Path, n_trials: int = 1000, curve_rows: int = 20) ->
     """`xtra study status` (a subprocess, as a user runs it) on a grid study of `n_trials` finished
     trials whose directories are written through xtra.trialdir, like a real run's."""
     from xtra.studies import state as st
+
     from xtra import trialdir as td
 
     study = load_study("block-size", preset="smoke", seeds=max(1, n_trials // 2))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from xtra.studies.spec import Study, StudyError, TrialSpec
+
 from xtra import trialdir as td
 from xtra.config import PATH_PREFIXES
 

@@ -26,6 +26,7 @@ from typing import Any
 from xtra.studies import state as st
 from xtra.studies.plan import make_plan, with_data_identity
 from xtra.studies.spec import Study, StudyError
+
 from xtra import trialdir as td
 from xtra.storage import Storage, StorageError, SyncResult, check, pull
 
@@ -201,7 +202,6 @@ def _check_trackers(study: Study) -> None:
 def _run_locked(study: Study, study_dir: Path, lock: st.StudyLock, *, address: str | None, stor: Storage,
                 console: Any, live: bool | None, build_report: bool, resuming: bool) -> Outcome:
     from rich.console import Console
-
     from xtra.studies.ray.monitor import Display
     from xtra.studies.ray.tuner import fit
 

@@ -71,8 +71,8 @@ import math
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from xtra.config import SIZES, TrialConfig, _coerce, _leaf_keys, model_config, override, valid_keys

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from xtra.studies.spec import Study, StudyError
+
 from xtra import trialdir as td
 from xtra.config import IDENTITY_VERSION
 from xtra.fileio import atomic_path, atomic_write_json, atomic_write_text  # noqa: F401 - atomic_write_text re-exported

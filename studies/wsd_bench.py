@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from xtra.studies.spec import load_study
+
 from xtra.schedule import samples_trained
 
 

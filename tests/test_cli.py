@@ -3,7 +3,6 @@
 import json
 
 from typer.testing import CliRunner
-
 from xtra.cli.main import app
 from xtra.cli.options import parse_sets
 
@@ -73,6 +72,7 @@ def test_bench_markdown_gives_each_probe_measurement_its_own_table():
     from pathlib import Path
 
     from xtra.cli.bench import _probe_tables
+
     from xtra.bench import to_markdown
 
     results = json.loads((Path(__file__).parents[1] / "docs" / "bench-cpu-2core-probe.json").read_text())

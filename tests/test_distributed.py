@@ -22,9 +22,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-
 from xtra.studies import state as st
 from xtra.studies.spec import StudyError, load_study
+
 from xtra.config import SIZES, TrialConfig, override
 from xtra.distributed import World, spawn
 
@@ -152,7 +152,6 @@ def test_workers_split_the_batch_evenly_or_fail_in_one_line(tmp_path: Path) -> N
     path.write_text(again.to_toml())
     assert load_study(path).resources == again.resources
     from typer.testing import CliRunner
-
     from xtra.cli.main import app
 
     res = CliRunner().invoke(app, ["pretrain", "--out", str(tmp_path / "p"), "--size", "tiny", "--block-size", "1",
@@ -229,7 +228,8 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def xtra(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "xtra.cli.main", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "xtra.cli.main", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True,
                           timeout=TIMEOUT)
 
 

@@ -9,7 +9,6 @@ import numpy as np
 import polars as pl
 import pytest
 from scipy import stats
-
 from xtra.reports.efficiency import (
     crossing,
     efficiency_ratios,

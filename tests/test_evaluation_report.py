@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import polars as pl
-
 from xtra.reports.build import build_report
 from xtra.reports.collect import load_study
 from xtra.reports.evaluation import evaluation

@@ -22,12 +22,12 @@ import polars as pl
 import pytest
 from scipy import stats
 from typer.testing import CliRunner
-
 from xtra.cli.report import app
 from xtra.reports.build import bench_report, build_report, compare_reports
 from xtra.reports.collect import RESULT_COLUMNS, StudyError, load_study
 from xtra.reports.figures import prediction_grid
 from xtra.reports.synthetic import make_study
+
 from xtra.config import SIZES
 
 N_BOOT = 20

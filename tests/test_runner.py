@@ -20,7 +20,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 from typer.testing import CliRunner
-
 from xtra.cli.study import app
 from xtra.studies import state as st
 from xtra.studies.spec import load_study

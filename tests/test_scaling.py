@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from xtra.reports.scaling import (
     FORMS_1D,
     FORMS_2D,

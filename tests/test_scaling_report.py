@@ -14,7 +14,6 @@ import plotly.io as pio
 import polars as pl
 import pytest
 from test_reports import dump_dom, figures_in, md_table, needs_chromium, skipped_in
-
 from xtra.reports.build import build_report
 from xtra.reports.collect import load_study
 from xtra.reports.figures import loss_scaling

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
-
 from xtra.cli.study import app
 from xtra.studies.spec import (
     STUDIES_DIR,

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import ray
-
 from xtra.studies.ray import token_auth_available
 
 # Set for the session only, restored afterwards (a notebook calling xtra.run_study keeps its environment).

@@ -222,8 +222,8 @@ def error_line(err: BaseException) -> str:
 def trainable(config: dict[str, Any]) -> None:
     """One study trial, resumable, in STUDY_DIR/trials/<config_hash>/."""
     import torch
-
     from xtra.studies.ray.workers import trial_on_workers
+
     from xtra.pretrain import NonFiniteLoss
     from xtra.trial import run_trial
 

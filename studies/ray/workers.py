@@ -22,6 +22,7 @@ from typing import Any
 
 from xtra.studies.ray.session import ray_session
 from xtra.studies.ray.trainable import PROGRESS_EVERY_S, TrialSync, checkpoint_dir, restore_checkpoint
+
 from xtra import trialdir as td
 from xtra.config import from_dict
 
