@@ -1,0 +1,64 @@
+"""`pull`: make a local directory a copy of everything at a URI (committed directories through
+their manifests, plain files as they are), transferring only what changed."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from xtra.storage.manifest import MANIFEST, Entry, SyncResult, _in_generations, _same_stat
+from xtra.storage.names import _THREADS, StorageError, _join, _same_dir
+from xtra.storage.store import Storage
+
+
+def pull(uri: str | os.PathLike[str], local_dir: str | os.PathLike[str], *,
+         include: Callable[[str], bool] | None = None) -> SyncResult:
+    """Make `local_dir` a local copy of everything at `uri` (the `xtra study pull URI DIR` command):
+    committed directories through their manifests (uncommitted uploads are left out), other files
+    as they are. Only what changed (size and mtime) is transferred; local extras outside committed
+    directories are kept. `include(path)` (relative to `uri`) picks files, e.g. no checkpoints for
+    `status`; a copy refreshed this way is the driver's cache of the study."""
+    st = Storage.from_uri(uri)
+    local_dir = Path(local_dir)
+    if st.is_local and _same_dir(local_dir, Path(st.base)):
+        raise StorageError(f"{local_dir}: is the storage directory {st.uri} itself (pull into another directory)")
+    entries = st.list()
+    if not entries:
+        raise StorageError(f"{st.uri}: nothing there to pull (check the URI)")
+    dirs = sorted({e.path[: -len(MANIFEST)].rstrip("/") for e in entries
+                   if e.path == MANIFEST or e.path.endswith("/" + MANIFEST)})
+    inside = tuple(d + "/" for d in dirs if d)
+    transferred: list[str] = []
+    unchanged: list[str] = []
+    removed: list[str] = []
+    nbytes = 0
+    for d in dirs:
+        pick = None if include is None else (lambda n, d=d: include(_join(d, n)))
+        res = st.download_dir(d, local_dir / d, include=pick)
+        if res is None:  # deleted since the listing
+            continue
+        transferred += [_join(d, n) for n in res.transferred]
+        unchanged += [_join(d, n) for n in res.unchanged]
+        removed += [_join(d, n) for n in res.removed]
+        nbytes += res.bytes
+    root_is_dir = "" in dirs
+
+    def plain(e: Entry) -> bool:
+        # Not in a committed directory (download_dir brought those, plain files included), and not a
+        # generation's objects (they reach a reader only through a manifest).
+        return (not root_is_dir and not e.path.startswith(inside) and not _in_generations(e.path)
+                and (include is None or include(e.path)))
+
+    todo = []
+    for e in filter(plain, entries):
+        if _same_stat(local_dir / e.path, e):
+            unchanged.append(e.path)
+        else:
+            todo.append(e)
+    with ThreadPoolExecutor(min(_THREADS, max(1, len(todo)))) as pool:
+        nbytes += sum(pool.map(lambda e: st.get_file(e.path, local_dir / e.path, mtime_ns=e.mtime_ns), todo))
+    transferred += [e.path for e in todo]
+    return SyncResult(transferred=tuple(sorted(transferred)), unchanged=tuple(sorted(unchanged)),
+                      removed=tuple(sorted(removed)), bytes=nbytes)
