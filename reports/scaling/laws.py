@@ -1,0 +1,200 @@
+"""The two laws the reports fit: L(x) = E + A * x**-alpha and L(N, D) = E + A / N**alpha + B / D**beta,
+with the compute-optimal allocation of the latter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .fit import FormFit, fit_form
+from .forms import FORMS_1D, FORMS_2D, NAMES_1D, NAMES_2D, Form, _check, _check_boot, _percentiles
+
+
+@dataclass
+class PowerLawFit(FormFit):
+    """``L(x) = E + A * x**-alpha`` or a reduced form; ``ci`` holds percentile bootstrap intervals."""
+
+    @property
+    def E(self) -> float:
+        return self.params.get("E", 0.0)
+
+    @property
+    def A(self) -> float:
+        return self.params.get("A", self.params.get("C", 0.0))
+
+    @property
+    def alpha(self) -> float:
+        return self.params.get("alpha", float("nan"))
+
+    def predict(self, x: Any) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        return self._predict_matrix(x.reshape(-1, 1)).reshape(x.shape)
+
+    def predict_interval(self, x: Any, level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Pointwise percentile band of the bootstrap fits' predictions (NaN without bootstrap)."""
+        return self._band(np.asarray(x, dtype=float).reshape(-1, 1), level)
+
+    def prediction_interval(self, x: Any, level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Where a new run at x should land: the band plus the residual scatter."""
+        return self._pred_band(np.asarray(x, dtype=float).reshape(-1, 1), level)
+
+    def describe(self) -> str:
+        return self._describe().replace("·x", " * x")
+
+
+def fit_power_law(x: Any, y: Any, n_boot: int = 200, seed: int = 0, form: Form = FORMS_1D[0]) -> PowerLawFit:
+    """Fit ``y = E + A * x**-alpha`` (x, y > 0), or a reduced ``form``. Raises ValueError on degenerate input."""
+    _check_boot(n_boot)
+    x, y = _check({"x": x, "y": y}, 3, "the power law E + A*x^-alpha")
+    if len(np.unique(x)) < 3:
+        raise ValueError(f"the power law needs at least 3 distinct x values (got {len(np.unique(x))})")
+    fit = fit_form(form, x[:, None], y, n_boot=n_boot, seed=seed, names=NAMES_1D, cls=PowerLawFit)
+    assert isinstance(fit, PowerLawFit)
+    return fit
+
+
+# ---------------------------------------------------------------------------------------------
+# L = E + A / N**alpha + B / D**beta (and its reduced forms)
+
+
+@dataclass
+class ChinchillaFit(FormFit):
+    """``L(N, D) = E + A / N**alpha + B / D**beta`` (or a reduced form) with N = parameters, D = samples.
+
+    ``compute_optimal(C)`` minimises L under ``C = c * N * D`` with ``c = flops_per_param_sample``
+    (6 for the language-model rule; ``flops_per_image / n_params`` to count real image FLOPs). It is
+    defined only for forms with a power term in both N and D (full, E = 0)."""
+
+    flops_per_param_sample: float = 6.0
+
+    @property
+    def E(self) -> float:
+        return self.params.get("E", 0.0)
+
+    @property
+    def A(self) -> float:
+        return self.params.get("A", 0.0)
+
+    @property
+    def B(self) -> float:
+        return self.params.get("B", 0.0)
+
+    @property
+    def alpha(self) -> float:
+        return self.params.get("alpha", float("nan"))
+
+    @property
+    def beta(self) -> float:
+        return self.params.get("beta", float("nan"))
+
+    @property
+    def has_frontier(self) -> bool:
+        return self.form.terms == (0, 1) and not self.form.loglinear
+
+    def _nd(self, N: Any, D: Any) -> tuple[np.ndarray, tuple[int, ...]]:
+        N, D = np.broadcast_arrays(np.asarray(N, dtype=float), np.asarray(D, dtype=float))
+        return np.column_stack([N.ravel(), D.ravel()]), N.shape
+
+    def predict(self, N: Any, D: Any) -> np.ndarray:
+        X, shape = self._nd(N, D)
+        return self._predict_matrix(X).reshape(shape)
+
+    def predict_interval(self, N: Any, D: Any, level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        X, shape = self._nd(N, D)
+        lo, hi = self._band(X, level)
+        return lo.reshape(shape), hi.reshape(shape)
+
+    def prediction_interval(self, N: Any, D: Any, level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        X, shape = self._nd(N, D)
+        lo, hi = self._pred_band(X, level)
+        return lo.reshape(shape), hi.reshape(shape)
+
+    # -- compute-optimal allocation ----------------------------------------------------------
+
+    @property
+    def exponents(self) -> tuple[float, float]:
+        """(a, b) with N_opt ∝ C**a and D_opt ∝ C**b: a = beta/(alpha+beta), b = alpha/(alpha+beta)."""
+        if not self.has_frontier:
+            return (float("nan"), float("nan"))
+        s = self.alpha + self.beta
+        return (self.beta / s, self.alpha / s) if s > 0 else (float("nan"), float("nan"))
+
+    @property
+    def exponents_ci(self) -> dict[str, tuple[float, float]]:
+        if len(self._boot) < 2 or not self.has_frontier:
+            return {"a": (float("nan"),) * 2, "b": (float("nan"),) * 2}
+        off = 2 + int(self.form.has_e)
+        alpha, beta = self._boot[:, off], self._boot[:, off + 1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return {"a": _percentiles(beta / (alpha + beta)), "b": _percentiles(alpha / (alpha + beta))}
+
+    def compute_optimal(self, C: Any, flops_per_param_sample: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """N_opt(C), D_opt(C) minimising L(N, D) subject to C = c * N * D (closed form)."""
+        c = self.flops_per_param_sample if flops_per_param_sample is None else flops_per_param_sample
+        C = np.asarray(C, dtype=float)
+        alpha, beta = self.alpha, self.beta
+        if not self.has_frontier or not (alpha > 0 and beta > 0):
+            nan = np.full(C.shape, np.nan)
+            return nan, nan
+        # log G = log(alpha A / (beta B)) / (alpha + beta), in logs so huge A, B cannot overflow.
+        a_coef, b_coef = self._theta[0], self._theta[1]
+        n_ref, d_ref = self._refs[0], self._refs[1]
+        log_a = a_coef + alpha * np.log(n_ref)
+        log_b = b_coef + beta * np.log(d_ref)
+        log_g = (np.log(alpha) + log_a - np.log(beta) - log_b) / (alpha + beta)
+        log_nd = np.log(C / c)
+        log_n = log_g + beta / (alpha + beta) * log_nd
+        return np.exp(log_n), np.exp(log_nd - log_n)
+
+    def frontier(self, C: Any, flops_per_param_sample: float | None = None) -> dict[str, np.ndarray]:
+        """Compute-optimal frontier: C, N_opt, D_opt and the predicted loss there."""
+        C = np.asarray(C, dtype=float)
+        n_opt, d_opt = self.compute_optimal(C, flops_per_param_sample)
+        return {"C": C, "N": n_opt, "D": d_opt, "L": self.predict(n_opt, d_opt)}
+
+    def isoflop(self, C: float, N: Any, flops_per_param_sample: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Along the iso-FLOP line C = c * N * D: returns (D, L) for the given N."""
+        c = self.flops_per_param_sample if flops_per_param_sample is None else flops_per_param_sample
+        N = np.asarray(N, dtype=float)
+        D = C / (c * N)
+        return D, self.predict(N, D)
+
+    def isoflop_profile(self, C: float, span: float = 1.5, n: int = 61,
+                        flops_per_param_sample: float | None = None) -> dict[str, np.ndarray]:
+        """The iso-FLOP curve of budget C for N within 10**±span of N_opt(C): N, D, L."""
+        n_opt, _ = self.compute_optimal(C, flops_per_param_sample)
+        centre = float(n_opt) if np.isfinite(n_opt) else self._refs[0]
+        N = centre * np.logspace(-span, span, n)
+        D, L = self.isoflop(C, N, flops_per_param_sample)
+        return {"N": N, "D": D, "L": L}
+
+    def describe(self) -> str:
+        return self._describe().replace("·N^-", " / N^").replace("·D^-", " / D^")
+
+
+def _check_chinchilla(N: Any, D: Any, L: Any, n_min: int = 5) -> list[np.ndarray]:
+    N, D, L = _check({"N": N, "D": D, "L": L}, n_min, "the Chinchilla law E + A/N^alpha + B/D^beta")
+    for name, arr in (("N", N), ("D", D)):
+        if len(np.unique(arr)) < 2:
+            raise ValueError(f"the Chinchilla law needs at least 2 distinct {name} values (got 1): "
+                             f"vary both parameters and samples")
+    pairs = np.unique(np.stack([N, D], axis=1), axis=0)
+    if len(pairs) < n_min:
+        raise ValueError(f"the Chinchilla law has 5 parameters but only {len(pairs)} distinct (N, D) pairs were given")
+    return [N, D, L]
+
+
+def fit_chinchilla(N: Any, D: Any, L: Any, n_boot: int = 200, seed: int = 0,
+                   flops_per_param_sample: float = 6.0, form: Form = FORMS_2D[0]) -> ChinchillaFit:
+    """Fit ``L = E + A / N**alpha + B / D**beta`` (N, D, L > 0), or a reduced ``form``.
+    Raises ValueError on degenerate input."""
+    _check_boot(n_boot)
+    N, D, L = _check_chinchilla(N, D, L)
+    if not np.isfinite(flops_per_param_sample) or flops_per_param_sample <= 0:
+        raise ValueError(f"flops_per_param_sample={flops_per_param_sample!r} must be > 0")
+    fit = fit_form(form, np.column_stack([N, D]), L, n_boot=n_boot, seed=seed, names=NAMES_2D, cls=ChinchillaFit,
+                   flops_per_param_sample=float(flops_per_param_sample))
+    assert isinstance(fit, ChinchillaFit)
+    return fit
