@@ -11,8 +11,8 @@ import pytest
 import torch
 import typer
 from typer.testing import CliRunner
-
 from xtra.cli.probe import probe_cmd
+
 from xtra.bench_probe import bench_probe, protocol_cost
 from xtra.checkpoint import CheckpointError, load_checkpoint
 from xtra.config import DataConfig, PretrainConfig, ProbeConfig, model_config

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from xtra import probe_augment as pa
 from xtra.config import ProbeConfig
+from xtra.probe import augment as pa
 
 RNG = np.random.default_rng(0)
 

@@ -9,7 +9,6 @@ pixels are quantized to 0..255 and every op's result is rounded back to that gri
 Pillow itself). Geometric ops sample bilinearly at pixel centres, clamp neighbours to the edge and
 fill points outside the image with the dataset's mean colour, as Pillow's affine transform does.
 All randomness comes from one `torch.Generator`: the same state gives the same batch.
-Only torch is imported.
 """
 
 from __future__ import annotations
@@ -21,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from xtra.config import DataConfig, ProbeConfig, parse_randaugment
+from xtra.data import augment
+from xtra.data.stream import Crop
 from xtra.probe.schedule import _seed
 
 OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd",
@@ -274,8 +275,6 @@ def probe_augment(images: torch.Tensor, gen: torch.Generator, kind: str, cfg: Pr
     cfg.crop_ratio) and a flip where the dataset allows one; attentive: then RandAugment on the
     pixels (cfg.randaugment) and RandomErasing (cfg.random_erasing) on the normalized result, the
     order of timm's create_transform."""
-    from xtra.data import augment
-
     crop = DataConfig(crop_scale=cfg.crop_scale, crop_ratio=cfg.crop_ratio)
     return after_crop(augment(images, gen, crop, hflip), gen, kind, cfg, mean, std)
 
@@ -303,8 +302,6 @@ def _augmenter(cfg: ProbeConfig, dataset, seed: int, kind: str, device: torch.de
         return probe_augment(images, gen, kind, cfg, dataset.mean, dataset.std, dataset.hflip)
 
     if getattr(dataset.train.images, "lazy", False):
-        from xtra.data.stream import Crop
-
         crop_seed = _seed(seed, kind, "crop")
 
         def from_files(images, idx: torch.Tensor, step: int) -> torch.Tensor:

@@ -13,7 +13,9 @@ import torch
 
 from xtra.checkpoint import CHECKPOINT, CheckpointError, atomic_write_json, load_checkpoint
 from xtra.config import DataConfig, ModelConfig, ProbeConfig, override
+from xtra.data import load_dataset, locate
 from xtra.model import XTRA, Encoder
+from xtra.pretrain import resolve_device, step_seed
 from xtra.probe.select import Log, check_fits, limit_train, probe
 
 PROBE_JSON = "probe.json"
@@ -58,8 +60,6 @@ def load_encoder(state: dict, model_cfg: ModelConfig, path: Path) -> Encoder:
 
 def random_encoder(model_cfg: ModelConfig, seed: int) -> Encoder:
     """An untrained encoder initialized exactly as `pretrain(..., seed=seed)` starts."""
-    from xtra.pretrain import step_seed
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(step_seed(seed, -1))
         return XTRA(model_cfg).encoder
@@ -79,8 +79,6 @@ def probe_run(run_dir: Path, data_cfg: DataConfig | None = None, cfg: ProbeConfi
     a model config other than `expect_model`, a dataset that is missing or whose images do not
     fit the encoder (ValueError, one line each).
     Returns probe()'s dict plus "meta"."""
-    from xtra.pretrain import resolve_device
-
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT
     if sum(x is not None for x in (data_cfg, dataset, data_name)) > 1:
@@ -95,8 +93,6 @@ def probe_run(run_dir: Path, data_cfg: DataConfig | None = None, cfg: ProbeConfi
             _check_expected(model_cfg, expect_model, path)
     torch_device = resolve_device(device)
     if dataset is None:
-        from xtra.data import load_dataset, locate
-
         data_cfg = data_cfg or run_data
         if data_cfg is None:
             raise ValueError("random_init without a checkpoint needs data_cfg (which dataset to probe on)")
@@ -135,8 +131,6 @@ def probe_data_configs(probe_cfg: ProbeConfig, data_cfg: DataConfig, model_cfg: 
     """{dataset name: data config} for every probe dataset (`probe.datasets`, or the trial's own
     data), each checked before any work: a missing set, or one whose images cannot be brought to the
     encoder's size and channels, is a one-line ValueError naming `probe.datasets`."""
-    from xtra.data import locate
-
     names = probe_cfg.datasets or (data_cfg.name,)
     if model_cfg.channels not in (1, 3):
         raise ValueError(f"probe.datasets: the encoder takes {model_cfg.channels}-channel images; probe sets "
@@ -155,8 +149,6 @@ def probe_data_configs(probe_cfg: ProbeConfig, data_cfg: DataConfig, model_cfg: 
 
 
 def _load_probe_set(name: str, data_cfg: DataConfig, model_cfg: ModelConfig, index: int):
-    from xtra.data import load_dataset
-
     try:
         dataset = load_dataset(data_cfg, model_cfg.img_size, model_cfg.channels)
         check_fits(model_cfg, dataset)
@@ -181,8 +173,6 @@ def probe_checkpoints(paths_by_samples: dict[int, Path | str], data_cfg: DataCon
     one model config (`expect_model` if given), each probe dataset is found and fits. Nothing is
     written; the caller stores the rows: `on_point(samples, dataset, rows)` hears each (checkpoint,
     dataset) as it finishes, and `done` ({(samples, dataset): rows}) holds those a resumed call skips."""
-    from xtra.pretrain import resolve_device
-
     if not paths_by_samples:
         raise ValueError("probe_checkpoints: no checkpoints given (expected {samples_seen: path})")
     states: dict[int, Path] = {}

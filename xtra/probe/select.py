@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from xtra.config import DataConfig, ModelConfig, ProbeConfig
+from xtra.data import Split
 from xtra.model import Encoder
 from xtra.probe.augment import _augmenter
 from xtra.probe.engine import evaluate, fit_linear_lbfgs, train_heads
@@ -142,8 +143,6 @@ def limit_train(dataset, limit: int):
     study probes on the same images."""
     if not limit or limit >= len(dataset.train):
         return dataset
-    from xtra.data import Split
-
     keep = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(0))[:limit].sort().values
     images = dataset.train.images
     images = images.subset(keep) if getattr(images, "lazy", False) else images[keep]  # lazy stays lazy
