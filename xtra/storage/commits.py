@@ -16,6 +16,7 @@ import pyarrow.fs as pafs
 from xtra.storage.manifest import (
     GENERATIONS,
     MANIFEST,
+    MAX_MANIFEST_BYTES,
     Entry,
     FileRecord,
     Manifest,
@@ -24,7 +25,17 @@ from xtra.storage.manifest import (
     _matches,
     _same_stat,
 )
-from xtra.storage.names import _THREADS, StorageError, _clean, _join, _local_files, _one_line
+from xtra.storage.names import (
+    _THREADS,
+    PLAIN_GROWTH,
+    StorageError,
+    _join,
+    _local_files,
+    _one_line,
+    check_name,
+    check_size,
+    local_target,
+)
 
 
 class CommittedDirs:
@@ -33,11 +44,11 @@ class CommittedDirs:
     def manifest(self, rel: str) -> Manifest | None:
         """The committed manifest of directory `rel`, or None (never committed = absent)."""
         try:
-            data = self.read_bytes(f"{_clean(rel)}/{MANIFEST}" if _clean(rel) else MANIFEST)
+            data = self.read_bytes(_join(rel, MANIFEST), limit=MAX_MANIFEST_BYTES)
         except FileNotFoundError:
             return None
         try:
-            return Manifest.from_json(data)
+            return Manifest.from_json(data, where=self.uri_of(_join(rel, MANIFEST)))
         except (ValueError, KeyError, TypeError) as e:
             raise StorageError(f"{self.uri_of(rel)}/{MANIFEST}: unreadable manifest: {_one_line(e)}") from None
 
@@ -67,8 +78,16 @@ class CommittedDirs:
         raise StorageError(f"{self.uri_of(rel)}: {name!r} kept changing under the reader (3 commits in a row)")
 
     def plain_files(self, rel: str) -> dict[str, Entry]:
-        """Files of directory `rel` written one by one (`write_bytes`), outside its commits."""
-        return {e.path: e for e in self.list(rel) if e.path != MANIFEST and not _in_generations(e.path)}
+        """Files of directory `rel` written one by one (`write_bytes`), outside its commits. Their names
+        and sizes come from the store's listing and are checked like a manifest's (StorageError)."""
+        where = self.uri_of(rel)
+        out = {}
+        for e in self.list(rel):
+            if e.path != MANIFEST and not _in_generations(e.path):
+                check_name(e.path, where)
+                check_size(e.size, where, e.path)
+                out[e.path] = e
+        return out
 
     def upload_dir(self, local_dir: str | os.PathLike[str], rel: str, *,
                    include: Callable[[str], bool] | None = None,
@@ -137,12 +156,18 @@ class CommittedDirs:
             todo_plain = [n for n, e in plain.items() if (include is None or include(n))
                           and not _same_stat(local_dir / n, e)]
             wanted = {n for n in keep if include is None or include(n)}
+            # Every name was checked when read (manifest, listing); before the first byte is written,
+            # no target may pass through a link or leave local_dir.
+            where = self.uri_of(rel)
+            target = {n: local_target(local_dir, n, where) for n in todo + todo_plain}
 
-            def fetch(name: str, files: dict[str, FileRecord] = files, plain: dict[str, Entry] = plain) -> int:
+            def fetch(name: str, files: dict[str, FileRecord] = files, plain: dict[str, Entry] = plain,
+                      target: dict[str, Path] = target) -> int:
                 if name in files:
                     rec = files[name]
-                    return self.get_file(_join(rel, rec.key), local_dir / name, mtime_ns=rec.mtime_ns, expect=rec)
-                return self.get_file(_join(rel, name), local_dir / name, mtime_ns=plain[name].mtime_ns)
+                    return self.get_file(_join(rel, rec.key), target[name], mtime_ns=rec.mtime_ns, expect=rec)
+                return self.get_file(_join(rel, name), target[name], mtime_ns=plain[name].mtime_ns,
+                                     limit=plain[name].size + PLAIN_GROWTH)
 
             try:
                 with ThreadPoolExecutor(min(_THREADS, max(1, len(todo) + len(todo_plain)))) as pool:

@@ -6,14 +6,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from xtra.storage.names import _CHUNK
+from xtra.storage.names import _CHUNK, StorageError, check_name, check_size
 
 MANIFEST = "_manifest.json"
 GENERATIONS = "_gen"
 MANIFEST_FORMAT = "xtra-dir/1"
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest larger than this is refused unread
+MAX_FILES = 100_000  # names one manifest may list
+_GENERATION_RE = re.compile(r"^[0-9]{6,12}-[0-9a-f]{1,64}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -51,12 +56,37 @@ class Manifest:
                             "files": files}, indent=2, sort_keys=True) + "\n").encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> Manifest:
+    def from_json(cls, data: bytes, where: str = MANIFEST) -> Manifest:
+        """Parse and check a manifest read from storage (`where` names it in errors): every file name
+        is a relative path inside the directory (`check_name`), every key a generation's object of that
+        name, every size bounded. ValueError for a malformed document, StorageError for a refused name."""
         obj = json.loads(data)
-        if obj.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"manifest format {obj.get('format')!r} (allowed: {MANIFEST_FORMAT!r})")
-        return cls(generation=obj["generation"], written=obj["written"],
-                   files={n: FileRecord(**r) for n, r in obj["files"].items()})
+        if not isinstance(obj, dict) or obj.get("format") != MANIFEST_FORMAT:
+            fmt = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+            raise ValueError(f"manifest format {fmt!r} (allowed: {MANIFEST_FORMAT!r})")
+        generation, files = obj["generation"], obj["files"]
+        if not isinstance(generation, str) or not _GENERATION_RE.match(generation):
+            raise ValueError(f"generation {str(generation)[:80]!r} (allowed: NNNNNN-hex)")
+        if not isinstance(files, dict) or len(files) > MAX_FILES:
+            raise ValueError(f"'files' must be a mapping of at most {MAX_FILES} names")
+        records = {}
+        for name, rec in files.items():
+            check_name(name, where)
+            if name == MANIFEST or name.split("/")[0] == GENERATIONS:
+                raise StorageError(f"{where}: refused file name {name!r}: reserved for the commit itself")
+            r = FileRecord(**rec)
+            gen, _, rest = r.key.partition("/")[2].partition("/") if isinstance(r.key, str) else ("", "", "")
+            if not (isinstance(r.key, str) and r.key.startswith(GENERATIONS + "/") and _GENERATION_RE.match(gen)
+                    and rest == name):
+                raise StorageError(f"{where}: refused key {str(r.key)[:200]!r} of {name!r} "
+                                   f"(allowed: {GENERATIONS}/<generation>/{name})")
+            check_size(r.size, where, name)
+            if not isinstance(r.sha256, str) or not _SHA256_RE.match(r.sha256):
+                raise ValueError(f"sha256 of {name!r} is not 64 hex digits")
+            if isinstance(r.mtime_ns, bool) or not isinstance(r.mtime_ns, int) or not 0 <= r.mtime_ns < 1 << 63:
+                raise ValueError(f"mtime_ns of {name!r} is not a non-negative 64-bit integer")
+            records[name] = r
+        return cls(generation=generation, written=str(obj.get("written", "")), files=records)
 
 
 @dataclass(frozen=True)

@@ -90,11 +90,17 @@ class Storage(CommittedDirs):
     def is_file(self, rel: str) -> bool:
         return self._info(rel).type == pafs.FileType.File
 
-    def read_bytes(self, rel: str) -> bytes:
-        """The bytes of a file; FileNotFoundError (naming the URI) if it is not there."""
+    def read_bytes(self, rel: str, *, limit: int | None = None) -> bytes:
+        """The bytes of a file; FileNotFoundError (naming the URI) if it is not there. With `limit`, a
+        file longer than `limit` bytes is a StorageError (read no further than that)."""
         try:
             with self.fs.open_input_stream(self.path(rel)) as f:
-                return f.read()
+                if limit is None:
+                    return f.read()
+                data = f.read(limit + 1)
+            if len(data) > limit:
+                raise StorageError(f"{self.uri_of(rel)}: refused: longer than {limit} bytes")
+            return data
         except FileNotFoundError:
             raise FileNotFoundError(f"{self.uri_of(rel)}: no such file") from None
         except OSError as e:
@@ -140,7 +146,7 @@ class Storage(CommittedDirs):
         return FileRecord(key=_clean(rel), size=st.st_size, sha256=digest.hexdigest(), mtime_ns=st.st_mtime_ns)
 
     def get_file(self, rel: str, local: str | os.PathLike[str], *, mtime_ns: int | None = None,
-                 expect: FileRecord | None = None) -> int:
+                 expect: FileRecord | None = None, limit: int | None = None) -> int:
         """Copy `rel` to a local file atomically (streamed); returns the bytes copied.
 
         `expect` checks size and sha256 against a committed record; `mtime_ns` stamps the local copy."""
@@ -153,6 +159,11 @@ class Storage(CommittedDirs):
                         digest.update(chunk)
                         out.write(chunk)
                         n += len(chunk)
+                        if expect is not None and n > expect.size:
+                            break  # longer than its record: stop here, the check below refuses it
+                        if limit is not None and n > limit:
+                            raise StorageError(f"{self.uri_of(rel)}: refused: longer than the {limit} bytes "
+                                               "listed (the object grew while it was read)")
                 if expect is not None and (n != expect.size or digest.hexdigest() != expect.sha256):
                     raise StorageError(f"{self.uri_of(rel)}: content does not match its manifest record "
                                        f"({n} bytes, expected {expect.size}); the object was changed in place")

@@ -9,7 +9,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from xtra.storage.manifest import MANIFEST, Entry, SyncResult, _in_generations, _same_stat
-from xtra.storage.names import _THREADS, StorageError, _join, _same_dir
+from xtra.storage.names import (
+    _THREADS,
+    PLAIN_GROWTH,
+    StorageError,
+    _join,
+    _same_dir,
+    check_name,
+    check_size,
+    local_target,
+)
 from xtra.storage.store import Storage
 
 
@@ -27,6 +36,9 @@ def pull(uri: str | os.PathLike[str], local_dir: str | os.PathLike[str], *,
     entries = st.list()
     if not entries:
         raise StorageError(f"{st.uri}: nothing there to pull (check the URI)")
+    for e in entries:  # names from the store: checked before anything is written
+        check_name(e.path, st.uri)
+        check_size(e.size, st.uri, e.path)
     dirs = sorted({e.path[: -len(MANIFEST)].rstrip("/") for e in entries
                    if e.path == MANIFEST or e.path.endswith("/" + MANIFEST)})
     inside = tuple(d + "/" for d in dirs if d)
@@ -36,7 +48,7 @@ def pull(uri: str | os.PathLike[str], local_dir: str | os.PathLike[str], *,
     nbytes = 0
     for d in dirs:
         pick = None if include is None else (lambda n, d=d: include(_join(d, n)))
-        res = st.download_dir(d, local_dir / d, include=pick)
+        res = st.download_dir(d, local_target(local_dir, d, st.uri) if d else local_dir, include=pick)
         if res is None:  # deleted since the listing
             continue
         transferred += [_join(d, n) for n in res.transferred]
@@ -57,8 +69,10 @@ def pull(uri: str | os.PathLike[str], local_dir: str | os.PathLike[str], *,
             unchanged.append(e.path)
         else:
             todo.append(e)
+    target = {e.path: local_target(local_dir, e.path, st.uri) for e in todo}
     with ThreadPoolExecutor(min(_THREADS, max(1, len(todo)))) as pool:
-        nbytes += sum(pool.map(lambda e: st.get_file(e.path, local_dir / e.path, mtime_ns=e.mtime_ns), todo))
+        nbytes += sum(pool.map(lambda e: st.get_file(e.path, target[e.path], mtime_ns=e.mtime_ns,
+                                                     limit=e.size + PLAIN_GROWTH), todo))
     transferred += [e.path for e in todo]
     return SyncResult(transferred=tuple(sorted(transferred)), unchanged=tuple(sorted(unchanged)),
                       removed=tuple(sorted(removed)), bytes=nbytes)
