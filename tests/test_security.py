@@ -164,6 +164,6 @@ def test_status_and_report_refuse_a_malicious_manifest(evil_bucket, tmp_path, mo
     monkeypatch.setenv("XTRA_CACHE", str(copy))
     res = CliRunner().invoke(app, [*command, f"s3://{bucket}/study"])
     assert res.exit_code != 0, res.output
-    assert "refused file name '../../../../../escaped.txt'" in res.output
+    assert "refused file name '" in res.output and "../../../" in res.output
     assert isinstance(res.exception, SystemExit)  # a one-line error, not a traceback
     assert _written_outside(tmp_path, copy) == []
