@@ -1,20 +1,23 @@
 # Two commands for a new user: `make demo` and `make test`. Both set up what they need, once.
 PYTHON ?= python3
 VENV ?= .venv
-TORCH ?= torch==2.13.0
+PIP_VERSION := 26.3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.xtra-installed
 
-.PHONY: setup demo test lint bench clean data-system chromium
+.PHONY: setup demo test test-fast test-latest lock lint bench clean data-system chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "pip==$(PIP_VERSION)"
 
-# torch first, pinned to the build on this disk; the project's range then installs nothing more.
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e '.[dev]'
+# Exactly what was tested: every package, transitive ones included, from pylock.toml (PEP 751,
+# one wheel per package with its sha256; torch is the CPU build on this machine's disk), then the
+# project itself, editable, built without reaching the index. A second `make` installs nothing.
+$(STAMP): pylock.toml pyproject.toml setup.py | $(PY)
+	$(PY) -m pip install -q "pip==$(PIP_VERSION)"
+	$(PY) -m pip install -q -r pylock.toml
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 setup: $(STAMP) data-system
@@ -47,6 +50,27 @@ demo: setup
 test: setup chromium
 	$(PY) -m pytest -q -x --timeout=900
 
+# The inner loop: no Ray cluster, no Slurm, no servers, under two minutes.
+test-fast: setup
+	$(PY) -m pytest -q -x --timeout=300 -m "not slow"
+
+# Deliberate upgrades: `make lock` re-resolves pylock.toml from pyproject.toml's ranges (commit it
+# after `make test` passes); `make test-latest` runs the suite in a scratch environment built from
+# the newest releases those ranges allow, so a breaking release is found by someone who asked.
+lock: | $(PY)
+	$(PY) -m pip install -q "pip==$(PIP_VERSION)"
+	$(PY) scripts/lock.py
+
+LATEST ?= .venv-latest
+test-latest: data-system chromium
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q "pip==$(PIP_VERSION)"
+	$(LATEST)/bin/python -m pip install -q "torch==2.13.0"
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(LATEST)/bin/python -m pip freeze > $(LATEST)/freeze.txt
+	XTRA_UNLOCKED=1 $(LATEST)/bin/python -m pytest -q --timeout=900 -p no:cacheprovider
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check xtra studies cli reports tests
 
@@ -54,4 +78,4 @@ bench: setup
 	$(VENV)/bin/xtra bench
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(LATEST) runs .pytest_cache

@@ -10,7 +10,22 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from xtra.environment import version_report
+
+        typer.echo(version_report())
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", "-V", callback=_print_version, is_eager=True,
+                                       help="Versions of xtra, torch, ray, python and the lock; then exit.")) -> None:
+    """Ablation and scaling studies of block-causal auto-regressive image models (XTRA)."""
 
 from xtra.cli import data as _data  # noqa: E402
 from xtra.cli import study as _study  # noqa: E402

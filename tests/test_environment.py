@@ -1,0 +1,106 @@
+"""The locked environment (pylock.toml), the version report, and what a wheel installs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from typer.testing import CliRunner
+
+from xtra import environment
+from xtra.cli.main import app
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import lock  # noqa: E402
+
+
+@pytest.mark.skipif(os.environ.get("XTRA_UNLOCKED") == "1", reason="make test-latest runs unlocked on purpose")
+def test_the_environment_equals_the_lock():
+    d = environment.drift()
+    assert not d, f"the environment is not the lock ({d.describe(limit=20)}): run `make setup`"
+
+
+def test_the_lock_pins_every_package_to_one_hashed_wheel():
+    packages = tomllib.loads((ROOT / "pylock.toml").read_text())["packages"]
+    assert len(packages) > 100
+    for p in packages:
+        assert "version" in p and len(p.get("wheels", [])) == 1, p["name"]
+        assert len(p["wheels"][0]["hashes"]["sha256"]) == 64, p["name"]
+    assert not [p["name"] for p in packages if p["name"] == "xtra"]  # the checkout goes on top, editable
+
+
+def test_the_locked_versions_satisfy_pyproject_and_its_extras():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    locked = environment.locked_versions()
+    reqs = [Requirement(r) for r in project["dependencies"]]
+    reqs += [Requirement(r) for name, extra in project["optional-dependencies"].items() if name != "gpu" for r in extra]
+    for req in reqs:
+        if req.name == "xtra":
+            continue
+        name = req.name.lower().replace("_", "-")
+        assert name in locked, f"{req} is not in the lock"
+        assert req.specifier.contains(locked[name], prereleases=True), f"lock has {name} {locked[name]}, pyproject {req}"
+
+
+def test_breaking_dependencies_are_capped_below_their_next_major():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = {Requirement(r).name: Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    for name in ("ray", "polars", "optuna", "plotly", "pyarrow", "typer", "moto"):
+        assert any(s.operator == "<" for s in reqs[name].specifier), f"{name} has no upper bound"
+        assert any(s.operator == ">=" for s in reqs[name].specifier), f"{name} has no lower bound"
+    gpu = [Requirement(r) for r in project["optional-dependencies"]["gpu"]]
+    assert [str(r.specifier) for r in gpu] == ["==0.0.35"]  # asks torch>=2.10 only: never replaces the CPU build
+    images = {str(Requirement(r).specifier) for extra in project["optional-dependencies"].values()
+              for r in extra if Requirement(r).name == "kaleido"}
+    assert len(images) <= 1  # the extras agree with each other
+
+
+def test_the_lock_script_leaves_the_checkout_out():
+    raw = ('lock-version = "1.0"\n\n[[packages]]\nname = "a"\nversion = "1"\n\n[[packages]]\nname = "xtra"\n\n'
+           '[packages.directory]\npath = "."\neditable = true\n\n[[packages]]\nname = "b"\nversion = "2"\n')
+    doc = tomllib.loads(lock.without_project(raw))
+    assert [p["name"] for p in doc["packages"]] == ["a", "b"]
+
+
+def test_drift_names_what_differs(tmp_path):
+    fake = tmp_path / "pylock.toml"
+    fake.write_text('lock-version = "1.0"\n[[packages]]\nname = "numpy"\nversion = "0.0.1"\n'
+                    '[[packages]]\nname = "no-such-package"\nversion = "1.0"\n')
+    d = environment.drift(fake)
+    assert d.changed["numpy"][0] == "0.0.1" and "no-such-package" in d.missing and "torch" in d.extra
+    assert "numpy 0.0.1 locked" in d.describe()
+
+
+def test_version_names_xtra_torch_ray_and_the_lock():
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert out.startswith("xtra ") and "\ntorch 2." in out and "\nray 2." in out
+    assert f"pylock.toml sha256:{environment.lock_hash()}" in out
+    short = CliRunner().invoke(app, ["-h"])
+    assert short.exit_code == 0 and "Usage: xtra" in short.output
+
+
+def test_a_wheel_installs_only_the_xtra_namespace(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
+                    str(ROOT)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("xtra-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {"xtra"}
+    for module in ("xtra/cli/main.py", "xtra/studies/spec.py", "xtra/studies/ray/tuner.py", "xtra/reports/build.py",
+                   "xtra/studies/block-size.toml", "xtra/studies/_presets.toml"):
+        assert module in names, module
+    # every package folder of the checkout made it into the wheel
+    for folder, package in (("xtra", "xtra"), ("studies", "xtra/studies"), ("reports", "xtra/reports"),
+                            ("cli", "xtra/cli")):
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.relative_to(ROOT / folder).as_posix()
+            assert f"{package}/{rel}" in names, rel
