@@ -45,10 +45,12 @@ from xtra.probe.heads import (
     AttentiveHead,
     LinearHead,
     attentive_heads,
+    batched_logits,
     make_head,
     make_optimizer,
     probe_layers,
     protocol,
+    share_norm,
 )
 from xtra.probe.run import (
     PROBE_JSON,
@@ -76,5 +78,5 @@ __all__ = [
     "check_epochs", "check_fits", "evaluate", "fit_linear_lbfgs", "head_inputs", "head_inputs_all", "input_shape",
     "limit_train", "load_encoder", "lr_at", "make_head", "make_optimizer", "probe", "probe_augment",
     "probe_checkpoints", "probe_data_configs", "probe_layers", "probe_run", "protocol", "random_encoder",
-    "run_configs", "steps_per_epoch", "still_improving", "train_heads", "train_probe",
+    "run_configs", "share_norm", "batched_logits", "steps_per_epoch", "still_improving", "train_heads", "train_probe",
 ]

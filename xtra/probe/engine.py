@@ -11,21 +11,30 @@ import torch.nn.functional as F
 
 from xtra.config import ProbeConfig
 from xtra.probe.features import _Source
-from xtra.probe.heads import make_optimizer
+from xtra.probe.heads import batched_logits, make_optimizer, share_norm
 from xtra.probe.schedule import _seed, lr_at, steps_per_epoch
 
 
 @torch.no_grad()
-def evaluate(heads: list[nn.Module], source: _Source, labels: torch.Tensor, batch_size: int) -> list[float]:
-    """Top-1 of every head on a split; one pass over the inputs feeds all heads."""
+def evaluate(heads: list[nn.Module], source: _Source, labels: torch.Tensor, batch_size: int,
+             batched: bool = True) -> list[float]:
+    """Top-1 of every head on a split; one pass over the inputs feeds all heads (`batched`: as one
+    module, `batched_logits`; else one head after the other, the reference)."""
     for head in heads:
         head.eval()
     correct = [0] * len(heads)
     labels = labels.to(source.device)
+    batched = batched and len(heads) > 1 and all(  # one module only where every head normalizes alike
+        torch.equal(h.bn.running_mean, heads[0].bn.running_mean)
+        and torch.equal(h.bn.running_var, heads[0].bn.running_var) for h in heads[1:])
     for start in range(0, len(source), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(source)))
         x = source.batch(idx)
         y = labels[start: start + len(idx)]
+        if batched:
+            hits = (batched_logits(heads, x).argmax(dim=-1) == y).sum(dim=1)  # (L,)
+            correct = [c + int(k) for c, k in zip(correct, hits)]
+            continue
         for i, head in enumerate(heads):
             correct[i] += int((head(x).argmax(dim=-1) == y).sum())
     for head in heads:
@@ -34,13 +43,16 @@ def evaluate(heads: list[nn.Module], source: _Source, labels: torch.Tensor, batc
 
 
 def train_heads(kind: str, heads: list[nn.Module], lrs: tuple[float, ...], source: _Source, labels: torch.Tensor,
-                cfg: ProbeConfig, seed: int, on_epoch: Callable[[int, int], None] | None = None) -> None:
+                cfg: ProbeConfig, seed: int, on_epoch: Callable[[int, int], None] | None = None,
+                batched: bool = True) -> None:
     """Train every head for cfg.epochs on the same batches (one input computation per micro-batch).
 
     Each head has its own AdamW, follows `lr_at(step, ..., lr_i)`, and clips its own gradient norm:
     the heads share nothing but their (read-only) inputs, so each one is exactly what it would be if
     trained alone. A step of cfg.batch_size images is cfg.accumulate micro-batches (BatchNorm sees
-    each micro-batch, as in the official code)."""
+    each micro-batch, as in the official code). `batched`: the heads' forward and backward as one
+    module (`batched_logits`: one matmul per layer for all lrs), the same training up to float
+    rounding; else each head in turn (the reference path)."""
     optimizers = [make_optimizer(kind, head, lr, cfg) for head, lr in zip(heads, lrs)]
     n, bs = len(source), cfg.batch_size
     per_epoch = steps_per_epoch(n, bs)
@@ -62,15 +74,24 @@ def train_heads(kind: str, heads: list[nn.Module], lrs: tuple[float, ...], sourc
                 x = source.batch(part, step * cfg.accumulate + j)
                 y = labels[part.to(labels.device)]
                 weight = len(part) / len(idx)  # the step's gradient is the mean over its images
-                for head in heads:
-                    (F.cross_entropy(head(x), y) * weight).backward()
+                if batched and len(heads) > 1:  # the sum of the heads' losses: each gets its own gradient
+                    logits = batched_logits(heads, x)  # (L, B, C)
+                    loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(heads)), reduction="sum")
+                    (loss * (weight / len(y))).backward()
+                else:
+                    for head in heads:
+                        (F.cross_entropy(head(x), y) * weight).backward()
             for head, opt in zip(heads, optimizers):
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
                 opt.step()
             step += 1
             if on_epoch is not None and s == per_epoch - 1:
+                if batched:
+                    share_norm(heads)
                 on_epoch(epoch, step)
+    if batched:
+        share_norm(heads)
 
 
 LBFGS_MAX_ITER = 1000  # full-batch iterations per head (each one pass over the cached train features)

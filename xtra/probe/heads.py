@@ -89,6 +89,45 @@ class AttentiveHead(nn.Module):
         return self.fc(pooled)  # (B, classes)
 
 
+def batched_logits(heads: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """(L, B, classes): every head of `heads` (one per lr, the same shapes) on the same inputs, as
+    ONE module: each layer one matmul for all heads, their weights stacked (so each head's gradient
+    is still its own). Attentive heads: their BatchNorm (no parameters, identical inputs, hence
+    identical statistics) runs once, with the first head's buffers; call `share_norm` before
+    reading the other heads' running statistics. Linear heads: one batched Linear. The same function
+    as `[head(x) for head in heads]` up to float rounding (tested)."""
+    first = heads[0]
+    if isinstance(first, LinearHead):
+        z = first.bn(x)  # (B, D)
+        weight = torch.stack([h.fc.weight for h in heads])  # (L, C, D)
+        bias = torch.stack([h.fc.bias for h in heads])  # (L, C)
+        return torch.baddbmm(bias.unsqueeze(1), z.expand(len(heads), -1, -1), weight.transpose(1, 2))  # (L, B, C)
+    x = first.normalize(x)  # (B, T, D)
+    b, t, d = x.shape
+    n, h, q = len(heads), first.heads, first.query.shape[1]
+    dh = d // h
+    query = torch.stack([hd.query for hd in heads]).view(n, q, h, dh)  # (L, Q, H, Dh)
+    w_k = torch.stack([hd.k.weight for hd in heads]).view(n, h, dh, d)  # (L, H, Dh, D)
+    key_dirs = torch.einsum("lqhe,lhed->lqhd", query, w_k).reshape(n * q * h, d)  # (LQH, D)
+    scores = (x @ key_dirs.t() * dh**-0.5).transpose(1, 2)  # (B, LQH, T)
+    mixed = scores.softmax(dim=-1) @ x  # (B, LQH, D)
+    per_head = mixed.view(b, n, q, h, d).permute(1, 3, 0, 2, 4).reshape(n * h, b * q, d)  # (LH, BQ, D)
+    w_v = torch.stack([hd.v.weight for hd in heads]).view(n * h, dh, d)  # (LH, Dh, D)
+    pooled = per_head @ w_v.transpose(1, 2)  # (LH, BQ, Dh)
+    pooled = pooled.view(n, h, b, q, dh).permute(0, 2, 3, 1, 4).reshape(n, b, q, d).mean(dim=2)  # (L, B, D)
+    weight = torch.stack([hd.fc.weight for hd in heads])  # (L, C, D)
+    bias = torch.stack([hd.fc.bias for hd in heads])  # (L, C)
+    return torch.baddbmm(bias.unsqueeze(1), pooled, weight.transpose(1, 2))  # (L, B, C)
+
+
+def share_norm(heads: list[nn.Module]) -> None:
+    """Copy the first head's BatchNorm buffers (running statistics) to the others: after
+    `batched_logits` in train mode, the state each head would have reached on its own."""
+    state = heads[0].bn.state_dict()
+    for head in heads[1:]:
+        head.bn.load_state_dict(state)
+
+
 def attentive_heads(width: int, wanted: int) -> int:
     """The official 16 heads where they divide the width, else the largest divisor below (e.g. a
     width-36 encoder gets 12): small models keep the protocol's shape as closely as they can."""
