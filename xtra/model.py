@@ -197,9 +197,10 @@ def block_crops(images, cfg: ModelConfig):
 
 
 def normalize_crops(crops):
-    """Per-crop normalized pixels (the regression target)."""
+    """Per-crop normalized pixels (the regression target). The variance is the unbiased one (n - 1), as
+    in the official XTRA `_loss` (and MAE): the released weights' loss is reproduced exactly."""
     mean = crops.mean(dim=-1, keepdim=True)
-    var = crops.var(dim=-1, keepdim=True, unbiased=False)
+    var = crops.var(dim=-1, keepdim=True, unbiased=True)
     return (crops - mean) / (var + NORM_EPS).sqrt()
 
 
