@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from xtra.cli.options import AllowCommands, allow_commands
+
 app = typer.Typer(help="Define, run and inspect studies: sweeps of pretrain+probe trials on Ray Tune.",
                   no_args_is_help=True)
 
@@ -53,7 +55,8 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _load(study: str, preset: str | None, sets: list[str] | None, seeds: int | None) -> Any:
-    from xtra.studies.spec import load_study, parse_sets
+    from xtra.studies.load import load_study
+    from xtra.studies.parse import parse_sets
 
     try:
         return load_study(study, preset=preset, sets=parse_sets(sets), seeds=seeds)
@@ -96,7 +99,7 @@ def _axes_text(study: Any) -> str:
 @app.command("list")
 def list_cmd() -> None:
     """Every shipped study: what it sweeps and how many trials each preset runs."""
-    from xtra.studies.spec import default_preset, load_study, preset_names, shipped_studies
+    from xtra.studies.load import default_preset, load_study, preset_names, shipped_studies
 
     table = Table(title="studies (xtra study show NAME --preset P for the trials and their cost)")
     for col in ("name", "description", "axes (default preset)", "trials per preset"):
@@ -122,6 +125,7 @@ def list_cmd() -> None:
 def show_cmd(study: StudyArg, preset: PresetOpt = None, sets: SetOpt = None, seeds: SeedsOpt = None) -> None:
     """Every trial with its params, size, FLOPs/image, samples and estimated GPU-hours."""
     from xtra.config import flops_per_image, n_params, n_params_encoder
+    from xtra.data.collection import PIPE_ENV, is_command
 
     s = _load(study, preset, sets, seeds)
     console = _wide()
@@ -132,6 +136,9 @@ def show_cmd(study: StudyArg, preset: PresetOpt = None, sets: SetOpt = None, see
                   + (f" on {res.workers} data-parallel workers" if res.workers > 1 else "")
                   + f", max concurrent {res.max_concurrent or 'as many as fit'}", highlight=False)
     base = s.base_config()
+    if is_command(base.data.name):
+        console.print(f"[bold red]data {base.data.name!r} is a shell command[/]: it runs only with --allow-commands "
+                      f"(or {PIPE_ENV}=1) on `xtra study run`", highlight=False, soft_wrap=True)
     console.print(f"data {base.data.name} · pretrain {base.pretrain.samples:,} samples, batch "
                   f"{base.pretrain.batch_size}, lr {base.pretrain.lr:g}, warmup {base.pretrain.warmup_samples:,} · "
                   f"probe {', '.join(base.probe.kinds)} for {base.probe.epochs} epochs", highlight=False)
@@ -217,8 +224,10 @@ def run_cmd(
     loggers: LoggerOpt = None,
     break_lock: BreakLockOpt = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="build report/index.html at the end")] = True,
+    commands: AllowCommands = False,
 ) -> None:
     """Run a study: only trials that are new or unfinished; finished ones (same config hash) are reused."""
+    allow_commands(commands)
     from xtra.studies.runner import run_study
     from xtra.studies.spec import StudyError
 
@@ -250,8 +259,10 @@ def resume_cmd(
     loggers: LoggerOpt = None,
     break_lock: BreakLockOpt = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="build report/index.html at the end")] = True,
+    commands: AllowCommands = False,
 ) -> None:
     """Continue an interrupted study: unfinished trials resume from their checkpoints, finished ones are kept."""
+    allow_commands(commands)
     from xtra.studies.runner import resume_study
     from xtra.studies.spec import StudyError
 
@@ -305,10 +316,9 @@ def pull_cmd(
 ) -> None:
     """Copy a study from its storage into a local directory (for notebooks: xtra.load_results(out)).
     Only what changed since the last pull is transferred."""
+    from xtra.storage import StorageError
     from xtra.studies.runner import study_copy
     from xtra.studies.spec import StudyError
-
-    from xtra.storage import StorageError
 
     try:
         res = study_copy(uri, out, checkpoints=checkpoints)

@@ -10,8 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xtra.studies.spec import load_study
-
+from xtra.studies.load import load_study
 from xtra.trial import run_trial
 
 
@@ -101,9 +100,8 @@ def bench_upload(run_dir: Path, cfg: Any, repeats: int = 3) -> dict[str, Any]:
 def bench_status(study_dir: Path, n_trials: int = 1000, curve_rows: int = 20) -> dict[str, Any]:
     """`xtra study status` (a subprocess, as a user runs it) on a grid study of `n_trials` finished
     trials whose directories are written through xtra.trialdir, like a real run's."""
-    from xtra.studies import state as st
-
     from xtra import trialdir as td
+    from xtra.studies import state as st
 
     study = load_study("block-size", preset="smoke", seeds=max(1, n_trials // 2))
     study_dir.mkdir(parents=True, exist_ok=True)

@@ -33,12 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xtra.studies.spec import Study, StudyError
-
 from xtra import trialdir as td
 from xtra.config import IDENTITY_VERSION
 from xtra.fileio import atomic_path, atomic_write_json, atomic_write_text  # noqa: F401 - atomic_write_text re-exported
 from xtra.storage import StorageError
+from xtra.studies.spec import Study, StudyError
 from xtra.trialdir import TrialState, append_jsonl, read_jsonl  # noqa: F401 - re-exported for callers and tests
 
 TRIALS = "trials"
@@ -460,7 +459,7 @@ def migrate(study_dir: Path) -> list[tuple[str, str]]:
 
 def load_study_dir(study_dir: Path) -> Study:
     """The resolved spec a study directory was last run with."""
-    from xtra.studies.spec import load_study
+    from xtra.studies.load import load_study
 
     path = Path(study_dir) / STUDY_TOML
     if not path.is_file():

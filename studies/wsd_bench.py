@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from xtra.studies.spec import load_study
-
 from xtra.schedule import samples_trained
+from xtra.studies.load import load_study
 
 
 def _log_spaced(lo: int, hi: int, n: int) -> list[int]:

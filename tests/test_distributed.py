@@ -22,11 +22,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-from xtra.studies import state as st
-from xtra.studies.spec import StudyError, load_study
 
 from xtra.config import SIZES, TrialConfig, override
 from xtra.distributed import World, spawn
+from xtra.studies import state as st
+from xtra.studies.load import load_study
+from xtra.studies.spec import StudyError
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -152,6 +153,7 @@ def test_workers_split_the_batch_evenly_or_fail_in_one_line(tmp_path: Path) -> N
     path.write_text(again.to_toml())
     assert load_study(path).resources == again.resources
     from typer.testing import CliRunner
+
     from xtra.cli.main import app
 
     res = CliRunner().invoke(app, ["pretrain", "--out", str(tmp_path / "p"), "--size", "tiny", "--block-size", "1",

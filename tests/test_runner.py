@@ -20,9 +20,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 from typer.testing import CliRunner
+
 from xtra.cli.study import app
 from xtra.studies import state as st
-from xtra.studies.spec import load_study
+from xtra.studies.load import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")

@@ -24,13 +24,13 @@ import pytest
 from drivers import kill_when
 from raycluster import stop_cluster
 from typer.testing import CliRunner
+
 from xtra.cli.report import app as report_app
 from xtra.cli.study import app as study_app
-from xtra.studies import state as st
-from xtra.studies.ray import token_auth_available
-from xtra.studies.spec import load_study
-
 from xtra.storage import Storage
+from xtra.studies import state as st
+from xtra.studies.load import load_study
+from xtra.studies.ray import token_auth_available
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -299,9 +299,8 @@ def test_trial_sync_commits_own_files_and_writes_plain_ones(s3_bucket: str, tmp_
     """What a trial's Ray actor does with its directory (no Ray needed): on one node it commits its
     own files and writes the PLAIN ones whole; another node downloads all of them; a wsd branch gets
     its own copy of the trunk's directory, never the trunk's scratch directory."""
-    from xtra.studies.ray.trainable import TrialSync
-
     from xtra import trialdir as td
+    from xtra.studies.ray.trainable import TrialSync
 
     monkeypatch.setenv("XTRA_SCRATCH", str(tmp_path / "node-a"))
     a = TrialSync(f"{s3_bucket}/s/study", "h1")

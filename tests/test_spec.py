@@ -3,20 +3,16 @@ file, key and value; --set parsing; the resolved study.toml reads back to the sa
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+
 from xtra.cli.study import app
-from xtra.studies.spec import (
-    STUDIES_DIR,
-    StudyError,
-    load_study,
-    parse_set,
-    parse_sets,
-    preset_names,
-    shipped_studies,
-)
+from xtra.studies.load import STUDIES_DIR, load_study, preset_names, shipped_studies
+from xtra.studies.parse import parse_set, parse_sets
+from xtra.studies.spec import StudyError
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 CASES = [(name, preset) for name in shipped_studies() for preset in preset_names(name)]
@@ -277,3 +273,17 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "expected KEY=VALUE" in res.output
     res = runner.invoke(app, ["status", str(tmp_path)])
     assert res.exit_code == 2 and "not a study directory" in res.output
+
+
+def test_study_toml_round_trips_any_text(tmp_path: Path) -> None:
+    """study.toml is written by tomli-w: a description with CR LF, quotes, backslashes and unicode
+    reads back unchanged (the hand-written writer produced a file tomllib rejected)."""
+    text = 'line one\r\nline "two" \\ tab\there, ünïcode'
+    _write(tmp_path, f'description = {json.dumps(text)}\nsize = "cpu-s"\n[axes]\n"model.block_size" = [1, 2]\n',
+           "mine.toml")
+    study = load_study(tmp_path / "mine.toml")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "study.toml").write_text(study.to_toml())
+    again = load_study(tmp_path / "dir")
+    assert again.description == text
+    assert [t.config_hash for t in again.expand()] == [t.config_hash for t in study.expand()]

@@ -12,11 +12,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 from drivers import kill_when
-from xtra.studies.plan import make_plan
-from xtra.studies.spec import load_study
 
 from xtra import trialdir as td
 from xtra.schedule import trunk_identity
+from xtra.studies.load import load_study
+from xtra.studies.plan import make_plan
 from xtra.trial import run_trial
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -52,8 +52,8 @@ def run_study(study: str | Path, out: str | Path | None = None, *, preset: str |
 
         from rich.console import Console
 
+        from xtra.studies.load import load_study
         from xtra.studies.runner import run_study as _run
-        from xtra.studies.spec import load_study
 
         spec = load_study(study, preset=preset, sets=sets, seeds=seeds)
         if resources:

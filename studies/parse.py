@@ -1,0 +1,231 @@
+"""Parsing the parts of a study file: dotted keys, axes and zip groups, seeds, the search space, --set."""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from typing import Any
+
+from xtra.config import TrialConfig, _leaf_keys, valid_keys
+from xtra.studies.spec import (
+    METRICS,
+    SEARCH_KEYS,
+    SPACE_TYPES,
+    Axis,
+    Search,
+    StudyError,
+    _fmt,
+)
+
+
+def _flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"block_size": 2}}`` and ``{"model.block_size": 2}`` both -> ``{"model.block_size": 2}``."""
+    flat: dict[str, Any] = {}
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{key}."))
+        else:
+            flat[key] = v
+    return flat
+
+
+_LEAVES = _leaf_keys(TrialConfig)
+
+
+def _check_config_key(key: str, label: str) -> None:
+    if key not in _LEAVES:
+        close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.8)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise StudyError(f"{label}: unknown config key {key!r} ({hint}valid keys: {', '.join(valid_keys())})")
+
+
+def _is_tuple_key(key: str) -> bool:
+    return getattr(_LEAVES.get(key), "__origin__", None) is tuple
+
+
+def _parse_axis(name: str, values: Any, label: str) -> Axis:
+    if not isinstance(values, list) or not values:
+        raise StudyError(f"{label}={_fmt(values)}: an axis must be a non-empty list of values")
+    if all(isinstance(v, dict) for v in values):  # a zip group: each value is a table of dotted keys
+        if name in _LEAVES:
+            raise StudyError(f"{label}: a zip group needs its own name, not the config key {name!r} "
+                             f"(e.g. width = [{{ \"model.width\" = 64, \"model.num_heads\" = 2 }}])")
+        rows = [_flatten(v) for v in values]
+        keys = tuple(rows[0])
+        if not keys:
+            raise StudyError(f"{label}: zip group values must set at least one key")
+        for i, row in enumerate(rows):
+            if tuple(row) != keys:
+                raise StudyError(f"{label}[{i}]={_fmt(values[i])}: every value of a zip group must set the "
+                                 f"same keys ({', '.join(keys)})")
+            for k in keys:
+                _check_config_key(k, f"{label}[{i}]")
+        return Axis(name, keys, tuple(rows))
+    if any(isinstance(v, dict) for v in values):
+        raise StudyError(f"{label}={_fmt(values)}: mixes tables and plain values")
+    _check_config_key(name, label)
+    if name == "seed":
+        raise StudyError(f"{label}: sweep seeds with `seeds = N` (or a list), not an axis")
+    return Axis(name, (name,), tuple({name: v} for v in values))
+
+
+def _parse_axes(node: Any, label: str, labels: dict[str, str] | None = None) -> dict[str, Axis]:
+    """Parse an [axes] table; ``labels`` (if given) records where each axis came from."""
+    if not isinstance(node, dict):
+        raise StudyError(f"{label}: must be a table of axes")
+    axes: dict[str, Axis] = {}
+
+    def walk(n: dict[str, Any], prefix: str) -> None:
+        for k, v in n.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, f"{key}.")
+            else:
+                axes[key] = _parse_axis(key, v, f"{label}.{key}")
+                if labels is not None:
+                    labels[key] = f"{label}.{key}"
+
+    walk(node, "")
+    return axes
+
+
+def _apply_zip(axes: dict[str, Axis], node: Any, label: str, axis_labels: dict[str, str]) -> dict[str, Axis]:
+    """``[zip] width = ["model.width", "model.num_heads"]``: those one-key axes move together."""
+    if not isinstance(node, dict):
+        raise StudyError(f"{label}: must be a table of name -> [dotted keys]")
+    out = dict(axes)
+    for name, keys in node.items():
+        lab = f"{label}.{name}"
+        if not isinstance(keys, list) or len(keys) < 1 or not all(isinstance(k, str) for k in keys):
+            raise StudyError(f"{lab}={_fmt(keys)}: must be a list of swept dotted keys")
+        missing = [k for k in keys if k not in out or out[k].zipped]
+        if missing:
+            raise StudyError(f"{lab}: {missing[0]} is not a one-key axis in [axes]")
+        lengths = {k: len(out[k].values) for k in keys}
+        if len(set(lengths.values())) != 1:
+            shown = ", ".join(f"{k} has {n}" for k, n in lengths.items())
+            raise StudyError(f"{lab}: zipped axes need equally many values ({shown})")
+        rows = tuple({k: out[k].values[i][k] for k in keys} for i in range(lengths[keys[0]]))
+        first = list(out).index(keys[0])
+        items = list(out.items())
+        items.insert(first, (name, Axis(name, tuple(keys), rows)))
+        out = {n: a for n, a in items if n not in keys}
+        axis_labels[name] = lab
+    return out
+
+
+def _parse_seeds(value: Any, label: str) -> tuple[int, ...]:
+    if isinstance(value, bool):
+        raise StudyError(f"{label}={_fmt(value)}: must be a count or a list of ints")
+    if isinstance(value, int):
+        if value < 1:
+            raise StudyError(f"{label}={value}: must be >= 1")
+        return tuple(range(value))
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        if len(set(value)) != len(value):
+            raise StudyError(f"{label}={_fmt(value)}: seeds repeat")
+        return tuple(value)
+    raise StudyError(f"{label}={_fmt(value)}: must be a count or a non-empty list of ints")
+
+
+
+def _parse_search(node: Any, label: str) -> Search:
+    if not isinstance(node, dict):
+        raise StudyError(f"{label}: must be a table")
+    for k in node:
+        if k not in SEARCH_KEYS:
+            raise StudyError(f"{label}.{k}: unknown key (allowed: {', '.join(SEARCH_KEYS)})")
+    kind = node.get("kind", "optuna")
+    if kind != "optuna":
+        raise StudyError(f"{label}.kind={_fmt(kind)}: unknown search (allowed: \"optuna\")")
+    metric = node.get("metric", "linear_top1")
+    if metric not in METRICS:
+        raise StudyError(f"{label}.metric={_fmt(metric)}: unknown metric (allowed: {', '.join(METRICS)})")
+    mode = node.get("mode", METRICS[metric])
+    if mode not in ("max", "min"):
+        raise StudyError(f"{label}.mode={_fmt(mode)}: must be \"max\" or \"min\"")
+    num_samples = node.get("num_samples", 8)
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise StudyError(f"{label}.num_samples={_fmt(num_samples)}: must be an int >= 1")
+    asha = node.get("asha", False)
+    if not isinstance(asha, bool):
+        raise StudyError(f"{label}.asha={_fmt(asha)}: must be true or false")
+    for k in ("grace_samples", "seed"):
+        v = node.get(k, 0)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise StudyError(f"{label}.{k}={_fmt(v)}: must be an int >= 0")
+    space_node = node.get("space")
+    if not isinstance(space_node, dict) or not space_node:
+        raise StudyError(f"{label}.space: must be a non-empty table of dotted key -> {{type, low, high, values}}")
+    space: dict[str, dict[str, Any]] = {}
+    for key, dom in _flatten_space(space_node).items():
+        lab = f"{label}.space.{key}"
+        _check_config_key(key, lab)
+        if not isinstance(dom, dict):
+            raise StudyError(f"{lab}={_fmt(dom)}: must be a table {{type, low, high}} or {{type = \"choice\", values}}")
+        for k in dom:
+            if k not in ("type", "low", "high", "values"):
+                raise StudyError(f"{lab}.{k}: unknown key (allowed: type, low, high, values)")
+        typ = dom.get("type")
+        if typ not in SPACE_TYPES:
+            raise StudyError(f"{lab}.type={_fmt(typ)}: unknown type (allowed: {', '.join(SPACE_TYPES)})")
+        if typ == "choice":
+            values = dom.get("values")
+            if not isinstance(values, list) or not values or "low" in dom or "high" in dom:
+                raise StudyError(f"{lab}: a choice needs a non-empty `values` list (and no low/high)")
+        else:
+            lo, hi = dom.get("low"), dom.get("high")
+            want = int if typ == "int" else (int, float)
+            for name, v in (("low", lo), ("high", hi)):
+                if not isinstance(v, want) or isinstance(v, bool):
+                    raise StudyError(f"{lab}.{name}={_fmt(v)}: must be {'an int' if typ == 'int' else 'a number'}")
+            if not lo < hi:
+                raise StudyError(f"{lab}: low={_fmt(lo)} must be < high={_fmt(hi)}")
+            if typ == "loguniform" and lo <= 0:
+                raise StudyError(f"{lab}.low={_fmt(lo)}: loguniform needs low > 0")
+            if "values" in dom:
+                raise StudyError(f"{lab}.values: only a choice takes values")
+        space[key] = dict(dom)
+    return Search(kind=kind, metric=metric, mode=mode, num_samples=num_samples, space=space, asha=asha,
+                  grace_samples=node.get("grace_samples", 0), seed=node.get("seed", 0))
+
+
+def _flatten_space(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Space entries are tables themselves: stop flattening at a table holding `type`."""
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and "type" not in v:
+            out.update(_flatten_space(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# --set parsing
+
+
+def parse_set(text: str) -> tuple[str, Any]:
+    """``"model.block_size=2"`` -> ``("model.block_size", 2)``. The value is a TOML literal
+    (``[1e-3, 3e-3]``, ``true``, ``"x"``); anything TOML cannot read is taken as a bare string."""
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key:
+        raise StudyError(f"--set {text!r}: expected KEY=VALUE (e.g. --set model.block_size=2)")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def parse_sets(items: list[str] | tuple[str, ...] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, value = parse_set(item)
+        out[key] = value
+    return out
+
+
