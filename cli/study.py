@@ -1,7 +1,7 @@
 """`xtra study`: list, show, run, resume and inspect studies (sweeps of trials on Ray Tune).
 
 A thin shell: xtra.studies.spec validates and expands, xtra.studies.runner runs (the only Ray user),
-xtra.studies.state reads a study directory from disk. Bad input is one red line and exit code 2,
+xtra.studydir reads a study directory from disk. Bad input is one red line and exit code 2,
 always before Ray starts.
 """
 
@@ -335,13 +335,14 @@ def pull_cmd(
 def status_cmd(study_dir: StudyWhereArg, copy: CopyOpt = None) -> None:
     """Counts and each trial's last metrics, read from disk (no Ray); a study kept in an object store is
     read from a local copy refreshed first."""
-    from xtra.studies import state as st
+    from xtra import studydir as st
+    from xtra.studies.load import load_study_dir
     from xtra.studies.plan import make_plan
     from xtra.studies.runner import shared_lease, study_copy
 
     try:
         study_dir, stor, _ = study_copy(study_dir, copy)
-        s = st.load_study_dir(study_dir)
+        s = load_study_dir(study_dir)
     except ValueError as err:
         raise _fail(" ".join(str(err).split())) from None
     holder = st.lock_holder(study_dir, storage=shared_lease(stor, study_dir))

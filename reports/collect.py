@@ -20,12 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from xtra.studies.spec import StudyError  # one error type for bad study input, everywhere
 
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+from xtra.studydir import StudyError, read_study_toml  # the one owner of study.toml; one error type
 
 FINISHED = "finished"
 REPLICATE_KEYS = ("seed",)  # swept for error bars, never an ablation axis
@@ -109,13 +105,9 @@ def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def read_spec(study_dir: str | Path) -> dict[str, Any] | None:
     """study.toml with flat dotted keys: name, description, size, preset, axes, base, companions
     (zip groups: first key -> the keys that move with it) and search (search-space keys); None if absent."""
-    path = Path(study_dir) / "study.toml"
-    if not path.is_file():
+    raw = read_study_toml(Path(study_dir))
+    if raw is None:
         return None
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise StudyError(f"{path}: not valid TOML ({exc})") from None
     axes = {k: v if isinstance(v, list) else [v] for k, v in flatten(raw.get("axes", {})).items()}
     zips = raw.get("zip", {}) if isinstance(raw.get("zip"), dict) else {}
     companions = {keys[0]: list(keys[1:]) for keys in zips.values() if isinstance(keys, list) and len(keys) > 1}
@@ -178,7 +170,7 @@ def _trial_row(state: Any, notes: list[str]) -> dict[str, Any]:
 
 
 def _read_trial_rows(study_dir: Path, notes: list[str]) -> pl.DataFrame:
-    from xtra.studies.state import all_trials
+    from xtra.studydir import all_trials
 
     rows = [_trial_row(s, notes) for s in all_trials(study_dir, notes=notes)]
     if not rows:
@@ -190,7 +182,7 @@ def _running(study_dir: Path) -> bool:
     """A live runner holds ``study.lock``: its parquet files, if any, are from an earlier run, so the
     trial files are the current state. A lock left by a killed runner is not live (the lease decides),
     and the runner itself builds the report after writing fresh parquet files: neither is "running"."""
-    from xtra.studies.state import is_running
+    from xtra.studydir import is_running
 
     return is_running(study_dir)
 

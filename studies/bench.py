@@ -100,12 +100,12 @@ def bench_upload(run_dir: Path, cfg: Any, repeats: int = 3) -> dict[str, Any]:
 def bench_status(study_dir: Path, n_trials: int = 1000, curve_rows: int = 20) -> dict[str, Any]:
     """`xtra study status` (a subprocess, as a user runs it) on a grid study of `n_trials` finished
     trials whose directories are written through xtra.trialdir, like a real run's."""
+    from xtra import studydir as st
     from xtra import trialdir as td
-    from xtra.studies import state as st
 
     study = load_study("block-size", preset="smoke", seeds=max(1, n_trials // 2))
     study_dir.mkdir(parents=True, exist_ok=True)
-    st.atomic_write_text(study_dir / st.STUDY_TOML, study.to_toml())
+    st.write_study_toml(study_dir, study.to_toml())
     for i, spec in enumerate(study.expand()):
         run = td.path(study_dir, spec.config_hash)
         run.mkdir(parents=True)
@@ -134,7 +134,7 @@ def bench_status(study_dir: Path, n_trials: int = 1000, curve_rows: int = 20) ->
 
 def bench_heartbeat(study_dir: Path, beats: int = 200) -> dict[str, Any]:
     """What the lease costs: one heartbeat write, and the fraction of an hour spent writing them."""
-    from xtra.studies import state as st
+    from xtra import studydir as st
 
     lock = st.StudyLock(study_dir, "bench", heartbeat_s=3600).acquire()
     try:

@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from xtra import studydir
 from xtra.config import SIZES, TrialConfig, _coerce, model_config, override
 from xtra.studies.parse import (
     _LEAVES,
@@ -357,3 +358,8 @@ def _validate(study: Study, labels: dict[str, str], axis_labels: dict[str, str])
 def load_all(preset: str | None = None) -> dict[str, Study]:
     return {name: load_study(name, preset=preset) for name in shipped_studies()}
 
+
+
+def load_study_dir(study_dir: Path) -> Study:
+    """The resolved spec a study directory was last run with."""
+    return load_study(studydir.study_toml(study_dir))

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xtra.studies.spec import Study, StudyError, TrialSpec
-
 from xtra import trialdir as td
 from xtra.config import PATH_PREFIXES
+from xtra.studies.spec import Study, StudyError, TrialSpec
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ def _needs_probe(state: td.TrialState, spec_probe_hash: str) -> bool:
 
 def make_plan(study: Study, study_dir: Path, running: bool = False) -> Plan:
     """The plan for ``study`` in ``study_dir`` (``running``: a live runner holds it, for status)."""
-    from xtra.studies import state as st
+    from xtra import studydir as st
 
     study_dir = Path(study_dir)
     if study.search is None:

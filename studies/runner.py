@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xtra.studies import state as st
-from xtra.studies.plan import make_plan, with_data_identity
-from xtra.studies.spec import Study, StudyError
-
+from xtra import studydir as st
 from xtra import trialdir as td
 from xtra.storage import Storage, StorageError, SyncResult, check, pull
+from xtra.studies.load import load_study_dir
+from xtra.studies.plan import make_plan, with_data_identity
+from xtra.studies.spec import Study, StudyError
 
 CACHE_ENV = "XTRA_CACHE"  # where local copies of studies opened by URI go (default ~/.cache/xtra)
 
@@ -140,14 +140,9 @@ def study_copy(where: str | Path, copy: str | Path | None = None, *, write: bool
 
 
 def _check_same_study(study_dir: Path, study: Study) -> None:
-    old = study_dir / st.STUDY_TOML
-    if not old.is_file():
-        return
-    import tomllib
-
     try:
-        old_name = tomllib.loads(old.read_text()).get("name")
-    except (ValueError, OSError):
+        old_name = (st.read_study_toml(study_dir) or {}).get("name")
+    except StudyError:
         old_name = None
     if old_name and old_name != study.name:
         raise StudyError(f"{study_dir}: holds study {old_name!r}, not {study.name!r} (choose another --out)")
@@ -169,7 +164,7 @@ def run_study(study: Study, study_dir: str | Path, *, address: str | None = None
     _check_same_study(study_dir, study)
     _check_trackers(study)
     with st.StudyLock(study_dir, command, break_lock=break_lock, storage=shared_lease(stor, study_dir)) as lock:
-        st.atomic_write_text(study_dir / st.STUDY_TOML, study.to_toml())
+        st.write_study_toml(study_dir, study.to_toml())
         _push(stor, study_dir, st.STUDY_TOML)
         return _run_locked(study, study_dir, lock, address=address, stor=stor, console=console, live=live,
                            build_report=build_report, resuming=False)
@@ -183,7 +178,7 @@ def resume_study(study_dir: str | Path, *, address: str | None = None, console: 
     ``study_dir`` may be the study's storage URI (``s3://bucket/prefix/study``): it is copied into
     ``copy`` (default ``default_copy``) and resumed from storage alone, on any machine."""
     study_dir, stor, _ = study_copy(study_dir, copy, write=True)
-    study = st.load_study_dir(study_dir)
+    study = load_study_dir(study_dir)
     study = study.with_resources(cpus_per_trial, gpus_per_trial, max_concurrent, workers_per_trial, loggers)
     study.check_data()
     _check_trackers(study)
@@ -202,6 +197,7 @@ def _check_trackers(study: Study) -> None:
 def _run_locked(study: Study, study_dir: Path, lock: st.StudyLock, *, address: str | None, stor: Storage,
                 console: Any, live: bool | None, build_report: bool, resuming: bool) -> Outcome:
     from rich.console import Console
+
     from xtra.studies.ray.monitor import Display
     from xtra.studies.ray.tuner import fit
 

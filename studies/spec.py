@@ -74,6 +74,7 @@ from typing import Any
 import tomli_w
 
 from xtra.config import TrialConfig, model_config, override
+from xtra.studydir import StudyError
 
 TOP_KEYS = ("name", "description", "size", "seeds", "default_preset", "base", "axes", "zip", "resources",
             "presets", "search", "preset", "source", "sets")
@@ -87,8 +88,7 @@ SPACE_TYPES = ("loguniform", "uniform", "int", "choice")
 METRICS = {"linear_top1": "max", "attentive_top1": "max", "val_loss": "min", "train_loss": "min"}
 
 
-class StudyError(ValueError):
-    """A one-line, user-facing error about a study file, a preset or a --set."""
+__all__ = ["StudyError", "Study", "Axis", "Resources", "Search", "TrialSpec"]  # StudyError: xtra.studydir's
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import torch
 
 from xtra.config import SIZES, TrialConfig, override
 from xtra.distributed import World, spawn
-from xtra.studies import state as st
+from xtra import studydir as st
 from xtra.studies.load import load_study
 from xtra.studies.spec import StudyError
 

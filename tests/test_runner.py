@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from xtra.cli.study import app
-from xtra.studies import state as st
+from xtra import studydir as st
 from xtra.studies.load import load_study
 
 ROOT = Path(__file__).resolve().parents[1]

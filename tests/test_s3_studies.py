@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 from xtra.cli.report import app as report_app
 from xtra.cli.study import app as study_app
 from xtra.storage import Storage
-from xtra.studies import state as st
+from xtra import studydir as st
 from xtra.studies.load import load_study
 from xtra.studies.ray import token_auth_available
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from xtra import trialdir as td
 from xtra.cli.study import app
 from xtra.config import RESOURCE_KEYS, TrialConfig, override
-from xtra.studies import state as st
+from xtra import studydir as st
 from xtra.studies.load import load_study
 from xtra.studies.plan import make_plan
 from xtra.studies.spec import StudyError

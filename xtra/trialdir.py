@@ -1,7 +1,7 @@
 """The one owner of a trial directory, ``STUDY_DIR/trials/<config_hash>/``.
 
 Everyone who reads or writes a trial's files goes through here: ``xtra.trial`` (the trial itself),
-the Ray adapters (attempts, checkpoints handed to Tune), ``xtra.studies.state`` (``xtra study status``,
+the Ray adapters (attempts, checkpoints handed to Tune), ``xtra.studydir`` (``xtra study status``,
 results.parquet), ``xtra.reports.collect`` and the synthetic fixtures. There is ONE definition of a
 trial's status (``status_of``), so the terminal and the report cannot disagree.
 

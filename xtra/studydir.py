@@ -1,5 +1,5 @@
-"""A study directory on disk: the run lock (a lease), the experiments run, the trials' states, and
-results.parquet / curves.parquet.
+"""A study directory on disk, its one owner: study.toml, the run lock (a lease), the experiments run,
+the trials' states, and results.parquet / curves.parquet / probes.parquet.
 
 Everything here reads and writes files only (no Ray), so ``xtra study status`` and the report
 builder can look at a study while it runs, after it crashed, or on another machine. A trial's own
@@ -29,15 +29,18 @@ import secrets
 import socket
 import threading
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xtra import trialdir as td
 from xtra.config import IDENTITY_VERSION
 from xtra.fileio import atomic_path, atomic_write_json, atomic_write_text  # noqa: F401 - atomic_write_text re-exported
 from xtra.storage import StorageError
-from xtra.studies.spec import Study, StudyError
+
+if TYPE_CHECKING:  # the runner's spec; this module needs only its name, preset, swept keys and trials
+    from xtra.studies.spec import Study
 from xtra.trialdir import TrialState, append_jsonl, read_jsonl  # noqa: F401 - re-exported for callers and tests
 
 TRIALS = "trials"
@@ -63,6 +66,37 @@ STALE_AFTER_S = 6 * HEARTBEAT_S  # a heartbeat older than this is a dead holder,
 # Writes of a lease in object storage that another driver may overwrite before it sees ours (a holder
 # whose refresh was already under way when --break-lock wrote): each attempt waits settle_s.
 SHARED_LEASE_ATTEMPTS = 5
+
+
+class StudyError(ValueError):
+    """A one-line, user-facing error about a study: its file, a preset, a --set, or its directory."""
+
+
+# ---------------------------------------------------------------------------------------------
+# study.toml: the resolved spec as last run
+
+
+def study_toml(study_dir: Path) -> Path:
+    """The resolved spec of a study directory (refused in one line when it is not one)."""
+    path = Path(study_dir) / STUDY_TOML
+    if not path.is_file():
+        raise StudyError(f"{study_dir}: not a study directory (no {STUDY_TOML}; start one with `xtra study run`)")
+    return path
+
+
+def read_study_toml(study_dir: Path) -> dict[str, Any] | None:
+    """study.toml as a TOML document, None when absent; a damaged file is one line naming it."""
+    path = Path(study_dir) / STUDY_TOML
+    if not path.is_file():
+        return None
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise StudyError(f"{path}: invalid TOML: {' '.join(str(exc).split())}") from None
+
+
+def write_study_toml(study_dir: Path, text: str) -> None:
+    atomic_write_text(Path(study_dir) / STUDY_TOML, text)
 
 
 def trial_dir(study_dir: Path, config_hash: str) -> Path:
@@ -455,13 +489,3 @@ def migrate(study_dir: Path) -> list[tuple[str, str]]:
                                             "identity_version": IDENTITY_VERSION})
         moved.append((run.name, new))
     return moved
-
-
-def load_study_dir(study_dir: Path) -> Study:
-    """The resolved spec a study directory was last run with."""
-    from xtra.studies.load import load_study
-
-    path = Path(study_dir) / STUDY_TOML
-    if not path.is_file():
-        raise StudyError(f"{study_dir}: not a study directory (no {STUDY_TOML}; start one with `xtra study run`)")
-    return load_study(path)
