@@ -167,3 +167,70 @@ def test_status_and_report_refuse_a_malicious_manifest(evil_bucket, tmp_path, mo
     assert "refused file name '" in res.output and "../../../" in res.output
     assert isinstance(res.exception, SystemExit)  # a one-line error, not a traceback
     assert _written_outside(tmp_path, copy) == []
+
+
+# ---- secrets (finding 4) -------------------------------------------------------------------------
+DUMMY = {"AWS_ACCESS_KEY_ID": "AKIADUMMYKEY0000XTRA", "AWS_SECRET_ACCESS_KEY": "dummy-secret-9f8e7d6c5b4a",
+         "AWS_SESSION_TOKEN": "dummy-session-token-1a2b3c", "WANDB_API_KEY": "dummy-wandb-key-5e6f7a8b",
+         "MLFLOW_TRACKING_PASSWORD": "dummy-mlflow-pass-0c1d2e"}
+
+
+def test_worker_env_sends_settings_never_secrets(monkeypatch):
+    from xtra.studies.ray.session import _worker_env, secrets_note
+
+    for k, v in DUMMY.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("XTRA_ALLOW_PIPE", "1")
+    monkeypatch.setenv("XTRA_SCRATCH", "/driver/only")
+    env, withheld = _worker_env()
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000" and env["XTRA_ALLOW_PIPE"] == "1"
+    assert not set(DUMMY) & set(env) and "XTRA_SCRATCH" not in env
+    assert set(DUMMY) <= set(withheld)
+    line = secrets_note(withheld)
+    assert "\n" not in line and "Ray logs runtime-env variables" in line and "instance role" in line
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Fashion-MNIST is not installed")
+def test_no_secret_reaches_the_study_dir_or_rays_logs(tmp_path):
+    """A study on a cluster started elsewhere (`--address`), the driver holding dummy keys: no file
+    under the study directory, nor under the cluster's own logs, contains one of them."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from raycluster import stop_cluster
+
+    from xtra.s3server import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("XTRA_", "AWS_", "WANDB_", "MLFLOW_"))
+            and k != "RAY_ADDRESS"}
+    temp_dir = tempfile.mkdtemp(prefix="xk", dir="/tmp")
+    port = free_port()
+    try:
+        proc = subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}",
+                               "--include-dashboard=false", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                               f"--temp-dir={temp_dir}", "--disable-usage-stats", "--object-store-memory=200000000"],
+                              env=base, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        out = tmp_path / "study"
+        res = subprocess.run([sys.executable, "-m", "xtra.cli.main", "study", "run", "block-size", "--preset", "smoke",
+                              "--set", "axes.model.block_size=[1]", "--out", str(out), "--no-report",
+                              "--logger", "none", "--address", f"127.0.0.1:{port}"],
+                             cwd=root, env={**base, **DUMMY}, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "not sent to the Ray workers" in res.stderr and "AWS_SECRET_ACCESS_KEY" in res.stderr
+        leaks = [str(p) for where in (out, Path(temp_dir)) for p in where.rglob("*")
+                 if p.is_file() and not p.is_symlink() and any(v.encode() in _bytes(p) for v in DUMMY.values())]
+        assert leaks == []
+    finally:
+        stop_cluster(temp_dir)
+
+
+def _bytes(p: Path) -> bytes:
+    try:
+        return p.read_bytes()
+    except OSError:
+        return b""

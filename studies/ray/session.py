@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.tune.execution import class_cache as tune_class_cache
+
 from xtra.studies.ray import token_auth_available
 
 # Set for the session only, restored afterwards (a notebook calling xtra.run_study keeps its environment).
@@ -45,12 +48,52 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _worker_env() -> dict[str, str]:
-    """What every worker of any cluster must see: fault-injection switches, the data location, and
-    object-store credentials/endpoints (a worker on another node uploads trial files itself)."""
-    prefixes = ("XTRA_", "AWS_", "WANDB_", "MLFLOW_")
-    node_local = ("XTRA_SCRATCH",)  # each node's own setting (`XTRA_SCRATCH=... ray start`), never the driver's
-    return {k: v for k, v in os.environ.items() if k.startswith(prefixes) and k not in node_local}
+# What a worker on another node is sent (Ray's runtime env): xtra's own switches and locations, where
+# the object store is, and the trackers' non-secret settings. Never a secret: Ray writes runtime-env
+# variables in plain text into runtime_env_agent.log on every node. Credentials reach a worker from its
+# own node (the environment `ray start` ran with, ~/.aws, an instance or pod role): docs/security.md.
+WORKER_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+              "AWS_EC2_METADATA_DISABLED", "AWS_CA_BUNDLE", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_MODE",
+              "WANDB_BASE_URL", "WANDB_DIR", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME")
+NODE_LOCAL = ("XTRA_SCRATCH",)  # each node's own setting (`XTRA_SCRATCH=... ray start`), never the driver's
+SECRET_RE = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL|PRIVATE", re.IGNORECASE)
+WITHHELD_PREFIXES = ("AWS_", "WANDB_", "MLFLOW_", "XTRA_")
+
+
+def _worker_env() -> tuple[dict[str, str], list[str]]:
+    """(what a worker of a cluster started elsewhere is sent, the names withheld as secrets)."""
+    env, withheld = {}, []
+    for k, v in os.environ.items():
+        if k in NODE_LOCAL or not k.startswith(WITHHELD_PREFIXES):
+            continue
+        if SECRET_RE.search(k):
+            withheld.append(k)
+        elif k.startswith("XTRA_") or k in WORKER_ENV:
+            env[k] = v
+    return env, sorted(withheld)
+
+
+def secrets_note(withheld: list[str]) -> str:
+    """The one line a driver prints when it connects to a cluster while holding secrets."""
+    return (f"note: {', '.join(withheld)} not sent to the Ray workers (Ray logs runtime-env variables in plain "
+            "text): give each node its own credentials (its environment at `ray start`, a profile, or an "
+            "instance role); see docs/security.md")
+
+
+@contextlib.contextmanager
+def _tune_sends_no_secrets() -> Iterator[None]:
+    """Ray Tune copies AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN from the driver's
+    environment into every trainable's runtime env, which Ray logs in plain text on each node: for the
+    session it copies none (a local cluster's workers inherit them from the raylet this process starts;
+    a node started elsewhere uses its own credentials)."""
+    saved = getattr(tune_class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if saved is not None:
+        tune_class_cache.ENV_VARS_TO_PROPAGATE = type(saved)(v for v in saved if not SECRET_RE.search(v))
+    try:
+        yield
+    finally:
+        if saved is not None:
+            tune_class_cache.ENV_VARS_TO_PROPAGATE = saved
 
 
 @contextlib.contextmanager
@@ -79,8 +122,10 @@ def ray_session(log_dir: Path, address: str | None, env: dict[str, str] | None =
         # see studies.ray: for an explicit address Ray reads the mode at import and at every call; a
         # cluster it starts or finds itself gets token auth from Ray's own defaults
         env["RAY_AUTH_MODE"] = "token"
-    with _environment(env):
-        env_vars = _worker_env()
+    with _environment(env), _tune_sends_no_secrets():
+        env_vars, withheld = _worker_env()
+        if withheld and address:
+            print(secrets_note(withheld), file=sys.stderr, flush=True)
         kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
                                   "configure_logging": False}
         if env_vars and address:
