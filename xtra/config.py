@@ -14,9 +14,13 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
+from xtra.limits import in_range
+
 
 def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """The divisors of n in O(sqrt(n)); n is range-checked first (LIMITS), so this stays small."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted({*small, *(n // d for d in small)})
 
 
 def _require(cond: bool, msg: str) -> None:
@@ -68,6 +72,7 @@ class ModelConfig:
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        in_range(self, "model")
         _positive(self, "img_size", "patch_size", "channels", "width", "depth", "num_heads",
                   "mlp_ratio", "proj_hidden", "pred_width", "pred_depth", "pred_num_heads",
                   "head_hidden", "block_size", "next_heads", "n_orders")
@@ -140,6 +145,7 @@ class DataConfig:
     fingerprint: str = ""
 
     def __post_init__(self) -> None:
+        in_range(self, "data")
         _require(self.name in DATASETS or self.name.startswith(("imagefolder:", "wds:")),
                  f"data.name={self.name!r} is not a known dataset "
                  f"(allowed: {', '.join(DATASETS)}, imagefolder:PATH, wds:PATTERN)")
@@ -183,6 +189,7 @@ class PretrainConfig:
     cooldown_shape: str = "1-sqrt"  # wsd: linear | 1-sqrt (Hägele et al. 2024 find 1-sqrt better)
 
     def __post_init__(self) -> None:
+        in_range(self, "pretrain")
         _positive(self, "samples", "batch_size", "lr", "accumulate", "checkpoint_every", "log_every")
         _require(self.batch_size % self.accumulate == 0,
                  f"pretrain.batch_size={self.batch_size} is not divisible by pretrain.accumulate={self.accumulate}")
@@ -286,6 +293,7 @@ class ProbeConfig:
     along_kinds: tuple[str, ...] = ("linear",)  # of `kinds`, those probed at the earlier checkpoints too
 
     def __post_init__(self) -> None:
+        in_range(self, "probe")
         _require(self.limit_train >= 0, f"probe.limit_train={self.limit_train} must be >= 0 (0 = all)")
         _require(len(self.kinds) > 0, "probe.kinds is empty (allowed: linear, attentive)")
         for kind in self.kinds:
@@ -368,6 +376,7 @@ class TrialConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        in_range(self, "")
         self.probe.probe_samples(self.pretrain.samples, self.pretrain.batch_size)  # within the budget, on steps
 
     def to_dict(self) -> dict[str, Any]:
@@ -483,6 +492,8 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     if hint is bool:
         ok = isinstance(value, bool)
     elif hint is int:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)  # 1e6 is an integer written in TOML's float syntax
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif hint is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
