@@ -28,6 +28,7 @@ def _root(version: bool = typer.Option(False, "--version", "-V", callback=_print
     """Ablation and scaling studies of block-causal auto-regressive image models (XTRA)."""
 
 from xtra.cli import data as _data  # noqa: E402
+from xtra.cli import imports as _imports  # noqa: E402
 from xtra.cli import study as _study  # noqa: E402
 from xtra.cli.bench import bench_cmd  # noqa: E402
 from xtra.cli.pretrain import info_cmd, pretrain_cmd  # noqa: E402
@@ -41,6 +42,7 @@ app.command("info")(info_cmd)
 app.add_typer(_study.app, name="study")
 app.add_typer(_data.app, name="data")
 app.add_typer(_report_app, name="report")
+app.add_typer(_imports.app, name="import")
 
 if __name__ == "__main__":
     app()

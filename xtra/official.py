@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import math
 import re
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Any
 import torch
 
 from xtra.checkpoint import CHECKPOINT, FORMAT, CheckpointError
-from xtra.config import DataConfig, ModelConfig, PretrainConfig
+from xtra.config import RESOURCE_KEYS, DataConfig, ModelConfig, PretrainConfig
 from xtra.fileio import atomic_write_bytes, atomic_write_json
 from xtra.model import XTRA
 
@@ -287,6 +288,15 @@ def official_data(off: Official) -> DataConfig | None:
     return None
 
 
+def continue_sets(cfg: ModelConfig) -> list[str]:
+    """`--set` items that make `xtra pretrain` build this model (to continue from `pretrain.init`)."""
+    def literal(v: Any) -> str:
+        return json.dumps(v) if isinstance(v, (str, bool)) else repr(v)
+
+    return [f"model.{k}={literal(v)}" for k, v in dataclasses.asdict(cfg).items()
+            if f"model.{k}" not in RESOURCE_KEYS]
+
+
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
     """sha256 over the names, shapes and float32 bytes of a state dict (independent of file layout)."""
     h = hashlib.sha256()
@@ -304,6 +314,8 @@ def import_official(path: Path | str, out: Path | str, *, data: DataConfig | Non
     bytes depend only on its contents, so importing the same file twice gives the same file.
     Returns the provenance dict. Refuses (one line) before writing anything."""
     out = Path(out)
+    if (out / CHECKPOINT).exists():
+        raise OfficialCheckpointError(f"{out / CHECKPOINT} already exists (allowed: a new --out directory)")
     off = read_official(path)
     cfg = infer_config(off, num_heads=num_heads, pred_num_heads=pred_num_heads)
     state = to_xtra_state(off, cfg)
@@ -316,6 +328,7 @@ def import_official(path: Path | str, out: Path | str, *, data: DataConfig | Non
         "source": str(off.path), "layout": off.layout, "repository": OFFICIAL_REPO, "epoch": off.epoch,
         "global_step": off.global_step, "enc_arch": _hp(off, "enc_arch"), "weights_sha256": weights_digest(state),
         "model": dataclasses.asdict(cfg), "data": dataclasses.asdict(data_cfg), "seed": seed,
+        "continue_sets": continue_sets(cfg),
         "hyper_parameters": {k: v for k, v in off.hparams.items() if isinstance(v, (str, int, float, bool, list))},
     }
     ckpt = {"format": FORMAT, "config": {"model": dataclasses.asdict(cfg), "data": dataclasses.asdict(data_cfg),

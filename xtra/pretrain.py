@@ -170,6 +170,20 @@ def _check_resume(state: dict, expected: dict, cfg: PretrainConfig, path: Path) 
         raise CheckpointError(f"{path}: checkpoint was written for a {why}; {hint}")
 
 
+def _load_init_weights(model: torch.nn.Module, expected: dict, path: Path) -> None:
+    """`pretrain.init`: the model weights of another checkpoint (its optimizer state is not used); the
+    model config must be the same science (one-line CheckpointError naming the keys that differ)."""
+    state = load_checkpoint(path, map_location="cpu")
+    stored = state.get("config", {}).get("model", {})
+    old = {k: v for k, v in stored.items() if f"model.{k}" not in RESOURCE_KEYS}
+    new = {k: v for k, v in expected["model"].items() if f"model.{k}" not in RESOURCE_KEYS}
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise CheckpointError(f"pretrain.init={path}: its weights are for another model config (differs in: "
+                              f"{', '.join(f'model.{k}={old.get(k)!r} there, {new.get(k)!r} here' for k in diff)})")
+    model.load_state_dict(state["model"])
+
+
 def _curve_rows(path: Path, samples_seen: int) -> list[dict[str, Any]]:
     """The curve rows logged up to `samples_seen` (a torn last line from a kill ends the read)."""
     rows = []
@@ -329,6 +343,9 @@ def pretrain(
             raise ValueError(f"keep_at={missed[0]}: this run starts at {samples_seen} samples, past it, and "
                              f"{kept_checkpoint(run_dir, missed[0])} does not exist (allowed: >= {samples_seen})")
         del state
+    elif cfg.init:  # a fresh run from given weights (e.g. `xtra import official`)
+        _load_init_weights(model, config_dict, Path(cfg.init))
+        log(f"initialised the weights from {cfg.init} (step 0: the optimizer and the lr schedule start fresh)")
     if main:
         _truncate_metrics(run_dir / METRICS, samples_seen)
 
