@@ -1,0 +1,84 @@
+"""Bounds before work (docs/security.md): every numeric config key's range, checked in O(1) before any
+check or estimate that grows with the value, and a trial's memory estimate, compared with the memory
+of the device it will run on before anything is allocated.
+
+The ranges are generous for real studies; a value past them is a typo or an attack (`model.width=1e9`
+used to hang `xtra study show` listing the divisors of a billion)."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+SEED_MAX = 2**32 - 1
+MAX_LIST = 1000  # entries of a numeric list key (probe.lrs, probe.at_samples, ...)
+LIMITS: dict[str, tuple[float, float]] = {
+    "model.img_size": (1, 8192), "model.patch_size": (1, 1024), "model.channels": (1, 64),
+    "model.width": (1, 65536), "model.depth": (1, 1024), "model.num_heads": (1, 4096),
+    "model.mlp_ratio": (1e-3, 64), "model.drop_path": (0, 1), "model.proj_hidden": (1, 262144),
+    "model.pred_width": (1, 65536), "model.pred_depth": (1, 1024), "model.pred_num_heads": (1, 4096),
+    "model.head_hidden": (1, 262144), "model.block_size": (1, 8192), "model.next_heads": (1, 65536),
+    "model.n_orders": (1, 1_000_000), "model.order_seed": (0, SEED_MAX),
+    "data.val_fraction": (0, 0.5), "data.split_seed": (0, SEED_MAX), "data.limit_train": (0, 10**12),
+    "data.synthetic_size": (64, 10**7), "data.val_size": (0, 10**12), "data.workers": (-1, 1024),
+    "pretrain.samples": (1, 10**15), "pretrain.batch_size": (1, 10**7), "pretrain.lr": (0, 100),
+    "pretrain.min_lr": (0, 100), "pretrain.warmup_samples": (0, 10**15), "pretrain.warmup_start_lr": (0, 100),
+    "pretrain.weight_decay": (0, 100), "pretrain.beta1": (0, 1), "pretrain.beta2": (0, 1),
+    "pretrain.grad_clip": (0, 1e9), "pretrain.accumulate": (1, 10**7), "pretrain.checkpoint_every": (1, 10**15),
+    "pretrain.log_every": (1, 10**12), "pretrain.cooldown_fraction": (0, 1),
+    "probe.lrs": (0, 100), "probe.epochs": (1, 100_000), "probe.batch_size": (1, 10**7),
+    "probe.accumulate": (1, 10**7), "probe.warmup_epochs": (0, 100_000), "probe.warmup_start": (0, 1),
+    "probe.min_lr": (0, 100), "probe.beta1": (0, 1), "probe.beta2": (0, 1), "probe.grad_clip": (0, 1e9),
+    "probe.linear_weight_decay": (0, 100), "probe.attentive_weight_decay": (0, 100), "probe.linear_l2": (0, 1e9),
+    "probe.layers": (1, 4096), "probe.attentive_heads": (1, 4096), "probe.attentive_queries": (1, 4096),
+    "probe.random_erasing": (0, 1), "probe.limit_train": (0, 10**12), "probe.at_samples": (1, 10**15),
+    "probe.points": (0, 1_000_000), "seed": (0, SEED_MAX),
+}
+
+
+def in_range(obj: Any, section: str) -> None:
+    """Each numeric field of `obj` (a config section; "" = the top level) within LIMITS, else one
+    ValueError line naming the key, the value and the range. Runs first in each `__post_init__`."""
+    for f in fields(obj):
+        key = f"{section}.{f.name}" if section else f.name
+        if key not in LIMITS:
+            continue
+        lo, hi = LIMITS[key]
+        value = getattr(obj, f.name)
+        values = value if isinstance(value, tuple) else (value,)
+        if len(values) > MAX_LIST:
+            raise ValueError(f"{key} has {len(values)} entries (allowed: at most {MAX_LIST})")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+                raise ValueError(f"{key}={v!r} is out of range (allowed: {lo:g} to {hi:g})")
+
+
+# ---- memory -------------------------------------------------------------------------------------
+OPTIMIZER_BYTES_PER_PARAM = 16  # fp32 weights + gradients + AdamW's two moments
+ACTIVATION_BYTES = 4 * 16  # per token, per width unit, per layer: fp32 values kept for backward (~16 per layer)
+
+
+def memory_estimate(model: Any, batch_size: int, accumulate: int = 1) -> int:
+    """Bytes a pretraining step needs at least (a lower-bound estimate, no model built): parameters with
+    their gradients and AdamW state, plus the activations of one micro-batch kept for backward
+    (attention scores materialised, as the `math` backend does; one layer's only with checkpointing)."""
+    from xtra.config import n_params
+
+    micro = max(1, batch_size // max(1, accumulate))
+    t = model.n_tokens
+    layers = ([(model.width, model.num_heads)] * model.depth
+              + [(model.pred_width, model.pred_num_heads)] * model.pred_depth)
+    if getattr(model, "activation_checkpointing", False):
+        layers = layers[:1]
+    acts = sum(micro * t * (d * ACTIVATION_BYTES + h * t * 4) for d, h in layers)
+    return n_params(model) * OPTIMIZER_BYTES_PER_PARAM + acts
+
+
+def check_memory(model: Any, batch_size: int, accumulate: int, available: int, where: str) -> None:
+    """ValueError (one line, with the estimate) when a trial cannot fit in `available` bytes of `where`."""
+    need = memory_estimate(model, batch_size, accumulate)
+    if need > available:
+        raise ValueError(f"model.width={model.width}, model.depth={model.depth}, pretrain.batch_size={batch_size}: "
+                         f"needs at least {need / 2**30:,.1f} GiB (estimate), more than the {available / 2**30:,.1f} "
+                         f"GiB of {where} (allowed: a smaller model or batch, pretrain.accumulate, or "
+                         f"model.activation_checkpointing)")
