@@ -8,9 +8,11 @@ no model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
@@ -187,6 +189,10 @@ class PretrainConfig:
     schedule: str = "cosine"  # cosine | wsd
     cooldown_fraction: float = 0.2  # wsd: the cooldown's share of the budget (0 = none: a trunk)
     cooldown_shape: str = "1-sqrt"  # wsd: linear | 1-sqrt (Hägele et al. 2024 find 1-sqrt better)
+    # Start from these model weights (an xtra checkpoint: a run directory or a .pt file, e.g. one from
+    # `xtra import official`) instead of a random init; the optimizer and schedule start fresh. The
+    # path is a resource; the file's sha256 is identity (`pretrain_identity`).
+    init: str = ""
 
     def __post_init__(self) -> None:
         in_range(self, "pretrain")
@@ -409,6 +415,7 @@ IDENTITY_VERSION = 2
 RESOURCE_KEYS = frozenset({
     "model.attention", "model.activation_checkpointing", "data.root", "data.workers", "pretrain.device",
     "pretrain.compile", "pretrain.checkpoint_every", "pretrain.log_every", "probe.cache",
+    "pretrain.init",  # the path; its content's sha256 is identity (see pretrain_identity)
 })
 
 PATH_PREFIXES = ("imagefolder:", "wds:")
@@ -430,8 +437,26 @@ def pretrain_identity(cfg: TrialConfig) -> dict[str, Any]:
     def section(name: str, obj: Any) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(obj).items() if f"{name}.{k}" not in RESOURCE_KEYS}
 
+    pretrain = section("pretrain", cfg.pretrain)
+    if cfg.pretrain.init:  # the initial weights define the science: their content, never their path
+        pretrain["init_sha256"] = file_sha256(cfg.pretrain.init)
     return {"version": IDENTITY_VERSION, "model": section("model", cfg.model), "data": data_identity(cfg.data),
-            "pretrain": section("pretrain", cfg.pretrain), "seed": cfg.seed}
+            "pretrain": pretrain, "seed": cfg.seed}
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a checkpoint's bytes (a directory: its checkpoint.pt), cached per (path, size, mtime)."""
+    p = os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path
+    if not os.path.isfile(p):
+        raise ValueError(f"pretrain.init={path!r}: no checkpoint here (allowed: a run directory or a checkpoint file)")
+    st = os.stat(p)
+    return _sha256(os.path.realpath(p), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _digest(obj: Any) -> str:
