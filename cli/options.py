@@ -18,6 +18,19 @@ Sets = Annotated[
                                "probe.lrs=[1e-3,3e-3]); repeatable."),
 ]
 Seed = Annotated[int, typer.Option(help="Seed: same seed, same result on CPU.")]
+AllowCommands = Annotated[bool, typer.Option(
+    "--allow-commands", help="let wds:pipe:CMD data sources run their shell command in this run (same as "
+                             "XTRA_ALLOW_PIPE=1); without it a study that names one is refused")]
+
+
+def allow_commands(enabled: bool) -> None:
+    """Opt this invocation (and the Ray workers it starts) in to running wds:pipe: commands."""
+    if enabled:
+        import os
+
+        from xtra.data.collection import PIPE_ENV
+
+        os.environ[PIPE_ENV] = "1"
 
 
 def parse_value(text: str) -> Any:

@@ -18,6 +18,7 @@ import torch
 
 from xtra.checkpoint import CHECKPOINT, load_checkpoint
 from xtra.config import DataConfig, ModelConfig
+from xtra.data.collection import is_command
 from xtra.model import NORM_EPS, XTRA, block_crops
 
 N_IMAGES = 6
@@ -58,6 +59,9 @@ def trial_picture(run_dir: Path, n_images: int = N_IMAGES) -> tuple[int, np.ndar
     state = load_checkpoint(Path(run_dir) / CHECKPOINT)
     model_cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"]["model"].items()})
     data_cfg = DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"]["data"].items()})
+    if is_command(data_cfg.name):  # a checkpoint is data, not an instruction: a report never runs a command
+        raise ValueError(f"{Path(run_dir) / CHECKPOINT}: data.name {data_cfg.name[:80]!r} is a shell command; "
+                         "pictures never run a data source")
     model = XTRA(model_cfg)
     model.load_state_dict(state["model"])
     model.eval()

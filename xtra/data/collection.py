@@ -487,10 +487,32 @@ def _piped(command: str) -> tuple[str, str]:
     return str(final), digest.hexdigest()
 
 
+# A pipe: source runs a shell command: only when this invocation asked for it (docs/security.md).
+PIPE_ENV = "XTRA_ALLOW_PIPE"  # "1": this process may run wds:pipe: commands (`--allow-commands` sets it)
+
+
+def is_command(name: str) -> bool:
+    """Whether a data name runs a shell command when opened (``wds:pipe:CMD``)."""
+    return str(name).strip().startswith("wds:pipe:")
+
+
+def commands_allowed() -> bool:
+    return os.environ.get(PIPE_ENV, "").strip() == "1"
+
+
+def refuse_command(name: str) -> None:
+    """BadCollection (one line) unless this invocation opted in to running data commands."""
+    if not commands_allowed():
+        shown = name if len(name) <= 120 else name[:117] + "..."
+        raise BadCollection(f"data.name={shown!r} runs a shell command; refused unless you ask for it in this "
+                            f"run: pass --allow-commands to `xtra study run`, or set {PIPE_ENV}=1")
+
+
 def _pipe_shards(spec: str) -> tuple[list[str], dict[str, str]]:
     """(local cached shards, {shard: sha256}) of ``pipe:CMD`` with CMD brace-expanded, 4 at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
+    refuse_command("wds:" + spec)
     commands = [c.strip() for c in expand_braces(spec[len("pipe:"):])]
     if not commands or not all(commands):
         raise BadCollection("wds:pipe: needs a command that writes a tar shard to stdout "
