@@ -138,7 +138,7 @@ def test_object_longer_than_its_record_is_refused_early(s3_bucket, tmp_path):
 def test_trial_download_and_monitor_refuse_a_malicious_manifest(evil_bucket, tmp_path, monkeypatch):
     """What every trial runs first (TrialSync.download) and the live monitor's refresh."""
     from xtra.studies.ray.monitor import Monitor
-    from xtra.studies.ray.trainable import TrialSync
+    from xtra.studies.ray.trialfiles import TrialSync
 
     client, bucket = evil_bucket
     monkeypatch.setenv("XTRA_SCRATCH", str(tmp_path / "s1" / "s2" / "s3" / "s4" / "s5" / "scratch"))
@@ -234,3 +234,80 @@ def _bytes(p: Path) -> bytes:
         return p.read_bytes()
     except OSError:
         return b""
+
+
+# ---- commands from data names (findings 2 and 3) -------------------------------------------------
+def test_a_study_file_with_a_pipe_source_is_refused_without_opt_in(tmp_path, monkeypatch):
+    """`xtra study run` of a study file someone sent: its wds:pipe: command never runs unasked."""
+    from typer.testing import CliRunner
+
+    from xtra.cli.main import app
+
+    monkeypatch.delenv("XTRA_ALLOW_PIPE", raising=False)
+    marker = tmp_path / "ran"
+    study = tmp_path / "sent.toml"
+    study.write_text(f'name = "sent"\nsize = "tiny"\n[base]\ndata.name = "wds:pipe:touch {marker}"\n'
+                     '[axes]\n"model.block_size" = [1]\n')
+    res = CliRunner().invoke(app, ["study", "run", str(study), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2, res.output
+    line = " ".join(res.output.split())
+    assert "runs a shell command" in line and "--allow-commands" in line and "XTRA_ALLOW_PIPE=1" in line
+    assert not marker.exists()
+    shown = CliRunner().invoke(app, ["study", "show", str(study)])
+    assert shown.exit_code == 0 and "is a shell command" in shown.output and not marker.exists()
+
+
+def test_the_opt_in_lets_the_command_run(tmp_path, monkeypatch):
+    from xtra.data.collection import BadCollection, _pipe_shards
+
+    marker = tmp_path / "ran"
+    monkeypatch.delenv("XTRA_ALLOW_PIPE", raising=False)
+    monkeypatch.setenv("XTRA_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(BadCollection, match="XTRA_ALLOW_PIPE=1"):
+        _pipe_shards(f"pipe:touch {marker}")
+    assert not marker.exists()
+    monkeypatch.setenv("XTRA_ALLOW_PIPE", "1")
+    with pytest.raises(BadCollection, match="not a tar shard"):  # it ran (and wrote no shard)
+        _pipe_shards(f"pipe:touch {marker}")
+    assert marker.exists()
+
+
+def _crafted_checkpoint(run_dir: Path, command: str) -> None:
+    """A checkpoint as an attacker with write access to a shared study dir writes it: a plain dict
+    (loads with weights_only=True) whose data.name is a command."""
+    import dataclasses
+
+    import torch
+
+    from xtra.config import DataConfig, model_config
+    from xtra.model import XTRA
+
+    model = model_config("tiny")
+    data = dataclasses.asdict(DataConfig())
+    data["name"] = command  # DataConfig would accept it: a wds: name
+    torch.save({"format": 1, "model": XTRA(model).state_dict(),
+                "config": {"model": dataclasses.asdict(model), "data": data}}, run_dir / "checkpoint.pt")
+
+
+@pytest.mark.slow
+def test_report_build_never_runs_a_command_from_a_checkpoint(tmp_path, monkeypatch):
+    import torch
+    from typer.testing import CliRunner
+
+    from xtra.checkpoint import FORMAT
+    from xtra.cli.main import app
+    from xtra.reports.synthetic import make_study
+
+    monkeypatch.setenv("XTRA_ALLOW_PIPE", "1")  # even opted in (for a run), a report runs no data source
+    marker = tmp_path / "pwned"
+    root = make_study(tmp_path / "study", block_sizes=(1, 2), layout="both")
+    run_dir = sorted(p.parent for p in root.glob("trials/*/trial.json"))[0]
+    _crafted_checkpoint(run_dir, f"wds:pipe:touch {marker}")
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)  # what an attacker can write
+    state["format"] = FORMAT
+    torch.save(state, run_dir / "checkpoint.pt")
+    res = CliRunner().invoke(app, ["report", "build", str(root), "--n-boot", "0"])
+    assert res.exit_code == 0, res.output
+    assert not marker.exists()
+    page = (root / "report" / "index.html").read_text()
+    assert "is a shell command" in page and "pictures never run a data source" in page
