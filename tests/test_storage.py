@@ -343,10 +343,20 @@ def iam_s3(s3_server):
         iam = boto3.client("iam", endpoint_url=server.endpoint, region_name="us-east-1",
                            aws_access_key_id="setup", aws_secret_access_key="setup")
         keys = {}
-        for user, actions in (("reader", ["s3:GetObject", "s3:ListBucket"]), ("writer", ["s3:*"])):
+        # As AWS documents them: listing (ListObjectsV2) is s3:ListBucket on the bucket's ARN, objects
+        # are s3:GetObject / s3:PutObject on "arn:aws:s3:::BUCKET/*".
+        reader = [{"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::guarded"},
+                  {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::guarded/*"},
+                  # Moto >= 5.2.6 departs from AWS here: it authorises a listing as the action
+                  # "s3:ListObjectsV2" (its API operation's name), which is no IAM action in AWS (where
+                  # s3:ListBucket above grants it). Allowed for moto only; real S3 ignores this line.
+                  {"Effect": "Allow", "Action": "s3:ListObjectsV2", "Resource": "arn:aws:s3:::guarded"}]
+        # (s3:* also covers the operation names moto >= 5.2.6 checks, e.g. s3:CreateMultipartUpload.)
+        writer = [{"Effect": "Allow", "Action": "s3:*", "Resource": ["arn:aws:s3:::guarded", "arn:aws:s3:::guarded/*"]}]
+        for user, statements in (("reader", reader), ("writer", writer)):
             iam.create_user(UserName=user)
             iam.put_user_policy(UserName=user, PolicyName=user, PolicyDocument=json.dumps(
-                {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}))
+                {"Version": "2012-10-17", "Statement": statements}))
             k = iam.create_access_key(UserName=user)["AccessKey"]
             keys[user] = (k["AccessKeyId"], k["SecretAccessKey"])
         server.create_bucket("guarded")  # HeadBucket + CreateBucket: the last unauthenticated requests
@@ -371,7 +381,8 @@ def test_check_credentials_and_permissions(iam_s3, monkeypatch):
     assert check(uri, write=False).uri == uri
     with pytest.raises(StorageError) as e:
         check(uri)
-    assert str(e.value).startswith(f"{uri}: permission denied to write (") and "s3:PutObject" in str(e.value)
+    assert str(e.value).startswith(f"{uri}: permission denied to write (") and \
+        "s3:PutObject on arn:aws:s3:::guarded/study/*" in str(e.value)
     _use(monkeypatch, server, "AKIAUNKNOWNUNKNOWN00", "whatever")
     with pytest.raises(StorageError, match=r"^s3://guarded/study: the access key id is not known to the store"):
         check(uri)

@@ -29,7 +29,7 @@ def check(uri: str | os.PathLike[str], *, write: bool = True) -> Storage:
         # A listing answers with a specific error code (HEAD requests carry no body).
         listed = probe.fs.get_file_info(pafs.FileSelector(probe.base, recursive=False, allow_not_found=True))
     except OSError as e:
-        raise StorageError(f"{probe.uri}: {_diagnose(e, probe.kind, bucket, 'list')}") from None
+        raise StorageError(f"{probe.uri}: {_diagnose(e, probe.kind, bucket, 'list', probe.base)}") from None
     if not listed:  # S3 answers NoSuchBucket to the listing already; other stores may list nothing
         try:
             missing = probe.fs.get_file_info(bucket).type == pafs.FileType.NotFound
@@ -45,7 +45,7 @@ def check(uri: str | os.PathLike[str], *, write: bool = True) -> Storage:
             try:
                 act()
             except OSError as e:
-                raise StorageError(f"{probe.uri}: {_diagnose(e, probe.kind, bucket, op)}") from None
+                raise StorageError(f"{probe.uri}: {_diagnose(e, probe.kind, bucket, op, probe.base)}") from None
     return Storage.from_uri(text)
 
 
@@ -91,7 +91,7 @@ def _credential_sources() -> list[str]:
 _AWS_CODE = re.compile(r"AWS Error (\w+)(?: \(HTTP status (\d+)\))? during (\w+) operation")
 
 
-def _diagnose(e: BaseException, kind: str, bucket: str, op: str) -> str:
+def _diagnose(e: BaseException, kind: str, bucket: str, op: str, base: str = "") -> str:
     """Turn a pyarrow/AWS error into what failed, in words a user can act on."""
     msg = str(e)
     m = _AWS_CODE.search(msg)
@@ -114,8 +114,12 @@ def _diagnose(e: BaseException, kind: str, bucket: str, op: str) -> str:
                 f"with an instance role) and the anonymous {operation or op} request was refused "
                 f"({code or _one_line(msg)})")
     if code == "ACCESS_DENIED" or "AccessDenied" in msg or "403" in msg:
-        action = {"list": "s3:ListBucket", "write": "s3:PutObject", "read": "s3:GetObject",
-                  "delete": "s3:DeleteObject"}.get(op, op)
-        return f"permission denied to {op} ({operation or op}; the credentials need {action} on this prefix)"
+        # IAM's rules for S3: a listing is s3:ListBucket on the bucket's ARN (limited to a prefix by an
+        # s3:prefix condition); object calls are authorised on the objects' ARNs.
+        prefix = base.split("/", 1)[1] if "/" in base else ""
+        objects = f"arn:aws:s3:::{bucket}/{prefix + '/' if prefix else ''}*"
+        action = {"list": f"s3:ListBucket on arn:aws:s3:::{bucket}", "write": f"s3:PutObject on {objects}",
+                  "read": f"s3:GetObject on {objects}", "delete": f"s3:DeleteObject on {objects}"}.get(op, op)
+        return f"permission denied to {op} ({operation or op}; the credentials need {action})"
     return f"cannot {op}: {_explain(e)}"
 
