@@ -32,7 +32,7 @@ from xtra.fileio import atomic_write_bytes
 from .collect import Study, StudyError, load_study
 from .evaluation import evaluation
 from .figures import PALETTE, Panel, loss_column, panels
-from .tables import Table, ablation_tables, failed_table, fmt_value, short, top1_scale, trials_table
+from .tables import Table, ablation_tables, failed_table, fmt_value, md_escape, short, top1_scale, trials_table
 
 IMAGE_FORMATS = ("png", "svg")
 PLOTLYJS_MODES = ("inline", "cdn")
@@ -276,23 +276,25 @@ def summary_markdown(study: Study, pans: Sequence[Panel], tables: Sequence[Table
                      level: int = 1) -> str:
     h = "#" * level
     counts = _counts(study)
-    out = [f"{h} {study.name}", ""]
+    e = md_escape  # user text: the study's name, description, path, values, and sentences naming them
+    out = [f"{h} {e(study.name)}", ""]
     if study.description:
-        out += [study.description, ""]
-    out += [f"Study directory `{study.path}`: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".", ""]
+        out += [e(study.description), ""]
+    out += [f"Study directory {e(study.path)}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".", ""]
     if study.swept:
-        out += ["Swept: " + "; ".join(f"`{k}` (default {fmt_value(study.default(k))})" for k in study.swept) + ".", ""]
-    out += [f"- {n}" for n in notes] + ([""] if notes else [])
+        out += ["Swept: " + "; ".join(f"`{k}` (default {e(fmt_value(study.default(k)))})" for k in study.swept)
+                + ".", ""]
+    out += [f"- {e(n)}" for n in notes] + ([""] if notes else [])
     for t in tables:
         out.append(t.to_markdown())
     laws = [(v, s) for p in pans for v, s in p.laws]
     if laws:
-        out += [f"{h}# Scaling laws", ""] + [f"- **{v}**: {s}" for v, s in laws] + [""]
+        out += [f"{h}# Scaling laws", ""] + [f"- **{e(v)}**: {e(s)}" for v, s in laws] + [""]
     for t in _fit_tables(pans):
         out.append(t.to_markdown())
     skipped = [p for p in pans if p.figure is None]
     if skipped:
-        out += [f"{h}# Figures not shown", ""] + [f"- {p.title}: {p.note}" for p in skipped] + [""]
+        out += [f"{h}# Figures not shown", ""] + [f"- {e(p.title)}: {e(p.note)}" for p in skipped] + [""]
     return "\n".join(out).rstrip() + "\n"
 
 

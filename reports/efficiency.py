@@ -9,8 +9,15 @@ the two points that bracket the crossing; the ratio is baseline x / that x. A cu
 at the target at its first point gives a lower bound on the ratio (marked `bound`); a curve that
 never reaches the target gives no ratio (`reached` false, with the best it got): nothing is
 extrapolated. Confidence intervals: percentile bootstrap over seeds (seeds resampled with
-replacement within each curve), over the resamples where the curve reaches the target; the share of
-resamples that reach it is reported beside.
+replacement within each curve) over EVERY resample: one that never reaches the target enters at its
+censoring bound (the ratio is at most baseline x / its largest x), one already there at its first point
+at its lower bound; an interval end among those is open, and an interval that includes 1 is "not
+significant". The share of resamples that reach the target is reported beside.
+
+Every point of a curve must be one model trained to that x with its schedule completed (a separate
+run, or a wsd branch after its cooldown): rows are keyed by trial identity, and two rows at one
+(k, seed, x) are refused, never averaged. Mid-schedule checkpoints are learning curves, not budgets:
+the report draws them, labelled so, and computes no ratio from them.
 """
 
 from __future__ import annotations
@@ -50,65 +57,103 @@ def crossing(xs: Sequence[float], ys: Sequence[float], target: float) -> tuple[f
     return float(math.exp(lx0 + frac * (lx1 - lx0))), "reached"
 
 
-def _matrix(df: pl.DataFrame, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
-    """(xs, Y): the x values every seed has, sorted, and Y[seed, i] = y of that seed at xs[i] (the
-    mean if a seed repeats an x): a curve per seed on a common grid, not a patchwork."""
-    per_seed: dict[Any, dict[float, list[float]]] = {}
-    for sd, xv, yv in df.select("seed", x, y).iter_rows():
-        per_seed.setdefault(sd, {}).setdefault(float(xv), []).append(float(yv))
+def _matrix(df: pl.DataFrame, x: str, y: str, group: str, trial: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(xs, Y): the x values every seed has, sorted, and Y[seed, i] = y of that seed at xs[i]: a curve per
+    seed on a common grid, not a patchwork. Every point is one row; with a `trial` column (the trial's
+    identity) a point is one trial. Two rows at one (seed, x) are refused, never averaged: they are
+    different models (e.g. trials of another swept key, or probe points of two runs that collide)."""
+    per_seed: dict[Any, dict[float, float]] = {}
+    cols = ["seed", x, y] + ([trial] if trial else [])
+    for row in df.select(cols).iter_rows():
+        sd, xv, yv = row[0], float(row[1]), float(row[2])
+        if xv in per_seed.setdefault(sd, {}):
+            same = df.filter((pl.col("seed") == sd) & (pl.col(x) == xv))
+            who = f" (trials {', '.join(sorted(str(t) for t in same[trial].to_list()))})" if trial else ""
+            raise ValueError(f"efficiency_ratios: {group}={df[group][0]!r}, seed {sd} has several rows at "
+                             f"{x}={xv:g}{who}: a curve point must be one model; select one trial per point")
+        per_seed[sd][xv] = yv
     common = sorted(set.intersection(*(set(c) for c in per_seed.values())))
-    ys = np.array([[np.mean(c[v]) for v in common] for c in per_seed.values()], dtype=float)
+    ys = np.array([[c[v] for v in common] for c in per_seed.values()], dtype=float)
     return np.asarray(common, dtype=float), ys.reshape(len(per_seed), len(common))
 
 
 def _ratio(bx: np.ndarray, by: np.ndarray, ox: np.ndarray, oy: np.ndarray) -> dict[str, Any]:
-    """Ratio from mean curves: baseline (bx, by) and the other (ox, oy)."""
+    """Ratio from mean curves: baseline (bx, by) and the other (ox, oy). `value`: the ratio, or for a
+    curve that never reaches the target its censoring bound (the ratio is at most baseline_x / max_x)."""
     target, base_x = float(by[-1]), float(bx[-1])
     at, status = crossing(ox, oy, target)
+    max_x = float(ox[-1]) if len(ox) else None
     return {"target": target, "baseline_x": base_x, "x": at, "status": status,
             "ratio": base_x / at if at else None, "best": float(oy.max()) if len(oy) else None,
-            "max_x": float(ox[-1]) if len(ox) else None}
+            "max_x": max_x, "value": base_x / at if at else (base_x / max_x if max_x else 0.0)}
+
+
+def censored_interval(values: np.ndarray, statuses: Sequence[str], level: float = 0.95) -> dict[str, Any]:
+    """A percentile interval over every bootstrap resample, the censored ones included. A resample that
+    never reaches the target has a ratio at most baseline_x / max_x (below every reached ratio); one that
+    reaches it at its first point has a ratio at least baseline_x / first x (above every reached ratio).
+    Each enters at its bound, so none is dropped; an interval end that falls among such resamples is open
+    (`lo_open`: the ratio may be lower still; `hi_open`: higher)."""
+    v = np.asarray(values, dtype=float)
+    st = np.asarray(statuses)
+    n = len(v)
+    tail = (1 - level) / 2
+    never, first = float(np.mean(st == "never")), float(np.mean(st == "before_first"))
+    lo, hi = (float(q) for q in np.quantile(v, [tail, 1 - tail]))
+    return {"lo": lo, "hi": hi, "lo_open": never > tail, "hi_open": first > tail,
+            "reached_share": 1.0 - never if n else None}
+
+
+def significant(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> bool | None:
+    """Whether the interval excludes a ratio of 1 (None without an interval). An open end extends without
+    limit: an open lower end below 1 or at it never excludes 1."""
+    if lo is None or hi is None:
+        return None
+    return (lo > 1 and not (lo_open and lo <= 1)) or (hi < 1 and not hi_open)
 
 
 def efficiency_ratios(df: pl.DataFrame, *, x: str, y: str = "top1", group: str = "block_size",
-                      baseline: Any = 1, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> pl.DataFrame:
+                      baseline: Any = 1, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+                      trial: str | None = "config_hash") -> pl.DataFrame:
     """For every `group` value other than `baseline`: how much less `x` it needs to reach the
-    baseline's `y` at the baseline's largest `x`. `df`: one row per (group, seed, x) with column
-    `seed`. Returns one row per group: target, baseline_x, x (where it reaches the target), status
-    (reached | before_first | never), ratio (baseline_x / x), ratio_lo / ratio_hi (bootstrap CI
-    over seeds; null with one seed per curve), reached_share (of the bootstrap resamples), best (its
-    best mean y), max_x, n_seeds, bound (the ratio is a lower bound: reached at its first point)."""
+    baseline's `y` at the baseline's largest `x`. `df`: one row per (group, seed, x), each one model
+    (its identity in column `trial` when present; two rows at one point are refused). Returns one row
+    per group: target, baseline_x, x (where it reaches the target), status (reached | before_first |
+    never), ratio (baseline_x / x), ratio_lo / ratio_hi (censored percentile bootstrap interval over
+    seeds, every resample counted; null with one seed per curve), lo_open / hi_open (an end among
+    censored resamples), significant (the interval excludes 1), reached_share (of the resamples), best
+    (its best mean y), max_x, n_seeds, bound (the ratio is a lower bound: reached at its first point)."""
     for col in (x, y, group, "seed"):
         if col not in df.columns:
             raise ValueError(f"efficiency_ratios: column {col!r} is missing (have: {', '.join(df.columns)})")
+    trial = trial if trial in df.columns else None
     df = df.filter(pl.col(y).is_not_null() & pl.col(y).is_not_nan())
     groups = df[group].unique().sort().to_list()
     if baseline not in groups:
         raise ValueError(f"efficiency_ratios: baseline {group}={baseline!r} has no rows (have: {groups})")
-    bx, bm = _matrix(df.filter(pl.col(group) == baseline), x, y)
+    bx, bm = _matrix(df.filter(pl.col(group) == baseline), x, y, group, trial)
     rng = np.random.default_rng(seed)
     rows = []
     for g in groups:
         if g == baseline:
             continue
-        ox, om = _matrix(df.filter(pl.col(group) == g), x, y)
+        ox, om = _matrix(df.filter(pl.col(group) == g), x, y, group, trial)
         point = _ratio(bx, bm.mean(axis=0), ox, om.mean(axis=0))
-        boot: list[float] = []
-        reached = 0
-        for _ in range(n_boot):  # seeds resampled with replacement within each curve
-            b = bm[rng.integers(0, len(bm), len(bm))].mean(axis=0)
-            o = om[rng.integers(0, len(om), len(om))].mean(axis=0)
-            r = _ratio(bx, b, ox, o)
-            if r["ratio"] is not None:
-                reached += 1
-                boot.append(r["ratio"])
-        lo = hi = None
-        if boot and (len(bm) > 1 or len(om) > 1):
-            lo, hi = (float(v) for v in np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]))
+        ci: dict[str, Any] = {"lo": None, "hi": None, "lo_open": False, "hi_open": False, "reached_share": None}
+        if n_boot and (len(bm) > 1 or len(om) > 1):
+            values, statuses = [], []
+            for _ in range(n_boot):  # seeds resampled with replacement within each curve
+                r = _ratio(bx, bm[rng.integers(0, len(bm), len(bm))].mean(axis=0), ox,
+                           om[rng.integers(0, len(om), len(om))].mean(axis=0))
+                values.append(r["value"])
+                statuses.append(r["status"])
+            ci = censored_interval(np.asarray(values), statuses, level)
         rows.append({group: g, "baseline": baseline, "target": point["target"], "baseline_x": point["baseline_x"],
-                     "x": point["x"], "status": point["status"], "ratio": point["ratio"], "ratio_lo": lo,
-                     "ratio_hi": hi, "reached_share": reached / n_boot if n_boot else None, "best": point["best"],
-                     "max_x": point["max_x"], "n_seeds": len(om), "bound": point["status"] == "before_first"})
+                     "x": point["x"], "status": point["status"], "ratio": point["ratio"], "ratio_lo": ci["lo"],
+                     "ratio_hi": ci["hi"], "lo_open": ci["lo_open"], "hi_open": ci["hi_open"],
+                     "significant": significant(ci["lo"], ci["hi"], ci["lo_open"], ci["hi_open"]),
+                     "reached_share": ci["reached_share"], "best": point["best"], "max_x": point["max_x"],
+                     "n_seeds": len(om), "bound": point["status"] == "before_first"})
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
@@ -130,7 +175,8 @@ def parameter_efficiency(results: pl.DataFrame, *, kind: str = "linear", params:
     for c in (col, params, "block_size", "seed"):
         if c not in results.columns:
             raise ValueError(f"parameter_efficiency: column {c!r} is missing (have: {', '.join(results.columns)})")
-    df = results.select("block_size", "seed", pl.col(params).cast(pl.Float64), pl.col(col).alias("top1"))
+    keep = [c for c in ("config_hash",) if c in results.columns]
+    df = results.select("block_size", "seed", *keep, pl.col(params).cast(pl.Float64), pl.col(col).alias("top1"))
     return efficiency_ratios(df, x=params, group="block_size", baseline=baseline, n_boot=n_boot, seed=seed)
 
 
@@ -210,27 +256,39 @@ def _fmt_n(v: float) -> str:
     return f"{v:,.0f}" if v >= 1000 else f"{v:.3g}"
 
 
+def _interval(r: dict[str, Any]) -> str:
+    """'95% CI 1.5-2.6' with open ends marked (<= at a censored lower end, >= at a censored upper end)."""
+    lo = f"<={r['ratio_lo']:.2g}" if r.get("lo_open") else f"{r['ratio_lo']:.2g}"
+    hi = f">={r['ratio_hi']:.2g}" if r.get("hi_open") else f"{r['ratio_hi']:.2g}"
+    return f"95% CI {lo} to {hi}"
+
+
 def ratio_sentences(ratios: pl.DataFrame, *, what: str = "samples", kind: str = "linear",
                     group: str = "block_size", name: str = "k") -> list[str]:
     """One line per row of `efficiency_ratios`, e.g. 'k=2 reaches k=1's linear top-1 (76.9% at
-    30,000 samples) with 3.1x fewer samples (95% CI 2.0-4.6, reached in 100% of resamples, 3 seeds)'
-    or '... never reaches k=1's linear top-1 (76.9% at 30,000 samples): best 75.5% within 30,000
-    samples'."""
+    30,000 samples) with 3.1x fewer samples (95% CI 2.0 to 4.6, reached in 100% of resamples, 3 seeds)'
+    or, when the interval includes 1, '... (95% CI <=1 to 1.5: not significant, the interval includes 1;
+    reached in 75% of resamples, 3 seeds)'; '... never reaches k=1's linear top-1 (...): best 75.5%
+    within 30,000 samples (ratio at most 1)'."""
     lines = []
     for r in ratios.iter_rows(named=True):
         head = (f"{name}={r[group]} reaches {name}={r['baseline']}'s {kind} top-1 "
                 f"({100 * r['target']:.1f}% at {_fmt_n(r['baseline_x'])} {what})")
+        share = "" if r.get("reached_share") is None else f"reached in {100 * r['reached_share']:.0f}% of resamples, "
         if r["status"] == "never":
+            bound = r["baseline_x"] / r["max_x"] if r["max_x"] else None
+            spread = (f"; ratio at most {bound:.2g}" if bound else "") + (
+                f"; {share}{r['n_seeds']} seeds" if share else "")
             lines.append(f"{name}={r[group]} never reaches {name}={r['baseline']}'s {kind} top-1 "
                          f"({100 * r['target']:.1f}% at {_fmt_n(r['baseline_x'])} {what}): best "
-                         f"{100 * r['best']:.1f}% within {_fmt_n(r['max_x'])} {what}")
+                         f"{100 * r['best']:.1f}% within {_fmt_n(r['max_x'])} {what}{spread}")
             continue
         if r["ratio_lo"] is None:  # one seed: nothing to resample
             spread = "one seed: no CI"
+        elif r.get("significant") is False:
+            spread = (f"{_interval(r)}: not significant, the interval includes 1; {share}{r['n_seeds']} seeds")
         else:
-            share = ("" if r["reached_share"] is None
-                     else f"reached in {100 * r['reached_share']:.0f}% of resamples, ")
-            spread = f"95% CI {r['ratio_lo']:.2g}-{r['ratio_hi']:.2g}, {share}{r['n_seeds']} seeds"
+            spread = f"{_interval(r)}, {share}{r['n_seeds']} seeds"
         bound = "at least " if r["bound"] else ""
         fewer = "fewer" if r["ratio"] >= 1 else "more"
         factor = r["ratio"] if r["ratio"] >= 1 else 1 / r["ratio"]
@@ -269,70 +327,3 @@ def suite_markdown(rows: pl.DataFrame, *, label: str = "config_hash", kind: str 
     """The per-dataset table + average (top-1 %) in Markdown, as in the paper's benchmark table."""
     table = suite_table(rows, label=label, kind=kind)
     return markdown_table(table, percent=[c for c in table.columns if c != label])
-
-
-# ---------------------------------------------------------------------------------------------
-# One call for the report: what the data supports, as Markdown and HTML
-
-
-def efficiency_report(curves: pl.DataFrame | None, results: pl.DataFrame | None = None, *,
-                      kinds: Sequence[str] = ("linear", "attentive"), baseline: int = 1, n_boot: int = 1000,
-                      seed: int = 0) -> dict[str, Any]:
-    """The efficiency section of a block-size (or width) study, from long-format probe rows
-    (`curves`: block_size, seed, samples, dataset, kind, top1, config_hash) and the result rows
-    (`results`: block_size, seed, width, n_params_encoder, <kind>_top1). Returns {"markdown": str,
-    "html": str, "sample_ratios": {kind: DataFrame}, "param_ratios": {kind: DataFrame},
-    "curves": {kind: DataFrame from sample_curves}, "suite": DataFrame | None}; each part only where
-    the data supports it (samples vary within a k, widths vary within a k, several datasets)."""
-    md: list[str] = []
-    page: list[str] = []
-    out: dict[str, Any] = {"sample_ratios": {}, "param_ratios": {}, "curves": {}, "suite": None}
-    if curves is not None and curves.height:
-        datasets = curves["dataset"].unique().sort().to_list() if "dataset" in curves.columns else [None]
-        main = datasets[0] if len(datasets) == 1 else None
-        own = curves if main is not None or "dataset" not in curves.columns else None
-        if own is None:  # several datasets: the sample axis is read on the first (the trial's own set first)
-            main = datasets[0]
-            own = curves.filter(pl.col("dataset") == main)
-        varies = own.group_by("block_size").agg(pl.col("samples").n_unique().alias("n"))["n"].min()
-        has_base = baseline in own["block_size"].to_list()
-        for kind in kinds:
-            part = own.filter(pl.col("kind") == kind)
-            if part.height == 0:
-                continue
-            out["curves"][kind] = sample_curves(part, kind=kind)
-            if varies and varies > 1 and has_base and part["block_size"].n_unique() > 1:
-                ratios = sample_efficiency(part, kind=kind, baseline=baseline, n_boot=n_boot, seed=seed)
-                out["sample_ratios"][kind] = ratios
-                lines = ratio_sentences(ratios, kind=kind)
-                md += ["", f"**Sample efficiency ({kind} probe{f', {main}' if main else ''}).**", "",
-                       *[f"- {line}" for line in lines]]
-                page.append(f"<h3>Sample efficiency ({html.escape(kind)} probe)</h3><ul>"
-                            + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
-        if "dataset" in curves.columns and len(datasets) > 1:
-            label = "config_hash" if "config_hash" in curves.columns else "block_size"
-            for kind in kinds:
-                if curves.filter(pl.col("kind") == kind).height == 0:
-                    continue
-                table = suite_table(curves, label=label, kind=kind)
-                out["suite"] = table if out["suite"] is None else out["suite"]
-                pct = [c for c in table.columns if c != label]
-                md += ["", f"**Downstream suite ({kind} probe, top-1 %).**", "", markdown_table(table, percent=pct)]
-                page.append(f"<h3>Downstream suite ({html.escape(kind)} probe, top-1 %)</h3>"
-                            + html_table(table, percent=pct))
-    if results is not None and results.height and "n_params_encoder" in results.columns:
-        per_k = results.group_by("block_size").agg(pl.col("n_params_encoder").n_unique().alias("n"))
-        if per_k.height > 1 and per_k["n"].min() > 1 and baseline in results["block_size"].to_list():
-            for kind in kinds:
-                if f"{kind}_top1" not in results.columns:
-                    continue
-                ratios = parameter_efficiency(results, kind=kind, baseline=baseline, n_boot=n_boot, seed=seed)
-                out["param_ratios"][kind] = ratios
-                lines = ratio_sentences(ratios, what="parameters", kind=kind)
-                md += ["", f"**Parameter efficiency ({kind} probe, encoder parameters).**", "",
-                       *[f"- {line}" for line in lines]]
-                page.append(f"<h3>Parameter efficiency ({html.escape(kind)} probe)</h3><ul>"
-                            + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
-    out["markdown"] = "\n".join(md).strip()
-    out["html"] = "".join(page)
-    return out

@@ -1,5 +1,6 @@
-"""The paper's evaluation in the report: probe top-1 along pretraining (from the checkpoints each
-trial keeps), the "X x fewer samples" / "X x fewer parameters" ratios with bootstrap CIs, and the
+"""The paper's evaluation in the report: learning curves (probe top-1 at the checkpoints each trial
+keeps, never used for ratios), the "X x fewer samples" ratios from completed budgets and "X x fewer
+parameters" from a width sweep, with censored bootstrap CIs, and the
 downstream suite's per-dataset table with its average. Numbers come from ``reports.efficiency``;
 this module only turns a collected study into panels, tables and sentences."""
 
@@ -10,10 +11,8 @@ import polars as pl
 
 from . import efficiency as eff
 from .collect import Study
-from .figures import Panel, _layout, several_seeds
-from .tables import Table, mean_ci
-
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+from .panel import PALETTE, Panel, block_key, layout, param_axis
+from .tables import SAMPLE_KEYS, SIZE_KEYS, Table, at_defaults, mean_ci
 
 
 def _probe_rows(study: Study) -> pl.DataFrame:
@@ -35,61 +34,95 @@ def _own_dataset(rows: pl.DataFrame) -> str | None:
     return names[0] if len(names) == 1 else None
 
 
-def sample_efficiency_from_checkpoints(study: Study, kind: str = "linear") -> tuple[Panel, list[str]]:
-    """Top-1 vs samples seen, one line per k (mean over seeds, 95% band), from each trial's probed
-    checkpoints; and the 'k reaches k=1 with X x fewer samples' sentences."""
-    pid, title = f"probe-curves-{kind}", f"Sample efficiency from checkpoints: {kind} top-1 vs samples seen"
+def learning_curves(study: Study, kind: str = "linear") -> Panel:
+    """Top-1 at the checkpoints probed along each run, one line per k (mean over seeds, 95% band). A
+    mid-schedule checkpoint is not a model trained to that budget (its lr never decayed), so these are
+    learning curves: drawn, labelled so, and never used for a ratio."""
+    pid, title = f"probe-curves-{kind}", f"Learning curves: {kind} top-1 at mid-schedule checkpoints"
     rows = _probe_rows(study)
     if rows.is_empty():
         return Panel(pid, title, note="Skipped: no probe results along pretraining (set probe.points or "
-                                      "probe.at_samples)."), []
+                                      "probe.at_samples).")
     rows = rows.filter(pl.col("kind") == kind)
     if rows.is_empty():  # e.g. probe.kinds = ["linear"]: no attentive rows
-        return Panel(pid, title, note=f"Skipped: no {kind} probe results along pretraining."), []
+        return Panel(pid, title, note=f"Skipped: no {kind} probe results along pretraining.")
     datasets = sorted(rows["dataset"].unique().to_list())
     dataset = study.base.get("data.name") if study.base.get("data.name") in datasets else datasets[0]
     rows = rows.filter(pl.col("dataset") == dataset)
     if rows.is_empty() or rows.group_by("config_hash").agg(pl.col("samples").n_unique()).get_column(
             "samples").max() < 2:
         return Panel(pid, title, note="Skipped: each trial was probed at its end only (set probe.points or "
-                                      "probe.at_samples to probe along pretraining)."), []
-    curves = eff.sample_curves(rows, kind=kind, dataset=dataset)
+                                      "probe.at_samples to probe along pretraining).")
     fig = go.Figure()
-    for i, (k,) in enumerate(curves.select("block_size").unique().sort("block_size").iter_rows()):
-        c = curves.filter(pl.col("block_size") == k).sort("samples")
+    for i, (k,) in enumerate(rows.select("block_size").unique().sort("block_size").iter_rows()):
         color = PALETTE[i % len(PALETTE)]
-        x, y = c["samples"].to_list(), [100 * v for v in c["mean"].to_list()]
-        if c["lo"].null_count() == 0:  # a band only where every point has one (several seeds)
-            lo = [100 * v if v is not None else None for v in c["lo"].to_list()]
-            hi = [100 * v if v is not None else None for v in c["hi"].to_list()]
-            fig.add_trace(go.Scatter(x=x + x[::-1], y=hi + lo[::-1], fill="toself", fillcolor=color, opacity=0.15,
-                                     line=dict(width=0), hoverinfo="skip", showlegend=False))
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"k={k}", line=dict(color=color)))
-    _layout(fig, title, "samples seen", f"{kind} top-1 (%) on {dataset}", logx=True)
-    sentences: list[str] = []
+        for j, (h,) in enumerate(rows.filter(pl.col("block_size") == k).select("config_hash").unique()
+                                 .sort("config_hash").iter_rows()):
+            c = rows.filter(pl.col("config_hash") == h).sort("samples")  # one line per trial: never averaged
+            fig.add_trace(go.Scatter(x=c["samples"].to_list(), y=[100 * v for v in c["top1"].to_list()],
+                                     mode="lines+markers", name=f"k={k}", legendgroup=f"k={k}", showlegend=j == 0,
+                                     line=dict(color=color, width=1.2), opacity=0.8))
+    layout(fig, title, "samples seen (checkpoints within a run)", f"{kind} top-1 (%) on {dataset}", logx=True)
+    note = ("One line per trial: probes of its checkpoints during pretraining. A checkpoint before the end of "
+            "its schedule is not a model trained to that budget (its lr never decayed), so no sample-efficiency "
+            "ratio is read from these curves; ratios come from completed budgets only.")
+    return Panel(pid, title, fig, note=note)
+
+
+def budget_rows(study: Study, kind: str = "linear") -> tuple[pl.DataFrame, str]:
+    """One row per finished trial at its completed budget (a separate run, or a wsd branch after its
+    cooldown): config_hash, block_size, seed, samples (= samples seen), top1. Swept keys other than k,
+    the budget and the seed are held at their defaults; a (k, seed, budget) with several trials left
+    is refused with the reason, never averaged."""
+    col = f"{kind}_top1"
+    res = study.finished
+    need = ("block_size", "samples_seen", "seed", col)
+    if res.is_empty() or any(c not in res.columns for c in need):
+        return pl.DataFrame(), "no finished trial with a top-1 and a budget"
+    res, free = at_defaults(study, res, SAMPLE_KEYS[0], exclude=("block_size", block_key(study)))
+    rows = res.filter(pl.col(col).is_not_null()).select(
+        "config_hash", pl.col("block_size").cast(pl.Int64), "seed", pl.col("samples_seen").alias("samples"),
+        pl.col(col).alias("top1"))
+    dup = rows.group_by("block_size", "seed", "samples").len().filter(pl.col("len") > 1)
+    if dup.height:
+        return pl.DataFrame(), (f"several trials per (k, seed, budget) ({', '.join(free) or 'another key'} "
+                                "varies without a default run): a curve point must be one model")
+    return rows, ""
+
+
+def sample_ratios(study: Study, kind: str = "linear") -> list[str]:
+    """'k reaches k=1's top-1 with X x fewer samples' from completed budgets (several budgets per k,
+    k=1 among them), with censored bootstrap intervals over seeds."""
+    rows, _ = budget_rows(study, kind)
+    if rows.is_empty():
+        return []
     ks = rows["block_size"].unique().to_list()
-    if 1 in ks and len(ks) > 1:
-        ratios = eff.sample_efficiency(rows, kind=kind, dataset=dataset, baseline=1, n_boot=1000)
-        sentences = eff.ratio_sentences(ratios, what="samples", kind=kind)
-    spread = "Mean over seeds with a 95% band; " if several_seeds(rows) else "One seed: no band; "
-    said = " ".join(f"{s}." for s in sentences) if sentences else "no ratio: k=1 and another k are both needed."
-    note = spread + said
-    return Panel(pid, title, fig, note=note), sentences
+    per_k = rows.group_by("block_size").agg(pl.col("samples").n_unique().alias("n"))
+    if 1 not in ks or len(ks) < 2 or per_k["n"].min() < 2:
+        return []
+    ratios = eff.sample_efficiency(rows, kind=kind, baseline=1, n_boot=1000)
+    return [f"{s} (completed budgets)" for s in eff.ratio_sentences(ratios, what="samples", kind=kind)]
 
 
 def parameter_ratios(study: Study, kind: str = "linear") -> list[str]:
-    """'X x fewer parameters' from a width sweep (several encoder sizes per k, k=1 among them)."""
+    """'X x fewer parameters' from a width sweep (several sizes per k, k=1 among them), in the one
+    parameter count the report uses (``param_axis``), at completed budgets: keys other than k and the
+    size held at their defaults; several trials left at one (k, seed, size) give no sentence."""
     res = study.finished
-    if "block_size" in res.columns:
-        res = res.with_columns(pl.col("block_size").cast(pl.Int64))
     col = f"{kind}_top1"
-    if col not in res.columns or "block_size" not in res.columns or res.is_empty():
+    ncol, nname = param_axis(study)
+    if col not in res.columns or "block_size" not in res.columns or ncol not in res.columns or res.is_empty():
         return []
-    per_k = res.group_by("block_size").agg(pl.col("n_params_encoder").n_unique().alias("sizes"))
+    sizes = [k for k in study.swept if k in SIZE_KEYS]
+    res, _ = at_defaults(study, res, sizes[0] if sizes else ncol, exclude=(*sizes, "block_size", block_key(study)))
+    res = res.with_columns(pl.col("block_size").cast(pl.Int64)).filter(pl.col(col).is_not_null())
+    per_k = res.group_by("block_size").agg(pl.col(ncol).n_unique().alias("sizes"))
     if 1 not in per_k["block_size"].to_list() or per_k["sizes"].min() < 2 or per_k.height < 2:
         return []
-    ratios = eff.parameter_efficiency(res.filter(pl.col(col).is_not_null()), kind=kind, baseline=1, n_boot=1000)
-    return eff.ratio_sentences(ratios, what="encoder parameters", kind=kind)
+    if res.group_by("block_size", "seed", ncol).len()["len"].max() > 1:
+        return []
+    ratios = eff.parameter_efficiency(res, kind=kind, params=ncol, baseline=1, n_boot=1000)
+    return eff.ratio_sentences(ratios, what=nname.split(" (")[0], kind=kind)
 
 
 def suite_tables(study: Study) -> list[Table]:
@@ -201,9 +234,9 @@ def evaluation(study: Study) -> tuple[list[Panel], list[Table], list[str]]:
     """Panels, tables and the efficiency sentences (for the page and summary.md)."""
     panels, sentences = [], wsd_samples(study) + still_improving(study)
     for kind in ("linear", "attentive"):
-        panel, said = sample_efficiency_from_checkpoints(study, kind)
+        panel = learning_curves(study, kind)
         if panel.figure is not None or kind == "linear":
             panels.append(panel)
-        sentences += said
+        sentences += sample_ratios(study, kind)
     sentences += parameter_ratios(study)
     return panels, suite_tables(study) + schedule_table(study), sentences

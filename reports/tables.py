@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +99,24 @@ def fmt_mean_ci(m: float, half: float, digits: str, half_digits: str | None = No
 # Table object: rendered to Markdown (summary.md) and HTML (index.html) from the same cells.
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~#!&])")
+
+
+def md_escape(text: Any) -> str:
+    """User text (study names, descriptions, values, errors) as literal Markdown on one line: every
+    character that could start emphasis, code, a link, HTML, a table cell or a heading is backslash-
+    escaped (CommonMark), newlines become spaces, and a leading list marker is escaped. Rendered, it
+    reads as the original text."""
+    s = " ".join(str(text).split())
+    s = _MD_SPECIAL.sub(r"\\\1", s)
+    if s[:1] in ("-", "+", "="):
+        s = "\\" + s
+    m = re.match(r"\d+([.)])", s)
+    if m:
+        s = s[: m.start(1)] + "\\" + s[m.start(1):]
+    return s
+
+
 @dataclass
 class Table:
     title: str
@@ -108,8 +127,7 @@ class Table:
     id: str = ""
 
     def to_markdown(self) -> str:
-        def cell(s: str) -> str:
-            return s.replace("|", "\\|").replace("\n", " ")
+        cell = md_escape  # cells hold user text (swept values, trial ids, errors): escaped, one line each
 
         out = [f"### {self.title}", ""]
         if self.note:

@@ -51,17 +51,19 @@ def test_a_curve_ten_times_ahead_needs_ten_times_fewer_samples():
     assert out["baseline_x"][0] == 1e6 and out["bound"].to_list() == [False, False]
     for row in out.iter_rows(named=True):  # the seed noise (+-1 point) gives a CI around the true ratio
         assert row["ratio_lo"] < row["ratio"] < row["ratio_hi"]
-        assert row["ratio_hi"] / row["ratio_lo"] < 3 and row["reached_share"] == 1.0
+        assert row["ratio_hi"] / row["ratio_lo"] < 3 and row["reached_share"] == 1.0 and row["significant"]
 
 
 def test_a_curve_that_never_reaches_the_baseline_says_so():
     df = pl.DataFrame(_curve(1, 1.0) + _curve(4, 10.0, ceiling=0.8))
     (row,) = sample_efficiency(df, n_boot=200).iter_rows(named=True)
     assert row["status"] == "never" and row["ratio"] is None and row["x"] is None
-    assert row["ratio_lo"] is None and row["reached_share"] == 0.0
-    assert row["best"] == pytest.approx(0.8)
+    # every resample is censored at the bound baseline_x / max_x = 1: an open interval, not significant
+    assert row["ratio_lo"] == row["ratio_hi"] == 1.0 and row["lo_open"] and row["reached_share"] == 0.0
+    assert row["significant"] is False and row["best"] == pytest.approx(0.8)
     (line,) = ratio_sentences(sample_efficiency(df, n_boot=10))
     assert line.startswith("k=4 never reaches k=1's linear top-1 (90.0% at 1,000,000 samples): best 80.0%")
+    assert "ratio at most 1; reached in 0% of resamples, 3 seeds" in line
 
 
 def test_a_curve_at_the_target_from_its_first_point_is_a_lower_bound():
@@ -69,6 +71,47 @@ def test_a_curve_at_the_target_from_its_first_point_is_a_lower_bound():
     (row,) = sample_efficiency(df, n_boot=50).iter_rows(named=True)
     assert row["status"] == "before_first" and row["bound"] and row["ratio"] == pytest.approx(1e3)
     assert "with at least 1e+03x fewer samples" in ratio_sentences(sample_efficiency(df, n_boot=10))[0]
+
+
+BUDGETS = [7000.0, 12000.0, 21000.0, 37000.0, 65000.0]  # not a geometric grid in the ratio
+
+
+def _saturating(k: int, speedup: float, seeds=(0, 1, 2), noise=(-0.002, 0.0, 0.002)) -> list[dict]:
+    """top-1 = 0.9 - 0.5 (speedup * s / 1000)^-0.35: a model that needs `speedup` x fewer samples for the
+    same top-1, one trial (config_hash) per (k, seed, budget)."""
+    return [{"block_size": k, "seed": sd, "samples": s, "config_hash": f"k{k}-s{sd}-{s:.0f}",
+             "top1": 0.9 - 0.5 * (speedup * s / 1000) ** -0.35 + n}
+            for sd, n in zip(seeds, noise) for s in BUDGETS]
+
+
+def test_a_known_ratio_of_two_comes_out_within_five_percent_with_a_significant_interval():
+    out = efficiency_ratios(pl.DataFrame(_saturating(1, 1.0) + _saturating(2, 2.0)), x="samples", n_boot=400)
+    (row,) = out.iter_rows(named=True)
+    assert row["status"] == "reached" and abs(row["ratio"] / 2.0 - 1) < 0.05
+    assert row["ratio_lo"] < 2.0 < row["ratio_hi"] and row["ratio_lo"] > 1 and row["significant"] is True
+    assert row["reached_share"] == 1.0 and not row["lo_open"] and not row["hi_open"]
+
+
+def test_resamples_that_never_reach_count_and_the_interval_says_not_significant():
+    """k=2 is 1.3x ahead on average, but one of its 4 seeds is far behind: a resample with that seed
+    twice never reaches the target. Those resamples enter at their bound (<= 1), not dropped."""
+    base = _saturating(1, 1.0, seeds=(0, 1, 2, 3), noise=(0, 0, 0, 0))
+    other = _saturating(2, 1.3, seeds=(0, 1, 2), noise=(0.0, 0.0, 0.0))
+    other += [dict(r, top1=r["top1"] - 0.03) for r in _saturating(2, 1.3, seeds=(3,), noise=(0.0,))]
+    (row,) = efficiency_ratios(pl.DataFrame(base + other), x="samples", n_boot=600).iter_rows(named=True)
+    assert row["status"] == "reached" and 0.05 < 1 - row["reached_share"] < 0.9  # some resamples never reach
+    assert row["lo_open"] and row["ratio_lo"] == pytest.approx(1.0)  # censored at baseline_x / max_x
+    assert row["significant"] is False
+    (line,) = ratio_sentences(efficiency_ratios(pl.DataFrame(base + other), x="samples", n_boot=600))
+    assert "95% CI <=1 to" in line and "not significant, the interval includes 1" in line
+    assert f"reached in {100 * row['reached_share']:.0f}% of resamples, 4 seeds" in line
+
+
+def test_two_trials_at_one_point_are_refused_never_averaged():
+    rows = _saturating(1, 1.0) + _saturating(2, 2.0)
+    rows.append(dict(rows[-1], config_hash="another-trial", top1=0.1))  # e.g. two runs' probe points collide
+    with pytest.raises(ValueError, match=r"seed 2 has several rows at samples=65000 \(trials another-trial, "):
+        efficiency_ratios(pl.DataFrame(rows), x="samples", n_boot=10)
 
 
 def test_one_seed_gives_a_ratio_without_ci():
@@ -141,17 +184,3 @@ def test_sample_curves_mean_and_t_interval_over_seeds():
     half = stats.t.ppf(0.975, 2) * vals.std(ddof=1) / math.sqrt(3)
     assert row["mean"] == pytest.approx(vals.mean()) and row["hi"] - row["mean"] == pytest.approx(half)
     assert out.filter(pl.col("block_size") == 1)["samples"].to_list() == SAMPLES  # monotone x per curve
-
-
-def test_efficiency_report_shows_what_the_data_supports():
-    from xtra.reports.efficiency import efficiency_report
-
-    curves = pl.DataFrame(_curve(1, 1.0) + _curve(2, 10.0) + _curve(4, 10.0, ceiling=0.8))
-    rep = efficiency_report(curves.with_columns(pl.lit("fashion-mnist").alias("dataset")), kinds=("linear",),
-                            n_boot=50)
-    assert "k=2 reaches k=1's linear top-1 (90.0% at 1,000,000 samples) with 10x fewer samples" in rep["markdown"]
-    assert "k=4 never reaches" in rep["markdown"] and "<h3>Sample efficiency (linear probe)</h3>" in rep["html"]
-    assert rep["curves"]["linear"].height == 12 and rep["suite"] is None and rep["param_ratios"] == {}
-    # One budget per k: no sample axis, so no ratio (and no claim)
-    flat = curves.filter(pl.col("samples") == 1e6)
-    assert efficiency_report(flat, kinds=("linear",), n_boot=10)["markdown"] == ""

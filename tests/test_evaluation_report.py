@@ -13,26 +13,32 @@ from xtra.reports.evaluation import evaluation
 from xtra.reports.synthetic import make_study
 
 
-def test_sample_efficiency_from_checkpoints_reaches_the_page_and_summary(tmp_path: Path) -> None:
-    root = make_study(tmp_path / "s", block_sizes=(1, 2, 4), seeds=(0, 1, 2), probe_points=(0.25, 0.5, 0.75),
-                      layout="both", n_curve_rows=5)
+BUDGETS = (5000, 10000, 20000, 40000)
+
+
+def test_sample_efficiency_comes_from_completed_budgets_and_checkpoints_are_learning_curves(tmp_path: Path) -> None:
+    root = make_study(tmp_path / "s", block_sizes=(1, 2, 4), seeds=(0, 1, 2), samples=BUDGETS,
+                      probe_points=(0.25, 0.5, 0.75), layout="both", n_curve_rows=5)
     study = load_study(root)
-    assert study.probes.height == 3 * 3 * 4 * 2  # trials x checkpoints x kinds
-    from_trials = load_study(make_study(tmp_path / "t", block_sizes=(1, 2, 4), seeds=(0, 1, 2),
+    assert study.probes.height == 3 * 3 * 4 * 4 * 2  # trials x checkpoints x kinds
+    from_trials = load_study(make_study(tmp_path / "t", block_sizes=(1, 2, 4), seeds=(0, 1, 2), samples=BUDGETS,
                                         probe_points=(0.25, 0.5, 0.75), layout="trials", n_curve_rows=5))
     cols = ["config_hash", "samples", "kind", "top1"]
     assert study.probes.select(cols).sort(cols).equals(from_trials.probes.select(cols).sort(cols))
 
     panels, tables, sentences = evaluation(study)
     linear = next(p for p in panels if p.id == "probe-curves-linear")
-    assert linear.figure is not None and len([t for t in linear.figure.data if t.mode == "lines+markers"]) == 3
+    # one line per trial (36), never a mean across trials; labelled as learning curves, no ratio from them
+    assert linear.figure is not None and len([t for t in linear.figure.data if t.mode == "lines+markers"]) == 36
+    assert linear.title.startswith("Learning curves") and "no sample-efficiency ratio is read" in linear.note
     assert tables == []  # one probe dataset: no suite table
-    # synthetic k=2 and k=4 learn faster than k=1: both reach its top-1 with fewer samples, CIs over 3 seeds
-    by_k = {int(m.group(1)): m.group(0) for m in (re.match(r"k=(\d) reaches k=1's linear top-1.*", s)
-                                                    for s in sentences) if m}
+    # synthetic k=2 and k=4 have a lower loss at every budget: both reach k=1's top-1 at 40,000 samples with
+    # fewer samples; the ratio comes from the trials of the four budgets, with censored CIs over 3 seeds
+    by_k = {int(m.group(1)): m.group(0) for m in (re.match(r"k=(\d) reaches k=1's linear top-1 \(.* at 40,000 "
+                                                             r"samples\).*", s) for s in sentences) if m}
     assert set(by_k) == {2, 4}, sentences
-    assert all("fewer samples (95% CI" in s and "3 seeds" in s for s in by_k.values()), sentences
-    assert linear.note.startswith("Mean over seeds with a 95% band; ")
+    assert all("fewer samples (95% CI" in s and "3 seeds" in s and s.endswith("(completed budgets)")
+               for s in by_k.values()), sentences
 
     index = build_report(root, n_boot=0)
     html = index.read_text()
@@ -41,15 +47,25 @@ def test_sample_efficiency_from_checkpoints_reaches_the_page_and_summary(tmp_pat
     assert "Efficiency: k=2 reaches k=1's linear top-1" in summary
 
 
+def test_checkpoints_of_one_budget_give_no_sample_ratio(tmp_path: Path) -> None:
+    """Probe points along one cosine run per trial (the old cpu preset): learning curves, and no ratio."""
+    root = make_study(tmp_path / "s", block_sizes=(1, 2, 4), seeds=(0, 1), probe_points=(0.25, 0.5, 0.75),
+                      n_curve_rows=5)
+    panels, _, sentences = evaluation(load_study(root))
+    assert next(p for p in panels if p.id == "probe-curves-linear").figure is not None
+    assert not [s for s in sentences if "fewer samples" in s or "never reaches" in s], sentences
+
+
 def test_one_seed_claims_no_band_no_error_bars_and_no_law_for_a_cosine_tail(tmp_path: Path) -> None:
     """With one seed the figures say there is no spread to show, and a cosine run's learning-curve
     fit is counted as a descriptive fit, not a law."""
-    root = make_study(tmp_path / "s", block_sizes=(1, 2, 4), probe_points=(0.5,), n_curve_rows=20)
+    root = make_study(tmp_path / "s", block_sizes=(1, 2, 4), samples=(10000, 40000), probe_points=(0.5,),
+                      n_curve_rows=20)
     index = build_report(root, n_boot=0)
     html = index.read_text()
-    assert re.search(r"One seed: no band; k=2 [^<]*\. k=4 ", html)  # one sentence per k
+    assert re.search(r"k=2 reaches k=1&#x27;s linear top-1 [^<]*\(one seed: no CI\)", html)
     assert "One seed: no error bars." in html and "Error bars: 95% t-interval" not in html
-    assert "0 of 3 fitted group(s) hold a law, 3 give a descriptive fit." in html
+    assert "0 of 6 fitted group(s) hold a law, 6 give a descriptive fit." in html
 
 
 def test_a_suite_gets_a_per_dataset_table_with_its_average(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import shutil
 import struct
 import subprocess
 import time
+import tomllib
 import zlib
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from typer.testing import CliRunner
 from xtra.cli.report import app
 from xtra.reports.build import bench_report, build_report, compare_reports
 from xtra.reports.collect import RESULT_COLUMNS, StudyError, load_study
-from xtra.reports.figures import prediction_grid
+from xtra.reports.prediction_panel import prediction_grid
 from xtra.reports.synthetic import make_study
 
 from xtra.config import SIZES
@@ -48,6 +49,11 @@ def skipped_in(page: str) -> list[str]:
     return re.findall(r'data-skipped="([^"]+)"', page)
 
 
+def md_unescape(text: str) -> str:
+    """What a Markdown renderer shows for backslash-escaped punctuation (CommonMark)."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", text)
+
+
 def md_table(md: str, title: str) -> list[dict[str, str]]:
     """Rows of the Markdown table under '### <title>' as dicts (header -> cell; bold stripped)."""
     lines = md.split(f"### {title}\n", 1)[1].splitlines()
@@ -56,7 +62,8 @@ def md_table(md: str, title: str) -> list[dict[str, str]]:
     for ln in lines[start:]:
         if not ln.startswith("|"):
             break
-        rows.append([c.strip().replace("**", "") for c in re.split(r"(?<!\\)\|", ln)[1:-1]])
+        cells = [c.strip().replace("**", "") for c in re.split(r"(?<!\\)\|", ln)[1:-1]]
+        rows.append([md_unescape(c) for c in cells])
     header, body = rows[0], rows[2:]
     # Duplicate headers (the Δ columns) get the previous header as context.
     names = [h if h != "Δ" else f"Δ {header[i - 1]}" for i, h in enumerate(header)]
@@ -501,3 +508,24 @@ def test_static_images_via_kaleido(smoke: Path, tmp_path: Path) -> None:
     assert svgs == ["learning-curve-laws.svg", "loss-curves.svg", "probe-vs-k.svg"], index.read_text()[:2000]
     assert all((tmp_path / "img" / "figures" / s).read_text().lstrip().startswith("<svg") for s in svgs)
     assert 'href="figures/loss-curves.svg"' in index.read_text()
+
+
+def test_summary_md_escapes_user_text(tmp_path: Path) -> None:
+    """A study's name, description and a trial's error are literal text in summary.md: no table cell
+    split by '|', no heading, emphasis, link or HTML made from them; rendered, they read as written."""
+    import tomli_w
+
+    root = make_study(tmp_path / "s", name="k|*evil*", block_sizes=(1, 2), failed=(1,), n_curve_rows=5)
+    spec = tomllib.loads((root / "study.toml").read_text())
+    spec["description"] = "line one | two\n# not a heading\n[link](http://x) <b>bold</b> _x_"
+    (root / "study.toml").write_text(tomli_w.dumps(spec))
+    res = pl.read_parquet(root / "results.parquet")
+    error = "ValueError: a | b *c* <script>alert(1)</script> `d`"
+    res.with_columns(pl.when(pl.col("status") == "failed").then(pl.lit(error)).otherwise(pl.col("error"))
+                     .alias("error")).write_parquet(root / "results.parquet")
+    md = (build_report(root, n_boot=0).parent / "summary.md").read_text()
+    assert md.startswith("# k\\|\\*evil\\*\n")
+    assert "line one \\| two \\# not a heading \\[link\\](http://x) \\<b\\>bold\\</b\\> \\_x\\_" in md
+    assert not re.search(r"^#+ not a heading", md, re.M) and "<script>" not in md and "<b>" not in md
+    (row,) = md_table(md, "Trials not finished (1)")
+    assert row["error"] == error  # one cell, the text as written once rendered

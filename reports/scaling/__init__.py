@@ -29,15 +29,16 @@ too narrow for the data, a fit that does not describe its own points) set the ch
 * ``held_out``: refit the chosen form on every point but the largest budget (or compute) and predict
   the held-out runs, with a 95% prediction interval (bootstrap fits plus resampled residuals).
 
-Compute-optimal allocation uses ``C = c * N * D``; ``c = 6`` is the language-model rule (6 FLOPs per
-parameter per token). For images pass ``flops_per_param_sample = flops_per_image / n_params`` (about
-``6 * tokens``), so that ``C`` is in real training FLOPs and ``D`` in images.
+Compute-optimal allocation uses ``C = c * N**g * D``; ``c = 6, g = 1`` is the language-model rule (6 FLOPs
+per parameter per token). For a study, ``flops_model(N, flops_per_image)`` fits c and g to the trials' own
+FLOPs per image against the N the law is fitted in (e.g. encoder parameters, when the predictor and heads
+do not scale), so that ``C`` is in real training FLOPs and ``D`` in images.
 """
 
 from .diagnostics import Diagnostics
 from .fit import FormFit, fit_form
 from .forms import CONSTANT, FORMS_1D, FORMS_2D, HUBER_DELTA, LEVEL, NAMES_1D, NAMES_2D, Form
-from .laws import ChinchillaFit, PowerLawFit, fit_chinchilla, fit_power_law
+from .laws import ChinchillaFit, PowerLawFit, fit_chinchilla, fit_power_law, flops_model
 from .select import (
                      Comparison,
                      FormScore,
@@ -52,4 +53,4 @@ from .select import (
 __all__ = ["CONSTANT", "FORMS_1D", "FORMS_2D", "HUBER_DELTA", "LEVEL", "NAMES_1D", "NAMES_2D", "ChinchillaFit",
            "Comparison", "Diagnostics", "Form", "FormFit", "FormScore", "HeldOut", "LawAnalysis", "PowerLawFit",
            "analyze_chinchilla", "analyze_power_law", "compare_forms", "fit_chinchilla", "fit_form",
-           "fit_power_law", "held_out"]
+           "fit_power_law", "flops_model", "held_out"]

@@ -263,7 +263,7 @@ def _starts(form: Form, logs: Sequence[np.ndarray], ly: np.ndarray, delta: float
     return [grid[i] for i in np.argsort(losses)[:n]]
 
 
-REFIT_STARTS = 3  # grid starts of a refit's own data, beside the warm start
+REFIT_STARTS = 2  # grid starts of a refit's own data, beside the warm start
 
 
 def refit_starts(form: Form, logs: Sequence[np.ndarray], ly: np.ndarray, warm: np.ndarray | None = None

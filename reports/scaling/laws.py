@@ -63,11 +63,14 @@ def fit_power_law(x: Any, y: Any, n_boot: int = 200, seed: int = 0, form: Form =
 class ChinchillaFit(FormFit):
     """``L(N, D) = E + A / N**alpha + B / D**beta`` (or a reduced form) with N = parameters, D = samples.
 
-    ``compute_optimal(C)`` minimises L under ``C = c * N * D`` with ``c = flops_per_param_sample``
-    (6 for the language-model rule; ``flops_per_image / n_params`` to count real image FLOPs). It is
-    defined only for forms with a power term in both N and D (full, E = 0)."""
+    ``compute_optimal(C)`` minimises L under ``C = c * N**g * D``: training FLOPs are FLOPs per sample
+    (``c * N**g``) times samples. ``c = flops_per_param_sample``, ``g = flops_exponent``: 6 and 1 for the
+    language-model rule; for a study pass the fit of its trials' own FLOPs per image against N (when N
+    counts the scaled part only, e.g. the encoder, FLOPs do not grow in proportion to it). It is defined
+    only for forms with a power term in both N and D (full, E = 0)."""
 
     flops_per_param_sample: float = 6.0
+    flops_exponent: float = 1.0
 
     @property
     def E(self) -> float:
@@ -115,10 +118,11 @@ class ChinchillaFit(FormFit):
 
     @property
     def exponents(self) -> tuple[float, float]:
-        """(a, b) with N_opt ∝ C**a and D_opt ∝ C**b: a = beta/(alpha+beta), b = alpha/(alpha+beta)."""
+        """(a, b) with N_opt ∝ C**a and D_opt ∝ C**b: a = beta/(alpha+g*beta), b = alpha/(alpha+g*beta)
+        (g = flops_exponent; 1 gives the familiar beta/(alpha+beta), alpha/(alpha+beta))."""
         if not self.has_frontier:
             return (float("nan"), float("nan"))
-        s = self.alpha + self.beta
+        s = self.alpha + self.flops_exponent * self.beta
         return (self.beta / s, self.alpha / s) if s > 0 else (float("nan"), float("nan"))
 
     @property
@@ -127,26 +131,28 @@ class ChinchillaFit(FormFit):
             return {"a": (float("nan"),) * 2, "b": (float("nan"),) * 2}
         off = 2 + int(self.form.has_e)
         alpha, beta = self._boot[:, off], self._boot[:, off + 1]
+        s = alpha + self.flops_exponent * beta
         with np.errstate(divide="ignore", invalid="ignore"):
-            return {"a": _percentiles(beta / (alpha + beta)), "b": _percentiles(alpha / (alpha + beta))}
+            return {"a": _percentiles(beta / s), "b": _percentiles(alpha / s)}
 
     def compute_optimal(self, C: Any, flops_per_param_sample: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """N_opt(C), D_opt(C) minimising L(N, D) subject to C = c * N * D (closed form)."""
+        """N_opt(C), D_opt(C) minimising L(N, D) subject to C = c * N**g * D (closed form)."""
         c = self.flops_per_param_sample if flops_per_param_sample is None else flops_per_param_sample
         C = np.asarray(C, dtype=float)
         alpha, beta = self.alpha, self.beta
         if not self.has_frontier or not (alpha > 0 and beta > 0):
             nan = np.full(C.shape, np.nan)
             return nan, nan
-        # log G = log(alpha A / (beta B)) / (alpha + beta), in logs so huge A, B cannot overflow.
+        # dL/dN = 0 along D = C / (c N^g):  N^(alpha + g beta) = alpha A (C / c)^beta / (g beta B); in logs
+        # so huge A, B cannot overflow.
+        g = self.flops_exponent
         a_coef, b_coef = self._theta[0], self._theta[1]
         n_ref, d_ref = self._refs[0], self._refs[1]
         log_a = a_coef + alpha * np.log(n_ref)
         log_b = b_coef + beta * np.log(d_ref)
-        log_g = (np.log(alpha) + log_a - np.log(beta) - log_b) / (alpha + beta)
-        log_nd = np.log(C / c)
-        log_n = log_g + beta / (alpha + beta) * log_nd
-        return np.exp(log_n), np.exp(log_nd - log_n)
+        log_cc = np.log(C / c)
+        log_n = (np.log(alpha) + log_a - np.log(g * beta) - log_b + beta * log_cc) / (alpha + g * beta)
+        return np.exp(log_n), np.exp(log_cc - g * log_n)
 
     def frontier(self, C: Any, flops_per_param_sample: float | None = None) -> dict[str, np.ndarray]:
         """Compute-optimal frontier: C, N_opt, D_opt and the predicted loss there."""
@@ -155,10 +161,10 @@ class ChinchillaFit(FormFit):
         return {"C": C, "N": n_opt, "D": d_opt, "L": self.predict(n_opt, d_opt)}
 
     def isoflop(self, C: float, N: Any, flops_per_param_sample: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Along the iso-FLOP line C = c * N * D: returns (D, L) for the given N."""
+        """Along the iso-FLOP line C = c * N**g * D: returns (D, L) for the given N."""
         c = self.flops_per_param_sample if flops_per_param_sample is None else flops_per_param_sample
         N = np.asarray(N, dtype=float)
-        D = C / (c * N)
+        D = C / (c * N**self.flops_exponent)
         return D, self.predict(N, D)
 
     def isoflop_profile(self, C: float, span: float = 1.5, n: int = 61,
@@ -186,15 +192,33 @@ def _check_chinchilla(N: Any, D: Any, L: Any, n_min: int = 5) -> list[np.ndarray
     return [N, D, L]
 
 
+def check_flops(flops_per_param_sample: float, flops_exponent: float) -> None:
+    if not np.isfinite(flops_per_param_sample) or flops_per_param_sample <= 0:
+        raise ValueError(f"flops_per_param_sample={flops_per_param_sample!r} must be > 0")
+    if not np.isfinite(flops_exponent) or flops_exponent <= 0:
+        raise ValueError(f"flops_exponent={flops_exponent!r} must be > 0")
+
+
+def flops_model(N: Any, flops_per_sample: Any) -> tuple[float, float]:
+    """(c, g) with flops_per_sample ≈ c * N**g, fitted by least squares in logs over the trials: the
+    compute model of ``ChinchillaFit`` in the units N is counted in. One distinct N gives g = 1."""
+    n = np.asarray(N, dtype=float)
+    f = np.asarray(flops_per_sample, dtype=float)
+    if len(np.unique(n)) < 2:
+        return float(np.median(f / n)), 1.0
+    g, lc = np.polyfit(np.log(n), np.log(f), 1)
+    return float(np.exp(lc)), float(g)
+
+
 def fit_chinchilla(N: Any, D: Any, L: Any, n_boot: int = 200, seed: int = 0,
-                   flops_per_param_sample: float = 6.0, form: Form = FORMS_2D[0]) -> ChinchillaFit:
+                   flops_per_param_sample: float = 6.0, form: Form = FORMS_2D[0],
+                   flops_exponent: float = 1.0) -> ChinchillaFit:
     """Fit ``L = E + A / N**alpha + B / D**beta`` (N, D, L > 0), or a reduced ``form``.
     Raises ValueError on degenerate input."""
     _check_boot(n_boot)
     N, D, L = _check_chinchilla(N, D, L)
-    if not np.isfinite(flops_per_param_sample) or flops_per_param_sample <= 0:
-        raise ValueError(f"flops_per_param_sample={flops_per_param_sample!r} must be > 0")
+    check_flops(flops_per_param_sample, flops_exponent)
     fit = fit_form(form, np.column_stack([N, D]), L, n_boot=n_boot, seed=seed, names=NAMES_2D, cls=ChinchillaFit,
-                   flops_per_param_sample=float(flops_per_param_sample))
+                   flops_per_param_sample=float(flops_per_param_sample), flops_exponent=float(flops_exponent))
     assert isinstance(fit, ChinchillaFit)
     return fit

@@ -30,7 +30,7 @@ from .forms import (
     _one_blas_thread,
     refit_starts,
 )
-from .laws import ChinchillaFit, PowerLawFit, _check_chinchilla
+from .laws import ChinchillaFit, PowerLawFit, _check_chinchilla, check_flops
 
 
 @dataclass
@@ -246,15 +246,15 @@ def analyze_power_law(x: Any, y: Any, n_boot: int = 200, seed: int = 0, hold_out
 
 
 def analyze_chinchilla(N: Any, D: Any, L: Any, n_boot: int = 200, seed: int = 0,
-                       flops_per_param_sample: float = 6.0, forms: Sequence[Form] = FORMS_2D) -> LawAnalysis:
+                       flops_per_param_sample: float = 6.0, forms: Sequence[Form] = FORMS_2D,
+                       flops_exponent: float = 1.0) -> LawAnalysis:
     """Compare L(N, D) forms, keep the chosen one if it is a law, and predict the largest budget D
     from a fit on the others."""
     _check_boot(n_boot)
     N, D, L = _check_chinchilla(N, D, L, n_min=3)
-    if not np.isfinite(flops_per_param_sample) or flops_per_param_sample <= 0:
-        raise ValueError(f"flops_per_param_sample={flops_per_param_sample!r} must be > 0")
+    check_flops(flops_per_param_sample, flops_exponent)
     X = np.column_stack([N, D])
-    extra = {"flops_per_param_sample": float(flops_per_param_sample)}
+    extra = {"flops_per_param_sample": float(flops_per_param_sample), "flops_exponent": float(flops_exponent)}
     comp = compare_forms(X, L, forms, n_boot=n_boot, seed=seed, names=NAMES_2D, cls=ChinchillaFit, **extra)
     mask = D == D.max()
     return _with_held_out(comp, X, L, mask, f"the largest budget (D = {D.max():.4g})", n_boot, seed, NAMES_2D,
