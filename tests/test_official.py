@@ -241,3 +241,18 @@ def test_init_refuses_weights_of_another_model_in_one_line(tmp_path):
     with pytest.raises(CheckpointError) as err:
         pretrain(model_config("tiny", block_size=2), DataConfig(name="synthetic"), cfg, tmp_path / "run")
     assert "another model config" in _one_line(err) and "model.width=16 there, 32 here" in str(err.value)
+
+
+def test_pretraining_data_is_read_from_the_checkpoint_or_asked_for(tmp_path):
+    from xtra.official import official_data
+
+    blob = torch.load(FIXTURE / "lightning-k2.ckpt", weights_only=True)
+    hp = blob["hyper_parameters"]
+    hp.update(dataset_cifar10_use=False, dataset_imagenet1k_use=True,
+              dataset_imagenet1k_train_root="./data/imagenet/train/")
+    data = official_data(_saved(tmp_path / "in1k.ckpt", blob))
+    assert (data.name, data.fingerprint) == ("imagefolder:./data/imagenet", "imagenet-1k")
+    hp["dataset_imagenet1k_use"] = False
+    torch.save(blob, tmp_path / "nodata.ckpt")
+    with pytest.raises(OfficialCheckpointError, match="--data"):
+        import_official(tmp_path / "nodata.ckpt", tmp_path / "out")

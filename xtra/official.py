@@ -276,8 +276,9 @@ def to_xtra_state(off: Official, cfg: ModelConfig) -> dict[str, torch.Tensor]:
 def official_data(off: Official) -> DataConfig | None:
     """The pretraining data the official run used, in xtra's names (None when it does not say):
     ImageNet as an image folder at the run's own path, named by a fingerprint (the path is a resource)."""
-    if _hp(off, "dataset_imagenet1k_use", False):
-        root = _hp(off, "dataset_imagenet1k_train_root", "./data/imagenet/train/")
+    if _hp(off, "dataset_imagenet1k_use", False):  # xtra's image folder is ROOT/train + ROOT/val
+        root = str(_hp(off, "dataset_imagenet1k_train_root", "./data/imagenet/train/")).rstrip("/")
+        root = root[: -len("/train")] if root.endswith("/train") else root
         return DataConfig(name=f"imagefolder:{root}", fingerprint="imagenet-1k")
     if _hp(off, "dataset_imagenet21k_use", False):
         return DataConfig(name=f"imagefolder:{_hp(off, 'dataset_imagenet21k_root', './data/imagenet21k/')}",
