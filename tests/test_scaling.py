@@ -18,6 +18,7 @@ from xtra.reports.scaling import (
     analyze_power_law,
     fit_chinchilla,
     fit_power_law,
+    flops_model,
 )
 
 POWER_TRUTH = {"E": 2.0, "A": 50.0, "alpha": 0.3}
@@ -130,6 +131,24 @@ def test_compute_optimal_with_image_flops(chin_fit: ChinchillaFit) -> None:
     D, L = chin_fit.isoflop(1e18, [float(n_opt)], flops_per_param_sample=c)
     assert D[0] == pytest.approx(float(d_opt), rel=1e-9)
     assert L[0] == pytest.approx(float(chin_fit.predict(n_opt, d_opt)), rel=1e-12)
+
+
+def test_compute_optimal_when_flops_grow_slower_than_n(chin_fit: ChinchillaFit) -> None:
+    """N counts the scaled part only (e.g. the encoder), so FLOPs per sample grow as c * N^g with g < 1:
+    the optimum is still the iso-FLOP minimum, and the exponents follow a = beta / (alpha + g beta)."""
+    import dataclasses
+
+    c, g = flops_model([1e6, 4e6, 16e6], [3e9 * (n / 1e6) ** 0.6 for n in (1e6, 4e6, 16e6)])
+    assert c == pytest.approx(3e9 / 1e6**0.6, rel=1e-9) and g == pytest.approx(0.6, rel=1e-9)
+    fit = dataclasses.replace(chin_fit, flops_per_param_sample=c, flops_exponent=g)
+    for C in (1e18, 1e21):
+        n_opt, d_opt = fit.compute_optimal(C)
+        assert c * n_opt**g * d_opt == pytest.approx(C, rel=1e-9)
+        prof = fit.isoflop_profile(C, span=1.5, n=3001)
+        assert prof["N"][np.argmin(prof["L"])] == pytest.approx(float(n_opt), rel=0.01)
+    (n1, _), (n2, _) = fit.compute_optimal(1e18), fit.compute_optimal(1e20)
+    assert math.log10(n2 / n1) / 2 == pytest.approx(fit.beta / (fit.alpha + g * fit.beta), rel=1e-9)
+    assert fit.exponents[0] == pytest.approx(fit.beta / (fit.alpha + g * fit.beta), rel=1e-12)
 
 
 @pytest.mark.parametrize(

@@ -207,3 +207,22 @@ def test_smoke_preset_reaches_the_l_n_d_analysis(tmp_path: Path) -> None:
         assert len(chin[0][1]) > len("L(N, D): final val loss, all: ") + 10
     else:  # a law is checked on the largest budget's three runs
         assert len(md_table(md, "Held-out prediction: L(N, D)")) == 3
+
+
+def test_laws_and_figures_use_encoder_parameters_when_only_the_encoder_scales(tmp_path: Path) -> None:
+    """A width sweep whose predictor and heads do not scale (a fixed 5M beside the encoder, as in the
+    paper preset): total parameters would span a fraction of the encoder's range, so the laws, the
+    axes and the parameter-efficiency figure all count encoder parameters, and say so."""
+    root = make_study(tmp_path / "enc", name="enc", block_sizes=(4,), widths=(64, 128, 256, 512),
+                      samples=(5_000, 10_000, 20_000, 40_000), noise=0.005, n_curve_rows=4)
+    res = pl.read_parquet(root / "results.parquet")
+    res.with_columns((pl.col("n_params_encoder") + 5_000_000).alias("n_params")).write_parquet(
+        root / "results.parquet")
+    page = build_report(root, n_boot=0).read_text()
+    params = figure_json(page, "loss-vs-params")
+    assert params["layout"]["xaxis"]["title"]["text"] == "encoder parameters"
+    xs = np.concatenate([values(t["x"]) for t in params["data"] if t.get("mode") == "markers"])
+    assert set(xs) <= set(res["n_params_encoder"].cast(pl.Float64).to_list())
+    assert figure_json(page, "param-efficiency")["layout"]["xaxis"]["title"]["text"] == "encoder parameters"
+    md = (root / "report" / "summary.md").read_text()
+    assert "N = encoder parameters" in md and "c·N^g·D" in md
