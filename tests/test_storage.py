@@ -422,3 +422,67 @@ def test_storage_imports_no_ray_polars_or_moto():
             "print(json.dumps([m for m in ('ray', 'polars', 'moto', 'boto3', 'torch') if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+# ---- conditional writes (the lease) ------------------------------------------------------------
+def test_conditional_writes_on_the_local_s3_server(s3_bucket):
+    from xtra.storage import conditional
+
+    st = Storage.from_uri(s3_bucket + "/study")
+    assert conditional.read(st, "study.lock") is None
+    assert conditional.put(st, "study.lock", b"first") is True
+    assert conditional.put(st, "study.lock", b"second") is False  # If-None-Match: * -- it exists
+    data, etag = conditional.read(st, "study.lock")
+    assert data == b"first"
+    assert conditional.put(st, "study.lock", b"third", etag=etag) is True  # If-Match the version read
+    assert conditional.put(st, "study.lock", b"fourth", etag=etag) is False  # that version is gone
+    assert st.read_bytes("study.lock") == b"third"
+
+
+def test_conditional_writes_are_unsupported_off_s3(tmp_path):
+    from xtra.storage import conditional
+
+    with pytest.raises(conditional.Unsupported):
+        conditional.put(Storage.from_uri(tmp_path), "study.lock", b"x")
+
+
+def test_shared_lease_two_drivers_at_once_exactly_one_wins(s3_bucket, tmp_path):
+    """Eight drivers on "different machines" take the lease in S3 at the same moment: one holds it,
+    seven are refused. settle_s is an hour: only the conditional write can decide this in time."""
+    import threading
+
+    from xtra.studydir import StudyLock, StudyLocked
+
+    st = Storage.from_uri(s3_bucket + "/study")
+    start, won, refused, locks = threading.Barrier(8), [], [], []
+
+    def driver(i: int) -> None:
+        lock = StudyLock(tmp_path / f"copy{i}", "xtra study run", storage=st, settle_s=3600)
+        start.wait()
+        try:
+            locks.append(lock.acquire())
+            won.append(i)
+        except StudyLocked as err:
+            refused.append(str(err))
+
+    threads = [threading.Thread(target=driver, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(won) == 1 and len(refused) == 7, (won, refused)
+    assert all("in use by" in r or "at the same time" in r for r in refused)
+    holder = json.loads(st.read_bytes("study.lock"))
+    locks[0].release()
+    assert holder["token"] == locks[0]._me["token"] and not st.exists("study.lock")
+
+
+def test_shared_lease_falls_back_where_the_store_cannot_write_conditionally(tmp_path):
+    from xtra.studydir import StudyLock, StudyLocked
+
+    st = Storage.from_uri(tmp_path / "store")  # a plain filesystem: no conditional PUT
+    with StudyLock(tmp_path / "a", "xtra study run", storage=st, settle_s=0.01):
+        assert st.is_file("study.lock")
+        with pytest.raises(StudyLocked, match="in use by"):
+            StudyLock(tmp_path / "b", "xtra study run", storage=st, settle_s=0.01).acquire()
+    assert not st.exists("study.lock")

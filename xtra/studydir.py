@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from xtra import trialdir as td
 from xtra.config import IDENTITY_VERSION
 from xtra.fileio import atomic_path, atomic_write_json, atomic_write_text  # noqa: F401 - atomic_write_text re-exported
-from xtra.storage import StorageError
+from xtra.storage import StorageError, conditional
 
 if TYPE_CHECKING:  # the runner's spec; this module needs only its name, preset, swept keys and trials
     from xtra.studies.spec import Study
@@ -192,7 +192,8 @@ class StudyLock:
 
     ``storage``: the study's storage when it is not the study directory itself (an object store).
     Drivers on different machines hold different local copies, so the lease is also kept there
-    (``STORAGE/study.lock``) and refused the same way. An object store has no create-if-absent, so
+    (``STORAGE/study.lock``) and refused the same way. Where the store writes conditionally (S3,
+    MinIO: ``If-None-Match: *`` / ``If-Match``), of two drivers exactly one gets it at once; elsewhere
     the lease is written, then read back after ``settle_s``: of two drivers writing at once, only the
     one whose lease is still there goes on (the other sees the winner and is refused)."""
 
@@ -228,6 +229,10 @@ class StudyLock:
     def _acquire_shared(self) -> None:
         """The lease in storage (see the class doc): refuse a live holder, else write ours and check it stuck."""
         where = self.storage.uri_of(LOCK)
+        try:
+            return self._acquire_conditional(where)
+        except conditional.Unsupported:
+            pass  # a store without conditional writes: write, wait settle_s, read back
         for _ in range(SHARED_LEASE_ATTEMPTS):
             other = _read_shared(self.storage)
             if other is not None and other.get("token") != self._me["token"]:
@@ -241,6 +246,25 @@ class StudyLock:
                 return
             if self.break_lock:  # two breakers at once: the later one wins the retry
                 continue
+        raise StudyLocked(f"{where}: another driver took the lease at the same time; try again")
+
+    def _acquire_conditional(self, where: str) -> None:
+        """The lease by a conditional write (``xtra.storage.conditional``): created only if absent, taken
+        over only if unchanged since read, so of two drivers exactly one gets it, with no wait."""
+        for _ in range(SHARED_LEASE_ATTEMPTS):
+            got = conditional.read(self.storage, LOCK)
+            if got is not None:
+                try:
+                    other = json.loads(got[0])
+                except ValueError:
+                    other = None  # garbage: taken over
+                if isinstance(other, dict) and other.get("token") != self._me["token"]:
+                    if _alive(other) and not self.break_lock:
+                        raise _refusal(where, other)
+                    self.took_over = self.took_over or other
+            mine = json.dumps({**self._me, "heartbeat": time.time()}, indent=2, sort_keys=True, default=str) + "\n"
+            if conditional.put(self.storage, LOCK, mine.encode(), etag=got[1] if got else None):
+                return
         raise StudyLocked(f"{where}: another driver took the lease at the same time; try again")
 
     def _acquire_local(self) -> None:

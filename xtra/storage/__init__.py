@@ -36,8 +36,8 @@ environment.
 
 Modules: `names` (relative names and their checks), `manifest` (the commit record), `backends`
 (URI -> pyarrow filesystem), `store` (the `Storage` object: plain files), `commits` (committed
-directories: upload, download), `sync` (`pull`), `check` (fail-fast diagnosis), `bench`
-(upload overhead).
+directories: upload, download), `sync` (`pull`), `check` (fail-fast diagnosis), `conditional`
+(create-if-absent / replace-if-unchanged writes, for the lease), `bench` (upload overhead).
 """
 
 from xtra.storage.backends import REQUEST_TIMEOUT_S, SCHEMES
