@@ -10,7 +10,7 @@ here: everything Ray lives in ``studies.ray``.
 Storage (``--storage``, ``xtra.storage``) is the study's source of truth; the study directory is the
 driver's local copy. By default they are one directory and nothing moves. With an object store
 (``s3://bucket/prefix``) or another directory, the trials keep their directories there
-(``xtra.studies.ray.trainable.TrialSync``), and the driver checks the storage before anything starts,
+(``xtra.studies.ray.trialfiles.TrialSync``), and the driver checks the storage before anything starts,
 refreshes its copy from it (``pull``, without checkpoints) before planning and before writing results,
 and writes study.toml, runs.json, the parquet files and report/ back. So any machine can resume or
 report a study from its URI alone (``study_copy``).
@@ -28,6 +28,7 @@ from xtra import trialdir as td
 from xtra.storage import Storage, StorageError, SyncResult, check, pull
 from xtra.studies.load import load_study_dir
 from xtra.studies.plan import make_plan, with_data_identity
+from xtra.studies.slurm import Stop, job_record, stop_on_signals
 from xtra.studies.spec import Study, StudyError
 
 CACHE_ENV = "XTRA_CACHE"  # where local copies of studies opened by URI go (default ~/.cache/xtra)
@@ -44,6 +45,7 @@ class Outcome:
     curves: Path
     report: Path | None = None
     notes: list[str] = field(default_factory=list)
+    stopped: str | None = None  # the signal (SIGUSR1, SIGTERM) that stopped the run, if one did
 
 
 def _storage(study_dir: Path, storage: str | None) -> str:
@@ -163,11 +165,12 @@ def run_study(study: Study, study_dir: str | Path, *, address: str | None = None
         raise StudyError(" ".join(str(err).split())) from None
     _check_same_study(study_dir, study)
     _check_trackers(study)
-    with st.StudyLock(study_dir, command, break_lock=break_lock, storage=shared_lease(stor, study_dir)) as lock:
+    with st.StudyLock(study_dir, command, break_lock=break_lock, storage=shared_lease(stor, study_dir)) as lock, \
+            stop_on_signals() as stop:
         st.write_study_toml(study_dir, study.to_toml())
         _push(stor, study_dir, st.STUDY_TOML)
         return _run_locked(study, study_dir, lock, address=address, stor=stor, console=console, live=live,
-                           build_report=build_report, resuming=False)
+                           build_report=build_report, resuming=False, stop=stop)
 
 
 def resume_study(study_dir: str | Path, *, address: str | None = None, console: Any = None, live: bool | None = None,
@@ -183,9 +186,9 @@ def resume_study(study_dir: str | Path, *, address: str | None = None, console: 
     study.check_data()
     _check_trackers(study)
     with st.StudyLock(study_dir, "xtra study resume", break_lock=break_lock,
-                      storage=shared_lease(stor, study_dir)) as lock:
+                      storage=shared_lease(stor, study_dir)) as lock, stop_on_signals() as stop:
         return _run_locked(study, study_dir, lock, address=address, stor=stor, console=console, live=live,
-                           build_report=build_report, resuming=True)
+                           build_report=build_report, resuming=True, stop=stop)
 
 
 def _check_trackers(study: Study) -> None:
@@ -195,13 +198,15 @@ def _check_trackers(study: Study) -> None:
 
 
 def _run_locked(study: Study, study_dir: Path, lock: st.StudyLock, *, address: str | None, stor: Storage,
-                console: Any, live: bool | None, build_report: bool, resuming: bool) -> Outcome:
+                console: Any, live: bool | None, build_report: bool, resuming: bool, stop: Stop | None = None
+                ) -> Outcome:
     from rich.console import Console
 
     from xtra.studies.ray.monitor import Display
     from xtra.studies.ray.tuner import fit
 
     console = console or Console()
+    stop = stop or Stop()  # SIGUSR1 / SIGTERM stop the run the way Ctrl-C does (xtra.studies.slurm)
     notes: list[str] = []
     if lock.took_over:
         notes.append(f"took over the lock of {st.describe_holder(lock.took_over)} (no longer running)")
@@ -240,13 +245,19 @@ def _run_locked(study: Study, study_dir: Path, lock: st.StudyLock, *, address: s
 
     experiment = None
     try:
-        if not plan.empty:
+        if not plan.empty and not stop.signal:
             def write_runs(r: list[dict[str, Any]]) -> None:
+                if r and "slurm" not in r[-1]:
+                    r[-1].update(job_record())  # the Slurm job running this driver, for `xtra study status`
                 st.write_runs(study_dir, r)
                 _push(stor, study_dir, st.RUNS)
 
-            experiment, finished = fit(plan, study_dir, address=address, storage_path=stor.uri,
-                                       runs=runs, display=display, notes=notes, write_runs=write_runs)
+            finished = False
+            with stop.fitting():
+                experiment, finished = fit(plan, study_dir, address=address, storage_path=stor.uri,
+                                           runs=runs, display=display, notes=notes, write_runs=write_runs)
+            if stop.signal:
+                notes.append(f"stopped by {stop.signal}: no new trials; running ones keep their last checkpoint")
             if not finished:
                 notes.append(f"interrupted with trials unfinished; continue with `xtra study resume {study_dir}`")
         else:
@@ -268,7 +279,7 @@ def _run_locked(study: Study, study_dir: Path, lock: st.StudyLock, *, address: s
     report = build_study_report(study_dir, stor, notes) if build_report else None
     return Outcome(study_dir=study_dir, experiment=experiment, ran=ran if experiment else [],
                    reused=list(plan.reused), counts=after.counts(), results=results, curves=curves, report=report,
-                   notes=notes)
+                   notes=notes, stopped=stop.signal)
 
 
 def pictures_from(stor: Storage, study_dir: Path) -> Any:

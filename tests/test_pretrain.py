@@ -7,7 +7,8 @@ import torch
 
 from xtra.checkpoint import CheckpointError, load_checkpoint
 from xtra.config import DataConfig, PretrainConfig, model_config
-from xtra.pretrain import Faults, NonFiniteLoss, batch_indices, lr_at, pretrain
+from xtra.data.sampler import batch_indices
+from xtra.pretrain import Faults, NonFiniteLoss, lr_at, pretrain
 
 DATA = DataConfig(name="fashion-mnist", limit_train=3000)
 TINY = model_config("tiny", block_size=2)

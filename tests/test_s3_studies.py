@@ -300,7 +300,7 @@ def test_trial_sync_commits_own_files_and_writes_plain_ones(s3_bucket: str, tmp_
     own files and writes the PLAIN ones whole; another node downloads all of them; a wsd branch gets
     its own copy of the trunk's directory, never the trunk's scratch directory."""
     from xtra import trialdir as td
-    from xtra.studies.ray.trainable import TrialSync
+    from xtra.studies.ray.trialfiles import TrialSync
 
     monkeypatch.setenv("XTRA_SCRATCH", str(tmp_path / "node-a"))
     a = TrialSync(f"{s3_bucket}/s/study", "h1")

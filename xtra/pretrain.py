@@ -36,6 +36,7 @@ from xtra.checkpoint import (
     save_checkpoint,
 )
 from xtra.config import RESOURCE_KEYS, DataConfig, ModelConfig, PretrainConfig
+from xtra.data.sampler import step_seed
 from xtra.distributed import World
 from xtra.model import XTRA, parameter_groups
 from xtra.schedule import continuation_error, lr_at  # noqa: F401 - lr_at is part of this module's API
@@ -65,33 +66,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("pretrain.device='cuda' but no CUDA device is available here (allowed: auto, cpu)")
     return torch.device(name)
-
-
-def step_seed(seed: int, step: int) -> int:
-    return (seed * 1_000_003 + step * 7_919 + 17) % (2**63 - 1)
-
-
-def batch_indices(samples_seen: int, batch_size: int, n: int, seed: int) -> torch.Tensor:
-    """Indices of the next batch in an endless stream of seeded epoch permutations."""
-    parts, pos, end = [], samples_seen, samples_seen + batch_size
-    while pos < end:
-        epoch, offset = divmod(pos, n)
-        take = _epoch_permutation(n, seed, epoch)[offset: offset + end - pos]
-        parts.append(take)
-        pos += len(take)
-    return torch.cat(parts)
-
-
-_perm_cache: dict[tuple[int, int, int], torch.Tensor] = {}
-
-
-def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    key = (n, seed, epoch)
-    if key not in _perm_cache:
-        if len(_perm_cache) > 4:
-            _perm_cache.clear()
-        _perm_cache[key] = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed, -1 - epoch)))
-    return _perm_cache[key]
 
 
 def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
@@ -413,7 +387,7 @@ def pretrain(
             images = data.batch(step, samples_seen, batch)  # this rank's rows of the global batch
             wait_window += time.perf_counter() - t_wait
             order_index = 0
-            if model_cfg.order == "random":
+            if model_cfg.order != "raster":  # random or pseudo-random: one of n_orders per step
                 order_index = int(torch.randint(model_cfg.n_orders, (1,), generator=torch.Generator().manual_seed(
                     step_seed(seed, step))).item())
             lr = lr_at(samples_seen, cfg)

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
-from xtra.studies.ray.trainable import RESERVED, TrialSync, trial_of
-from xtra.studies.ray.workers import MAX_FAILURES
-from xtra.studies.spec import Study
 
 from xtra import trialdir as td
+from xtra.studies.ray.trialfiles import RESERVED, TrialSync, trial_of
+from xtra.studies.ray.workers import MAX_FAILURES
+from xtra.studies.spec import Study
 
 
 def trial_name(trial: Any) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
+
 from xtra.studies.plan import Plan
 from xtra.studies.ray.monitor import Display, Monitor, trial_name
 from xtra.studies.ray.session import ray_session

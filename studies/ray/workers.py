@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xtra.studies.ray.session import ray_session
-from xtra.studies.ray.trainable import PROGRESS_EVERY_S, TrialSync, checkpoint_dir, restore_checkpoint
-
 from xtra import trialdir as td
 from xtra.config import from_dict
+from xtra.studies.ray.session import ray_session
+from xtra.studies.ray.trialfiles import PROGRESS_EVERY_S, TrialSync, checkpoint_dir, restore_checkpoint
 
 MAX_FAILURES = 2
 

@@ -589,7 +589,7 @@ class MemorySource:
 
     def batch(self, step: int, samples_seen: int, batch: int) -> torch.Tensor:
         from xtra.data import augment
-        from xtra.pretrain import batch_indices, step_seed
+        from xtra.data.sampler import batch_indices, step_seed
 
         gen = torch.Generator(device=self.device).manual_seed(step_seed(self.seed, step))
         idx = batch_indices(samples_seen, batch, self.n_train, self.seed).to(self.device)

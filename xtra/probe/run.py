@@ -14,8 +14,9 @@ import torch
 from xtra.checkpoint import CHECKPOINT, CheckpointError, atomic_write_json, load_checkpoint
 from xtra.config import DataConfig, ModelConfig, ProbeConfig, override
 from xtra.data import load_dataset, locate
+from xtra.data.sampler import step_seed
 from xtra.model import XTRA, Encoder
-from xtra.pretrain import resolve_device, step_seed
+from xtra.pretrain import resolve_device
 from xtra.probe.select import Log, check_fits, limit_train, probe
 
 PROBE_JSON = "probe.json"
