@@ -217,19 +217,20 @@ class Study:
             return self.search.num_samples
         return len(self.seeds) * math.prod(len(a.values) for a in self.axes)
 
-    def check_data(self) -> None:
-        """Raise a one-line StudyError if a dataset the trials need is missing (call before run)."""
+    def check_data(self) -> dict[str, str]:
+        """Where each dataset the trials pretrain on was found (name -> location); a one-line
+        StudyError if one is missing or a probe set does not fit (call before run)."""
         from xtra.data import locate  # lazy: only `run` needs the data to be present
 
         configs = self.trials() or [self.base_config()]
-        seen = set()
+        seen, found = set(), {}
         for cfg in configs:
             key = repr(cfg.data)
             if key in seen:
                 continue
             seen.add(key)
             try:
-                locate(cfg.data)
+                found[cfg.data.name] = str(locate(cfg.data))
             except (ValueError, FileNotFoundError) as e:
                 raise StudyError(f"{self.source}: data.name={cfg.data.name!r}: {_one_line(e)}") from None
         from xtra.probe import probe_data_configs
@@ -244,6 +245,7 @@ class Study:
                 probe_data_configs(cfg.probe, cfg.data, cfg.model)
             except (ValueError, FileNotFoundError) as e:
                 raise StudyError(f"{self.source}: {_one_line(e)}") from None
+        return found
 
     # -- derived studies ------------------------------------------------------------------------
 

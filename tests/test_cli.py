@@ -9,11 +9,27 @@ from xtra.cli.options import parse_sets
 runner = CliRunner()
 
 
-def test_help_everywhere():
-    for args in (["--help"], ["pretrain", "--help"], ["info", "--help"], ["data", "--help"]):
-        result = runner.invoke(app, args)
-        assert result.exit_code == 0, result.output
-        assert "Usage" in result.output
+def _command_paths(group=None, prefix=()):
+    """Every command and group of the Typer app, as argument lists (["study", "run"], ...)."""
+    import typer.main
+
+    group = group or typer.main.get_command(app)
+    for name, cmd in sorted(group.commands.items()):
+        yield [*prefix, name]
+        if hasattr(cmd, "commands"):
+            yield from _command_paths(cmd, (*prefix, name))
+
+
+def test_every_command_has_help_that_fits_80_columns():
+    paths = [[], *_command_paths()]
+    assert ["study", "run"] in paths and ["report", "build"] in paths and ["data", "get"] in paths
+    for args in paths:
+        for flag in ("--help", "-h"):
+            result = runner.invoke(app, [*args, flag], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
+            assert result.exit_code == 0, (args, result.output)
+            assert "Usage: " in result.output, args
+            wide = [line for line in result.output.splitlines() if len(line) > 80]
+            assert wide == [], (args, wide[:2])
 
 
 def test_pretrain_then_resume(tmp_path):

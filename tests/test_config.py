@@ -61,3 +61,26 @@ def test_hash_is_stable_and_roundtrips():
     b = from_dict(a.to_dict())
     assert a == b and a.config_hash() == b.config_hash()
     assert a.config_hash() != TrialConfig().config_hash()
+
+
+# Known identities, computed by the release that wrote the study directories users have on disk
+# (main at 3cf7ad7 gives the same values). A change to hashed fields or their defaults must be a
+# deliberate one: bump IDENTITY_VERSION (so old directories migrate or are refused with a message)
+# and update these values; an accidental change would silently rerun every user's study.
+KNOWN_HASHES = [
+    ("tiny", {}, "2ebce80d114c", "011600b25be1"),
+    ("cpu-s", {}, "3d7bb703f609", "3a27f449f8b2"),
+    ("vit-b/16", {}, "2dce7cdeda7a", "c4fdb28dcb20"),
+    ("cpu-s", {"model.block_size": 2, "pretrain.samples": 30000, "seed": 1}, "9fcb8396f396", None),
+]
+
+
+@pytest.mark.parametrize("size,sets,config_hash,probe_hash", KNOWN_HASHES)
+def test_identities_are_pinned_across_releases(size, sets, config_hash, probe_hash):
+    from xtra.config import IDENTITY_VERSION
+
+    cfg = override(TrialConfig(model=model_config(size)), sets)
+    assert IDENTITY_VERSION == 2, "IDENTITY_VERSION changed: update KNOWN_HASHES with the new identities"
+    assert cfg.config_hash() == config_hash
+    if probe_hash is not None:
+        assert cfg.probe_hash() == probe_hash

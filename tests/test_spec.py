@@ -95,9 +95,11 @@ def test_paper_protocol() -> None:
 
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST is not installed")
-def test_check_data_passes_for_fashion_mnist() -> None:
-    load_study("block-size", preset="smoke").check_data()
-    load_study("block-size", preset="cpu").check_data()
+def test_check_data_finds_fashion_mnist() -> None:
+    for preset in ("smoke", "cpu"):
+        found = load_study("block-size", preset=preset).check_data()
+        assert list(found) == ["fashion-mnist"], (preset, found)
+        assert Path(found["fashion-mnist"]).resolve() == FASHION.resolve(), found
 
 
 def test_zip_group_moves_keys_together() -> None:
