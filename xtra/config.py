@@ -42,7 +42,7 @@ def _positive(obj: Any, *names: str) -> None:
 
 ATTENTION_BACKENDS = ("auto", "sdpa", "math", "flex", "xformers")
 LOSSES = ("l2", "l1")
-ORDERS = ("raster", "random")
+ORDERS = ("raster", "random", "pseudo-random")
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,9 @@ class ModelConfig:
                  f"(allowed: 1..{self.n_blocks - 1})")
         _one_of("model.loss", self.loss, LOSSES)
         _one_of("model.order", self.order, ORDERS)
+        _require(self.order != "pseudo-random" or self.n_orders <= self.n_blocks,
+                 f"model.n_orders={self.n_orders} exceeds the {self.n_blocks} blocks: order='pseudo-random' gives "
+                 f"each order its own first block (allowed: 1..{self.n_blocks})")
         _one_of("model.attention", self.attention, ATTENTION_BACKENDS)
 
     @property
@@ -479,9 +482,11 @@ SIZES: dict[str, dict[str, Any]] = {
     # ViT-B/16 at 256 px: projection 4096 -> 384, predictor depth 8 heads 6, pixel head 6144.
     "vit-b/16": dict(img_size=256, patch_size=16, channels=3, width=768, depth=12, num_heads=12,
                      proj_hidden=4096, pred_width=384, pred_depth=8, pred_num_heads=6, head_hidden=6144),
-    # ViT-H/14 at 224 px: projection 5120 -> 640 (the official config), predictor heads 8, pixel head 9408.
+    # ViT-H/14 at 224 px: projection 5120 -> 640 (the official config), predictor heads 8, pixel head 9408;
+    # drop path 0.2 and k = 4 (16 blocks of 4x4 patches) as the official run (config/pretrain/xtra_h_in21k_pt).
     "vit-h/14": dict(img_size=224, patch_size=14, channels=3, width=1280, depth=32, num_heads=16,
-                     proj_hidden=5120, pred_width=640, pred_depth=8, pred_num_heads=8, head_hidden=9408),
+                     proj_hidden=5120, pred_width=640, pred_depth=8, pred_num_heads=8, head_hidden=9408,
+                     drop_path=0.2, block_size=4),
 }
 
 

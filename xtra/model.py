@@ -170,9 +170,25 @@ def block_orders(n_blocks: int, n_orders: int, seed: int) -> torch.Tensor:
     return torch.stack(perms)
 
 
+@functools.lru_cache(maxsize=64)
+def pseudo_random_orders(n_blocks: int, n_orders: int, seed: int) -> torch.Tensor:
+    """The official XTRA pseudo-random orders: (n_orders, n_blocks), every one a random permutation and
+    no two sharing a prefix (so each starts with its own block; n_orders <= n_blocks). Training draws one
+    per step; evaluation and probing use the first, which is random too, not raster."""
+    gen = torch.Generator().manual_seed(seed)
+    perms: list[torch.Tensor] = []
+    while len(perms) < n_orders:
+        p = torch.randperm(n_blocks, generator=gen)
+        if all(int(p[0]) != int(q[0]) for q in perms):  # distinct first blocks = no common prefix
+            perms.append(p)
+    return torch.stack(perms)
+
+
 def _block_order(cfg: ModelConfig, order_index: int) -> torch.Tensor:
     if cfg.order == "raster":
         return torch.arange(cfg.n_blocks)
+    if cfg.order == "pseudo-random":
+        return pseudo_random_orders(cfg.n_blocks, cfg.n_orders, cfg.order_seed)[order_index]
     return block_orders(cfg.n_blocks, cfg.n_orders, cfg.order_seed)[order_index]
 
 
