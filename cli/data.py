@@ -10,13 +10,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from xtra.cli.options import user_error as _fail
+
 app = typer.Typer(help="List the known datasets and download the ones that are missing.", no_args_is_help=True)
 
 
-def _fail(message: str) -> typer.Exit:
-    """One red line on stderr, exit code 2, no traceback."""
-    Console(stderr=True, soft_wrap=True, highlight=False).print(Text(f"error: {message}", style="red"))
-    return typer.Exit(2)
 
 
 def _size(n: int | None) -> str:

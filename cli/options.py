@@ -22,6 +22,9 @@ AllowCommands = Annotated[bool, typer.Option(
     "--allow-commands", help="let wds:pipe:CMD data sources run their shell command in this run (same as "
                              "XTRA_ALLOW_PIPE=1); without it a study that names one is refused")]
 
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="run a study whose estimated cost is huge (over "
+                                   "the confirmation threshold in GPU-hours) without asking")]
+
 
 def allow_commands(enabled: bool) -> None:
     """Opt this invocation (and the Ray workers it starts) in to running wds:pipe: commands."""
@@ -49,6 +52,16 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
             raise ValueError(f"--set {item!r} is not KEY=VALUE (e.g. --set model.block_size=2)")
         out[key.strip()] = parse_value(value.strip())
     return out
+
+
+Address = Annotated[str | None, typer.Option("--address", help="A running Ray cluster: auto or HOST:PORT (default: "
+                                                              "start a local one).")]
+
+
+def user_error(message: str) -> typer.Exit:
+    """One red line on stderr; the caller raises the returned Exit (code 2), no traceback."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
 
 
 def fail(message: str, code: int = 2) -> None:

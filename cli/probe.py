@@ -11,14 +11,12 @@ from typing import Annotated
 
 import typer
 
+from xtra.cli.options import user_error as _fail
 from xtra.config import ProbeConfig
 
 KINDS = {"linear": ("linear",), "attentive": ("attentive",), "both": ("linear", "attentive")}
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(2)
 
 
 def _parse_lrs(text: str) -> tuple[float, ...]:

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from xtra.cli.options import fail as _fail
+
 app = typer.Typer(help="Build HTML reports (tables, efficiency curves, scaling fits) from study directories.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -16,9 +18,6 @@ PlotlyJsOpt = Annotated[str, typer.Option("--plotlyjs", help="inline (works offl
 BootOpt = Annotated[int, typer.Option("--n-boot", help="Bootstrap refits per scaling law (0 = no intervals).")]
 
 
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def _check_study(path: Path) -> None:
@@ -73,10 +72,9 @@ def build(
     written back to the storage too."""
     from xtra.reports.build import build_report
     from xtra.reports.collect import StudyError
+    from xtra.storage import StorageError
     from xtra.studies.runner import pictures_from, publish_report, study_copy
     from xtra.studies.spec import StudyError as SpecError
-
-    from xtra.storage import StorageError
 
     _check_options(images, plotlyjs, n_boot)
     if out is not None:

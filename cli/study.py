@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from xtra.cli.options import AllowCommands, allow_commands
+from xtra.cli.options import Address, AllowCommands, Yes, allow_commands
+from xtra.cli.options import user_error as _fail
 
 app = typer.Typer(help="Define, run and inspect studies: sweeps of pretrain+probe trials on Ray Tune.",
                   no_args_is_help=True)
@@ -48,10 +49,6 @@ CopyOpt = Annotated[Path | None, typer.Option(
                    "XTRA_CACHE defaulting to ~/.cache/xtra)")]
 
 
-def _fail(message: str) -> typer.Exit:
-    """One red line on stderr, exit code 2, no traceback."""
-    Console(stderr=True, soft_wrap=True, highlight=False).print(Text(f"error: {message}", style="red"))
-    return typer.Exit(2)
 
 
 def _load(study: str, preset: str | None, sets: list[str] | None, seeds: int | None) -> Any:
@@ -78,6 +75,20 @@ def _si(n: float) -> str:
 
 def _gpu_hours(flops_per_image: int, samples: int) -> float:
     return flops_per_image * samples / (PEAK_TFLOPS * 1e12 * MFU) / 3600
+
+
+CONFIRM_GPU_HOURS = 1000  # a run estimated above this needs --yes (the shipped paper presets are < 300)
+
+
+def _estimated_gpu_hours(s: Any) -> float:
+    """The study's pretraining cost as `study show` estimates it (O(trials), no model built)."""
+    from xtra.config import flops_per_image
+
+    base = s.base_config()
+    total = sum(_gpu_hours(flops_per_image(x.config.model), x.config.pretrain.samples) for x in s.expand())
+    if s.search is not None:
+        total += _gpu_hours(flops_per_image(base.model), base.pretrain.samples) * s.search.num_samples
+    return total
 
 
 def _axes_text(study: Any) -> str:
@@ -198,6 +209,10 @@ def _print_outcome(console: Console, o: Any) -> int:
         console.print(Text(f"{failed} trial(s) failed; their errors are in results.parquet and "
                            f"`xtra study status {o.study_dir}`", style="red"))
     unfinished = sum(n for k, n in o.counts.items() if k not in ("finished", "failed", "stopped"))
+    if unfinished and getattr(o, "stopped", None):  # Slurm's warning or a kill: the job script requeues on this
+        from xtra.studies.slurm import STOPPED_EXIT
+
+        return STOPPED_EXIT
     return 1 if failed or unfinished else 0
 
 
@@ -212,8 +227,7 @@ def run_cmd(
                                                 "directory every node mounts, or s3://bucket/prefix (gs://...); "
                                                 "the study goes to STORAGE/<name of --out>, --out is the local "
                                                 "copy (default: the study dir itself)")] = None,
-    address: Annotated[str | None, typer.Option("--address", help="connect to a running Ray cluster: auto or "
-                                                "HOST:PORT (default: start a local one)")] = None,
+    address: Address = None,
     cpus_per_trial: Annotated[float | None, typer.Option("--cpus-per-trial", help="CPUs per trial")] = None,
     gpus_per_trial: Annotated[float | None, typer.Option("--gpus-per-trial", help="GPUs per trial (fractions ok; "
                                                          "N > 1 = N data-parallel workers, one GPU each)")] = None,
@@ -225,6 +239,7 @@ def run_cmd(
     break_lock: BreakLockOpt = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="build report/index.html at the end")] = True,
     commands: AllowCommands = False,
+    yes: Yes = False,
 ) -> None:
     """Run a study: only trials that are new or unfinished; finished ones (same config hash) are reused."""
     allow_commands(commands)
@@ -238,6 +253,12 @@ def run_cmd(
         raise _fail(str(err)) from None
     study_dir = out or _default_out(study, s)
     console = Console()
+    cost = _estimated_gpu_hours(s)
+    if cost > CONFIRM_GPU_HOURS and not yes:
+        raise _fail(f"{s.name}: an estimated {cost:,.0f} GPU-hours of pretraining (see `xtra study show`), over "
+                    f"the {CONFIRM_GPU_HOURS:,} that run without asking; pass --yes to run it")
+    if cost > CONFIRM_GPU_HOURS:
+        console.print(f"note: running an estimated {cost:,.0f} GPU-hours of pretraining (--yes)", highlight=False)
     try:
         outcome = run_study(s, study_dir, address=address, storage=storage, console=console, build_report=report,
                             break_lock=break_lock)
@@ -249,8 +270,7 @@ def run_cmd(
 @app.command("resume")
 def resume_cmd(
     study_dir: StudyWhereArg,
-    address: Annotated[str | None, typer.Option("--address", help="auto or HOST:PORT of a running Ray cluster"
-                                                )] = None,
+    address: Address = None,
     copy: CopyOpt = None,
     max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", help="trials at once")] = None,
     cpus_per_trial: Annotated[float | None, typer.Option("--cpus-per-trial", help="CPUs per trial")] = None,
@@ -281,8 +301,7 @@ def resume_cmd(
 def probe_cmd(
     study_dir: Annotated[Path, typer.Argument(help="a study directory (holds study.toml)")],
     sets: SetOpt = None,
-    address: Annotated[str | None, typer.Option("--address", help="auto or HOST:PORT of a running Ray cluster"
-                                                )] = None,
+    address: Address = None,
     break_lock: BreakLockOpt = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="build report/index.html at the end")] = True,
 ) -> None:
@@ -359,6 +378,11 @@ def status_cmd(study_dir: StudyWhereArg, copy: CopyOpt = None) -> None:
         last = runs[-1]
         console.print(f"last experiment: {last.get('name')} ({last.get('state')}, started {last.get('started')})",
                       highlight=False)
+    from xtra.studies.slurm import status_line
+
+    slurm = status_line(study_dir, runs)  # the study's Slurm job and its state now, if it has one
+    if slurm:
+        console.print(slurm, highlight=False)
     table = Table()
     for col in ("trial", "config hash", "status", "starts", "samples", "checkpoint", "loss", "val loss", "linear",
                 "attentive", "error"):
@@ -381,6 +405,8 @@ def status_cmd(study_dir: StudyWhereArg, copy: CopyOpt = None) -> None:
                       f(row.get("linear_top1")), f(row.get("attentive_top1")), t.error or "")
     console.print(table)
 
+
+from xtra.cli import study_submit as _submit  # noqa: E402,F401 - registers `xtra study submit`
 
 if __name__ == "__main__":
     app()
