@@ -4,6 +4,7 @@ continues the same Optuna study), with the study's experiment trackers attached.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -51,14 +52,54 @@ def _trial_dirname(trial: Any) -> str:
 
 class _FinalMetricOptuna(OptunaSearch):
     """OptunaSearch that ignores intermediate reports lacking the metric (probe accuracy only exists
-    at the end of a trial); the final report carries it."""
+    at the end of a trial); the final report carries it. ``after_trial`` runs once Optuna has recorded
+    a finished trial (the search's state reaches storage then)."""
+
+    def __init__(self, *args: Any, after_trial: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._after_trial = after_trial
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if isinstance(result.get(self.metric), (int, float)):
             super().on_trial_result(trial_id, result)
 
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        super().on_trial_complete(trial_id, result=result, error=error)
+        if self._after_trial is not None:
+            self._after_trial()
 
-def _optuna_searcher(study: Study, study_dir: Path, rerun: tuple[dict[str, Any], ...]) -> OptunaSearch:
+
+class OptunaDbToStorage:
+    """After every finished trial, the search's state (``optuna.db``) reaches the study's storage, so a
+    driver killed at any moment (a preempted head node) resumes anywhere with every finished trial told
+    to Optuna. A consistent copy through SQLite's backup API; nothing to do when the storage is the
+    study directory itself. Picklable (Tune saves the searcher with its experiment state)."""
+
+    def __init__(self, study_dir: Path, storage_uri: str) -> None:
+        self.study_dir, self.storage_uri = Path(study_dir), storage_uri
+
+    def __call__(self) -> None:
+        import sqlite3
+
+        from xtra.storage import Storage, StorageError
+
+        stor = Storage.from_uri(self.storage_uri)
+        src = self.study_dir / OPTUNA_DB
+        if stor.is_directory_itself(self.study_dir, "") or not src.is_file():
+            return
+        tmp = self.study_dir / f".{OPTUNA_DB}.push.tmp"
+        try:
+            with contextlib.closing(sqlite3.connect(src)) as a, contextlib.closing(sqlite3.connect(tmp)) as b:
+                a.backup(b)
+            stor.put_file(tmp, OPTUNA_DB)
+        except (sqlite3.Error, StorageError, OSError):
+            pass  # the runner pushes it again at the end; the next finished trial tries again
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _optuna_searcher(study: Study, study_dir: Path, rerun: tuple[dict[str, Any], ...],
+                     storage_uri: str | None = None) -> OptunaSearch:
     """Optuna with SQLite storage in the study directory. Trials a killed driver left RUNNING in the
     database are closed as failed; their points run again (from their checkpoints) first."""
     import optuna
@@ -75,7 +116,8 @@ def _optuna_searcher(study: Study, study_dir: Path, rerun: tuple[dict[str, Any],
             existing.tell(t.number, state=optuna.trial.TrialState.FAIL)
     sampler = optuna.samplers.TPESampler(seed=s.seed)
     return _FinalMetricOptuna(metric=s.metric, mode=s.mode, sampler=sampler, study_name=name, storage=storage,
-                              points_to_evaluate=[dict(p) for p in rerun] or None)
+                              points_to_evaluate=[dict(p) for p in rerun] or None,
+                              after_trial=OptunaDbToStorage(study_dir, storage_uri) if storage_uri else None)
 
 
 def tracker_callbacks(loggers: tuple[str, ...], study: Study, study_dir: Path) -> list[Any]:
@@ -171,7 +213,8 @@ def _param_space(plan: Plan, study_dir: Path, storage_path: str) -> tuple[dict[s
     return {"params": _search_space(study), "trial": meta}, plan.search_left + len(plan.search_rerun)
 
 
-def _tune_config(plan: Plan, study_dir: Path, num_samples: int, max_concurrent: int | None) -> Any:
+def _tune_config(plan: Plan, study_dir: Path, num_samples: int, max_concurrent: int | None,
+                 storage_uri: str | None = None) -> Any:
     study = plan.study
     # reuse_actors: a finished trial's process takes the next trial of the same resources, so a study of
     # many short trials does not pay a fresh interpreter (ray, torch, torch._dynamo imports) for each.
@@ -180,7 +223,7 @@ def _tune_config(plan: Plan, study_dir: Path, num_samples: int, max_concurrent: 
                               "reuse_actors": True}
     if study.search is not None:
         s = study.search
-        kwargs["search_alg"] = _optuna_searcher(study, study_dir, plan.search_rerun)
+        kwargs["search_alg"] = _optuna_searcher(study, study_dir, plan.search_rerun, storage_uri)
         if s.asha:
             from ray.tune.schedulers import ASHAScheduler
 
@@ -233,7 +276,8 @@ def fit(plan: Plan, study_dir: Path, *, address: str | None, storage_path: str, 
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
         tuner = tune.Tuner(runnable, param_space=param_space,
-                           tune_config=_tune_config(plan, study_dir, num_samples, _max_concurrent(study, info)),
+                           tune_config=_tune_config(plan, study_dir, num_samples, _max_concurrent(study, info),
+                                                    storage_path),
                            run_config=run_config)
         write_runs(runs)
         state = "interrupted"
