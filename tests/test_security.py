@@ -311,3 +311,107 @@ def test_report_build_never_runs_a_command_from_a_checkpoint(tmp_path, monkeypat
     assert not marker.exists()
     page = (root / "report" / "index.html").read_text()
     assert "is a shell command" in page and "pictures never run a data source" in page
+
+
+# ---- durable searches (finding 6) -----------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Fashion-MNIST is not installed")
+def test_a_killed_optuna_driver_on_s3_resumes_with_no_finished_trial_lost(s3_server, tmp_path):
+    """The driver of an Optuna search on S3 is SIGKILLed once a trial has finished and the next has
+    started (the head node preempted): optuna.db in storage already holds the finished trial, and a
+    resume on another machine (its own copy) completes the search without rerunning it."""
+    import subprocess
+    import sys
+
+    import optuna
+    from drivers import kill_when
+
+    bucket = s3_server.create_bucket("xtra-optuna-kill")
+    stor = Storage.from_uri(f"{bucket}/studies/lr-search-smoke")
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XTRA_") and k != "RAY_ADDRESS"}
+
+    def xtra(*args: str) -> list[str]:
+        return [sys.executable, "-m", "xtra.cli.main", "study", *args, "--no-report"]
+
+    proc = subprocess.Popen(xtra("run", "lr-search", "--preset", "smoke", "--out", str(tmp_path / "first" /
+                                 "lr-search-smoke"), "--storage", f"{bucket}/studies", "--logger", "none",
+                                 "--max-concurrent", "1"), cwd=root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+    def finished() -> list[str]:
+        out = []
+        for h in stor.subdirs("trials") if stor.exists("trials") else []:
+            m = stor.manifest(f"trials/{h}")
+            if m is not None and "trial.json" in m.files:
+                out.append(h)
+        return out
+
+    def one_done_next_started() -> bool:
+        return len(finished()) == 1 and len(stor.subdirs("trials")) == 2
+
+    kill_when(proc, one_done_next_started, timeout=300, what="one finished trial and the next started", every=0.2)
+    [done] = finished()
+    db = tmp_path / "stored-optuna.db"
+    db.write_bytes(stor.read_bytes("optuna.db"))  # absent before: pushed only in the runner's finally
+    kept = optuna.load_study(study_name="lr-search", storage=f"sqlite:///{db}")
+    assert len(kept.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 1
+    [trial] = kept.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    done_json = stor.read_member(f"trials/{done}", "trial.json")
+    res = subprocess.run(xtra("resume", stor.uri, "--copy", str(tmp_path / "second")), cwd=root, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in res.stdout + res.stderr, res.stdout + res.stderr
+    # The resumed search starts from the stored state: the finished trial is still COMPLETE there, and
+    # its results were not produced again.
+    db.write_bytes(stor.read_bytes("optuna.db"))
+    after = optuna.load_study(study_name="lr-search", storage=f"sqlite:///{db}")
+    assert trial.params in [t.params for t in after.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
+    assert stor.read_member(f"trials/{done}", "trial.json") == done_json
+
+
+# ---- archives (finding 7: member sizes, unsafe extraction) ------------------------------------------
+def _shard(path: Path, members: dict[str, bytes]) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("member", ["0.cls", "0.name"])
+def test_shard_label_and_name_members_are_capped(tmp_path, member):
+    from xtra.data.collection import BadCollection, _index_shard
+
+    shard = _shard(tmp_path / "s.tar", {"0.png": b"\x89PNG", member: b"7" * (1 << 20)})
+    with pytest.raises(BadCollection, match=rf"member '{member}' is 1048576 bytes \(allowed: at most") as err:
+        _index_shard(str(shard), with_names=True)
+    assert "\n" not in str(err.value)
+    ok = _shard(tmp_path / "ok.tar", {"0.png": b"\x89PNG", "0.cls": b"3\n", "0.name": b"cat"})
+    assert [r[4:] for r in _index_shard(str(ok), with_names=True)] == [(3, "cat")]
+
+
+def test_data_get_refuses_to_extract_without_the_data_filter(tmp_path, monkeypatch):
+    """On a Python without tarfile's 'data' filter (< 3.11.4), a downloaded archive is not extracted
+    at all (it could write outside the data directory), instead of an unfiltered extractall."""
+    import io
+    import tarfile
+
+    from xtra.data import DownloadError, _extract
+
+    tarball = tmp_path / "evil.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    into = tmp_path / "a" / "data"
+    into.mkdir(parents=True)
+    with pytest.raises(DownloadError, match="cannot extract"):  # with the filter: the member is refused
+        _extract(tarball, into)
+    monkeypatch.delattr(tarfile, "data_filter")
+    with pytest.raises(DownloadError, match=r"not extracted: Python .* no safe tar extraction"):
+        _extract(tarball, into)
+    assert not (tmp_path / "a" / "escaped.txt").exists()

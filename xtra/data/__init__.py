@@ -835,11 +835,12 @@ def _progress_printer(label: str) -> Callable[[int, int | None], None]:
 
 def _extract(tarball: Path, into: Path) -> None:
     try:
+        if not hasattr(tarfile, "data_filter"):  # Python < 3.11.4: extractall would follow any member path
+            raise DownloadError(f"{tarball.name}: not extracted: Python {sys.version.split()[0]} has no safe tar "
+                                "extraction (tarfile's 'data' filter, Python >= 3.11.4); upgrade Python, or "
+                                f"extract it yourself and point data.root at it")
         with tarfile.open(tarball, "r:gz") as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(into, filter="data")
-            else:  # pragma: no cover - Python < 3.11.4
-                tar.extractall(into)  # noqa: S202
+            tar.extractall(into, filter="data")  # member paths stay inside `into`, no links out, no devices
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise DownloadError(f"{tarball.name}: cannot extract ({e})") from None
 

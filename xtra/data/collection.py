@@ -406,16 +406,19 @@ def _index_shard(path: str, with_names: bool = False) -> list[tuple[str, str, in
                 key = f"{dirname}/{stem}" if dirname else stem
                 ext = ext.lower()
                 if f".{ext}" in IMAGE_EXTS:
+                    _cap(path, member, MAX_IMAGE_BYTES)
                     images[key] = (ext, member.offset_data, member.size)
                 elif ext == "cls":
-                    raw = tar.extractfile(member).read().decode().strip()
+                    _cap(path, member, MAX_LABEL_BYTES)
+                    raw = tar.extractfile(member).read(MAX_LABEL_BYTES).decode(errors="replace").strip()
                     try:
                         labels[key] = int(raw)
                     except ValueError:
                         raise BadCollection(f"{path}: {member.name} holds {raw[:20]!r} "
                                             "(expected an integer class label)") from None
                 elif ext == "name" and with_names:
-                    names[key] = tar.extractfile(member).read().decode()
+                    _cap(path, member, MAX_NAME_BYTES)
+                    names[key] = tar.extractfile(member).read(MAX_NAME_BYTES).decode(errors="replace")
     except (tarfile.TarError, OSError, EOFError) as e:
         raise BadCollection(f"{path}: not a readable tar shard ({type(e).__name__}: {e})") from None
     out = []
@@ -425,6 +428,18 @@ def _index_shard(path: str, with_names: bool = False) -> list[tuple[str, str, in
                                 "(expected WebDataset members <key>.jpg + <key>.cls)")
         out.append((key, ext, off, size, labels[key], names.get(key, "")))
     return out
+
+
+# A shard's members are read only up to these sizes (a shard is data someone else may have written).
+MAX_LABEL_BYTES = 64  # <key>.cls: an integer
+MAX_NAME_BYTES = 4096  # <key>.name: a class name
+MAX_IMAGE_BYTES = 256 << 20  # one encoded image
+
+
+def _cap(path: str, member: tarfile.TarInfo, limit: int) -> None:
+    if member.size > limit:
+        raise BadCollection(f"{path}: member {member.name[:200]!r} is {member.size} bytes "
+                            f"(allowed: at most {limit} for a .{member.name.rpartition('.')[2][:10]} member)")
 
 
 def index_array(rows_per_shard: list[list[tuple]]) -> np.ndarray:
