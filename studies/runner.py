@@ -19,10 +19,12 @@ report a study from its URI alone (``study_copy``).
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xtra import limits
 from xtra import studydir as st
 from xtra import trialdir as td
 from xtra.storage import Storage, StorageError, SyncResult, check, pull
@@ -157,6 +159,7 @@ def run_study(study: Study, study_dir: str | Path, *, address: str | None = None
     study_dir = Path(study_dir).expanduser().resolve()
     if check_data:
         study.check_data()
+    check_memory(study)
     study = with_data_identity(study)
     stor = _check_storage(_storage(study_dir, storage))  # before any trial starts
     try:
@@ -184,11 +187,49 @@ def resume_study(study_dir: str | Path, *, address: str | None = None, console: 
     study = load_study_dir(study_dir)
     study = study.with_resources(cpus_per_trial, gpus_per_trial, max_concurrent, workers_per_trial, loggers)
     study.check_data()
+    check_memory(study)
     _check_trackers(study)
     with st.StudyLock(study_dir, "xtra study resume", break_lock=break_lock,
                       storage=shared_lease(stor, study_dir)) as lock, stop_on_signals() as stop:
         return _run_locked(study, study_dir, lock, address=address, stor=stor, console=console, live=live,
                            build_report=build_report, resuming=True, stop=stop)
+
+
+def device_memory(gpus: float) -> tuple[int, str] | None:
+    """(bytes, what) a trial may use here: one GPU's memory (its share, for a fraction of one; read by
+    nvidia-smi so the driver creates no CUDA context), or this machine's RAM; None when unknown (the
+    GPUs are on other nodes)."""
+    if gpus > 0:
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total,name", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.splitlines()
+            mib, name = min((int(line.split(",")[0]), line.split(",", 1)[1].strip()) for line in out if line.strip())
+        except (OSError, subprocess.SubprocessError, ValueError):
+            return None
+        return int(mib * 2**20 * min(gpus, 1.0)), f"one {name}" + (f" ({gpus:g} of it)" if gpus < 1 else "")
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+
+
+def check_memory(study: Study) -> None:
+    """Refuse a trial whose memory estimate exceeds its device, before Ray starts or anything is
+    allocated (StudyError, one line with the estimate)."""
+    res = study.resources
+    found = device_memory(res.gpus_per_trial)
+    if found is None:
+        return
+    available, where = found
+    configs = [s.config for s in study.expand()] if study.search is None else [study.base_config()]
+    seen = set()
+    for cfg in configs:
+        key = (cfg.model, cfg.pretrain.batch_size, cfg.pretrain.accumulate)
+        if key in seen:
+            continue
+        seen.add(key)
+        batch = cfg.pretrain.batch_size // max(1, res.workers)  # data-parallel workers split the batch
+        try:
+            limits.check_memory(cfg.model, batch, cfg.pretrain.accumulate, available, where)
+        except ValueError as err:
+            raise StudyError(f"{study.source}: {err}") from None
 
 
 def _check_trackers(study: Study) -> None:

@@ -55,23 +55,23 @@ def in_range(obj: Any, section: str) -> None:
 
 # ---- memory -------------------------------------------------------------------------------------
 OPTIMIZER_BYTES_PER_PARAM = 16  # fp32 weights + gradients + AdamW's two moments
-ACTIVATION_BYTES = 4 * 16  # per token, per width unit, per layer: fp32 values kept for backward (~16 per layer)
+# Per token, per width unit, per layer: at least the residual stream each layer keeps for backward (4
+# bytes: fp32, or bf16 input and output). Real use is several times more; this is a floor, so a refusal
+# is certain and a size that fits is never refused.
+ACTIVATION_BYTES = 4
 
 
 def memory_estimate(model: Any, batch_size: int, accumulate: int = 1) -> int:
-    """Bytes a pretraining step needs at least (a lower-bound estimate, no model built): parameters with
-    their gradients and AdamW state, plus the activations of one micro-batch kept for backward
-    (attention scores materialised, as the `math` backend does; one layer's only with checkpointing)."""
+    """A lower bound on the bytes a pretraining step needs (no model built): parameters with their
+    gradients and AdamW state, plus what each layer keeps for backward for one micro-batch (one layer's
+    worth with activation checkpointing)."""
     from xtra.config import n_params
 
     micro = max(1, batch_size // max(1, accumulate))
-    t = model.n_tokens
-    layers = ([(model.width, model.num_heads)] * model.depth
-              + [(model.pred_width, model.pred_num_heads)] * model.pred_depth)
+    widths = [model.width] * model.depth + [model.pred_width] * model.pred_depth
     if getattr(model, "activation_checkpointing", False):
-        layers = layers[:1]
-    acts = sum(micro * t * (d * ACTIVATION_BYTES + h * t * 4) for d, h in layers)
-    return n_params(model) * OPTIMIZER_BYTES_PER_PARAM + acts
+        widths = [max(widths)]
+    return n_params(model) * OPTIMIZER_BYTES_PER_PARAM + micro * model.n_tokens * sum(widths) * ACTIVATION_BYTES
 
 
 def check_memory(model: Any, batch_size: int, accumulate: int, available: int, where: str) -> None:
@@ -79,6 +79,6 @@ def check_memory(model: Any, batch_size: int, accumulate: int, available: int, w
     need = memory_estimate(model, batch_size, accumulate)
     if need > available:
         raise ValueError(f"model.width={model.width}, model.depth={model.depth}, pretrain.batch_size={batch_size}: "
-                         f"needs at least {need / 2**30:,.1f} GiB (estimate), more than the {available / 2**30:,.1f} "
-                         f"GiB of {where} (allowed: a smaller model or batch, pretrain.accumulate, or "
-                         f"model.activation_checkpointing)")
+                         f"needs at least {need / 2**30:,.1f} GiB (a lower bound), more than the "
+                         f"{available / 2**30:,.1f} GiB of {where} (allowed: a smaller model or batch, "
+                         "pretrain.accumulate, or model.activation_checkpointing)")
