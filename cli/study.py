@@ -155,6 +155,8 @@ def show_cmd(study: StudyArg, preset: PresetOpt = None, sets: SetOpt = None, see
                   f"probe {', '.join(base.probe.kinds)} for {base.probe.epochs} epochs", highlight=False)
     if s.sets:
         console.print(f"--set {' '.join(s.sets)}", highlight=False)
+    for line in s.kept:  # the study file's own size / [base] over a shared preset, one line per key
+        console.print(line, highlight=False, soft_wrap=True)
     caption = (f"GPU-hours = FLOPs/image x samples / ({MFU:.0%} MFU x {PEAK_TFLOPS:g} TFLOP/s dense bf16, "
                f"H100/H200); pretraining only, probes excluded")
     table = Table(title=f"{s.name}: {s.n_trials} trial(s)", caption=caption)

@@ -169,6 +169,7 @@ def load_study(path_or_name: str | Path, preset: str | None = None, sets: dict[s
                 layers.append((shared[preset], f"{display_path(SHARED_PRESETS)}: presets.{preset}"))
             if preset in own:
                 layers.append((own[preset], f"{src}: presets.{preset}"))
+    shared_label = f"{display_path(SHARED_PRESETS)}: presets."
 
     # -- base layers --------------------------------------------------------------------------
     size = raw.get("size", "cpu-s")
@@ -195,9 +196,17 @@ def load_study(path_or_name: str | Path, preset: str | None = None, sets: dict[s
         search_node = dict(raw["search"])
     search_label = f"{src}: search"
 
+    # A study file means what it says: its own size and [base] win over the shared presets (which fill
+    # in what it leaves out); its own [presets.*], --set and axes win over both. Each shared value not
+    # applied is listed in one line (`xtra study show` prints them).
+    kept: list[str] = []
     for layer, lab in layers:
+        from_shared = lab.startswith(shared_label)
         for k, v in layer.items():
-            if k == "size":
+            if k == "size" and from_shared and "size" in raw:
+                if v != size:
+                    kept.append(f"size={_fmt(size)} from {src} kept ({lab}.size={_fmt(v)} not applied)")
+            elif k == "size":
                 size, size_label = v, f"{lab}.size"
             elif k == "seeds":
                 seeds_val, seeds_label = v, f"{lab}.seeds"
@@ -217,6 +226,11 @@ def load_study(path_or_name: str | Path, preset: str | None = None, sets: dict[s
                 search_node, search_label = merged, f"{lab}.search"
             else:
                 for kk, vv in (_flatten(v, f"{k}.") if isinstance(v, dict) else {k: v}).items():
+                    if from_shared and labels.get(kk, "").startswith(f"{src}: base."):
+                        if vv != base[kk]:
+                            kept.append(f"{kk}={_fmt(base[kk])} from {src} [base] kept ({lab}.{kk}={_fmt(vv)} "
+                                        f"not applied)")
+                        continue
                     base[kk], labels[kk] = vv, f"{lab}.{kk}"
 
     # -- --set ----------------------------------------------------------------------------------
@@ -287,7 +301,7 @@ def load_study(path_or_name: str | Path, preset: str | None = None, sets: dict[s
 
     study = Study(name=name, description=description, size=size, preset=preset, source=src, base=base,
                   axes=tuple(axes.values()), seeds=seed_list, resources=resources, search=search,
-                  sets=tuple(set_texts), path=path)
+                  sets=tuple(set_texts), path=path, kept=tuple(kept))
     _validate(study, labels, axis_labels)
     _check_workers(study)
     return study

@@ -46,8 +46,10 @@ path) holds::
 Every file also gets the shared protocol presets in ``studies/_presets.toml`` (``smoke``, ``cpu``,
 ``paper``); a study's own ``[presets.<name>]`` layers on top of the shared one of the same name.
 
-Precedence, lowest first: ``size`` defaults -> ``[base]`` -> shared preset -> the study's preset ->
-``--set`` -> axis values -> seed. ``--set KEY=VALUE`` takes TOML literals; it sets a config key, or,
+Precedence, lowest first: ``size`` defaults -> shared preset -> the study file's own ``size`` and
+``[base]`` -> the study's preset -> ``--set`` -> axis values -> seed: a study file means what it says
+(a shared preset fills in only what the file leaves out; each value it did not apply is listed in
+``Study.kept`` and by ``xtra study show``). ``--set KEY=VALUE`` takes TOML literals; it sets a config key, or,
 when KEY is an axis (or ``axes.NAME``), replaces that axis' values (a scalar fixes it to one value);
 ``size=...``, ``seeds=...``, ``resources.<key>=...`` and ``search.<key>=...`` work too.
 
@@ -171,6 +173,7 @@ class Study:
     search: Search | None = None
     sets: tuple[str, ...] = ()  # provenance: the --set arguments that were applied
     path: Path | None = None
+    kept: tuple[str, ...] = ()  # shared-preset values the study file's own size / [base] kept out, one line each
 
     # -- configs ------------------------------------------------------------------------------
 
