@@ -20,7 +20,6 @@ import torch
 from typer.testing import CliRunner
 from xtra.cli.data import app
 
-from xtra import data
 from xtra.config import DataConfig
 from xtra.data import (
     Dataset,
@@ -33,6 +32,7 @@ from xtra.data import (
     list_datasets,
     load_dataset,
     locate,
+    registry,
 )
 
 SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -334,7 +334,7 @@ def test_cifar_pickle_cannot_run_code(tmp_path):
 
 
 def test_missing_dataset_names_every_path_and_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_SYSTEM_ROOT", tmp_path / "system")
+    monkeypatch.setattr(registry, "_SYSTEM_ROOT", tmp_path / "system")
     home = tmp_path / "home"
     monkeypatch.setenv("XTRA_DATA", str(home))
     with pytest.raises(DatasetNotFound) as err:

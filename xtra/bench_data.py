@@ -59,19 +59,19 @@ def _linked(cache: Path, src: Path, n: int) -> Path:
 
 def decode_rate(folder: Path, size: int, workers: int, *, augment: bool = True, fast: bool = True,
                 batch: int = 32, limit: int = 0) -> float:
-    """Images/s through the real loader (``stream.BatchSet`` in ``workers`` processes), timed from
+    """Images/s through the real loader (``decode.BatchSet`` in ``workers`` processes), timed from
     the first batch on (worker start-up excluded)."""
     from xtra.config import DataConfig
-    from xtra.data import collection, stream
+    from xtra.data import collection, decode
 
     listing = collection.open_collection(f"imagefolder:{folder}").train
     n = min(len(listing), limit) if limit else len(listing)
     cfg = DataConfig(name=f"imagefolder:{folder}")
-    dataset = stream.BatchSet(listing, size, 3, cfg, True, 0, augment=augment)
+    dataset = decode.BatchSet(listing, size, 3, cfg, True, 0, augment=augment)
     dataset.fast = fast  # False: decode every pixel (what the reduced-scale JPEG decode saves)
     requests = [(np.arange(s, min(s + batch, n)), np.zeros(min(batch, n - s), dtype=np.int64),
                  np.arange(s, min(s + batch, n))) for s in range(0, n, batch)]
-    it = stream._loader(dataset, requests, workers, False)
+    it = decode._loader(dataset, requests, workers, False)
     next(it)  # the first batch includes the workers' start-up
     t0, count = time.perf_counter(), 0
     for item in it:
@@ -191,7 +191,7 @@ def probe_memory(folder: Path, workers: int) -> dict[str, Any]:
 def bench_data(cache: Path, quick: bool = False) -> dict[str, list[dict[str, Any]] | dict[str, Any]]:
     from xtra.config import model_config
     from xtra.data import workers_advice
-    from xtra.data.stream import resolve_workers
+    from xtra.data.decode import resolve_workers
 
     cache.mkdir(parents=True, exist_ok=True)
     small = _collection(cache, 500 if quick else 5000)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from xtra.config import DataConfig, ProbeConfig, parse_randaugment
 from xtra.data import augment
-from xtra.data.stream import Crop
+from xtra.data.lazy import Crop
 from xtra.probe.schedule import _seed
 
 OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd",
