@@ -184,10 +184,26 @@ def show_cmd(study: StudyArg, preset: PresetOpt = None, sets: SetOpt = None, see
     table.add_section()
     table.add_row("", "total", "", "", "", "", "", "", f"{total:.3g}")
     console.print(table)
+    for line in _law_checks(s):
+        console.print(line, highlight=False, soft_wrap=True)
     if base.data.name.startswith(("imagefolder:", "wds:")):  # streamed collections: how many loader workers
         from xtra.data import workers_advice
 
         console.print(workers_advice(base.model)['advice'], highlight=False, soft_wrap=True)
+
+
+def _law_checks(s: Any) -> list[str]:
+    """Whether the report's scaling fits can pass with this grid (points per parameter, held-out refit)."""
+    from xtra.config import n_params_encoder
+    from xtra.reports.scaling.feasibility import law_checks
+    from xtra.reports.tables import SAMPLE_KEYS, SIZE_KEYS
+
+    def group(params: dict[str, Any]) -> str:
+        return ",".join(f"{k}={v}" for k, v in params.items()
+                        if k not in (*SIZE_KEYS, *SAMPLE_KEYS) and not k.startswith("pretrain.warmup"))
+
+    return law_checks([(group(t.params), n_params_encoder(t.config.model), t.config.pretrain.samples)
+                       for t in s.expand()])
 
 
 def _default_out(study_arg: str, s: Any) -> Path:

@@ -92,3 +92,23 @@ def test_pseudo_random_orders_are_the_official_ones() -> None:
 def test_vit_h_defaults_are_the_official_run() -> None:
     cfg = model_config("vit-h/14")
     assert cfg.drop_path == 0.2 and cfg.block_size == 4 and cfg.n_blocks == 16
+
+
+def test_study_show_says_when_a_fit_cannot_pass() -> None:
+    from xtra.reports.scaling.feasibility import law_checks
+
+    def show(*args: str) -> str:
+        out = CliRunner().invoke(app, ["show", *args], terminal_width=250)
+        assert out.exit_code == 0, out.output
+        return out.output
+
+    assert "L(N, D): 16 points (16 distinct (N, D)), 3.2 per parameter: the full law can pass; the held-out " \
+           "check refits it on 12 points" in show("scaling", "--preset", "paper")
+    assert "L(N, D): 9 points for 5 parameters: the full law cannot pass" in show("scaling", "--preset", "smoke")
+    assert "loss vs samples: 4 points for 3 parameters: the law cannot pass (needs >= 6) (each group)" in \
+        show("sample-budget")
+    # seeds add points: the smoke grid with 2 seeds has 18 (the held-out refit 12)
+    grid = [("", n, d) for n in (1, 2, 3) for d in (10, 20, 40)]
+    assert law_checks(grid * 2)[0].startswith("L(N, D): 18 points (9 distinct (N, D)), 3.6 per parameter")
+    assert law_checks([("", n, 10) for n in (1, 2, 3)]) == [
+        "loss vs parameters: 3 distinct values: the report fits a power law from 4 (nothing to fit)"]
