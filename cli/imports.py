@@ -26,7 +26,8 @@ def official_cmd(
 ) -> None:
     """Import an official checkpoint (weights only; no optimizer state) so `xtra probe`, `xtra pretrain`
     (`pretrain.init`) and studies use it like any xtra run."""
-    from xtra.config import DataConfig, ModelConfig, describe, override
+    from xtra.config import DataConfig, ModelConfig, override
+    from xtra.costs import describe
     from xtra.official import import_official
 
     with user_errors():

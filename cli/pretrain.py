@@ -32,7 +32,8 @@ def pretrain_cmd(
 ) -> None:
     """Pretrain one XTRA model (resumable), optionally probe it."""
     from xtra.checkpoint import CHECKPOINT, atomic_write_json
-    from xtra.config import SIZES, TrialConfig, describe, override
+    from xtra.config import SIZES, TrialConfig, override
+    from xtra.costs import describe
     from xtra.data import locate
     from xtra.pretrain import pretrain
 

@@ -82,7 +82,7 @@ CONFIRM_GPU_HOURS = 1000  # a run estimated above this needs --yes (the shipped 
 
 def _estimated_gpu_hours(s: Any) -> float:
     """The study's pretraining cost as `study show` estimates it (O(trials), no model built)."""
-    from xtra.config import flops_per_image
+    from xtra.costs import flops_per_image
 
     base = s.base_config()
     total = sum(_gpu_hours(flops_per_image(x.config.model), x.config.pretrain.samples) for x in s.expand())
@@ -135,7 +135,7 @@ def list_cmd() -> None:
 @app.command("show")
 def show_cmd(study: StudyArg, preset: PresetOpt = None, sets: SetOpt = None, seeds: SeedsOpt = None) -> None:
     """Every trial with its params, size, FLOPs/image, samples and estimated GPU-hours."""
-    from xtra.config import flops_per_image, n_params, n_params_encoder
+    from xtra.costs import flops_per_image, n_params, n_params_encoder
     from xtra.data.collection import PIPE_ENV, is_command
 
     s = _load(study, preset, sets, seeds)
@@ -194,7 +194,7 @@ def show_cmd(study: StudyArg, preset: PresetOpt = None, sets: SetOpt = None, see
 
 def _law_checks(s: Any) -> list[str]:
     """Whether the report's scaling fits can pass with this grid (points per parameter, held-out refit)."""
-    from xtra.config import n_params_encoder
+    from xtra.costs import n_params_encoder
     from xtra.reports.scaling.feasibility import law_checks
     from xtra.reports.tables import SAMPLE_KEYS, SIZE_KEYS
 

@@ -156,7 +156,7 @@ def _trial_row(state: Any, notes: list[str]) -> dict[str, Any]:
     if state.row is not None:
         row.update({k: v for k, v in state.row.items() if v is not None or k not in row})
     else:
-        from xtra.config import size_columns
+        from xtra.costs import size_columns
 
         row.update(status=state.status, error=state.error or ("not started" if state.status == "pending" else None))
         if state.config is not None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xtra import limits
+from xtra import costs
 from xtra import studydir as st
 from xtra import trialdir as td
 from xtra.storage import Storage, StorageError, SyncResult, check, pull
@@ -227,7 +227,7 @@ def check_memory(study: Study) -> None:
         seen.add(key)
         batch = cfg.pretrain.batch_size // max(1, res.workers)  # data-parallel workers split the batch
         try:
-            limits.check_memory(cfg.model, batch, cfg.pretrain.accumulate, available, where)
+            costs.check_memory(cfg.model, batch, cfg.pretrain.accumulate, available, where)
         except ValueError as err:
             raise StudyError(f"{study.source}: {err}") from None
 

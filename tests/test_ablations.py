@@ -9,7 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from xtra.cli.study import app
-from xtra.config import model_config, n_params_encoder
+from xtra.config import model_config
+from xtra.costs import n_params_encoder
 from xtra.model import _block_order, pseudo_random_orders
 from xtra.studies.load import load_study
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from xtra.config import flops_per_image, model_config, n_params, n_params_encoder
+from xtra.config import model_config
+from xtra.costs import flops_per_image, n_params, n_params_encoder
 from xtra.model import XTRA, block_crops, block_orders
 
 

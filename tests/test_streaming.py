@@ -272,7 +272,7 @@ def test_reduced_scale_jpeg_decode_matches_full_decode(tmp_path):
 def test_workers_advice_is_gpu_rate_over_worker_rate():
     import math
 
-    from xtra.config import flops_per_image
+    from xtra.costs import flops_per_image
     from xtra.data import MEASURED_WORKER_RATE, workers_advice
 
     vit = model_config("vit-b/16", block_size=4)

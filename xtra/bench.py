@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from xtra.attention import attend, backend_status, resolve_backend, skipped_fraction
-from xtra.config import flops_per_image, model_config
+from xtra.config import model_config
+from xtra.costs import flops_per_image
 from xtra.model import XTRA
 from xtra.pretrain import make_optimizer, train_step
 

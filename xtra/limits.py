@@ -1,6 +1,6 @@
 """Bounds before work (docs/security.md): every numeric config key's range, checked in O(1) before any
-check or estimate that grows with the value, and a trial's memory estimate, compared with the memory
-of the device it will run on before anything is allocated.
+check or estimate that grows with the value. (A trial's memory estimate, compared with the memory of
+the device it will run on before anything is allocated, is a cost: ``xtra.costs.check_memory``.)
 
 The ranges are generous for real studies; a value past them is a typo or an attack (`model.width=1e9`
 used to hang `xtra study show` listing the divisors of a billion)."""
@@ -51,34 +51,3 @@ def in_range(obj: Any, section: str) -> None:
         for v in values:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
                 raise ValueError(f"{key}={v!r} is out of range (allowed: {lo:g} to {hi:g})")
-
-
-# ---- memory -------------------------------------------------------------------------------------
-OPTIMIZER_BYTES_PER_PARAM = 16  # fp32 weights + gradients + AdamW's two moments
-# Per token, per width unit, per layer: at least the residual stream each layer keeps for backward (4
-# bytes: fp32, or bf16 input and output). Real use is several times more; this is a floor, so a refusal
-# is certain and a size that fits is never refused.
-ACTIVATION_BYTES = 4
-
-
-def memory_estimate(model: Any, batch_size: int, accumulate: int = 1) -> int:
-    """A lower bound on the bytes a pretraining step needs (no model built): parameters with their
-    gradients and AdamW state, plus what each layer keeps for backward for one micro-batch (one layer's
-    worth with activation checkpointing)."""
-    from xtra.config import n_params
-
-    micro = max(1, batch_size // max(1, accumulate))
-    widths = [model.width] * model.depth + [model.pred_width] * model.pred_depth
-    if getattr(model, "activation_checkpointing", False):
-        widths = [max(widths)]
-    return n_params(model) * OPTIMIZER_BYTES_PER_PARAM + micro * model.n_tokens * sum(widths) * ACTIVATION_BYTES
-
-
-def check_memory(model: Any, batch_size: int, accumulate: int, available: int, where: str) -> None:
-    """ValueError (one line, with the estimate) when a trial cannot fit in `available` bytes of `where`."""
-    need = memory_estimate(model, batch_size, accumulate)
-    if need > available:
-        raise ValueError(f"model.width={model.width}, model.depth={model.depth}, pretrain.batch_size={batch_size}: "
-                         f"needs at least {need / 2**30:,.1f} GiB (a lower bound), more than the "
-                         f"{available / 2**30:,.1f} GiB of {where} (allowed: a smaller model or batch, "
-                         "pretrain.accumulate, or model.activation_checkpointing)")

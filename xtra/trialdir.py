@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xtra.config import TrialConfig, from_dict, size_columns
+from xtra.config import TrialConfig, from_dict
+from xtra.costs import size_columns
 from xtra.fileio import atomic_write_json
 
 CONFIG = "config.json"

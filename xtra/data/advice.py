@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import math
 
-from xtra.config import flops_per_image
+from xtra.costs import H200_BF16_PEAK, TARGET_MFU, flops_per_image
 
-# Per-image training cost on a GPU, for `workers_advice`: FLOPs / (MFU x peak). The defaults are the
-# README's goal (40% MFU) and an H200's dense bf16 peak (989 TFLOP/s); not measured here.
-H200_BF16_PEAK = 989e12
-TARGET_MFU = 0.40
 # Images/s of one loader worker (read + decode + RandomResizedCrop + flip, RGB) on ImageNet-like JPEGs
 # of about 500x375, by output size, measured by `xtra bench --sections data` on this project's shared
 # 2-core machine (docs/bench-cpu-2core-data.md). A dedicated server core is faster, so advice from
