@@ -5,7 +5,7 @@ PIP_VERSION := 26.3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.xtra-installed
 
-.PHONY: setup demo test test-fast test-latest lock lint bench clean data-system chromium
+.PHONY: setup demo test test-fast test-latest lock lint bench clean data-system chromium slurm
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,15 @@ chromium:
 		 (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) && echo "installed chromium"; \
 	else echo "skipping chromium: needs apt-get as root (report rendering tests will skip)"; fi
 
+# A real Slurm (munge, slurmctld, slurmd) for the Slurm tests, which start their own one-node cluster.
+slurm:
+	@if command -v slurmctld >/dev/null && command -v munged >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null)) && \
+		echo "installed slurm-wlm and munge"; \
+	else echo "skipping slurm: needs apt-get as root (the Slurm tests will skip)"; fi
+
 # The main job: the block-size study on real Fashion-MNIST (24 minutes on 2 cores), its
 # report, and a table of the trials. A second run reuses the finished trials.
 DEMO_DIR ?= runs/studies/block-size-cpu
@@ -47,7 +56,7 @@ demo: setup
 	@$(VENV)/bin/xtra study status $(DEMO_DIR)
 	@echo "report: $(DEMO_DIR)/report/index.html (self-contained; open it in a browser, offline)"
 
-test: setup chromium
+test: setup chromium slurm
 	$(PY) -m pytest -q -x --timeout=900
 
 # The inner loop: no Ray cluster, no Slurm, no servers, under two minutes.
