@@ -7,6 +7,7 @@ Shared presets (``studies/_presets.toml``) and the study's own presets are appli
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import tomllib
 from importlib import resources
@@ -17,6 +18,7 @@ from xtra import studydir
 from xtra.config import SIZES, TrialConfig, _coerce, model_config, override
 from xtra.studies.parse import (
     _LEAVES,
+    MAX_TRIALS,
     _apply_zip,
     _check_config_key,
     _flatten,
@@ -299,6 +301,10 @@ def load_study(path_or_name: str | Path, preset: str | None = None, sets: dict[s
                 raise StudyError(f"{src}: axes.{axis.name}: {k} is already swept by axis {axis_keys[k]!r}")
             axis_keys[k] = axis.name
 
+    n_trials = len(seed_list) * math.prod(len(a.values) for a in axes.values())
+    if n_trials > MAX_TRIALS:
+        raise StudyError(f"{src}: {n_trials:,} trials ({len(seed_list)} seed(s) x the axes' values; allowed: at most "
+                         f"{MAX_TRIALS:,} in one study)")
     study = Study(name=name, description=description, size=size, preset=preset, source=src, base=base,
                   axes=tuple(axes.values()), seeds=seed_list, resources=resources, search=search,
                   sets=tuple(set_texts), path=path, kept=tuple(kept))

@@ -115,13 +115,22 @@ def _apply_zip(axes: dict[str, Axis], node: Any, label: str, axis_labels: dict[s
     return out
 
 
+MAX_SEEDS = 1000  # seeds of one study (a count is checked before range() is built)
+MAX_TRIALS = 10_000  # trials of one grid study, checked from the axes' lengths before expanding
+MAX_SEARCH_SAMPLES = 100_000
+
+
 def _parse_seeds(value: Any, label: str) -> tuple[int, ...]:
     if isinstance(value, bool):
         raise StudyError(f"{label}={_fmt(value)}: must be a count or a list of ints")
     if isinstance(value, int):
         if value < 1:
             raise StudyError(f"{label}={value}: must be >= 1")
+        if value > MAX_SEEDS:
+            raise StudyError(f"{label}={value}: too many seeds (allowed: at most {MAX_SEEDS})")
         return tuple(range(value))
+    if isinstance(value, list) and len(value) > MAX_SEEDS:
+        raise StudyError(f"{label}: {len(value)} seeds (allowed: at most {MAX_SEEDS})")
     if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         if len(set(value)) != len(value):
             raise StudyError(f"{label}={_fmt(value)}: seeds repeat")
@@ -146,8 +155,8 @@ def _parse_search(node: Any, label: str) -> Search:
     if mode not in ("max", "min"):
         raise StudyError(f"{label}.mode={_fmt(mode)}: must be \"max\" or \"min\"")
     num_samples = node.get("num_samples", 8)
-    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-        raise StudyError(f"{label}.num_samples={_fmt(num_samples)}: must be an int >= 1")
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or not 1 <= num_samples <= MAX_SEARCH_SAMPLES:
+        raise StudyError(f"{label}.num_samples={_fmt(num_samples)}: must be an int from 1 to {MAX_SEARCH_SAMPLES}")
     asha = node.get("asha", False)
     if not isinstance(asha, bool):
         raise StudyError(f"{label}.asha={_fmt(asha)}: must be true or false")

@@ -415,3 +415,121 @@ def test_data_get_refuses_to_extract_without_the_data_filter(tmp_path, monkeypat
     with pytest.raises(DownloadError, match=r"not extracted: Python .* no safe tar extraction"):
         _extract(tarball, into)
     assert not (tmp_path / "a" / "escaped.txt").exists()
+
+
+# ---- bounds before work (finding 5) ---------------------------------------------------------------
+def _show(*args: str):
+    from typer.testing import CliRunner
+
+    from xtra.cli.main import app
+
+    return CliRunner().invoke(app, ["study", "show", *args])
+
+
+def _one_line_error_or_ok(res) -> None:
+    assert res.exit_code in (0, 2), res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    if res.exit_code == 2:
+        assert res.output.startswith("error:") and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_a_huge_width_is_one_line_at_once_and_integral_floats_are_integers():
+    res = _show("block-size", "-p", "smoke", "--set", "model.width=1000000000")  # hung past 60 s before
+    _one_line_error_or_ok(res)
+    assert res.exit_code == 2 and "model.width=1000000000 is out of range (allowed: 1 to 65536)" in res.output
+    res = _show("block-size", "-p", "smoke", "--set", "pretrain.samples=1e6")  # was "wrong type"
+    assert res.exit_code == 0 and "1,000,000" in res.output, res.output
+    res = _show("block-size", "-p", "smoke", "--set", "pretrain.samples=1.5e6")
+    _one_line_error_or_ok(res)
+    assert res.exit_code == 0  # 1.5e6 is the integer 1,500,000 too
+    res = _show("block-size", "-p", "smoke", "--set", "pretrain.samples=1000.5")
+    assert res.exit_code == 2 and "wrong type" in res.output
+
+
+def test_a_huge_budget_needs_yes(tmp_path):
+    from typer.testing import CliRunner
+
+    from xtra.cli.main import app
+
+    res = CliRunner().invoke(app, ["study", "run", "block-size", "-p", "smoke", "--set", "pretrain.samples=1e15",
+                                   "--out", str(tmp_path / "s")])
+    assert res.exit_code == 2 and "GPU-hours" in res.output and "--yes" in res.output, res.output
+    assert not (tmp_path / "s").exists()  # refused before anything was written
+
+
+def test_a_model_larger_than_memory_is_refused_before_allocation():
+    from xtra.studies.load import load_study
+    from xtra.studies.runner import check_memory
+    from xtra.studydir import StudyError
+
+    big = load_study("block-size", preset="smoke", sets={"model.width": 16384, "model.depth": 256,
+                                                          "model.num_heads": 16, "pretrain.batch_size": 65536})
+    with pytest.raises(StudyError, match=r"needs at least [\d,.]+ GiB \(a lower bound\), more than the") as err:
+        check_memory(big)
+    assert "\n" not in str(err.value)
+    check_memory(load_study("block-size", preset="smoke"))  # a real study fits
+
+
+# Hypothesis: every --set value and every study file ends, within 5 s, in a study `show` can print or a
+# one-line error; never a traceback, never a hang.
+def _toml(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return {"nan": "nan", "inf": "inf", "-inf": "-inf"}.get(repr(v), repr(v))
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return str(v)
+
+
+def _values():
+    from hypothesis import strategies as hs
+
+    scalar = hs.one_of(hs.integers(-10**20, 10**20), hs.sampled_from([0, 1, 2, 3, 4, 7, 8, 16, 64, 10**9, -1]),
+                       hs.floats(allow_nan=True, allow_infinity=True), hs.sampled_from([1e6, 1e9, 1e18, 0.5]),
+                       hs.booleans(), hs.text(max_size=12), hs.sampled_from(["wds:pipe:touch /tmp/x", "../../x"]))
+    return hs.one_of(scalar, hs.lists(scalar, max_size=4))
+
+
+def test_property_set_values_end_in_a_study_or_one_line():
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as hs
+
+    from xtra.config import valid_keys
+
+    keys = hs.one_of(hs.sampled_from(valid_keys()), hs.sampled_from(["axes.model.block_size", "seeds",
+                                                                      "search.num_samples", "nope.key"]))
+
+    @settings(max_examples=60, deadline=5000, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(hs.lists(hs.tuples(keys, _values()), min_size=1, max_size=3))
+    def check(pairs):
+        args = [a for k, v in pairs for a in ("--set", f"{k}={_toml(v)}")]
+        _one_line_error_or_ok(_show("block-size", "-p", "smoke", *args))
+
+    check()
+
+
+def test_property_study_files_end_in_a_study_or_one_line(tmp_path):
+    import tempfile
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as hs
+
+    from xtra.config import valid_keys
+
+    key = hs.sampled_from([k for k in valid_keys() if k.startswith(("model.", "pretrain.", "data.", "probe."))])
+
+    @settings(max_examples=40, deadline=5000, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(hs.sampled_from(["tiny", "cpu-s", "nope"]), hs.dictionaries(key, _values(), max_size=3),
+           key, hs.lists(_values(), min_size=1, max_size=3), hs.one_of(hs.integers(-3, 10**6), hs.just(1e18)))
+    def check(size, base, axis, axis_values, seeds):
+        text = (f'name = "prop"\nsize = "{size}"\nseeds = {_toml(seeds)}\n[base]\n'
+                + "".join(f'"{k}" = {_toml(v)}\n' for k, v in base.items())
+                + f'[axes]\n"{axis}" = {_toml(axis_values if isinstance(axis_values, list) else [axis_values])}\n')
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", dir=tmp_path, delete=False) as f:
+            f.write(text)
+        _one_line_error_or_ok(_show(f.name))
+
+    check()

@@ -50,4 +50,5 @@ def in_range(obj: Any, section: str) -> None:
             raise ValueError(f"{key} has {len(values)} entries (allowed: at most {MAX_LIST})")
         for v in values:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-                raise ValueError(f"{key}={v!r} is out of range (allowed: {lo:g} to {hi:g})")
+                shown = repr(v) if len(repr(v)) <= 40 else f"{v:.3g}" if isinstance(v, (int, float)) else repr(v)[:40]
+                raise ValueError(f"{key}={shown} is out of range (allowed: {lo:g} to {hi:g})")
