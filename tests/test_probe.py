@@ -11,10 +11,10 @@ import pytest
 import torch
 import typer
 from typer.testing import CliRunner
-from xtra.cli.probe import probe_cmd
 
 from xtra.bench_probe import bench_probe, protocol_cost
 from xtra.checkpoint import CheckpointError, load_checkpoint
+from xtra.cli.probe import probe_cmd
 from xtra.config import DataConfig, PretrainConfig, ProbeConfig, model_config
 from xtra.data import Split, load_dataset
 from xtra.pretrain import pretrain
@@ -316,7 +316,7 @@ def test_cli_probe_prints_table_and_writes_json(run_dir):
 @pytest.mark.parametrize("args,message", [
     (["--kind", "nonlinear"], "--kind='nonlinear' is not allowed"),
     (["--lrs", "1e-3,fast"], "is not a comma-separated list of numbers"),
-    (["--epochs", "0"], "ProbeConfig.epochs=0 must be > 0"),
+    (["--epochs", "0"], "probe.epochs=0 is out of range"),
     (["--mask", "causal"], "probe.mask='causal' is not allowed"),
     (["--features", "pooled"], "probe.features='pooled' is not allowed"),
     (["--data", "cifar11"], "data.name='cifar11' is not a known dataset"),
@@ -603,6 +603,54 @@ def test_lbfgs_head_is_the_penalized_logistic_regression_optimum(encoder, small)
         assert (mine.argmax(1) == ref.predict(z)).mean() > 0.995
 
 
+@pytest.mark.parametrize("l2", [1e-2, 1e-4])
+def test_whitened_lbfgs_reaches_the_optimum_of_plain_lbfgs(encoder, small, l2):
+    """Whitening only preconditions: the same objective, the same optimum (probabilities within float32
+    solve noise) as the reference L-BFGS on the standardized features, also from a cap of 200 iterations."""
+    from xtra.probe import fit_linear_lbfgs
+
+    cfg = dataclasses.replace(FAST, linear_solver="lbfgs")
+    train = _Source(encoder, small.train.images, "linear", cfg, torch.device("cpu"), "memory", None, "train")
+    probs = {}
+    for whiten, max_iter in ((False, 5000), (True, 1000), (True, 200)):
+        (head,) = [make_head("linear", encoder.cfg, small.num_classes, cfg, 0)]
+        fit_linear_lbfgs([head], (l2,), train, small.train.labels, whiten=whiten, max_iter=max_iter)
+        head.eval()
+        with torch.no_grad():
+            probs[whiten, max_iter] = torch.softmax(head(train.cache), dim=-1)
+    reference = probs[False, 5000]
+    for key in ((True, 1000), (True, 200)):
+        assert (probs[key] - reference).abs().max() < 5e-3, key
+        assert (probs[key].argmax(1) == reference.argmax(1)).float().mean() > 0.995, key
+
+
+def test_bfloat16_features_on_cpu_are_close_and_auto_is_float32(encoder):
+    from xtra.probe import head_inputs_all
+
+    x = torch.randn(8, 1, 32, 32)
+    kinds = ("linear", "attentive")
+    full = head_inputs_all(encoder, x, kinds, ProbeConfig(feature_dtype="float32"))
+    auto = head_inputs_all(encoder, x, kinds, ProbeConfig())
+    half = head_inputs_all(encoder, x, kinds, ProbeConfig(feature_dtype="bfloat16"))
+    for kind in kinds:
+        assert torch.equal(auto[kind], full[kind]) and half[kind].dtype == torch.float32
+        assert not torch.equal(half[kind], full[kind])  # it did run in bfloat16
+        torch.testing.assert_close(half[kind], full[kind], rtol=0.05, atol=0.05 * float(full[kind].abs().max()))
+
+
+def test_new_probe_fields_at_their_defaults_keep_the_probe_key():
+    """Studies probed before `linear_max_iter` / `feature_dtype` existed keep their probe results: at
+    the defaults the key is the one computed without those fields; set, they change it."""
+    from xtra.config import PROBE_KEYS_IF_SET, RESOURCE_KEYS, TrialConfig, _digest
+
+    cfg = TrialConfig()
+    old = {k: v for k, v in dataclasses.asdict(cfg.probe).items()
+           if k not in PROBE_KEYS_IF_SET and f"probe.{k}" not in RESOURCE_KEYS}
+    assert cfg.probe_hash() == _digest({"pretrain": cfg.config_hash(), "probe": old})
+    for changes in ({"linear_max_iter": 200}, {"feature_dtype": "bfloat16"}):
+        assert dataclasses.replace(cfg, probe=ProbeConfig(**changes)).probe_hash() != cfg.probe_hash()
+
+
 def test_lbfgs_probe_chooses_the_penalty_on_val_and_records_it(encoder, small):
     cfg = dataclasses.replace(FAST, linear_solver="lbfgs", linear_l2=(1e-6, 1e-1))
     result = probe(encoder, small, cfg, seed=0)["linear"]
@@ -619,6 +667,8 @@ def test_lbfgs_probe_chooses_the_penalty_on_val_and_records_it(encoder, small):
     ({"linear_solver": "lbfgs", "augment": True}, "probe.linear_solver=lbfgs solves on cached features"),
     ({"linear_solver": "lbfgs", "cache": "off"}, "probe.linear_solver=lbfgs needs the feature cache"),
     ({"linear_l2": ()}, "probe.linear_l2=() must be a non-empty list"),
+    ({"linear_max_iter": 0}, "ProbeConfig.linear_max_iter=0 must be > 0"),
+    ({"feature_dtype": "fp16"}, "probe.feature_dtype='fp16' is not allowed"),
 ])
 def test_bad_solver_settings_are_one_line(changes, message):
     with pytest.raises(ValueError) as err:

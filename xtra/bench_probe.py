@@ -35,6 +35,7 @@ from xtra.probe import (
     probe,
     probe_checkpoints,
     random_encoder,
+    run_configs,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -108,8 +109,14 @@ def bench_probe(encoder: Encoder | None = None, dataset=None, *, n_lrs: int = 8,
 # epochs stayed 3.6 points under a converged reference on the same features, 2.1 after 200 epochs,
 # L-BFGS 0.1 (docs/bench-cpu-2core-probe.md). The attentive head keeps AdamW with a short schedule;
 # the official lrs (1e-4..4e-3) are sized for 100 epochs of ImageNet, so its grid is shifted up.
-CPU_PROBE = ProbeConfig(epochs=16, warmup_epochs=2, batch_size=256, limit_train=20_000,
-                        lrs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1), linear_solver="lbfgs")
+CPU_PROBE_BEFORE = ProbeConfig(epochs=16, warmup_epochs=2, batch_size=256, limit_train=20_000,
+                               lrs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1), linear_solver="lbfgs", points=4)
+# The preset since issue #25 (docs/bench-cpu-2core-probe.md, "Probing at a fraction of pretraining"):
+# the encoder forward in bfloat16 (AMX/AVX-512 on CPUs; top-1 unchanged), L-BFGS whitened (same
+# optimum, ~100 iterations) over the 3 L2 strengths that are ever chosen, the attentive head's lrs cut
+# to the 3 around the ones chosen (0.01-0.03), all lrs trained as one batched module.
+CPU_PROBE = dataclasses.replace(CPU_PROBE_BEFORE, feature_dtype="bfloat16", linear_l2=(1e-8, 1e-7, 1e-6),
+                                linear_max_iter=200, lrs=(1e-2, 3e-2, 1e-1))
 
 
 def reference_top1(encoder: Encoder, dataset, cfg: ProbeConfig,
@@ -292,3 +299,107 @@ def bench_probe_protocol(*, samples: int = 30_000, protocol_train: int = 2_000, 
 # `xtra bench --quick`: the same measurements at smoke scale (a check of the benchmark itself).
 QUICK_PROTOCOL = dict(samples=2048, protocol_train=500, protocol_eval=500, official_epochs=2, along_train=1000,
                       ours=dataclasses.replace(CPU_PROBE, epochs=2, warmup_epochs=0))
+
+
+def pretrain_rate(samples: int = 3_072, seed: int = 0, device: str = "cpu") -> float:
+    """Seconds per pretraining sample of the `cpu` preset's recipe (cpu-s, k = 2, batch 128), timed on a
+    short fresh run here: a trial's pretraining time at its budget, measured under the same load as
+    the probing it is compared with."""
+    from xtra.config import PretrainConfig, model_config
+    from xtra.pretrain import pretrain
+
+    with tempfile.TemporaryDirectory(prefix="xtra-bench-rate-") as tmp:
+        pre = PretrainConfig(samples=samples, batch_size=128, warmup_samples=samples // 10, checkpoint_every=samples,
+                             device=device)
+        done = pretrain(model_config("cpu-s", block_size=2), DataConfig(name="fashion-mnist"), pre,
+                        Path(tmp) / "run", seed=seed)
+    return done["wall_s"] / samples
+
+
+def bench_probe_overhead(run_dir: Path, presets: dict[str, ProbeConfig] | None = None, *, seed: int = 0,
+                         samples: int = 30_000, converge: str | None = "after", rate_samples: int = 3_072,
+                         log: Log | None = None) -> dict[str, Any]:
+    """Issue #25's figures, side by side in one run, on the encoder `bench_probe_protocol` pretrained in
+    `run_dir` (the `cpu` recipe, 4 checkpoints kept): for each preset (default: the `cpu` preset
+    before and after #25), a trial's probing (`probe_checkpoints` on the 4 checkpoints, the last with
+    every kind) and its overhead, probing / pretraining, with the pretraining time of `samples`
+    measured here before and after the probing (`pretrain_rate`, the mean); for the preset named
+    `converge`: its attentive head vs the same head trained 4x longer, its linear probe vs the
+    converged reference (scikit-learn on float32 features), and the 95% interval of every test top-1."""
+    from xtra.checkpoint import kept_checkpoint, kept_samples
+
+    presets = presets or {"before": CPU_PROBE_BEFORE, "after": CPU_PROBE}
+    log = log or (lambda msg: None)
+    run = Path(run_dir)
+    state = load_checkpoint(run / CHECKPOINT)
+    samples_end = int(state["samples_seen"])
+    model_cfg, data_cfg, _ = run_configs(state, run / CHECKPOINT)
+    paths = {s: kept_checkpoint(run, s) for s in kept_samples(run) if s < samples_end}  # the 3 kept along the way
+    paths[samples_end] = run / CHECKPOINT
+    out: dict[str, Any] = {"device": "cpu", "torch_threads": torch.get_num_threads(), "model": "cpu-s k=2",
+                           "points": sorted(paths), "presets": {}}
+    rates = [pretrain_rate(rate_samples, seed)]
+    log(f"pretraining: {rates[0] * samples:.0f} s for {samples} samples")
+    for name, cfg in presets.items():
+        t0 = time.perf_counter()
+        rows = probe_checkpoints(paths, data_cfg, cfg, seed, expect_model=model_cfg, device="cpu")
+        wall = time.perf_counter() - t0
+        out["presets"][name] = {"probe": _cfg_summary(cfg), "probe_s": wall,
+                                "rows": [{k: r[k] for k in ("samples", "kind", "top1", "best_lr", "best_l2",
+                                                            "still_improving", "n_test", "wall_s")} for r in rows]}
+        log(f"{name}: probing {wall:.0f} s")
+    rates.append(pretrain_rate(rate_samples, seed))
+    pretrain_s = samples * sum(rates) / len(rates)
+    out["pretrain_s"] = pretrain_s
+    out["pretrain_s_each"] = [r * samples for r in rates]
+    for entry in out["presets"].values():
+        entry["overhead"] = entry["probe_s"] / pretrain_s  # (trial - pretraining alone) / pretraining
+        for row in entry["rows"]:
+            row["ci95"] = wilson(row["top1"], row["n_test"])
+    if converge in presets:
+        cfg = presets[converge]
+        out["converge"] = converge_check(run, model_cfg, data_cfg, cfg, seed, out["presets"][converge]["rows"],
+                                         samples_end, log)
+    return out
+
+
+def _cfg_summary(cfg: ProbeConfig) -> dict[str, Any]:
+    return {k: getattr(cfg, k) for k in ("epochs", "lrs", "linear_l2", "linear_max_iter", "feature_dtype",
+                                         "limit_train", "points", "along_kinds")}
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> list[float]:
+    """The 95% Wilson interval of a top-1 `p` measured on `n` test images."""
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [centre - half, centre + half]
+
+
+def converge_check(run: Path, model_cfg, data_cfg: DataConfig, cfg: ProbeConfig, seed: int, rows: list[dict],
+                   samples_end: int, log: Log) -> dict[str, Any]:
+    """The preset's end-of-training probes vs converged ones on the same encoder: the attentive head
+    trained 4x longer (epochs and warmup), the linear probe vs `reference_top1` (float32 features)."""
+    from xtra.data import load_dataset
+
+    encoder = load_encoder(load_checkpoint(run / CHECKPOINT), model_cfg, run / CHECKPOINT).eval()
+    dataset = load_dataset(data_cfg, model_cfg.img_size, model_cfg.channels)
+    at_end = {r["kind"]: r for r in rows if r["samples"] == samples_end}
+    out: dict[str, Any] = {}
+    if "attentive" in at_end:
+        longer = dataclasses.replace(cfg, kinds=("attentive",), epochs=4 * cfg.epochs,
+                                     warmup_epochs=4 * cfg.warmup_epochs)
+        t0 = time.perf_counter()
+        r = probe(encoder, dataset, longer, seed)["attentive"]
+        out["attentive"] = {"epochs": cfg.epochs, "top1": at_end["attentive"]["top1"],
+                            "still_improving": at_end["attentive"]["still_improving"],
+                            "epochs_4x": longer.epochs, "top1_4x": r["test_top1"], "best_lr_4x": r["best_lr"],
+                            "still_improving_4x": r["still_improving"], "s_4x": time.perf_counter() - t0,
+                            "gap_points": 100 * (r["test_top1"] - at_end["attentive"]["top1"])}
+        log(f"attentive convergence: {out['attentive']}")
+    if "linear" in at_end:
+        ref = reference_top1(encoder, dataset, dataclasses.replace(cfg, feature_dtype="float32"))
+        out["linear"] = {"top1": at_end["linear"]["top1"], "reference_top1": ref["test_top1"],
+                         "reference_C": ref["C"], "gap_points": 100 * (ref["test_top1"] - at_end["linear"]["top1"]),
+                         "reference_s": ref["wall_s"]}
+        log(f"linear convergence: {out['linear']}")
+    return out

@@ -284,6 +284,8 @@ class ProbeConfig:
     # one head per L2 strength in linear_l2 (mean cross-entropy + l2/2 |W|^2), chosen on val.
     linear_solver: str = "adamw"
     linear_l2: tuple[float, ...] = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4)
+    linear_max_iter: int = 1000  # L-BFGS iterations per L2 strength (whitened: ~100 reach the optimum)
+    feature_dtype: str = "auto"  # encoder forward for the head inputs: auto = bfloat16 on GPUs, float32 on CPUs
     features: str = "raw"  # raw = block outputs as the official probes read them; normed = after the final LayerNorm
     layers: int = 6  # attentive probe: mean of the last `layers` encoder blocks (clamped to the depth)
     attentive_heads: int = 16  # clamped to the largest divisor of the width that is <= this
@@ -324,6 +326,8 @@ class ProbeConfig:
         _require(self.linear_weight_decay >= 0 and self.attentive_weight_decay >= 0,
                  "probe.linear_weight_decay and probe.attentive_weight_decay must be >= 0")
         _one_of("probe.linear_solver", self.linear_solver, ("adamw", "lbfgs"))
+        _positive(self, "linear_max_iter")
+        _one_of("probe.feature_dtype", self.feature_dtype, ("auto", "float32", "bfloat16"))
         _require(len(self.linear_l2) > 0 and all(v >= 0 for v in self.linear_l2),
                  f"probe.linear_l2={self.linear_l2} must be a non-empty list of L2 strengths >= 0")
         _require(not (self.linear_solver == "lbfgs" and self.augment),
@@ -403,7 +407,8 @@ class TrialConfig:
     def probe_hash(self) -> str:
         """A probe result's key: the pretraining identity plus the probe protocol, so changing the
         protocol re-probes finished checkpoints instead of pretraining again."""
-        probe = {k: v for k, v in dataclasses.asdict(self.probe).items() if f"probe.{k}" not in RESOURCE_KEYS}
+        probe = {k: v for k, v in dataclasses.asdict(self.probe).items() if f"probe.{k}" not in RESOURCE_KEYS
+                 and not (k in PROBE_KEYS_IF_SET and v == getattr(_PROBE_DEFAULTS, k))}
         return _digest({"pretrain": self.config_hash(), "probe": probe})
 
 
@@ -420,6 +425,11 @@ RESOURCE_KEYS = frozenset({
     "pretrain.compile", "pretrain.checkpoint_every", "pretrain.log_every", "probe.cache",
     "pretrain.init",  # the path; its content's sha256 is identity (see pretrain_identity)
 })
+
+# Probe fields added after probed studies existed: left out of the probe key while at their default,
+# so those studies are not probed again.
+PROBE_KEYS_IF_SET = ("linear_max_iter", "feature_dtype")
+_PROBE_DEFAULTS = ProbeConfig()
 
 PATH_PREFIXES = ("imagefolder:", "wds:")
 

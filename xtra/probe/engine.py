@@ -94,21 +94,29 @@ def train_heads(kind: str, heads: list[nn.Module], lrs: tuple[float, ...], sourc
         share_norm(heads)
 
 
-LBFGS_MAX_ITER = 1000  # full-batch iterations per head (each one pass over the cached train features)
+LBFGS_MAX_ITER = 1000  # default full-batch iterations per head (each one pass over the cached train features)
 
 
-def fit_linear_lbfgs(heads: list[nn.Module], l2s: tuple[float, ...], source: _Source, labels: torch.Tensor) -> None:
+def fit_linear_lbfgs(heads: list[nn.Module], l2s: tuple[float, ...], source: _Source, labels: torch.Tensor,
+                     whiten: bool = True, max_iter: int = LBFGS_MAX_ITER) -> None:
     """Solve each linear head to convergence on the cached train features: its BatchNorm (no affine
     part) takes the train split's mean and variance, which is what its running statistics estimate,
     so it standardizes; then its Linear layer minimizes mean cross-entropy + l2/2 |W|^2 by full-batch
     L-BFGS with a strong-Wolfe line search. The same head as `train_heads` trains, without the
     optimizer's noise: on correlated features AdamW needs far more epochs than a short probe has to
-    get there (docs/bench-cpu-2core-probe.md)."""
+    get there (docs/bench-cpu-2core-probe.md).
+
+    `whiten`: L-BFGS runs in whitened coordinates, W = V P with P = Cov(z)^(-1/2) (symmetric), on
+    the features z P, minimizing the SAME objective (cross-entropy of z Wᵀ + l2/2 |V P|^2): only the
+    preconditioning changes, not the optimum, and correlated features no longer slow it down
+    (several times fewer iterations; docs/bench-cpu-2core-probe.md). False: plain L-BFGS on z, the
+    reference path."""
     n = len(source)
     x = torch.cat([source.batch(torch.arange(i, min(i + 4096, n))) for i in range(0, n, 4096)])  # (N, D)
     y = labels.to(x.device)
     mean, var = x.mean(dim=0), x.var(dim=0, unbiased=False)
     previous = None
+    basis = None  # (P, P^-1): the whitening and its inverse, from the first head's standardized features
     for i in sorted(range(len(heads)), key=lambda i: -l2s[i]):  # strongest penalty first: a warm start for the next
         head, l2 = heads[i], l2s[i]
         with torch.no_grad():
@@ -119,15 +127,50 @@ def fit_linear_lbfgs(heads: list[nn.Module], l2s: tuple[float, ...], source: _So
         head.eval()  # BatchNorm on the statistics just set
         with torch.no_grad():
             z = head.bn(x)
-        opt = torch.optim.LBFGS(head.fc.parameters(), lr=1.0, max_iter=LBFGS_MAX_ITER, history_size=20,
-                                tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe")
-
-        def closure(head: nn.Module = head, opt: torch.optim.Optimizer = opt, l2: float = l2,
-                    z: torch.Tensor = z) -> torch.Tensor:
-            opt.zero_grad()
-            loss = F.cross_entropy(head.fc(z), y) + 0.5 * l2 * head.fc.weight.pow(2).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+            if whiten and basis is None:
+                basis = _whitening(z)
+        if whiten:
+            assert basis is not None
+            _lbfgs_whitened(head.fc, z, y, l2, *basis, max_iter=max_iter)
+        else:
+            _lbfgs(head.fc.parameters(), lambda head=head, l2=l2, z=z: (
+                F.cross_entropy(head.fc(z), y) + 0.5 * l2 * head.fc.weight.pow(2).sum()), max_iter)
         previous = head
+
+
+def _lbfgs(params, objective: Callable[[], torch.Tensor], max_iter: int = LBFGS_MAX_ITER) -> None:
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, history_size=20,
+                            tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = objective()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+
+def _whitening(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, P^-1) with P = Cov(z)^(-1/2), symmetric (ZCA); eigenvalues floored at 1e-6 of the largest so a
+    degenerate direction stays finite (P only preconditions: any invertible P has the same optimum)."""
+    cov = (z.t() @ z).double() / len(z)  # (D, D): z is centred by the BatchNorm
+    evals, evecs = torch.linalg.eigh(cov)
+    evals = evals.clamp_min(evals.max() * 1e-6)
+    p = (evecs * evals.rsqrt()) @ evecs.t()
+    p_inv = (evecs * evals.sqrt()) @ evecs.t()
+    return p.to(z.dtype), p_inv.to(z.dtype)
+
+
+def _lbfgs_whitened(fc: nn.Linear, z: torch.Tensor, y: torch.Tensor, l2: float, p: torch.Tensor,
+                    p_inv: torch.Tensor, max_iter: int = LBFGS_MAX_ITER) -> None:
+    """The Linear layer `fc` solved by L-BFGS over V (W = V P) on the whitened features z P."""
+    zw = z @ p  # (N, D)
+    v = torch.nn.Parameter(fc.weight.detach() @ p_inv)  # (C, D): W P^-1, so V P = W at the start
+    bias = torch.nn.Parameter(fc.bias.detach().clone())
+    _lbfgs([v, bias], lambda: F.cross_entropy(torch.addmm(bias, zw, v.t()), y) + 0.5 * l2 * (v @ p).pow(2).sum(),
+           max_iter)
+    with torch.no_grad():
+        fc.weight.copy_(v @ p)
+        fc.bias.copy_(bias)
+

@@ -31,7 +31,7 @@ def head_inputs_all(encoder: Encoder, images: torch.Tensor, kinds: tuple[str, ..
     """Every kind's head inputs from ONE encoder pass (the last layer is shared by both kinds)."""
     n_layers = probe_layers(cfg, len(encoder.blocks))
     layers = tuple(range(-n_layers, 0)) if "attentive" in kinds else (-1,)
-    with torch.no_grad(), _autocast(images.device):
+    with torch.no_grad(), _autocast(images.device, cfg.feature_dtype):
         feats = encoder.features(images, layers=layers, mask=cfg.mask,
                                  norm=cfg.features == "normed")  # last entry: layer -1
     out = {}
@@ -42,9 +42,10 @@ def head_inputs_all(encoder: Encoder, images: torch.Tensor, kinds: tuple[str, ..
     return out
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def _autocast(device: torch.device, dtype: str = "auto"):
+    """The encoder forward's precision: bfloat16 autocast where asked (auto: on GPUs only)."""
+    if dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

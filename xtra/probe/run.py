@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from xtra import trialdir as td
 from xtra.checkpoint import CHECKPOINT, CheckpointError, atomic_write_json, load_checkpoint
 from xtra.config import DataConfig, ModelConfig, ProbeConfig, override
 from xtra.data import load_dataset, locate
@@ -19,8 +20,8 @@ from xtra.model import XTRA, Encoder
 from xtra.pretrain import resolve_device
 from xtra.probe.select import Log, check_fits, limit_train, probe
 
-PROBE_JSON = "probe.json"
-PROBE_RANDOM_JSON = "probe-random.json"
+PROBE_JSON = td.PROBE
+PROBE_RANDOM_JSON = td.PROBE_RANDOM
 
 
 def run_configs(state: dict, path: Path) -> tuple[ModelConfig, DataConfig, int]:

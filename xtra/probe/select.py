@@ -110,7 +110,7 @@ def _run_kind(kind: str, encoder: Encoder, dataset, cfg: ProbeConfig, seed: int,
 
         try:
             if lbfgs:
-                fit_linear_lbfgs(heads, grid, train, dataset.train.labels)
+                fit_linear_lbfgs(heads, grid, train, dataset.train.labels, max_iter=cfg.linear_max_iter)
                 curves[cfg.epochs] = evaluate(heads, val, dataset.val.labels, cfg.batch_size)
             else:
                 train_heads(kind, heads, cfg.lrs, train, dataset.train.labels, cfg, seed, on_epoch)
