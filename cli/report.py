@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from xtra import studydir
+from xtra import trialdir as td
 from xtra.cli.options import fail as _fail
 
 app = typer.Typer(help="Build HTML reports (tables, efficiency curves, scaling fits) from study directories.",
@@ -25,7 +27,7 @@ def _check_study(path: Path) -> None:
         _fail(f"{path}: does not exist (expected a study directory with results.parquet or trials/*/trial.json)")
     if not path.is_dir():
         _fail(f"{path}: is not a directory (expected a study directory with results.parquet or trials/*/trial.json)")
-    if not (path / "results.parquet").is_file() and not any((path / "trials").glob("*/trial.json")):
+    if not (path / studydir.RESULTS).is_file() and not any((path / studydir.TRIALS).glob(f"*/{td.RESULT}")):
         _fail(f"{path}: no results.parquet and no trials/<config_hash>/trial.json "
               "(expected a study directory written by `xtra study run`)")
 

@@ -17,6 +17,17 @@ from rich.text import Text
 
 from xtra.cli.options import Address, AllowCommands, Yes, allow_commands
 from xtra.cli.options import user_error as _fail
+from xtra.cli.study_options import (
+    LoggerOpt,
+    PresetOpt,
+    SeedsOpt,
+    SetOpt,
+    StudyArg,
+    WorkersOpt,
+    _default_out,
+    _load,
+)
+from xtra.cli.study_submit import submit_cmd
 
 app = typer.Typer(help="Define, run and inspect studies: sweeps of pretrain+probe trials on Ray Tune.",
                   no_args_is_help=True)
@@ -25,40 +36,13 @@ app = typer.Typer(help="Define, run and inspect studies: sweeps of pretrain+prob
 PEAK_TFLOPS = 989.0
 MFU = 0.40
 
-StudyArg = Annotated[str, typer.Argument(help="a shipped study name (see `xtra study list`), a .toml path, "
-                                              "or a study directory")]
-PresetOpt = Annotated[str | None, typer.Option("--preset", "-p", help="smoke | cpu | paper | a study's own "
-                                                                       "(default: the study's default_preset)")]
-SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", help="KEY=VALUE, VALUE a TOML literal: a config key (model.block_size=2, probe.lrs=[1e-3,3e-3]), "
-                  "an axis (axes.model.block_size=[1,2]), size=..., seeds=...; repeatable")]
-SeedsOpt = Annotated[int | None, typer.Option("--seeds", help="run seeds 0..N-1 (overrides the study's seeds)")]
-WorkersOpt = Annotated[int | None, typer.Option(
-    "--workers-per-trial", help="data-parallel workers per trial (Ray Train + DDP: NCCL on GPUs, gloo on CPUs); the "
-                                "trial's CPUs and GPUs are split among them, the batch is the global batch "
-                                "(default: one per GPU of --gpus-per-trial, 1 on CPUs)")]
 
-LoggerOpt = Annotated[list[str] | None, typer.Option(
-    "--logger", help="experiment tracker for every trial: tensorboard | mlflow | wandb (offline), or none; "
-                     "repeatable (default: the study's [resources] loggers, tensorboard)")]
 BreakLockOpt = Annotated[bool, typer.Option(
     "--break-lock", help="take the study's lock even if its holder looks alive (you know it is gone)")]
 StudyWhereArg = Annotated[str, typer.Argument(help="a study directory, or its storage URI (s3://bucket/prefix/study)")]
 CopyOpt = Annotated[Path | None, typer.Option(
     "--copy", help="for a URI: the local copy of the study to use (default: $XTRA_CACHE/studies/..., "
                    "XTRA_CACHE defaulting to ~/.cache/xtra)")]
-
-
-
-
-def _load(study: str, preset: str | None, sets: list[str] | None, seeds: int | None) -> Any:
-    from xtra.studies.load import load_study
-    from xtra.studies.parse import parse_sets
-
-    try:
-        return load_study(study, preset=preset, sets=parse_sets(sets), seeds=seeds)
-    except ValueError as err:
-        raise _fail(" ".join(str(err).split())) from None
 
 
 def _wide() -> Console:
@@ -206,13 +190,6 @@ def _law_checks(s: Any) -> list[str]:
                        for t in s.expand()])
 
 
-def _default_out(study_arg: str, s: Any) -> Path:
-    p = Path(study_arg)
-    if p.is_dir():
-        return p
-    return Path("runs") / "studies" / (f"{s.name}-{s.preset}" if s.preset else s.name)
-
-
 def _print_outcome(console: Console, o: Any) -> int:
     for note in o.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
@@ -325,6 +302,7 @@ def probe_cmd(
 ) -> None:
     """Probe the study's finished pretraining again under a new probe protocol (--set probe.KEY=VALUE):
     zero pretraining steps; results are kept per protocol, the study's rows show the new one."""
+    from xtra import studydir
     from xtra.studies.runner import run_study
     from xtra.studies.spec import StudyError
 
@@ -332,7 +310,7 @@ def probe_cmd(
     bad = [i for i in items if not i.split("=", 1)[0].strip().startswith("probe.")]
     if bad:
         raise _fail(f"--set {bad[0]}: `xtra study probe` changes only probe.* keys (use `xtra study run` for others)")
-    if not (study_dir / "study.toml").is_file():
+    if not (study_dir / studydir.STUDY_TOML).is_file():
         raise _fail(f"{study_dir}: not a study directory (no study.toml; start one with `xtra study run`)")
     s = _load(str(study_dir), None, items, None)
     console = Console()
@@ -424,7 +402,7 @@ def status_cmd(study_dir: StudyWhereArg, copy: CopyOpt = None) -> None:
     console.print(table)
 
 
-from xtra.cli import study_submit as _submit  # noqa: E402,F401 - registers `xtra study submit`
+app.command("submit")(submit_cmd)  # last in `xtra study --help`, as before
 
 if __name__ == "__main__":
     app()

@@ -21,6 +21,7 @@ from typing import Any
 
 import polars as pl
 
+from xtra import studydir
 from xtra.studydir import StudyError, read_study_toml  # the one owner of study.toml; one error type
 
 FINISHED = "finished"
@@ -192,7 +193,7 @@ def scan_results(study_dir: str | Path, notes: list[str] | None = None) -> pl.La
     ``trials/<config_hash>/``; contract columns added."""
     study_dir = Path(study_dir)
     notes = [] if notes is None else notes
-    parquet = study_dir / "results.parquet"
+    parquet = study_dir / studydir.RESULTS
     stale = parquet.is_file() and _running(study_dir)
     if parquet.is_file() and not stale:
         lf = pl.scan_parquet(parquet)
@@ -225,7 +226,7 @@ def scan_curves(study_dir: str | Path, notes: list[str] | None = None) -> pl.Laz
     """curves.parquet (lazy) or, when missing, every ``trials/*/metrics.jsonl``; empty frame if none."""
     study_dir = Path(study_dir)
     notes = [] if notes is None else notes
-    parquet = study_dir / "curves.parquet"
+    parquet = study_dir / studydir.CURVES
     stale = parquet.is_file() and _running(study_dir)
     if parquet.is_file() and not stale:
         lf = pl.scan_parquet(parquet)
@@ -246,7 +247,7 @@ def scan_probes(study_dir: str | Path, notes: list[str] | None = None) -> pl.Dat
     from xtra import trialdir as td
 
     study_dir = Path(study_dir)
-    parquet = study_dir / "probes.parquet"
+    parquet = study_dir / studydir.PROBES
     if parquet.is_file() and not _running(study_dir):
         return pl.read_parquet(parquet)
     rows = []

@@ -11,13 +11,15 @@ import hashlib
 import itertools
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+import tomli_w
+
+from xtra import studydir
 
 TRUE_LAW = {"E": 0.3, "A": 30.0, "alpha": 0.4, "B": 40.0, "beta": 0.45}  # per-pixel L2 loss, made up
 BLOCK_EFFECT = {1: 0.02, 2: 0.0, 4: 0.01, 8: 0.05}  # extra loss by k
@@ -31,21 +33,6 @@ def _n_params(width: int, depth: int) -> int:
 def _config_hash(cfg: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
 
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return repr(v)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def make_study(
@@ -167,11 +154,9 @@ def make_study(
         "study", "trial_id", "config_hash", "step", "samples_seen", "loss", "lr", "wall_s")
 
     if write_spec:
-        lines = [f"name = {_toml_value(name)}", f"description = {_toml_value('synthetic study for reports')}", "",
-                 "[base]"]
-        lines += [f"{_toml_value(k)} = {_toml_value(v)}" for k, v in base.items()]
-        lines += ["", "[axes]"] + [f"{_toml_value(k)} = {_toml_value(v)}" for k, v in axes.items()]
-        _write(root / "study.toml", "\n".join(lines) + "\n")
+        spec = {"name": name, "description": "synthetic study for reports", "base": dict(base),
+                "axes": {k: list(v) if isinstance(v, tuple) else v for k, v in axes.items()}}
+        studydir.write_study_toml(root, tomli_w.dumps(spec))
     if layout in ("trials", "both"):  # the runner's layout: params.json, then trial.json or status.json
         swept_keys = ("model.block_size", "model.width", "pretrain.samples")
         from xtra import trialdir as td  # the one owner of the trial-directory layout
@@ -191,11 +176,11 @@ def make_study(
             if row["config_hash"] in probe_rows:
                 td.write_json(td.probe_path(tdir, row["probe_hash"]), {"rows": probe_rows[row["config_hash"]]})
     if layout in ("parquet", "both"):  # written last, like the runner at the end of a run
-        res_df.write_parquet(root / "results.parquet")
-        curves.write_parquet(root / "curves.parquet")
+        res_df.write_parquet(root / studydir.RESULTS)
+        curves.write_parquet(root / studydir.CURVES)
         if probe_rows:
             by_hash = {r["config_hash"]: r for r in results}
             pl.DataFrame([{"study": name, "trial_id": by_hash[h]["trial_id"], "config_hash": h,
                            "probe_hash": by_hash[h]["probe_hash"], "seed": by_hash[h]["seed"], **r}
-                          for h, rows in probe_rows.items() for r in rows]).write_parquet(root / "probes.parquet")
+                          for h, rows in probe_rows.items() for r in rows]).write_parquet(root / studydir.PROBES)
     return root

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 from xtra.fileio import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: F401 - re-exported
+from xtra.trialdir import CHECKPOINT  # file names: trialdir is their one owner
 
-CHECKPOINT = "checkpoint.pt"
 KEPT_DIR = "checkpoints"  # immutable copies at chosen sample counts (`pretrain(keep_at=...)`)
 FORMAT = 1
 

@@ -40,8 +40,8 @@ from xtra.data.sampler import step_seed
 from xtra.distributed import World
 from xtra.model import XTRA, parameter_groups
 from xtra.schedule import continuation_error, lr_at  # noqa: F401 - lr_at is part of this module's API
+from xtra.trialdir import METRICS
 
-METRICS = "metrics.jsonl"
 VAL_IMAGES = 1024  # a fixed slice of the validation split for the val loss
 
 Report = Callable[[dict[str, Any]], None]

@@ -44,6 +44,7 @@ CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
 LOG = "log.txt"
 PROBE = "probe.json"
+PROBE_RANDOM = "probe-random.json"  # an untrained encoder of the same config: the floor of every report
 PROBES = "probes"
 RESULT = "trial.json"
 PARAMS = "params.json"

@@ -19,9 +19,9 @@ from xtra.studies.ray.session import ray_session
 from xtra.studies.ray.trainable import trainable
 from xtra.studies.ray.workers import MAX_FAILURES
 from xtra.studies.spec import Study, StudyError
+from xtra.studydir import OPTUNA_DB
 
 EXPERIMENT = "run-{}"
-OPTUNA_DB = "optuna.db"
 TRACKERS_DIR = "trackers"  # STUDY_DIR/trackers/{tensorboard,mlflow,wandb}
 
 
