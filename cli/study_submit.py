@@ -14,7 +14,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from xtra.cli.study import (
+from xtra.cli.options import user_error as _fail
+from xtra.cli.study_options import (
     LoggerOpt,
     PresetOpt,
     SeedsOpt,
@@ -22,9 +23,7 @@ from xtra.cli.study import (
     StudyArg,
     WorkersOpt,
     _default_out,
-    _fail,
     _load,
-    app,
 )
 
 SlurmOpt = Annotated[str | None, typer.Option(
@@ -34,7 +33,6 @@ SlurmOpt = Annotated[str | None, typer.Option(
                     "\"partition=gpu,nodes=2,gpus-per-node=8,cpus-per-task=32,time=24:00:00\"")]
 
 
-@app.command("submit")
 def submit_cmd(
     study: StudyArg,
     slurm: SlurmOpt = None,
