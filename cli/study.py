@@ -33,8 +33,6 @@ app = typer.Typer(help="Define, run and inspect studies: sweeps of pretrain+prob
                   no_args_is_help=True)
 
 # Cost assumption for `show`: dense bf16 peak of an H100/H200 SXM, at a typical 40% model FLOPs utilization.
-PEAK_TFLOPS = 989.0
-MFU = 0.40
 
 
 BreakLockOpt = Annotated[bool, typer.Option(
@@ -57,21 +55,17 @@ def _si(n: float) -> str:
     return f"{n:.3g}"
 
 
-def _gpu_hours(flops_per_image: int, samples: int) -> float:
-    return flops_per_image * samples / (PEAK_TFLOPS * 1e12 * MFU) / 3600
-
-
 CONFIRM_GPU_HOURS = 1000  # a run estimated above this needs --yes (the shipped paper presets are < 300)
 
 
-def _estimated_gpu_hours(s: Any) -> float:
+def _estimatedgpu_hours(s: Any) -> float:
     """The study's pretraining cost as `study show` estimates it (O(trials), no model built)."""
-    from xtra.costs import flops_per_image
+    from xtra.costs import flops_per_image, gpu_hours
 
     base = s.base_config()
-    total = sum(_gpu_hours(flops_per_image(x.config.model), x.config.pretrain.samples) for x in s.expand())
+    total = sum(gpu_hours(flops_per_image(x.config.model), x.config.pretrain.samples) for x in s.expand())
     if s.search is not None:
-        total += _gpu_hours(flops_per_image(base.model), base.pretrain.samples) * s.search.num_samples
+        total += gpu_hours(flops_per_image(base.model), base.pretrain.samples) * s.search.num_samples
     return total
 
 
@@ -119,7 +113,7 @@ def list_cmd() -> None:
 @app.command("show")
 def show_cmd(study: StudyArg, preset: PresetOpt = None, sets: SetOpt = None, seeds: SeedsOpt = None) -> None:
     """Every trial with its params, size, FLOPs/image, samples and estimated GPU-hours."""
-    from xtra.costs import flops_per_image, n_params, n_params_encoder
+    from xtra.costs import H200_BF16_PEAK, TARGET_MFU, flops_per_image, gpu_hours, n_params, n_params_encoder
     from xtra.data.collection import PIPE_ENV, is_command
 
     s = _load(study, preset, sets, seeds)
@@ -141,7 +135,7 @@ def show_cmd(study: StudyArg, preset: PresetOpt = None, sets: SetOpt = None, see
         console.print(f"--set {' '.join(s.sets)}", highlight=False)
     for line in s.kept:  # the study file's own size / [base] over a shared preset, one line per key
         console.print(line, highlight=False, soft_wrap=True)
-    caption = (f"GPU-hours = FLOPs/image x samples / ({MFU:.0%} MFU x {PEAK_TFLOPS:g} TFLOP/s dense bf16, "
+    caption = (f"GPU-hours = FLOPs/image x samples / ({TARGET_MFU:.0%} MFU x {H200_BF16_PEAK / 1e12:g} TFLOP/s dense bf16, "
                f"H100/H200); pretraining only, probes excluded")
     table = Table(title=f"{s.name}: {s.n_trials} trial(s)", caption=caption)
     for col in ("#", "trial", "params", "config hash", "params (M)", "encoder (M)", "FLOPs/image", "samples",
@@ -150,7 +144,7 @@ def show_cmd(study: StudyArg, preset: PresetOpt = None, sets: SetOpt = None, see
     total = 0.0
     if s.search is not None:
         m = base.model
-        gh = _gpu_hours(flops_per_image(m), base.pretrain.samples)
+        gh = gpu_hours(flops_per_image(m), base.pretrain.samples)
         total = gh * s.search.num_samples
         space = ", ".join(f"{k}~{d['type']}({d.get('low', d.get('values'))}, {d.get('high', '')})".replace(", )", ")")
                           for k, d in s.search.space.items())
@@ -160,7 +154,7 @@ def show_cmd(study: StudyArg, preset: PresetOpt = None, sets: SetOpt = None, see
     for i, spec in enumerate(s.expand(), 1):
         m = spec.config.model
         samples = spec.config.pretrain.samples
-        gh = _gpu_hours(flops_per_image(m), samples)
+        gh = gpu_hours(flops_per_image(m), samples)
         total += gh
         params = " ".join(f"{k}={v}" for k, v in spec.params.items()) + f" seed={spec.seed}"
         table.add_row(str(i), spec.trial_id, params, spec.config_hash, f"{n_params(m) / 1e6:.2f}",
@@ -248,7 +242,7 @@ def run_cmd(
         raise _fail(str(err)) from None
     study_dir = out or _default_out(study, s)
     console = Console()
-    cost = _estimated_gpu_hours(s)
+    cost = _estimatedgpu_hours(s)
     if cost > CONFIRM_GPU_HOURS and not yes:
         raise _fail(f"{s.name}: an estimated {cost:,.0f} GPU-hours of pretraining (see `xtra study show`), over "
                     f"the {CONFIRM_GPU_HOURS:,} that run without asking; pass --yes to run it")

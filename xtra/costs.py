@@ -107,3 +107,9 @@ def check_memory(model: Any, batch_size: int, accumulate: int, available: int, w
                          f"needs at least {need / 2**30:,.1f} GiB (a lower bound), more than the "
                          f"{available / 2**30:,.1f} GiB of {where} (allowed: a smaller model or batch, "
                          "pretrain.accumulate, or model.activation_checkpointing)")
+
+
+def gpu_hours(flops_per_image: float, samples: float, peak_flops: float = H200_BF16_PEAK,
+              mfu: float = TARGET_MFU) -> float:
+    """Pretraining GPU-hours at `mfu` of a dense bf16 peak: the cost estimate `study show` prints."""
+    return flops_per_image * samples / (peak_flops * mfu) / 3600
