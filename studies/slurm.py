@@ -155,7 +155,8 @@ driver=""
 on_signal() {
     stop=$1
     echo "xtra: received SIG$1: stopping the study ($(date '+%F %T'))"
-    if [ -n "$driver" ]; then kill -USR1 "$driver" 2>/dev/null; fi
+    # SIGTERM, not USR1: Ray Tune takes USR1 over while it runs, the driver's own TERM handler stops Tune
+    if [ -n "$driver" ]; then kill -TERM "$driver" 2>/dev/null; fi
 }
 trap 'on_signal USR1' USR1
 trap 'on_signal TERM' TERM
@@ -218,7 +219,7 @@ for pid in "${ray_pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
 for pid in "${ray_pids[@]}"; do wait "$pid" 2>/dev/null; done
 rm -rf "$scratch" "$ray_tmp"
 echo "xtra: driver exit code $rc ($(date '+%F %T'))"
-if [ "$stop" = USR1 ] && { [ "$rc" = "$STOPPED_EXIT" ] || [ "$rc" -gt 128 ]; }; then
+if [ "$stop" = USR1 ] && [ "$rc" != 0 ] && [ "$rc" != 2 ]; then  # 2: bad input, which a requeue cannot fix
     echo "xtra: requeueing job ${SLURM_JOB_ID} to continue the study"
     scontrol requeue "$SLURM_JOB_ID"
 fi
