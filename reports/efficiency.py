@@ -277,7 +277,8 @@ def ratio_sentences(ratios: pl.DataFrame, *, what: str = "samples", kind: str = 
         share = "" if r.get("reached_share") is None else f"reached in {100 * r['reached_share']:.0f}% of resamples, "
         if r["status"] == "never":
             bound = r["baseline_x"] / r["max_x"] if r["max_x"] else None
-            spread = (f"; ratio at most {bound:.2g}" if bound else "") + (
+            ci = "" if r.get("ratio_lo") is None else f" ({_interval(r)})"
+            spread = (f"; ratio at most {bound:.2g}{ci}" if bound else "") + (
                 f"; {share}{r['n_seeds']} seeds" if share else "")
             lines.append(f"{name}={r[group]} never reaches {name}={r['baseline']}'s {kind} top-1 "
                          f"({100 * r['target']:.1f}% at {_fmt_n(r['baseline_x'])} {what}): best "

@@ -63,7 +63,7 @@ def test_a_curve_that_never_reaches_the_baseline_says_so():
     assert row["significant"] is False and row["best"] == pytest.approx(0.8)
     (line,) = ratio_sentences(sample_efficiency(df, n_boot=10))
     assert line.startswith("k=4 never reaches k=1's linear top-1 (90.0% at 1,000,000 samples): best 80.0%")
-    assert "ratio at most 1; reached in 0% of resamples, 3 seeds" in line
+    assert "ratio at most 1 (95% CI <=1 to 1); reached in 0% of resamples, 3 seeds" in line
 
 
 def test_a_curve_at_the_target_from_its_first_point_is_a_lower_bound():
