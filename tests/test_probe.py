@@ -674,3 +674,12 @@ def test_bad_solver_settings_are_one_line(changes, message):
     with pytest.raises(ValueError) as err:
         ProbeConfig(**changes)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_wilson_interval_of_a_test_top1():
+    from xtra.bench_probe import wilson
+
+    lo, hi = wilson(0.8, 10_000)
+    assert lo < 0.8 < hi and abs((hi - lo) / 2 - 1.96 * (0.8 * 0.2 / 10_000) ** 0.5) < 2e-4  # ~ +-0.78 points
+    lo2, hi2 = wilson(0.8, 2_500)
+    assert hi2 - lo2 > 1.9 * (hi - lo)  # a quarter of the images: twice as wide
