@@ -337,11 +337,13 @@ def test_cli_missing_checkpoint(tmp_path):
 
 def test_bench_probe_times_real_runs_whose_heads_agree(encoder, small):
     """The bench's single-lr and n-lr runs are real probes: the lr they share scores the same in both
-    (a head trained with others is the head trained alone), and the timed runs took time."""
+    (a head trained with others is the head trained alone, up to float rounding: a near-tie may flip),
+    and the timed runs took time."""
     out = bench_probe(encoder, small, n_lrs=3, epochs=1, batch_size=128, device="cpu", repeats=1)
     for key in ("linear", "attentive"):
         assert out[key]["one_lr_s"] > 0 and out[key]["3_lrs_s"] > 0
-        assert 0.1 < out[key]["val_top1_alone"] == out[key]["val_top1_in_pass"]
+        assert out[key]["val_top1_alone"] > 0.1
+        assert abs(out[key]["val_top1_alone"] - out[key]["val_top1_in_pass"]) <= 2 / len(small.val)
     assert out["n_train"] == len(small.train) and not encoder.training
 
 

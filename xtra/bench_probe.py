@@ -29,6 +29,7 @@ from xtra.probe import (
     Log,
     _build_caches,
     _device_of,
+    check_epochs,
     check_fits,
     limit_train,
     load_encoder,
@@ -36,6 +37,7 @@ from xtra.probe import (
     probe_checkpoints,
     random_encoder,
     run_configs,
+    steps_per_epoch,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -402,4 +404,95 @@ def converge_check(run: Path, model_cfg, data_cfg: DataConfig, cfg: ProbeConfig,
                          "reference_C": ref["C"], "gap_points": 100 * (ref["test_top1"] - at_end["linear"]["top1"]),
                          "reference_s": ref["wall_s"]}
         log(f"linear convergence: {out['linear']}")
+    return out
+
+
+def bench_probe_costs(run_dir: Path, presets: dict[str, ProbeConfig] | None = None, *, seed: int = 0,
+                      samples: int = 30_000, n_images: int = 1_000, steps: int = 10, rounds: int = 3,
+                      caches: dict[str, dict[str, dict[str, torch.Tensor]]] | None = None,
+                      log: Log | None = None) -> dict[str, Any]:
+    """A trial's probing cost per preset (default: the `cpu` preset before and after #25) from unit
+    costs timed side by side, interleaved over `rounds` rounds (a busy machine slows every unit alike,
+    so the ratios hold): the encoder forward per image (float32 / bfloat16; linear inputs only, or
+    both kinds), the linear solve on the 20,000 cached train features (plain / whitened L-BFGS over
+    the preset's L2 grid), one attentive training step (all lrs: one head after the other / one
+    batched module) and the pretraining time per sample. A trial's probing is then: 3 checkpoints
+    along the way (forward of train + val + test, linear solve), the end (forward with both kinds,
+    linear solve, `epochs` epochs of attentive steps plus scoring ~1/3 step per val/test batch),
+    and its overhead that sum over the pretraining of `samples`. Also each preset's linear test top-1
+    on its own features. `caches` ({dtype: {kind: {split: tensor}}}, float32 and bfloat16 head inputs
+    of the final checkpoint's train subset / val / test) skip recomputing them."""
+    from xtra.probe import _Source, evaluate, fit_linear_lbfgs, make_head, train_heads
+
+    presets = presets or {"before": CPU_PROBE_BEFORE, "after": CPU_PROBE}
+    log = log or (lambda msg: None)
+    run = Path(run_dir)
+    state = load_checkpoint(run / CHECKPOINT)
+    model_cfg, data_cfg, _ = run_configs(state, run / CHECKPOINT)
+    encoder = load_encoder(state, model_cfg, run / CHECKPOINT).eval().requires_grad_(False)  # as probe_run has it
+    from xtra.data import load_dataset
+
+    dataset = limit_train(load_dataset(data_cfg, model_cfg.img_size, model_cfg.channels), CPU_PROBE.limit_train)
+    n = {s: len(getattr(dataset, s)) for s in ("train", "val", "test")}
+    device = torch.device("cpu")
+    if caches is None:
+        caches = {}
+        for dtype in {cfg.feature_dtype for cfg in presets.values()}:
+            cfg = dataclasses.replace(CPU_PROBE, feature_dtype=dtype)
+            built = {s: _build_caches(encoder, getattr(dataset, s).images, {"linear": "memory", "attentive": "memory"},
+                                      cfg, device, None, s) for s in n}
+            caches[dtype] = {kind: {s: built[s][kind] for s in n} for kind in ("linear", "attentive")}
+    images = dataset.val.images[:n_images]
+    units: dict[str, dict[str, list[float]]] = {name: {} for name in presets}
+    rates: list[float] = []
+    top1: dict[str, float] = {}
+    for r in range(rounds):
+        rates.append(pretrain_rate(1_024, seed))
+        for name, cfg in presets.items():
+            u = units[name]
+            for kinds in (("linear",), ("linear", "attentive")):
+                t0 = time.perf_counter()
+                _build_caches(encoder, images, {k: "memory" for k in kinds}, cfg, device, None, "x")
+                u.setdefault(f"forward_{len(kinds)}_s_per_image", []).append((time.perf_counter() - t0) / n_images)
+            lin = {s: _Source(encoder, getattr(dataset, s).images, "linear", cfg, device, "memory", None, s,
+                              prebuilt=caches[cfg.feature_dtype]["linear"][s]) for s in n}
+            heads = [make_head("linear", model_cfg, dataset.num_classes, cfg, seed) for _ in cfg.linear_l2]
+            whiten = batched = name != "before"  # before #25: plain L-BFGS, one attentive head after the other
+            t0 = time.perf_counter()
+            fit_linear_lbfgs(heads, cfg.linear_l2, lin["train"], dataset.train.labels, whiten=whiten,
+                             max_iter=cfg.linear_max_iter)
+            u.setdefault("linear_s", []).append(time.perf_counter() - t0)
+            val = evaluate(heads, lin["val"], dataset.val.labels, 1024)
+            best = int(np.argmax(val))
+            top1[name] = evaluate([heads[best]], lin["test"], dataset.test.labels, 1024)[0]
+            att = _Source(encoder, dataset.train.images, "attentive", cfg, device, "memory", None, "train",
+                          prebuilt=caches[cfg.feature_dtype]["attentive"]["train"])
+            att_heads = [make_head("attentive", model_cfg, dataset.num_classes, cfg, seed) for _ in cfg.lrs]
+            short = dataclasses.replace(cfg, epochs=1, warmup_epochs=0, limit_train=0)
+            first = att.cache[: steps * cfg.batch_size]  # type: ignore[index]
+            sub = _Source(encoder, first, "attentive", cfg, device, "memory", None, "x", prebuilt=first)
+            train_heads("attentive", att_heads, cfg.lrs, sub, dataset.train.labels[: steps * cfg.batch_size],
+                        short, seed, batched=batched)  # warm-up
+            t0 = time.perf_counter()
+            train_heads("attentive", att_heads, cfg.lrs, sub, dataset.train.labels[: steps * cfg.batch_size],
+                        short, seed, batched=batched)
+            u.setdefault("attentive_step_s", []).append((time.perf_counter() - t0) / steps)
+            log(f"round {r} {name}: " + ", ".join(f"{k} {v[-1]:.4g}" for k, v in u.items()))
+    rate = min(rates)  # the least disturbed round, like every unit below
+    out: dict[str, Any] = {"pretrain_s_per_sample": rates, "pretrain_s": rate * samples, "samples": samples,
+                           "n_train": n["train"], "n_val": n["val"], "n_test": n["test"], "rounds": rounds,
+                           "presets": {}}
+    along = n["train"] + n["val"] + n["test"]
+    for name, cfg in presets.items():
+        u = {k: min(v) for k, v in units[name].items()}  # the least disturbed round
+        per_epoch = steps_per_epoch(n["train"], cfg.batch_size)
+        scoring = (len(check_epochs(cfg.epochs)) * n["val"] + n["test"]) / cfg.batch_size / 3
+        attentive = u["attentive_step_s"] * (cfg.epochs * per_epoch + scoring)
+        point = along * u["forward_1_s_per_image"] + u["linear_s"]
+        end = along * u["forward_2_s_per_image"] + u["linear_s"] + attentive
+        probe_s = 3 * point + end
+        out["presets"][name] = {"probe": _cfg_summary(cfg), "units": units[name], "point_s": point,
+                                "end_s": end, "attentive_s": attentive, "probe_s": probe_s,
+                                "overhead": probe_s / out["pretrain_s"], "linear_top1": top1[name],
+                                "linear_ci95": wilson(top1[name], n["test"])}
     return out
