@@ -109,9 +109,11 @@ def md_escape(text: Any) -> str:
     reads as the original text."""
     s = " ".join(str(text).split())
     s = _MD_SPECIAL.sub(r"\\\1", s)
-    if s[:1] in ("-", "+", "="):
+    # block starts (CommonMark): a list marker is followed by a space or ends the line, so numbers
+    # such as -0.5 or 25.1 stay as they are
+    if re.match(r"[-+](\s|$)", s) or re.fullmatch(r"=+", s):
         s = "\\" + s
-    m = re.match(r"\d+([.)])", s)
+    m = re.match(r"\d{1,9}([.)])(\s|$)", s)
     if m:
         s = s[: m.start(1)] + "\\" + s[m.start(1):]
     return s

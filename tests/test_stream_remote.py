@@ -12,6 +12,7 @@ import torch
 
 from xtra.config import DataConfig
 from xtra.data import BadCollection, clear_cache, load_dataset, locate, stream
+from xtra.data.collection import PIPE_ENV
 from xtra.data.generate import make_imagefolder
 from xtra.data.pack import pack
 
@@ -110,7 +111,8 @@ def test_s3_bad_input_is_one_line(bucket, s3_server):
     refused("wds:https://example.org/train-{0..1}.tar", r"use a command, e\.g\. wds:pipe:curl")
 
 
-def test_pipe_shards_are_cached_once_and_read_like_local(packed, tmp_path):
+def test_pipe_shards_are_cached_once_and_read_like_local(packed, tmp_path, monkeypatch):
+    monkeypatch.setenv(PIPE_ENV, "1")  # this invocation asked for commands (docs/security.md)
     copy = tmp_path / "src"
     copy.mkdir()
     for k in range(2):
@@ -127,7 +129,8 @@ def test_pipe_shards_are_cached_once_and_read_like_local(packed, tmp_path):
     _same_listing(a, stream.splits(piped).collection.train)
 
 
-def test_pipe_bad_input_is_one_line(tmp_path):
+def test_pipe_bad_input_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv(PIPE_ENV, "1")
     def refused(name: str, match: str) -> None:
         with pytest.raises(BadCollection, match=match) as info:
             locate(_data(name))

@@ -8,6 +8,7 @@ test that guards the lock read them here.
 from __future__ import annotations
 
 import hashlib
+import sysconfig
 import tomllib
 from dataclasses import dataclass
 from importlib import metadata
@@ -32,7 +33,11 @@ def locked_versions(path: Path = LOCK) -> dict[str, str]:
 
 
 def installed_versions() -> dict[str, str]:
-    found = {_canonical(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
+    """What the environment's site-packages hold. Not sys.path: ray puts its vendored copies of psutil
+    and colorama on it at import, which are part of ray, not of the environment."""
+    paths = list(dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]))
+    found = {_canonical(d.metadata["Name"]): d.version for d in metadata.distributions(path=paths)
+             if d.metadata["Name"]}
     return {name: version for name, version in found.items() if name not in NOT_LOCKED}
 
 
