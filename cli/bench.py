@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+
 from xtra.cli.options import user_errors
 
 console = Console()
@@ -91,6 +92,14 @@ def bench_cmd(
         for key in ("convergence", "protocol", "checkpoints"):
             results["probe"][key] = protocol[key]
             console.print(_line(f"probe {key}", protocol[key]))
+        if not quick:  # issue #25's figures on the same encoder: the cpu preset's probing before/after, side by side
+            from xtra.bench_probe import bench_probe_costs, bench_probe_overhead
+
+            encoder_dir = out.parent / "probe-encoder"
+            for key, fn in (("costs", bench_probe_costs), ("overhead", bench_probe_overhead)):
+                results["probe"][key] = fn(encoder_dir, log=lambda msg: console.print(f"  {msg}"))
+                console.print(_line(f"probe {key}", {k: v for k, v in results["probe"][key].items()
+                                                     if not isinstance(v, dict)}))
     if "report" in chosen:
         from xtra.reports.build import bench_report
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+
 from xtra.cli.options import Seed, Sets, parse_sets, user_errors
 
 console = Console()

@@ -23,13 +23,13 @@ import polars as pl
 import pytest
 from scipy import stats
 from typer.testing import CliRunner
+
 from xtra.cli.report import app
+from xtra.config import SIZES
 from xtra.reports.build import bench_report, build_report, compare_reports
 from xtra.reports.collect import RESULT_COLUMNS, StudyError, load_study
 from xtra.reports.prediction_panel import prediction_grid
 from xtra.reports.synthetic import make_study
-
-from xtra.config import SIZES
 
 N_BOOT = 20
 ALL_FIGURES = ["loss-curves", "probe-vs-k", "sample-efficiency", "param-efficiency", "compute", "loss-vs-samples",
@@ -399,6 +399,7 @@ def test_pictures_are_laid_out(tmp_path: Path, smoke: Path) -> None:
     assert "Prediction pictures failed: ZeroDivisionError" in broken
 
 
+@pytest.mark.slow
 def test_compare_reports_puts_studies_on_one_page(tmp_path: Path, grid: Path, smoke: Path) -> None:
     index = compare_reports([grid, smoke], tmp_path / "cmp", n_boot=0)
     page = index.read_text()
@@ -413,6 +414,7 @@ def test_compare_reports_puts_studies_on_one_page(tmp_path: Path, grid: Path, sm
     assert [(r["study"], r["trials"], r["finished"]) for r in studies] == [("grid", "96", "94"), ("smoke", "4", "3")]
 
 
+@pytest.mark.slow
 def test_bench_report_small(tmp_path: Path) -> None:
     """The sizes the benchmark reports are those of the files it wrote (kept under ``keep``)."""
     out = bench_report(n_trials=24, n_curve_rows=10, n_boot=0, keep=tmp_path)
@@ -457,6 +459,7 @@ def test_cli_build_and_errors(tmp_path: Path, smoke: Path) -> None:
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(grid: Path, tmp_path: Path) -> None:
     index = grid / "report" / "index.html"
     dom = dump_dom(index, tmp_path)
@@ -483,6 +486,7 @@ def test_report_renders_in_headless_chromium(grid: Path, tmp_path: Path) -> None
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_render_checks_catch_broken_pages(grid: Path, tmp_path: Path) -> None:
     """The hooks the render test relies on do report failures: a thrown error and a corrupt figure."""
     page = (grid / "report" / "index.html").read_text()
@@ -502,6 +506,7 @@ def test_render_checks_catch_broken_pages(grid: Path, tmp_path: Path) -> None:
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_static_images_via_kaleido(smoke: Path, tmp_path: Path) -> None:
     index = build_report(smoke, out=tmp_path / "img", images="svg", n_boot=0)
     svgs = sorted(p.name for p in (tmp_path / "img" / "figures").iterdir())

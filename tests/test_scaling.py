@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from xtra.reports.scaling import (
     FORMS_1D,
     FORMS_2D,
@@ -88,6 +89,7 @@ def test_no_bootstrap_gives_nan_intervals() -> None:
     assert np.isnan(lo).all()
 
 
+@pytest.mark.slow
 def test_chinchilla_recovers_parameters(chin_fit: ChinchillaFit) -> None:
     # 36 points, 1% noise: exponents are well determined, E and the coefficients less so.
     assert chin_fit.alpha == pytest.approx(CHIN_TRUTH["alpha"], abs=0.05)
@@ -214,6 +216,7 @@ def chin_analysis():
     return analyze_chinchilla(*chinchilla_data(), n_boot=60, seed=0)
 
 
+@pytest.mark.slow
 def test_law_from_noisy_surface_is_recovered_and_predicts_held_out(chin_analysis) -> None:
     a = chin_analysis
     law = a.law

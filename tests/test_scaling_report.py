@@ -14,6 +14,7 @@ import plotly.io as pio
 import polars as pl
 import pytest
 from test_reports import dump_dom, figures_in, md_table, needs_chromium, skipped_in
+
 from xtra.reports.build import build_report
 from xtra.reports.collect import load_study
 from xtra.reports.law_panels import loss_scaling
@@ -97,6 +98,7 @@ def test_flat_study_says_no_law_and_draws_no_frontier(flat: Path) -> None:
         assert not [t for t in figure_json(page, fid)["data"] if t.get("mode") == "lines" or t.get("fill")], fid
 
 
+@pytest.mark.slow
 def test_law_study_states_the_law_with_held_out_runs(lawful: Path) -> None:
     page = (lawful / "report" / "index.html").read_text()
     md = (lawful / "report" / "summary.md").read_text()
@@ -187,6 +189,7 @@ def test_no_law_page_renders_without_a_frontier(flat: Path, tmp_path: Path) -> N
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST is not installed")
 def test_smoke_preset_reaches_the_l_n_d_analysis(tmp_path: Path) -> None:
     """`scaling --preset smoke` (3 tiny widths x 3 budgets, real training through Ray) has enough
