@@ -135,8 +135,8 @@ def show_cmd(study: StudyArg, preset: PresetOpt = None, sets: SetOpt = None, see
         console.print(f"--set {' '.join(s.sets)}", highlight=False)
     for line in s.kept:  # the study file's own size / [base] over a shared preset, one line per key
         console.print(line, highlight=False, soft_wrap=True)
-    caption = (f"GPU-hours = FLOPs/image x samples / ({TARGET_MFU:.0%} MFU x {H200_BF16_PEAK / 1e12:g} TFLOP/s dense bf16, "
-               f"H100/H200); pretraining only, probes excluded")
+    caption = (f"GPU-hours = FLOPs/image x samples / ({TARGET_MFU:.0%} MFU x {H200_BF16_PEAK / 1e12:g} TFLOP/s "
+               f"dense bf16, H100/H200); pretraining only, probes excluded")
     table = Table(title=f"{s.name}: {s.n_trials} trial(s)", caption=caption)
     for col in ("#", "trial", "params", "config hash", "params (M)", "encoder (M)", "FLOPs/image", "samples",
                 "est. GPU-h"):

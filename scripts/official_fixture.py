@@ -168,10 +168,10 @@ def main() -> None:
     cls_src = git_show(args.mirror, commit, "src/modules/cls.py")
     ns = {"torch": torch, "math": math, "mse_loss": mse_loss, "l1_loss": l1_loss, "nn": nn}
     methods = class_methods(xtra_src, "XTRA", ("forward", "_step", "_loss", "concat_block_embeds", "choose_perm"), ns)
-    from typing import Any, Optional, Tuple
+    from typing import Any, Optional
 
     pool_cls = class_source(cls_src, "AttentionPoolingClassifier",
-                            {"torch": torch, "nn": nn, "Optional": Optional, "Any": Any, "Tuple": Tuple})
+                            {"torch": torch, "nn": nn, "Optional": Optional, "Any": Any, "Tuple": tuple})
     for name, fn in methods.items():
         setattr(Holder, name, fn)
 

@@ -83,7 +83,8 @@ def test_pseudo_random_orders_are_the_official_ones() -> None:
         for j in range(i):
             assert not any(torch.equal(orders[i, :n], orders[j, :n]) for n in range(1, 16))
     assert not torch.equal(orders[0], torch.arange(16))
-    assert torch.equal(orders, pseudo_random_orders(16, 16, 0)) and not torch.equal(orders, pseudo_random_orders(16, 16, 1))
+    assert torch.equal(orders, pseudo_random_orders(16, 16, 0))
+    assert not torch.equal(orders, pseudo_random_orders(16, 16, 1))
     cfg = model_config("cpu-s", block_size=2, order="pseudo-random")
     assert torch.equal(_block_order(cfg, 0), orders[0])
     with pytest.raises(ValueError, match="model.n_orders=16 exceeds the 4 blocks"):

@@ -3,6 +3,7 @@
 import json
 
 from typer.testing import CliRunner
+
 from xtra.cli.main import app
 from xtra.cli.options import parse_sets
 
@@ -87,9 +88,8 @@ def test_bench_markdown_gives_each_probe_measurement_its_own_table():
     measurement, the protocol's cost per kind and for both."""
     from pathlib import Path
 
-    from xtra.cli.bench import _probe_tables
-
     from xtra.bench import to_markdown
+    from xtra.cli.bench import _probe_tables
 
     results = json.loads((Path(__file__).parents[1] / "docs" / "bench-cpu-2core-probe.json").read_text())
     tables = _probe_tables(results["probe"])

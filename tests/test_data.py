@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
-from xtra.cli.data import app
 
+from xtra.cli.data import app
 from xtra.config import DataConfig
 from xtra.data import (
     Dataset,

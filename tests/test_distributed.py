@@ -23,9 +23,9 @@ import polars as pl
 import pytest
 import torch
 
+from xtra import studydir as st
 from xtra.config import SIZES, TrialConfig, override
 from xtra.distributed import World, spawn
-from xtra import studydir as st
 from xtra.studies.load import load_study
 from xtra.studies.spec import StudyError
 

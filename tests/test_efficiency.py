@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 from scipy import stats
+
 from xtra.reports.efficiency import (
     crossing,
     efficiency_ratios,

@@ -46,12 +46,14 @@ def test_the_locked_versions_satisfy_pyproject_and_its_extras():
             continue
         name = req.name.lower().replace("_", "-")
         assert name in locked, f"{req} is not in the lock"
-        assert req.specifier.contains(locked[name], prereleases=True), f"lock has {name} {locked[name]}, pyproject {req}"
+        assert req.specifier.contains(locked[name], prereleases=True), \
+            f"lock has {name} {locked[name]}, pyproject {req}"
 
 
 def test_breaking_dependencies_are_capped_below_their_next_major():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = {Requirement(r).name: Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    listed = project["dependencies"] + project["optional-dependencies"]["dev"]
+    reqs = {Requirement(r).name: Requirement(r) for r in listed}
     for name in ("ray", "polars", "optuna", "plotly", "pyarrow", "typer", "moto"):
         assert any(s.operator == "<" for s in reqs[name].specifier), f"{name} has no upper bound"
         assert any(s.operator == ">=" for s in reqs[name].specifier), f"{name} has no lower bound"
@@ -89,8 +91,8 @@ def test_version_names_xtra_torch_ray_and_the_lock():
 
 
 def test_a_wheel_installs_only_the_xtra_namespace(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
-                    str(ROOT)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("xtra-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}

@@ -7,11 +7,11 @@ import re
 from pathlib import Path
 
 import polars as pl
+
 from xtra.reports.build import build_report
 from xtra.reports.collect import load_study
 from xtra.reports.evaluation import evaluation
 from xtra.reports.synthetic import make_study
-
 
 BUDGETS = (5000, 10000, 20000, 40000)
 

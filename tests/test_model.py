@@ -54,7 +54,8 @@ def test_targets_are_next_blocks_normalized():
     t = model.targets(x)
     assert t.shape == (3, cfg.n_blocks, cfg.block_pixels)
     torch.testing.assert_close(t.mean(-1), torch.zeros(3, cfg.n_blocks), atol=1e-5, rtol=0)
-    torch.testing.assert_close(t.std(-1, unbiased=True), torch.ones(3, cfg.n_blocks), atol=1e-3, rtol=0)  # official: n - 1
+    # the official loss normalises with the unbiased (n - 1) variance
+    torch.testing.assert_close(t.std(-1, unbiased=True), torch.ones(3, cfg.n_blocks), atol=1e-3, rtol=0)
     # Block 1 (raster) is the top-right 16x16 crop of the 32x32 image.
     crop = x[:, :, :16, 16:].permute(0, 2, 3, 1).reshape(3, -1)
     torch.testing.assert_close(block_crops(x, cfg)[:, 1], crop)

@@ -21,8 +21,8 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from xtra.cli.study import app
 from xtra import studydir as st
+from xtra.cli.study import app
 from xtra.studies.load import load_study
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,10 +25,10 @@ from drivers import kill_when
 from raycluster import stop_cluster
 from typer.testing import CliRunner
 
+from xtra import studydir as st
 from xtra.cli.report import app as report_app
 from xtra.cli.study import app as study_app
 from xtra.storage import Storage
-from xtra import studydir as st
 from xtra.studies.load import load_study
 from xtra.studies.ray import token_auth_available
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
-from xtra.cli.data import app
 
 from xtra.checkpoint import load_checkpoint
+from xtra.cli.data import app
 from xtra.config import DataConfig, PretrainConfig, ProbeConfig, model_config
 from xtra.data import BadCollection, DatasetNotFound, clear_cache, fingerprint, load_dataset, locate, stream, transforms
 from xtra.data.generate import make_imagefolder, write_image

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from xtra import studydir as st
 from xtra import trialdir as td
 from xtra.cli.study import app
 from xtra.config import RESOURCE_KEYS, TrialConfig, override
-from xtra import studydir as st
 from xtra.studies.load import load_study
 from xtra.studies.plan import make_plan
 from xtra.studies.spec import StudyError

@@ -88,7 +88,8 @@ def read_official(path: Path | str) -> Official:
             raise OfficialCheckpointError(f"{path}: holds a pickled {foreign.group(1)}, which a weights-only "
                                           f"load refuses to run (not an official XTRA checkpoint)") from None
         first = text.splitlines()[0][:160] if text else ""
-        raise OfficialCheckpointError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__}: {first})") from None
+        raise OfficialCheckpointError(f"{path}: corrupt or truncated checkpoint "
+                                      f"({type(err).__name__}: {first})") from None
     if not isinstance(obj, dict):
         raise OfficialCheckpointError(f"{path}: not an official XTRA checkpoint (a {type(obj).__name__}, not a dict)")
     if isinstance(obj.get("state_dict"), dict):
@@ -147,8 +148,9 @@ def infer_config(off: Official, num_heads: int | None = None, pred_num_heads: in
     for part, layers in (("proj.mlp", 2), ("aim_proj.0.mlp", 2)):
         extra = sorted(k for k in off.weights if k.startswith(part + ".") and k.split(".")[-2] not in ("0", "2"))
         if extra:
-            raise OfficialCheckpointError(f"{off.path}: cannot place tensor {extra[0]!r}: xtra's {part.split('.')[0]} "
-                                          f"is a {layers}-layer MLP without BatchNorm (official nlayers=2, in_bn=False)")
+            raise OfficialCheckpointError(f"{off.path}: cannot place tensor {extra[0]!r}: xtra's "
+                                          f"{part.split('.')[0]} is a {layers}-layer MLP without BatchNorm "
+                                          f"(official nlayers=2, in_bn=False)")
     pred_width = _need(off, "proj.mlp.2.weight").shape[0]
     head_out = _need(off, "aim_proj.0.mlp.2.weight").shape[0]
     crop = math.isqrt(head_out // channels)
