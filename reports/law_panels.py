@@ -28,6 +28,7 @@ from .panel import (
     varies_within,
 )
 from .scaling import FormFit, HeldOut, LawAnalysis, analyze_power_law
+from .scaling.select import held_out_failure
 from .tables import Table, human
 
 MIN_FIT_X = 4  # distinct x values before a power law (3 parameters) is fitted
@@ -64,6 +65,8 @@ def verdict(a: LawAnalysis, descriptive: bool = False) -> str:
 
 
 def why_no_law(a: LawAnalysis) -> str:
+    if a.fails_held_out:
+        return held_out_failure(a)
     chosen = a.chosen
     why = a.comparison.reason
     if chosen is not None and a.law is None and chosen.diagnostics.problems and not why.startswith("no law"):

@@ -306,3 +306,22 @@ def test_no_bootstrap_still_judges_bounds_but_notes_missing_intervals() -> None:
     assert all(math.isnan(v) for v in fit.diagnostics.rel_ci.values())
     lo, hi = fit.prediction_interval([1e5])
     assert np.isnan(lo).all() and np.isnan(hi).all()
+
+
+def test_a_law_that_fails_its_held_out_check_is_no_law():
+    """A WSD cooldown drops the loss below the stable phase's power law: fitted without the tail, the
+    form predicts none of it, so the report must not call it a law (it did: 'law ... 0/6 inside')."""
+    from xtra.reports.scaling import analyze_power_law
+
+    x = np.geomspace(1e3, 3e4, 30)
+    clean = 2.0 * x ** -0.15
+    rng = np.random.default_rng(0)
+    noisy = clean * np.exp(rng.normal(0, 0.002, x.size))
+    kept = analyze_power_law(x, noisy, n_boot=50, hold_out="tail")
+    assert kept.law is not None and not kept.fails_held_out and kept.verdict == "law"
+    cooled = noisy.copy()
+    cooled[-6:] *= np.linspace(0.95, 0.75, 6)  # the last 20%: a cooldown's extra drop
+    failed = analyze_power_law(x, cooled, n_boot=50, hold_out="tail")
+    assert failed.comparison.law is not None  # in-sample, a power law fits the stable phase fine
+    assert failed.fails_held_out and failed.law is None
+    assert failed.verdict.startswith("no law:") and "inside its 95% PI" in failed.verdict

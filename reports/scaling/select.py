@@ -195,8 +195,16 @@ class LawAnalysis:
     held_note: str  # why there is no held-out check, when there is none
 
     @property
+    def fails_held_out(self) -> bool:
+        """The form was refitted without the held-out points (at least 3 of them: one point outside a
+        95% interval is no evidence) and fewer than half fall inside its 95% prediction interval: it
+        does not predict, so it is no law whatever its in-sample fit."""
+        h = self.held
+        return h is not None and h.has_interval and len(h.actual) >= 3 and float(np.mean(h.inside)) < 0.5
+
+    @property
     def law(self) -> FormFit | None:
-        return self.comparison.law
+        return None if self.fails_held_out else self.comparison.law
 
     @property
     def chosen(self) -> FormFit | None:
@@ -206,8 +214,18 @@ class LawAnalysis:
     def verdict(self) -> str:
         if self.law is not None:
             return "law"
+        if self.fails_held_out:
+            return held_out_failure(self)
         return self.comparison.reason if self.comparison.reason.startswith("no law") else \
             "no law: " + self.comparison.reason
+
+
+def held_out_failure(a: LawAnalysis) -> str:
+    h = a.held
+    assert h is not None
+    return (f"no law: the {a.comparison.law.form.name if a.comparison.law else 'chosen'} form fitted without "
+            f"{h.what} predicts {int(np.sum(h.inside))}/{len(h.actual)} of them inside its 95% PI "
+            f"(held-out error {h.mean_abs_rel_error:.2%})")
 
 
 def _with_held_out(comp: Comparison, X: np.ndarray, y: np.ndarray, holdout: np.ndarray, what: str, n_boot: int,

@@ -97,7 +97,16 @@ class Storage(CommittedDirs):
             with self.fs.open_input_stream(self.path(rel)) as f:
                 if limit is None:
                     return f.read()
-                data = f.read(limit + 1)
+                # read(n) may return fewer bytes than asked before the end (an S3 stream returns what one
+                # ranged response held): read until the end or past the limit, never trust one call
+                parts, got = [], 0
+                while got <= limit:
+                    part = f.read(limit + 1 - got)
+                    if not part:
+                        break
+                    parts.append(part)
+                    got += len(part)
+                data = b"".join(parts)
             if len(data) > limit:
                 raise StorageError(f"{self.uri_of(rel)}: refused: longer than {limit} bytes")
             return data
