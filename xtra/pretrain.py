@@ -39,6 +39,7 @@ from xtra.config import RESOURCE_KEYS, DataConfig, ModelConfig, PretrainConfig
 from xtra.data.sampler import step_seed
 from xtra.distributed import World
 from xtra.model import XTRA, parameter_groups
+from xtra.precision import autocast
 from xtra.schedule import continuation_error, lr_at  # noqa: F401 - lr_at is part of this module's API
 from xtra.trialdir import METRICS
 
@@ -74,12 +75,6 @@ def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.O
                              fused=True)
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def train_step(model, optimizer, images, order_index: int, lr: float, cfg: PretrainConfig) -> torch.Tensor:
     """One optimizer step over `images` (split into `cfg.accumulate` micro-batches). Returns the
     mean loss as a 0-dim tensor without synchronizing with the device. A DistributedDataParallel
@@ -92,7 +87,7 @@ def train_step(model, optimizer, images, order_index: int, lr: float, cfg: Pretr
     for i, micro in enumerate(micros):
         defer = i < len(micros) - 1 and hasattr(model, "no_sync")
         with model.no_sync() if defer else contextlib.nullcontext():
-            with _autocast(images.device):
+            with autocast(images.device):
                 loss = model(micro, order_index)
             (loss / cfg.accumulate).backward()
         total = total + loss.detach() / cfg.accumulate
@@ -109,7 +104,7 @@ def evaluate_loss(model, images: torch.Tensor, batch_size: int = 256) -> float:
     model.eval()
     total, count = 0.0, 0
     for batch in images.split(batch_size):
-        with _autocast(batch.device):
+        with autocast(batch.device):
             total += model(batch, 0).float().item() * len(batch)
         count += len(batch)
     model.train(was_training)

@@ -3,7 +3,6 @@ one encoder pass per split feeds every kind."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 
 from xtra.config import ModelConfig, ProbeConfig
 from xtra.model import Encoder
+from xtra.precision import autocast
 from xtra.probe.heads import probe_layers
 
 MEMORY_CACHE_BYTES = 4 << 30  # auto: cache train+val+test head inputs in memory up to 4 GiB,
@@ -31,7 +31,7 @@ def head_inputs_all(encoder: Encoder, images: torch.Tensor, kinds: tuple[str, ..
     """Every kind's head inputs from ONE encoder pass (the last layer is shared by both kinds)."""
     n_layers = probe_layers(cfg, len(encoder.blocks))
     layers = tuple(range(-n_layers, 0)) if "attentive" in kinds else (-1,)
-    with torch.no_grad(), _autocast(images.device, cfg.feature_dtype):
+    with torch.no_grad(), autocast(images.device, cfg.feature_dtype):
         feats = encoder.features(images, layers=layers, mask=cfg.mask,
                                  norm=cfg.features == "normed")  # last entry: layer -1
     out = {}
@@ -40,13 +40,6 @@ def head_inputs_all(encoder: Encoder, images: torch.Tensor, kinds: tuple[str, ..
     if "attentive" in kinds:
         out["attentive"] = torch.stack(feats).float().mean(dim=0) if len(feats) > 1 else feats[0].float()  # (B, T, D)
     return out
-
-
-def _autocast(device: torch.device, dtype: str = "auto"):
-    """The encoder forward's precision: bfloat16 autocast where asked (auto: on GPUs only)."""
-    if dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def input_shape(kind: str, model_cfg: ModelConfig) -> tuple[int, ...]:
