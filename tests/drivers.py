@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -24,3 +25,18 @@ def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], *, timeout: flo
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def stop_processes(find: Callable[[], list[int]], term_grace: float, kill_grace: float = 10.0) -> list[int]:
+    """SIGTERM every pid `find` returns, wait up to `term_grace` s for them to go, then SIGKILL what is
+    left and wait up to `kill_grace` s; returns the pids still running after that."""
+    for sig, grace in ((signal.SIGTERM, term_grace), (signal.SIGKILL, kill_grace)):
+        for pid in find():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while find() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    return find()

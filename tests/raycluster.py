@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import time
 from pathlib import Path
+
+from drivers import stop_processes
 
 
 def processes_under(marker: str) -> list[int]:
@@ -26,14 +26,6 @@ def processes_under(marker: str) -> list[int]:
 
 def stop_cluster(temp_dir: str) -> None:
     """SIGTERM, then SIGKILL, every process of the cluster (all carry its temp dir); then remove it."""
-    for sig, grace in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):  # a test cluster holds nothing worth a wait
-        for pid in processes_under(temp_dir):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while processes_under(temp_dir) and time.monotonic() < deadline:
-            time.sleep(0.2)
-    assert not processes_under(temp_dir), "the test's Ray cluster is still running"
+    left = stop_processes(lambda: processes_under(temp_dir), term_grace=3)  # a test cluster holds nothing worth a wait
+    assert not left, "the test's Ray cluster is still running"
     shutil.rmtree(temp_dir, ignore_errors=True)

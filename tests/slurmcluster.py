@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from drivers import stop_processes
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue")
 START_TIMEOUT_S = 60
@@ -216,16 +217,7 @@ class SlurmCluster:
             if p.stdout:
                 p.stdout.close()
         marker = f"XTRA_TEST_SLURM={self.root}"
-        for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
-            for pid in processes_with(marker):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + grace
-            while processes_with(marker) and time.monotonic() < deadline:
-                time.sleep(0.2)
-        left = processes_with(marker)
+        left = stop_processes(lambda: processes_with(marker), term_grace=5)
         shutil.rmtree(self.root, ignore_errors=True)
         assert not left, f"processes of the test's Slurm cluster still running: {left}"
 
