@@ -296,9 +296,11 @@ def _run_locked(study: Study, study_dir: Path, lock: st.StudyLock, *, address: s
             finished = False
             with stop.fitting():
                 experiment, finished = fit(plan, study_dir, address=address, storage_path=stor.uri,
-                                           runs=runs, display=display, notes=notes, write_runs=write_runs)
+                                           runs=runs, display=display, notes=notes, write_runs=write_runs,
+                                           stop=stop)
             if stop.signal:
-                notes.append(f"stopped by {stop.signal}: no new trials; running ones keep their last checkpoint")
+                notes.append(f"stopped by {stop.signal}: no new trials; "
+                             + (stop.note or "running ones keep their last checkpoint"))
             if not finished:
                 notes.append(f"interrupted with trials unfinished; continue with `xtra study resume {study_dir}`")
         else:

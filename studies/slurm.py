@@ -111,9 +111,10 @@ HEADER = """\
 # study if it started (`xtra study resume`; with --storage s3://..., from the store into a fresh scratch copy), so
 # finished trials are never run again and unfinished ones continue from their last checkpoint.
 #
-# SLURM_USR1 (--signal=B:USR1@N) arrives N seconds before the time limit: the driver stops the way
-# Ctrl-C stops it (no new trials, results written, lease released) and the script requeues the job.
-# scancel, `scontrol requeue` and preemption send SIGTERM: the driver stops the same way, Slurm decides.
+# SIGUSR1 (--signal=B:USR1@N) arrives N seconds before the time limit (up to 60 s earlier): the driver
+# starts no new trials, each running trial checkpoints where it is (within XTRA_STOP_GRACE_S, default
+# N/3), results are written, the lease is released, and the script requeues the job. scancel,
+# `scontrol requeue` and preemption send SIGTERM: the driver stops the same way, Slurm decides.
 # Environment: XTRA_CMD (default `xtra`), RAY_CMD (default `ray`), XTRA_SLURM_SCRATCH (node-local
 # scratch root, default $TMPDIR or /tmp), XTRA_RAY_PORT (default 6379 + job id % 1000).
 #SBATCH --requeue
@@ -237,6 +238,8 @@ def render(options: dict[str, str] | None = None, run_args: list[str] | None = N
     lines = [HEADER.rstrip("\n"), f"#SBATCH --signal=B:USR1@{lead}", f"#SBATCH --output={output or 'slurm-%j.out'}"]
     lines += [f"#SBATCH --{k}={v}" for k, v in options.items() if k not in NOT_SBATCH]
     lines.append(f"STOPPED_EXIT={STOPPED_EXIT}  # the driver's exit code when a signal stopped it with trials left")
+    lines.append(f"export XTRA_STOP_GRACE_S=${{XTRA_STOP_GRACE_S:-{max(5, lead // 3)}}}  # for running trials to "
+                 f"checkpoint after the warning")
     if xtra_cmd:
         lines.append(f"XTRA_CMD=${{XTRA_CMD:-{shlex.quote(xtra_cmd)}}}")
     if ray_cmd:
@@ -348,19 +351,46 @@ def status_line(study_dir: Path, runs: list[dict[str, Any]]) -> str | None:
 
 @dataclass
 class Stop:
+    """The driver's stop signals. Before the Tune run, a signal is recorded (the runner starts nothing);
+    while Ray is starting it stops that; inside the Tune run it starts a graceful stop
+    (``xtra.studies.ray.stopping.GracefulStop``: the running trials checkpoint, then Tune stops), and a
+    second signal at least ``ESCALATE_AFTER_S`` later (Slurm's SIGTERM at the limit) stops Tune at once."""
+
+    ESCALATE_AFTER_S = 2.0  # scancel signals the driver and the job script at once: that pair is one stop
+
     signal: str | None = None  # the name of the first stop signal received
     in_fit: bool = False
+    received_at: float | None = None
+    note: str | None = None  # what the graceful stop achieved (GracefulStop)
     _saved: dict[int, Any] = field(default_factory=dict)
 
+    def _tune_handler(self) -> Any:
+        tune = signal.getsignal(signal.SIGUSR1)
+        return tune if callable(tune) and tune != self.handler else None
+
     def handler(self, signum: int, frame: Any) -> None:
+        first = self.signal is None
         self.signal = self.signal or signal.Signals(signum).name
+        now = time.monotonic()
+        self.received_at = self.received_at if self.received_at is not None else now
         if not self.in_fit:
             return  # before or after the run: the runner checks ``signal`` before it starts Ray
-        tune = signal.getsignal(signal.SIGUSR1)
-        if callable(tune) and tune != self.handler:  # Ray Tune's own stop (its Ctrl-C): graceful
-            tune(signal.SIGUSR1, frame)
-        else:  # Ray still starting: stop that
+        if self._tune_handler() is None:  # Ray still starting: stop that
             raise KeyboardInterrupt
+        if not first and now - self.received_at >= self.ESCALATE_AFTER_S:
+            self.interrupt_tune()
+
+    def claim(self) -> None:
+        """Take SIGTERM back once Ray is up: ``ray.init`` installs Ray core's own handler, which logs the
+        signal and ends the driver (exit 1, or 134) before any result is written."""
+        if self._saved and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.handler)
+
+    def interrupt_tune(self) -> None:
+        """Tune's own Ctrl-C: no new trials, its state saved, ``fit`` returns."""
+        tune = self._tune_handler()
+        if tune is not None:
+            tune(signal.SIGUSR1, None)
 
     @contextlib.contextmanager
     def fitting(self) -> Iterator[None]:

@@ -8,7 +8,7 @@ import torch
 from xtra.checkpoint import CheckpointError, load_checkpoint
 from xtra.config import DataConfig, PretrainConfig, model_config
 from xtra.data.sampler import batch_indices
-from xtra.pretrain import Faults, NonFiniteLoss, lr_at, pretrain
+from xtra.pretrain import Faults, NonFiniteLoss, Preempted, lr_at, pretrain
 
 DATA = DataConfig(name="fashion-mnist", limit_train=3000)
 TINY = model_config("tiny", block_size=2)
@@ -58,6 +58,28 @@ def test_resume_is_bitwise_equal_to_uninterrupted(tmp_path):
     pretrain(TINY, DATA, _cfg(), parted, seed=3, faults=crash)
     a, b = load_checkpoint(full)["model"], load_checkpoint(parted)["model"]
     assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in _rows(full)] == [r["loss"] for r in _rows(parted)]
+
+
+def test_preempted_run_checkpoints_at_a_log_window_and_resumes_bitwise(tmp_path):
+    """A stop request (Slurm's warning before a time limit) checkpoints at the end of the current log
+    window, between the regular checkpoints, and the resumed run equals an uninterrupted one."""
+    full, parted = tmp_path / "full", tmp_path / "parted"
+    pretrain(TINY, DATA, _cfg(), full, seed=3)
+    asked = []
+
+    def should_stop():  # asked once per log window (4 steps of 64): says stop at the third
+        asked.append(1)
+        return len(asked) >= 3
+
+    with pytest.raises(Preempted, match="preempted at 768 samples") as err:
+        pretrain(TINY, DATA, _cfg(), parted, seed=3, should_stop=should_stop)
+    assert err.value.samples_seen == 768 and len(asked) == 3  # not a multiple of checkpoint_every (512)
+    state = load_checkpoint(parted)
+    assert state["samples_seen"] == 768 and state["final"] is False
+    pretrain(TINY, DATA, _cfg(), parted, seed=3, should_stop=lambda: False)
+    a, b = load_checkpoint(full)["model"], load_checkpoint(parted)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["loss"] for r in _rows(full)] == [r["loss"] for r in _rows(parted)]
 

@@ -5,8 +5,9 @@ Fast: --slurm parsing, the shipped script is the rendered one, a dry-run submit,
 signals. Slow (real Slurm): the smoke study submitted by `xtra study submit` completes and its report
 builds (the uninterrupted reference); `scontrol requeue` after a trial finished resumes, reruns nothing
 finished and gives the reference's results; a job whose --time is shorter than the study is warned by
-SIGUSR1, stops, requeues itself and completes in a second allocation, with its storage in S3 (the local
-server) and each allocation in a fresh scratch directory, again with the reference's results.
+SIGUSR1 by Slurm, checkpoints the running trial where it is, stops, requeues itself and completes in a
+second allocation from that checkpoint, with its storage in S3 (the local server) and each allocation
+in a fresh scratch directory.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ SCIENCE = ("config_hash", "status", "samples_seen", "train_loss", "val_loss", "l
 # The smoke preset's two trials (k = 1, 2), long enough that a job can be interrupted in the middle.
 SETS = ["--set", "pretrain.samples=2048", "--set", "pretrain.checkpoint_every=512"]
 JOB_TIMEOUT = 240
+LONG_SAMPLES = 180_224  # ~80 s of pretraining (tiny, one CPU, ~2,200 images/s): longer than the first allocation
 
 
 
@@ -129,10 +131,10 @@ def submit(cluster, out: Path, *extra: str, slurm_opts: str = "cpus-per-task=2",
     return job
 
 
-def finish(cluster, job: str, out: Path) -> dict[str, str]:
+def finish(cluster, job: str, out: Path, timeout: float = JOB_TIMEOUT) -> dict[str, str]:
     try:
         info = cluster.wait_state(job, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"),
-                                  JOB_TIMEOUT)
+                                  timeout)
     except AssertionError:
         cluster.run("scancel", job, check=False)
         raise
@@ -195,35 +197,44 @@ def test_scontrol_requeue_resumes_and_reruns_nothing_finished(slurm_cluster, ref
 
 
 @on_slurm
-def test_time_limit_signal_requeues_and_resumes_from_s3_in_fresh_scratch(slurm_cluster, reference, s3_bucket,  # noqa: F811
-                                                                          tmp_path) -> None:
+def test_time_limit_warning_checkpoints_requeues_and_resumes_from_s3_in_fresh_scratch(slurm_cluster, s3_bucket,  # noqa: F811
+                                                                                      tmp_path) -> None:
     out = tmp_path / "timelimit"
     scratch = tmp_path / "scratch"
-    # One trial (k = 1, the reference's first). Slurm may send the --signal warning up to 60 s early (its
-    # timer's resolution), so rather than race a 1-minute limit, the test sends the very signal Slurm sends
-    # at the warning (USR1 to the batch shell) once the trial has a checkpoint in S3.
+    # One trial longer than the job's 2-minute limit. Slurm sends the warning (--signal=B:USR1@60) 60-90 s
+    # before the limit (its timer ticks every 30 s), i.e. 30-60 s into the allocation, mid-training.
     job = submit(slurm_cluster, out, "--storage", s3_bucket, "--set", "axes.model.block_size=[1]",
-                 slurm_opts="cpus-per-task=2,time=5,signal=60", env={"XTRA_SLURM_SCRATCH": str(scratch)})
-    stor = Storage.from_uri(f"{s3_bucket}/{out.name}")
+                 "--set", f"pretrain.samples={LONG_SAMPLES}", "--set", "pretrain.checkpoint_every=100000",
+                 slurm_opts="cpus-per-task=2,time=2,signal=60", env={"XTRA_SLURM_SCRATCH": str(scratch)})
+    log_path = out / "slurm" / f"slurm-{job}.out"
     deadline = time.monotonic() + JOB_TIMEOUT
-    while not [e for e in stor.list("trials") if "checkpoint" in e.path]:
-        assert time.monotonic() < deadline, "no checkpoint in storage"
-        assert slurm_cluster.job(job).get("JobState") in ("PENDING", "RUNNING"), slurm_cluster.job(job)
+    while int(slurm_cluster.job(job).get("Restarts") or 0) < 1:
+        assert time.monotonic() < deadline, "never requeued"
+        info = slurm_cluster.job(job)
+        assert info.get("JobState") in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
+                                        "REQUEUE_FED"), (info, log_path.read_text() if log_path.is_file() else "")
         time.sleep(0.5)
-    slurm_cluster.run("scancel", "--batch", "--signal=USR1", job)
-    info = finish(slurm_cluster, job, out)
-    log = (out / "slurm" / f"slurm-{job}.out").read_text()
+    # The second allocation gets the time to finish (as a user would give it, or it would take more).
+    slurm_cluster.run("scontrol", "update", f"JobId={job}", "TimeLimit=10")
+    info = finish(slurm_cluster, job, out, timeout=2 * JOB_TIMEOUT)
+    log = log_path.read_text()
     assert "xtra: received SIGUSR1" in log and f"xtra: requeueing job {job}" in log, log
-    assert int(info["Restarts"]) >= 1
+    assert f"driver exit code {slurm.STOPPED_EXIT}" in log, log
+    assert info["Restarts"] == "1"
+    stor = Storage.from_uri(f"{s3_bucket}/{out.name}")
     path = tmp_path / "results.parquet"
     path.write_bytes(stor.read_bytes("results.parquet"))
-    df = science(pl.read_parquet(path))
-    assert df.height == 1 and df.equals(reference.filter(pl.col("config_hash") == df["config_hash"][0]))
-    # each allocation worked in its own scratch directory, removed when it ended: the last one resumed from S3
+    df = pl.read_parquet(path)
+    assert df.height == 1 and df["status"][0] == "finished" and df["samples_seen"][0] == LONG_SAMPLES
+    attempts = [json.loads(line) for line in stor.read_text(f"trials/{df['config_hash'][0]}/attempts.jsonl").splitlines()]
+    events = [a["event"] for a in attempts]
+    assert events == ["start", "preempted", "start", "finish"], events
+    # it checkpointed where the warning found it (no regular checkpoint before the end), and continued there
+    stopped_at = attempts[1]["samples_seen"]
+    assert 0 < stopped_at < LONG_SAMPLES and attempts[2]["checkpoint_samples"] == stopped_at
+    # each allocation worked in its own scratch directory, removed when it ended: the second resumed from S3
     assert not list(scratch.glob(f"xtra-{job}-*"))
-    attempts = [json.loads(line) for h in df["config_hash"]
-                for line in stor.read_text(f"trials/{h}/attempts.jsonl").splitlines()]
-    dirs = {a["dir"] for a in attempts if a["event"] == "start"}
-    assert len({d.split(f"/xtra-{job}-")[1].split("/")[0] for d in dirs}) >= 2, dirs  # resumed in a fresh one
+    dirs = [a["dir"] for a in attempts if a["event"] == "start"]
+    assert len({d.split(f"/xtra-{job}-")[1].split("/")[0] for d in dirs}) == 2, dirs
     runs = json.loads(stor.read_text("runs.json"))
-    assert runs[-1]["slurm"]["restart"] >= 1 and runs[-1]["state"] == "finished"
+    assert [r["slurm"]["restart"] for r in runs] == [0, 1] and [r["state"] for r in runs] == ["interrupted", "finished"]

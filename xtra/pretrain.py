@@ -52,6 +52,15 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the run stops and nothing already written is touched."""
 
 
+class Preempted(Exception):
+    """The run was asked to stop (``should_stop``: a time limit or preemption is near) and did, at a log
+    window's end with a checkpoint there, so a resumed run continues bitwise where this one stopped."""
+
+    def __init__(self, samples_seen: int, checkpoint: Path) -> None:
+        super().__init__(f"preempted at {samples_seen} samples; checkpoint kept at {checkpoint}")
+        self.samples_seen, self.checkpoint = samples_seen, checkpoint
+
+
 @dataclass(frozen=True)
 class Faults:
     """Fault injection for tests of the orchestration (set by `xtra.trial` from the environment)."""
@@ -243,6 +252,7 @@ def pretrain(
     world: World | None = None,
     keep_at: tuple[int, ...] = (),
     init_from: Path | str | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Pretrain (or resume) in `run_dir`; returns the final metrics (rank 0's; other ranks get
     NaN for the losses). With `world.size` > 1 every rank must call it with the same arguments.
@@ -252,7 +262,9 @@ def pretrain(
     points or checkpoints to probe along the way. `init_from`: when `run_dir` has no checkpoint of
     its own yet, start from that checkpoint (model, optimizer, data position, samples seen, curve)
     instead of from scratch, e.g. a wsd branch from its trunk's kept checkpoint; the recipes may
-    differ only where `xtra.schedule.continuation_error` allows."""
+    differ only where `xtra.schedule.continuation_error` allows. `should_stop`: asked at the end of
+    every log window; once it says True on any rank, every rank checkpoints there and raises `Preempted`
+    (a log window's end, so the resumed run's loss windows, and its results, equal an uninterrupted run's)."""
     from xtra.attention import resolve_backend
     from xtra.data import locate
     from xtra.data.stream import open_stream
@@ -424,8 +436,14 @@ def pretrain(
                         bar[0].update(bar[1], completed=samples_seen, loss=last_loss, lr=lr, ips=ips)
             if keep_due:
                 keep_copy(final=done)
-            if checkpoint_due:
+            at_window_end = step % cfg.log_every == 0 or checkpoint_due or keep_due
+            preempt = (should_stop is not None and at_window_end and not done
+                       and not world.all_true(not should_stop(), device))
+            if checkpoint_due or preempt:
                 save(final=done)
+            if preempt:
+                raise Preempted(samples_seen, ckpt_path)
+            if checkpoint_due:
                 next_ckpt += cfg.checkpoint_every
                 if (main and faults.crash_once_at_samples is not None and samples_seen >= faults.crash_once_at_samples
                         and not (run_dir / ".fault-crashed").exists()):

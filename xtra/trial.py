@@ -22,7 +22,7 @@ from typing import Any
 from xtra import trialdir as td
 from xtra.config import TrialConfig
 from xtra.distributed import World
-from xtra.pretrain import Faults, pretrain
+from xtra.pretrain import Faults, Preempted, pretrain
 
 TRIAL_JSON = td.RESULT
 PRETRAIN_FIELDS = ("samples_seen", "train_loss", "val_loss", "images_per_s", "attention_backend", "device")
@@ -64,11 +64,13 @@ def faults_from_env(cfg: TrialConfig) -> Faults:
 
 def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | None = None,
               progress: bool = False, world: World | None = None,
-              job: dict[str, Any] | None = None) -> dict[str, Any] | None:
+              job: dict[str, Any] | None = None, should_stop: Callable[[], bool] | None = None
+              ) -> dict[str, Any] | None:
     """``job`` (from the study's plan) makes the run a wsd *trunk* (``{"role": "trunk", "keep_at": [...]}``:
     pretrain only, keeping checkpoints where branches start) or a *branch* (``{"role": "branch",
     "trunk_dir": ..., "start": S}``: wait for the trunk's checkpoint at S, continue from it under this
-    trial's own budget and cooldown, then probe like any trial)."""
+    trial's own budget and cooldown, then probe like any trial). ``should_stop`` (a time limit or
+    preemption is near) makes pretraining checkpoint and raise ``xtra.pretrain.Preempted``."""
     world = world or World()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -84,10 +86,10 @@ def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | 
         return done if world.main else None
     report = report or (lambda event: None)
     keep = tuple(job["keep_at"]) if role == "trunk" else keep_at(cfg, start=int(job.get("start", 0)))
-    init_from = _wait_for_trunk(job, run_dir, report, world) if role == "branch" else None
+    init_from = _wait_for_trunk(job, run_dir, report, world, should_stop) if role == "branch" else None
     if not world.main:  # a peer: pretrain in step with rank 0; files and probing are rank 0's
         pretrain(cfg.model, cfg.data, cfg.pretrain, run_dir, seed=cfg.seed, report=report,
-                 faults=faults_from_env(cfg), world=world, keep_at=keep, init_from=init_from)
+                 faults=faults_from_env(cfg), world=world, keep_at=keep, init_from=init_from, should_stop=should_stop)
         return None
     td.write_config(run_dir, cfg)
     log_file = open(run_dir / td.LOG, "a")  # noqa: SIM115 - closed below
@@ -110,7 +112,7 @@ def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | 
                 log(f"wsd branch: starts from the trunk's checkpoint {init_from}")
             trained = pretrain(cfg.model, cfg.data, cfg.pretrain, run_dir, seed=cfg.seed, report=report,
                                progress=progress, faults=faults_from_env(cfg), log=log, world=world,
-                               keep_at=keep, init_from=init_from)
+                               keep_at=keep, init_from=init_from, should_stop=should_stop)
             log(f"pretrain done: {trained['samples_seen']} samples, loss {trained['train_loss']:.4f}, "
                 f"val loss {trained['val_loss']:.4f}")
         if role == "trunk":  # a trunk is pretraining only: its branches are the study's trials
@@ -142,6 +144,9 @@ def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | 
         td.write_result(run_dir, row)
         log(f"trial finished: linear {row['linear_top1']}, attentive {row['attentive_top1']}")
         return row
+    except Preempted as err:
+        log(f"trial {err}")
+        raise
     except BaseException as err:
         log(f"trial failed: {type(err).__name__}: {err}")
         raise
@@ -159,7 +164,8 @@ def keep_at(cfg: TrialConfig, start: int = 0) -> tuple[int, ...]:
 TRUNK_POLL_S = 2.0
 
 
-def _wait_for_trunk(job: dict[str, Any], run_dir: Path, report: Callable[[dict], None], world: World) -> Path:
+def _wait_for_trunk(job: dict[str, Any], run_dir: Path, report: Callable[[dict], None], world: World,
+                    should_stop: Callable[[], bool] | None = None) -> Path:
     """The trunk's kept checkpoint this branch starts from, once it exists (the branch was scheduled
     beside its trunk). A branch that already has its own checkpoint resumes from that instead."""
     from xtra.checkpoint import kept_checkpoint
@@ -175,6 +181,8 @@ def _wait_for_trunk(job: dict[str, Any], run_dir: Path, report: Callable[[dict],
             if state.status == td.FINISHED:
                 raise RuntimeError(f"wsd trunk {trunk_dir.name} finished without a checkpoint at {start} samples "
                                    f"(kept: {state.row.get('keep_at') if state.row else '?'})")
+            if should_stop is not None and not world.distributed and should_stop():  # nothing to keep yet
+                raise Preempted(0, run_dir / td.CHECKPOINT)
             report({"kind": "progress", "samples_seen": 0, "waiting": f"trunk {trunk_dir.name} to {start}"})
             time.sleep(TRUNK_POLL_S)
     if world.distributed:

@@ -13,6 +13,7 @@ from typing import Any
 from ray import tune
 
 from xtra import trialdir as td
+from xtra.studies.ray.stopping import PREEMPTED
 from xtra.studies.ray.trialfiles import RESERVED, TrialSync, trial_of
 from xtra.studies.ray.workers import MAX_FAILURES
 from xtra.studies.spec import Study
@@ -92,7 +93,7 @@ class Display:
         for col in ("trial", "params", "status", "samples seen", "loss", "ETA / result"):
             table.add_column(col, overflow="fold")
         style = {"finished": "green", "failed": "red", "retrying": "yellow", "running": "cyan", "probing": "cyan",
-                 "stopped": "magenta"}
+                 "stopped": "magenta", PREEMPTED: "yellow"}
         for r in self.rows.values():
             status = f"[{style.get(r.status, '')}]{r.status}[/]" if r.status in style else r.status
             if r.error and r.status in ("failed", "retrying"):
@@ -217,8 +218,8 @@ class Monitor(tune.Callback):
         if last.get("kind") != "result":  # stopped early by the scheduler (ASHA)
             self._record(trial, key, "stopped", f"stopped early by ASHA at {last.get('samples_seen', 0)} samples")
             self.display.update(key, status="stopped")
-        elif last.get("status") == "finished":
-            self.display.update(key, status="finished")
+        elif last.get("status") in ("finished", PREEMPTED):
+            self.display.update(key, status=last["status"])
         else:
             self.display.update(key, status="failed", error=last.get("error"))
 

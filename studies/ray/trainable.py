@@ -25,6 +25,7 @@ import ray
 from ray import tune
 
 from xtra import trialdir as td
+from xtra.studies.ray.stopping import PREEMPTED, stop_checker
 from xtra.studies.ray.trialfiles import (
     PROGRESS_EVERY_S,
     RESERVED,
@@ -91,12 +92,17 @@ def trainable(config: dict[str, Any]) -> None:
     """One study trial, resumable, in STUDY_DIR/trials/<config_hash>/."""
     import torch
 
-    from xtra.pretrain import NonFiniteLoss
+    from xtra.pretrain import NonFiniteLoss, Preempted
     from xtra.studies.ray.workers import trial_on_workers
     from xtra.trial import run_trial
 
     cfg, trial_id, params, study_dir = trial_of(config)
     meta = config["trial"]
+    ctx = tune.get_context()
+    should_stop = stop_checker(ctx.get_experiment_name())
+    if should_stop is not None and should_stop():  # started after the driver's stop: nothing begun, nothing to keep
+        tune.report({"kind": "result", "status": PREEMPTED, "samples_seen": 0})
+        return
     cpus = float(meta.get("cpus", 1))
     workers = int(meta.get("workers", 1))
     if cpus >= 1 and workers == 1:
@@ -105,7 +111,6 @@ def trainable(config: dict[str, Any]) -> None:
     sync = TrialSync(meta.get("storage") or study_dir, h)
     run_dir = sync.run_dir
     sync.download()  # a retry or a resume on this node continues from what storage holds
-    ctx = tune.get_context()
     trial_id = trial_id or ctx.get_trial_name()
     job = meta.get("job") or {}
     td.write_params(run_dir, study=meta["study"], preset=meta.get("preset"), trial_id=trial_id, params=params,
@@ -127,9 +132,17 @@ def trainable(config: dict[str, Any]) -> None:
     try:
         job = sync.trunk(job, reporter) if job and workers == 1 else job  # else rank 0 copies the trunk
         if workers > 1:
-            row = trial_on_workers(cfg, run_dir, {**meta, "job": job or None}, reporter)
+            row = trial_on_workers(cfg, run_dir, {**meta, "job": job or None, "experiment": ctx.get_experiment_name()},
+                                   reporter)
         else:
-            row = run_trial(cfg, run_dir, report=reporter, job=job or None)
+            row = run_trial(cfg, run_dir, report=reporter, job=job or None, should_stop=should_stop)
+    except Preempted as err:  # its checkpoint is committed (the report before): the next run continues from it
+        td.record_attempt(run_dir, PREEMPTED, samples_seen=err.samples_seen)
+        if own is not None:
+            own.upload()
+        sync.put(td.ATTEMPTS)
+        tune.report(reporter.metrics(PREEMPTED, kind="result", samples_seen=err.samples_seen))
+        return
     except NonFiniteLoss as err:  # deterministic: a retry would fail the same way, so no retry
         msg = error_line(err)
         td.record_attempt(run_dir, "failed", error=msg)

@@ -16,6 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 from xtra.studies.plan import Plan
 from xtra.studies.ray.monitor import Display, Monitor, trial_name
 from xtra.studies.ray.session import ray_session
+from xtra.studies.ray.stopping import PREEMPTED, GracefulStop
 from xtra.studies.ray.trainable import trainable
 from xtra.studies.ray.workers import MAX_FAILURES
 from xtra.studies.spec import Study, StudyError
@@ -64,6 +65,8 @@ class _FinalMetricOptuna(OptunaSearch):
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if (result or {}).get("status") == PREEMPTED:  # not a result: left RUNNING, its point runs again
+            return
         super().on_trial_complete(trial_id, result=result, error=error)
         if self._after_trial is not None:
             self._after_trial()
@@ -242,9 +245,10 @@ def new_experiment_name(runs: list[dict[str, Any]], storage_path: str) -> str:
 
 
 def fit(plan: Plan, study_dir: Path, *, address: str | None, storage_path: str, runs: list[dict[str, Any]],
-        display: Display, notes: list[str], write_runs: Any) -> tuple[str, bool]:
+        display: Display, notes: list[str], write_runs: Any, stop: Any = None) -> tuple[str, bool]:
     """Run the plan's trials as one Tune experiment ``run-<n>``. Returns (experiment name, finished):
-    finished is False when the run was interrupted (Ctrl-C) with trials left."""
+    finished is False when the run was interrupted (Ctrl-C) with trials left. ``stop``
+    (``xtra.studies.slurm.Stop``): its signal stops the run gracefully (``GracefulStop``)."""
     study = plan.study
     param_space, num_samples = _param_space(plan, study_dir, storage_path)
     runnable = tune.with_resources(trainable, _trial_resources(study))
@@ -252,6 +256,8 @@ def fit(plan: Plan, study_dir: Path, *, address: str | None, storage_path: str, 
                             *tracker_callbacks(study.resources.loggers, study, study_dir)]
     tracker_env = {"WANDB_MODE": "offline"} if "wandb" in study.resources.loggers else {}
     with ray_session(study_dir, address, env=tracker_env) as info:
+        if stop is not None:
+            stop.claim()
         if address:
             notes.append(f"used the Ray cluster at {info.get('gcs_address')} "
                          f"({info['cluster_cpus']:g} CPUs, {info['cluster_gpus']:g} GPUs)")
@@ -270,6 +276,8 @@ def fit(plan: Plan, study_dir: Path, *, address: str | None, storage_path: str, 
 
         # An object store goes to Ray as a scheme-less path plus our filesystem (same endpoint, credentials).
         ray_path, ray_fs = Storage.from_uri(storage_path).ray_storage()
+        if stop is not None:
+            callbacks.append(GracefulStop(stop, name))
         run_config = tune.RunConfig(
             name=name, storage_path=ray_path, storage_filesystem=ray_fs, verbose=0,
             callbacks=[*callbacks, JsonLoggerCallback(), CSVLoggerCallback()],

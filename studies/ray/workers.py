@@ -23,6 +23,7 @@ from typing import Any
 from xtra import trialdir as td
 from xtra.config import from_dict
 from xtra.studies.ray.session import ray_session
+from xtra.studies.ray.stopping import PREEMPTED, stop_checker
 from xtra.studies.ray.trialfiles import PROGRESS_EVERY_S, TrialSync, checkpoint_dir, restore_checkpoint
 
 MAX_FAILURES = 2
@@ -92,7 +93,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     import torch
 
     from xtra.distributed import World
-    from xtra.pretrain import NonFiniteLoss
+    from xtra.pretrain import NonFiniteLoss, Preempted
 
     ctx = ray.train.get_context()
     device = None
@@ -127,13 +128,19 @@ def _train_worker(config: dict[str, Any]) -> None:
             job = config.get("job")
             if job and reporter.sync is not None:  # rank 0's file decides: its node's view of a wsd trunk
                 job = reporter.sync.trunk(job, reporter)
-            row = run_trial(cfg, run_dir, report=reporter, world=world, job=job)
+            row = run_trial(cfg, run_dir, report=reporter, world=world, job=job,
+                            should_stop=stop_checker(config.get("experiment")))
         else:
             row = _pretrain_on_worker(cfg, run_dir, world, reporter, probe=config.get("probe", False))
     except NonFiniteLoss as err:  # every rank sees it at once; a retry would fail the same way
         if reporter.sync is not None:
             reporter.sync.upload()
         reporter.send({"kind": "failed", "error": str(err)})
+        return
+    except Preempted as err:  # every rank stopped at the same step, rank 0's checkpoint committed
+        if reporter.sync is not None:
+            reporter.sync.upload()
+        reporter.send({"kind": PREEMPTED, "samples_seen": err.samples_seen})
         return
     if reporter.sync is not None:
         reporter.sync.upload()  # trial.json is in storage before the driver hears of the result
@@ -165,9 +172,11 @@ def _pretrain_on_worker(cfg: Any, run_dir: Path, world: Any, reporter: _WorkerRe
 
 def _run_workers(cfg: Any, run_dir: Path, *, mode: str, workers: int, use_gpu: bool, cpus_per_worker: float,
                  gpus_per_worker: float, storage_path: str, name: str, on_event: Any, probe: bool = False,
-                 job: dict[str, Any] | None = None, trial_storage: str | None = None) -> dict[str, Any] | None:
+                 job: dict[str, Any] | None = None, trial_storage: str | None = None,
+                 experiment: str | None = None) -> dict[str, Any] | None:
     """Run ``_train_worker`` on ``workers`` Ray Train workers and pump their events into ``on_event``
-    (on this thread) until they finish. Returns rank 0's final event (``result`` or ``failed``)."""
+    (on this thread) until they finish. Returns rank 0's final event (``result``, ``failed`` or
+    ``preempted``: the stop flag of Tune ``experiment`` was raised and every rank checkpointed)."""
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Empty, Queue
@@ -183,7 +192,7 @@ def _run_workers(cfg: Any, run_dir: Path, *, mode: str, workers: int, use_gpu: b
         _train_worker,
         train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir), "mode": mode, "use_gpu": use_gpu,
                            "threads": max(1, int(cpus_per_worker)), "events": events, "probe": probe,
-                           "job": job, "storage": trial_storage, "hash": name},
+                           "job": job, "storage": trial_storage, "hash": name, "experiment": experiment},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(name=name, storage_path=ray_path, storage_filesystem=ray_fs,
                                        failure_config=ray.train.FailureConfig(max_failures=MAX_FAILURES),
@@ -211,7 +220,7 @@ def _run_workers(cfg: Any, run_dir: Path, *, mode: str, workers: int, use_gpu: b
                 if not batch:
                     break
             for event in batch:
-                if event.get("kind") in ("result", "failed"):
+                if event.get("kind") in ("result", "failed", PREEMPTED):
                     final = event
                 on_event(event)
         thread.join()
@@ -225,7 +234,7 @@ def _run_workers(cfg: Any, run_dir: Path, *, mode: str, workers: int, use_gpu: b
 
 def trial_on_workers(cfg: Any, run_dir: Path, meta: dict[str, Any], reporter: Any) -> dict[str, Any]:
     """The Tune trainable's part of a multi-worker trial: launch the workers, relay their events."""
-    from xtra.pretrain import NonFiniteLoss
+    from xtra.pretrain import NonFiniteLoss, Preempted
 
     workers = int(meta["workers"])
     gpus = float(meta.get("gpus", 0))
@@ -239,9 +248,12 @@ def trial_on_workers(cfg: Any, run_dir: Path, meta: dict[str, Any], reporter: An
                          cpus_per_worker=_per_worker(float(meta.get("cpus", 1)), workers),
                          gpus_per_worker=_per_worker(gpus, workers), storage_path=f"{storage}/{TRAIN_DIR}",
                          name=meta.get("hash") or cfg.config_hash(), on_event=on_event, job=meta.get("job"),
-                         trial_storage=str(meta.get("storage") or meta["study_dir"]))
+                         trial_storage=str(meta.get("storage") or meta["study_dir"]),
+                         experiment=meta.get("experiment"))
     if final is not None and final["kind"] == "failed":
         raise NonFiniteLoss(final["error"])
+    if final is not None and final["kind"] == PREEMPTED:
+        raise Preempted(int(final["samples_seen"]), run_dir / td.CHECKPOINT)
     row = final.get("row") if final is not None else None
     if row is None:
         row = td.read_result(run_dir)
