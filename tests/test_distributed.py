@@ -201,6 +201,35 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
     assert not (tmp_path / "nan" / "checkpoint.pt").exists()
 
 
+def _pretrain_stopped_by_rank_1(world: World, cfg: TrialConfig, out: str) -> int:
+    from xtra.pretrain import Preempted, pretrain
+
+    asked = []
+
+    def should_stop() -> bool:  # only rank 1 hears the stop flag, at its second log window
+        asked.append(1)
+        return world.rank == 1 and len(asked) >= 2
+
+    try:
+        pretrain(cfg.model, cfg.data, cfg.pretrain, Path(out), seed=cfg.seed, world=world, should_stop=should_stop)
+    except Preempted as err:
+        return err.samples_seen
+    return -1
+
+
+@pytest.mark.slow
+@needs_data
+def test_a_stop_heard_by_one_rank_checkpoints_every_rank_at_one_step(runs: dict[str, Path], tmp_path: Path) -> None:
+    """The Slurm warning's stop flag may reach ranks at different moments: they agree through one
+    collective, so every rank stops at the same step, and the resumed run equals an uninterrupted one."""
+    out = tmp_path / "stopped"
+    assert spawn(_pretrain_stopped_by_rank_1, 2, run_config(), str(out)) == [64, 64]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["samples_seen"] == 64
+    spawn(_pretrain, 2, run_config(), str(out))
+    assert losses(out) == losses(runs["2x1"])
+    assert all(torch.equal(params(out)[k], v) for k, v in params(runs["2x1"]).items())
+
+
 @pytest.mark.slow
 @needs_data
 def test_two_workers_follow_one_worker(runs: dict[str, Path]) -> None:

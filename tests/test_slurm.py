@@ -2,22 +2,24 @@
 (tests/slurmcluster.py: munged, slurmctld and slurmd on this machine), real Ray, real Fashion-MNIST.
 
 Fast: --slurm parsing, the shipped script is the rendered one, a dry-run submit, the driver's stop
-signals. Slow (real Slurm): the smoke study submitted by `xtra study submit` completes and its report
-builds (the uninterrupted reference); `scontrol requeue` after a trial finished resumes, reruns nothing
-finished and gives the reference's results; a job whose --time is shorter than the study is warned by
-SIGUSR1 by Slurm, checkpoints the running trial where it is, stops, requeues itself and completes in a
-second allocation from that checkpoint, with its storage in S3 (the local server) and each allocation
-in a fresh scratch directory.
+signals. Slow (real Slurm; three jobs queued at once, one CPU each, two running side by side): the smoke
+study submitted by `xtra study submit` completes and its report builds (the uninterrupted reference);
+`scontrol requeue` after a trial finished resumes, reruns nothing finished and gives the reference's
+results; a job whose 2-minute --time is shorter than its study is warned by Slurm (SIGUSR1), checkpoints
+the running trial where it is, stops, requeues itself and completes in a second allocation from that
+checkpoint, with its storage in S3 (the local server) and each allocation in a fresh scratch directory.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -106,6 +108,9 @@ def test_stop_signals_are_recorded_and_handlers_restored() -> None:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1)
             raise AssertionError("not interrupted")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as ray.init leaves it (its handler is in C++)
+        stop.claim()
+        assert signal.getsignal(signal.SIGTERM) == stop.handler
     assert {s: signal.getsignal(s) for s in before} == before
 
 
@@ -120,7 +125,7 @@ def test_status_without_slurm_is_one_line(tmp_path: Path, monkeypatch: pytest.Mo
 # Real Slurm
 
 
-def submit(cluster, out: Path, *extra: str, slurm_opts: str = "cpus-per-task=2", env: dict | None = None) -> str:
+def submit(cluster, out: Path, *extra: str, slurm_opts: str = "cpus-per-task=1", env: dict | None = None) -> str:
     cmd = [sys.executable, "-m", "xtra.cli.main", "study", "submit", "block-size", "--preset", "smoke",
            "--out", str(out), "--slurm", slurm_opts, *SETS, *extra]
     environ = {k: v for k, v in os.environ.items() if not k.startswith("XTRA_") or k == "XTRA_TEST_SLURM"}
@@ -153,11 +158,36 @@ def starts(trial_dir: Path) -> list[dict]:
     return [a for a in map(json.loads, lines) if a["event"] == "start"]
 
 
+@dataclass
+class Job:
+    job_id: str
+    out: Path
+    scratch: Path | None = None
+    storage: str | None = None
+
+
 @pytest.fixture(scope="module")
-def reference(slurm_cluster, tmp_path_factory) -> pl.DataFrame:  # noqa: F811
+def queued(slurm_cluster, s3_server, tmp_path_factory) -> dict[str, Job]:  # noqa: F811
+    """The three jobs, queued at once the way a user queues studies, one CPU each, so two run side by
+    side on the 2-CPU node: the time-limited one (S3 storage), the reference, the one to requeue."""
+    root = tmp_path_factory.mktemp("slurm")
+    bucket = s3_server.create_bucket(f"xtra-{secrets.token_hex(6)}")
+    jobs = {"timelimit": Job("", root / "timelimit", root / "scratch"), "reference": Job("", root / "reference"),
+            "requeue": Job("", root / "requeue")}
+    jobs["timelimit"].job_id = submit(
+        slurm_cluster, jobs["timelimit"].out, "--storage", bucket, "--set", "axes.model.block_size=[1]",
+        "--set", f"pretrain.samples={LONG_SAMPLES}", "--set", "pretrain.checkpoint_every=100000",
+        slurm_opts="cpus-per-task=1,time=2,signal=60", env={"XTRA_SLURM_SCRATCH": str(jobs["timelimit"].scratch)})
+    jobs["timelimit"].storage = f"{bucket}/timelimit"
+    for name in ("reference", "requeue"):
+        jobs[name].job_id = submit(slurm_cluster, jobs[name].out)
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def reference(slurm_cluster, queued) -> pl.DataFrame:  # noqa: F811
     """The smoke study submitted through `xtra study submit`, uninterrupted."""
-    out = tmp_path_factory.mktemp("slurm") / "reference"
-    job = submit(slurm_cluster, out)
+    job, out = queued["reference"].job_id, queued["reference"].out
     finish(slurm_cluster, job, out)
     df = pl.read_parquet(out / "results.parquet")
     assert len(df) == 2 and set(df["status"]) == {"finished"}
@@ -175,9 +205,8 @@ def test_smoke_study_submitted_completes_with_report(reference: pl.DataFrame) ->
 
 
 @on_slurm
-def test_scontrol_requeue_resumes_and_reruns_nothing_finished(slurm_cluster, reference, tmp_path) -> None:  # noqa: F811
-    out = tmp_path / "requeue"
-    job = submit(slurm_cluster, out, "--max-concurrent", "1")
+def test_scontrol_requeue_resumes_and_reruns_nothing_finished(slurm_cluster, queued, reference) -> None:  # noqa: F811
+    job, out = queued["requeue"].job_id, queued["requeue"].out
     deadline = time.monotonic() + JOB_TIMEOUT
     while not list(out.glob("trials/*/trial.json")):  # one trial finished, the other one started after it
         assert time.monotonic() < deadline, "no trial finished"
@@ -197,15 +226,10 @@ def test_scontrol_requeue_resumes_and_reruns_nothing_finished(slurm_cluster, ref
 
 
 @on_slurm
-def test_time_limit_warning_checkpoints_requeues_and_resumes_from_s3_in_fresh_scratch(slurm_cluster, s3_bucket,  # noqa: F811
-                                                                                      tmp_path) -> None:
-    out = tmp_path / "timelimit"
-    scratch = tmp_path / "scratch"
+def test_time_limit_warning_checkpoints_requeues_and_resumes_from_s3_in_fresh_scratch(slurm_cluster, queued) -> None:  # noqa: F811
     # One trial longer than the job's 2-minute limit. Slurm sends the warning (--signal=B:USR1@60) 60-90 s
     # before the limit (its timer ticks every 30 s), i.e. 30-60 s into the allocation, mid-training.
-    job = submit(slurm_cluster, out, "--storage", s3_bucket, "--set", "axes.model.block_size=[1]",
-                 "--set", f"pretrain.samples={LONG_SAMPLES}", "--set", "pretrain.checkpoint_every=100000",
-                 slurm_opts="cpus-per-task=2,time=2,signal=60", env={"XTRA_SLURM_SCRATCH": str(scratch)})
+    job, out, scratch = queued["timelimit"].job_id, queued["timelimit"].out, queued["timelimit"].scratch
     log_path = out / "slurm" / f"slurm-{job}.out"
     deadline = time.monotonic() + JOB_TIMEOUT
     while int(slurm_cluster.job(job).get("Restarts") or 0) < 1:
@@ -221,12 +245,13 @@ def test_time_limit_warning_checkpoints_requeues_and_resumes_from_s3_in_fresh_sc
     assert "xtra: received SIGUSR1" in log and f"xtra: requeueing job {job}" in log, log
     assert f"driver exit code {slurm.STOPPED_EXIT}" in log, log
     assert info["Restarts"] == "1"
-    stor = Storage.from_uri(f"{s3_bucket}/{out.name}")
-    path = tmp_path / "results.parquet"
+    stor = Storage.from_uri(queued["timelimit"].storage)
+    path = out.parent / "timelimit-results.parquet"
     path.write_bytes(stor.read_bytes("results.parquet"))
     df = pl.read_parquet(path)
     assert df.height == 1 and df["status"][0] == "finished" and df["samples_seen"][0] == LONG_SAMPLES
-    attempts = [json.loads(line) for line in stor.read_text(f"trials/{df['config_hash'][0]}/attempts.jsonl").splitlines()]
+    text = stor.read_text(f"trials/{df['config_hash'][0]}/attempts.jsonl")
+    attempts = [json.loads(line) for line in text.splitlines()]
     events = [a["event"] for a in attempts]
     assert events == ["start", "preempted", "start", "finish"], events
     # it checkpointed where the warning found it (no regular checkpoint before the end), and continued there
