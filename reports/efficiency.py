@@ -256,10 +256,17 @@ def _fmt_n(v: float) -> str:
     return f"{v:,.0f}" if v >= 1000 else f"{v:.3g}"
 
 
+def _ratio_text(v: float) -> str:
+    """Two significant digits, but never a bare '1' for a ratio that is not 1: an interval of 1.004 to
+    1.5 excludes 1 and must read so."""
+    text = f"{v:.2g}"
+    return f"{v:.3f}" if text == "1" and not math.isclose(v, 1.0, rel_tol=1e-9) else text
+
+
 def _interval(r: dict[str, Any]) -> str:
-    """'95% CI 1.5-2.6' with open ends marked (<= at a censored lower end, >= at a censored upper end)."""
-    lo = f"<={r['ratio_lo']:.2g}" if r.get("lo_open") else f"{r['ratio_lo']:.2g}"
-    hi = f">={r['ratio_hi']:.2g}" if r.get("hi_open") else f"{r['ratio_hi']:.2g}"
+    """'95% CI 1.5 to 2.6' with open ends marked (<= at a censored lower end, >= at a censored upper end)."""
+    lo = f"<={_ratio_text(r['ratio_lo'])}" if r.get("lo_open") else _ratio_text(r["ratio_lo"])
+    hi = f">={_ratio_text(r['ratio_hi'])}" if r.get("hi_open") else _ratio_text(r["ratio_hi"])
     return f"95% CI {lo} to {hi}"
 
 

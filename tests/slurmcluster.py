@@ -139,7 +139,8 @@ class SlurmCluster:
             "InactiveLimit=0",
             "KillWait=2",
             "OverTimeLimit=0",
-            "MinJobAge=600",  # finished jobs stay visible to `scontrol show job` for the session
+            "MinJobAge=7200",  # finished jobs stay visible to `scontrol show job` for the session (they are
+            # queued at its start and checked at its end)
             "CompleteWait=0",
             f"StateSaveLocation={self.root / 'state'}",
             f"SlurmdSpoolDir={self.root / 'spool'}",

@@ -93,6 +93,12 @@ def test_a_known_ratio_of_two_comes_out_within_five_percent_with_a_significant_i
     assert row["reached_share"] == 1.0 and not row["lo_open"] and not row["hi_open"]
 
 
+def test_an_interval_just_above_one_never_prints_as_one():
+    out = efficiency_ratios(pl.DataFrame(_saturating(1, 1.0) + _saturating(2, 2.0)), x="samples", n_boot=50)
+    (line,) = ratio_sentences(out.with_columns(ratio_lo=pl.lit(1.004), ratio_hi=pl.lit(1.5)))
+    assert "(95% CI 1.004 to 1.5, reached in" in line and "not significant" not in line
+
+
 def test_resamples_that_never_reach_count_and_the_interval_says_not_significant():
     """k=2 is 1.3x ahead on average, but one of its 4 seeds is far behind: a resample with that seed
     twice never reaches the target. Those resamples enter at their bound (<= 1), not dropped."""
