@@ -56,12 +56,16 @@ demo: setup
 	@$(VENV)/bin/xtra study status $(DEMO_DIR)
 	@echo "report: $(DEMO_DIR)/report/index.html (self-contained; open it in a browser, offline)"
 
+# Two pytest workers, a test module each at a time (--dist loadfile keeps a module's fixtures in one
+# process): much of an end-to-end test is waiting on Ray, Slurm or a subprocess, so two share the CPUs.
+# Every test starts its own Ray, S3 server and Slurm cluster on free ports and in its own directories.
+TEST_WORKERS ?= 2
 test: setup chromium slurm
-	$(PY) -m pytest -q -x --timeout=900
+	$(PY) -m pytest -q -x --timeout=900 -n $(TEST_WORKERS) --dist loadfile
 
 # The inner loop: no Ray cluster, no Slurm, no servers, under two minutes.
 test-fast: setup
-	$(PY) -m pytest -q -x --timeout=300 -m "not slow"
+	$(PY) -m pytest -q -x --timeout=300 -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 # Deliberate upgrades: `make lock` re-resolves pylock.toml from pyproject.toml's ranges (commit it
 # after `make test` passes); `make test-latest` runs the suite in a scratch environment built from

@@ -361,18 +361,20 @@ def status_cmd(study_dir: StudyWhereArg, copy: CopyOpt = None) -> None:
         counts[t.status] = counts.get(t.status, 0) + 1
     console = _wide()
     who = f"running: {st.describe_holder(holder)}" if holder else "not running"
-    console.print(f"[bold]{s.name}[/] ({s.preset or 'no preset'}) in {study_dir} — {who}", highlight=False)
-    console.print(" · ".join(f"{n} {k}" for k, n in counts.items()), highlight=False)
+    # whole lines (soft_wrap): a long study path must not break "running: pid ..." for a reader or a grep
+    console.print(f"[bold]{s.name}[/] ({s.preset or 'no preset'}) in {study_dir} — {who}", highlight=False,
+                  soft_wrap=True)
+    console.print(" · ".join(f"{n} {k}" for k, n in counts.items()), highlight=False, soft_wrap=True)
     runs = st.read_runs(study_dir)
     if runs:
         last = runs[-1]
         console.print(f"last experiment: {last.get('name')} ({last.get('state')}, started {last.get('started')})",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
     from xtra.studies.slurm import status_line
 
     slurm = status_line(study_dir, runs)  # the study's Slurm job and its state now, if it has one
     if slurm:
-        console.print(slurm, highlight=False)
+        console.print(slurm, highlight=False, soft_wrap=True)
     table = Table()
     for col in ("trial", "config hash", "status", "starts", "samples", "checkpoint", "loss", "val loss", "linear",
                 "attentive", "error"):

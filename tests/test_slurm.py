@@ -18,8 +18,9 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -164,6 +165,53 @@ class Job:
     out: Path
     scratch: Path | None = None
     storage: str | None = None
+    watcher: threading.Thread | None = None
+    problem: str | None = None  # what the watcher saw go wrong
+    finished_before_requeue: set[str] = field(default_factory=set)
+
+
+def watch(cluster, job: Job, act) -> None:  # noqa: ANN001
+    """Act on a job from a thread, from its submission on: a job does not wait for the tests before it."""
+    def run() -> None:
+        try:
+            act(cluster, job)
+        except Exception as err:  # noqa: BLE001 - reported by the test that joins the watcher
+            job.problem = f"{type(err).__name__}: {err}"
+
+    job.watcher = threading.Thread(target=run, name=f"watch-slurm-job-{job.job_id}", daemon=True)
+    job.watcher.start()
+
+
+def joined(job: Job) -> Job:
+    assert job.watcher is not None
+    job.watcher.join(timeout=2 * JOB_TIMEOUT)
+    assert not job.watcher.is_alive(), f"the watcher of job {job.job_id} is still waiting"
+    assert job.problem is None, job.problem
+    return job
+
+
+def requeue_after_a_trial_finished(cluster, job: Job) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + 2 * JOB_TIMEOUT
+    while not list(job.out.glob("trials/*/trial.json")):  # one trial finished, the other one started after it
+        state = cluster.job(job.job_id).get("JobState")
+        if state not in ("PENDING", "RUNNING") or time.monotonic() > deadline:
+            raise AssertionError(f"job {job.job_id} is {state} and no trial finished")
+        time.sleep(0.2)
+    job.finished_before_requeue = {p.parent.name for p in job.out.glob("trials/*/trial.json")}
+    cluster.run("scontrol", "requeue", job.job_id)
+
+
+def extend_once_requeued(cluster, job: Job) -> None:  # noqa: ANN001
+    """The time-limited job's second allocation gets the time to finish (as a user would give it; else the
+    study takes more allocations)."""
+    deadline = time.monotonic() + 2 * JOB_TIMEOUT
+    while int(cluster.job(job.job_id).get("Restarts") or 0) < 1:
+        info = cluster.job(job.job_id)
+        if info.get("JobState") not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
+                                        "REQUEUE_FED") or time.monotonic() > deadline:
+            raise AssertionError(f"never requeued: {info}")
+        time.sleep(0.5)
+    cluster.run("scontrol", "update", f"JobId={job.job_id}", "TimeLimit=10")
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +227,10 @@ def queued(slurm_cluster, s3_server, tmp_path_factory) -> dict[str, Job]:  # noq
         "--set", f"pretrain.samples={LONG_SAMPLES}", "--set", "pretrain.checkpoint_every=100000",
         slurm_opts="cpus-per-task=1,time=2,signal=60", env={"XTRA_SLURM_SCRATCH": str(jobs["timelimit"].scratch)})
     jobs["timelimit"].storage = f"{bucket}/timelimit"
+    watch(slurm_cluster, jobs["timelimit"], extend_once_requeued)
     for name in ("reference", "requeue"):
         jobs[name].job_id = submit(slurm_cluster, jobs[name].out)
+    watch(slurm_cluster, jobs["requeue"], requeue_after_a_trial_finished)
     return jobs
 
 
@@ -207,13 +257,7 @@ def test_smoke_study_submitted_completes_with_report(reference: pl.DataFrame) ->
 @on_slurm
 def test_scontrol_requeue_resumes_and_reruns_nothing_finished(slurm_cluster, queued, reference) -> None:  # noqa: F811
     job, out = queued["requeue"].job_id, queued["requeue"].out
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while not list(out.glob("trials/*/trial.json")):  # one trial finished, the other one started after it
-        assert time.monotonic() < deadline, "no trial finished"
-        assert slurm_cluster.job(job).get("JobState") in ("PENDING", "RUNNING"), slurm_cluster.job(job)
-        time.sleep(0.2)
-    done = {p.parent.name for p in out.glob("trials/*/trial.json")}
-    slurm_cluster.run("scontrol", "requeue", job)
+    done = joined(queued["requeue"]).finished_before_requeue
     info = finish(slurm_cluster, job, out)
     assert info["Restarts"] == "1"
     df = pl.read_parquet(out / "results.parquet")
@@ -231,15 +275,7 @@ def test_time_limit_warning_checkpoints_requeues_and_resumes_from_s3_in_fresh_sc
     # before the limit (its timer ticks every 30 s), i.e. 30-60 s into the allocation, mid-training.
     job, out, scratch = queued["timelimit"].job_id, queued["timelimit"].out, queued["timelimit"].scratch
     log_path = out / "slurm" / f"slurm-{job}.out"
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while int(slurm_cluster.job(job).get("Restarts") or 0) < 1:
-        assert time.monotonic() < deadline, "never requeued"
-        info = slurm_cluster.job(job)
-        assert info.get("JobState") in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
-                                        "REQUEUE_FED"), (info, log_path.read_text() if log_path.is_file() else "")
-        time.sleep(0.5)
-    # The second allocation gets the time to finish (as a user would give it, or it would take more).
-    slurm_cluster.run("scontrol", "update", f"JobId={job}", "TimeLimit=10")
+    joined(queued["timelimit"])
     info = finish(slurm_cluster, job, out, timeout=2 * JOB_TIMEOUT)
     log = log_path.read_text()
     assert "xtra: received SIGUSR1" in log and f"xtra: requeueing job {job}" in log, log

@@ -117,7 +117,11 @@ def _optuna_searcher(study: Study, study_dir: Path, rerun: tuple[dict[str, Any],
     if existing is not None:
         for t in existing.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             existing.tell(t.number, state=optuna.trial.TrialState.FAIL)
-    sampler = optuna.samplers.TPESampler(seed=s.seed)
+    # A resumed search must not replay the first run's random draws (its first suggestions would be the
+    # points already tried): the seed moves on with the trials the study holds, so the same history
+    # still gives the same suggestions.
+    told = len(existing.get_trials(deepcopy=False)) if existing is not None else 0
+    sampler = optuna.samplers.TPESampler(seed=s.seed + told)
     return _FinalMetricOptuna(metric=s.metric, mode=s.mode, sampler=sampler, study_name=name, storage=storage,
                               points_to_evaluate=[dict(p) for p in rerun] or None,
                               after_trial=OptunaDbToStorage(study_dir, storage_uri) if storage_uri else None)
