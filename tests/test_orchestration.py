@@ -141,3 +141,25 @@ def test_a_moved_study_with_its_data_elsewhere_reruns_nothing(api_run, tmp_path:
     starts = [line for line in (next((moved / "trials").iterdir()) / "attempts.jsonl").read_text().splitlines()
               if '"start"' in line]
     assert len(starts) == 1
+
+
+def test_a_resumed_search_does_not_replay_the_first_runs_points(tmp_path: Path) -> None:
+    """The sampler's seed moves on with the trials optuna.db holds: a resumed search's first suggestion
+    is not the first run's first point again, while a fresh search with the same seed repeats it."""
+    from xtra.studies.load import load_study
+    from xtra.studies.ray.tuner import _optuna_searcher, _search_space
+
+    study = load_study("lr-search", preset="smoke")
+    space = {"params": _search_space(study)}
+
+    def searcher(study_dir: Path):  # noqa: ANN202
+        study_dir.mkdir(exist_ok=True)
+        s = _optuna_searcher(study, study_dir, ())
+        s.set_search_properties(None, None, space)
+        return s
+
+    first = searcher(tmp_path / "a")
+    point = first.suggest("t0")
+    first.on_trial_complete("t0", {study.search.metric: 0.5})
+    assert searcher(tmp_path / "b").suggest("u0") == point  # same seed, same first point
+    assert searcher(tmp_path / "a").suggest("t1") != point  # resumed: onward, not the first point again
