@@ -24,19 +24,34 @@ GRACE_S = 60.0  # how long running trials get to reach a log window's end and ch
 GRACE_ENV = "XTRA_STOP_GRACE_S"  # the Slurm job script sets it from its --signal lead
 
 
+def run_id(study_dir: str | os.PathLike, experiment: str) -> str:
+    """One run of one study: experiment names (run-<n>) repeat across studies sharing a Ray cluster."""
+    return f"{os.fspath(study_dir)}#{experiment}"
+
+
 def _key(experiment: str) -> bytes:
     return f"stop/{experiment}".encode()
 
 
 def request_stop(experiment: str) -> None:
-    """Raise the stop flag of one Tune experiment (the driver, connected to Ray)."""
+    """Raise the stop flag of one run (``run_id``; the driver, connected to Ray)."""
     from ray.experimental import internal_kv
 
     internal_kv._internal_kv_put(_key(experiment), b"1", overwrite=True, namespace=NAMESPACE)
 
 
+def clear_stop(experiment: str) -> None:
+    """Lower the flag once the run is over (a long-lived cluster keeps its key-value store)."""
+    from ray.experimental import internal_kv
+
+    try:
+        internal_kv._internal_kv_del(_key(experiment), namespace=NAMESPACE)
+    except Exception:  # noqa: BLE001 - Ray already gone: nothing kept
+        pass
+
+
 def stop_checker(experiment: str | None) -> Callable[[], bool] | None:
-    """``should_stop`` for a trial of ``experiment`` (inside a Ray worker); None outside Ray."""
+    """``should_stop`` for a trial of run ``experiment`` (``run_id``; inside a Ray worker); None outside Ray."""
     from ray.experimental import internal_kv
 
     if not experiment or not internal_kv._internal_kv_initialized():

@@ -25,7 +25,7 @@ import ray
 from ray import tune
 
 from xtra import trialdir as td
-from xtra.studies.ray.stopping import PREEMPTED, stop_checker
+from xtra.studies.ray.stopping import PREEMPTED, run_id, stop_checker
 from xtra.studies.ray.trialfiles import (
     PROGRESS_EVERY_S,
     RESERVED,
@@ -99,7 +99,8 @@ def trainable(config: dict[str, Any]) -> None:
     cfg, trial_id, params, study_dir = trial_of(config)
     meta = config["trial"]
     ctx = tune.get_context()
-    should_stop = stop_checker(ctx.get_experiment_name())
+    run = run_id(study_dir, ctx.get_experiment_name())
+    should_stop = stop_checker(run)
     if should_stop is not None and should_stop():  # started after the driver's stop: nothing begun, nothing to keep
         tune.report({"kind": "result", "status": PREEMPTED, "samples_seen": 0})
         return
@@ -132,7 +133,7 @@ def trainable(config: dict[str, Any]) -> None:
     try:
         job = sync.trunk(job, reporter) if job and workers == 1 else job  # else rank 0 copies the trunk
         if workers > 1:
-            row = trial_on_workers(cfg, run_dir, {**meta, "job": job or None, "experiment": ctx.get_experiment_name()},
+            row = trial_on_workers(cfg, run_dir, {**meta, "job": job or None, "experiment": run},
                                    reporter)
         else:
             row = run_trial(cfg, run_dir, report=reporter, job=job or None, should_stop=should_stop)

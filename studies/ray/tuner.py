@@ -16,7 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 from xtra.studies.plan import Plan
 from xtra.studies.ray.monitor import Display, Monitor, trial_name
 from xtra.studies.ray.session import ray_session
-from xtra.studies.ray.stopping import PREEMPTED, GracefulStop
+from xtra.studies.ray.stopping import PREEMPTED, GracefulStop, clear_stop, run_id
 from xtra.studies.ray.trainable import trainable
 from xtra.studies.ray.workers import MAX_FAILURES
 from xtra.studies.spec import Study, StudyError
@@ -281,7 +281,7 @@ def fit(plan: Plan, study_dir: Path, *, address: str | None, storage_path: str, 
         # An object store goes to Ray as a scheme-less path plus our filesystem (same endpoint, credentials).
         ray_path, ray_fs = Storage.from_uri(storage_path).ray_storage()
         if stop is not None:
-            callbacks.append(GracefulStop(stop, name))
+            callbacks.append(GracefulStop(stop, run_id(study_dir, name)))
         run_config = tune.RunConfig(
             name=name, storage_path=ray_path, storage_filesystem=ray_fs, verbose=0,
             callbacks=[*callbacks, JsonLoggerCallback(), CSVLoggerCallback()],
@@ -298,6 +298,7 @@ def fit(plan: Plan, study_dir: Path, *, address: str | None, storage_path: str, 
                 tuner.fit()  # Ctrl-C: Tune saves its state and returns early
             state = "finished" if not _unfinished(plan, study_dir) else "interrupted"
         finally:
+            clear_stop(run_id(study_dir, name))
             record["state"] = state
             record["ended"] = time.strftime("%Y-%m-%d %H:%M:%S")
             write_runs(runs)
