@@ -347,11 +347,18 @@ def test_a_killed_optuna_driver_on_s3_resumes_with_no_finished_trial_lost(s3_ser
                 out.append(h)
         return out
 
+    seen: dict[str, str] = {}
+
     def one_done_next_started() -> bool:
-        return len(finished()) == 1 and len(stor.subdirs("trials")) == 2
+        done = finished()
+        if len(done) == 1 and len(stor.subdirs("trials")) == 2:
+            seen["done"] = done[0]
+            return True
+        return False
 
     kill_when(proc, one_done_next_started, timeout=300, what="one finished trial and the next started", every=0.2)
-    [done] = finished()
+    # the finished one as the driver died: the other trial's worker may still finish and commit after it
+    done = seen["done"]
     db = tmp_path / "stored-optuna.db"
     db.write_bytes(stor.read_bytes("optuna.db"))  # absent before: pushed only in the runner's finally
     kept = optuna.load_study(study_name="lr-search", storage=f"sqlite:///{db}")
