@@ -369,15 +369,15 @@ class Stop:
         return tune if callable(tune) and tune != self.handler else None
 
     def handler(self, signum: int, frame: Any) -> None:
-        first = self.signal is None
-        self.signal = self.signal or signal.Signals(signum).name
         now = time.monotonic()
-        self.received_at = self.received_at if self.received_at is not None else now
+        escalate = self.received_at is not None and now - self.received_at >= self.ESCALATE_AFTER_S
+        if self.received_at is None:
+            self.signal, self.received_at = signal.Signals(signum).name, now
         if not self.in_fit:
             return  # before or after the run: the runner checks ``signal`` before it starts Ray
         if self._tune_handler() is None:  # Ray still starting: stop that
             raise KeyboardInterrupt
-        if not first and now - self.received_at >= self.ESCALATE_AFTER_S:
+        if escalate:
             self.interrupt_tune()
 
     def claim(self) -> None:

@@ -56,8 +56,9 @@ class Preempted(Exception):
     """The run was asked to stop (``should_stop``: a time limit or preemption is near) and did, at a log
     window's end with a checkpoint there, so a resumed run continues bitwise where this one stopped."""
 
-    def __init__(self, samples_seen: int, checkpoint: Path) -> None:
-        super().__init__(f"preempted at {samples_seen} samples; checkpoint kept at {checkpoint}")
+    def __init__(self, samples_seen: int, checkpoint: Path | None) -> None:
+        kept = f"checkpoint kept at {checkpoint}" if checkpoint is not None else "before its first checkpoint"
+        super().__init__(f"preempted at {samples_seen} samples; {kept}")
         self.samples_seen, self.checkpoint = samples_seen, checkpoint
 
 

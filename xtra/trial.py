@@ -182,7 +182,7 @@ def _wait_for_trunk(job: dict[str, Any], run_dir: Path, report: Callable[[dict],
                 raise RuntimeError(f"wsd trunk {trunk_dir.name} finished without a checkpoint at {start} samples "
                                    f"(kept: {state.row.get('keep_at') if state.row else '?'})")
             if should_stop is not None and not world.distributed and should_stop():  # nothing to keep yet
-                raise Preempted(0, run_dir / td.CHECKPOINT)
+                raise Preempted(0, None)
             report({"kind": "progress", "samples_seen": 0, "waiting": f"trunk {trunk_dir.name} to {start}"})
             time.sleep(TRUNK_POLL_S)
     if world.distributed:

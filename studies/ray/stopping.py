@@ -22,6 +22,7 @@ PREEMPTED = "preempted"  # a trial's attempt that checkpointed and ended on the 
 NAMESPACE = "xtra"
 GRACE_S = 60.0  # how long running trials get to reach a log window's end and checkpoint
 GRACE_ENV = "XTRA_STOP_GRACE_S"  # the Slurm job script sets it from its --signal lead
+ASK_EVERY_S = 1.0  # a trial asks the flag at most this often
 
 
 def run_id(study_dir: str | os.PathLike, experiment: str) -> str:
@@ -57,12 +58,18 @@ def stop_checker(experiment: str | None) -> Callable[[], bool] | None:
     if not experiment or not internal_kv._internal_kv_initialized():
         return None
     key = _key(experiment)
+    seen = {"stop": False, "asked": float("-inf")}
 
     def should_stop() -> bool:
-        try:
-            return internal_kv._internal_kv_exists(key, namespace=NAMESPACE)
-        except Exception:  # noqa: BLE001 - the GCS unreachable: carry on; the driver's grace deadline bounds it
-            return False
+        # asked at every log window: at most one round trip to the GCS a second per trial, and a stop stays one
+        now = time.monotonic()
+        if not seen["stop"] and now - seen["asked"] >= ASK_EVERY_S:
+            seen["asked"] = now
+            try:
+                seen["stop"] = bool(internal_kv._internal_kv_exists(key, namespace=NAMESPACE))
+            except Exception:  # noqa: BLE001 - the GCS unreachable: carry on; the driver's grace deadline bounds it
+                pass
+        return seen["stop"]
 
     return should_stop
 
@@ -100,8 +107,12 @@ class GracefulStop(tune.Callback):
             self.running = {t.trial_id for t in trials if t.status == "RUNNING"}
             try:
                 request_stop(self.experiment)
-            except Exception:  # noqa: BLE001 - no flag: stop the way Ctrl-C does
-                self.running = set()
+            except Exception as err:  # noqa: BLE001 - no flag: stop the way Ctrl-C does
+                self.done = True
+                self.stop.note = (f"the stop flag could not be raised ({type(err).__name__}): running trials "
+                                  f"continue from their last checkpoint")
+                self.stop.interrupt_tune()
+                return
         left = self._left(trials)
         if not left or time.monotonic() - self.asked_at > self.grace:
             self._conclude(left)

@@ -280,8 +280,9 @@ def fit(plan: Plan, study_dir: Path, *, address: str | None, storage_path: str, 
 
         # An object store goes to Ray as a scheme-less path plus our filesystem (same endpoint, credentials).
         ray_path, ray_fs = Storage.from_uri(storage_path).ray_storage()
+        run = run_id(study_dir, name)  # the stop flag's name on the cluster
         if stop is not None:
-            callbacks.append(GracefulStop(stop, run_id(study_dir, name)))
+            callbacks.append(GracefulStop(stop, run))
         run_config = tune.RunConfig(
             name=name, storage_path=ray_path, storage_filesystem=ray_fs, verbose=0,
             callbacks=[*callbacks, JsonLoggerCallback(), CSVLoggerCallback()],
@@ -298,7 +299,7 @@ def fit(plan: Plan, study_dir: Path, *, address: str | None, storage_path: str, 
                 tuner.fit()  # Ctrl-C: Tune saves its state and returns early
             state = "finished" if not _unfinished(plan, study_dir) else "interrupted"
         finally:
-            clear_stop(run_id(study_dir, name))
+            clear_stop(run)
             record["state"] = state
             record["ended"] = time.strftime("%Y-%m-%d %H:%M:%S")
             write_runs(runs)
