@@ -184,6 +184,12 @@ def _law_checks(s: Any) -> list[str]:
                        for t in s.expand()])
 
 
+def _fail_study(err: Exception) -> typer.Exit:
+    """One red line; exit 2 for bad input, the lease's own code for a driver that lost its study."""
+    exit = _fail(" ".join(str(err).split()))
+    return typer.Exit(getattr(err, "exit_code", exit.exit_code))
+
+
 def _print_outcome(console: Console, o: Any) -> int:
     for note in o.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
@@ -252,7 +258,7 @@ def run_cmd(
         outcome = run_study(s, study_dir, address=address, storage=storage, console=console, build_report=report,
                             break_lock=break_lock)
     except StudyError as err:  # a bad study dir, another runner, a missing dataset: before Ray starts
-        raise _fail(" ".join(str(err).split())) from None
+        raise _fail_study(err) from None
     raise typer.Exit(_print_outcome(console, outcome))
 
 
@@ -282,7 +288,7 @@ def resume_cmd(
                                gpus_per_trial=gpus_per_trial, workers_per_trial=workers_per_trial, loggers=loggers,
                                break_lock=break_lock, copy=copy)
     except StudyError as err:
-        raise _fail(" ".join(str(err).split())) from None
+        raise _fail_study(err) from None
     raise typer.Exit(_print_outcome(console, outcome))
 
 
@@ -312,7 +318,7 @@ def probe_cmd(
         outcome = run_study(s, study_dir, address=address, console=console, build_report=report,
                             command="xtra study probe", break_lock=break_lock)
     except StudyError as err:
-        raise _fail(" ".join(str(err).split())) from None
+        raise _fail_study(err) from None
     raise typer.Exit(_print_outcome(console, outcome))
 
 
@@ -344,6 +350,7 @@ def pull_cmd(
 def status_cmd(study_dir: StudyWhereArg, copy: CopyOpt = None) -> None:
     """Counts and each trial's last metrics, read from disk (no Ray); a study kept in an object store is
     read from a local copy refreshed first."""
+    from xtra import lease
     from xtra import studydir as st
     from xtra.studies.load import load_study_dir
     from xtra.studies.plan import make_plan
@@ -354,13 +361,13 @@ def status_cmd(study_dir: StudyWhereArg, copy: CopyOpt = None) -> None:
         s = load_study_dir(study_dir)
     except ValueError as err:
         raise _fail(" ".join(str(err).split())) from None
-    holder = st.lock_holder(study_dir, storage=shared_lease(stor, study_dir))
+    holder = lease.lock_holder(study_dir, storage=shared_lease(stor, study_dir))
     states = make_plan(s, study_dir, running=holder is not None).states
     counts = {k: 0 for k in ("finished", "running", "interrupted", "failed", "pending")}
     for t in states:
         counts[t.status] = counts.get(t.status, 0) + 1
     console = _wide()
-    who = f"running: {st.describe_holder(holder)}" if holder else "not running"
+    who = f"running: {lease.describe_holder(holder)}" if holder else "not running"
     # whole lines (soft_wrap): a long study path must not break "running: pid ..." for a reader or a grep
     console.print(f"[bold]{s.name}[/] ({s.preset or 'no preset'}) in {study_dir} — {who}", highlight=False,
                   soft_wrap=True)

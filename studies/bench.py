@@ -134,14 +134,15 @@ def bench_status(study_dir: Path, n_trials: int = 1000, curve_rows: int = 20) ->
 
 def bench_heartbeat(study_dir: Path, beats: int = 200) -> dict[str, Any]:
     """What the lease costs: one heartbeat write, and the fraction of an hour spent writing them."""
+    from xtra import lease
     from xtra import studydir as st
 
-    lock = st.StudyLock(study_dir, "bench", heartbeat_s=3600).acquire()
+    lock = lease.StudyLock(study_dir, "bench", heartbeat_s=3600).acquire()
     try:
         t0 = time.perf_counter()
         for _ in range(beats):
-            st.atomic_write_json(lock.path, {**st.read_lock(study_dir), "heartbeat": time.time()})
+            st.atomic_write_json(lock.path, {**lease.read_lock(study_dir), "heartbeat": time.time()})
         per_beat = (time.perf_counter() - t0) / beats
     finally:
         lock.release()
-    return {"heartbeat_write_s": per_beat, "heartbeat_overhead_ratio": per_beat / st.HEARTBEAT_S}
+    return {"heartbeat_write_s": per_beat, "heartbeat_overhead_ratio": per_beat / lease.HEARTBEAT_S}

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xtra import costs
+from xtra import costs, lease
 from xtra import studydir as st
 from xtra import trialdir as td
 from xtra.storage import Storage, StorageError, SyncResult, check, pull
@@ -91,7 +91,7 @@ def _light(path: str) -> bool:
     parts = path.split("/")
     if parts[0] == st.TRIALS and len(parts) > 2:
         return not td.is_checkpoint("/".join(parts[2:]))
-    return not (parts[0].startswith("run-") or parts[0] == "train" or parts[0] == st.LOCK)
+    return not (parts[0].startswith("run-") or parts[0] == "train" or parts[0] == lease.LOCK)
 
 
 def _pull(stor: Storage, study_dir: Path, include: Any = _light) -> SyncResult | None:
@@ -168,8 +168,9 @@ def run_study(study: Study, study_dir: str | Path, *, address: str | None = None
         raise StudyError(" ".join(str(err).split())) from None
     _check_same_study(study_dir, study)
     _check_trackers(study)
-    with st.StudyLock(study_dir, command, break_lock=break_lock, storage=shared_lease(stor, study_dir)) as lock, \
+    with lease.StudyLock(study_dir, command, break_lock=break_lock, storage=shared_lease(stor, study_dir)) as lock, \
             stop_on_signals() as stop:
+        _stop_when_lost(lock, stop)
         st.write_study_toml(study_dir, study.to_toml())
         _push(stor, study_dir, st.STUDY_TOML)
         return _run_locked(study, study_dir, lock, address=address, stor=stor, console=console, live=live,
@@ -189,10 +190,24 @@ def resume_study(study_dir: str | Path, *, address: str | None = None, console: 
     study.check_data()
     check_memory(study)
     _check_trackers(study)
-    with st.StudyLock(study_dir, "xtra study resume", break_lock=break_lock,
+    with lease.StudyLock(study_dir, "xtra study resume", break_lock=break_lock,
                       storage=shared_lease(stor, study_dir)) as lock, stop_on_signals() as stop:
+        _stop_when_lost(lock, stop)
         return _run_locked(study, study_dir, lock, address=address, stor=stor, console=console, live=live,
                            build_report=build_report, resuming=True, stop=stop)
+
+
+def _stop_when_lost(lock: lease.StudyLock, stop: Stop) -> None:
+    """A driver whose lease is taken (or goes unrefreshed past the stale time) stops like at a signal."""
+    lock.on_lost = stop.lose_study
+    if lock.lost:  # lost before we listened
+        stop.lose_study(lock.lost)
+
+
+def _lost(lock: lease.StudyLock, stop: Stop) -> lease.StudyLeaseLost:
+    done = f"; {stop.note}" if stop.note else ""
+    return lease.StudyLeaseLost(f"lost the study: {lock.lost}; this driver stopped{done} and wrote nothing more "
+                                f"(the driver holding the study now writes its results)")
 
 
 def device_memory(gpus: float) -> tuple[int, str] | None:
@@ -238,7 +253,7 @@ def _check_trackers(study: Study) -> None:
     check_trackers(study.resources.loggers)
 
 
-def _run_locked(study: Study, study_dir: Path, lock: st.StudyLock, *, address: str | None, stor: Storage,
+def _run_locked(study: Study, study_dir: Path, lock: lease.StudyLock, *, address: str | None, stor: Storage,
                 console: Any, live: bool | None, build_report: bool, resuming: bool, stop: Stop | None = None
                 ) -> Outcome:
     from rich.console import Console
@@ -250,7 +265,7 @@ def _run_locked(study: Study, study_dir: Path, lock: st.StudyLock, *, address: s
     stop = stop or Stop()  # SIGUSR1 / SIGTERM stop the run the way Ctrl-C does (xtra.studies.slurm)
     notes: list[str] = []
     if lock.took_over:
-        notes.append(f"took over the lock of {st.describe_holder(lock.took_over)} (no longer running)")
+        notes.append(f"took over the lock of {lease.describe_holder(lock.took_over)} (no longer running)")
     root = stor.local_path()  # trial directories of a study kept in an object store are never renamed
     moved = st.migrate(root) if root is not None else []
     if moved and _elsewhere(stor, study_dir):
@@ -288,6 +303,8 @@ def _run_locked(study: Study, study_dir: Path, lock: st.StudyLock, *, address: s
     try:
         if not plan.empty and not stop.signal:
             def write_runs(r: list[dict[str, Any]]) -> None:
+                if lock.lost:
+                    return  # the study is another driver's now
                 if r and "slurm" not in r[-1]:
                     r[-1].update(job_record())  # the Slurm job running this driver, for `xtra study status`
                 st.write_runs(study_dir, r)
@@ -303,26 +320,35 @@ def _run_locked(study: Study, study_dir: Path, lock: st.StudyLock, *, address: s
                              + (stop.note or "running ones keep their last checkpoint"))
             if not finished:
                 notes.append(f"interrupted with trials unfinished; continue with `xtra study resume {study_dir}`")
-        else:
+        elif not lock.lost:
             st.write_runs(study_dir, runs)
             _push(stor, study_dir, st.RUNS)
     finally:  # also after Ctrl-C or a crash: the parquet files reflect what is on disk (and in storage)
-        try:
-            _pull(stor, study_dir)
-        except StorageError as err:
-            notes.append(f"results from the last copy of the study: {' '.join(str(err).split())}")
-        after = make_plan(study, study_dir)
-        results, curves = st.write_results(study, study_dir, list(after.states))
-        try:
-            _push(stor, study_dir, st.RESULTS, st.CURVES, st.PROBES, st.OPTUNA_DB)  # a search resumes anywhere
-        except StorageError as err:
-            notes.append(f"results not written to storage: {' '.join(str(err).split())}")
+        if not lock.lost:
+            after, results, curves = _write_results(study, study_dir, stor, notes)
+    if lock.lost:
+        raise _lost(lock, stop)
     starts_before = {s.config_hash: s.starts for s in plan.states}  # an interrupted run leaves some never started
     ran = [s.config_hash for s in after.states if s.starts > starts_before.get(s.config_hash, 0)]
     report = build_study_report(study_dir, stor, notes) if build_report else None
     return Outcome(study_dir=study_dir, experiment=experiment, ran=ran if experiment else [],
                    reused=list(plan.reused), counts=after.counts(), results=results, curves=curves, report=report,
                    notes=notes, stopped=stop.signal)
+
+
+def _write_results(study: Study, study_dir: Path, stor: Storage, notes: list[str]) -> tuple[Any, Path, Path]:
+    """results.parquet / curves.parquet / probes.parquet from the trial directories, here and in storage."""
+    try:
+        _pull(stor, study_dir)
+    except StorageError as err:
+        notes.append(f"results from the last copy of the study: {' '.join(str(err).split())}")
+    after = make_plan(study, study_dir)
+    results, curves = st.write_results(study, study_dir, list(after.states))
+    try:
+        _push(stor, study_dir, st.RESULTS, st.CURVES, st.PROBES, st.OPTUNA_DB)  # a search resumes anywhere
+    except StorageError as err:
+        notes.append(f"results not written to storage: {' '.join(str(err).split())}")
+    return after, results, curves
 
 
 def pictures_from(stor: Storage, study_dir: Path) -> Any:

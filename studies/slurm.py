@@ -36,6 +36,7 @@ from xtra.fileio import atomic_write_json, atomic_write_text
 from xtra.studydir import StudyError
 from xtra.trialdir import read_json
 
+LOST_LEASE = "lost lease"  # Stop.signal when the driver lost its study rather than received a signal
 STOPPED_EXIT = 75  # EX_TEMPFAIL: the driver stopped on a signal with trials left; run it again to continue
 SLURM_DIR = "slurm"  # STUDY_DIR/slurm/: study.sbatch, jobs.json, slurm-<job id>.out
 SCRIPT = "study.sbatch"
@@ -362,7 +363,15 @@ class Stop:
     in_fit: bool = False
     received_at: float | None = None
     note: str | None = None  # what the graceful stop achieved (GracefulStop)
+    lost: str | None = None  # why the driver lost its study (``xtra.lease``), if it did
     _saved: dict[int, Any] = field(default_factory=dict)
+
+    def lose_study(self, why: str) -> None:
+        """The driver's lease was taken or could not be refreshed (``xtra.lease.StudyLock.on_lost``, from
+        its heartbeat thread): stop the way a signal does, so running trials checkpoint where they are."""
+        self.lost = why
+        if self.received_at is None:
+            self.signal, self.received_at = LOST_LEASE, time.monotonic()
 
     def _tune_handler(self) -> Any:
         tune = signal.getsignal(signal.SIGUSR1)

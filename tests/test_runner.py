@@ -21,6 +21,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from xtra import lease
 from xtra import studydir as st
 from xtra.cli.study import app
 from xtra.studies.load import load_study
@@ -124,17 +125,17 @@ def test_bad_study_fails_before_ray_starts(tmp_path: Path) -> None:
 
 
 def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path: Path) -> None:
-    with st.StudyLock(tmp_path, "test"):
-        with pytest.raises(st.StudyLocked, match=rf"in use by pid {os.getpid()} on {socket.gethostname()} "
+    with lease.StudyLock(tmp_path, "test"):
+        with pytest.raises(lease.StudyLocked, match=rf"in use by pid {os.getpid()} on {socket.gethostname()} "
                                                  r"\(test, since .*, heartbeat \d+s ago\)"):
-            st.StudyLock(tmp_path, "second").acquire()
-    assert not (tmp_path / st.LOCK).exists()
+            lease.StudyLock(tmp_path, "second").acquire()
+    assert not (tmp_path / lease.LOCK).exists()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (tmp_path / st.LOCK).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(),
+    (tmp_path / lease.LOCK).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(),
                                                 "started": "then", "command": "xtra study run"}))
-    lock = st.StudyLock(tmp_path, "test").acquire()
+    lock = lease.StudyLock(tmp_path, "test").acquire()
     assert lock.took_over["pid"] == int(dead.stdout)
-    assert st.read_lock(tmp_path)["pid"] == os.getpid()
+    assert lease.read_lock(tmp_path)["pid"] == os.getpid()
     lock.release()
 
 
@@ -160,7 +161,7 @@ def test_end_to_end(reference: Reference, smoke_hashes: dict[int, str]) -> None:
     written = load_study(study_dir)  # the resolved study.toml
     assert written.preset == "smoke"
     assert [s.config_hash for s in written.expand()] == [smoke_hashes[1], smoke_hashes[2]]
-    assert not (study_dir / st.LOCK).exists()
+    assert not (study_dir / lease.LOCK).exists()
     assert json.loads((study_dir / st.RUNS).read_text())[-1]["state"] == "finished"
     res = CliRunner().invoke(app, ["status", str(study_dir)])
     assert res.exit_code == 0 and "2 finished · 0 running · 0 interrupted · 0 failed · 0 pending" in res.output

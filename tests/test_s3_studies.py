@@ -25,6 +25,7 @@ from drivers import kill_when
 from raycluster import stop_cluster
 from typer.testing import CliRunner
 
+from xtra import lease
 from xtra import studydir as st
 from xtra.cli.report import app as report_app
 from xtra.cli.study import app as study_app
@@ -184,7 +185,7 @@ def test_a_second_machine_is_refused_while_a_driver_holds_the_lease(cluster_stud
     is refused by resume in one line before any trial starts, and status there names the holder."""
     uri = cluster_study["uri"]
     monkeypatch.setenv("XTRA_CACHE", str(tmp_path / "cache-b"))
-    holder = st.StudyLock(tmp_path / "machine-a", "xtra study resume", storage=Storage.from_uri(uri)).acquire()
+    holder = lease.StudyLock(tmp_path / "machine-a", "xtra study resume", storage=Storage.from_uri(uri)).acquire()
     try:
         res = CliRunner().invoke(study_app, ["resume", uri])
         assert res.exit_code != 0
@@ -194,7 +195,7 @@ def test_a_second_machine_is_refused_while_a_driver_holds_the_lease(cluster_stud
         assert res.exit_code == 0 and f"running: pid {os.getpid()}" in res.output, res.output
     finally:
         holder.release()
-    assert not Storage.from_uri(uri).is_file(st.LOCK)
+    assert not Storage.from_uri(uri).is_file(lease.LOCK)
     assert all(len(starts(Storage.from_uri(uri), h)) == 1 for h in hashes.values())  # nothing reran
 
 
@@ -213,7 +214,7 @@ def test_kill_driver_delete_copy_resume_from_uri(cluster_study: dict, hashes: di
         # While it runs, a driver on "another machine" (its own copy, the study's URI) is refused by the
         # lease in storage, in one line, before Ray starts.
         deadline = time.monotonic() + 60
-        while not (stor.is_file(st.LOCK) and stor.is_file(st.STUDY_TOML)):
+        while not (stor.is_file(lease.LOCK) and stor.is_file(st.STUDY_TOML)):
             assert proc.poll() is None and time.monotonic() < deadline, "the first driver never took the lease"
             time.sleep(0.05)
         res = CliRunner().invoke(study_app, ["resume", stor.uri, "--copy", str(tmp_path / "elsewhere")])

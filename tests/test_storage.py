@@ -430,13 +430,14 @@ def test_conditional_writes_on_the_local_s3_server(s3_bucket):
 
     st = Storage.from_uri(s3_bucket + "/study")
     assert conditional.read(st, "study.lock") is None
-    assert conditional.put(st, "study.lock", b"first") is True
-    assert conditional.put(st, "study.lock", b"second") is False  # If-None-Match: * -- it exists
+    first = conditional.put(st, "study.lock", b"first")
+    assert first and conditional.put(st, "study.lock", b"second") is None  # If-None-Match: * -- it exists
     data, etag = conditional.read(st, "study.lock")
-    assert data == b"first"
-    assert conditional.put(st, "study.lock", b"third", etag=etag) is True  # If-Match the version read
-    assert conditional.put(st, "study.lock", b"fourth", etag=etag) is False  # that version is gone
-    assert st.read_bytes("study.lock") == b"third"
+    assert data == b"first" and etag == first  # a writer knows the version it wrote without reading it back
+    third = conditional.put(st, "study.lock", b"third", etag=etag)  # If-Match the version read
+    assert third and third != first
+    assert conditional.put(st, "study.lock", b"fourth", etag=etag) is None  # that version is gone
+    assert conditional.put(st, "study.lock", b"fifth", etag=third) and st.read_bytes("study.lock") == b"fifth"
 
 
 def test_conditional_writes_are_unsupported_off_s3(tmp_path):
@@ -451,7 +452,7 @@ def test_shared_lease_two_drivers_at_once_exactly_one_wins(s3_bucket, tmp_path):
     seven are refused. settle_s is an hour: only the conditional write can decide this in time."""
     import threading
 
-    from xtra.studydir import StudyLock, StudyLocked
+    from xtra.lease import StudyLock, StudyLocked
 
     st = Storage.from_uri(s3_bucket + "/study")
     start, won, refused, locks = threading.Barrier(8), [], [], []
@@ -478,7 +479,7 @@ def test_shared_lease_two_drivers_at_once_exactly_one_wins(s3_bucket, tmp_path):
 
 
 def test_shared_lease_falls_back_where_the_store_cannot_write_conditionally(tmp_path):
-    from xtra.studydir import StudyLock, StudyLocked
+    from xtra.lease import StudyLock, StudyLocked
 
     st = Storage.from_uri(tmp_path / "store")  # a plain filesystem: no conditional PUT
     with StudyLock(tmp_path / "a", "xtra study run", storage=st, settle_s=0.01):

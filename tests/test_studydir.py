@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from xtra import lease
 from xtra import studydir as st
 from xtra import trialdir as td
 from xtra.cli.study import app
@@ -52,40 +53,40 @@ def test_a_fingerprinted_collection_keeps_its_identity_when_it_moves():
 
 
 def _foreign_lock(study_dir: Path, heartbeat: float) -> None:
-    (study_dir / st.LOCK).write_text(json.dumps({"pid": 1, "host": "node-that-died", "started": "then",
+    (study_dir / lease.LOCK).write_text(json.dumps({"pid": 1, "host": "node-that-died", "started": "then",
                                                  "command": "xtra study run", "heartbeat": heartbeat}))
 
 
 def test_a_lock_from_a_dead_host_is_taken_over_and_a_fresh_one_is_refused(tmp_path: Path) -> None:
-    _foreign_lock(tmp_path, time.time() - 10 * st.STALE_AFTER_S)
-    lock = st.StudyLock(tmp_path, "xtra study resume").acquire()
+    _foreign_lock(tmp_path, time.time() - 10 * lease.STALE_AFTER_S)
+    lock = lease.StudyLock(tmp_path, "xtra study resume").acquire()
     try:
         assert lock.took_over["host"] == "node-that-died"
-        assert st.read_lock(tmp_path)["host"] == socket.gethostname()
+        assert lease.read_lock(tmp_path)["host"] == socket.gethostname()
     finally:
         lock.release()
-    assert not (tmp_path / st.LOCK).exists()
+    assert not (tmp_path / lease.LOCK).exists()
 
     _foreign_lock(tmp_path, time.time() - 5)
-    with pytest.raises(st.StudyLocked) as err:
-        st.StudyLock(tmp_path, "xtra study resume").acquire()
+    with pytest.raises(lease.StudyLocked) as err:
+        lease.StudyLock(tmp_path, "xtra study resume").acquire()
     msg = str(err.value)
     assert "pid 1 on node-that-died" in msg and "heartbeat 5s ago" in msg and "--break-lock" in msg
     # the user knows better
-    lock = st.StudyLock(tmp_path, "xtra study resume", break_lock=True).acquire()
+    lock = lease.StudyLock(tmp_path, "xtra study resume", break_lock=True).acquire()
     assert lock.took_over["host"] == "node-that-died"
     lock.release()
 
 
 def test_the_holder_refreshes_its_heartbeat(tmp_path: Path) -> None:
-    lock = st.StudyLock(tmp_path, "test", heartbeat_s=0.05).acquire()
+    lock = lease.StudyLock(tmp_path, "test", heartbeat_s=0.05).acquire()
     try:
-        first = st.read_lock(tmp_path)["heartbeat"]
+        first = lease.read_lock(tmp_path)["heartbeat"]
         deadline = time.monotonic() + 5
-        while st.read_lock(tmp_path)["heartbeat"] == first and time.monotonic() < deadline:
+        while lease.read_lock(tmp_path)["heartbeat"] == first and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert st.read_lock(tmp_path)["heartbeat"] > first
-        assert st.read_lock(tmp_path)["pid"] == os.getpid()
+        assert lease.read_lock(tmp_path)["heartbeat"] > first
+        assert lease.read_lock(tmp_path)["pid"] == os.getpid()
     finally:
         lock.release()
 
@@ -96,19 +97,19 @@ def test_drivers_on_two_machines_share_one_lease_in_object_storage(s3_bucket: st
     from xtra.storage import Storage
 
     stor = Storage.from_uri(f"{s3_bucket}/studies/block-size")
-    first = st.StudyLock(tmp_path / "machine-a", "xtra study run", storage=stor, settle_s=0.05).acquire()
+    first = lease.StudyLock(tmp_path / "machine-a", "xtra study run", storage=stor, settle_s=0.05).acquire()
     try:
-        assert stor.read_json(st.LOCK)["pid"] == os.getpid()
-        with pytest.raises(st.StudyLocked) as err:
-            st.StudyLock(tmp_path / "machine-b", "xtra study resume", storage=stor, settle_s=0.05).acquire()
+        assert stor.read_json(lease.LOCK)["pid"] == os.getpid()
+        with pytest.raises(lease.StudyLocked) as err:
+            lease.StudyLock(tmp_path / "machine-b", "xtra study resume", storage=stor, settle_s=0.05).acquire()
         msg = str(err.value)
-        assert msg.startswith(f"{s3_bucket}/studies/block-size/{st.LOCK}: in use by pid {os.getpid()}")
+        assert msg.startswith(f"{s3_bucket}/studies/block-size/{lease.LOCK}: in use by pid {os.getpid()}")
         assert "\n" not in msg and "--break-lock" in msg
-        assert not (tmp_path / "machine-b" / st.LOCK).exists()  # a refused driver leaves nothing behind
+        assert not (tmp_path / "machine-b" / lease.LOCK).exists()  # a refused driver leaves nothing behind
     finally:
         first.release()
-    assert not stor.is_file(st.LOCK)
-    second = st.StudyLock(tmp_path / "machine-b", "xtra study resume", storage=stor, settle_s=0.05).acquire()
+    assert not stor.is_file(lease.LOCK)
+    second = lease.StudyLock(tmp_path / "machine-b", "xtra study resume", storage=stor, settle_s=0.05).acquire()
     second.release()
 
 
@@ -118,17 +119,18 @@ def test_a_silent_lease_in_storage_is_taken_over_and_a_fresh_one_needs_break_loc
 
     stor = Storage.from_uri(f"{s3_bucket}/study")
     dead = {"pid": 1, "host": "node-that-died", "command": "xtra study run", "token": "theirs",
-            "heartbeat": time.time() - 10 * st.STALE_AFTER_S}
-    stor.write_json(st.LOCK, dead)
-    lock = st.StudyLock(tmp_path / "copy", "xtra study resume", storage=stor, settle_s=0.05).acquire()
-    assert lock.took_over["host"] == "node-that-died" and stor.read_json(st.LOCK)["token"] == lock._me["token"]
+            "heartbeat": time.time() - 10 * lease.STALE_AFTER_S}
+    stor.write_json(lease.LOCK, dead)
+    lock = lease.StudyLock(tmp_path / "copy", "xtra study resume", storage=stor, settle_s=0.05).acquire()
+    assert lock.took_over["host"] == "node-that-died" and stor.read_json(lease.LOCK)["token"] == lock._me["token"]
     lock.release()
 
-    stor.write_json(st.LOCK, {**dead, "heartbeat": time.time() - 5})
-    with pytest.raises(st.StudyLocked, match="pid 1 on node-that-died .*heartbeat 5s ago"):
-        st.StudyLock(tmp_path / "copy", "xtra study resume", storage=stor, settle_s=0.05).acquire()
-    lock = st.StudyLock(tmp_path / "copy", "xtra study resume", storage=stor, settle_s=0.05, break_lock=True).acquire()
-    assert stor.read_json(st.LOCK)["token"] == lock._me["token"]
+    stor.write_json(lease.LOCK, {**dead, "heartbeat": time.time() - 5})
+    with pytest.raises(lease.StudyLocked, match="pid 1 on node-that-died .*heartbeat 5s ago"):
+        lease.StudyLock(tmp_path / "copy", "xtra study resume", storage=stor, settle_s=0.05).acquire()
+    lock = lease.StudyLock(tmp_path / "copy", "xtra study resume", storage=stor, settle_s=0.05,
+                           break_lock=True).acquire()
+    assert stor.read_json(lease.LOCK)["token"] == lock._me["token"]
     lock.release()
 
 
@@ -136,22 +138,22 @@ def test_the_shared_lease_is_refreshed_and_a_broken_one_is_left_alone(s3_bucket:
     from xtra.storage import Storage
 
     stor = Storage.from_uri(f"{s3_bucket}/study")
-    lock = st.StudyLock(tmp_path / "a", "test", storage=stor, settle_s=0.0, heartbeat_s=0.3).acquire()
+    lock = lease.StudyLock(tmp_path / "a", "test", storage=stor, settle_s=0.0, heartbeat_s=0.3).acquire()
     try:
-        first = stor.read_json(st.LOCK)["heartbeat"]
+        first = stor.read_json(lease.LOCK)["heartbeat"]
         deadline = time.monotonic() + 10
-        while stor.read_json(st.LOCK)["heartbeat"] == first and time.monotonic() < deadline:
+        while stor.read_json(lease.LOCK)["heartbeat"] == first and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert stor.read_json(st.LOCK)["heartbeat"] > first
+        assert stor.read_json(lease.LOCK)["heartbeat"] > first
         # a refresh under way may land over the breaker's first write; the breaker writes again
-        breaker = st.StudyLock(tmp_path / "b", "xtra study resume", storage=stor, settle_s=0.5,
+        breaker = lease.StudyLock(tmp_path / "b", "xtra study resume", storage=stor, settle_s=0.5,
                                break_lock=True).acquire()
         time.sleep(1.0)  # several of the first holder's beats: none may write over the breaker's lease
-        assert stor.read_json(st.LOCK)["token"] == breaker._me["token"]
+        assert stor.read_json(lease.LOCK)["token"] == breaker._me["token"]
         breaker.release()
     finally:
         lock.release()
-    assert not stor.is_file(st.LOCK)  # the breaker removed its own lease; the first holder wrote none back
+    assert not stor.is_file(lease.LOCK)  # the breaker removed its own lease; the first holder wrote none back
 
 
 # ---------------------------------------------------------------------------------------------

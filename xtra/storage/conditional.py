@@ -38,8 +38,8 @@ def _client(storage: Storage) -> tuple[Any, str, str]:
     if endpoint and "://" not in endpoint:
         endpoint = f"https://{endpoint}"
     client = boto3.client("s3", endpoint_url=endpoint, region_name=region or ("us-east-1" if endpoint else None),
-                          config=botocore.config.Config(retries={"max_attempts": 3}, connect_timeout=10,
-                                                        read_timeout=30))
+                          config=botocore.config.Config(retries={"max_attempts": 2}, connect_timeout=5,
+                                                        read_timeout=10))
     bucket, _, prefix = storage.base.partition("/")
     return client, bucket, prefix
 
@@ -69,20 +69,21 @@ def read(storage: Storage, rel: str) -> tuple[bytes, str] | None:
     return data, obj["ETag"]
 
 
-def put(storage: Storage, rel: str, data: bytes, *, etag: str | None = None) -> bool:
-    """Write `rel` only if it is absent (etag None) or still at `etag`. True if written, False if the
-    condition failed (another writer got there first); Unsupported if the store ignores conditions."""
+def put(storage: Storage, rel: str, data: bytes, *, etag: str | None = None) -> str | None:
+    """Write `rel` only if it is absent (etag None) or still at `etag`. The new version's etag if
+    written (the next conditional write's `etag`), None if the condition failed (another writer got
+    there first); Unsupported if the store ignores conditions."""
     client, bucket, prefix = _client(storage)
     cond = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
     try:
-        client.put_object(Bucket=bucket, Key=_key(prefix, rel), Body=data, **cond)
+        written = client.put_object(Bucket=bucket, Key=_key(prefix, rel), Body=data, **cond)
     except Exception as e:  # noqa: BLE001
         code, status = _code(e)
         if status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict") or status == 409:
-            return False
+            return None
         if etag is not None and (code in ("NoSuchKey", "404") or status == 404):
-            return False  # removed since it was read: the caller looks again
+            return None  # removed since it was read: the caller looks again
         if status == 501 or code in ("NotImplemented", "InvalidArgument"):
             raise Unsupported(f"the store refused a conditional write ({code})") from None
         raise StorageError(f"{storage.uri_of(rel)}: cannot write: {_explain(e)}") from None
-    return True
+    return str(written["ETag"])
