@@ -3,7 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PIP_VERSION := 26.3
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.xtra-installed
+# CUDA=1 installs pylock.cuda.toml (PyPI's CUDA build of torch, xformers) instead of pylock.toml (CPU).
+CUDA ?=
+LOCK := pylock$(if $(CUDA),.cuda).toml
+STAMP := $(VENV)/.xtra-installed$(if $(CUDA),-cuda)
+# This project's machines keep copies of locked wheels here: a copy with the locked sha256 installs
+# from disk, every other wheel from the URL its lock names. Folders that do not exist are skipped.
+LOCAL_WHEELS ?= /opt/wheels /opt/pypi/files
 
 .PHONY: setup demo test test-fast test-latest lock lint bench clean data-system chromium slurm
 
@@ -11,12 +17,15 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "pip==$(PIP_VERSION)"
 
-# Exactly what was tested: every package, transitive ones included, from pylock.toml (PEP 751,
-# one wheel per package with its sha256; torch is the CPU build on this machine's disk), then the
-# project itself, editable, built without reaching the index. A second `make` installs nothing.
-$(STAMP): pylock.toml pyproject.toml setup.py | $(PY)
+# Exactly what was tested: every package, transitive ones included, from the lock (PEP 751, one
+# wheel per package with its sha256, CPython 3.11 on Linux x86_64), then the project itself,
+# editable, built without reaching the index. A second `make` installs nothing. The lock names
+# public URLs; $(VENV)/pylock.toml is the same lock with the wheels found in LOCAL_WHEELS named by
+# their path (pip checks every sha256 either way).
+$(STAMP): $(LOCK) pyproject.toml setup.py scripts/lock.py | $(PY)
 	$(PY) -m pip install -q "pip==$(PIP_VERSION)"
-	$(PY) -m pip install -q -r pylock.toml
+	$(PY) scripts/lock.py from-disk $(LOCK) $(VENV)/pylock.toml $(LOCAL_WHEELS)
+	$(PY) -m pip install -q -r $(VENV)/pylock.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
@@ -67,8 +76,8 @@ test: setup chromium slurm
 test-fast: setup
 	$(PY) -m pytest -q -x --timeout=300 -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
-# Deliberate upgrades: `make lock` re-resolves pylock.toml from pyproject.toml's ranges (commit it
-# after `make test` passes); `make test-latest` runs the suite in a scratch environment built from
+# Deliberate upgrades: `make lock` re-resolves pylock.toml from pyproject.toml's ranges, then
+# pylock.cuda.toml from PyPI alone with the CPU lock's versions held (commit both after `make test`); `make test-latest` runs the suite in a scratch environment built from
 # the newest releases those ranges allow, so a breaking release is found by someone who asked.
 lock: | $(PY)
 	$(PY) -m pip install -q "pip==$(PIP_VERSION)"

@@ -1,8 +1,9 @@
-"""The environment this process runs in, against the lock it was meant to be installed from.
+"""The environment this process runs in, against the locks it was meant to be installed from.
 
-pylock.toml (PEP 751) pins every package `make setup` installs. A bug report should name both the
-versions that matter and whether the environment still equals the lock, so `xtra --version` and the
-test that guards the lock read them here.
+pylock.toml (PEP 751) pins every package `make setup` installs, pylock.cuda.toml every package
+`make setup CUDA=1` installs. A bug report should name both the versions that matter and which
+lock, if any, the environment still equals, so `xtra --version` and the test that guards the lock
+read them here.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from importlib import metadata
 from pathlib import Path
 
 LOCK = Path(__file__).resolve().parents[1] / "pylock.toml"  # beside pyproject.toml in a checkout
+CUDA_LOCK = LOCK.with_name("pylock.cuda.toml")
+LOCKS = (LOCK, CUDA_LOCK)  # the CPU one first: it names the environment when both would
 NOT_LOCKED = frozenset({"pip", "xtra"})  # the installer itself, and the project on top of the lock
 
 
@@ -50,6 +53,9 @@ class Drift:
     def __bool__(self) -> bool:
         return bool(self.missing or self.extra or self.changed)
 
+    def __len__(self) -> int:
+        return len(self.missing) + len(self.extra) + len(self.changed)
+
     def describe(self, limit: int = 5) -> str:
         parts = [f"{n} {a} locked, {b} installed" for n, (a, b) in sorted(self.changed.items())]
         parts += [f"{n} {v} missing" for n, v in sorted(self.missing.items())]
@@ -65,6 +71,25 @@ def drift(path: Path = LOCK) -> Drift:
                  changed={n: (v, installed[n]) for n, v in locked.items() if n in installed and installed[n] != v})
 
 
+def equal_lock(locks: tuple[Path, ...] = LOCKS) -> Path | None:
+    """The lock this environment equals (the first, if it equals several), or None."""
+    return next((path for path in locks if path.is_file() and not drift(path)), None)
+
+
+def lock_line(locks: tuple[Path, ...] = LOCKS) -> str:
+    """Which lock the environment equals, or the nearest one and how it differs."""
+    present = [path for path in locks if path.is_file()]
+    if not present:
+        return "lock: none (installed without the repository's pylock.toml)"
+    drifts = {path: drift(path) for path in present}
+    for path, d in drifts.items():
+        if not d:
+            return f"lock: {path.name} sha256:{lock_hash(path)} (the environment equals it)"
+    nearest = min(present, key=lambda path: len(drifts[path]))
+    neither = f"neither {' nor '.join(path.name for path in present)}; nearest " if len(present) > 1 else ""
+    return f"lock: {neither}{nearest.name} sha256:{lock_hash(nearest)} (differs: {drifts[nearest].describe()})"
+
+
 def version_report() -> str:
     """One line per fact: xtra, torch, ray, python, the lock and whether this environment equals it."""
     def version_of(name: str) -> str:
@@ -77,11 +102,5 @@ def version_report() -> str:
 
     lines = [f"xtra {version_of('xtra')}", f"torch {version_of('torch')}", f"ray {version_of('ray')}",
              f"python {platform.python_version()} ({platform.machine()})"]
-    digest = lock_hash()
-    if digest is None:
-        lines.append("lock: none (installed without the repository's pylock.toml)")
-    else:
-        d = drift()
-        state = f"differs: {d.describe()}" if d else "the environment equals it"
-        lines.append(f"lock: pylock.toml sha256:{digest} ({state})")
+    lines.append(lock_line())
     return "\n".join(lines)
