@@ -8,11 +8,16 @@ k, the x where its mean curve first reaches the target is interpolated linearly 
 the two points that bracket the crossing; the ratio is baseline x / that x. A curve that is already
 at the target at its first point gives a lower bound on the ratio (marked `bound`); a curve that
 never reaches the target gives no ratio (`reached` false, with the best it got): nothing is
-extrapolated. Confidence intervals: percentile bootstrap over seeds (seeds resampled with
-replacement within each curve) over EVERY resample: one that never reaches the target enters at its
+extrapolated. Confidence intervals: the seed-clustered t-bootstrap of ``reports.intervals`` (each draw
+moves both mean curves by Gaussian-weighted sums of their seeds' residual curves, scaled by a
+sqrt(df / chi2_df) factor, so 3 seeds get a Student-t width, not the +-0.85 sigma a percentile
+bootstrap of 3 seeds reaches), over EVERY draw: one that never reaches the target enters at its
 censoring bound (the ratio is at most baseline x / its largest x), one already there at its first point
-at its lower bound; an interval end among those is open, and an interval that includes 1 is "not
-significant". The share of resamples that reach the target is reported beside.
+at its lower bound; an interval end among those is open. A ratio is "significant" only when a closed
+end lies beyond 1: an open end never is. Its coverage per design is measured by
+``reports.calibration`` and published in docs/reports.md, which every sentence names. A budget that
+some seeds lack is left out of that curve and named in the sentence, never dropped silently.
+The share of resamples that reach the target is reported beside.
 
 Every point of a curve must be one model trained to that x with its schedule completed (a separate
 run, or a wsd branch after its cooldown): rows are keyed by trial identity, and two rows at one
@@ -30,6 +35,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from . import intervals
 from .tables import mean_ci
 
 # ---------------------------------------------------------------------------------------------
@@ -57,12 +63,15 @@ def crossing(xs: Sequence[float], ys: Sequence[float], target: float) -> tuple[f
     return float(math.exp(lx0 + frac * (lx1 - lx0))), "reached"
 
 
-def _matrix(df: pl.DataFrame, x: str, y: str, group: str, trial: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """(xs, Y): the x values every seed has, sorted, and Y[seed, i] = y of that seed at xs[i]: a curve per
-    seed on a common grid, not a patchwork. Every point is one row; with a `trial` column (the trial's
-    identity) a point is one trial. Two rows at one (seed, x) are refused, never averaged: they are
-    different models (e.g. trials of another swept key, or probe points of two runs that collide)."""
+def _matrix(df: pl.DataFrame, x: str, y: str, group: str, trial: str | None
+            ) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(xs, Y, left_out): the x values every seed has, sorted, and Y[seed, i] = y of that seed at xs[i]: a
+    curve per seed on a common grid, not a patchwork. Every point is one row; with a `trial` column (the
+    trial's identity) a point is one trial. Two rows at one (seed, x) are refused, never averaged: they are
+    different models. An x that some seeds lack is left out of the grid and named in `left_out` (which x,
+    which seeds lack it, which trials hold it), for the sentence to say so: never dropped silently."""
     per_seed: dict[Any, dict[float, float]] = {}
+    who_at: dict[float, list[str]] = {}
     cols = ["seed", x, y] + ([trial] if trial else [])
     for row in df.select(cols).iter_rows():
         sd, xv, yv = row[0], float(row[1]), float(row[2])
@@ -72,9 +81,19 @@ def _matrix(df: pl.DataFrame, x: str, y: str, group: str, trial: str | None) -> 
             raise ValueError(f"efficiency_ratios: {group}={df[group][0]!r}, seed {sd} has several rows at "
                              f"{x}={xv:g}{who}: a curve point must be one model; select one trial per point")
         per_seed[sd][xv] = yv
+        who_at.setdefault(xv, []).append(str(row[3]) if trial else f"seed {sd}")
     common = sorted(set.intersection(*(set(c) for c in per_seed.values())))
+    partial = sorted(set().union(*(set(c) for c in per_seed.values())) - set(common))
+    left_out = None
+    if partial:
+        parts = []
+        for xv in partial:
+            lacking = sorted(str(sd) for sd, c in per_seed.items() if xv not in c)
+            parts.append(f"{x}={_fmt_n(xv)} (seed {', '.join(lacking)} lacks it; held by "
+                         f"{', '.join(sorted(who_at[xv]))})")
+        left_out = f"{group}={df[group][0]!r} left out " + "; ".join(parts)
     ys = np.array([[c[v] for v in common] for c in per_seed.values()], dtype=float)
-    return np.asarray(common, dtype=float), ys.reshape(len(per_seed), len(common))
+    return np.asarray(common, dtype=float), ys.reshape(len(per_seed), len(common)), left_out
 
 
 def _ratio(bx: np.ndarray, by: np.ndarray, ox: np.ndarray, oy: np.ndarray) -> dict[str, Any]:
@@ -88,12 +107,33 @@ def _ratio(bx: np.ndarray, by: np.ndarray, ox: np.ndarray, oy: np.ndarray) -> di
             "max_x": max_x, "value": base_x / at if at else (base_x / max_x if max_x else 0.0)}
 
 
+def ratio_draws(bx: np.ndarray, base_means: np.ndarray, ox: np.ndarray, other_means: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """`_ratio` for many draws at once: base_means (n, len(bx)) and other_means (n, len(ox)) mean curves.
+    Returns (value, status): the ratio, or its censoring bound, and "reached" / "before_first" / "never"."""
+    target = base_means[:, -1]
+    hit = other_means >= target[:, None]
+    reached_any = hit.any(axis=1)
+    first = np.argmax(hit, axis=1)
+    lx = np.log(ox)
+    i = np.clip(first, 1, max(1, len(ox) - 1)) if len(ox) > 1 else np.zeros_like(first)
+    y0 = other_means[np.arange(len(first)), i - 1]
+    y1 = other_means[np.arange(len(first)), i]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.clip((target - y0) / (y1 - y0), 0.0, 1.0)
+    log_at = np.where(first == 0, lx[0], lx[i - 1] + frac * (lx[i] - lx[i - 1]))
+    at = np.exp(log_at)
+    value = np.where(reached_any, bx[-1] / at, bx[-1] / ox[-1])
+    status = np.where(~reached_any, "never", np.where(first == 0, "before_first", "reached"))
+    return value, status
+
+
 def censored_interval(values: np.ndarray, statuses: Sequence[str], level: float = 0.95) -> dict[str, Any]:
-    """A percentile interval over every bootstrap resample, the censored ones included. A resample that
-    never reaches the target has a ratio at most baseline_x / max_x (below every reached ratio); one that
-    reaches it at its first point has a ratio at least baseline_x / first x (above every reached ratio).
-    Each enters at its bound, so none is dropped; an interval end that falls among such resamples is open
-    (`lo_open`: the ratio may be lower still; `hi_open`: higher)."""
+    """A percentile interval over every draw, the censored ones included. A draw that never reaches the
+    target has a ratio at most baseline_x / max_x (below every reached ratio); one that reaches it at its
+    first point has a ratio at least baseline_x / first x (above every reached ratio). Each enters at its
+    bound, so none is dropped; an interval end that falls among such draws is open (`lo_open`: the ratio
+    may be lower still; `hi_open`: higher)."""
     v = np.asarray(values, dtype=float)
     st = np.asarray(statuses)
     n = len(v)
@@ -106,10 +146,24 @@ def censored_interval(values: np.ndarray, statuses: Sequence[str], level: float 
 
 def significant(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> bool | None:
     """Whether the interval excludes a ratio of 1 (None without an interval). An open end extends without
-    limit: an open lower end below 1 or at it never excludes 1."""
+    limit (a censored lower end: the ratio may be anywhere below it), so it never excludes anything: only a
+    closed end beyond 1 makes a ratio significant."""
     if lo is None or hi is None:
         return None
-    return (lo > 1 and not (lo_open and lo <= 1)) or (hi < 1 and not hi_open)
+    return (lo > 1 and not lo_open) or (hi < 1 and not hi_open)
+
+
+def ratio_interval(bx: np.ndarray, base: np.ndarray, ox: np.ndarray, other: np.ndarray, *, n_draws: int,
+                   level: float, rng: np.random.Generator) -> dict[str, Any]:
+    """The ratio's censored interval by the seed-clustered t-bootstrap (``reports.intervals``): each draw
+    perturbs both mean curves by Gaussian-weighted sums of their seeds' residual curves, scaled by one
+    sqrt(df / chi2_df) per draw, df = (seeds of the baseline - 1) + (seeds of the other - 1)."""
+    df = (len(base) - 1) + (len(other) - 1)
+    scale = intervals.t_scale_draws(rng, n_draws, df)
+    base_means = intervals.seed_clustered_mean_draws(base, rng, n_draws, scale)
+    other_means = intervals.seed_clustered_mean_draws(other, rng, n_draws, scale)
+    values, statuses = ratio_draws(bx, base_means, ox, other_means)
+    return censored_interval(values, statuses, level)
 
 
 def efficiency_ratios(df: pl.DataFrame, *, x: str, y: str = "top1", group: str = "block_size",
@@ -119,10 +173,11 @@ def efficiency_ratios(df: pl.DataFrame, *, x: str, y: str = "top1", group: str =
     baseline's `y` at the baseline's largest `x`. `df`: one row per (group, seed, x), each one model
     (its identity in column `trial` when present; two rows at one point are refused). Returns one row
     per group: target, baseline_x, x (where it reaches the target), status (reached | before_first |
-    never), ratio (baseline_x / x), ratio_lo / ratio_hi (censored percentile bootstrap interval over
-    seeds, every resample counted; null with one seed per curve), lo_open / hi_open (an end among
-    censored resamples), significant (the interval excludes 1), reached_share (of the resamples), best
-    (its best mean y), max_x, n_seeds, bound (the ratio is a lower bound: reached at its first point)."""
+    never), ratio (baseline_x / x), ratio_lo / ratio_hi (censored seed-clustered t-bootstrap interval
+    over `n_boot` draws; null with one seed in both curves), lo_open / hi_open (an end among censored
+    draws), significant (a closed end beyond 1), reached_share (of the draws), best (its best mean y),
+    max_x, n_seeds, bound (the ratio is a lower bound: reached at its first point), left_out (an x that
+    some seeds lack, left out of the curves and named; null when none), method."""
     for col in (x, y, group, "seed"):
         if col not in df.columns:
             raise ValueError(f"efficiency_ratios: column {col!r} is missing (have: {', '.join(df.columns)})")
@@ -131,29 +186,25 @@ def efficiency_ratios(df: pl.DataFrame, *, x: str, y: str = "top1", group: str =
     groups = df[group].unique().sort().to_list()
     if baseline not in groups:
         raise ValueError(f"efficiency_ratios: baseline {group}={baseline!r} has no rows (have: {groups})")
-    bx, bm = _matrix(df.filter(pl.col(group) == baseline), x, y, group, trial)
+    bx, bm, base_left = _matrix(df.filter(pl.col(group) == baseline), x, y, group, trial)
     rng = np.random.default_rng(seed)
     rows = []
     for g in groups:
         if g == baseline:
             continue
-        ox, om = _matrix(df.filter(pl.col(group) == g), x, y, group, trial)
+        ox, om, other_left = _matrix(df.filter(pl.col(group) == g), x, y, group, trial)
         point = _ratio(bx, bm.mean(axis=0), ox, om.mean(axis=0))
         ci: dict[str, Any] = {"lo": None, "hi": None, "lo_open": False, "hi_open": False, "reached_share": None}
         if n_boot and (len(bm) > 1 or len(om) > 1):
-            values, statuses = [], []
-            for _ in range(n_boot):  # seeds resampled with replacement within each curve
-                r = _ratio(bx, bm[rng.integers(0, len(bm), len(bm))].mean(axis=0), ox,
-                           om[rng.integers(0, len(om), len(om))].mean(axis=0))
-                values.append(r["value"])
-                statuses.append(r["status"])
-            ci = censored_interval(np.asarray(values), statuses, level)
+            ci = ratio_interval(bx, bm, ox, om, n_draws=n_boot, level=level, rng=rng)
+        left_out = "; ".join(s for s in (base_left, other_left) if s) or None
         rows.append({group: g, "baseline": baseline, "target": point["target"], "baseline_x": point["baseline_x"],
                      "x": point["x"], "status": point["status"], "ratio": point["ratio"], "ratio_lo": ci["lo"],
                      "ratio_hi": ci["hi"], "lo_open": ci["lo_open"], "hi_open": ci["hi_open"],
                      "significant": significant(ci["lo"], ci["hi"], ci["lo_open"], ci["hi_open"]),
                      "reached_share": ci["reached_share"], "best": point["best"], "max_x": point["max_x"],
-                     "n_seeds": len(om), "bound": point["status"] == "before_first"})
+                     "n_seeds": len(om), "n_seeds_baseline": len(bm), "bound": point["status"] == "before_first",
+                     "left_out": left_out, "method": intervals.METHOD_RATIO if ci["lo"] is not None else None})
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
@@ -286,7 +337,7 @@ def ratio_sentences(ratios: pl.DataFrame, *, what: str = "samples", kind: str = 
             bound = r["baseline_x"] / r["max_x"] if r["max_x"] else None
             ci = "" if r.get("ratio_lo") is None else f" ({_interval(r)})"
             spread = (f"; ratio at most {bound:.2g}{ci}" if bound else "") + (
-                f"; {share}{r['n_seeds']} seeds" if share else "")
+                f"; {share}{r['n_seeds']} seeds{_evidence(r)}" if share else "") + _left_out(r)
             lines.append(f"{name}={r[group]} never reaches {name}={r['baseline']}'s {kind} top-1 "
                          f"({100 * r['target']:.1f}% at {_fmt_n(r['baseline_x'])} {what}): best "
                          f"{100 * r['best']:.1f}% within {_fmt_n(r['max_x'])} {what}{spread}")
@@ -294,14 +345,25 @@ def ratio_sentences(ratios: pl.DataFrame, *, what: str = "samples", kind: str = 
         if r["ratio_lo"] is None:  # one seed: nothing to resample
             spread = "one seed: no CI"
         elif r.get("significant") is False:
-            spread = (f"{_interval(r)}: not significant, the interval includes 1; {share}{r['n_seeds']} seeds")
+            spread = (f"{_interval(r)}: not significant, the interval includes 1; {share}{r['n_seeds']} seeds"
+                      f"{_evidence(r)}")
         else:
-            spread = f"{_interval(r)}, {share}{r['n_seeds']} seeds"
+            spread = f"{_interval(r)}, {share}{r['n_seeds']} seeds{_evidence(r)}"
         bound = "at least " if r["bound"] else ""
         fewer = "fewer" if r["ratio"] >= 1 else "more"
         factor = r["ratio"] if r["ratio"] >= 1 else 1 / r["ratio"]
-        lines.append(f"{head} with {bound}{factor:.2g}x {fewer} {what} ({spread})")
+        lines.append(f"{head} with {bound}{factor:.2g}x {fewer} {what} ({spread}{_left_out(r)})")
     return lines
+
+
+def _evidence(r: dict[str, Any]) -> str:
+    """'; seed-clustered t-bootstrap, coverage: docs/reports.md#...': the method and where its measured
+    coverage for this many seeds is published (DESIGN.md contract 15)."""
+    return f"; {r['method']}, coverage: {intervals.EVIDENCE}" if r.get("method") else ""
+
+
+def _left_out(r: dict[str, Any]) -> str:
+    return f"; {r['left_out']}" if r.get("left_out") else ""
 
 
 def markdown_table(df: pl.DataFrame, *, percent: Sequence[str] = ()) -> str:

@@ -107,10 +107,10 @@ def comparison_table(title: str, analyses: Mapping[str, LawAnalysis], tid: str) 
                          f"{s.cv_rmse:.4g}" if math.isfinite(s.cv_rmse) else "–",
                          f"{s.cv_se / (2 * s.cv_rmse):.2g}" if math.isfinite(s.cv_se) and s.cv_rmse > 0 else "–",
                          "chosen" if s.form.name == chosen else "", s.note])
-    method = next(iter(analyses.values())).comparison.method if analyses else "leave-one-out"
+    method = next(iter(analyses.values())).comparison.method if analyses else "leave-one-point-out"
     return Table(title=title, columns=["group", "form", "parameters", "CV RMSE (log L)", "± SE", "", "note"],
                  rows=rows, id=tid,
-                 note=f"Cross-validated ({method}; 5-fold above 20 points) error of log L per form. Chosen: the "
+                 note=f"Cross-validated ({method}: the seeds of a point leave together; 5-fold above 20 points) error of log L per form. Chosen: the "
                       "simplest form within one standard error of the best (the one-standard-error rule), if "
                       "identifiable; a constant chosen means no law.")
 

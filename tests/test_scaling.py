@@ -251,7 +251,7 @@ def test_power_law_analysis_recovers_and_predicts_largest_x() -> None:
         lo, hi = a.law.ci[name]
         assert lo <= true <= hi, f"{name}: {true} outside {lo, hi}"
     assert a.held is not None and a.held.X[0, 0] == x.max() and abs(a.held.rel_error[0]) < 0.03
-    assert a.comparison.method == "leave-one-out" or a.comparison.method.endswith("-fold")
+    assert a.comparison.method == "leave-one-point-out" or a.comparison.method.endswith("-fold over points")
 
 
 def test_reduced_form_is_chosen_when_the_data_come_from_it() -> None:
@@ -297,7 +297,7 @@ def test_degenerate_fit_is_flagged_at_its_bounds() -> None:
     assert not d.identifiable
     assert any(p.startswith("E") for p in d.at_bounds) and any("A" in p or "alpha" in p for p in d.at_bounds), d
     too_few = fit_power_law(*power_data(n=5), n_boot=20).diagnostics
-    assert "5 points for 3 parameters" in too_few.summary() and not too_few.identifiable
+    assert "5 distinct points for 3 parameters" in too_few.summary() and not too_few.identifiable
 
 
 def test_no_bootstrap_still_judges_bounds_but_notes_missing_intervals() -> None:

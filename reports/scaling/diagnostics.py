@@ -27,7 +27,7 @@ from .forms import (
 class Diagnostics:
     """What decides whether a fit is a law. ``problems`` empty = identifiable."""
 
-    n_points: int
+    n_points: int  # distinct design points (replicate seeds of one point count once)
     n_params: int
     rmse_log: float  # RMSE of log(prediction) - log(L) on the fitted points
     rel_ci: dict[str, float]  # (hi - lo) / |value| per parameter (NaN without bootstrap)
@@ -87,14 +87,16 @@ def _bound_hits(form: Form, theta: np.ndarray, logs: Sequence[np.ndarray], names
 
 def _diagnose(form: Form, theta: np.ndarray, boot: np.ndarray, logs: Sequence[np.ndarray], ly: np.ndarray,
               params: dict[str, float], ci: dict[str, tuple[float, float]], internal_names: Sequence[str],
-              n_boot_asked: int) -> Diagnostics:
-    n, k = len(ly), form.n_params
+              n_boot_asked: int, n_design_points: int | None = None) -> Diagnostics:
+    # points per parameter count design points: the seeds of one (N, D) are replicates, not new points
+    n, k = (len(ly) if n_design_points is None else n_design_points), form.n_params
     resid = _log_predict(form, theta, logs, len(ly)) - ly
     rmse = float(np.sqrt(np.mean(resid**2)))
     problems: list[str] = []
     caveats: list[str] = []
     if n / k < MIN_POINTS_PER_PARAM:
-        problems.append(f"{n} points for {k} parameters (a law needs >= {MIN_POINTS_PER_PARAM:g} per parameter)")
+        problems.append(f"{n} distinct points for {k} parameters (a law needs >= {MIN_POINTS_PER_PARAM:g} per "
+                        f"parameter; seeds repeat a point, they do not add one)")
     hits = _bound_hits(form, theta, logs, internal_names)
     problems += [why for _, why in hits]
     boot_hits: dict[str, float] = {}

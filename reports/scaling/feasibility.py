@@ -19,7 +19,8 @@ def _need(n_params: int) -> int:
 def law_checks(trials: Sequence[tuple[str, float, float]]) -> list[str]:
     """What the report's scaling fits can do with these trials: (group, parameters, samples), one per
     trial (seeds repeat a point; the report fits each group of the other swept values on its own). One
-    line per law and group (identical lines merged): whether its full form can pass the checks."""
+    line per law and group (identical lines merged): whether its full form can pass the checks. Points are
+    distinct design points: seeds are replicates of one."""
     by_group: dict[str, list[tuple[float, float]]] = {}
     for group, n_params, samples in trials:
         by_group.setdefault(group, []).append((n_params, samples))
@@ -33,23 +34,25 @@ def law_checks(trials: Sequence[tuple[str, float, float]]) -> list[str]:
 
 
 def _checks(points: Sequence[tuple[float, float]]) -> list[str]:
-    n = len(points)
+    # A law counts design points: the seeds of one (N, D) are replicates (the fits resample and
+    # cross-validate them together), so they narrow its noise but never add a point.
     ns = sorted({p[0] for p in points})
     ds = sorted({p[1] for p in points})
     pairs = len(set(points))
+    n = pairs if len(ns) > 1 and len(ds) > 1 else max(len(ns), len(ds))
     out: list[str] = []
     if len(ns) > 1 and len(ds) > 1:
         k = FORMS_2D[0].n_params
         need = _need(k)
-        held = n - sum(1 for p in points if p[1] == ds[-1])
+        held = n - sum(1 for p in set(points) if p[1] == ds[-1])
         if pairs < MIN_PAIRS:
             out.append(f"L(N, D): {pairs} distinct (N, D) points: the report needs >= {MIN_PAIRS} to fit it at all "
                        f"(add widths or budgets)")
         elif n < need:
             out.append(f"L(N, D): {n} points for {k} parameters: the full law cannot pass (a law needs >= "
-                       f"{need}, {MIN_POINTS_PER_PARAM:g} per parameter; add widths, budgets or seeds)")
+                       f"{need}, {MIN_POINTS_PER_PARAM:g} per parameter; add widths or budgets: seeds repeat a point)")
         else:
-            out.append(f"L(N, D): {n} points ({pairs} distinct (N, D)), {n / k:.1f} per parameter: the full law can "
+            out.append(f"L(N, D): {n} distinct (N, D) points, {n / k:.1f} per parameter: the full law can "
                        f"pass; the held-out check refits it on {held} points (without the largest budget)"
                        + ("" if held >= need else f", under the {need} a law needs: a weak check"))
         return out

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..intervals import grouped_resamples, point_groups
 from .diagnostics import Diagnostics, _diagnose
 from .forms import (
     HUBER_DELTA,
@@ -32,7 +33,8 @@ from .forms import (
 
 @dataclass
 class FormFit:
-    """A fitted form: parameters in the caller's units, percentile bootstrap intervals, diagnostics."""
+    """A fitted form: parameters in the caller's units, percentile intervals of a cluster bootstrap (the
+    replicates of one design point resampled together), diagnostics."""
 
     form: Form
     params: dict[str, float]
@@ -74,16 +76,21 @@ class FormFit:
         return lo, hi
 
     def _pred_band(self, X: np.ndarray, level: float | None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Prediction interval for new runs: each bootstrap fit's prediction times a resampled residual
-        (inflated by sqrt(n / (n - p)) for the degrees of freedom the fit used)."""
+        """Prediction interval for a new run: each bootstrap fit's prediction times a new run's scatter,
+        drawn as s * t_{n-p} in log L (s: the residual standard deviation on n - p degrees of freedom). A
+        resampled residual cannot reach beyond the few residuals a small fit has (6 points: never past
+        the largest), so its interval was too narrow; the t draw carries the uncertainty of s."""
         level = self.level if level is None else level
         if len(self._boot) < 2 or len(self._resid) == 0:
             nan = np.full(len(X), np.nan)
             return nan, nan
         n, p = len(self._resid), self.form.n_params
-        resid = (self._resid - self._resid.mean()) * math.sqrt(n / max(1, n - p))
+        df = max(1, n - p)
+        scatter = math.sqrt(float(np.sum((self._resid - self._resid.mean()) ** 2)) / df)
         rng = np.random.default_rng(seed)
-        preds = self._predict_matrix(X, self._boot) * np.exp(rng.choice(resid, size=(len(self._boot), len(X))))
+        reps = max(len(self._boot), 2000 // max(1, len(self._boot)) * len(self._boot))
+        fits = self._predict_matrix(X, self._boot[np.arange(reps) % len(self._boot)])
+        preds = fits * np.exp(scatter * rng.standard_t(df, size=(reps, len(X))))
         lo, hi = np.percentile(preds, [50 * (1 - level), 50 * (1 + level)], axis=0)
         return lo, hi
 
@@ -161,11 +168,12 @@ def fit_form(form: Form, X: Any, y: Any, n_boot: int = 200, seed: int = 0, names
         theta, f = _minimize(form, _starts(form, logs, ly, HUBER_DELTA), logs, ly, HUBER_DELTA)
         rng = np.random.default_rng(seed)
         ok = _resample_ok(X, form)
+        groups = point_groups(X)  # the replicates (seeds) of one design point are resampled together
         boot: list[np.ndarray] = []
         tries = 0
         while len(boot) < n_boot and tries < 20 * n_boot:
             tries += 1
-            idx = rng.integers(0, n, size=n)
+            idx = grouped_resamples(groups, rng)
             if not ok(idx):
                 continue  # a resample that cannot identify the parameters; draw again
             b_logs = [lg[idx] for lg in logs]
@@ -176,7 +184,8 @@ def fit_form(form: Form, X: Any, y: Any, n_boot: int = 200, seed: int = 0, names
     best = {k: float(v) for k, v in _natural(form, theta, refs, names).items()}
     boots = _natural(form, boot_arr, refs, names) if len(boot_arr) else {k: np.zeros(0) for k in best}
     ci = {k: _percentiles(np.asarray(boots[k])) for k in best}
-    diag = _diagnose(form, theta, boot_arr, logs, ly, best, ci, _internal_names(form, names), n_boot)
+    diag = _diagnose(form, theta, boot_arr, logs, ly, best, ci, _internal_names(form, names), n_boot,
+                     n_design_points=int(groups.max()) + 1 if n else 0)
     resid = ly - _log_predict(form, theta, logs, len(ly))
     return cls(form=form, params=best, ci=ci, n_points=n, loss=f * HUBER_DELTA / n, n_boot=len(boot_arr),
                diagnostics=diag, names=names, _refs=refs, _theta=theta, _boot=boot_arr, _resid=resid,
