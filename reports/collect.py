@@ -183,7 +183,7 @@ def _running(study_dir: Path) -> bool:
     """A live runner holds ``study.lock``: its parquet files, if any, are from an earlier run, so the
     trial files are the current state. A lock left by a killed runner is not live (the lease decides),
     and the runner itself builds the report after writing fresh parquet files: neither is "running"."""
-    from xtra.studydir import is_running
+    from xtra.lease import is_running  # the lease moved out of studydir (d3febf1)
 
     return is_running(study_dir)
 
