@@ -12,14 +12,17 @@ from rich.console import Console
 from xtra.cli.options import user_errors
 
 console = Console()
-SECTIONS = ("pretrain", "attention", "probe", "report", "orchestration", "scaling", "data", "wsd")
+SECTIONS = ("pretrain", "attention", "probe", "report", "orchestration", "scaling", "data", "wsd", "calibration")
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "calibration")  # it writes docs/calibration-cpu.*: asked by name
+CALIBRATION_DOC = Path("docs/calibration-cpu.json")  # and .md beside it (reports/calibration)
 
 
 def bench_cmd(
     out: Annotated[Path, typer.Option(help="Where to write the JSON figures (Markdown beside it).")] = Path(
         "runs/bench/bench.json"),
-    sections: Annotated[str, typer.Option(help=f"Comma-separated subset of: {', '.join(SECTIONS)}.")] = ",".join(
-        SECTIONS),
+    sections: Annotated[str, typer.Option(help=f"Comma-separated subset of: {', '.join(SECTIONS)} (calibration "
+                                                f"only by name: it writes {CALIBRATION_DOC} and .md).")] = ",".join(
+        DEFAULT_SECTIONS),
     quick: Annotated[bool, typer.Option(help="Fewer sizes and repeats (a smoke run of the benchmark itself).")] = False,
     compare_to: Annotated[Path | None, typer.Option("--compare", help="An earlier bench JSON: print ratios.")] = None,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Also measure torch.compile.")] = False,
@@ -133,6 +136,9 @@ def bench_cmd(
         for row in results["wsd"]:
             console.print(_line("wsd", row))
 
+    if "calibration" in chosen:  # every interval the report prints, on synthetic studies from a known truth
+        results["calibration"] = _calibration(quick, out)
+
     out.parent.mkdir(parents=True, exist_ok=True)
     flat: dict = {}
     for key, value in results.items():
@@ -145,6 +151,33 @@ def bench_cmd(
     if previous is not None:
         for row in bench.compare(results, previous):
             console.print(_line("vs previous", row))
+
+
+def _calibration(quick: bool, out: Path) -> list[dict]:
+    """Run the calibration suite (its fast size with --quick) and write its Markdown and JSON: the default
+    size to docs/calibration-cpu.*, the fast one beside `out`. The machine's load is recorded with it: on a
+    shared machine the wall time is longer than on an idle one."""
+    import os
+    import platform
+
+    from xtra.checkpoint import atomic_write_text
+    from xtra.reports import calibration
+
+    size = "fast" if quick else "default"
+    load_before = os.getloadavg()
+    result = calibration.run_suite(size, log=lambda msg: console.print(f"[bold]calibration[/] {msg}"))
+    load_after = os.getloadavg()
+    environment = (f"Measured on {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), shared "
+                   f"with other processes: 1-minute load average {load_before[0]:.1f} at the start, "
+                   f"{load_after[0]:.1f} at the end.")
+    target = CALIBRATION_DOC if not quick else out.parent / "calibration-fast.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(target, json.dumps({**result, "environment": environment}, indent=1, default=str) + "\n")
+    atomic_write_text(target.with_suffix(".md"), calibration.to_markdown(result, environment) + "\n")
+    bad = calibration.failures(result)
+    console.print(f"wrote {target} and {target.with_suffix('.md')} ({result['seconds']:.0f} s); "
+                  + ("every ratio interval within its promise" if not bad else "NOT calibrated: " + "; ".join(bad)))
+    return [{k: v for k, v in row.items() if k != "tags"} for row in result["rows"]]
 
 
 def _probe_tables(probe: dict) -> dict[str, list[dict]]:

@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,42 @@ def _n_params(width: int, depth: int) -> int:
 
 def _config_hash(cfg: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What ``xtra.studydir.write_results`` reads of the runner's spec: its name, preset and swept keys."""
+
+    name: str
+    swept_keys: list[str]
+    preset: str = ""
+
+
+def write_trials(path: str | Path, *, name: str, axes: dict[str, list[Any]], base: dict[str, Any],
+                 trials: Sequence[dict[str, Any]]) -> Path:
+    """Write a study the way the runner does: study.toml, each trial's directory through ``xtra.trialdir``
+    (params.json, then trial.json for a finished trial or an attempt with its error for a failed one),
+    then results.parquet / curves.parquet / probes.parquet through ``xtra.studydir.write_results``, the
+    runner's own writer. A trial: config_hash, trial_id, seed, params (the swept values), and either
+    result (the finished trial's row) or error (a failed trial). Returns the study directory."""
+    from xtra import trialdir as td  # the one owner of the trial-directory layout
+
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    studydir.write_study_toml(root, tomli_w.dumps({"name": name, "description": "synthetic study from a known truth",
+                                                   "base": dict(base), "axes": dict(axes)}))
+    for t in trials:
+        tdir = td.path(root, t["config_hash"])
+        tdir.mkdir(parents=True, exist_ok=True)
+        td.write_params(tdir, study=name, preset=None, trial_id=t["trial_id"], params=t["params"], seed=t["seed"],
+                        config_hash=t["config_hash"])
+        if t.get("error") is None:
+            td.write_result(tdir, t["result"])
+        else:
+            td.record_attempt(tdir, "failed", error=t["error"])
+    spec = _Spec(name=name, swept_keys=[k for k in axes if k != "seed"])
+    studydir.write_results(spec, root, studydir.all_trials(root, running=False))  # type: ignore[arg-type]
+    return root
 
 
 

@@ -1,0 +1,141 @@
+"""The calibration suite: every interval the report prints, run on synthetic studies from a known truth
+(DESIGN.md, contract 15). ``run_suite(size)`` returns one row per interval kind and design: empirical
+coverage of the nominal 95% interval with its Monte Carlo standard error, the rate of "significant"
+(under no effect: a false claim), bias and RMSE of the point estimate. ``failures`` lists the rows that
+break the suite's promises; ``to_markdown`` is docs/calibration-cpu.md. `xtra bench --sections
+calibration` runs it (the default size) and writes both files.
+
+Sizes are data: ``fast`` runs in the tests (seconds), ``default`` is the published one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import laws, ratios
+from .stats import NOMINAL, mc_se  # noqa: F401 - re-exported
+
+COVERAGE_BAND = (0.92, 0.98)  # an interval's measured coverage must fall here (Monte Carlo error allowed)
+MAX_FALSE_SIGNIFICANT = 0.05  # "significant" under no effect at most this often
+
+SIZES: dict[str, dict[str, Any]] = {
+    # the test's size: the ratio designs at 3 seeds that the old percentile bootstrap failed, few law fits
+    "fast": {"ratio_reps": 120, "ratio_draws": 400, "disk_reps": 1, "ratio_seeds": (3,),
+             "ratio_designs": ("samples r=1 n=3", "samples r=1.3 n=3", "samples r=1 n=3, k=2 lacks 60k in one seed",
+                               "samples r=2 n=3, k=2 lacks 60k in one seed"),
+             "law_reps": 2, "law_reps_2d": 1, "law_boot": 10, "law_designs": ("1-D n=3",)},
+    # the published size (docs/calibration-cpu.md): under 10 minutes on 2 shared cores
+    "default": {"ratio_reps": 400, "ratio_draws": 1000, "disk_reps": 2, "ratio_seeds": (3, 5, 10),
+                "ratio_designs": None, "law_reps": 12, "law_reps_2d": 8, "law_boot": 50, "law_designs": None},
+}
+
+
+def run_suite(size: str = "default", estimator: ratios.Estimator = ratios.report_estimator,
+              log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+    """Run every design of `size`; returns {"size", "rows", "seconds"}. `estimator` replaces the report's
+    ratio estimator (the tests run the old percentile bootstrap through it to show the suite fails it)."""
+    if size not in SIZES:
+        raise ValueError(f"calibration size={size!r} is not known (allowed: {', '.join(SIZES)})")
+    cfg = SIZES[size]
+    start = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    chosen = [d for d in ratios.designs(cfg["ratio_seeds"])
+              if cfg["ratio_designs"] is None or d.name in cfg["ratio_designs"]]
+    for i, design in enumerate(chosen):
+        t = time.perf_counter()
+        row = ratios.run_design(design, cfg["ratio_reps"], cfg["ratio_draws"], seed=1000 + i,
+                                disk_reps=cfg["disk_reps"], estimator=estimator)
+        rows.append({**row, "seconds": time.perf_counter() - t})
+        log(_line(rows[-1]))
+    law_designs = [d for d in laws.designs() if cfg["law_designs"] is None or d.name in cfg["law_designs"]]
+    for i, design in enumerate(law_designs):
+        t = time.perf_counter()
+        reps = cfg["law_reps_2d"] if design.two_d else cfg["law_reps"]
+        part = laws.run_design(design, reps, cfg["law_boot"], seed=2000 + i)
+        for row in part:
+            rows.append({**row, "seconds": (time.perf_counter() - t) / len(part)})
+            log(_line(rows[-1]))
+    return {"size": size, "rows": rows, "seconds": time.perf_counter() - start}
+
+
+def _line(row: dict[str, Any]) -> str:
+    sig = "" if row.get("significant") is None else f", significant {100 * row['significant']:.1f}%"
+    return (f"{row['kind']} | {row['design']}: coverage {100 * row['coverage']:.1f}% "
+            f"+- {100 * (row['mc_se'] or 0):.1f}{sig} ({row['reps']} studies, {row['seconds']:.1f} s)")
+
+
+def verdict(row: dict[str, Any]) -> str:
+    """'ok', or what is wrong: coverage outside 92-98% by more than two Monte Carlo standard errors, or
+    'significant' under no effect more than 5% (plus two standard errors) of the time."""
+    cov, se = row["coverage"], row["mc_se"] or 0.0
+    problems = []
+    if not math.isfinite(cov):
+        return "no interval"
+    if cov + 2 * se < COVERAGE_BAND[0]:
+        problems.append(f"under-covers ({100 * cov:.1f}% +- {100 * se:.1f})")
+    elif cov - 2 * se > COVERAGE_BAND[1]:
+        problems.append(f"over-covers ({100 * cov:.1f}% +- {100 * se:.1f}): wider than the data need")
+    if row.get("true") == 1.0 and row.get("significant") is not None:
+        fs = row["significant"]
+        fs_se = math.sqrt(max(fs * (1 - fs), MAX_FALSE_SIGNIFICANT * (1 - MAX_FALSE_SIGNIFICANT)) / row["reps"])
+        if fs - 2 * fs_se > MAX_FALSE_SIGNIFICANT:
+            problems.append(f"'significant' under no effect in {100 * fs:.1f}% of studies")
+    return "; ".join(problems) or "ok"
+
+
+def failures(result: dict[str, Any], kinds: tuple[str, ...] = ("samples ratio", "parameters ratio")) -> list[str]:
+    """The rows of `kinds` whose verdict is not ok (the promises the ratio estimator must keep)."""
+    return [f"{r['kind']} | {r['design']}: {verdict(r)}" for r in result["rows"]
+            if r["kind"] in kinds and verdict(r) != "ok"]
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{100 * v:.1f}"
+
+
+def _num(v: Any) -> str:
+    return "-" if v is None else f"{v:+.3g}" if isinstance(v, float) else str(v)
+
+
+def to_markdown(result: dict[str, Any], environment: str = "") -> str:
+    rows = result["rows"]
+    lines = [f"# Calibration of xtra's intervals ({result['size']} size)", "",
+             "Generated by `xtra bench --sections calibration` (reports/calibration). Each row: one interval kind "
+             "and design, simulated from a known truth; coverage of the nominal 95% interval (an open end extends "
+             "without limit) with its Monte Carlo standard error, how often the sentence says \"significant\" "
+             "(at a true ratio of 1 that is a false claim), bias and RMSE of the point estimate, and the verdict "
+             f"against the promise: coverage within {100 * COVERAGE_BAND[0]:.0f}-{100 * COVERAGE_BAND[1]:.0f}% "
+             f"and false significance at most {100 * MAX_FALSE_SIGNIFICANT:.0f}% (two Monte Carlo standard errors "
+             "allowed). Method and noise models: docs/reports.md#calibrated-intervals.", ""]
+    if environment:
+        lines += [environment, ""]
+    lines += [f"Wall time: {result['seconds']:.0f} s.", ""]
+    ratio_rows = [r for r in rows if r["kind"].endswith("ratio")]
+    if ratio_rows:
+        lines += ["## Efficiency ratios (seed-clustered t-bootstrap)", "",
+                  "| kind | design | true | seeds | budgets | studies | coverage % | ± MC | significant % | "
+                  "censored % | bias (log) | RMSE (log) | budget named | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in ratio_rows:
+            lines.append(f"| {r['kind']} | {r['design']} | {r['true']:g} | {r['seeds']} | {r['points']} | "
+                         f"{r['reps']} | {_pct(r['coverage'])} | {_pct(r['mc_se'])} | {_pct(r['significant'])} | "
+                         f"{_pct(r['censored'])} | {_num(r['bias_log'])} | {_num(r['rmse_log'])} | "
+                         f"{_pct(r['left_out_named'])} | {verdict(r)} |")
+        lines.append("")
+    law_rows = [r for r in rows if "law" in r["kind"]]
+    if law_rows:
+        lines += ["## Law fits (cluster bootstrap over design points; PI: bootstrap fits x s*t draws)", "",
+                  "| kind | design | true | seeds | points | studies | intervals | coverage % | ± MC | bias | RMSE | "
+                  "held-out check rejects the true law % | bootstrap | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in law_rows:
+            true = "-" if r["true"] is None else f"{r['true']:g}"
+            lines.append(f"| {r['kind']} | {r['design']} | {true} | {r['seeds']} | {r['points']} | {r['reps']} | "
+                         f"{r['intervals']} | {_pct(r['coverage'])} | {_pct(r['mc_se'])} | {_num(r['bias'])} | "
+                         f"{_num(r['rmse'])} | {_pct(r.get('held_out_rejects_true_law'))} | {r['n_boot']} | "
+                         f"{verdict(r)} |")
+        lines.append("")
+    return "\n".join(lines)

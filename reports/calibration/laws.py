@@ -1,0 +1,164 @@
+"""Calibration of the law fits: synthetic loss surfaces from known E, A, B, alpha, beta, fitted by the
+report's own estimators (``reports.scaling``), with the coverage of each parameter's 95% interval, of the
+95% prediction interval for a new run at the held-out largest x (or budget), and how often the held-out
+check rejects a true law.
+
+Noise: a per-seed multiplicative offset shared by all of that seed's runs, plus per-run noise (log L).
+The first study of each design is written through the runner's writers and read back through
+``reports.collect``; it must equal the arrays the other studies are fitted from.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..collect import load_study
+from ..scaling import FORMS_1D, FORMS_2D, fit_chinchilla, fit_power_law
+from ..scaling.select import held_out
+from ..synthetic import write_trials
+from .ratios import _hash
+from .stats import mc_se
+
+TRUE_1D = {"E": 0.3, "A": 30.0, "alpha": 0.4}
+TRUE_2D = {"E": 0.3, "A": 60.0, "alpha": 0.35, "B": 40.0, "beta": 0.4}
+
+
+@dataclass(frozen=True)
+class LawDesign:
+    name: str
+    seeds: int
+    xs: tuple[float, ...] = (5e3, 1e4, 2e4, 4e4, 8e4)  # 1-D: samples
+    ns: tuple[float, ...] = ()  # 2-D: parameters (then xs are the sample budgets)
+    seed_sd: float = 0.005  # log L
+    run_sd: float = 0.01
+    tags: tuple[str, ...] = field(default=())
+
+    @property
+    def two_d(self) -> bool:
+        return bool(self.ns)
+
+    @property
+    def truth(self) -> dict[str, float]:
+        return TRUE_2D if self.two_d else TRUE_1D
+
+
+def true_loss(design: LawDesign, N: np.ndarray | None, D: np.ndarray) -> np.ndarray:
+    t = design.truth
+    if design.two_d:
+        assert N is not None
+        return t["E"] + t["A"] / N ** t["alpha"] + t["B"] / D ** t["beta"]
+    return t["E"] + t["A"] * D ** -t["alpha"]
+
+
+def simulate(design: LawDesign, rng: np.random.Generator) -> tuple[np.ndarray | None, np.ndarray, np.ndarray,
+                                                                    np.ndarray]:
+    """(N or None, D, L, seed) of one simulated study: every (N, D) point once per seed."""
+    grid = [(n, d) for n in design.ns for d in design.xs] if design.two_d else [(None, d) for d in design.xs]
+    rows = []
+    for s in range(design.seeds):
+        offset = rng.normal(0.0, design.seed_sd)
+        for n, d in grid:
+            noise = offset + rng.normal(0.0, design.run_sd)
+            rows.append((n or 0.0, d, float(true_loss(design, np.asarray(n) if n else None, np.asarray(d))
+                                           * math.exp(noise)), s))
+    arr = np.asarray(rows, dtype=float)
+    return (arr[:, 0] if design.two_d else None), arr[:, 1], arr[:, 2], arr[:, 3].astype(int)
+
+
+def _round_trip(design: LawDesign, N: np.ndarray | None, D: np.ndarray, L: np.ndarray, seeds: np.ndarray,
+                tmp: Path) -> None:
+    """Write the study through the runner's writers, read it back through collect: same points."""
+    trials = []
+    for i, (d, loss, s) in enumerate(zip(D, L, seeds)):
+        n = int(N[i]) if N is not None else 1_000_000
+        params = {"pretrain.samples": int(d)} | ({"model.width": int(math.sqrt(n))} if N is not None else {})
+        trials.append({"config_hash": _hash(design.name, i), "trial_id": f"t{i}", "seed": int(s),
+                       "params": params, "result": {"block_size": 1, "width": int(math.sqrt(n)), "depth": 4,
+                                                    "n_params": n + 1000, "n_params_encoder": n,
+                                                    "flops_per_image": 1e9, "samples_seen": int(d),
+                                                    "train_loss": loss, "val_loss": loss, "wall_s": 1.0}})
+    axes: dict[str, list[Any]] = {"pretrain.samples": sorted({int(d) for d in D}),
+                                  "seed": sorted({int(s) for s in seeds})}
+    if N is not None:
+        axes["model.width"] = sorted({int(math.sqrt(int(n))) for n in N})
+    root = write_trials(tmp / design.name.replace(" ", "-"), name="law", axes=axes,
+                        base={"pretrain.samples": int(D.max())}, trials=trials)
+    fin = load_study(root).finished
+    cols = ["n_params_encoder", "samples_seen", "val_loss"] if N is not None else ["samples_seen", "val_loss"]
+    back = fin.select(cols).sort(cols[:-1] + ["val_loss"]).to_numpy()
+    mine = np.column_stack(([N.astype(int)] if N is not None else []) + [D.astype(int), L])
+    mine = mine[np.lexsort(tuple(mine[:, j] for j in reversed(range(mine.shape[1]))))]
+    if back.shape != mine.shape or not np.allclose(back, mine, rtol=1e-12):
+        raise AssertionError(f"calibration: {design.name}: the points read back through collect differ from the "
+                             "simulated ones")
+
+
+def run_design(design: LawDesign, reps: int, n_boot: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Simulate `reps` studies, fit each with the report's estimator, and return one result per interval
+    kind: each parameter's 95% interval, the 95% prediction interval of a new run at the held-out largest
+    budget (fitted without it), and the rate at which the held-out check rejects the true law."""
+    rng = np.random.default_rng(seed)
+    truth = design.truth
+    hits: dict[str, list[bool]] = {k: [] for k in truth}
+    errors: dict[str, list[float]] = {k: [] for k in truth}
+    pi_hits: list[bool] = []
+    rejected: list[bool] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(reps):
+            N, D, L, seeds = simulate(design, rng)
+            if rep == 0:
+                _round_trip(design, N, D, L, seeds, Path(tmp))
+            if design.two_d:
+                assert N is not None
+                fit = fit_chinchilla(N, D, L, n_boot=n_boot, seed=rep)
+                X = np.column_stack([N, D])
+                form = FORMS_2D[0]
+            else:
+                fit = fit_power_law(D, L, n_boot=n_boot, seed=rep)
+                X = D[:, None]
+                form = FORMS_1D[0]
+            for k, v in truth.items():
+                lo, hi = fit.ci[k]
+                hits[k].append(bool(lo <= v <= hi))
+                errors[k].append(fit.params[k] - v)
+            mask = D == D.max()
+            h = held_out(form, X, L, mask, "the largest budget", n_boot=n_boot, seed=rep)
+            if not isinstance(h, str) and h.has_interval:
+                # a new run at each held-out point, from the truth and the noise model
+                new = true_loss(design, X[mask, 0] if design.two_d else None, X[mask, -1]) * np.exp(
+                    rng.normal(0.0, design.seed_sd) + rng.normal(0.0, design.run_sd, int(mask.sum())))
+                pi_hits += ((h.lo <= new) & (new <= h.hi)).tolist()
+                rejected.append(bool(np.mean(h.inside) < 0.5))
+    kind = "2-D law" if design.two_d else "1-D law"
+    out = []
+    for k in truth:
+        out.append(_summary(f"{kind}: {k}", design, reps, hits[k], errors[k], truth[k], n_boot))
+    out.append(_summary(f"{kind}: 95% PI of a new run at the held-out largest budget", design, reps, pi_hits, [],
+                        None, n_boot, extra={"held_out_rejects_true_law": float(np.mean(rejected)) if rejected
+                                             else None}))
+    return out
+
+
+def _summary(kind: str, design: LawDesign, reps: int, hits: list[bool], errors: list[float], truth: float | None,
+             n_boot: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    n = len(hits)
+    cov = float(np.mean(hits)) if n else float("nan")
+    err = np.asarray(errors, dtype=float)
+    return {"kind": kind, "design": design.name, "true": truth, "seeds": design.seeds,
+            "points": len(design.xs) * max(1, len(design.ns)), "reps": reps, "intervals": n, "coverage": cov,
+            "mc_se": mc_se(cov, n) if n else None, "significant": None,
+            "bias": float(err.mean()) if err.size else None,
+            "rmse": float(np.sqrt(np.mean(err**2))) if err.size else None, "n_boot": n_boot,
+            **(extra or {}), "tags": list(design.tags)}
+
+
+def designs(seeds: tuple[int, ...] = (3, 5, 10)) -> list[LawDesign]:
+    out = [LawDesign(f"1-D n={n}", n) for n in seeds]
+    out += [LawDesign("2-D n=3", 3, xs=(1e4, 3e4, 1e5), ns=(1e6, 3e6, 1e7))]
+    return out

@@ -1,0 +1,62 @@
+"""The calibration suite at its fast size: the report's ratio intervals keep their promise (coverage of
+the nominal 95% within 92-98%, "significant" under no effect at most 5%, an open end never significant),
+and the suite fails the estimator they replaced (a percentile bootstrap over seeds and a significant()
+that let an open lower end above 1 count), which lives only here, to show the suite can fail."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from xtra.reports import calibration
+from xtra.reports import efficiency as eff
+
+
+def _old_significant(lo, hi, lo_open, hi_open):  # before #33: an open lower end above 1 counted
+    if lo is None or hi is None:
+        return None
+    return (lo > 1 and not (lo_open and lo <= 1)) or (hi < 1 and not hi_open)
+
+
+def _old_percentile_bootstrap(rows: pl.DataFrame, what: str, n_draws: int, seed: int) -> pl.DataFrame:
+    """The estimator before #33: seeds resampled with replacement within each curve, percentile interval."""
+    x = "samples" if what == "samples" else "params"
+    bx, bm, _ = eff._matrix(rows.filter(pl.col("block_size") == 1), x, "top1", "block_size", "config_hash")
+    ox, om, _ = eff._matrix(rows.filter(pl.col("block_size") == 2), x, "top1", "block_size", "config_hash")
+    rng = np.random.default_rng(seed)
+    point = eff._ratio(bx, bm.mean(axis=0), ox, om.mean(axis=0))
+    values, statuses = [], []
+    for _ in range(n_draws):
+        r = eff._ratio(bx, bm[rng.integers(0, len(bm), len(bm))].mean(axis=0), ox,
+                       om[rng.integers(0, len(om), len(om))].mean(axis=0))
+        values.append(r["value"])
+        statuses.append(r["status"])
+    ci = eff.censored_interval(np.asarray(values), statuses)
+    return pl.DataFrame([{"status": point["status"], "ratio": point["ratio"], "ratio_lo": ci["lo"],
+                          "ratio_hi": ci["hi"], "lo_open": ci["lo_open"], "hi_open": ci["hi_open"],
+                          "significant": _old_significant(ci["lo"], ci["hi"], ci["lo_open"], ci["hi_open"]),
+                          "left_out": None}])
+
+
+def test_the_report_ratio_intervals_pass_the_fast_calibration() -> None:
+    result = calibration.run_suite("fast")
+    assert calibration.failures(result) == []
+    rows = {(r["kind"], r["design"]): r for r in result["rows"]}
+    no_effect = rows[("samples ratio", "samples r=1 n=3")]
+    assert 0.92 - 2 * no_effect["mc_se"] <= no_effect["coverage"] and no_effect["significant"] <= 0.05
+    # a lost trial moves k=2's curve: every study names the budget it left out, none claims an effect
+    lost = rows[("samples ratio", "samples r=1 n=3, k=2 lacks 60k in one seed")]
+    assert lost["left_out_named"] == 1.0 and lost["significant"] == 0.0
+    assert {r["kind"] for r in result["rows"]} >= {"1-D law: alpha", "1-D law: 95% PI of a new run at the held-out "
+                                                                     "largest budget"}
+    page = calibration.to_markdown(result)
+    assert "| samples ratio | samples r=1.3 n=3 | 1.3 | 3 | 4 | 120 |" in page and "| ok |" in page
+
+
+def test_the_suite_fails_the_old_percentile_bootstrap_and_significant() -> None:
+    result = calibration.run_suite("fast", estimator=_old_percentile_bootstrap)
+    bad = "\n".join(calibration.failures(result))
+    # with 3 seeds a resampled mean stays between the lowest and highest seed: too narrow an interval
+    assert "samples r=1.3 n=3: under-covers" in bad, bad
+    # an open lower end at the censoring bound 2 (k=2 lost its 60k budget) was called significant
+    assert "samples r=1 n=3, k=2 lacks 60k in one seed: " in bad and "'significant' under no effect" in bad, bad
