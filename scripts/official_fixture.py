@@ -13,10 +13,15 @@ attributes (`enc`, `proj`, `predictor`, `aim_proj`, `args`). Nothing of the offi
 into this repository; only its outputs are saved, with the commit that produced them.
 
 Written: `lightning-k{1,2,4}.ckpt` (the Lightning layout: `state_dict` + flattened
-`hyper_parameters`), `deepspeed-k2.pt` (the DeepSpeed model-states layout: `module` with Lightning's
-`_forward_module.` wrapper prefix, and an fp16 loss-scaler object pickled under DeepSpeed's class
-name, as such files hold; the class is a plain record made here, not DeepSpeed's), `outputs.pt`
-(inputs and every official output), `meta.json` (commit, config).
+`hyper_parameters`), `lightning-pseudo-k2.ckpt` (the pseudo-random order of
+`config/ablations/ar_pattern/pesudo_random.yaml`: its orders come from the official
+`create_random_permutations` in `src/utils/utils.py`, taken from the source by `ast` like the methods),
+`lightning-causal-2x.ckpt` (the multi-token control of `config/ablations/block/block_2x16x16.yaml`: a
+causal, not block-causal, encoder and predictor with two heads ahead), `deepspeed-k2.pt` (the
+DeepSpeed model-states layout: `module` with Lightning's `_forward_module.` wrapper prefix, and an
+fp16 loss-scaler object pickled under DeepSpeed's class name, as such files hold; the class is a plain
+record made here, not DeepSpeed's), `outputs.pt` (inputs and every official output), `meta.json`
+(commit, config).
 """
 
 from __future__ import annotations
@@ -80,6 +85,14 @@ def class_source(source: str, cls: str, namespace: dict) -> type:
     return namespace[cls]
 
 
+def function_source(source: str, name: str, namespace: dict):
+    """A module-level function of `source`, compiled from the official text as written."""
+    tree = ast.parse(source)
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    exec(compile(ast.get_source_segment(source, node), f"<official {name}>", "exec"), namespace)  # noqa: S102
+    return namespace[name]
+
+
 def flat_hparams(config: dict, prefix: str = "") -> dict:
     """The official `Config` flattening: nested keys joined by '_' (what Lightning saves)."""
     out = {}
@@ -91,16 +104,18 @@ def flat_hparams(config: dict, prefix: str = "") -> dict:
     return out
 
 
-def official_config(k: int) -> dict:
+def official_config(k: int, pseudo_random: bool = False, causal: bool = False) -> dict:
+    """The tiny config at block size k; `pseudo_random` as the order ablation sets it, `causal` as the
+    block ablation's 2x16x16 sets it (is_causal instead of is_block_causal: one patch per step)."""
     t = TINY
+    mask = {"is_block_causal": False, "is_causal": True} if causal else {"is_block_causal": True}
     return {
         "seed": 0, "name": "fixture-tiny",
         "enc": {"arch": "vit_tiny_fixture", "num_heads": t["num_heads"], "img_size": [t["img_size"]],
-                "patch_size": t["patch_size"], "is_block_causal": True, "block_size": k, "drop_path_rate": 0.1},
+                "patch_size": t["patch_size"], **mask, "block_size": k, "drop_path_rate": 0.1},
         "proj": {"hidden_dim": t["proj_hidden"], "out_dim": t["pred_width"], "in_bn": False, "nlayers": 2},
-        "predictor": {"is_block_causal": True, "block_size": k, "num_heads": t["pred_num_heads"],
-                      "depth": t["pred_depth"]},
-        "aim": {"num_tokens": t["next_heads"], "norm_pix_loss": True, "alpha": 1.0, "pseudo_random": False,
+        "predictor": {**mask, "block_size": k, "num_heads": t["pred_num_heads"], "depth": t["pred_depth"]},
+        "aim": {"num_tokens": t["next_heads"], "norm_pix_loss": True, "alpha": 1.0, "pseudo_random": pseudo_random,
                 "proj": {"hidden_dim": t["head_hidden"], "in_bn": False, "nlayers": 2, "out_bias": True}},
         "dataset": {"cifar10": {"use": True, "root": "./data/cifar10/"}},
         "train": {"batch_size": BATCH},
@@ -117,25 +132,31 @@ class Args(types.SimpleNamespace):
 class Holder(nn.Module):
     """The attributes the official XTRA LightningModule's methods read, built as its __init__ does."""
 
-    def __init__(self, vit, mlp, hp: dict):
+    def __init__(self, vit, mlp, hp: dict, create_random_permutations=None):
         super().__init__()
         t = TINY
         norm = lambda dim: nn.LayerNorm(dim, eps=1e-6)  # noqa: E731 - the official factories' norm_layer
         self.args = Args(**hp)
+        enc_mask = dict(is_block_causal=hp["enc_is_block_causal"], is_causal=bool(hp.get("enc_is_causal")))
+        pred_mask = dict(is_block_causal=hp["predictor_is_block_causal"],
+                         is_causal=bool(hp.get("predictor_is_causal")))
         self.enc = vit.VisionTransformer(img_size=[t["img_size"]], patch_size=t["patch_size"], embed_dim=t["width"],
                                          depth=t["depth"], num_heads=t["num_heads"], mlp_ratio=4, qkv_bias=True,
-                                         norm_layer=norm, is_block_causal=True, block_size=hp["enc_block_size"],
+                                         norm_layer=norm, **enc_mask, block_size=hp["enc_block_size"],
                                          drop_path_rate=hp["enc_drop_path_rate"])
         self.proj = mlp.MLPHead(in_dim=self.enc.d_model, hidden_dim=t["proj_hidden"], out_dim=t["pred_width"],
                                 in_bn=False, nlayers=2)
         self.predictor = vit.vit_predictor(embed_dim=t["pred_width"], max_seq_len=self.enc.max_seq_len,
-                                           is_block_causal=True, block_size=hp["predictor_block_size"],
+                                           **pred_mask, block_size=hp["predictor_block_size"],
                                            num_heads=t["pred_num_heads"], depth=t["pred_depth"])
-        k = hp["enc_block_size"]
+        k = hp["enc_block_size"] if hp["enc_is_block_causal"] else 1  # as the official mlp_in_dim
         self.aim_proj = nn.ModuleList(
             mlp.MLPHead(in_dim=t["pred_width"] * k**2, out_dim=int(3 * self.enc.crop_size**2),
                         hidden_dim=t["head_hidden"], in_bn=False, nlayers=2, out_bias=True)
             for _ in range(t["next_heads"]))
+        if hp["aim_pseudo_random"]:  # as the official __init__: one order per block, seeded by the run's seed
+            num_crops = int((self.enc.img_size[0] / self.enc.crop_size) ** 2)
+            self.perms, self.block_perms = create_random_permutations(num_crops, self.enc.max_seq_len, hp["seed"])
         self.trainer = types.SimpleNamespace(precision="32-true")
         self.logged: dict = {}
 
@@ -174,6 +195,8 @@ def main() -> None:
                             {"torch": torch, "nn": nn, "Optional": Optional, "Any": Any, "Tuple": tuple})
     for name, fn in methods.items():
         setattr(Holder, name, fn)
+    create_random_permutations = function_source(git_show(args.mirror, commit, "src/utils/utils.py"),
+                                                 "create_random_permutations", {"torch": torch, "math": math})
 
     args.out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(0)
@@ -194,18 +217,61 @@ def main() -> None:
             "preds": [model.forward(images, aim_idx=j) for j in range(TINY["next_heads"])],
             "loss": loss.detach().clone(),
         }
-        ckpt = {"epoch": 3, "global_step": 42, "pytorch-lightning_version": "2.1.0", "state_dict": model.state_dict(),
-                "hparams_name": "kwargs", "hyper_parameters": hp, "optimizer_states": [], "lr_schedulers": [],
-                "callbacks": {}, "loops": {}}
-        torch.save(ckpt, args.out / f"lightning-k{k}.ckpt")
+        torch.save(_lightning(model, hp), args.out / f"lightning-k{k}.ckpt")
         if k == 2:
             save_deepspeed(args.out / "deepspeed-k2.pt", model, hp)
             outputs["probe"] = probe_outputs(model, images, pool_cls, gen)
+    outputs["pseudo"] = pseudo_random_outputs(vit, mlp, create_random_permutations, images, gen, args.out)
+    outputs["causal"] = causal_outputs(vit, mlp, images, gen, args.out)
     torch.save(outputs, args.out / "outputs.pt")
     meta = {"repository": "github.com/elad-amrani/xtra", "commit": commit, "tiny": TINY, "batch": BATCH,
             "classes": CLASSES, "attentive_heads": PROBE_HEADS, "generator": "scripts/official_fixture.py"}
     (args.out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"wrote {args.out} from commit {commit}")
+
+
+def _lightning(model: nn.Module, hp: dict) -> dict:
+    return {"epoch": 3, "global_step": 42, "pytorch-lightning_version": "2.1.0", "state_dict": model.state_dict(),
+            "hparams_name": "kwargs", "hyper_parameters": hp, "optimizer_states": [], "lr_schedulers": [],
+            "callbacks": {}, "loops": {}}
+
+
+PSEUDO_K, PSEUDO_DRAWN = 2, 5  # 16 blocks, so 16 orders; the loss under order 0 (validation) and one drawn one
+
+
+def pseudo_random_outputs(vit, mlp, create_random_permutations, images, gen, out: Path) -> dict:
+    """The order ablation's model (pseudo_random: True, k = 2): its official orders, its validation loss
+    (order 0, as `choose_perm` picks when not training), its loss under another order, and the features
+    the official Classifier reads (`forward_return_n_last_blocks`: no permutation, raster order)."""
+    hp = flat_hparams(official_config(PSEUDO_K, pseudo_random=True))
+    torch.manual_seed(10)
+    model = Holder(vit, mlp, hp, create_random_permutations)
+    randomize(model, gen)
+    model.eval()
+    model.training = False
+    result = {"perms": model.perms.clone(), "block_perms": model.block_perms.clone(), "drawn": PSEUDO_DRAWN,
+              "loss": model._step((images, None)).detach().clone(),
+              "raw_last": model.enc.forward_return_n_last_blocks(images, n=1, norm_output=False)}
+    model.choose_perm = lambda: (model.perms[PSEUDO_DRAWN], model.block_perms[PSEUDO_DRAWN])  # a training draw
+    result["loss_drawn"] = model._step((images, None)).detach().clone()
+    torch.save(_lightning(model, hp), out / "lightning-pseudo-k2.ckpt")
+    return result
+
+
+def causal_outputs(vit, mlp, images, gen, out: Path) -> dict:
+    """The multi-token control (block_2x16x16): causal encoder and predictor (k = 1), two heads ahead."""
+    # block_size stays at config/base.yaml's 4, as block_2x16x16.yaml leaves it: unused under is_causal.
+    hp = flat_hparams(official_config(4, causal=True))
+    torch.manual_seed(11)
+    model = Holder(vit, mlp, hp)
+    randomize(model, gen)
+    model.eval()
+    model.training = False
+    result = {"loss": model._step((images, None)).detach().clone(),
+              "raw_last": model.enc.forward_return_n_last_blocks(images, n=1, norm_output=False),
+              "preds": [model.forward(images, aim_idx=j) for j in range(TINY["next_heads"])]}
+    torch.save(_lightning(model, hp), out / "lightning-causal-2x.ckpt")
+    return result
 
 
 def probe_outputs(model: Holder, images: torch.Tensor, pool_cls: type, gen: torch.Generator) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from xtra import studydir
-from xtra.config import SIZES, TrialConfig, _coerce, model_config, override
+from xtra.config import SIZES, TrialConfig, _coerce, model_config, override, recorded_values
 from xtra.studies.parse import (
     _LEAVES,
     MAX_TRIALS,
@@ -278,6 +278,15 @@ def load_study(path_or_name: str | Path, preset: str | None = None, sets: dict[s
         seeds_val, seeds_label = seeds, f"{src}: --seeds"
     if "zip" in raw:
         axes = _apply_zip(axes, raw["zip"], f"{src}: zip", axis_labels)
+
+    # Keys that changed what a trial trains (xtra.config.LEGACY_VALUES): a resolved study.toml that lacks
+    # one was run before it existed, so its trials keep the rule they were trained under; a study
+    # resolved now records today's default, so it resumes under the same rule.
+    swept = {k for axis in axes.values() for k in axis.keys}
+    swept |= set(_flatten_space(search_node.get("space", {}))) if search_node else set()
+    for key, value in recorded_values(stored="preset" in raw).items():
+        if key not in base and key not in swept:
+            base[key], labels[key] = value, f"{src}: {key} (recorded)"
 
     # -- validate -------------------------------------------------------------------------------
     if not isinstance(size, str) or size not in SIZES:

@@ -6,7 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from xtra.config import model_config
 from xtra.costs import flops_per_image, n_params, n_params_encoder
-from xtra.model import XTRA, block_crops, block_orders
+from xtra.model import XTRA, _token_order, block_crops, block_orders, parameter_groups
 
 
 def _tiny(**kw):
@@ -129,3 +129,55 @@ def test_activation_checkpointing_is_the_same_function_with_the_same_gradients()
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(g0, g1))
     base = override(TrialConfig(), {"model.activation_checkpointing": True})
     assert base.config_hash() == TrialConfig().config_hash()  # a resource, not identity
+
+
+def test_patch_embedding_is_kaiming_normal_fan_in_relu_as_official():
+    """vit.py: nn.init.kaiming_normal_(mode='fan_in', nonlinearity='relu'), bias 0: std sqrt(2 / fan_in),
+    normal (about 32% of the values beyond one std, where a uniform init has 42%)."""
+    cfg = model_config("cpu-m", patch_size=8)  # 192 x 64 = 12,288 weights, fan_in 64
+    torch.manual_seed(0)
+    weight = XTRA(cfg).encoder.patch_embed.proj.weight.detach()
+    std = (2 / (cfg.channels * cfg.patch_size**2)) ** 0.5
+    assert weight.std().item() == pytest.approx(std, rel=0.03)
+    assert (weight.abs() > std).float().mean().item() == pytest.approx(0.317, abs=0.02)
+    torch.manual_seed(0)
+    legacy = XTRA(model_config("cpu-m", patch_size=8, patch_init="xavier")).encoder.patch_embed.proj.weight.detach()
+    bound = (6 / (cfg.channels * cfg.patch_size**2 + cfg.width)) ** 0.5  # Xavier-uniform over (out, in)
+    assert legacy.abs().max().item() <= bound and legacy.std().item() == pytest.approx(bound / 3**0.5, rel=0.03)
+
+
+def test_weight_decay_exempts_only_biases_and_1d_tensors_as_official():
+    """utils.py param_groups: no decay for 'bias' names and 1-D tensors, so pos_embed is decayed."""
+    from xtra.config import PretrainConfig
+    from xtra.pretrain import make_optimizer
+
+    model = XTRA(_tiny(block_size=2, next_heads=2))
+    names = {id(p): n for n, p in model.named_parameters()}
+    for groups in (parameter_groups(model, 0.05), make_optimizer(model, PretrainConfig()).param_groups):
+        decayed = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+        exempt = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+        assert {"encoder.pos", "predictor.pos", "encoder.patch_embed.proj.weight"} <= decayed
+        assert exempt == {n for n, p in model.named_parameters() if p.ndim == 1}
+    legacy = make_optimizer(model, PretrainConfig(decay_positions=False)).param_groups
+    assert {"encoder.pos", "predictor.pos"} <= {names[id(p)] for g in legacy if g["weight_decay"] == 0
+                                               for p in g["params"]}
+
+
+@pytest.mark.parametrize("order", ["pseudo-random", "random"])
+def test_probe_features_are_in_raster_block_order_whatever_the_training_order(order):
+    """The official Classifier reads the encoder unpermuted; the training order only permutes the
+    tokens, so an ordered model's features equal the same weights' features in raster order."""
+    cfg = _tiny(patch_size=4, block_size=2, order=order)  # 16 blocks, 16 orders
+    torch.manual_seed(0)
+    model = XTRA(cfg).eval()
+    raster = XTRA(model_config("tiny", patch_size=4, block_size=2)).eval()
+    raster.load_state_dict(model.state_dict())
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        got = model.encoder.features(x, layers=(1, -1), norm=False)
+        want = raster.encoder.features(x, layers=(1, -1), norm=False)
+        first_order = model.encoder(x, _token_order(cfg, 0, "cpu"), 4)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    if order == "pseudo-random":  # its first training order is not raster: the old probing order differs
+        assert not torch.allclose(first_order, raster.encoder(x, _token_order(raster.cfg, 0, "cpu"), 4))

@@ -11,8 +11,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from xtra.attention import block_major_order
 from xtra.checkpoint import load_checkpoint
-from xtra.model import XTRA, _token_order
+from xtra.model import XTRA, _token_order, pseudo_random_orders
 from xtra.official import OfficialCheckpointError, import_official, infer_config, read_official, to_xtra_state
 from xtra.probe import AttentiveHead, LinearHead
 
@@ -61,6 +62,57 @@ def test_import_reproduces_the_official_outputs(k):
         official = ref["preds"][j][:, : cfg.n_blocks - 1 - j]
         torch.testing.assert_close(_to_official_pixels(pred, k * cfg.patch_size), official, **TOL)
     torch.testing.assert_close(loss, ref["loss"], **TOL)
+
+
+def test_pseudo_random_orders_are_the_official_ones():
+    """The order ablation's orders (config/ablations/ar_pattern/pesudo_random.yaml) equal the official
+    `create_random_permutations` for the same seed: one order per block, none sharing a prefix."""
+    ref = OUT["pseudo"]
+    cfg = _model(FIXTURE / "lightning-pseudo-k2.ckpt").cfg
+    assert (cfg.order, cfg.n_orders, cfg.order_seed, cfg.n_blocks) == ("pseudo-random", 16, 0, 16)
+    assert torch.equal(pseudo_random_orders(cfg.n_blocks, cfg.n_orders, cfg.order_seed), ref["block_perms"])
+
+
+def test_pseudo_random_import_trains_in_its_orders_and_probes_in_raster_order():
+    """Its loss under order 0 (the official validation order) and under a drawn order equals the official
+    one; its probe features are the official Classifier's: no permutation, raster block order."""
+    model, ref, images = _model(FIXTURE / "lightning-pseudo-k2.ckpt"), OUT["pseudo"], OUT["images"]
+    cfg = model.cfg
+    with torch.no_grad():
+        torch.testing.assert_close(model(images, 0), ref["loss"], **TOL)
+        torch.testing.assert_close(model(images, ref["drawn"]), ref["loss_drawn"], **TOL)
+        raw, = model.encoder.features(images, layers=(-1,), norm=False)
+    back = torch.argsort(block_major_order(cfg.grid, cfg.block_size))  # block-major (raster blocks) -> raster
+    torch.testing.assert_close(raw[:, back], ref["raw_last"], **TOL)
+
+
+def test_the_multi_token_control_imports_and_reproduces_the_official_outputs():
+    """block_2x16x16: a causal (not block-causal) encoder and predictor with two heads ahead is xtra's
+    block size 1 with next_heads = 2."""
+    model, ref, images = _model(FIXTURE / "lightning-causal-2x.ckpt"), OUT["causal"], OUT["images"]
+    cfg = model.cfg
+    assert (cfg.block_size, cfg.next_heads, cfg.order) == (1, 2, "raster")
+    with torch.no_grad():
+        raw, = model.encoder.features(images, layers=(-1,), norm=False)
+        preds = model._predict_all(images, 0)
+        torch.testing.assert_close(model(images), ref["loss"], **TOL)
+    torch.testing.assert_close(raw, ref["raw_last"], **TOL)  # k = 1: block-major is raster
+    for j, pred in enumerate(preds):
+        official = ref["preds"][j][:, : cfg.n_blocks - 1 - j]
+        torch.testing.assert_close(_to_official_pixels(pred, cfg.patch_size), official, **TOL)
+
+
+def test_the_multi_token_study_holds_the_official_block_ablation():
+    """config/ablations/block/: NxHxW = N heads ahead, H x W pixel blocks on ViT-B/16's 16 px patches;
+    1x16x16 and 2x16x16 (k = 1, causal) are the control that separates 'a block' from 'several targets'."""
+    from xtra.studies.load import load_study
+
+    official = {(1, 1), (2, 1), (1, 2), (2, 2), (1, 4), (2, 4)}  # (heads, k): 1x/2x {16,32,64}
+    paper = load_study("multi-token", preset="paper")
+    assert paper.size == "vit-b/16"
+    assert {(s.config.model.next_heads, s.config.model.block_size) for s in paper.expand()} == official
+    cpu = load_study("multi-token", preset="cpu")
+    assert {(1, 2), (2, 1)} <= {(s.config.model.next_heads, s.config.model.block_size) for s in cpu.expand()}
 
 
 def test_deepspeed_layout_imports_the_same_weights():

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from xtra.config import with_legacy_values
 from xtra.fileio import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: F401 - re-exported
 from xtra.trialdir import CHECKPOINT  # file names: trialdir is their one owner
 
@@ -52,4 +53,6 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
                               f"{str(err).splitlines()[0][:160]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
         raise CheckpointError(f"{path}: not an xtra checkpoint (format {FORMAT} with a 'model' entry expected)")
+    if isinstance(state.get("config"), dict):  # written before a key of LEGACY_VALUES: its legacy value
+        state["config"] = with_legacy_values(state["config"])
     return state

@@ -43,6 +43,7 @@ def _positive(obj: Any, *names: str) -> None:
 ATTENTION_BACKENDS = ("auto", "sdpa", "math", "flex", "xformers")
 LOSSES = ("l2", "l1")
 ORDERS = ("raster", "random", "pseudo-random")
+PATCH_INITS = ("kaiming", "xavier")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ class ModelConfig:
     n_orders: int = 16
     order_seed: int = 0
     attention: str = "auto"
+    # The patch embedding's init: kaiming = the official vit.py (Kaiming-normal, fan_in, ReLU gain);
+    # xavier = xtra's before it matched (LEGACY_VALUES: trials trained under it keep it).
+    patch_init: str = "kaiming"
     # Recompute each block's activations in the backward pass (memory for compute: vit-h/14 needs it
     # on one GPU at useful batch sizes). The same function, so a resource, not identity.
     activation_checkpointing: bool = False
@@ -105,6 +109,7 @@ class ModelConfig:
                  f"model.n_orders={self.n_orders} exceeds the {self.n_blocks} blocks: order='pseudo-random' gives "
                  f"each order its own first block (allowed: 1..{self.n_blocks})")
         _one_of("model.attention", self.attention, ATTENTION_BACKENDS)
+        _one_of("model.patch_init", self.patch_init, PATCH_INITS)
 
     @property
     def grid(self) -> int:
@@ -181,6 +186,9 @@ class PretrainConfig:
     warmup_samples: int = 6_000
     warmup_start_lr: float = 1e-6
     weight_decay: float = 0.05
+    # AdamW decays the positional embeddings too, as the official optimizer (it exempts only biases and
+    # 1-D tensors); false = xtra's rule before it matched (LEGACY_VALUES: trials trained under it keep it).
+    decay_positions: bool = True
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
@@ -409,6 +417,10 @@ class TrialConfig:
         protocol re-probes finished checkpoints instead of pretraining again."""
         probe = {k: v for k, v in dataclasses.asdict(self.probe).items() if f"probe.{k}" not in RESOURCE_KEYS
                  and not (k in PROBE_KEYS_IF_SET and v == getattr(_PROBE_DEFAULTS, k))}
+        if self.model.order == "pseudo-random":
+            # Probed in raster order, as the official Classifier (before: in the first training order,
+            # which is random for this order only), so such trials are probed again, never pretrained.
+            probe["block_order"] = "raster"
         return _digest({"pretrain": self.config_hash(), "probe": probe})
 
 
@@ -431,7 +443,38 @@ RESOURCE_KEYS = frozenset({
 PROBE_KEYS_IF_SET = ("linear_max_iter", "feature_dtype")
 _PROBE_DEFAULTS = ProbeConfig()
 
+# Keys that changed what a trial trains after trials existed, with the value every earlier trial had
+# (the official rules came in with issue #34). Such a key enters the identity only when it differs from
+# that value, so earlier trials keep their hashes; a config stored before the key existed (a trial's
+# config.json, a checkpoint, a resolved study.toml) is read with that value, so an earlier study
+# resumes unchanged and never mixes trials of both rules. A study resolved now records today's default.
+LEGACY_VALUES: dict[str, Any] = {"model.patch_init": "xavier", "pretrain.decay_positions": False}
+
 PATH_PREFIXES = ("imagefolder:", "wds:")
+
+
+def _is_legacy(key: str, value: Any) -> bool:
+    return key in LEGACY_VALUES and LEGACY_VALUES[key] == value and type(LEGACY_VALUES[key]) is type(value)
+
+
+def with_legacy_values(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored config ({"model": {...}, "pretrain": {...}, ...}) with each LEGACY_VALUES key it
+    predates filled in with its legacy value (sections it lacks stay absent)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in stored.items()}
+    for key, value in LEGACY_VALUES.items():
+        section, leaf = key.split(".")
+        if isinstance(out.get(section), dict):
+            out[section].setdefault(leaf, value)
+    return out
+
+
+def recorded_values(stored: bool) -> dict[str, Any]:
+    """What a study spec that does not set a LEGACY_VALUES key records for it: the legacy value when
+    the spec was stored (a resolved study.toml) before the key existed, else today's default."""
+    if stored:
+        return dict(LEGACY_VALUES)
+    defaults = TrialConfig()
+    return {key: getattr(getattr(defaults, key.split(".")[0]), key.split(".")[1]) for key in LEGACY_VALUES}
 
 
 def data_identity(data: DataConfig) -> dict[str, Any]:
@@ -448,7 +491,8 @@ def data_identity(data: DataConfig) -> dict[str, Any]:
 
 def pretrain_identity(cfg: TrialConfig) -> dict[str, Any]:
     def section(name: str, obj: Any) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(obj).items() if f"{name}.{k}" not in RESOURCE_KEYS}
+        return {k: v for k, v in dataclasses.asdict(obj).items()
+                if f"{name}.{k}" not in RESOURCE_KEYS and not _is_legacy(f"{name}.{k}", v)}
 
     pretrain = section("pretrain", cfg.pretrain)
     if cfg.pretrain.init:  # the initial weights define the science: their content, never their path
@@ -489,11 +533,15 @@ SIZES: dict[str, dict[str, Any]] = {
                   proj_hidden=384, pred_width=96, pred_depth=2, pred_num_heads=3, head_hidden=384),
     "cpu-m": dict(img_size=32, patch_size=4, channels=1, width=192, depth=6, num_heads=6,
                   proj_hidden=768, pred_width=192, pred_depth=3, pred_num_heads=6, head_hidden=768),
-    # ViT-B/16 at 256 px: projection 4096 -> 384, predictor depth 8 heads 6, pixel head 6144.
+    # ViT-B/16 at 256 px: projection 4096 -> 384, predictor depth 8 heads 6, pixel head 6144 (the official
+    # ablation configs, config/ablations/); k = 4 (16 blocks of 4x4 patches) as every official ViT-B
+    # config (config/base.yaml's enc.block_size, which the ablation baseline and xtra_b_in1k_pt keep).
     "vit-b/16": dict(img_size=256, patch_size=16, channels=3, width=768, depth=12, num_heads=12,
-                     proj_hidden=4096, pred_width=384, pred_depth=8, pred_num_heads=6, head_hidden=6144),
+                     proj_hidden=4096, pred_width=384, pred_depth=8, pred_num_heads=6, head_hidden=6144,
+                     block_size=4),
     # ViT-H/14 at 224 px: projection 5120 -> 640 (the official config), predictor heads 8, pixel head 9408;
-    # drop path 0.2 and k = 4 (16 blocks of 4x4 patches) as the official run (config/pretrain/xtra_h_in21k_pt).
+    # drop path 0.2 as the official run (config/pretrain/xtra_h_in21k_pt) and k = 4 (16 blocks of 4x4
+    # patches), config/base.yaml's enc.block_size, which that run keeps.
     "vit-h/14": dict(img_size=224, patch_size=14, channels=3, width=1280, depth=32, num_heads=16,
                      proj_hidden=5120, pred_width=640, pred_depth=8, pred_num_heads=8, head_hidden=9408,
                      drop_path=0.2, block_size=4),
@@ -574,7 +622,9 @@ def _apply(cfg: Any, nested: dict[str, Any]) -> Any:
 
 
 def from_dict(data: dict[str, Any]) -> TrialConfig:
-    """Inverse of ``TrialConfig.to_dict`` (e.g. a config stored beside a checkpoint)."""
+    """Inverse of ``TrialConfig.to_dict`` (e.g. a config stored beside a checkpoint); a key of
+    LEGACY_VALUES that the stored dict predates reads as its legacy value."""
+    data = with_legacy_values(data)
     flat: dict[str, Any] = {}
 
     def walk(node: dict[str, Any], prefix: str) -> None:

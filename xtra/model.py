@@ -108,12 +108,12 @@ class Encoder(nn.Module):
             x = run_block(block, x, block_tokens, self.cfg.activation_checkpointing)
         return self.norm(x)  # (B, T, D)
 
-    def features(self, images, layers=(-1,), mask: str = "block", order_index: int = 0,
-                 norm: bool = True) -> list[torch.Tensor]:
+    def features(self, images, layers=(-1,), mask: str = "block", norm: bool = True) -> list[torch.Tensor]:
         """Token features after the given blocks (1-based, or negative from the end), in block-major
-        order; runs only up to the deepest layer asked for. `norm=True` applies the final LayerNorm to
-        every layer returned; `norm=False` returns the raw block outputs (what the official XTRA
-        probes read)."""
+        order with the blocks in raster order, whatever order the model was trained in (the official
+        Classifier probes a pseudo-random model unpermuted, so in raster order); runs only up to the
+        deepest layer asked for. `norm=True` applies the final LayerNorm to every layer returned;
+        `norm=False` returns the raw block outputs (what the official XTRA probes read)."""
         depth = len(self.blocks)
         wanted = sorted({layer if layer > 0 else depth + 1 + layer for layer in layers})
         if not wanted or wanted[0] < 1 or wanted[-1] > depth:
@@ -122,7 +122,7 @@ class Encoder(nn.Module):
         if mask not in ("block", "none"):
             raise ValueError(f"mask={mask!r} is not allowed (allowed: 'block', 'none')")
         block_tokens = self.cfg.block_size**2 if mask == "block" else None
-        x = self.embed(images, _token_order(self.cfg, order_index, images.device))
+        x = self.embed(images, _raster_token_order(self.cfg, images.device))
         out = []
         for i, block in enumerate(self.blocks[: wanted[-1]], start=1):
             x = block(x, block_tokens)
@@ -204,6 +204,16 @@ def _token_order(cfg: ModelConfig, order_index: int, device: torch.device | str 
     return _token_order_cached(cfg, order_index, str(torch.device(device)))
 
 
+@functools.lru_cache(maxsize=64)
+def _raster_token_order_cached(grid: int, block_size: int, device: str) -> torch.Tensor:
+    return block_major_order(grid, block_size).to(device)
+
+
+def _raster_token_order(cfg: ModelConfig, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Raster indices of the tokens block-major with the blocks in raster order: what probes read."""
+    return _raster_token_order_cached(cfg.grid, cfg.block_size, str(torch.device(device)))
+
+
 def block_crops(images, cfg: ModelConfig):
     """Pixels of every k x k block in raster block order: (B, n_blocks, (k·p)² · C)."""
     b, c, h, w = images.shape
@@ -227,7 +237,7 @@ class XTRA(nn.Module):
         self.encoder = Encoder(cfg)
         self.predictor = Predictor(cfg)
         self.heads = nn.ModuleList(PixelHead(cfg) for _ in range(cfg.next_heads))  # head j: block i+1+j
-        self.apply(_init_weights)
+        self.apply(functools.partial(_init_weights, patch_init=cfg.patch_init))
         nn.init.trunc_normal_(self.encoder.pos, std=0.02)
         nn.init.trunc_normal_(self.predictor.pos, std=0.02)
 
@@ -258,23 +268,33 @@ class XTRA(nn.Module):
         return torch.stack(losses).mean()
 
 
-def _init_weights(module: nn.Module) -> None:
+def _init_weights(module: nn.Module, patch_init: str) -> None:
+    """The official init (vit.py, mlp.py): Linear truncated-normal std 0.02, LayerNorm 1 / 0, the patch
+    embedding Kaiming-normal (fan_in, ReLU gain), biases 0. `patch_init="xavier"` is xtra's rule
+    before it matched (Xavier-uniform over the flattened kernel), kept for trials trained under it."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
         nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Conv2d):
-        nn.init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
+        if patch_init == "kaiming":
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+        else:
+            nn.init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
         nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no decay on norms, biases and positional embeddings."""
+def parameter_groups(model: nn.Module, weight_decay: float, decay_positions: bool = True) -> list[dict]:
+    """AdamW groups. The official optimizer (utils.py `param_groups`) exempts only biases and 1-D
+    tensors (norms), so the positional embeddings are decayed; `decay_positions=False` also exempts
+    them (xtra's rule before it matched, kept for trials trained under it)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or name.endswith(".pos") or name == "pos" else decay).append(p)
+        position = name.endswith(".pos") or name == "pos"
+        exempt = p.ndim < 2 or name.endswith(".bias") or (position and not decay_positions)
+        (no_decay if exempt else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -158,17 +158,20 @@ def infer_config(off: Official, num_heads: int | None = None, pred_num_heads: in
         raise OfficialCheckpointError(f"{off.path}: aim_proj.0.mlp.2.weight predicts {head_out} values, not a "
                                       f"{channels}-channel crop of k x k patches of {patch} px")
     block_size = crop // patch
+    mask = _mask(off, "enc")
+    if mask == "causal" and block_size != 1:
+        raise OfficialCheckpointError(f"{off.path}: a causal encoder (enc_is_causal=True) but the pixel head "
+                                      f"predicts {crop}x{crop} px crops, not one {patch} px patch")
     stated = _hp(off, "enc_block_size")
-    if stated is not None and _hp(off, "enc_is_block_causal", True) and int(stated) != block_size:
+    if stated is not None and mask == "block-causal" and int(stated) != block_size:
         raise OfficialCheckpointError(f"{off.path}: hyper-parameter enc_block_size={stated} but the pixel head "
                                       f"predicts {crop}x{crop} px crops (block size {block_size})")
-    if not _hp(off, "enc_is_block_causal", True) or _hp(off, "enc_is_causal", False):
-        raise OfficialCheckpointError(f"{off.path}: hyper-parameter enc_is_block_causal="
-                                      f"{_hp(off, 'enc_is_block_causal')!r}: xtra models block-causal encoders only")
-    pred_k = _hp(off, "predictor_block_size", block_size)
-    if int(pred_k) != block_size or not _hp(off, "predictor_is_block_causal", True):
-        raise OfficialCheckpointError(f"{off.path}: hyper-parameter predictor_block_size={pred_k}: xtra's predictor "
-                                      f"uses the encoder's block size {block_size}")
+    # The predictor's mask must be the encoder's (its block size is read only under is_block_causal).
+    pred_k = _hp(off, "predictor_block_size", block_size) if _mask(off, "predictor") == "block-causal" else 1
+    if _mask(off, "predictor") != mask or int(pred_k) != block_size:
+        raise OfficialCheckpointError(f"{off.path}: hyper-parameters predictor_is_block_causal="
+                                      f"{_hp(off, 'predictor_is_block_causal')!r}, predictor_block_size={pred_k}: "
+                                      f"xtra's predictor uses the encoder's mask (block size {block_size})")
     if not _hp(off, "aim_norm_pix_loss", True):
         raise OfficialCheckpointError(f"{off.path}: hyper-parameter aim_norm_pix_loss=False: xtra regresses "
                                       "normalized pixels only")
@@ -192,9 +195,29 @@ def infer_config(off: Official, num_heads: int | None = None, pred_num_heads: in
             pred_depth=_count(off, "predictor.blocks."), pred_num_heads=int(pred_heads),
             head_hidden=_need(off, "aim_proj.0.mlp.0.weight").shape[0], block_size=block_size,
             next_heads=_count(off, "aim_proj."), loss="l1" if _hp(off, "aim_l1_loss", False) else "l2",
-            order="random" if _hp(off, "aim_pseudo_random", False) else "raster", order_seed=int(_hp(off, "seed", 0)))
+            **_order(off, (grid // block_size) ** 2))
     except ValueError as err:
         raise OfficialCheckpointError(f"{off.path}: the official weights make no valid xtra model ({err})") from None
+
+
+def _mask(off: Official, part: str) -> str:
+    """The official attention mask of `part` (enc | predictor): block-causal, or causal (one patch per
+    step, which is xtra's block size 1, e.g. the block ablation's 1x16x16 and 2x16x16); anything else is
+    refused (full attention has no next block to predict)."""
+    block, causal = bool(_hp(off, f"{part}_is_block_causal", True)), bool(_hp(off, f"{part}_is_causal", False))
+    if block != causal:
+        return "block-causal" if block else "causal"
+    raise OfficialCheckpointError(f"{off.path}: hyper-parameters {part}_is_block_causal={block}, {part}_is_causal="
+                                  f"{causal}: xtra models block-causal (or causal) attention only")
+
+
+def _order(off: Official, n_blocks: int) -> dict[str, Any]:
+    """The block order: `aim_pseudo_random` is the official pseudo-random order, one order per block
+    (`create_random_permutations`), seeded by the run's seed; xtra draws the same orders."""
+    seed = int(_hp(off, "seed", 0))
+    if not _hp(off, "aim_pseudo_random", False):
+        return {"order": "raster", "order_seed": seed}
+    return {"order": "pseudo-random", "n_orders": n_blocks, "order_seed": seed}
 
 
 # ---------------------------------------------------------------------------------------------
