@@ -148,7 +148,9 @@ def show_cmd(study: StudyArg, preset: PresetOpt = None, sets: SetOpt = None, see
         total = gh * s.search.num_samples
         space = ", ".join(f"{k}~{d['type']}({d.get('low', d.get('values'))}, {d.get('high', '')})".replace(", )", ")")
                           for k, d in s.search.space.items())
-        table.add_row("1..", f"x{s.search.num_samples} (Optuna)", space, base.config_hash(), f"{n_params(m) / 1e6:.2f}",
+        searcher = "halving" if s.search.halving else "Optuna"
+        table.add_row("1..", f"x{s.search.num_samples} ({searcher})", space, base.config_hash(),
+                      f"{n_params(m) / 1e6:.2f}",
                       f"{n_params_encoder(m) / 1e6:.2f}", _si(flops_per_image(m)), f"{base.pretrain.samples:,}",
                       f"{gh:.3g} each")
     for i, spec in enumerate(s.expand(), 1):
@@ -162,12 +164,27 @@ def show_cmd(study: StudyArg, preset: PresetOpt = None, sets: SetOpt = None, see
     table.add_section()
     table.add_row("", "total", "", "", "", "", "", "", f"{total:.3g}")
     console.print(table)
+    if s.search is not None and s.search.halving:
+        console.print(_halving_cost(s), highlight=False, soft_wrap=True)
     for line in _law_checks(s):
         console.print(line, highlight=False, soft_wrap=True)
     if base.data.name.startswith(("imagefolder:", "wds:")):  # streamed collections: how many loader workers
         from xtra.data import workers_advice
 
         console.print(workers_advice(base.model)['advice'], highlight=False, soft_wrap=True)
+
+
+def _halving_cost(s: Any) -> str:
+    """A halving search's planned samples and GPU-hours beside the full grid's (every configuration to the
+    full budget), from the proposed configurations and the rungs."""
+    from xtra.studies.halving import planned_samples
+
+    c = planned_samples(s)
+    rungs = " / ".join(f"{b:,}" for b in c["rungs"])
+    return (f"halving (eta {s.search.eta}, {s.search.metric} {s.search.mode}): {c['configurations']} configurations, "
+            f"rungs {rungs} samples, {' -> '.join(map(str, c['per_rung']))} trials; planned {c['samples']:,} samples "
+            f"({c['gpu_hours']:.3g} GPU-h) vs the full grid's {c['grid_samples']:,} ({c['grid_gpu_hours']:.3g} GPU-h): "
+            f"{c['samples'] / c['grid_samples']:.0%} of it")
 
 
 def _law_checks(s: Any) -> list[str]:

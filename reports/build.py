@@ -32,6 +32,7 @@ from xtra.fileio import atomic_write_bytes
 from .collect import Study, StudyError, load_study
 from .evaluation import evaluation
 from .figures import PALETTE, Panel, loss_column, panels
+from .halving import ladder_panels
 from .tables import Table, ablation_tables, failed_table, fmt_value, md_escape, short, top1_scale, trials_table
 
 IMAGE_FORMATS = ("png", "svg")
@@ -323,6 +324,7 @@ def _prepare(study_dir: str | Path, out: Path | None, images: str | None, pictur
              prefix: str) -> tuple[Study, list[Panel], list[Table], list[str], dict[str, Path]]:
     study = load_study(study_dir)
     pans = panels(study, n_boot=n_boot, pictures=pictures)
+    pans += ladder_panels(study_dir)  # a halving search's rung ladder (none otherwise)
     tables = _study_tables(study)
     notes = list(study.notes)
     eval_panels, eval_tables, efficiency = evaluation(study)

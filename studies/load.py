@@ -319,6 +319,10 @@ def load_study(path_or_name: str | Path, preset: str | None = None, sets: dict[s
                   sets=tuple(set_texts), path=path, kept=tuple(kept))
     _validate(study, labels, axis_labels)
     _check_workers(study)
+    if search is not None and search.halving:  # its rungs against the recipe (xtra.studies.halving)
+        from xtra.studies.halving import check as check_halving
+
+        check_halving(study)
     return study
 
 

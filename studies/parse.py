@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
 from typing import Any
 
 from xtra.config import TrialConfig, _leaf_keys, valid_keys
 from xtra.studies.spec import (
     METRICS,
+    SAMPLERS,
     SEARCH_KEYS,
+    SEARCH_KINDS,
     SPACE_TYPES,
     Axis,
     Search,
@@ -146,8 +149,8 @@ def _parse_search(node: Any, label: str) -> Search:
         if k not in SEARCH_KEYS:
             raise StudyError(f"{label}.{k}: unknown key (allowed: {', '.join(SEARCH_KEYS)})")
     kind = node.get("kind", "optuna")
-    if kind != "optuna":
-        raise StudyError(f"{label}.kind={_fmt(kind)}: unknown search (allowed: \"optuna\")")
+    if kind not in SEARCH_KINDS:
+        raise StudyError(f"{label}.kind={_fmt(kind)}: unknown search (allowed: {', '.join(map(_fmt, SEARCH_KINDS))})")
     metric = node.get("metric", "linear_top1")
     if metric not in METRICS:
         raise StudyError(f"{label}.metric={_fmt(metric)}: unknown metric (allowed: {', '.join(METRICS)})")
@@ -164,6 +167,14 @@ def _parse_search(node: Any, label: str) -> Search:
         v = node.get(k, 0)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise StudyError(f"{label}.{k}={_fmt(v)}: must be an int >= 0")
+    sampler = node.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        allowed = ", ".join(map(_fmt, SAMPLERS))
+        raise StudyError(f"{label}.sampler={_fmt(sampler)}: unknown sampler (allowed: {allowed})")
+    eta, rungs = _parse_halving(node, kind, label)
+    if kind == "halving" and asha:
+        raise StudyError(f"{label}.asha=true: a halving search stops configurations at its own rungs "
+                         f"(allowed with kind = \"halving\": asha = false)")
     space_node = node.get("space")
     if not isinstance(space_node, dict) or not space_node:
         raise StudyError(f"{label}.space: must be a non-empty table of dotted key -> {{type, low, high, values}}")
@@ -196,8 +207,43 @@ def _parse_search(node: Any, label: str) -> Search:
             if "values" in dom:
                 raise StudyError(f"{lab}.values: only a choice takes values")
         space[key] = dict(dom)
+    if sampler == "grid":
+        open_keys = [k for k, d in space.items() if d["type"] != "choice"]
+        if open_keys:
+            raise StudyError(f"{label}.space.{open_keys[0]}: sampler = \"grid\" needs every key to be a choice "
+                             f"(e.g. {{ type = \"choice\", values = [...] }})")
+        combinations = math.prod(len(d["values"]) for d in space.values())
+        if "num_samples" not in node:
+            num_samples = combinations
+        elif num_samples > combinations:
+            raise StudyError(f"{label}.num_samples={num_samples}: the grid has only {combinations} combinations")
     return Search(kind=kind, metric=metric, mode=mode, num_samples=num_samples, space=space, asha=asha,
-                  grace_samples=node.get("grace_samples", 0), seed=node.get("seed", 0))
+                  grace_samples=node.get("grace_samples", 0), seed=node.get("seed", 0), sampler=sampler,
+                  eta=eta, rungs=rungs)
+
+
+MAX_RUNGS = 16
+
+
+def _parse_halving(node: dict[str, Any], kind: str, label: str) -> tuple[int, tuple[int, ...]]:
+    """``eta`` and ``rungs`` of a halving search (the budgets' fit to the study's recipe is checked with
+    the base config, in ``xtra.studies.halving.check``)."""
+    if kind != "halving":
+        for k in ("eta", "rungs"):
+            if k in node:
+                raise StudyError(f"{label}.{k}: only a halving search takes {k} (set kind = \"halving\")")
+        return 3, ()
+    eta = node.get("eta", 3)
+    if not isinstance(eta, int) or isinstance(eta, bool) or not 2 <= eta <= 100:
+        raise StudyError(f"{label}.eta={_fmt(eta)}: must be an int from 2 to 100 (the top 1/eta go on)")
+    rungs = node.get("rungs", [])
+    if not isinstance(rungs, list) or len(rungs) > MAX_RUNGS or not all(
+            isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in rungs):
+        raise StudyError(f"{label}.rungs={_fmt(rungs)}: must be a list of at most {MAX_RUNGS} sample budgets > 0 "
+                         f"(or left out: pretrain.samples / eta^i)")
+    if any(b <= a for a, b in zip(rungs, rungs[1:])):
+        raise StudyError(f"{label}.rungs={_fmt(rungs)}: budgets must increase")
+    return eta, tuple(rungs)
 
 
 def _flatten_space(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:

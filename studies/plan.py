@@ -49,6 +49,8 @@ class Plan:
     trunks: tuple[Job, ...] = ()  # wsd trunks to run (or continue) before/beside their branches
     branches: dict[str, Job] = dataclasses.field(default_factory=dict)  # pending trial hash -> its branch job
     samples: dict[str, int] = dataclasses.field(default_factory=dict)  # trained vs cosine-equivalent, this run
+    ladder: dict[str, Any] | None = None  # a halving search's rung ladder as decided so far (xtra.studies.halving)
+    rung: int = -1  # a halving search: the rung this plan runs (-1: none left)
 
     @property
     def empty(self) -> bool:
@@ -86,22 +88,11 @@ def make_plan(study: Study, study_dir: Path, running: bool = False) -> Plan:
     from xtra import studydir as st
 
     study_dir = Path(study_dir)
+    if study.search is not None and study.search.halving:
+        return _plan_halving(study, study_dir, running)
     if study.search is None:
         specs = tuple(study.expand())
-        states = []
-        pending, reused, reprobe = [], [], []
-        for spec in specs:
-            state = td.read_state(td.path(study_dir, spec.config_hash), running=running, trial_id=spec.trial_id,
-                                  params=spec.params, seed=spec.seed, config=spec.config)
-            if state.status == td.FINISHED and _needs_probe(state, spec.config.probe_hash()):
-                reprobe.append(spec.config_hash)
-                state = dataclasses.replace(state, status="pending", row=None,
-                                            error="pretrained; to be probed with the new probe protocol")
-            states.append(state)
-            if state.status == td.FINISHED:
-                reused.append(spec.config_hash)
-            elif state.status != "running":
-                pending.append(spec)
+        states, pending, reused, reprobe = _grid_states(specs, study_dir, running)
         trunks, branches, samples = _plan_wsd(study_dir, [s for s in pending if s.config_hash not in reprobe])
         return Plan(study, specs, tuple(states), tuple(pending), tuple(reused), tuple(reprobe), trunks=trunks,
                     branches=branches, samples=samples)
@@ -111,6 +102,65 @@ def make_plan(study: Study, study_dir: Path, running: bool = False) -> Plan:
     left = max(study.search.num_samples - len(done) - len(rerun), 0)
     return Plan(study, (), tuple(states), (), tuple(s.config_hash for s in states if s.status == td.FINISHED), (),
                 search_left=left, search_rerun=rerun)
+
+
+def _grid_states(specs: tuple[TrialSpec, ...] | list[TrialSpec], study_dir: Path, running: bool
+                 ) -> tuple[list[td.TrialState], list[TrialSpec], list[str], list[str]]:
+    """Each fixed trial's state on disk: (states, pending, reused, reprobe)."""
+    states, pending, reused, reprobe = [], [], [], []
+    for spec in specs:
+        state = td.read_state(td.path(study_dir, spec.config_hash), running=running, trial_id=spec.trial_id,
+                              params=spec.params, seed=spec.seed, config=spec.config)
+        if state.status == td.FINISHED and _needs_probe(state, spec.config.probe_hash()):
+            reprobe.append(spec.config_hash)
+            state = dataclasses.replace(state, status="pending", row=None,
+                                        error="pretrained; to be probed with the new probe protocol")
+        states.append(state)
+        if state.status == td.FINISHED:
+            reused.append(spec.config_hash)
+        elif state.status != "running":
+            pending.append(spec)
+    return states, pending, reused, reprobe
+
+
+def _plan_halving(study: Study, study_dir: Path, running: bool) -> Plan:
+    """The rung a halving search runs now (``xtra.studies.halving``): every rung decided so far is read
+    from the ladder (or decided from its trials on disk, the same way), the first undecided one is the
+    plan's pending grid of wsd branches (their trunks continue from the previous rung's branch point)."""
+    from xtra import studydir as st
+    from xtra.studies import halving
+
+    halving.check(study)
+    ladder = st.read_ladder(study_dir)
+    if ladder is None:
+        ladder = halving.new_ladder(study)
+    else:
+        halving.check_ladder(study, ladder, str(study_dir))
+    ladder = {**ladder, "rungs": [dict(r) for r in ladder["rungs"]]}
+    configs, metric, mode, eta = ladder["configs"], study.search.metric, study.search.mode, study.search.eta
+    budgets = halving.rung_budgets(study)
+    alive = list(range(len(configs)))
+    all_states: list[td.TrialState] = []
+    reused: list[str] = []
+    for r, budget in enumerate(budgets):
+        specs = [halving.trial_spec(study, i, configs[i], budget) for i in alive]
+        states, pending, done, reprobe = _grid_states(specs, study_dir, running)
+        all_states += states
+        reused += done
+        if r < len(ladder["rungs"]):  # decided: the stored promotions, whatever the disk says now
+            alive = list(ladder["rungs"][r]["promoted"])
+            continue
+        if any(s.status not in td.TERMINAL for s in states):  # this rung runs now
+            trunks, branches, samples = _plan_wsd(study_dir, [s for s in pending if s.config_hash not in reprobe])
+            return Plan(study, tuple(specs), tuple(all_states), tuple(pending), tuple(reused), tuple(reprobe),
+                        trunks=trunks, branches=branches, samples=samples, ladder=ladder, rung=r)
+        entries = [{"config": i, "config_hash": spec.config_hash, "trial_id": spec.trial_id, "status": state.status,
+                    "value": halving.value_of(state.row, metric)}
+                   for i, spec, state in zip(alive, specs, states, strict=True)]
+        keep = max(1, len(alive) // eta) if r < len(budgets) - 1 else 1
+        alive = halving.promote(entries, keep, mode)
+        ladder["rungs"].append({"samples": budget, "entries": entries, "promoted": alive})
+    return Plan(study, (), tuple(all_states), (), tuple(reused), (), ladder=ladder)
 
 
 TRUNK_GRID = 8  # extra evenly spaced checkpoints a trunk keeps, so a budget added later starts near it

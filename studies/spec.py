@@ -84,7 +84,10 @@ PRESET_KEYS = ("size", "seeds", "axes", "resources", "search")  # everything els
 RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "workers_per_trial", "loggers")
 LOGGERS = ("tensorboard", "mlflow", "wandb")  # experiment trackers (xtra.studies.ray.tuner.tracker_callbacks)
 DEFAULT_LOGGERS = ("tensorboard",)  # cheap (bench: orchestration), so on unless a study says loggers = []
-SEARCH_KEYS = ("kind", "metric", "mode", "num_samples", "space", "asha", "grace_samples", "seed")
+SEARCH_KEYS = ("kind", "metric", "mode", "num_samples", "space", "asha", "grace_samples", "seed", "sampler", "eta",
+               "rungs")
+SEARCH_KINDS = ("optuna", "halving")  # halving: successive halving whose rungs are wsd cooldown branches
+SAMPLERS = ("tpe", "grid")  # who proposes the configurations: Optuna's TPE, or every combination of the choices
 SPACE_TYPES = ("loguniform", "uniform", "int", "choice")
 # Metrics a search can optimize, with their natural direction.
 METRICS = {"linear_top1": "max", "attentive_top1": "max", "val_loss": "min", "train_loss": "min"}
@@ -143,6 +146,13 @@ class Search:
     asha: bool = False
     grace_samples: int = 0  # ASHA's first milestone in samples; 0 = pretrain.samples // 8
     seed: int = 0
+    sampler: str = "tpe"  # tpe | grid (every combination of the space's choices, in order)
+    eta: int = 3  # halving: the top 1/eta of a rung go on to the next
+    rungs: tuple[int, ...] = ()  # halving: budgets in samples, the last the full one; () = pretrain.samples / eta^i
+
+    @property
+    def halving(self) -> bool:
+        return self.kind == "halving"
 
 
 @dataclass(frozen=True)
@@ -290,7 +300,9 @@ class Study:
             s = self.search
             doc["search"] = {"kind": s.kind, "metric": s.metric, "mode": s.mode, "num_samples": s.num_samples,
                              "asha": s.asha, "grace_samples": s.grace_samples, "seed": s.seed,
-                             "space": {k: dict(v) for k, v in s.space.items()}}
+                             "sampler": s.sampler, "space": {k: dict(v) for k, v in s.space.items()}}
+            if s.halving:
+                doc["search"].update(eta=s.eta, rungs=list(s.rungs))
         header = ("# Resolved study as run (presets and --set applied); "
                   "`xtra study run <this dir>` reads it back.\n")
         return header + tomli_w.dumps(doc)

@@ -119,6 +119,21 @@ def write_ladder(study_dir: Path, ladder: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# A halving search's rung ladder (xtra.studies.halving decides it; the report draws it)
+
+LADDER = "halving.json"  # the configurations proposed, and per decided rung each trial's metric and the promoted
+
+
+def read_ladder(study_dir: Path) -> dict[str, Any] | None:
+    ladder = td.read_json(Path(study_dir) / LADDER)
+    return ladder if isinstance(ladder, dict) and isinstance(ladder.get("rungs"), list) else None
+
+
+def write_ladder(study_dir: Path, ladder: dict[str, Any]) -> None:
+    write_json(Path(study_dir) / LADDER, ladder)  # atomic: a reader sees the old ladder or the new one
+
+
+# ---------------------------------------------------------------------------------------------
 # Trials, as xtra.trialdir reads them
 
 

@@ -77,7 +77,7 @@ def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | 
     job = job or {}
     role = job.get("role", "trial")
     if world.main:
-        done = td.read_result(run_dir) if role == "trunk" else read_finished(run_dir, cfg)
+        done = _trunk_reached(run_dir, cfg) if role == "trunk" else read_finished(run_dir, cfg)
     else:
         done = None
     if world.distributed:  # rank 0's disk decides for everyone
@@ -102,7 +102,8 @@ def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | 
     try:
         log(f"trial {cfg.config_hash()} start (pid {os.getpid()}"
             + (f", rank 0 of {world.size} data-parallel workers)" if world.distributed else ")"))
-        earlier = td.read_result(run_dir)  # pretrained already, under another probe protocol
+        # pretrained already, under another probe protocol (a trunk asked to go deeper continues instead)
+        earlier = td.read_result(run_dir) if role != "trunk" else None
         if earlier is not None and not world.distributed:
             trained = {k: earlier.get(k) for k in PRETRAIN_FIELDS}
             trained["wall_s"] = earlier.get("pretrain_wall_s") or 0.0
@@ -154,6 +155,13 @@ def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | 
         log_file.close()
 
 
+def _trunk_reached(run_dir: Path, cfg: TrialConfig) -> dict[str, Any] | None:
+    """A finished trunk's row when it reached this job's depth; a trunk asked to go deeper (a later
+    budget, a halving search's next rung) continues from its checkpoint."""
+    row = td.read_result(run_dir)
+    return row if row is not None and int(row.get("samples_seen") or 0) >= cfg.pretrain.samples else None
+
+
 def keep_at(cfg: TrialConfig, start: int = 0) -> tuple[int, ...]:
     """Sample counts whose checkpoints the trial keeps: the probe points before the end (after
     ``start``, where a wsd branch begins: its trunk keeps the earlier ones)."""
@@ -178,7 +186,8 @@ def _wait_for_trunk(job: dict[str, Any], run_dir: Path, report: Callable[[dict],
             if state.status in ("failed", "stopped"):
                 raise RuntimeError(f"wsd trunk {trunk_dir.name} {state.status} ({state.error}); its branches "
                                    f"cannot start (fix it, then `xtra study resume`)")
-            if state.status == td.FINISHED:
+            reached = int((state.row or {}).get("samples_seen") or 0)
+            if state.status == td.FINISHED and reached >= start:  # else: finished short of it, to be continued
                 raise RuntimeError(f"wsd trunk {trunk_dir.name} finished without a checkpoint at {start} samples "
                                    f"(kept: {state.row.get('keep_at') if state.row else '?'})")
             if should_stop is not None and not world.distributed and should_stop():  # nothing to keep yet

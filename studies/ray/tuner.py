@@ -121,7 +121,12 @@ def _optuna_searcher(study: Study, study_dir: Path, rerun: tuple[dict[str, Any],
     # points already tried): the seed moves on with the trials the study holds, so the same history
     # still gives the same suggestions.
     told = len(existing.get_trials(deepcopy=False)) if existing is not None else 0
-    sampler = optuna.samplers.TPESampler(seed=s.seed + told)
+    if s.sampler == "grid":  # every combination of the choices once (in an order the seed shuffles)
+        # Ray names each parameter by its path in the param space ("params/<dotted key>", _param_space)
+        sampler = optuna.samplers.GridSampler({f"params/{k}": list(d["values"]) for k, d in s.space.items()},
+                                              seed=s.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=s.seed + told)
     return _FinalMetricOptuna(metric=s.metric, mode=s.mode, sampler=sampler, study_name=name, storage=storage,
                               points_to_evaluate=[dict(p) for p in rerun] or None,
                               after_trial=OptunaDbToStorage(study_dir, storage_uri) if storage_uri else None)
@@ -206,7 +211,7 @@ def _param_space(plan: Plan, study_dir: Path, storage_path: str) -> tuple[dict[s
     study = plan.study
     common = {"study_dir": str(study_dir), "study": study.name, "preset": study.preset,
               **_resource_meta(study, storage_path)}
-    if study.search is None:
+    if study.search is None or study.search.halving:  # a halving search runs one rung: a grid of wsd branches
         # wsd trunks first: Tune starts trials in this order, so a branch never holds the slot its trunk needs
         trunks = [{"trial_id": f"trunk-{j.trunk}", "hash": j.config_hash, "params": {}, "seed": j.config.seed,
                    "config": j.config.to_dict(), "job": j.as_meta(study_dir), **common} for j in plan.trunks]
@@ -228,7 +233,7 @@ def _tune_config(plan: Plan, study_dir: Path, num_samples: int, max_concurrent: 
     kwargs: dict[str, Any] = {"num_samples": num_samples, "trial_name_creator": trial_name,
                               "trial_dirname_creator": _trial_dirname, "max_concurrent_trials": max_concurrent,
                               "reuse_actors": True}
-    if study.search is not None:
+    if study.search is not None and not study.search.halving:
         s = study.search
         kwargs["search_alg"] = _optuna_searcher(study, study_dir, plan.search_rerun, storage_uri)
         if s.asha:
@@ -250,14 +255,11 @@ def new_experiment_name(runs: list[dict[str, Any]], storage_path: str) -> str:
 
 def fit(plan: Plan, study_dir: Path, *, address: str | None, storage_path: str, runs: list[dict[str, Any]],
         display: Display, notes: list[str], write_runs: Any, stop: Any = None) -> tuple[str, bool]:
-    """Run the plan's trials as one Tune experiment ``run-<n>``. Returns (experiment name, finished):
-    finished is False when the run was interrupted (Ctrl-C) with trials left. ``stop``
+    """Run the plan's trials as one Tune experiment ``run-<n>`` (a halving search: one per rung, in one
+    Ray session, each rung planned from the one before). Returns (experiment name, finished): finished
+    is False when the run was interrupted (Ctrl-C) with trials left. ``stop``
     (``xtra.studies.slurm.Stop``): its signal stops the run gracefully (``GracefulStop``)."""
     study = plan.study
-    param_space, num_samples = _param_space(plan, study_dir, storage_path)
-    runnable = tune.with_resources(trainable, _trial_resources(study))
-    callbacks: list[Any] = [Monitor(display, study, study_dir),
-                            *tracker_callbacks(study.resources.loggers, study, study_dir)]
     tracker_env = {"WANDB_MODE": "offline"} if "wandb" in study.resources.loggers else {}
     with ray_session(study_dir, address, env=tracker_env) as info:
         if stop is not None:
@@ -265,44 +267,65 @@ def fit(plan: Plan, study_dir: Path, *, address: str | None, storage_path: str, 
         if address:
             notes.append(f"used the Ray cluster at {info.get('gcs_address')} "
                          f"({info['cluster_cpus']:g} CPUs, {info['cluster_gpus']:g} GPUs)")
-        name = new_experiment_name(runs, storage_path)
-        record = {"name": name, "path": f"{storage_path.rstrip('/')}/{name}", "storage_path": storage_path,
-                  "kind": "search" if study.search else "grid", "state": "running",
-                  "started": time.strftime("%Y-%m-%d %H:%M:%S"), "driver_pid": os.getpid(),
-                  "address": info.get("gcs_address")}
-        if study.search is None:
-            record["trials"] = [s.config_hash for s in plan.pending]
-            record["trunks"] = [j.config_hash for j in plan.trunks]
-        runs.append(record)
-        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+        if study.search is None or not study.search.halving:
+            return _fit_one(plan, study_dir, info, storage_path=storage_path, runs=runs, display=display,
+                            write_runs=write_runs, stop=stop)
+        from xtra.studies.halving import run_rungs
 
-        from xtra.storage import Storage
+        return run_rungs(plan, study_dir, lambda p: _fit_one(p, study_dir, info, storage_path=storage_path, runs=runs,
+                                                             display=display, write_runs=write_runs, stop=stop),
+                         display=display, notes=notes, stop=stop)
 
-        # An object store goes to Ray as a scheme-less path plus our filesystem (same endpoint, credentials).
-        ray_path, ray_fs = Storage.from_uri(storage_path).ray_storage()
-        run = run_id(study_dir, name)  # the stop flag's name on the cluster
-        if stop is not None:
-            callbacks.append(GracefulStop(stop, run))
-        run_config = tune.RunConfig(
-            name=name, storage_path=ray_path, storage_filesystem=ray_fs, verbose=0,
-            callbacks=[*callbacks, JsonLoggerCallback(), CSVLoggerCallback()],
-            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
-        tuner = tune.Tuner(runnable, param_space=param_space,
-                           tune_config=_tune_config(plan, study_dir, num_samples, _max_concurrent(study, info),
-                                                    storage_path),
-                           run_config=run_config)
+
+def _fit_one(plan: Plan, study_dir: Path, info: dict[str, Any], *, storage_path: str, runs: list[dict[str, Any]],
+             display: Display, write_runs: Any, stop: Any) -> tuple[str, bool]:
+    """One Tune experiment for the plan, in the Ray session ``info`` describes."""
+    study = plan.study
+    param_space, num_samples = _param_space(plan, study_dir, storage_path)
+    runnable = tune.with_resources(trainable, _trial_resources(study))
+    callbacks: list[Any] = [Monitor(display, study, study_dir),
+                            *tracker_callbacks(study.resources.loggers, study, study_dir)]
+    name = new_experiment_name(runs, storage_path)
+    kind = "grid" if study.search is None else "halving" if study.search.halving else "search"
+    record = {"name": name, "path": f"{storage_path.rstrip('/')}/{name}", "storage_path": storage_path,
+              "kind": kind, "state": "running",
+              "started": time.strftime("%Y-%m-%d %H:%M:%S"), "driver_pid": os.getpid(),
+              "address": info.get("gcs_address")}
+    if kind != "search":
+        record["trials"] = [s.config_hash for s in plan.pending]
+        record["trunks"] = [j.config_hash for j in plan.trunks]
+    if kind == "halving":
+        record["rung"] = plan.rung
+    runs.append(record)
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from xtra.storage import Storage
+
+    # An object store goes to Ray as a scheme-less path plus our filesystem (same endpoint, credentials).
+    ray_path, ray_fs = Storage.from_uri(storage_path).ray_storage()
+    run = run_id(study_dir, name)  # the stop flag's name on the cluster
+    if stop is not None:
+        callbacks.append(GracefulStop(stop, run))
+    run_config = tune.RunConfig(
+        name=name, storage_path=ray_path, storage_filesystem=ray_fs, verbose=0,
+        callbacks=[*callbacks, JsonLoggerCallback(), CSVLoggerCallback()],
+        failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+    tuner = tune.Tuner(runnable, param_space=param_space,
+                       tune_config=_tune_config(plan, study_dir, num_samples, _max_concurrent(study, info),
+                                                storage_path),
+                       run_config=run_config)
+    write_runs(runs)
+    state = "interrupted"
+    try:
+        with display:
+            tuner.fit()  # Ctrl-C: Tune saves its state and returns early
+        state = "finished" if not _unfinished(plan, study_dir) else "interrupted"
+    finally:
+        clear_stop(run)
+        record["state"] = state
+        record["ended"] = time.strftime("%Y-%m-%d %H:%M:%S")
         write_runs(runs)
-        state = "interrupted"
-        try:
-            with display:
-                tuner.fit()  # Ctrl-C: Tune saves its state and returns early
-            state = "finished" if not _unfinished(plan, study_dir) else "interrupted"
-        finally:
-            clear_stop(run)
-            record["state"] = state
-            record["ended"] = time.strftime("%Y-%m-%d %H:%M:%S")
-            write_runs(runs)
     return name, state == "finished"
 
 
@@ -311,7 +334,7 @@ def _unfinished(plan: Plan, study_dir: Path) -> int:
     from xtra.studies.plan import make_plan
 
     after = make_plan(plan.study, study_dir)
-    if plan.study.search is None:
+    if plan.study.search is None or plan.study.search.halving:
         wanted = {s.config_hash for s in plan.pending}
         return sum(1 for s in after.states if s.config_hash in wanted and s.status not in ("finished", "failed"))
     return after.search_left + len(after.search_rerun)
