@@ -169,3 +169,18 @@ def test_a_driver_killed_mid_rung_resumes_with_nothing_finished_rerun(tmp_path: 
 
     [panel] = ladder_panels(study_dir)
     assert len(panel.figure.data) == 3 and len(panel.tables[0].rows) == 3 + 0
+
+
+def test_an_optuna_search_walks_every_combination_with_the_grid_sampler(tmp_path: Path) -> None:
+    from xtra.studies.ray.tuner import _optuna_searcher, _param_space
+
+    study = load_study("lr-search", preset="smoke", sets={
+        "search.sampler": "grid", "search.num_samples": 4,
+        "search.space.pretrain.lr": {"type": "choice", "values": [1e-3, 3e-3]},
+        "search.space.pretrain.warmup_samples": {"type": "choice", "values": [0, 64]}})
+    space, count = _param_space(make_plan(study, tmp_path), tmp_path, str(tmp_path))
+    searcher = _optuna_searcher(study, tmp_path, ())
+    assert count == 4 and searcher.set_search_properties(study.search.metric, study.search.mode, space)
+    drawn = [searcher.suggest(f"t{i}")["params"] for i in range(count)]
+    assert sorted((p["pretrain.lr"], p["pretrain.warmup_samples"]) for p in drawn) == [
+        (1e-3, 0), (1e-3, 64), (3e-3, 0), (3e-3, 64)]
