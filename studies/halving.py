@@ -204,6 +204,11 @@ def run_rungs(plan: Any, study_dir: Any, fit_rung: Any, *, display: Any, notes: 
     from xtra.studies.plan import make_plan
 
     name, finished, ran = None, True, set()
+    if plan.ladder is not None and not plan.ladder["rungs"]:
+        cost = planned_samples(plan.study, plan.ladder["configs"])
+        notes.append(f"halving: {cost['configurations']} configurations, {' -> '.join(map(str, cost['per_rung']))} "
+                     f"trials over rungs of {' / '.join(f'{b:,}' for b in cost['rungs'])} samples: {cost['samples']:,} "
+                     f"samples planned where the full grid trains {cost['grid_samples']:,}")
     while True:
         if plan.ladder is not None:
             st.write_ladder(study_dir, plan.ladder)  # before the rung runs: a resumed driver sees the same

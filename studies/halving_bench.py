@@ -48,6 +48,7 @@ seeds = 1
 "pretrain.samples" = {sc["samples"]}
 "pretrain.batch_size" = {BATCH}
 "pretrain.schedule" = "wsd"
+"pretrain.warmup_samples" = 0  # every configuration sets its own
 "pretrain.checkpoint_every" = {sc["samples"]}
 "probe.kinds" = ["linear"]
 "probe.points" = 1
@@ -126,6 +127,8 @@ def run(out: Path, samples: int, probe_train: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         outcome = run_study(study, out / kind, build_report=False)
         wall = time.perf_counter() - t0
+        if outcome.stopped or outcome.counts.get("finished", 0) == 0:
+            raise SystemExit(f"{kind}: the study did not finish ({outcome.counts}); rerun to resume it")
         df = pl.read_parquet(outcome.study_dir / "results.parquet")
         trained = samples_trained(outcome.study_dir)
         full = df.filter((pl.col("status") == "finished") & (pl.col("samples_seen") == samples))
