@@ -81,7 +81,7 @@ def _matrix(df: pl.DataFrame, x: str, y: str, group: str, trial: str | None
             raise ValueError(f"efficiency_ratios: {group}={df[group][0]!r}, seed {sd} has several rows at "
                              f"{x}={xv:g}{who}: a curve point must be one model; select one trial per point")
         per_seed[sd][xv] = yv
-        who_at.setdefault(xv, []).append(str(row[3]) if trial else f"seed {sd}")
+        who_at.setdefault(xv, []).append(str(row[3]) if trial else str(sd))
     common = sorted(set.intersection(*(set(c) for c in per_seed.values())))
     partial = sorted(set().union(*(set(c) for c in per_seed.values())) - set(common))
     left_out = None
@@ -89,8 +89,8 @@ def _matrix(df: pl.DataFrame, x: str, y: str, group: str, trial: str | None
         parts = []
         for xv in partial:
             lacking = sorted(str(sd) for sd, c in per_seed.items() if xv not in c)
-            parts.append(f"{x}={_fmt_n(xv)} (seed {', '.join(lacking)} lacks it; held by "
-                         f"{', '.join(sorted(who_at[xv]))})")
+            holders = f"trials {', '.join(sorted(who_at[xv]))}" if trial else f"seeds {', '.join(sorted(who_at[xv]))}"
+            parts.append(f"{x}={_fmt_n(xv)} (seed {', '.join(lacking)} lacks it; held by {holders})")
         left_out = f"{group}={df[group][0]!r} left out " + "; ".join(parts)
     ys = np.array([[c[v] for v in common] for c in per_seed.values()], dtype=float)
     return np.asarray(common, dtype=float), ys.reshape(len(per_seed), len(common)), left_out

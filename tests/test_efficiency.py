@@ -18,6 +18,7 @@ from xtra.reports.efficiency import (
     ratio_sentences,
     sample_curves,
     sample_efficiency,
+    significant,
     suite_average,
     suite_markdown,
     suite_table,
@@ -191,3 +192,46 @@ def test_sample_curves_mean_and_t_interval_over_seeds():
     half = stats.t.ppf(0.975, 2) * vals.std(ddof=1) / math.sqrt(3)
     assert row["mean"] == pytest.approx(vals.mean()) and row["hi"] - row["mean"] == pytest.approx(half)
     assert out.filter(pl.col("block_size") == 1)["samples"].to_list() == SAMPLES  # monotone x per curve
+
+
+def test_an_open_lower_end_is_never_significant() -> None:
+    """k=2 lacks k=1's largest budget: its ratio may be anywhere below the censoring bound, so an open
+    lower end at 2 does not exclude 1 (before #33 it did: '2.1x (95% CI <=2 to 2.5)' was significant)."""
+    assert significant(2.0, 2.5, lo_open=True, hi_open=False) is False
+    assert significant(1.2, 2.5, lo_open=False, hi_open=True) is True  # a closed end beyond 1
+    assert significant(0.3, 0.8, lo_open=True, hi_open=False) is True
+    assert significant(0.3, 0.8, lo_open=False, hi_open=True) is False
+
+
+def test_a_budget_that_one_seed_lacks_is_named_in_the_sentence() -> None:
+    rows = [r for r in _saturating(1, 1.0) + _saturating(2, 2.0)
+            if not (r["block_size"] == 2 and r["seed"] == 1 and r["samples"] == BUDGETS[-1])]  # a failed trial
+    (row,) = efficiency_ratios(pl.DataFrame(rows), x="samples", n_boot=200).iter_rows(named=True)
+    assert row["left_out"] == ("block_size=2 left out samples=65,000 (seed 1 lacks it; held by trials "
+                               "k2-s0-65000, k2-s2-65000)")
+    (line,) = ratio_sentences(efficiency_ratios(pl.DataFrame(rows), x="samples", n_boot=200))
+    assert line.endswith("; block_size=2 left out samples=65,000 (seed 1 lacks it; held by trials k2-s0-65000, "
+                         "k2-s2-65000))")
+
+
+def test_the_sentence_names_its_method_and_where_its_coverage_is() -> None:
+    (line,) = ratio_sentences(efficiency_ratios(pl.DataFrame(_saturating(1, 1.0) + _saturating(2, 2.0)),
+                                                x="samples", n_boot=200))
+    assert "3 seeds; seed-clustered t-bootstrap, coverage: docs/reports.md#calibrated-intervals)" in line
+
+
+def test_three_seeds_get_a_t_width_not_the_range_of_the_seeds() -> None:
+    """A linear function of the means (k=2's curve only shifted) gets the Student-t interval's width: with
+    3 seeds per curve and pooled df 4, about 2.8 standard errors each side (a percentile bootstrap of 3
+    seeds reached about 0.85)."""
+    rng = np.random.default_rng(3)
+    base = rng.normal(0.0, 1.0, (3, 4))
+    other = rng.normal(0.0, 1.0, (3, 4))
+    values = []
+    from xtra.reports import intervals
+    scale = intervals.t_scale_draws(rng, 20000, 4)
+    draws = intervals.seed_clustered_mean_draws(base, rng, 20000, scale)[:, -1] - \
+        intervals.seed_clustered_mean_draws(other, rng, 20000, scale)[:, -1]
+    values = np.quantile(draws, [0.025, 0.975])
+    se = math.sqrt(base[:, -1].var(ddof=1) / 3 + other[:, -1].var(ddof=1) / 3)
+    assert (values[1] - values[0]) / 2 / se == pytest.approx(stats.t.ppf(0.975, 4), rel=0.08)

@@ -325,3 +325,60 @@ def test_a_law_that_fails_its_held_out_check_is_no_law():
     assert failed.comparison.law is not None  # in-sample, a power law fits the stable phase fine
     assert failed.fails_held_out and failed.law is None
     assert failed.verdict.startswith("no law:") and "inside its 95% PI" in failed.verdict
+
+
+# ---------------------------------------------------------------------------------------------
+# Replicates, the 1-D held-out rule and xtra's affine compute (issue #33)
+
+
+def test_seeds_of_one_point_are_resampled_and_held_out_together() -> None:
+    from xtra.reports.intervals import grouped_resamples, point_groups
+    from xtra.reports.scaling.select import _folds
+
+    X = np.repeat([[1.0, 10.0], [2.0, 10.0], [1.0, 20.0]], 3, axis=0)  # 3 (N, D) points x 3 seeds
+    groups = point_groups(X)
+    assert groups.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    idx = grouped_resamples(groups, np.random.default_rng(0))
+    assert len(idx) == 9 and all(np.isin(np.flatnonzero(groups == groups[i]), idx).all() for i in idx)
+    folds, method = _folds(X, 0)
+    assert method == "leave-one-point-out" and [f.tolist() for f in folds] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+
+
+def test_replicate_seeds_do_not_count_as_points_per_parameter() -> None:
+    x, y = power_data(n=4)
+    fit = fit_power_law(np.tile(x, 3), np.tile(y, 3) * np.exp(np.random.default_rng(0).normal(0, 0.01, 12)),
+                        n_boot=20)
+    assert fit.diagnostics.n_points == 4 and "4 distinct points for 3 parameters" in fit.diagnostics.summary()
+
+
+def test_one_held_out_run_far_off_its_prediction_fails_a_1d_law() -> None:
+    """Before #33 the held-out veto needed 3 held-out points, so a 1-D law (one run at its largest x)
+    could never fail it."""
+    x, y = power_data(noise=0.005, seed=2, n=20)
+    y = y.copy()
+    y[-1] *= 1.05  # the largest x lands 5% above the law (10 noise standard deviations)
+    a = analyze_power_law(x, y, n_boot=60)
+    assert a.held is not None and len(a.held.actual) == 1 and not a.held.inside[0]
+    assert a.fails_held_out and a.law is None and "predicts 0/1 of them inside its 95% PI" in a.verdict
+
+
+def test_the_affine_frontier_is_the_minimum_along_the_iso_flop_line() -> None:
+    from xtra.reports.scaling import AffineCompute, local_exponents, optimal_allocation
+
+    law = {"A": 60.0, "B": 40.0, "alpha": 0.3, "beta": 0.3}
+    compute = AffineCompute(41.5e9, 1.61e3)  # xtra.costs at the paper's widths
+    C = 1e19
+    N = np.logspace(3, 12, 400001)
+    L = law["A"] * N ** -law["alpha"] + law["B"] * (C / compute.per_image(N)) ** -law["beta"]
+    n_opt, d_opt = optimal_allocation(law, compute, C)
+    assert float(n_opt) == pytest.approx(N[np.argmin(L)], rel=1e-3)
+    assert float(d_opt) == pytest.approx(C / compute.per_image(n_opt), rel=1e-9)
+    # with no fixed part the exponent is beta / (alpha + beta) = 0.5 at every C; with xtra's it is not
+    a0, _ = local_exponents(law, AffineCompute(0.0, 1.61e3), np.array([1e17, 1e21]))
+    assert a0 == pytest.approx([0.5, 0.5], abs=1e-3)
+    a1, _ = local_exponents(law, compute, np.array([1e17, 1e21]))
+    assert a1[0] < 0.4 < a1[1] < 0.5
+    fitted = AffineCompute.from_trials([1e6, 2e6, 4e6], [41.5e9 + 1.61e3 * n for n in (1e6, 2e6, 4e6)])
+    assert fitted.fixed == pytest.approx(41.5e9) and fitted.per_param == pytest.approx(1.61e3)
+    with pytest.raises(ValueError, match=r"AffineCompute.per_param=0.0 must be > 0"):
+        AffineCompute(1.0, 0.0)

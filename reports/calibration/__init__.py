@@ -125,7 +125,7 @@ def to_markdown(result: dict[str, Any], environment: str = "") -> str:
                          f"{_pct(r['censored'])} | {_num(r['bias_log'])} | {_num(r['rmse_log'])} | "
                          f"{_pct(r['left_out_named'])} | {verdict(r)} |")
         lines.append("")
-    law_rows = [r for r in rows if "law" in r["kind"]]
+    law_rows = [r for r in rows if "law" in r["kind"] or r["kind"].startswith("compute-optimal")]
     if law_rows:
         lines += ["## Law fits (cluster bootstrap over design points; PI: bootstrap fits x s*t draws)", "",
                   "| kind | design | true | seeds | points | studies | intervals | coverage % | ± MC | bias | RMSE | "

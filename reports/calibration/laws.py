@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..collect import load_study
-from ..scaling import FORMS_1D, FORMS_2D, fit_chinchilla, fit_power_law
+from ..scaling import FORMS_1D, FORMS_2D, AffineCompute, allocation_bands, fit_chinchilla, fit_power_law
 from ..scaling.select import held_out
 from ..synthetic import write_trials
 from .ratios import _hash
@@ -27,6 +27,10 @@ from .stats import mc_se
 
 TRUE_1D = {"E": 0.3, "A": 30.0, "alpha": 0.4}
 TRUE_2D = {"E": 0.3, "A": 60.0, "alpha": 0.35, "B": 40.0, "beta": 0.4}
+# xtra's affine compute, scaled to the simulated N (1e6 to 1e7): 1.61e3 FLOPs per image per encoder
+# parameter (xtra.costs at the paper's widths) and a fixed part that is 55% of the smallest model's
+PER_PARAM_FLOPS = 1.61e3
+FIXED_FLOPS = PER_PARAM_FLOPS * 1e6 * 0.55 / 0.45
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,12 @@ def run_design(design: LawDesign, reps: int, n_boot: int, seed: int = 0) -> list
     errors: dict[str, list[float]] = {k: [] for k in truth}
     pi_hits: list[bool] = []
     rejected: list[bool] = []
+    compute = AffineCompute(FIXED_FLOPS, PER_PARAM_FLOPS)
+    c_ref = float(max(d * compute.per_image(n) for n in design.ns for d in design.xs)) if design.two_d else 0.0
+    alloc_truth = allocation_bands(truth, {k: np.asarray([v]) for k, v in truth.items()}, compute, c_ref) \
+        if design.two_d else {}
+    alloc_hits: dict[str, list[bool]] = {k: [] for k in alloc_truth}
+    alloc_errors: dict[str, list[float]] = {k: [] for k in alloc_truth}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(reps):
             N, D, L, seeds = simulate(design, rng)
@@ -116,9 +126,14 @@ def run_design(design: LawDesign, reps: int, n_boot: int, seed: int = 0) -> list
                 _round_trip(design, N, D, L, seeds, Path(tmp))
             if design.two_d:
                 assert N is not None
-                fit = fit_chinchilla(N, D, L, n_boot=n_boot, seed=rep)
+                fit = fit_chinchilla(N, D, L, n_boot=n_boot, seed=rep, compute=compute, reference_compute=c_ref)
                 X = np.column_stack([N, D])
                 form = FORMS_2D[0]
+                for k, (value, lo, hi) in fit.allocation(c_ref).items():
+                    true_k = alloc_truth[k][0]
+                    alloc_hits[k].append(bool(lo <= true_k <= hi))
+                    alloc_errors[k].append(math.log(value / true_k) if k in ("N_opt", "D_opt", "D/N")
+                                           else value - true_k)
             else:
                 fit = fit_power_law(D, L, n_boot=n_boot, seed=rep)
                 X = D[:, None]
@@ -139,6 +154,9 @@ def run_design(design: LawDesign, reps: int, n_boot: int, seed: int = 0) -> list
     out = []
     for k in truth:
         out.append(_summary(f"{kind}: {k}", design, reps, hits[k], errors[k], truth[k], n_boot))
+    for k in alloc_truth:  # bias and RMSE in log for N_opt, D_opt, D/N; in units for the exponents
+        out.append(_summary(f"compute-optimal {k} at C_max (affine FLOPs)", design, reps, alloc_hits[k],
+                            alloc_errors[k], alloc_truth[k][0], n_boot))
     out.append(_summary(f"{kind}: 95% PI of a new run at the held-out largest budget", design, reps, pi_hits, [],
                         None, n_boot, extra={"held_out_rejects_true_law": float(np.mean(rejected)) if rejected
                                              else None}))

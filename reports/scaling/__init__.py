@@ -29,12 +29,15 @@ too narrow for the data, a fit that does not describe its own points) set the ch
 * ``held_out``: refit the chosen form on every point but the largest budget (or compute) and predict
   the held-out runs, with a 95% prediction interval (bootstrap fits plus resampled residuals).
 
-Compute-optimal allocation uses ``C = c * N**g * D``; ``c = 6, g = 1`` is the language-model rule (6 FLOPs
-per parameter per token). For a study, ``flops_model(N, flops_per_image)`` fits c and g to the trials' own
-FLOPs per image against the N the law is fitted in (e.g. encoder parameters, when the predictor and heads
+Compute-optimal allocation under a study's own FLOPs (``compute.AffineCompute``: FLOPs per image are
+fixed + per_param * N, xtra.costs) is solved numerically, with local exponents and bootstrap bands on N_opt,
+D_opt and D/N (``ChinchillaFit.allocation``). Without it, ``C = c * N**g * D``; ``c = 6, g = 1`` is the
+language-model rule (6 FLOPs per parameter per token); ``flops_model(N, flops_per_image)`` fits c and g to
+trials' own FLOPs per image against the N the law is fitted in (e.g. encoder parameters, when the predictor and heads
 do not scale), so that ``C`` is in real training FLOPs and ``D`` in images.
 """
 
+from .compute import AffineCompute, allocation_bands, local_exponents, optimal_allocation
 from .diagnostics import Diagnostics
 from .fit import FormFit, fit_form
 from .forms import CONSTANT, FORMS_1D, FORMS_2D, HUBER_DELTA, LEVEL, NAMES_1D, NAMES_2D, Form
@@ -50,7 +53,8 @@ from .select import (
                      held_out,
 )
 
-__all__ = ["CONSTANT", "FORMS_1D", "FORMS_2D", "HUBER_DELTA", "LEVEL", "NAMES_1D", "NAMES_2D", "ChinchillaFit",
+__all__ = ["AffineCompute", "allocation_bands", "local_exponents", "optimal_allocation",
+           "CONSTANT", "FORMS_1D", "FORMS_2D", "HUBER_DELTA", "LEVEL", "NAMES_1D", "NAMES_2D", "ChinchillaFit",
            "Comparison", "Diagnostics", "Form", "FormFit", "FormScore", "HeldOut", "LawAnalysis", "PowerLawFit",
            "analyze_chinchilla", "analyze_power_law", "compare_forms", "fit_chinchilla", "fit_form",
            "fit_power_law", "flops_model", "held_out"]

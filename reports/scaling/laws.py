@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .fit import FormFit, fit_form
+from .compute import AffineCompute, allocation_bands, local_exponents, optimal_allocation
+from .fit import FormFit, _natural, fit_form
 from .forms import FORMS_1D, FORMS_2D, NAMES_1D, NAMES_2D, Form, _check, _check_boot, _percentiles
 
 
@@ -71,6 +72,8 @@ class ChinchillaFit(FormFit):
 
     flops_per_param_sample: float = 6.0
     flops_exponent: float = 1.0
+    compute: AffineCompute | None = None  # a study's own affine FLOPs: the frontier is then solved numerically
+    reference_compute: float | None = None  # where local exponents are read (the study's largest compute)
 
     @property
     def E(self) -> float:
@@ -116,12 +119,23 @@ class ChinchillaFit(FormFit):
 
     # -- compute-optimal allocation ----------------------------------------------------------
 
+    def boot_params(self) -> dict[str, np.ndarray]:
+        """The bootstrap draws of the named parameters, in the caller's units."""
+        return _natural(self.form, self._boot, self._refs, self.names)
+
+    def _frontier_params(self) -> dict[str, float]:
+        return {"A": self.A, "B": self.B, "alpha": self.alpha, "beta": self.beta}
+
     @property
     def exponents(self) -> tuple[float, float]:
         """(a, b) with N_opt ∝ C**a and D_opt ∝ C**b: a = beta/(alpha+g*beta), b = alpha/(alpha+g*beta)
-        (g = flops_exponent; 1 gives the familiar beta/(alpha+beta), alpha/(alpha+beta))."""
+        (g = flops_exponent; 1 gives the familiar beta/(alpha+beta), alpha/(alpha+beta)). Under an affine
+        ``compute`` they are local, read at ``reference_compute``."""
         if not self.has_frontier:
             return (float("nan"), float("nan"))
+        if self.compute is not None and self.reference_compute:
+            a, b = local_exponents(self._frontier_params(), self.compute, self.reference_compute)
+            return float(a), float(b)
         s = self.alpha + self.flops_exponent * self.beta
         return (self.beta / s, self.alpha / s) if s > 0 else (float("nan"), float("nan"))
 
@@ -129,20 +143,33 @@ class ChinchillaFit(FormFit):
     def exponents_ci(self) -> dict[str, tuple[float, float]]:
         if len(self._boot) < 2 or not self.has_frontier:
             return {"a": (float("nan"),) * 2, "b": (float("nan"),) * 2}
+        if self.compute is not None and self.reference_compute:
+            a, b = local_exponents(self.boot_params(), self.compute, self.reference_compute)
+            return {"a": _percentiles(np.asarray(a)), "b": _percentiles(np.asarray(b))}
         off = 2 + int(self.form.has_e)
         alpha, beta = self._boot[:, off], self._boot[:, off + 1]
         s = alpha + self.flops_exponent * beta
         with np.errstate(divide="ignore", invalid="ignore"):
             return {"a": _percentiles(beta / s), "b": _percentiles(alpha / s)}
 
+    def allocation(self, C: float, level: float = 0.95) -> dict[str, tuple[float, float, float]]:
+        """At compute C (the affine ``compute`` required): N_opt, D_opt, D/N, a and b as (value, lo, hi),
+        the band over the bootstrap draws."""
+        if self.compute is None or not self.has_frontier:
+            raise ValueError("allocation: needs a law with both power terms and an affine compute model")
+        return allocation_bands(self._frontier_params(), self.boot_params(), self.compute, C, level)
+
     def compute_optimal(self, C: Any, flops_per_param_sample: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """N_opt(C), D_opt(C) minimising L(N, D) subject to C = c * N**g * D (closed form)."""
+        """N_opt(C), D_opt(C) minimising L(N, D) subject to C = c * N**g * D (closed form), or to
+        C = D * (fixed + per_param * N) under an affine ``compute`` (solved numerically)."""
         c = self.flops_per_param_sample if flops_per_param_sample is None else flops_per_param_sample
         C = np.asarray(C, dtype=float)
         alpha, beta = self.alpha, self.beta
         if not self.has_frontier or not (alpha > 0 and beta > 0):
             nan = np.full(C.shape, np.nan)
             return nan, nan
+        if self.compute is not None:
+            return optimal_allocation(self._frontier_params(), self.compute, C)
         # dL/dN = 0 along D = C / (c N^g):  N^(alpha + g beta) = alpha A (C / c)^beta / (g beta B); in logs
         # so huge A, B cannot overflow.
         g = self.flops_exponent
@@ -164,7 +191,7 @@ class ChinchillaFit(FormFit):
         """Along the iso-FLOP line C = c * N**g * D: returns (D, L) for the given N."""
         c = self.flops_per_param_sample if flops_per_param_sample is None else flops_per_param_sample
         N = np.asarray(N, dtype=float)
-        D = C / (c * N**self.flops_exponent)
+        D = C / self.compute.per_image(N) if self.compute is not None else C / (c * N**self.flops_exponent)
         return D, self.predict(N, D)
 
     def isoflop_profile(self, C: float, span: float = 1.5, n: int = 61,
@@ -212,13 +239,15 @@ def flops_model(N: Any, flops_per_sample: Any) -> tuple[float, float]:
 
 def fit_chinchilla(N: Any, D: Any, L: Any, n_boot: int = 200, seed: int = 0,
                    flops_per_param_sample: float = 6.0, form: Form = FORMS_2D[0],
-                   flops_exponent: float = 1.0) -> ChinchillaFit:
+                   flops_exponent: float = 1.0, compute: AffineCompute | None = None,
+                   reference_compute: float | None = None) -> ChinchillaFit:
     """Fit ``L = E + A / N**alpha + B / D**beta`` (N, D, L > 0), or a reduced ``form``.
     Raises ValueError on degenerate input."""
     _check_boot(n_boot)
     N, D, L = _check_chinchilla(N, D, L)
     check_flops(flops_per_param_sample, flops_exponent)
     fit = fit_form(form, np.column_stack([N, D]), L, n_boot=n_boot, seed=seed, names=NAMES_2D, cls=ChinchillaFit,
-                   flops_per_param_sample=float(flops_per_param_sample), flops_exponent=float(flops_exponent))
+                   flops_per_param_sample=float(flops_per_param_sample), flops_exponent=float(flops_exponent),
+                   compute=compute, reference_compute=reference_compute)
     assert isinstance(fit, ChinchillaFit)
     return fit

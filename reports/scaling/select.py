@@ -272,20 +272,23 @@ def analyze_power_law(x: Any, y: Any, n_boot: int = 200, seed: int = 0, hold_out
         order = np.argsort(x)
         mask = np.zeros(len(x), dtype=bool)
         mask[order[-max(1, len(x) // 5):]] = True
-        what = "the last 20% of the curve"
+        what = "the last 20% of the points fitted"
     return _with_held_out(comp, x[:, None], y, mask, what, n_boot, seed, NAMES_1D, PowerLawFit)
 
 
 def analyze_chinchilla(N: Any, D: Any, L: Any, n_boot: int = 200, seed: int = 0,
                        flops_per_param_sample: float = 6.0, forms: Sequence[Form] = FORMS_2D,
-                       flops_exponent: float = 1.0) -> LawAnalysis:
+                       flops_exponent: float = 1.0, compute: Any = None,
+                       reference_compute: float | None = None) -> LawAnalysis:
     """Compare L(N, D) forms, keep the chosen one if it is a law, and predict the largest budget D
-    from a fit on the others."""
+    from a fit on the others. `compute` (an ``AffineCompute``): the study's own FLOPs per image, under
+    which the frontier is solved numerically and exponents are read at `reference_compute`."""
     _check_boot(n_boot)
     N, D, L = _check_chinchilla(N, D, L, n_min=3)
     check_flops(flops_per_param_sample, flops_exponent)
     X = np.column_stack([N, D])
-    extra = {"flops_per_param_sample": float(flops_per_param_sample), "flops_exponent": float(flops_exponent)}
+    extra = {"flops_per_param_sample": float(flops_per_param_sample), "flops_exponent": float(flops_exponent),
+             "compute": compute, "reference_compute": reference_compute}
     comp = compare_forms(X, L, forms, n_boot=n_boot, seed=seed, names=NAMES_2D, cls=ChinchillaFit, **extra)
     mask = D == D.max()
     return _with_held_out(comp, X, L, mask, f"the largest budget (D = {D.max():.4g})", n_boot, seed, NAMES_2D,
