@@ -264,7 +264,11 @@ def _run_locked(study: Study, study_dir: Path, lock: lease.StudyLock, *, address
     console = console or Console()
     stop = stop or Stop()  # SIGUSR1 / SIGTERM stop the run the way Ctrl-C does (xtra.studies.slurm)
     notes: list[str] = []
-    if lock.took_over:
+    if lock.broke:  # a live driver: let it stop its trials before any of them is planned again
+        from xtra.studies.ray.stopping import grace_s
+
+        notes.append(lock.wait_for_broken(timeout=lease.stale_after(lock.broke) + grace_s()))
+    elif lock.took_over:
         notes.append(f"took over the lock of {lease.describe_holder(lock.took_over)} (no longer running)")
     root = stor.local_path()  # trial directories of a study kept in an object store are never renamed
     moved = st.migrate(root) if root is not None else []

@@ -8,6 +8,7 @@ exits 3 with that line, while the driver that took the study finishes every tria
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -125,7 +126,7 @@ def _started(study_dir: Path) -> bool:
 def test_a_driver_whose_lock_is_broken_stops_and_writes_nothing(tmp_path: Path) -> None:
     study_dir = tmp_path / "study"
     run = ("block-size", "--preset", "smoke", "--out", str(study_dir), "--no-report", "--logger", "none",
-           "--set", "pretrain.samples=6144", "--set", "pretrain.checkpoint_every=256", "--max-concurrent", "1")
+           "--set", "pretrain.samples=3072", "--set", "pretrain.checkpoint_every=256", "--max-concurrent", "1")
     first = _driver("run", *run, env=_env(XTRA_HEARTBEAT_S="0.3", XTRA_STOP_GRACE_S="30"))
     second = None
     try:
@@ -155,5 +156,88 @@ def test_a_driver_whose_lock_is_broken_stops_and_writes_nothing(tmp_path: Path) 
         events = [a["event"] for a in st.read_jsonl(st.trial_dir(study_dir, h) / "attempts.jsonl")]
         assert events.count("finish") == 1, (h, events)
     runs = st.read_runs(study_dir)
-    assert [r["driver_pid"] for r in runs][-1] == second.pid
-    assert runs[0]["state"] == "running"  # the first driver wrote nothing after it lost the study
+    assert runs[-1]["driver_pid"] == second.pid
+    assert "ended" not in runs[0]  # the first driver wrote nothing after it lost the study
+
+
+def _checkpointed_in(stor: Storage, hashes: list[str]) -> bool:
+    """A trial has committed a checkpoint to the study's storage and is not finished."""
+    for h in hashes:
+        m = stor.manifest(f"{st.TRIALS}/{h}")
+        if m is not None and "tune_checkpoint.json" in m.files and "trial.json" not in m.files:
+            return True
+    return False
+
+
+def _finished_once(study_dir: Path, stor: Storage) -> pl.DataFrame:
+    rows = pl.read_parquet(study_dir / st.RESULTS)
+    assert rows["status"].to_list() == ["finished"] * 2, rows
+    for h in rows["config_hash"]:
+        events = [json.loads(line)["event"] for line in
+                  stor.read_member(f"{st.TRIALS}/{h}", "attempts.jsonl").decode().splitlines() if line.strip()]
+        assert events.count("finish") == 1, (h, events)
+    return rows
+
+
+S3_RUN = ("--preset", "smoke", "--no-report", "--logger", "none", "--max-concurrent", "1")
+S3_SETS = ["pretrain.samples=3072", "pretrain.checkpoint_every=256"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST is not installed")
+@pytest.mark.parametrize("fault", ["break-lock", "cut-off"])
+def test_a_driver_of_a_study_in_s3_that_loses_its_lease_stops_and_writes_nothing(fault: str, tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch
+                                                                                  ) -> None:
+    """In S3 (a local server of its own): another machine's driver takes the lease with --break-lock, or
+    the first driver's storage stops answering for longer than the stale time. Either way the first
+    driver stops with one line and exit 3, writes no results, and the study finishes from its URI with
+    every trial finished exactly once."""
+    pytest.importorskip("moto")
+    from xtra.studies.load import load_study
+
+    hashes = [t.config_hash for t in load_study("block-size", preset="smoke", sets=S3_SETS).expand()]
+    sets = [a for kv in S3_SETS for a in ("--set", kv)]
+    with LocalS3Server() as server:
+        for key, value in server.env.items():  # this process reads the study's storage too
+            monkeypatch.setenv(key, value)
+        bucket = server.create_bucket(f"lease-{fault}")
+        stor = Storage.from_uri(f"{bucket}/studies/study")
+        env = _env(**server.env)
+        first = _driver("run", "block-size", *S3_RUN, *sets, "--out", str(tmp_path / "a" / "study"),
+                        "--storage", f"{bucket}/studies",
+                        env={**env, "XTRA_HEARTBEAT_S": "0.3", "XTRA_STOP_GRACE_S": "30"})
+        second = None
+        try:
+            wait_for("a checkpoint of the first driver's trial in storage",
+                     lambda: _checkpointed_in(stor, hashes) or first.poll() is not None, timeout=240, every=0.2)
+            assert first.poll() is None, first.stdout.read()
+            if fault == "break-lock":
+                second = _driver("resume", stor.uri, "--copy", str(tmp_path / "b"), "--break-lock", "--no-report",
+                                 "--logger", "none", env=env)
+                expected = f"{stor.uri_of(lease.LOCK)}: taken by pid {second.pid} on {socket.gethostname()}"
+            else:
+                server.pause()  # the lease's beats (0.3 s: stale after 1.8 s) and the trials' commits go unanswered
+                try:
+                    time.sleep(8)  # a refresh times out after 1 s (x2 attempts): lost well within this
+                finally:
+                    server.resume()
+                expected = f"{stor.uri_of(lease.LOCK)}: not refreshed for "
+            out, _ = first.communicate(timeout=300)
+            assert first.returncode == lease.StudyLeaseLost.exit_code, out
+            line = out.strip().splitlines()[-1]
+            assert line.startswith(f"error: lost the study: {expected}") and "wrote nothing more" in line, out
+            assert "results:" not in out and not stor.is_file(st.RESULTS), out  # the first driver wrote none
+            if second is None:  # the study goes on from its URI alone, on "another machine"
+                second = _driver("resume", stor.uri, "--copy", str(tmp_path / "b"), "--no-report", "--logger",
+                                 "none", env=env)
+            out2, _ = second.communicate(timeout=400)
+            assert second.returncode == 0, out2
+        finally:
+            for proc in (first, second):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        _finished_once(tmp_path / "b", stor)
+        runs = stor.read_json(st.RUNS)
+        assert runs[-1]["driver_pid"] == second.pid and "ended" not in runs[0]  # the first wrote nothing after

@@ -164,6 +164,7 @@ class StudyLock:
     settle_s: float = 1.0
     on_lost: Callable[[str], None] | None = None
     took_over: dict[str, Any] | None = field(default=None, init=False)
+    broke: dict[str, Any] | None = field(default=None, init=False)  # a live holder taken with break_lock
     lost: str | None = field(default=None, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
@@ -173,6 +174,11 @@ class StudyLock:
     @property
     def path(self) -> Path:
         return Path(self.study_dir) / LOCK
+
+    @property
+    def _timeout(self) -> float:
+        """A refresh that takes longer than a few beats has failed: say so while the lease still holds."""
+        return min(conditional.TIMEOUT_S, max(1.0, 2 * self.heartbeat_s))
 
     @property
     def stale_after_s(self) -> float:
@@ -212,7 +218,7 @@ class StudyLock:
             if other is not None and other.get("token") != self._me["token"]:
                 if _alive(other) and not self.break_lock:
                     raise _refusal(where, other)
-                self.took_over = self.took_over or other
+                self._take_over(other)
             self.storage.write_json(LOCK, self._record())
             time.sleep(self.settle_s)
             now = _read_shared(self.storage)
@@ -235,7 +241,7 @@ class StudyLock:
                 if isinstance(other, dict) and other.get("token") != self._me["token"]:
                     if _alive(other) and not self.break_lock:
                         raise _refusal(where, other)
-                    self.took_over = self.took_over or other
+                    self._take_over(other)
             etag = conditional.put(self.storage, LOCK, self._encoded(), etag=got[1] if got else None)
             if etag:
                 self._etag = etag
@@ -255,7 +261,8 @@ class StudyLock:
                         continue
                 elif _alive(other) and not self.break_lock:
                     raise _refusal(self.study_dir, other) from None
-                self.took_over = other
+                if other is not None:
+                    self._take_over(other)
                 stale = self.path.with_name(f".{LOCK}.stale.{os.getpid()}")
                 try:  # rename first so two processes cannot both take over the same stale lock
                     os.replace(self.path, stale)
@@ -267,6 +274,31 @@ class StudyLock:
                 f.write(json.dumps(self._me) + "\n")
             return
         raise StudyLocked(f"{self.study_dir}: could not take the lock {self.path}")
+
+    def _take_over(self, other: dict[str, Any]) -> None:
+        self.took_over = self.took_over or other
+        if self.broke is None and _alive(other):
+            self.broke = other
+
+    def wait_for_broken(self, timeout: float) -> str | None:
+        """After ``break_lock`` took the study from a live driver: give it time to hear so (its next
+        beat) and stop its running trials, so that no trial runs under two drivers. On this host, wait
+        until its process has exited (at most ``timeout``); a driver on another host cannot be watched,
+        so say what may happen. Returns a note for the user, or None when no live driver was broken."""
+        old = self.broke
+        if old is None:
+            return None
+        who = describe_holder(old)
+        if old.get("host") != socket.gethostname():
+            return (f"took the study from the live {who} (--break-lock): it stops at its next beat, and a trial it "
+                    f"is finishing meanwhile may also run here")
+        start = time.monotonic()
+        while _alive(old) and time.monotonic() - start < timeout:
+            time.sleep(0.2)
+        waited = time.monotonic() - start
+        if _alive(old):
+            return f"took the study from the live {who} (--break-lock); it was still running after {waited:.0f} s"
+        return f"took the study from the live {who} (--break-lock); waited {waited:.0f} s for it to stop"
 
     def _beat(self) -> None:
         last_refresh = time.monotonic()
@@ -295,9 +327,9 @@ class StudyLock:
         if self.storage is None:
             return
         if self._etag is not None:  # conditional: replace only the version we wrote last
-            etag = conditional.put(self.storage, LOCK, self._encoded(), etag=self._etag)
+            etag = conditional.put(self.storage, LOCK, self._encoded(), etag=self._etag, timeout=self._timeout)
             if not etag:
-                got = conditional.read(self.storage, LOCK)
+                got = conditional.read(self.storage, LOCK, timeout=self._timeout)
                 raise LeaseTaken(_parse(got[0]) if got else None, shared=True)
             self._etag = etag
             return

@@ -106,6 +106,19 @@ class LocalS3Server:
         self._proc = None
         self._log.unlink(missing_ok=True)
 
+    def pause(self) -> None:
+        """Stop answering (SIGSTOP) while keeping every object: an endpoint cut off from its clients."""
+        import signal
+
+        assert self._proc is not None, "the server is not running"
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        import signal
+
+        assert self._proc is not None, "the server is not running"
+        self._proc.send_signal(signal.SIGCONT)
+
     def create_bucket(self, name: str) -> str:
         """Create a bucket on this server (xtra itself never creates buckets); returns `s3://name`."""
         import pyarrow.fs as pafs

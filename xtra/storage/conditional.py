@@ -16,14 +16,16 @@ from xtra.storage.names import StorageError, _explain
 from xtra.storage.store import Storage
 
 MAX_LEASE_BYTES = 1 << 20  # a lease is a small JSON document
+TIMEOUT_S = 10.0  # per request (connect, read); two attempts
 
 
 class Unsupported(Exception):
     """This storage (or this environment) cannot write conditionally: use the fallback."""
 
 
-def _client(storage: Storage) -> tuple[Any, str, str]:
-    """(boto3 S3 client, bucket, key prefix) for an s3:// storage, else Unsupported."""
+def _client(storage: Storage, timeout: float) -> tuple[Any, str, str]:
+    """(boto3 S3 client, bucket, key prefix) for an s3:// storage, else Unsupported. ``timeout`` bounds
+    each request's connect and read: a lease must hear from a silent endpoint in about a beat."""
     if storage.kind != "s3":
         raise Unsupported(f"{storage.kind} storage")
     try:
@@ -38,8 +40,8 @@ def _client(storage: Storage) -> tuple[Any, str, str]:
     if endpoint and "://" not in endpoint:
         endpoint = f"https://{endpoint}"
     client = boto3.client("s3", endpoint_url=endpoint, region_name=region or ("us-east-1" if endpoint else None),
-                          config=botocore.config.Config(retries={"max_attempts": 2}, connect_timeout=5,
-                                                        read_timeout=10))
+                          config=botocore.config.Config(retries={"max_attempts": 2}, connect_timeout=timeout,
+                                                        read_timeout=timeout))
     bucket, _, prefix = storage.base.partition("/")
     return client, bucket, prefix
 
@@ -53,9 +55,9 @@ def _code(err: Exception) -> tuple[str, int]:
     return str(resp.get("Error", {}).get("Code", "")), int(resp.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
-def read(storage: Storage, rel: str) -> tuple[bytes, str] | None:
+def read(storage: Storage, rel: str, *, timeout: float = TIMEOUT_S) -> tuple[bytes, str] | None:
     """(bytes, etag) of an object, or None if absent."""
-    client, bucket, prefix = _client(storage)
+    client, bucket, prefix = _client(storage, timeout)
     try:
         obj = client.get_object(Bucket=bucket, Key=_key(prefix, rel))
         data = obj["Body"].read(MAX_LEASE_BYTES + 1)
@@ -69,11 +71,12 @@ def read(storage: Storage, rel: str) -> tuple[bytes, str] | None:
     return data, obj["ETag"]
 
 
-def put(storage: Storage, rel: str, data: bytes, *, etag: str | None = None) -> str | None:
+def put(storage: Storage, rel: str, data: bytes, *, etag: str | None = None, timeout: float = TIMEOUT_S
+        ) -> str | None:
     """Write `rel` only if it is absent (etag None) or still at `etag`. The new version's etag if
     written (the next conditional write's `etag`), None if the condition failed (another writer got
     there first); Unsupported if the store ignores conditions."""
-    client, bucket, prefix = _client(storage)
+    client, bucket, prefix = _client(storage, timeout)
     cond = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
     try:
         written = client.put_object(Bucket=bucket, Key=_key(prefix, rel), Body=data, **cond)
