@@ -86,6 +86,16 @@ def test_flex_vs_sdpa_and_the_trial(dry_run):
     assert 0 <= trial["linear_top1"] <= 1 and 0 <= trial["attentive_top1"] <= 1
 
 
+def test_the_script_imports_with_the_gpu_machines_missing_packages_unimportable():
+    runner = (f"import runpy, sys\nsys.modules.update(dict.fromkeys({BLOCKED!r}))\n"
+              "runpy.run_path('scripts/gpu_check.py', run_name='not_main')\n"
+              "import json\nprint(json.dumps(sorted({n.split('.')[0] for n, m in list(sys.modules.items()) if m})))\n")
+    result = subprocess.run([sys.executable, "-c", runner], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = set(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert {"torch", "xtra"} <= loaded and not loaded & set(gpu_check.NOT_ON_THE_GPU_MACHINE)
+
+
 def test_the_gpu_plan_fits_in_eight_minutes_with_room_to_start():
     budgets = gpu_check.PLANS["cuda"]["budget_s"]
     assert list(budgets) == SECTIONS and list(gpu_check.PLANS["dry-run"]["budget_s"]) == SECTIONS
