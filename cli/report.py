@@ -33,14 +33,12 @@ def _check_study(path: Path) -> None:
 
 
 def _check_options(images: str | None, plotlyjs: str, n_boot: int) -> None:
-    from xtra.reports.build import IMAGE_FORMATS, PLOTLYJS_MODES
+    from xtra.reports.build import check_options
 
-    if images is not None and images not in IMAGE_FORMATS:
-        _fail(f"--images {images!r}: expected one of {', '.join(IMAGE_FORMATS)}")
-    if plotlyjs not in PLOTLYJS_MODES:
-        _fail(f"--plotlyjs {plotlyjs!r}: expected one of {', '.join(PLOTLYJS_MODES)}")
-    if n_boot < 0:
-        _fail(f"--n-boot {n_boot}: expected an integer >= 0")
+    try:
+        check_options(images, plotlyjs, n_boot, spell=lambda key: f"--{key.replace('_', '-')} ")
+    except ValueError as err:
+        _fail(str(err))
 
 
 def _check_out(out: Path) -> None:

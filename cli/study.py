@@ -24,7 +24,6 @@ from xtra.cli.study_options import (
     SetOpt,
     StudyArg,
     WorkersOpt,
-    _default_out,
     _load,
 )
 from xtra.cli.study_submit import submit_cmd
@@ -53,20 +52,6 @@ def _si(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.3g}{unit}"
     return f"{n:.3g}"
-
-
-CONFIRM_GPU_HOURS = 1000  # a run estimated above this needs --yes (the shipped paper presets are < 300)
-
-
-def _estimatedgpu_hours(s: Any) -> float:
-    """The study's pretraining cost as `study show` estimates it (O(trials), no model built)."""
-    from xtra.costs import flops_per_image, gpu_hours
-
-    base = s.base_config()
-    total = sum(gpu_hours(flops_per_image(x.config.model), x.config.pretrain.samples) for x in s.expand())
-    if s.search is not None:
-        total += gpu_hours(flops_per_image(base.model), base.pretrain.samples) * s.search.num_samples
-    return total
 
 
 def _axes_text(study: Any) -> str:
@@ -255,6 +240,7 @@ def run_cmd(
 ) -> None:
     """Run a study: only trials that are new or unfinished; finished ones (same config hash) are reused."""
     allow_commands(commands)
+    from xtra.studies.policy import default_out
     from xtra.studies.runner import run_study
     from xtra.studies.spec import StudyError
 
@@ -263,17 +249,11 @@ def run_cmd(
         s = s.with_resources(cpus_per_trial, gpus_per_trial, max_concurrent, workers_per_trial, loggers)
     except ValueError as err:
         raise _fail(str(err)) from None
-    study_dir = out or _default_out(study, s)
+    study_dir = out or default_out(s, study)
     console = Console()
-    cost = _estimatedgpu_hours(s)
-    if cost > CONFIRM_GPU_HOURS and not yes:
-        raise _fail(f"{s.name}: an estimated {cost:,.0f} GPU-hours of pretraining (see `xtra study show`), over "
-                    f"the {CONFIRM_GPU_HOURS:,} that run without asking; pass --yes to run it")
-    if cost > CONFIRM_GPU_HOURS:
-        console.print(f"note: running an estimated {cost:,.0f} GPU-hours of pretraining (--yes)", highlight=False)
     try:
         outcome = run_study(s, study_dir, address=address, storage=storage, console=console, build_report=report,
-                            break_lock=break_lock)
+                            break_lock=break_lock, yes=yes)
     except StudyError as err:  # a bad study dir, another runner, a missing dataset: before Ray starts
         raise _fail_study(err) from None
     raise typer.Exit(_print_outcome(console, outcome))

@@ -3,7 +3,6 @@ and loading a study from them with the one error path."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -37,10 +36,3 @@ def _load(study: str, preset: str | None, sets: list[str] | None, seeds: int | N
         return load_study(study, preset=preset, sets=parse_sets(sets), seeds=seeds)
     except ValueError as err:
         raise _fail(" ".join(str(err).split())) from None
-
-
-def _default_out(study_arg: str, s: Any) -> Path:
-    p = Path(study_arg)
-    if p.is_dir():
-        return p
-    return Path("runs") / "studies" / (f"{s.name}-{s.preset}" if s.preset else s.name)

@@ -22,7 +22,6 @@ from xtra.cli.study_options import (
     SetOpt,
     StudyArg,
     WorkersOpt,
-    _default_out,
     _load,
 )
 
@@ -52,6 +51,7 @@ def submit_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="write the script and print it; do not submit")] = False,
 ) -> None:
     """Submit a study as one Slurm job (Ray across its nodes); a requeued or time-limited job resumes."""
+    from xtra.studies.policy import default_out
     from xtra.studies.slurm import parse_slurm, python_commands, record_job, render, sbatch, write_script
     from xtra.studies.spec import StudyError
 
@@ -61,7 +61,7 @@ def submit_cmd(
         options = parse_slurm(slurm)
     except ValueError as err:
         raise _fail(" ".join(str(err).split())) from None
-    study_dir = (out or _default_out(study, s)).expanduser().resolve()
+    study_dir = (out or default_out(s, study)).expanduser().resolve()
     target = str(Path(study).resolve()) if Path(study).exists() else study  # the job may start elsewhere
     args = [target, "--out", str(study_dir)]
     if s.preset:

@@ -303,11 +303,15 @@ def summary_markdown(study: Study, pans: Sequence[Panel], tables: Sequence[Table
 # Entry points
 
 
-def _check_options(images: str | None, plotlyjs: str) -> None:
+def check_options(images: str | None, plotlyjs: str, n_boot: int, spell: Any = lambda key: f"{key}=") -> None:
+    """The report's options, checked in one place for the CLI and the API (ValueError, one line).
+    ``spell(key)`` is how the caller names an option: ``images=`` here, ``--images `` in the CLI."""
     if images is not None and images not in IMAGE_FORMATS:
-        raise ValueError(f"images={images!r} is not allowed (allowed: None, 'png', 'svg')")
+        raise ValueError(f"{spell('images')}{images!r}: expected one of {', '.join(IMAGE_FORMATS)} (or none)")
     if plotlyjs not in PLOTLYJS_MODES:
-        raise ValueError(f"plotlyjs={plotlyjs!r} is not allowed (allowed: 'inline', 'cdn')")
+        raise ValueError(f"{spell('plotlyjs')}{plotlyjs!r}: expected one of {', '.join(PLOTLYJS_MODES)}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
+        raise ValueError(f"{spell('n_boot')}{n_boot!r}: expected an integer >= 0")
 
 
 def _study_tables(study: Study) -> list[Table]:
@@ -351,7 +355,7 @@ def build_report(study_dir: str | Path, out: str | Path | None = None, images: s
     a note when kaleido or Chromium fails). plotlyjs: "inline" (offline) or "cdn". pictures: (k,
     HxWxC array in [0, 1]) pairs, a callable ``f(study_dir) -> pairs``, or None. n_boot: bootstrap
     refits per scaling law. Returns the path of index.html; raises StudyError on a bad study dir."""
-    _check_options(images, plotlyjs)
+    check_options(images, plotlyjs, n_boot)
     out_dir = Path(out) if out is not None else Path(study_dir) / "report"
     study, pans, tables, notes, image_paths = _prepare(study_dir, out_dir, images, pictures, n_boot, "")
     body = _study_body(study, pans, tables, notes, "", image_paths)
@@ -427,7 +431,7 @@ def compare_reports(study_dirs: Sequence[str | Path], out: str | Path, images: s
     """Several studies on one page: an overview table, shared figures, then each study's report.
 
     Figure ids are prefixed per study (``s0-fig-compute``, ``s1-fig-compute``, ...)."""
-    _check_options(images, plotlyjs)
+    check_options(images, plotlyjs, n_boot)
     if len(study_dirs) < 1:
         raise ValueError("compare_reports needs at least one study directory")
     out_dir = Path(out)

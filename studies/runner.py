@@ -30,6 +30,7 @@ from xtra import trialdir as td
 from xtra.storage import Storage, StorageError, SyncResult, check, pull
 from xtra.studies.load import load_study_dir
 from xtra.studies.plan import make_plan, with_data_identity
+from xtra.studies.policy import confirm_cost
 from xtra.studies.slurm import Stop, job_record, stop_on_signals
 from xtra.studies.spec import Study, StudyError
 
@@ -154,8 +155,10 @@ def _check_same_study(study_dir: Path, study: Study) -> None:
 
 def run_study(study: Study, study_dir: str | Path, *, address: str | None = None, storage: str | None = None,
               console: Any = None, live: bool | None = None, build_report: bool = True, check_data: bool = True,
-              command: str = "xtra study run", break_lock: bool = False) -> Outcome:
-    """Run the study's unfinished trials. Raises StudyError (one line) on bad input, before Ray starts."""
+              command: str = "xtra study run", break_lock: bool = False, yes: bool = False) -> Outcome:
+    """Run the study's unfinished trials. Raises StudyError (one line) on bad input, before Ray starts;
+    a study estimated above ``policy.CONFIRM_GPU_HOURS`` runs only with ``yes``."""
+    cost_note = confirm_cost(study, yes)
     study_dir = Path(study_dir).expanduser().resolve()
     if check_data:
         study.check_data()
@@ -174,7 +177,7 @@ def run_study(study: Study, study_dir: str | Path, *, address: str | None = None
         st.write_study_toml(study_dir, study.to_toml())
         _push(stor, study_dir, st.STUDY_TOML)
         return _run_locked(study, study_dir, lock, address=address, stor=stor, console=console, live=live,
-                           build_report=build_report, resuming=False, stop=stop)
+                           build_report=build_report, resuming=False, stop=stop, notes=[cost_note] if cost_note else [])
 
 
 def resume_study(study_dir: str | Path, *, address: str | None = None, console: Any = None, live: bool | None = None,
@@ -254,8 +257,8 @@ def _check_trackers(study: Study) -> None:
 
 
 def _run_locked(study: Study, study_dir: Path, lock: lease.StudyLock, *, address: str | None, stor: Storage,
-                console: Any, live: bool | None, build_report: bool, resuming: bool, stop: Stop | None = None
-                ) -> Outcome:
+                console: Any, live: bool | None, build_report: bool, resuming: bool, stop: Stop | None = None,
+                notes: list[str] | None = None) -> Outcome:
     from rich.console import Console
 
     from xtra.studies.ray.monitor import Display
@@ -263,7 +266,7 @@ def _run_locked(study: Study, study_dir: Path, lock: lease.StudyLock, *, address
 
     console = console or Console()
     stop = stop or Stop()  # SIGUSR1 / SIGTERM stop the run the way Ctrl-C does (xtra.studies.slurm)
-    notes: list[str] = []
+    notes = list(notes or [])
     if lock.broke:  # a live driver: let it stop its trials before any of them is planned again
         from xtra.studies.ray.stopping import grace_s
 

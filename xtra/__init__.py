@@ -42,27 +42,28 @@ class _Environment:
 def run_study(study: str | Path, out: str | Path | None = None, *, preset: str | None = None,
               sets: dict[str, Any] | list[str] | None = None, seeds: int | list[int] | None = None,
               address: str | None = None, storage: str | None = None, report: bool = True, verbose: bool = False,
-              **resources: Any) -> Any:
+              yes: bool = False, **resources: Any) -> Any:
     """Run a study (a shipped name, a .toml path, or a study directory) into ``out`` (default
     ``runs/studies/<name>-<preset>``); finished trials are reused. ``resources``: cpus_per_trial,
     gpus_per_trial, max_concurrent, workers_per_trial, loggers. Returns the runner's Outcome
-    (study_dir, counts, results, report, notes). Bad input raises ``xtra.studies.spec.StudyError``."""
+    (study_dir, counts, results, report, notes). Bad input raises ``xtra.studies.spec.StudyError``, and
+    so does a study estimated above ``xtra.studies.policy.CONFIRM_GPU_HOURS`` unless ``yes``."""
     with _Environment():
         import io
 
         from rich.console import Console
 
         from xtra.studies.load import load_study
+        from xtra.studies.policy import default_out
         from xtra.studies.runner import run_study as _run
 
         spec = load_study(study, preset=preset, sets=sets, seeds=seeds)
         if resources:
             spec = spec.with_resources(**resources)
-        if out is None:
-            out = Path("runs") / "studies" / (f"{spec.name}-{spec.preset}" if spec.preset else spec.name)
+        out = default_out(spec, study) if out is None else out
         console = Console() if verbose else Console(file=io.StringIO())
         return _run(spec, out, address=address, storage=storage, console=console, live=False,
-                    build_report=report, command="xtra.run_study")
+                    build_report=report, command="xtra.run_study", yes=yes)
 
 
 def resume_study(study_dir: str | Path, *, address: str | None = None, report: bool = True,
