@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import functools
 import gc
+import importlib.metadata
 import json
 import os
 import signal
@@ -114,11 +115,6 @@ def paper_batch_per_gpu() -> int:
     """The paper preset's pretraining batch over its GPUs per trial (the batch each GPU steps on)."""
     paper = tomllib.loads(PRESETS.read_text())["presets"]["paper"]
     return int(paper["pretrain.batch_size"]) // int(paper.get("resources", {}).get("gpus_per_trial", 1))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _error(err: BaseException) -> str:
@@ -298,7 +294,7 @@ def flex_vs_sdpa(device: torch.device, plan: dict, rows: list) -> None:
 def trial(device: torch.device, plan: dict, out_dir: Path) -> dict:
     spec = plan["trial"]
     sizes = {f"model.{key}": value for key, value in
-             ({**TINY} if spec["model"] == "tiny" else model_config(spec["model"]).__dict__).items()
+             (TINY if spec["model"] == "tiny" else dataclasses.asdict(model_config(spec["model"]))).items()
              if key in TINY}
     cfg = override(TrialConfig(), {
         **sizes, "model.block_size": 2, "data.name": "synthetic", "data.synthetic_size": spec["synthetic_size"],
@@ -358,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     if mode == "cuda":
         tf32(True)
         report["cuda"] = torch.version.cuda
+        try:
+            report["triton"] = importlib.metadata.version("triton")
+        except importlib.metadata.PackageNotFoundError:
+            report["triton"] = None
         report["gpu_memory_gib"] = torch.cuda.get_device_properties(0).total_memory / 2**30
         # flex recompiles per block size, dtype and shape: past dynamo's default limit (8) it would
         # fall back to eager flex, which materializes the scores and would time the wrong kernel
