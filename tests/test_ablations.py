@@ -31,9 +31,10 @@ def test_paper_presets_are_the_official_grids() -> None:
     assert grid("predictor-width", "paper", "model.pred_width", "model.pred_num_heads") == [
         (192, 6), (384, 6), (576, 6), (768, 6)]
     assert grid("predictor-depth", "paper", "model.pred_depth") == [(1,), (2,), (4,), (8,), (16,)]
-    # 1x32x32, 1x64x64, 2x32x32, 2x64x64 on 16 px patches: next_heads crossed with k = 2, 4
+    # 1x and 2x {16x16, 32x32, 64x64} on 16 px patches: next_heads crossed with k = 1, 2, 4 (2x16x16, k = 1
+    # with two heads, is the multi-token control)
     assert sorted(grid("multi-token", "paper", "model.next_heads", "model.block_size")) == [
-        (1, 2), (1, 4), (2, 2), (2, 4)]
+        (1, 1), (1, 2), (1, 4), (2, 1), (2, 2), (2, 4)]
     # resolution at 224 px: patch 14 with k 1, 2, 4 (blocks of 14, 28, 56 px), patch 16 with k 1, 2
     assert grid("resolution", "paper", "model.img_size", "model.patch_size", "model.block_size") == [
         (224, 14, 1), (224, 14, 2), (224, 14, 4), (224, 16, 1), (224, 16, 2)]
@@ -52,7 +53,7 @@ def test_cpu_analogues_load() -> None:
     assert grid("predictor-width", "cpu", "model.pred_width", "model.pred_num_heads") == [
         (24, 3), (48, 3), (72, 3), (96, 3)]  # 0.25x-1.0x of cpu-s's 96, heads fixed
     assert sorted(grid("multi-token", "cpu", "model.next_heads", "model.block_size")) == [
-        (1, 2), (1, 4), (2, 2), (2, 4)]
+        (1, 1), (1, 2), (1, 4), (2, 1), (2, 2), (2, 4)]
     assert grid("resolution", "cpu", "model.patch_size", "model.block_size") == [
         (4, 1), (4, 2), (4, 4), (8, 1), (8, 2)]
 
@@ -74,7 +75,7 @@ def test_scaling_presets_have_enough_distinct_points(preset: str) -> None:
 
 def test_pseudo_random_orders_are_the_official_ones() -> None:
     """16 random permutations of 16 blocks, no two with a common prefix (distinct first blocks), the
-    first one random too (validation and probing use it), fixed by the seed."""
+    first one random too (the validation loss uses it; probes read raster order), fixed by the seed."""
     orders = pseudo_random_orders(16, 16, 0)
     assert orders.shape == (16, 16)
     assert all(sorted(o.tolist()) == list(range(16)) for o in orders)

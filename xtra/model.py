@@ -163,8 +163,8 @@ class PixelHead(nn.Module):
 
 @functools.lru_cache(maxsize=64)
 def block_orders(n_blocks: int, n_orders: int, seed: int) -> torch.Tensor:
-    """A fixed, seeded set of block permutations: (n_orders, n_blocks). The first is raster, so
-    evaluation and probing see the canonical order; training draws one per step."""
+    """A fixed, seeded set of block permutations: (n_orders, n_blocks). The first is raster, so the
+    validation loss sees the canonical order; training draws one per step."""
     gen = torch.Generator().manual_seed(seed)
     perms = [torch.arange(n_blocks)] + [torch.randperm(n_blocks, generator=gen) for _ in range(n_orders - 1)]
     return torch.stack(perms)
@@ -174,7 +174,8 @@ def block_orders(n_blocks: int, n_orders: int, seed: int) -> torch.Tensor:
 def pseudo_random_orders(n_blocks: int, n_orders: int, seed: int) -> torch.Tensor:
     """The official XTRA pseudo-random orders: (n_orders, n_blocks), every one a random permutation and
     no two sharing a prefix (so each starts with its own block; n_orders <= n_blocks). Training draws one
-    per step; evaluation and probing use the first, which is random too, not raster."""
+    per step; the validation loss uses the first, which is random too, not raster (probes read raster
+    order, `Encoder.features`). Equal to the official `create_random_permutations` for the same seed."""
     gen = torch.Generator().manual_seed(seed)
     perms: list[torch.Tensor] = []
     while len(perms) < n_orders:
