@@ -16,6 +16,7 @@ from typing import Any
 
 from xtra import studydir
 from xtra.config import SIZES, TrialConfig, _coerce, model_config, override, recorded_values
+from xtra.studies.isoflop import expand as expand_isoflop
 from xtra.studies.parse import (
     _LEAVES,
     MAX_TRIALS,
@@ -278,6 +279,7 @@ def load_study(path_or_name: str | Path, preset: str | None = None, sets: dict[s
         seeds_val, seeds_label = seeds, f"{src}: --seeds"
     if "zip" in raw:
         axes = _apply_zip(axes, raw["zip"], f"{src}: zip", axis_labels)
+    axes = expand_isoflop(axes, size, base, src, axis_labels)  # a `compute` axis -> points on isoFLOP lines
 
     # Keys that changed what a trial trains (xtra.config.LEGACY_VALUES): a resolved study.toml that lacks
     # one was run before it existed, so its trials keep the rule they were trained under; a study

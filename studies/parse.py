@@ -48,6 +48,10 @@ def _is_tuple_key(key: str) -> bool:
 
 
 def _parse_axis(name: str, values: Any, label: str) -> Axis:
+    if name == "compute":  # a derived axis of isoFLOP budgets, expanded by xtra.studies.isoflop
+        from xtra.studies.isoflop import parse_compute_axis
+
+        return parse_compute_axis(values, label)
     if not isinstance(values, list) or not values:
         raise StudyError(f"{label}={_fmt(values)}: an axis must be a non-empty list of values")
     if all(isinstance(v, dict) for v in values):  # a zip group: each value is a table of dotted keys

@@ -1,0 +1,181 @@
+"""How much data is k worth? The effective data multiplier of each k against the baseline (k = 1).
+
+**Per budget, M(D).** At a size N where both have completed runs, k trained on D samples reaches the
+loss the baseline reaches at M·D samples: the baseline's mean loss curve over its budgets (at that N) is
+crossed at k's mean loss at D, interpolated linearly in log D (``efficiency.crossing``'s rule), and
+M = D_baseline / D. Nothing is extrapolated: k's loss beyond the baseline's largest budget gives only a
+lower bound on M (an open upper end), below its smallest only an upper bound.
+
+Intervals reuse the calibrated estimators of ``reports.efficiency`` and ``reports.intervals``: with >= 2
+seeds the seed-clustered t-bootstrap (each draw moves both mean curves by Gaussian-weighted sums of their
+seeds' residual curves, t-scaled), censored draws entering at their bounds (``censored_interval``: an end
+among them is open). With one seed there is no seed spread: the draws then move each point's log loss by
+the parabolas' pooled residual (``approaches.noise_model``), also t-scaled, and the sentence says so.
+
+**Inside the law, M_k.** Where the baseline's L(N, D) can be fitted (``reports.scaling``), one multiplier
+per k: M_k minimises the squared log error of k's runs against L_1(N, M_k·D), the paper's claim in one
+number. Its interval: each bootstrap draw of the baseline's law (cluster bootstrap over design points)
+with a cluster resample of k's design points. An M_k at the end of the searched range is reported open.
+Measured coverage: ``reports.isoflop_calibration``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import intervals
+from .approaches import design_points, noise_model
+from .efficiency import censored_interval, ratio_draws
+
+LEVEL = 0.95
+M_RANGE = (1 / 64, 64.0)  # multipliers searched inside the law
+M_GRID = 801
+
+
+@dataclass
+class Multiplier:
+    N: float
+    D: float
+    value: float  # M, or its bound when the point estimate is censored
+    status: str  # reached | never (baseline never got there: M >= value) | before_first (M <= value)
+    lo: float
+    hi: float
+    lo_open: bool
+    hi_open: bool
+
+    def text(self) -> str:
+        prefix = {"never": ">=", "before_first": "<="}.get(self.status, "")
+        lo = f"<={self.lo:.2f}" if self.lo_open else f"{self.lo:.2f}"
+        hi = f">={self.hi:.2f}" if self.hi_open else f"{self.hi:.2f}"
+        band = f" (95% CI {lo} to {hi})" if math.isfinite(self.lo) else " (no interval)"
+        return f"N = {self.N:.3g}, D = {self.D:,.0f}: M = {prefix}{self.value:.2f}{band}"
+
+
+def _curves(N: np.ndarray, D: np.ndarray, y: np.ndarray, seed: np.ndarray, n: float
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(xs, Y[seed, x]) at size n over the budgets every seed has."""
+    m = N == n
+    seeds = sorted(set(seed[m].tolist()))
+    per = {s: {float(d): float(v) for d, v, ss in zip(D[m], y[m], seed[m]) if ss == s} for s in seeds}
+    xs = sorted(set.intersection(*(set(c) for c in per.values()))) if per else []
+    return np.asarray(xs, dtype=float), np.array([[per[s][x] for x in xs] for s in seeds], dtype=float)
+
+
+def _draws(Y: np.ndarray, se: float, df: int, rng: np.random.Generator, n_draws: int, scale: np.ndarray
+           ) -> np.ndarray:
+    if Y.shape[0] >= 2:
+        return intervals.seed_clustered_mean_draws(Y, rng, n_draws, scale)
+    if not math.isfinite(se) or df < 1:
+        return np.broadcast_to(Y.mean(axis=0), (n_draws, Y.shape[1])).copy()
+    return Y.mean(axis=0) + rng.standard_normal((n_draws, Y.shape[1])) * se * scale[:, None]
+
+
+def per_budget(base: dict[str, Any], other: dict[str, Any], n_draws: int = 2000, seed: int = 0,
+               level: float = LEVEL) -> tuple[list[Multiplier], str]:
+    """M(D) at every (N, D) where both groups have completed runs and the baseline has >= 2 budgets at N.
+    ``base``/``other``: arrays N, D, L, F (FLOPs per image), seed (one row per trial)."""
+    rng = np.random.default_rng(seed)
+    arrays = [{k: np.asarray(g[k], dtype=float if k != "seed" else object) for k in ("N", "D", "L", "F", "seed")}
+              for g in (base, other)]
+    b, o = arrays
+    ses, dfs, sources = [], [], []
+    for g in arrays:
+        p = design_points(g["N"], g["D"], g["L"], g["F"], g["seed"])
+        se, df, source = noise_model(p)
+        ses.append(float(np.nanmedian(se)) if len(se) and np.isfinite(se).any() else float("nan"))
+        dfs.append(df)
+        sources.append(source)
+    several = len(set(b["seed"].tolist())) > 1 and len(set(o["seed"].tolist())) > 1
+    df = dfs[0] + dfs[1] if several else min(dfs)
+    how = "seed-clustered t-bootstrap" if several else f"t-calibrated parametric bootstrap on {sources[0]}"
+    out = []
+    for n in sorted(set(b["N"].tolist()) & set(o["N"].tolist())):
+        bx, bY = _curves(b["N"], b["D"], -np.log(b["L"]), b["seed"], n)
+        ox, oY = _curves(o["N"], o["D"], -np.log(o["L"]), o["seed"], n)
+        if len(bx) < 2:
+            continue
+        scale = intervals.t_scale_draws(rng, n_draws, df)
+        bdraw = _draws(bY, ses[0], dfs[0], rng, n_draws, scale)
+        odraw = _draws(oY, ses[1], dfs[1], rng, n_draws, scale)
+        noisy = not np.allclose(bdraw, bdraw[:1])
+        for j, d in enumerate(ox):
+            inv, status = ratio_draws(np.array([d]), oY.mean(axis=0)[None, j:j + 1], bx, bY.mean(axis=0)[None, :])
+            inv_d, st_d = ratio_draws(np.array([d]), odraw[:, j:j + 1], bx, bdraw)
+            if noisy:
+                ci = censored_interval(inv_d, st_d, level)  # on D / D_baseline = 1 / M: the ends swap
+                lo, hi = 1 / ci["hi"], 1 / ci["lo"]
+                lo_open, hi_open = ci["hi_open"], ci["lo_open"]
+            else:
+                lo = hi = float("nan")
+                lo_open = hi_open = False
+            out.append(Multiplier(float(n), float(d), float(1 / inv[0]), str(status[0]), lo, hi, lo_open, hi_open))
+    return out, how
+
+
+@dataclass
+class LawMultiplier:
+    value: float
+    lo: float
+    hi: float
+    at_edge: bool  # the estimate or an interval end at the searched range's end (open)
+    n_points: int
+    note: str = ""
+
+    def text(self) -> str:
+        if not math.isfinite(self.value):
+            return f"inside the law: no multiplier ({self.note})"
+        edge = f" (at the end of the searched {M_RANGE[0]:.3g}-{M_RANGE[1]:g}: open)" if self.at_edge else ""
+        band = f" (95% CI {self.lo:.2f} to {self.hi:.2f})" if math.isfinite(self.lo) else ""
+        note = f"; {self.note}" if self.note else ""
+        return (f"inside the law L(N, M·D) fitted to the baseline: M = {self.value:.2f}{band}{edge}, from "
+                f"{self.n_points} design points{note}")
+
+
+def _best_m(params: dict[str, np.ndarray], N: np.ndarray, D: np.ndarray, logL: np.ndarray) -> np.ndarray:
+    """argmin over a log grid of M of sum (log L - log L_law(N, M D))^2, per draw of params (draws,)."""
+    grid = np.exp(np.linspace(math.log(M_RANGE[0]), math.log(M_RANGE[1]), M_GRID))
+    E, A, B = (np.atleast_1d(np.asarray(params[k], dtype=float)) for k in ("E", "A", "B"))
+    al, be = (np.atleast_1d(np.asarray(params[k], dtype=float)) for k in ("alpha", "beta"))
+    # (draws, grid, points)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        pred = (E[:, None, None] + A[:, None, None] * N[None, None, :] ** -al[:, None, None]
+                + B[:, None, None] * (grid[None, :, None] * D[None, None, :]) ** -be[:, None, None])
+        sse = np.sum((np.log(pred) - logL[None, None, :]) ** 2, axis=2)
+    sse = np.where(np.isfinite(sse), sse, np.inf)
+    return grid[np.argmin(sse, axis=1)]
+
+
+def in_law(base: dict[str, Any], other: dict[str, Any], n_boot: int = 200, seed: int = 0,
+           level: float = LEVEL) -> LawMultiplier:
+    """One multiplier for ``other`` inside the baseline's fitted law (rows as in ``per_budget``)."""
+    from .scaling import fit_chinchilla
+
+    N, D, L = (np.asarray(other[k], dtype=float) for k in ("N", "D", "L"))
+    points = len(np.unique(np.column_stack([N, D]), axis=0)) if len(N) else 0
+    try:
+        fit = fit_chinchilla(base["N"], base["D"], base["L"], n_boot=n_boot, seed=seed)
+    except ValueError as e:
+        return LawMultiplier(float("nan"), float("nan"), float("nan"), False, points, f"the baseline's law: {e}")
+    if not fit.has_frontier:
+        return LawMultiplier(float("nan"), float("nan"), float("nan"), False, points,
+                             "the baseline's law has no D term")
+    if points < 2:
+        return LawMultiplier(float("nan"), float("nan"), float("nan"), False, points, "fewer than 2 design points")
+    logL = np.log(L)
+    value = float(_best_m({k: np.array([v]) for k, v in fit.params.items()}, N, D, logL)[0])
+    draws = fit.boot_params()
+    rng = np.random.default_rng(seed)
+    groups = intervals.point_groups(np.column_stack([N, D]))
+    ms = []
+    for i in range(len(draws["A"])):
+        idx = intervals.grouped_resamples(groups, rng)
+        ms.append(_best_m({k: draws[k][i:i + 1] for k in draws}, N[idx], D[idx], logL[idx])[0])
+    lo, hi = intervals.percentile_interval(np.asarray(ms), level)
+    edge = any(abs(math.log(v / e)) < 1e-9 for v in (value, lo, hi) if math.isfinite(v) for e in M_RANGE)
+    note = "" if fit.identifiable else \
+        "the baseline's law is not identifiable by the report's checks (read as descriptive)"
+    return LawMultiplier(value, lo, hi, edge, points, note)
