@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from xtra import costs, lease
 from xtra import studydir as st
 from xtra import trialdir as td
+from xtra.config import LEGACY_VALUES
 from xtra.storage import Storage, StorageError, SyncResult, check, pull
 from xtra.studies.load import load_study_dir
 from xtra.studies.plan import make_plan, with_data_identity
@@ -153,6 +154,28 @@ def _check_same_study(study_dir: Path, study: Study) -> None:
         raise StudyError(f"{study_dir}: holds study {old_name!r}, not {study.name!r} (choose another --out)")
 
 
+def _keep_directory_rules(study_dir: Path, study: Study) -> Study:
+    """A study file run into an existing study directory trains under the rules that directory's trials
+    were trained under (`xtra.config.LEGACY_VALUES`: what its study.toml records, or the earlier values
+    when it predates them), unless --set names one; naming another rule than the directory's is refused,
+    so one directory never holds trials of both."""
+    if study.path == st.study_toml(study_dir) or not st.study_toml(study_dir).is_file():
+        return study
+    try:
+        before = load_study_dir(study_dir).base
+    except StudyError:
+        return study  # a damaged study.toml is rewritten below, as before
+    kept = {}
+    for key in LEGACY_VALUES:
+        if key not in before or key not in study.base or before[key] == study.base[key]:
+            continue  # swept by an axis, or the same rule
+        if any(text.split("=", 1)[0] == key for text in study.sets):
+            raise StudyError(f"{study_dir}: its trials were trained with {key}={before[key]!r}, not "
+                             f"{study.base[key]!r} (--set {key}): one directory holds one rule (choose another --out)")
+        kept[key] = before[key]
+    return replace(study, base={**study.base, **kept}) if kept else study
+
+
 def run_study(study: Study, study_dir: str | Path, *, address: str | None = None, storage: str | None = None,
               console: Any = None, live: bool | None = None, build_report: bool = True, check_data: bool = True,
               command: str = "xtra study run", break_lock: bool = False, yes: bool = False) -> Outcome:
@@ -170,6 +193,7 @@ def run_study(study: Study, study_dir: str | Path, *, address: str | None = None
     except StorageError as err:
         raise StudyError(" ".join(str(err).split())) from None
     _check_same_study(study_dir, study)
+    study = _keep_directory_rules(study_dir, study)
     _check_trackers(study)
     with lease.StudyLock(study_dir, command, break_lock=break_lock, storage=shared_lease(stor, study_dir)) as lock, \
             stop_on_signals() as stop:
