@@ -150,3 +150,28 @@ def test_a_study_records_its_rules_and_an_earlier_study_keeps_the_earlier_ones(t
 def test_vit_sizes_default_to_the_official_block_size():
     """Every official ViT-B and ViT-H config keeps config/base.yaml's block_size: 4."""
     assert model_config("vit-b/16").block_size == 4 and model_config("vit-h/14").block_size == 4
+
+
+def test_an_earlier_run_resumes_under_its_own_rules_and_refuses_the_new_ones(tmp_path):
+    """A checkpoint written before the keys existed (simulated: a legacy run's checkpoint with the keys
+    removed from its stored config) is accepted under the earlier rules and refuses today's defaults,
+    naming the key, instead of changing a run's rules midway."""
+    import torch
+
+    from xtra.checkpoint import CheckpointError
+    from xtra.config import DataConfig, PretrainConfig
+    from xtra.pretrain import pretrain
+
+    data = DataConfig(name="synthetic", synthetic_size=256)
+    legacy_model = model_config("tiny", block_size=2, patch_init="xavier")
+    legacy = PretrainConfig(samples=64, batch_size=32, warmup_samples=0, device="cpu", decay_positions=False)
+    pretrain(legacy_model, data, legacy, tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    del state["config"]["model"]["patch_init"], state["config"]["pretrain"]["decay_positions"]
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"differs in: model.patch_init"):
+        pretrain(model_config("tiny", block_size=2), data, PretrainConfig(**{**legacy.__dict__,
+                                                                             "decay_positions": True}), tmp_path)
+    pretrain(legacy_model, data, legacy, tmp_path)  # its own rules: accepted (finished, nothing to train)
+    assert torch.load(path, weights_only=True)["samples_seen"] == 64
