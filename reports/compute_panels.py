@@ -28,7 +28,7 @@ from .law_panels import (
     why_no_law,
 )
 from .panel import PALETTE, Panel, colors, data_range, group_keys, groups, layout, loss_column, param_axis, positive
-from .scaling import ChinchillaFit, LawAnalysis, analyze_chinchilla, flops_model
+from .scaling import AffineCompute, ChinchillaFit, LawAnalysis, analyze_chinchilla
 from .tables import SAMPLE_KEYS, SIZE_KEYS, Table, human, label
 
 MIN_CHINCHILLA_PAIRS = 6  # distinct (N, D) pairs before the 5-parameter surface is fitted
@@ -50,11 +50,13 @@ def chinchilla_fits(study: Study, n_boot: int = 200) -> tuple[dict[str, tuple[La
             why.append(f"{lab}: {n_n} parameter counts, {n_d} sample budgets, {pairs} distinct pairs "
                        f"(needs >= 2, >= 2, >= {MIN_CHINCHILLA_PAIRS})")
             continue
-        c, g = flops_model(part[ncol].to_numpy(), part["flops_per_image"].to_numpy())  # each trial's own FLOPs
+        # each trial's own FLOPs per image, affine in N (xtra.costs: the predictor and head do not scale)
+        compute = AffineCompute.from_trials(part[ncol].to_numpy(), part["flops_per_image"].to_numpy())
+        c_max = float((part["flops_per_image"] * part["samples_seen"]).max())
         try:
             out[lab] = (analyze_chinchilla(part[ncol].to_numpy(), part["samples_seen"].to_numpy(),
-                                           part[lcol].to_numpy(), n_boot=n_boot, flops_per_param_sample=c,
-                                           flops_exponent=g), part)
+                                           part[lcol].to_numpy(), n_boot=n_boot, compute=compute,
+                                           reference_compute=c_max), part)
         except ValueError as exc:
             why.append(f"{lab}: {exc}")
     return out, "; ".join(why)
@@ -73,17 +75,19 @@ def chinchilla_table(fits: ChinchillaResult, ltitle: str, nname: str = "paramete
                     + [fmt_ci(ea, eci["a"]) if eci else "–", fmt_ci(eb, eci["b"]) if eci else "–",
                        f"{d.rmse_log:.3g}" if d else "–", f"{d.points_per_param:.1f}" if d else "–",
                        *held_cells(a), why_no_law(a)])
-        if isinstance(shown, ChinchillaFit):
-            flops.append(f"{lab}: c = {shown.flops_per_param_sample:.4g}, g = {shown.flops_exponent:.3g}")
+        if isinstance(shown, ChinchillaFit) and shown.compute is not None:
+            flops.append(f"{lab}: {shown.compute.describe()}, C_max = {shown.reference_compute:.3g}")
     return Table(title=f"Law: {ltitle} = E + A/N^alpha + B/D^beta (or the reduced form chosen)",
                  columns=["group", "verdict", "form", "points", "E", "A", "B", "C", "alpha", "beta",
-                          "a (N_opt ∝ C^a)", "b (D_opt ∝ C^b)", "RMSE log L", "points/param", "held-out error",
-                          "held-out in 95% PI", "why"], rows=rows,
-                 note=f"N = {nname}, D = samples seen; [95% bootstrap interval]; C is the coefficient of the "
-                      "log-linear form L = C·N^-alpha·D^-beta. Compute-optimal allocation (a, b) under training "
-                      "FLOPs C = c·N^g·D, with c and g fitted to the trials' own FLOPs per image "
-                      f"({'; '.join(flops) or 'no fit'}), exists only for a law with both power terms (full or "
-                      "E = 0). Held out: the largest sample budget, refitted without it; PI = 95% prediction "
+                          "a = dlog N_opt/dlog C", "b = dlog D_opt/dlog C", "RMSE log L", "points/param",
+                          "held-out error", "held-out in 95% PI", "why"], rows=rows,
+                 note=f"N = {nname}, D = samples seen; [95% cluster-bootstrap interval: the seeds of one (N, D) "
+                      "resampled together; measured coverage: docs/reports.md#calibrated-intervals]; C is the "
+                      "coefficient of the log-linear form L = C·N^-alpha·D^-beta. Compute-optimal allocation under "
+                      "training FLOPs C = D·(fixed + per_param·N), fitted to the trials' own FLOPs per image "
+                      f"({'; '.join(flops) or 'no fit'}), solved numerically; a and b are local exponents at C_max "
+                      "(with a fixed part they change with C). It exists only for a law with both power terms (full "
+                      "or E = 0). Held out: the largest sample budget, refitted without it; PI = 95% prediction "
                       "interval.", id="table-fit-chinchilla")
 
 
@@ -264,7 +268,25 @@ def frontier_figure(study: Study, chinchilla: ChinchillaResult) -> Panel:
     layout(fig, title, "training FLOPs C", "", logx=True, logy=True)
     fig.update_yaxes(title_text="N_opt", row=1, col=1)
     fig.update_yaxes(title_text="D_opt", row=1, col=2)
-    return Panel(pid, title, fig, note="Lines: compute-optimal allocation of the L(N, D) law, solid over the "
-                                       "budgets run, dashed beyond; dots: the trials run.")
+    bands = [allocation_sentence(lab, fit) for lab, (fit, _) in usable.items()]
+    return Panel(pid, title, fig, note="Lines: compute-optimal allocation of the L(N, D) law under the trials' own "
+                                       "(affine) FLOPs per image, solved numerically, solid over the budgets run, "
+                                       "dashed beyond; dots: the trials run. " + " ".join(b for b in bands if b))
+
+
+def allocation_sentence(lab: str, fit: ChinchillaFit) -> str:
+    """'At C = 3.1e15 FLOPs (the largest run): N_opt 2.1M [1.2M, 4.0M], D_opt ..., D/N ..., a ...': the
+    compute-optimal allocation with 95% bands over the law's bootstrap draws, and where its coverage is."""
+    if fit.compute is None or not fit.reference_compute or len(fit._boot) < 2:
+        return ""
+    band = fit.allocation(fit.reference_compute)
+
+    def cell(name: str, fmt: str) -> str:
+        v, lo, hi = band[name]
+        return f"{name} {v:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]" if math.isfinite(lo) else f"{name} {v:{fmt}}"
+
+    return (f"{lab}: at C = {fit.reference_compute:.3g} FLOPs (the largest run) " + ", ".join(
+        (cell("N_opt", ".3g"), cell("D_opt", ".3g"), cell("D/N", ".3g"), cell("a", ".2f"), cell("b", ".2f")))
+        + " (95% cluster-bootstrap bands; coverage: docs/reports.md#calibrated-intervals).")
 
 

@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 import polars as pl
 
 from .collect import Study
+from .intervals import EVIDENCE
 from .panel import (
     Panel,
     colors,
@@ -91,8 +92,10 @@ def law_table(title: str, analyses: Mapping[str, LawAnalysis], xname: str, tid: 
                                        "RMSE log L", "points/param", "held-out error", "held-out in 95% PI", "why"],
                  rows=rows, id=tid,
                  note=f"Forms: L = E + A·{xname}^-alpha (full), A·{xname}^-alpha (E = 0, log-linear), a constant "
-                      "(no scaling); fitted on log L (Huber, delta 1e-3, L-BFGS-B), [95% bootstrap percentile "
-                      "interval]. The form is the simplest within one standard error of the best cross-validated "
+                      "(no scaling); fitted on log L (Huber, delta 1e-3, L-BFGS-B), [95% percentile interval of a "
+                      "cluster bootstrap: the seeds of one point resampled together; measured coverage in "
+                      "docs/reports.md#calibrated-intervals]. The form is the simplest within one standard "
+                      "error of the best cross-validated "
                       "error; it is a law only if identifiable (no parameter at a bound, E and alpha intervals "
                       f"narrower than their value, >= 2 points per parameter). Held out: {{what}}, refitted "
                       "without it; PI = 95% prediction interval.")
@@ -110,7 +113,8 @@ def comparison_table(title: str, analyses: Mapping[str, LawAnalysis], tid: str) 
     method = next(iter(analyses.values())).comparison.method if analyses else "leave-one-point-out"
     return Table(title=title, columns=["group", "form", "parameters", "CV RMSE (log L)", "± SE", "", "note"],
                  rows=rows, id=tid,
-                 note=f"Cross-validated ({method}: the seeds of a point leave together; 5-fold above 20 points) error of log L per form. Chosen: the "
+                 note=f"Cross-validated ({method}: the seeds of a point leave together; 5-fold above 20 points) "
+                      "error of log L per form. Chosen: the "
                       "simplest form within one standard error of the best (the one-standard-error rule), if "
                       "identifiable; a constant chosen means no law.")
 
@@ -129,7 +133,8 @@ def held_out_table(title: str, analyses: Mapping[str, LawAnalysis], columns: Seq
     what = next((a.held.what for a in analyses.values() if a.held is not None), "")
     return Table(title=title, columns=["group", *columns, "actual", "predicted", "95% PI", "error", "inside PI"],
                  rows=rows, id=tid, note=f"Held out: {what}; the chosen form refitted on the other runs predicts "
-                                         "them. PI: bootstrap fits plus resampled residuals.")
+                                         "them. PI: cluster-bootstrap fits times a new run's scatter (s·t_{n-p}); "
+                                         f"its measured coverage per design: {EVIDENCE}.")
 
 
 
@@ -255,8 +260,8 @@ def verdicts(what: str, analyses: Mapping[str, LawAnalysis], skipped: Sequence[s
             held = ""
             if a.held is not None:
                 held = (f"; held-out error {a.held.mean_abs_rel_error:.2%}, "
-                        f"{int(a.held.inside.sum())}/{len(a.held.actual)} inside the 95% PI" if a.held.has_interval
-                        else f"; held-out error {a.held.mean_abs_rel_error:.2%}")
+                        f"{int(a.held.inside.sum())}/{len(a.held.actual)} inside the 95% PI (coverage: "
+                        f"{EVIDENCE})" if a.held.has_interval else f"; held-out error {a.held.mean_abs_rel_error:.2%}")
             out.append((kind, f"{what}, {lab}: {kind} ({a.law.form.name}): {a.law.describe()}{held}"))
         else:
             out.append(("no law", f"{what}, {lab}: {why_no_law(a)}"))
@@ -271,6 +276,16 @@ def _schedules(study: Study) -> dict[str, str]:
     if "pretrain.schedule" in res.columns:
         return {h: (s or default) for h, s in zip(res["config_hash"].to_list(), res["pretrain.schedule"].to_list())}
     return {h: default for h in res["config_hash"].to_list()}
+
+
+def stable_phase(curve: pl.DataFrame, tol: float = 1e-3) -> pl.DataFrame | None:
+    """The rows of a wsd run's stable phase: the learning rate within `tol` of its peak (past the warmup,
+    before the cooldown). None when the curve has no lr column or too few such rows to fit."""
+    if "lr" not in curve.columns or curve.get_column("lr").drop_nulls().len() == 0:
+        return None
+    peak = curve.get_column("lr").max()
+    stable = curve.filter(pl.col("lr") >= (1 - tol) * peak)
+    return stable if stable.get_column("samples_seen").n_unique() >= MIN_FIT_X else None
 
 
 def learning_curve_laws(study: Study, n_boot: int = 200, max_trials: int = 12, warmup_fraction: float = 0.1) -> Panel:
@@ -300,7 +315,11 @@ def learning_curve_laws(study: Study, n_boot: int = 200, max_trials: int = 12, w
         descriptive[lab] = cosine
         part = cur.filter(pl.col("config_hash") == h).sort("samples_seen")
         s_max = part.get_column("samples_seen").max()
-        part = part.filter(pl.col("samples_seen") >= warmup_fraction * s_max)
+        stable = None if cosine else stable_phase(part)
+        if stable is not None:  # wsd: one phase only; the cooldown is another law's business
+            part = stable
+        else:
+            part = part.filter(pl.col("samples_seen") >= warmup_fraction * s_max)
         xs, ys = part.get_column("samples_seen").to_numpy(), part.get_column("loss").to_numpy()
         shown += ys.tolist()
         points_and_law(fig, xs, ys, lab, cmap[lab], n_boot, analyses, skipped, dict(size=4, opacity=0.6),
@@ -308,7 +327,10 @@ def learning_curve_laws(study: Study, n_boot: int = 200, max_trials: int = 12, w
     layout(fig, title, "samples seen", "pretraining loss", logx=True, logy=True)
     fig.update_yaxes(range=data_range(shown))
     n_cos = sum(descriptive.values())
-    note = (f"Per trial, curve rows past the first {warmup_fraction:.0%} of the budget (the warmup). ")
+    note = (f"Per cosine trial, curve rows past the first {warmup_fraction:.0%} of the budget; per wsd trial, the "
+            "rows of its stable phase only (the learning rate at its peak: past the warmup, before the cooldown), "
+            "whose last 20% are held out, so the check tests the law within one phase and not the schedule. Points "
+            "of one run are autocorrelated: these intervals are descriptive, not calibrated. ")
     if n_cos:
         note += (f"{n_cos} trial(s) ran a cosine schedule: its decay shapes the tail, so their fits are descriptive "
                  "learning curves, not laws to extrapolate (no held-out check). ")
@@ -317,7 +339,7 @@ def learning_curve_laws(study: Study, n_boot: int = 200, max_trials: int = 12, w
         return Panel(pid, title, note="No learning-curve fit: " + "; ".join(skipped))
     table = law_table("Fit: pretraining loss vs samples seen, per trial", analyses, "s", f"table-fit-{pid}",
                       descriptive=descriptive)
-    table.note = table.note.replace("{what}", "the last 20% of the curve (wsd only)")
+    table.note = table.note.replace("{what}", "the last 20% of the stable phase (wsd only)")
     return Panel(pid, title, fig, note=note.strip(), tables=[table],
                  laws=verdicts("learning curve", analyses, skipped, descriptive))
 

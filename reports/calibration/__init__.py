@@ -20,6 +20,7 @@ from .stats import NOMINAL, mc_se  # noqa: F401 - re-exported
 
 COVERAGE_BAND = (0.92, 0.98)  # an interval's measured coverage must fall here (Monte Carlo error allowed)
 MAX_FALSE_SIGNIFICANT = 0.05  # "significant" under no effect at most this often
+ESTABLISHED_SE = 0.02  # a Monte Carlo error above this cannot place a coverage within 92-98%
 
 SIZES: dict[str, dict[str, Any]] = {
     # the test's size: the ratio designs at 3 seeds that the old percentile bootstrap failed, few law fits
@@ -29,7 +30,7 @@ SIZES: dict[str, dict[str, Any]] = {
              "law_reps": 2, "law_reps_2d": 1, "law_boot": 10, "law_designs": ("1-D n=3",)},
     # the published size (docs/calibration-cpu.md): under 10 minutes on 2 shared cores
     "default": {"ratio_reps": 400, "ratio_draws": 1000, "disk_reps": 2, "ratio_seeds": (3, 5, 10),
-                "ratio_designs": None, "law_reps": 12, "law_reps_2d": 8, "law_boot": 50, "law_designs": None},
+                "ratio_designs": None, "law_reps": 20, "law_reps_2d": 12, "law_boot": 50, "law_designs": None},
 }
 
 
@@ -69,7 +70,9 @@ def _line(row: dict[str, Any]) -> str:
 
 def verdict(row: dict[str, Any]) -> str:
     """'ok', or what is wrong: coverage outside 92-98% by more than two Monte Carlo standard errors, or
-    'significant' under no effect more than 5% (plus two standard errors) of the time."""
+    'significant' under no effect more than 5% (plus two standard errors) of the time; 'not established'
+    when the Monte Carlo error is too large to place the coverage within 92-98% (then the measured
+    coverage is a label, not a proof)."""
     cov, se = row["coverage"], row["mc_se"] or 0.0
     problems = []
     if not math.isfinite(cov):
@@ -83,7 +86,11 @@ def verdict(row: dict[str, Any]) -> str:
         fs_se = math.sqrt(max(fs * (1 - fs), MAX_FALSE_SIGNIFICANT * (1 - MAX_FALSE_SIGNIFICANT)) / row["reps"])
         if fs - 2 * fs_se > MAX_FALSE_SIGNIFICANT:
             problems.append(f"'significant' under no effect in {100 * fs:.1f}% of studies")
-    return "; ".join(problems) or "ok"
+    if problems:
+        return "; ".join(problems)
+    if se > ESTABLISHED_SE:
+        return f"not established: {100 * cov:.0f}% +- {100 * se:.0f} (too few studies at this size)"
+    return "ok"
 
 
 def failures(result: dict[str, Any], kinds: tuple[str, ...] = ("samples ratio", "parameters ratio")) -> list[str]:
