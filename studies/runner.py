@@ -159,7 +159,8 @@ def _keep_directory_rules(study_dir: Path, study: Study) -> Study:
     were trained under (`xtra.config.LEGACY_VALUES`: what its study.toml records, or the earlier values
     when it predates them), unless --set names one; naming another rule than the directory's is refused,
     so one directory never holds trials of both."""
-    if study.path == st.study_toml(study_dir) or not st.study_toml(study_dir).is_file():
+    path = Path(study_dir) / st.STUDY_TOML
+    if not path.is_file() or study.path == path:
         return study
     try:
         before = load_study_dir(study_dir).base
