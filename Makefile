@@ -22,7 +22,7 @@ $(PY):
 # editable, built without reaching the index. A second `make` installs nothing. The lock names
 # public URLs; $(VENV)/pylock.toml is the same lock with the wheels found in LOCAL_WHEELS named by
 # their path (pip checks every sha256 either way).
-$(STAMP): $(LOCK) pyproject.toml setup.py scripts/lock.py | $(PY)
+$(STAMP): $(LOCK) pyproject.toml setup.py | $(PY)
 	$(PY) -m pip install -q "pip==$(PIP_VERSION)"
 	$(PY) scripts/lock.py from-disk $(LOCK) $(VENV)/pylock.toml $(LOCAL_WHEELS)
 	$(PY) -m pip install -q -r $(VENV)/pylock.toml

@@ -26,6 +26,7 @@ import email.parser
 import hashlib
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -112,6 +113,28 @@ def from_disk(text: str, dirs: list[Path]) -> tuple[str, int]:
     return text, found
 
 
+def target_of(text: str) -> tuple[str, str, str]:
+    """(python tag, OS, machine) the lock's wheels are built for, read off its torch wheel's name."""
+    (torch_wheel,) = [w["name"] for name, w in wheels(text) if name == "torch"]
+    python_tag, _, platform_tag = torch_wheel.removesuffix(".whl").split("-")[-3:]
+    linux = re.fullmatch(r"(?:many|musl)?linux(?:_\d+_\d+|\d+)?_(.+)", platform_tag)
+    if linux is None:
+        raise SystemExit(f"{torch_wheel}: not a Linux wheel; the locks are made on and for Linux")
+    return python_tag, "linux", linux.group(1)
+
+
+def check_interpreter(text: str, lock_name: str, python_tag: str | None = None, system: str | None = None,
+                      machine: str | None = None) -> None:
+    """One line naming what the lock needs, before pip refuses its first wheel with a longer story."""
+    python_tag = python_tag or f"cp{sys.version_info.major}{sys.version_info.minor}"
+    system, machine = system or sys.platform, machine or platform.machine()
+    wanted = target_of(text)
+    if (python_tag, system, machine) != wanted:
+        raise SystemExit(f"{lock_name} holds wheels for {wanted[0]} on {wanted[1]} {wanted[2]}, this Python is "
+                         f"{python_tag} on {system} {machine} (allowed: PYTHON=python3.11 on Linux x86_64; "
+                         "elsewhere see the README's install section)")
+
+
 def write_atomically(target: Path, text: str) -> None:
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_text(text)
@@ -184,6 +207,7 @@ def main(argv: list[str]) -> int:
         lock_cuda()
     elif argv[0] == "from-disk" and len(argv) >= 3:
         source, target, dirs = Path(argv[1]), Path(argv[2]), [Path(d) for d in argv[3:]]
+        check_interpreter(source.read_text(), source.name)
         text, found = from_disk(source.read_text(), [d for d in dirs if d.is_dir()])
         write_atomically(target, text)
         print(f"{source.name}: {found} of {len(wheels(text))} wheels from this machine's disk")

@@ -151,3 +151,14 @@ def test_make_setup_installs_the_chosen_lock_through_its_local_copy(tmp_path, cu
                          capture_output=True, env={**os.environ, "MAKEFLAGS": ""}, check=True).stdout
     assert f"scripts/lock.py from-disk {expected_lock} {venv}/pylock.toml" in out
     assert f"pip install -q -r {venv}/pylock.toml" in out
+
+
+def test_setup_on_another_python_or_machine_is_one_line_naming_what_the_lock_needs():
+    text = LOCKS["cpu"].read_text()
+    assert lock.target_of(text) == ("cp311", "linux", "x86_64") == lock.target_of(LOCKS["cuda"].read_text())
+    lock.check_interpreter(text, "pylock.toml", "cp311", "linux", "x86_64")
+    for python_tag, system, machine in (("cp312", "linux", "x86_64"), ("cp311", "darwin", "arm64"),
+                                        ("cp311", "linux", "aarch64")):
+        with pytest.raises(SystemExit, match=f"pylock.toml holds wheels for cp311 on linux x86_64, this Python is "
+                                             f"{python_tag} on {system} {machine} .allowed: PYTHON=python3.11"):
+            lock.check_interpreter(text, "pylock.toml", python_tag, system, machine)
