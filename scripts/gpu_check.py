@@ -28,6 +28,7 @@ import gc
 import importlib.metadata
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -373,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
                 setattr(_dynamo.config, limit, 64)
     report["peak"] = matmul_peak(device, n=None if mode == "cuda" else 256, repeats=3)
     peak = report["peak"]["flops_per_s"]
-    out_dir = Path(tempfile.mkdtemp(prefix="gpu-check-", dir=args.output.parent))
+    # the trial's checkpoints stay out of the output folder (on a lent machine, what is there travels back)
+    out_dir = Path(tempfile.mkdtemp(prefix="gpu-check-"))
 
     sections: dict[str, Callable[[list, dict], Any]] = {
         "parity": lambda rows, notes: parity(device, plan, rows),
@@ -404,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
         save()
         print(f"{name}: {section['status']} in {section['wall_s']:.1f} s", file=sys.stderr)
+    shutil.rmtree(out_dir, ignore_errors=True)
     report["goals"] = goals(report)
     save()
     print(json.dumps({"output": str(args.output), "goals": report["goals"],
