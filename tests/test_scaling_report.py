@@ -230,3 +230,16 @@ def test_laws_and_figures_use_encoder_parameters_when_only_the_encoder_scales(tm
     md = (root / "report" / "summary.md").read_text()
     # the compute is the trials' own FLOPs per image, affine in N (the fixed 5M do not scale with it)
     assert "N = encoder parameters" in md and "C = D·(fixed + per\\_param·N)" in md
+
+
+def test_a_wsd_learning_curve_law_is_fitted_within_its_stable_phase() -> None:
+    """Warmup (lr rising), stable (lr at its peak), cooldown (lr decaying): the law is fitted and its tail
+    held out within the stable phase, so the check does not test the schedule's cooldown (issue #33)."""
+    from xtra.reports.law_panels import stable_phase
+
+    lr = [1e-4, 5e-4, 1e-3] + [1e-3] * 8 + [6e-4, 2e-4, 0.0]
+    curve = pl.DataFrame({"samples_seen": [1000 * (i + 1) for i in range(len(lr))], "loss": [1.0] * len(lr),
+                          "lr": lr})
+    stable = stable_phase(curve)
+    assert stable is not None and stable["samples_seen"].to_list() == [3000 + 1000 * i for i in range(9)]
+    assert stable_phase(curve.drop("lr")) is None  # no lr logged: the cosine-style warmup cut applies

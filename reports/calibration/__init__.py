@@ -28,7 +28,7 @@ SIZES: dict[str, dict[str, Any]] = {
              "ratio_designs": ("samples r=1 n=3", "samples r=1.3 n=3", "samples r=1 n=3, k=2 lacks 60k in one seed",
                                "samples r=2 n=3, k=2 lacks 60k in one seed"),
              "law_reps": 2, "law_reps_2d": 1, "law_boot": 10, "law_designs": ("1-D n=3",)},
-    # the published size (docs/calibration-cpu.md): under 10 minutes on 2 shared cores
+    # the published size (docs/calibration-cpu.md): 163 s of CPU; 15 min wall on 2 cores shared at load ~20
     "default": {"ratio_reps": 400, "ratio_draws": 1000, "disk_reps": 2, "ratio_seeds": (3, 5, 10),
                 "ratio_designs": None, "law_reps": 20, "law_reps_2d": 12, "law_boot": 50, "law_designs": None},
 }
