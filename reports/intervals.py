@@ -19,10 +19,7 @@ point are resampled together, never one row at a time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
-from scipy import stats
 
 LEVEL = 0.95
 METHOD_RATIO = "seed-clustered t-bootstrap"  # the name the sentences and docs/reports.md use
@@ -65,19 +62,6 @@ def percentile_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float
     return float(lo), float(hi)
 
 
-def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float, int]:
-    """(mean, lo, hi, n) of the Student-t interval over replicates (lo = hi = NaN with one)."""
-    arr = np.asarray([v for v in values if v is not None], dtype=float)
-    arr = arr[np.isfinite(arr)]
-    n = int(arr.size)
-    if n == 0:
-        return float("nan"), float("nan"), float("nan"), 0
-    if n == 1:
-        return float(arr[0]), float("nan"), float("nan"), 1
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * arr.std(ddof=1) / np.sqrt(n))
-    return float(arr.mean()), float(arr.mean() - half), float(arr.mean() + half), n
-
-
 def point_groups(X: np.ndarray) -> np.ndarray:
     """Group id per row of X (n, m): rows with the same design point (e.g. one (N, D) pair, its seeds
     being replicates) share an id, in order of first appearance."""
@@ -97,9 +81,3 @@ def grouped_resamples(groups: np.ndarray, rng: np.random.Generator) -> np.ndarra
     pick = rng.integers(0, len(ids), size=len(ids))
     return np.concatenate([members[i] for i in pick])
 
-
-def coverage_label(coverage: float | None, n_seeds: int) -> str:
-    """'measured coverage 95% at 3 seeds' (or nothing when the design was not calibrated)."""
-    if coverage is None:
-        return ""
-    return f"measured coverage {100 * coverage:.0f}% at {n_seeds} seeds"
