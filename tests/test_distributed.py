@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import faults
 import polars as pl
 import pytest
 import torch
@@ -182,11 +183,13 @@ def test_a_rank_without_the_checkpoint_gets_rank_0s(runs: dict[str, Path]) -> No
 
 
 def _pretrain_with_nan(world: World, cfg: TrialConfig, out: str) -> str:
-    from xtra.pretrain import Faults, NonFiniteLoss, pretrain
+    from faults import NanAt
 
-    faults = Faults(nan_at_samples=64) if world.rank == 1 else Faults()  # one rank goes bad
+    from xtra.pretrain import NonFiniteLoss, pretrain
+
+    hooks = [NanAt(64)] if world.rank == 1 else []  # one rank goes bad
     try:
-        pretrain(cfg.model, cfg.data, cfg.pretrain, Path(out), seed=cfg.seed, world=world, faults=faults)
+        pretrain(cfg.model, cfg.data, cfg.pretrain, Path(out), seed=cfg.seed, world=world, hooks=hooks)
     except NonFiniteLoss as err:
         return str(err)
     return "finished"
@@ -274,7 +277,7 @@ def test_study_with_two_workers_per_trial(tmp_path: Path) -> None:
     study_dir = tmp_path / "study"
     proc = xtra("study", "run", "block-size", "--preset", "smoke", "--workers-per-trial", "2", "--set",
                 "axes.model.block_size=[2]", "--out", str(study_dir), "--no-report", "--logger", "none",
-                env=_env(XTRA_FAULT_KILL_WORKER="model.block_size=2@128"))
+                env=_env(**faults.env(KILL_WORKER="model.block_size=2@128")))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     df = pl.read_parquet(study_dir / st.RESULTS)
     assert df.height == 1

@@ -1,10 +1,13 @@
-"""The import graph of the four code folders: layers point one way, and no module imports itself
-through others (DESIGN.md, "Layout and layers").
+"""The import graph of the code folders: levels point one way, and no module imports itself through
+others (docs/design.md, "Layers").
 
-Layers, lowest first: core (``xtra/``) < reports (``xtra.reports``) < studies (``xtra.studies``)
-< entry points (``xtra.cli`` and the notebook API in ``xtra/__init__.py``). A module may import its
-own layer and the ones below; imports inside functions count too, imports under
-``if TYPE_CHECKING`` do not (they never run).
+Every module (``xtra/``, ``reports/``, ``studies/``, ``cli/`` and ``scripts/``) belongs to one level of
+LEVELS, lowest first, and may import only its own level and the ones below. The four layers (core <
+reports < studies < entry points) are groups of levels, so core's own order (eight import levels), a
+package against the modules around it (``xtra.storage``, ``xtra.studies.ray``) and the scripts are all
+held to it. Imports inside functions count; so do imports under ``if TYPE_CHECKING:`` (a type-only
+import is still a dependency in that direction); only its body is type-only, never its ``else:``.
+Each rule is shown to catch a planted case.
 """
 
 from __future__ import annotations
@@ -13,8 +16,28 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"xtra": "xtra", "studies": "xtra.studies", "reports": "xtra.reports", "cli": "xtra.cli"}
-LAYERS = ("core", "reports", "studies", "entry")
+FOLDERS = {"xtra": "xtra", "studies": "xtra.studies", "reports": "xtra.reports", "cli": "xtra.cli",
+           "scripts": "scripts"}
+
+# (level, layer, module prefixes), lowest first. A module's level is that of its longest matching prefix.
+LEVELS = (
+    ("base", "core", ("xtra.errors", "xtra.fileio", "xtra.limits", "xtra.precision", "xtra.distributed",
+                      "xtra.environment", "xtra.attention", "xtra.s3server")),
+    ("config", "core", ("xtra.config", "xtra.costs", "xtra.schedule")),
+    ("model and storage", "core", ("xtra.model", "xtra.storage")),
+    ("data", "core", ("xtra.data",)),
+    ("records", "core", ("xtra.trialdir", "xtra.checkpoint", "xtra.lease", "xtra.studydir")),
+    ("training", "core", ("xtra.pretrain", "xtra.probe", "xtra.official", "xtra.pictures")),
+    ("trial", "core", ("xtra.trial",)),
+    ("core benchmarks", "core", ("xtra.bench", "xtra.bench_data", "xtra.bench_probe")),
+    ("reports", "reports", ("xtra.reports",)),
+    ("study files", "studies", ("xtra.studies",)),
+    ("ray", "studies", ("xtra.studies.ray",)),
+    ("runner", "studies", ("xtra.studies.runner",)),
+    ("study benchmarks", "studies", ("xtra.studies.bench", "xtra.studies.wsd_bench", "xtra.studies.halving_bench")),
+    ("entry points", "entry", ("xtra.cli", "scripts")),
+)
+NOTEBOOK_API = "xtra"  # xtra/__init__.py: the entry points for notebooks, above everything
 
 
 def module_name(path: Path) -> str:
@@ -25,16 +48,26 @@ def module_name(path: Path) -> str:
     return ".".join([FOLDERS[rel.parts[0]], *parts])
 
 
-MODULES = {module_name(p): p for folder in FOLDERS for p in (ROOT / folder).rglob("*.py")}
+def find_modules(root: Path = ROOT) -> dict[str, Path]:
+    return {module_name(p): p for folder in FOLDERS if (root / folder).is_dir() for p in (root / folder).rglob("*.py")}
+
+
+MODULES = find_modules()
+
+
+def level(module: str) -> int:
+    if module == NOTEBOOK_API:
+        return len(LEVELS) - 1
+    best, index = "", -1
+    for i, (_, _, prefixes) in enumerate(LEVELS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > len(best):
+                best, index = prefix, i
+    return index
 
 
 def layer(module: str) -> str:
-    if module == "xtra" or module.startswith("xtra.cli"):
-        return "entry"
-    for name in ("studies", "reports"):
-        if module.startswith(f"xtra.{name}"):
-            return name
-    return "core"
+    return LEVELS[level(module)][1]
 
 
 def _owner(dotted: str) -> str | None:
@@ -45,16 +78,12 @@ def _owner(dotted: str) -> str | None:
 
 
 def project_imports(module: str) -> set[str]:
+    """Every project module `module` imports: at the top, inside functions, under TYPE_CHECKING."""
     path = MODULES[module]
     tree = ast.parse(path.read_text())
-    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-                   and getattr(node.test, "id", getattr(node.test, "attr", "")) == "TYPE_CHECKING"
-                   for n in ast.walk(node)}
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     names: set[str] = set()
     for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -70,35 +99,24 @@ def project_imports(module: str) -> set[str]:
 GRAPH = {m: project_imports(m) for m in MODULES}
 
 
-def test_the_graph_covers_every_folder():
-    assert {"xtra.config", "xtra.reports.build", "xtra.studies.runner", "xtra.cli.main"} <= set(GRAPH)
-    assert "xtra.studydir" in GRAPH["xtra.studies.runner"]  # the parser sees real edges
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Imports of a higher level (a module with no level yet imports nothing: give it one first)."""
+    return [f"{m} ({LEVELS[level(m)][0] if level(m) >= 0 else 'no level'}) imports {d} ({LEVELS[level(d)][0]})"
+            for m, deps in sorted(graph.items()) for d in sorted(deps) if level(d) > level(m) or level(m) < 0]
 
 
-def test_layers_import_only_downwards():
-    upward = [f"{m} ({layer(m)}) imports {d} ({layer(d)})" for m, deps in sorted(GRAPH.items()) for d in sorted(deps)
-              if LAYERS.index(layer(d)) > LAYERS.index(layer(m))]
-    assert upward == []
-
-
-def test_reports_and_core_never_import_the_study_runner_or_ray():
-    for m, deps in GRAPH.items():
-        if layer(m) in ("core", "reports"):
-            assert not [d for d in deps if d.startswith("xtra.studies")], m
-
-
-def test_no_import_cycles():
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
     on_stack: set[str] = set()
-    cycles: list[list[str]] = []
+    found: list[list[str]] = []
 
     def visit(v: str) -> None:  # Tarjan's strongly connected components
         index[v] = low[v] = len(index)
         stack.append(v)
         on_stack.add(v)
-        for w in sorted(GRAPH[v]):
+        for w in sorted(graph.get(v, ())):
             if w not in index:
                 visit(w)
                 low[v] = min(low[v], low[w])
@@ -113,29 +131,103 @@ def test_no_import_cycles():
                 if w == v:
                     break
             if len(component) > 1:
-                cycles.append(sorted(component))
+                found.append(sorted(component))
 
-    for v in sorted(GRAPH):
+    for v in sorted(graph):
         if v not in index:
             visit(v)
-    assert cycles == []
+    return found
 
 
-def test_a_cycle_and_an_upward_import_are_seen(tmp_path):
-    """The checks above can fail: the same parser on two modules that import each other upwards."""
-    global MODULES, GRAPH
-    saved = MODULES, GRAPH
-    try:
-        (tmp_path / "a.py").write_text("from xtra.reports import b\n")
-        (tmp_path / "b.py").write_text("def f():\n    import xtra.config\n")
-        MODULES = {"xtra.config": tmp_path / "a.py", "xtra.reports": tmp_path / "b.py"}
-        graph = {m: project_imports(m) for m in MODULES}
-        assert graph == {"xtra.config": {"xtra.reports"}, "xtra.reports": {"xtra.config"}}
-        assert layer("xtra.config") == "core" and layer("xtra.reports") == "reports"
-    finally:
-        MODULES, GRAPH = saved
+def test_the_graph_covers_every_folder_and_every_module_has_a_level():
+    assert {"xtra.config", "xtra.reports.build", "xtra.studies.runner", "xtra.cli.main", "scripts.lock"} <= set(GRAPH)
+    assert "xtra.studydir" in GRAPH["xtra.studies.runner"]  # the parser sees real edges
+    assert [m for m in MODULES if level(m) < 0] == []
+
+
+def test_levels_import_only_downwards():
+    assert upward_imports(GRAPH) == []
+
+
+def test_reports_and_core_never_import_the_study_runner_or_ray():
+    for m, deps in GRAPH.items():
+        if layer(m) in ("core", "reports"):
+            assert not [d for d in deps if d.startswith("xtra.studies")], m
+
+
+def test_no_import_cycles():
+    assert cycles(GRAPH) == []
 
 
 def test_no_module_outside_tests_is_over_600_lines():
     long = {str(p.relative_to(ROOT)): n for p in MODULES.values() if (n := len(p.read_text().splitlines())) > 600}
     assert long == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Planted cases: each rule above fails on the loophole it closes
+
+
+def _planted(tmp_path: Path, files: dict[str, str]) -> dict[str, set[str]]:
+    global MODULES
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    saved = MODULES
+    try:
+        MODULES = {**{m: p for m, p in saved.items()}, **{module_name_in(tmp_path, tmp_path / rel): tmp_path / rel
+                                                          for rel in files}}
+        return {module_name_in(tmp_path, tmp_path / rel): project_imports(module_name_in(tmp_path, tmp_path / rel))
+                for rel in files}
+    finally:
+        MODULES = saved
+
+
+def module_name_in(root: Path, path: Path) -> str:
+    rel = path.relative_to(root)
+    parts = list(rel.with_suffix("").parts[1:])
+    if parts and parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join([FOLDERS[rel.parts[0]], *parts])
+
+
+def test_a_cycle_and_an_upward_import_inside_a_function_are_seen(tmp_path):
+    graph = _planted(tmp_path, {"xtra/planted_a.py": "from xtra.reports import planted_b\n",
+                                "reports/planted_b.py": "def f():\n    import xtra.planted_a\n"})
+    assert graph == {"xtra.planted_a": {"xtra.reports.planted_b"}, "xtra.reports.planted_b": {"xtra.planted_a"}}
+    assert upward_imports(graph) and cycles(graph)
+
+
+def test_the_else_of_type_checking_is_a_real_import(tmp_path):
+    graph = _planted(tmp_path, {"xtra/data/planted.py": ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                                         "    pass\nelse:\n    from xtra.studies import runner\n")})
+    assert graph == {"xtra.data.planted": {"xtra.studies.runner"}}
+    assert upward_imports(graph) == ["xtra.data.planted (data) imports xtra.studies.runner (runner)"]
+
+
+def test_a_type_only_upward_import_counts(tmp_path):
+    graph = _planted(tmp_path, {"xtra/data/planted.py": ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                                         "    from xtra.studies.spec import Study\n")})
+    assert upward_imports(graph) == ["xtra.data.planted (data) imports xtra.studies.spec (study files)"]
+
+
+def test_core_has_an_order_of_its_own(tmp_path):
+    graph = _planted(tmp_path, {"xtra/config_planted.py": "from xtra import pretrain\n"})
+    assert level("xtra.config_planted") == -1  # a new module must be given a level first ...
+    assert [m for m in graph if level(m) < 0] == ["xtra.config_planted"]
+    assert upward_imports({"xtra.config": {"xtra.pretrain"}}) == [
+        "xtra.config (config) imports xtra.pretrain (training)"]  # ... and then may not import upwards
+
+
+def test_a_package_cycle_through_its_parent_is_seen():
+    """xtra.storage importing the study directory's owner, which imports storage (through the lease)."""
+    graph = {**GRAPH, "xtra.storage.store": GRAPH["xtra.storage.store"] | {"xtra.studydir"}}
+    assert "xtra.storage.store (model and storage) imports xtra.studydir (records)" in upward_imports(graph)
+    ray_up = {**GRAPH, "xtra.studies.spec": GRAPH["xtra.studies.spec"] | {"xtra.studies.ray.tuner"}}
+    assert "xtra.studies.spec (study files) imports xtra.studies.ray.tuner (ray)" in upward_imports(ray_up)
+
+
+def test_scripts_are_in_the_graph(tmp_path):
+    assert all(layer(m) == "entry" for m in MODULES if m.startswith("scripts."))
+    graph = _planted(tmp_path, {"xtra/data/planted.py": "def f():\n    import scripts.lock\n"})
+    assert upward_imports(graph) == ["xtra.data.planted (data) imports scripts.lock (entry points)"]

@@ -4,11 +4,12 @@ import json
 
 import pytest
 import torch
+from faults import CrashOnce, NanAt
 
 from xtra.checkpoint import CheckpointError, load_checkpoint
 from xtra.config import DataConfig, PretrainConfig, model_config
 from xtra.data.sampler import batch_indices
-from xtra.pretrain import Faults, NonFiniteLoss, Preempted, lr_at, pretrain
+from xtra.pretrain import NonFiniteLoss, Preempted, lr_at, pretrain
 
 DATA = DataConfig(name="fashion-mnist", limit_train=3000)
 TINY = model_config("tiny", block_size=2)
@@ -51,11 +52,11 @@ def test_training_on_fashion_mnist_lowers_the_loss(tmp_path):
 def test_resume_is_bitwise_equal_to_uninterrupted(tmp_path):
     full, parted = tmp_path / "full", tmp_path / "parted"
     pretrain(TINY, DATA, _cfg(), full, seed=3)
-    crash = Faults(crash_once_at_samples=512)
+    crash = [CrashOnce(512)]
     with pytest.raises(RuntimeError, match="injected fault"):
-        pretrain(TINY, DATA, _cfg(), parted, seed=3, faults=crash)
+        pretrain(TINY, DATA, _cfg(), parted, seed=3, hooks=crash)
     assert load_checkpoint(parted)["samples_seen"] == 512
-    pretrain(TINY, DATA, _cfg(), parted, seed=3, faults=crash)
+    pretrain(TINY, DATA, _cfg(), parted, seed=3, hooks=crash)
     a, b = load_checkpoint(full)["model"], load_checkpoint(parted)["model"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -86,7 +87,7 @@ def test_preempted_run_checkpoints_at_a_log_window_and_resumes_bitwise(tmp_path)
 
 def test_nonfinite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLoss, match=r"non-finite loss .* at step 10 \(640 samples seen\)"):
-        pretrain(TINY, DATA, _cfg(), tmp_path, seed=0, faults=Faults(nan_at_samples=520))
+        pretrain(TINY, DATA, _cfg(), tmp_path, seed=0, hooks=[NanAt(520)])
     state = load_checkpoint(tmp_path)
     assert state["samples_seen"] == 512
     assert all(torch.isfinite(v).all() for v in state["model"].values())
@@ -107,16 +108,16 @@ def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path):
 def test_kept_copies_are_exactly_the_state_at_their_point_and_immutable(tmp_path):
     from xtra.checkpoint import kept_checkpoint, kept_samples
 
-    crash = Faults(crash_once_at_samples=512)
+    crash = [CrashOnce(512)]
     with pytest.raises(RuntimeError, match="injected fault"):
-        pretrain(TINY, DATA, _cfg(), tmp_path, seed=1, keep_at=(512, 1536), faults=crash)
+        pretrain(TINY, DATA, _cfg(), tmp_path, seed=1, keep_at=(512, 1536), hooks=crash)
     kept, rolling = load_checkpoint(kept_checkpoint(tmp_path, 512)), load_checkpoint(tmp_path)
     assert kept["samples_seen"] == rolling["samples_seen"] == 512
     assert all(torch.equal(kept["model"][k], rolling["model"][k]) for k in kept["model"])
     assert kept["curve"] == _rows(tmp_path) and kept["curve"][-1]["samples_seen"] == 512
     before = kept_checkpoint(tmp_path, 512).read_bytes()
     # Resume with another checkpoint cadence (a resource, not science): allowed, and ends the same.
-    pretrain(TINY, DATA, _cfg(checkpoint_every=1024), tmp_path, seed=1, keep_at=(512, 1536), faults=crash)
+    pretrain(TINY, DATA, _cfg(checkpoint_every=1024), tmp_path, seed=1, keep_at=(512, 1536), hooks=crash)
     assert kept_checkpoint(tmp_path, 512).read_bytes() == before
     assert kept_samples(tmp_path) == [512, 1536]
     last, final = load_checkpoint(kept_checkpoint(tmp_path, 1536)), load_checkpoint(tmp_path)

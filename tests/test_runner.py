@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import faults
 import polars as pl
 import pytest
 from typer.testing import CliRunner
@@ -173,7 +174,7 @@ def test_a_crash_is_retried_exactly_and_a_nan_fails_alone(reference: Reference, 
                                                            tmp_path: Path) -> None:
     study_dir = tmp_path / "faults"
     k1, k2 = smoke_hashes[1], smoke_hashes[2]
-    env = _env(XTRA_FAULT_CRASH_ONCE="model.block_size=1@128", XTRA_FAULT_NAN="model.block_size=2@64")
+    env = _env(**faults.env(CRASH_ONCE="model.block_size=1@128", NAN="model.block_size=2@64"))
     proc = smoke(study_dir, env=env)
     assert proc.returncode == 1, proc.stdout + proc.stderr  # one trial failed
     assert "1 trial(s) failed" in proc.stdout

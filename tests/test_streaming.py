@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from faults import CrashOnce
 from typer.testing import CliRunner
 
 from xtra.checkpoint import load_checkpoint
@@ -19,7 +20,7 @@ from xtra.config import DataConfig, PretrainConfig, ProbeConfig, model_config
 from xtra.data import BadCollection, DatasetNotFound, clear_cache, fingerprint, load_dataset, locate, stream, transforms
 from xtra.data.generate import make_imagefolder, write_image
 from xtra.data.pack import check, pack
-from xtra.pretrain import Faults, pretrain
+from xtra.pretrain import pretrain
 from xtra.probe import probe_run
 
 TINY = model_config("tiny", block_size=2)
@@ -173,13 +174,13 @@ def test_streamed_resume_is_bitwise_equal_to_uninterrupted(folder, tmp_path):
     data = _data(f"imagefolder:{folder}", workers=2)
     full, parted = tmp_path / "full", tmp_path / "parted"
     pretrain(TINY, data, _cfg(), full, seed=3)
-    crash = Faults(crash_once_at_samples=48)
+    crash = [CrashOnce(48)]
     with pytest.raises(RuntimeError, match="injected fault"):
-        pretrain(TINY, data, _cfg(), parted, seed=3, faults=crash)
+        pretrain(TINY, data, _cfg(), parted, seed=3, hooks=crash)
     state = load_checkpoint(parted)
     assert state["samples_seen"] == 48 and state["data"]["epoch"] == 1 and state["data"]["streamed"]
     assert state["data"]["mean"] == list(transforms.natural_stats(1)[0])  # normalization recorded in the run
-    pretrain(TINY, _data(f"imagefolder:{folder}", workers=0), _cfg(), parted, seed=3, faults=crash)
+    pretrain(TINY, _data(f"imagefolder:{folder}", workers=0), _cfg(), parted, seed=3, hooks=crash)
     a, b = load_checkpoint(full)["model"], load_checkpoint(parted)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = [[json.loads(line)["loss"] for line in (d / "metrics.jsonl").read_text().splitlines()]

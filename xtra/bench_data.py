@@ -157,7 +157,7 @@ def pretrain_run(folder: Path, out: Path, samples: int, workers: int) -> dict[st
     proc, stdout, stderr, peak = _run_watched([_PRETRAIN, str(folder), str(out), str(samples), str(workers)])
     if proc.returncode != 0:
         raise RuntimeError(f"pretraining on {folder} failed: {stderr.strip().splitlines()[-1:]}")
-    rows = [json.loads(line) for line in (out / td.METRICS).read_text().splitlines()]
+    rows = td.read_metrics(out)
     result = json.loads(stdout.strip().splitlines()[-1])
     return {"peak_rss": peak[0], "peak_pss_tree": peak[1], "result": result, "rows": rows}
 

@@ -1,7 +1,12 @@
 """The pretraining loop, separate from its wiring (like MAE's engine_pretrain).
 
-`lr_at` and `train_step` are pure functions of their inputs; `pretrain(...)` takes a `report`
-callback so the CLI, Ray and tests share it. The budget is counted in samples seen. Every random
+`lr_at` is a pure function of the samples seen; `train_step` is one optimizer step (it changes the
+model and the optimizer, nothing else). `pretrain(...)` is the loop a reader takes in at a glance: a
+step, then at a log window's end the row, the kept copy, the checkpoint, the stop check. Its
+collaborators keep the bookkeeping: `_setup` builds or restores the `TrainingRun`, `LogWindow` syncs
+the losses and writes metrics.jsonl, `Checkpoints` saves and announces states, `PretrainHook`s (faults
+in tests) see each loss and each checkpoint. It takes a `report` callback so the CLI, Ray and tests
+share it. The budget is counted in samples seen. Every random
 draw of a step is seeded by (seed, step), and the data stream by (seed, epoch), so resuming from a
 checkpoint replays exactly what an uninterrupted run would have done (bitwise on CPU).
 
@@ -17,20 +22,18 @@ Only torch and numpy are imported at module level.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from xtra import trialdir as td
 from xtra.checkpoint import (
     CHECKPOINT,
     CheckpointError,
-    atomic_write_text,
     kept_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -41,7 +44,6 @@ from xtra.distributed import World
 from xtra.model import XTRA, parameter_groups
 from xtra.precision import autocast
 from xtra.schedule import continuation_error, lr_at  # noqa: F401 - lr_at is part of this module's API
-from xtra.trialdir import METRICS
 
 VAL_IMAGES = 1024  # a fixed slice of the validation split for the val loss
 
@@ -60,15 +62,6 @@ class Preempted(Exception):
         kept = f"checkpoint kept at {checkpoint}" if checkpoint is not None else "before its first checkpoint"
         super().__init__(f"preempted at {samples_seen} samples; {kept}")
         self.samples_seen, self.checkpoint = samples_seen, checkpoint
-
-
-@dataclass(frozen=True)
-class Faults:
-    """Fault injection for tests of the orchestration (set by `xtra.trial` from the environment)."""
-
-    nan_at_samples: int | None = None
-    crash_once_at_samples: int | None = None
-    kill_worker_once_at_samples: int | None = None  # the last rank os._exit()s after that checkpoint
 
 
 def resolve_device(name: str) -> torch.device:
@@ -163,26 +156,12 @@ def _load_init_weights(model: torch.nn.Module, expected: dict, path: Path) -> No
     model.load_state_dict(state["model"])
 
 
-def _curve_rows(path: Path, samples_seen: int) -> list[dict[str, Any]]:
-    """The curve rows logged up to `samples_seen` (a torn last line from a kill ends the read)."""
-    rows = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if row.get("samples_seen", samples_seen + 1) <= samples_seen:
-            rows.append(row)
-    return rows
-
-
 def _source_curve(state: dict[str, Any], source: Path) -> list[dict[str, Any]]:
     """The curve of the run `init_from` points at: a kept checkpoint carries it; a run's rolling
     checkpoint has it beside it in metrics.jsonl."""
     if "curve" in state:
         return state["curve"]
-    run = source if source.is_dir() else source.parent
-    return _curve_rows(run / METRICS, state["samples_seen"])
+    return td.read_metrics(source if source.is_dir() else source.parent, upto=state["samples_seen"])
 
 
 def _check_keep_at(keep_at: tuple[int, ...], cfg: PretrainConfig, share: int) -> frozenset[int]:
@@ -195,21 +174,6 @@ def _check_keep_at(keep_at: tuple[int, ...], cfg: PretrainConfig, share: int) ->
             raise ValueError(f"keep_at={s!r} is not a step boundary of this run (allowed: multiples of "
                              f"pretrain.batch_size={cfg.batch_size} from {cfg.batch_size} to {full}, or {last})")
     return frozenset(int(s) for s in keep_at)
-
-
-def _truncate_metrics(path: Path, samples_seen: int) -> None:
-    """On resume, drop curve rows logged after the checkpoint so the curve has no duplicates."""
-    if not path.exists():
-        return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = []
-    for line in rows:
-        try:
-            if json.loads(line)["samples_seen"] <= samples_seen:
-                kept.append(line)
-        except (json.JSONDecodeError, KeyError):
-            break  # a torn last line from a kill
-    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 def _resume_state(ckpt_path: Path, device: torch.device, world: World) -> dict[str, Any] | None:
@@ -240,6 +204,113 @@ def _resume_state(ckpt_path: Path, device: torch.device, world: World) -> dict[s
     return state
 
 
+class PretrainHook:
+    """Code run inside the loop at two points, for tests that inject faults (``tests/faults.py``) or
+    tools that watch a run; the default does nothing. Hooks are passed to `pretrain(hooks=...)`, or named
+    for trials run by Ray workers with ``XTRA_PRETRAIN_HOOKS`` (``xtra.trial.hooks_from_env``)."""
+
+    def loss(self, step: int, samples_seen: int, loss: torch.Tensor) -> torch.Tensor:
+        """The loss of the step about to be counted (before `samples_seen` moves on); return it, or another."""
+        return loss
+
+    def checkpointed(self, run_dir: Path, samples_seen: int, world: World, done: bool) -> None:
+        """After the rolling checkpoint at `samples_seen` is written and reported."""
+
+
+@dataclass
+class TrainingRun:
+    """What a pretraining run holds between steps: built by `_setup` (fresh, resumed, or initialised
+    from another run), advanced by `pretrain`'s loop, turned into a checkpoint by `state`."""
+
+    model: XTRA
+    train: torch.nn.Module  # the model as stepped: DistributedDataParallel and/or compiled
+    optimizer: torch.optim.Optimizer
+    data: Any  # xtra.data.stream's batches, positioned at samples_seen
+    val_images: torch.Tensor
+    device: torch.device
+    backend: str
+    config: dict[str, Any]
+    world: World
+    init: dict[str, Any] | None  # where the run started from, if not from scratch
+    step: int = 0
+    samples_seen: int = 0
+    wall_before: float = 0.0  # wall time of earlier attempts
+    t0: float = field(default_factory=time.perf_counter)
+
+    def wall_s(self) -> float:
+        return self.wall_before + time.perf_counter() - self.t0
+
+    def state(self, final: bool) -> dict[str, Any]:
+        return {"config": self.config, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "step": self.step, "samples_seen": self.samples_seen, "wall_s": self.wall_s(), "rng": _rng_state(),
+                "data": self.data.state(self.samples_seen), "world_size": self.world.size, "final": final,
+                "init": self.init}
+
+
+class Checkpoints:
+    """A run's saved states: the rolling checkpoint (what a resume starts from) and immutable kept
+    copies at keep_at points (with the curve so far: a branch's curve starts with it). Rank 0 writes;
+    every rank passes a barrier (the file is complete) before the report announces it."""
+
+    def __init__(self, run_dir: Path, world: World, report: Report) -> None:
+        self.run_dir, self.world, self.report = run_dir, world, report
+        self.path = run_dir / CHECKPOINT
+
+    def save(self, run: TrainingRun, final: bool) -> None:
+        if self.world.main:
+            save_checkpoint(self.path, run.state(final))
+        self.world.barrier()
+        self.report({"kind": "checkpoint", "step": run.step, "samples_seen": run.samples_seen, "path": str(self.path)})
+
+    def keep(self, run: TrainingRun, final: bool) -> None:
+        """Written before the rolling checkpoint, so a checkpoint past S implies the copy at S."""
+        path = kept_checkpoint(self.run_dir, run.samples_seen)
+        if self.world.main and not path.exists():  # a resumed run replays to S bitwise: the existing copy stands
+            save_checkpoint(path, {**run.state(final), "curve": td.read_metrics(self.run_dir, upto=run.samples_seen)})
+        self.world.barrier()
+        self.report({"kind": "kept", "step": run.step, "samples_seen": run.samples_seen, "path": str(path)})
+
+
+class LogWindow:
+    """The steps since the last log line. Losses stay on the device until the window closes: one sync
+    per window, the mean over ranks (the global batch's loss), and a non-finite loss on any rank is
+    non-finite on all, so every rank stops together. Rank 0 appends the row to metrics.jsonl."""
+
+    def __init__(self, run: TrainingRun, run_dir: Path, report: Report, skip_bad: bool, bar: Any) -> None:
+        self.run_dir, self.report, self.skip_bad, self.bar = run_dir, report, skip_bad, bar
+        self.pending: list[tuple[int, int, torch.Tensor]] = []  # (step, samples, loss) not yet synced
+        self.last_loss = float("nan")
+        self.started, self.samples_at_start, self.waited = run.t0, run.samples_seen, 0.0
+
+    def add(self, step: int, samples_seen: int, loss: torch.Tensor) -> None:
+        self.pending.append((step, samples_seen, loss))
+
+    def close(self, run: TrainingRun, lr: float, ckpt_path: Path) -> None:
+        losses = run.world.all_reduce_mean(torch.stack([p[2] for p in self.pending]).float()).cpu()
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            bad_step, bad_samples, _ = self.pending[int(bad[0])]
+            raise NonFiniteLoss(f"non-finite loss ({losses[int(bad[0])].item()}) at step {bad_step} "
+                                f"({bad_samples} samples seen); last checkpoint kept at {ckpt_path}")
+        self.last_loss = float(losses.mean())
+        now = time.perf_counter()
+        elapsed = max(now - self.started, 1e-9)
+        ips, stall = (run.samples_seen - self.samples_at_start) / elapsed, self.waited / elapsed
+        self.started, self.samples_at_start, self.waited = now, run.samples_seen, 0.0
+        self.pending.clear()
+        if not run.world.main:
+            return
+        row = {"step": run.step, "samples_seen": run.samples_seen, "loss": self.last_loss, "lr": lr,
+               "wall_s": round(run.wall_before + now - run.t0, 4), "images_per_s": round(ips, 2),
+               "data_stall": round(stall, 4)}
+        if self.skip_bad:
+            row["skipped_bad"] = run.data.skipped_bad
+        td.append_metrics(self.run_dir, row)
+        self.report({"kind": "progress", **row})
+        if self.bar is not None:
+            self.bar[0].update(self.bar[1], completed=run.samples_seen, loss=self.last_loss, lr=lr, ips=ips)
+
+
 def pretrain(
     model_cfg: ModelConfig,
     data_cfg: DataConfig,
@@ -248,7 +319,7 @@ def pretrain(
     seed: int = 0,
     report: Report | None = None,
     progress: bool = False,
-    faults: Faults = Faults(),
+    hooks: Sequence[PretrainHook] = (),
     log: Callable[[str], None] | None = None,
     world: World | None = None,
     keep_at: tuple[int, ...] = (),
@@ -265,22 +336,86 @@ def pretrain(
     instead of from scratch, e.g. a wsd branch from its trunk's kept checkpoint; the recipes may
     differ only where `xtra.schedule.continuation_error` allows. `should_stop`: asked at the end of
     every log window; once it says True on any rank, every rank checkpoints there and raises `Preempted`
-    (a log window's end, so the resumed run's loss windows, and its results, equal an uninterrupted run's)."""
+    (a log window's end, so the resumed run's loss windows, and its results, equal an uninterrupted run's).
+    `hooks`: `PretrainHook`s called at every step's loss and after every checkpoint."""
+    world = world or World()
+    if cfg.batch_size % (world.size * cfg.accumulate):
+        raise ValueError(f"pretrain.batch_size={cfg.batch_size} is not divisible by workers x pretrain.accumulate "
+                         f"= {world.size} x {cfg.accumulate} (each worker takes an equal share of every micro-batch)")
+    share = world.size * cfg.accumulate
+    keep = _check_keep_at(keep_at, cfg, share)
+    run_dir = Path(run_dir)
+    log = (log or (lambda msg: None)) if world.main else (lambda msg: None)
+    report = report or (lambda event: None)
+    run = _setup(model_cfg, data_cfg, cfg, run_dir, seed, world, keep, init_from, log)
+    checkpoints = Checkpoints(run_dir, world, report)
+    bar = _progress_bar(cfg.samples, run.samples_seen) if progress and world.main else None
+    window = LogWindow(run, run_dir, report, data_cfg.skip_bad, bar)
+    next_ckpt = (run.samples_seen // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+    try:
+        if run.samples_seen in keep:  # resumed exactly at a keep point
+            checkpoints.keep(run, final=run.samples_seen >= cfg.samples)
+        while run.samples_seen < cfg.samples:
+            batch = min(cfg.batch_size, cfg.samples - run.samples_seen)
+            batch -= batch % share
+            if batch == 0:
+                break
+            torch.manual_seed(step_seed(seed, run.step))
+            t_wait = time.perf_counter()
+            images = run.data.batch(run.step, run.samples_seen, batch)  # this rank's rows of the global batch
+            window.waited += time.perf_counter() - t_wait
+            lr = lr_at(run.samples_seen, cfg)
+            loss = train_step(run.train, run.optimizer, images, _order_index(model_cfg, seed, run.step), lr, cfg)
+            for hook in hooks:
+                loss = hook.loss(run.step, run.samples_seen, loss)
+            run.step += 1
+            run.samples_seen += batch
+            window.add(run.step, run.samples_seen, loss)
+
+            done = run.samples_seen >= cfg.samples
+            checkpoint_due = run.samples_seen >= next_ckpt or done
+            keep_due = run.samples_seen in keep
+            window_end = run.step % cfg.log_every == 0 or checkpoint_due or keep_due
+            if window_end:
+                window.close(run, lr, checkpoints.path)
+            if keep_due:
+                checkpoints.keep(run, final=done)
+            preempt = (should_stop is not None and window_end and not done
+                       and not world.all_true(not should_stop(), run.device))
+            if checkpoint_due or preempt:
+                checkpoints.save(run, final=done)
+            if preempt:
+                raise Preempted(run.samples_seen, checkpoints.path)
+            if checkpoint_due:
+                next_ckpt += cfg.checkpoint_every
+                for hook in hooks:
+                    hook.checkpointed(run_dir, run.samples_seen, world, done)
+    finally:
+        run.data.close()
+        if bar is not None:
+            bar[0].stop()
+    return _final_metrics(run, window.last_loss, run_dir, checkpoints.path)
+
+
+def _order_index(model_cfg: ModelConfig, seed: int, step: int) -> int:
+    """Which of the n_orders block orders this step trains in (always 0 in raster order)."""
+    if model_cfg.order == "raster":
+        return 0
+    return int(torch.randint(model_cfg.n_orders, (1,), generator=torch.Generator().manual_seed(
+        step_seed(seed, step))).item())
+
+
+def _setup(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: PretrainConfig, run_dir: Path, seed: int,
+           world: World, keep: frozenset[int], init_from: Path | str | None,
+           log: Callable[[str], None]) -> TrainingRun:
+    """The run ready for its next step: data, model and optimizer built, then restored from this run's
+    checkpoint, or from `init_from`'s, or initialised from `cfg.init`; metrics.jsonl agrees with it."""
     from xtra.attention import resolve_backend
     from xtra.data import locate
     from xtra.data.stream import open_stream
 
-    world = world or World()
-    main = world.main
-    if cfg.batch_size % (world.size * cfg.accumulate):
-        raise ValueError(f"pretrain.batch_size={cfg.batch_size} is not divisible by workers x pretrain.accumulate "
-                         f"= {world.size} x {cfg.accumulate} (each worker takes an equal share of every micro-batch)")
-    keep = _check_keep_at(keep_at, cfg, world.size * cfg.accumulate)
-    run_dir = Path(run_dir)
     locate(data_cfg)  # a missing or malformed collection is one line, before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
-    log = (log or (lambda msg: None)) if main else (lambda msg: None)
-    report = report or (lambda event: None)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and world.device is not None:
         device = torch.device(world.device)
@@ -290,53 +425,18 @@ def pretrain(
                        size=world.size, device=device, total=cfg.samples, batch_size=cfg.batch_size,
                        share=world.size * cfg.accumulate)
     val_images = data.val_images(VAL_IMAGES)
-
     torch.manual_seed(step_seed(seed, -1))
     model = XTRA(model_cfg).to(device)
     optimizer = make_optimizer(model, cfg)
-    config_dict = {"model": asdict(model_cfg), "data": asdict(data_cfg), "pretrain": asdict(cfg), "seed": seed}
-
-    step, samples_seen, wall_before = 0, 0, 0.0
-    ckpt_path = run_dir / CHECKPOINT
-    state, source, init = _resume_state(ckpt_path, device, world), ckpt_path, None
-    if state is None and init_from is not None:
-        source = Path(init_from)
-        state = _resume_state(source, device, world)
-        if state is None:
-            raise CheckpointError(f"init_from {source}: no checkpoint here (expected a kept checkpoint "
-                                  f"checkpoints/samples-<S>.pt or a run directory)")
-        init = {"path": str(source), "samples_seen": state["samples_seen"], "wall_s": state.get("wall_s", 0.0)}
-    if state is not None:
-        _check_resume(state, config_dict, cfg, source)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, samples_seen, wall_before = state["step"], state["samples_seen"], state.get("wall_s", 0.0)
-        data.restore(state.get("data", {}))  # the position is samples_seen; this checks the collection
-        init = init or state.get("init")
-        if source == ckpt_path:
-            log(f"resumed from {ckpt_path} at step {step} ({samples_seen} samples seen)")
-        else:
-            log(f"initialised from {source} at step {step} ({samples_seen} samples seen)")
-            if main:  # the curve so far is the source's: this run's curve is then a whole run's
-                rows = _source_curve(state, source)
-                atomic_write_text(run_dir / METRICS, "".join(f"{json.dumps(row)}\n" for row in rows))
-        missed = [s for s in keep if s < samples_seen and not kept_checkpoint(run_dir, s).exists()]
-        if missed:
-            raise ValueError(f"keep_at={missed[0]}: this run starts at {samples_seen} samples, past it, and "
-                             f"{kept_checkpoint(run_dir, missed[0])} does not exist (allowed: >= {samples_seen})")
-        del state
-    elif cfg.init:  # a fresh run from given weights (e.g. `xtra import official`)
-        _load_init_weights(model, config_dict, Path(cfg.init))
-        log(f"initialised the weights from {cfg.init} (step 0: the optimizer and the lr schedule start fresh)")
-    if main:
-        _truncate_metrics(run_dir / METRICS, samples_seen)
-
-    backend = resolve_backend(model_cfg.attention, device)
-    log(f"device {device}, attention backend {backend} (asked: {model_cfg.attention}), "
-        f"{data.describe}"
+    config = {"model": asdict(model_cfg), "data": asdict(data_cfg), "pretrain": asdict(cfg), "seed": seed}
+    run = TrainingRun(model=model, train=model, optimizer=optimizer, data=data, val_images=val_images, device=device,
+                      backend=resolve_backend(model_cfg.attention, device), config=config, world=world, init=None)
+    _restore(run, cfg, run_dir, keep, init_from, log)
+    if world.main and (run_dir / td.METRICS).exists():  # the curve ends where the state does: no step twice
+        td.write_metrics(run_dir, td.read_metrics(run_dir, upto=run.samples_seen))
+    log(f"device {device}, attention backend {run.backend} (asked: {model_cfg.attention}), {data.describe}"
         + (f", {world.size} data-parallel workers x {cfg.batch_size // world.size} images" if world.distributed
            else ""))
-    train = model
     if world.distributed:
         import inspect
 
@@ -346,141 +446,65 @@ def pretrain(
         no_buffer_sync = ({"forward_sync_buffers": False}  # torch >= 2.12 spells it so
                           if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                           else {"broadcast_buffers": False})
-        train = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                        process_group=world.group, **no_buffer_sync)
-    train = torch.compile(train) if cfg.compile else train
+        run.train = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                            process_group=world.group, **no_buffer_sync)
+    run.train = torch.compile(run.train) if cfg.compile else run.train
     model.train()
+    run.t0 = time.perf_counter()
+    return run
 
-    def checkpoint_state(final: bool) -> dict[str, Any]:
-        return {
-            "config": config_dict, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "step": step, "samples_seen": samples_seen, "wall_s": wall_before + time.perf_counter() - t0,
-            "rng": _rng_state(), "data": data.state(samples_seen),
-            "world_size": world.size, "final": final, "init": init,
-        }
 
-    def save(final: bool) -> None:
-        if main:
-            save_checkpoint(ckpt_path, checkpoint_state(final))
-        world.barrier()  # the checkpoint is complete before any rank hears of it
-        report({"kind": "checkpoint", "step": step, "samples_seen": samples_seen, "path": str(ckpt_path)})
+def _restore(run: TrainingRun, cfg: PretrainConfig, run_dir: Path, keep: frozenset[int],
+             init_from: Path | str | None, log: Callable[[str], None]) -> None:
+    """Continue this run's own checkpoint, else start from `init_from`'s (a branch from its trunk),
+    else from `cfg.init`'s weights only; a fresh run otherwise."""
+    ckpt_path = run_dir / CHECKPOINT
+    state, source = _resume_state(ckpt_path, run.device, run.world), ckpt_path
+    if state is None and init_from is not None:
+        source = Path(init_from)
+        state = _resume_state(source, run.device, run.world)
+        if state is None:
+            raise CheckpointError(f"init_from {source}: no checkpoint here (expected a kept checkpoint "
+                                  f"checkpoints/samples-<S>.pt or a run directory)")
+        run.init = {"path": str(source), "samples_seen": state["samples_seen"], "wall_s": state.get("wall_s", 0.0)}
+    if state is None:
+        if cfg.init:  # a fresh run from given weights (e.g. `xtra import official`)
+            _load_init_weights(run.model, run.config, Path(cfg.init))
+            log(f"initialised the weights from {cfg.init} (step 0: the optimizer and the lr schedule start fresh)")
+        return
+    _check_resume(state, run.config, cfg, source)
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.step, run.samples_seen, run.wall_before = state["step"], state["samples_seen"], state.get("wall_s", 0.0)
+    run.data.restore(state.get("data", {}))  # the position is samples_seen; this checks the collection
+    run.init = run.init or state.get("init")
+    if source == ckpt_path:
+        log(f"resumed from {ckpt_path} at step {run.step} ({run.samples_seen} samples seen)")
+    else:
+        log(f"initialised from {source} at step {run.step} ({run.samples_seen} samples seen)")
+        if run.world.main:  # the curve so far is the source's: this run's curve is then a whole run's
+            td.write_metrics(run_dir, _source_curve(state, source))
+    missed = [s for s in keep if s < run.samples_seen and not kept_checkpoint(run_dir, s).exists()]
+    if missed:
+        raise ValueError(f"keep_at={missed[0]}: this run starts at {run.samples_seen} samples, past it, and "
+                         f"{kept_checkpoint(run_dir, missed[0])} does not exist (allowed: >= {run.samples_seen})")
 
-    def keep_copy(final: bool) -> None:
-        """The immutable copy at a keep_at point, with the curve so far (a branch's curve starts
-        with it); written before the rolling checkpoint, so a checkpoint past S implies the copy."""
-        path = kept_checkpoint(run_dir, samples_seen)
-        if main and not path.exists():  # a resumed run replays to S bitwise: the existing copy stands
-            save_checkpoint(path, {**checkpoint_state(final), "curve": _curve_rows(run_dir / METRICS, samples_seen)})
-        world.barrier()
-        report({"kind": "kept", "step": step, "samples_seen": samples_seen, "path": str(path)})
 
-    pending: list[tuple[int, int, torch.Tensor]] = []  # (step, samples, loss) not yet synced
-    last_loss = float("nan")
-    t0 = time.perf_counter()
-    t_window, samples_window, wait_window = t0, samples_seen, 0.0
-    next_ckpt = (samples_seen // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-    metrics_file = open(run_dir / METRICS, "a") if main else None  # noqa: SIM115 - closed in finally
-    bar = _progress_bar(cfg.samples, samples_seen) if progress and main else None
-    share = world.size * cfg.accumulate
-    try:
-        if samples_seen in keep:  # resumed exactly at a keep point
-            keep_copy(final=samples_seen >= cfg.samples)
-        while samples_seen < cfg.samples:
-            batch = min(cfg.batch_size, cfg.samples - samples_seen)
-            batch -= batch % share
-            if batch == 0:
-                break
-            torch.manual_seed(step_seed(seed, step))
-            t_wait = time.perf_counter()
-            images = data.batch(step, samples_seen, batch)  # this rank's rows of the global batch
-            wait_window += time.perf_counter() - t_wait
-            order_index = 0
-            if model_cfg.order != "raster":  # random or pseudo-random: one of n_orders per step
-                order_index = int(torch.randint(model_cfg.n_orders, (1,), generator=torch.Generator().manual_seed(
-                    step_seed(seed, step))).item())
-            lr = lr_at(samples_seen, cfg)
-            loss = train_step(train, optimizer, images, order_index, lr, cfg)
-            if faults.nan_at_samples is not None and samples_seen >= faults.nan_at_samples:
-                loss = loss * float("nan")
-            step += 1
-            samples_seen += batch
-            pending.append((step, samples_seen, loss))
-
-            done = samples_seen >= cfg.samples
-            checkpoint_due = samples_seen >= next_ckpt or done
-            keep_due = samples_seen in keep
-            if step % cfg.log_every == 0 or checkpoint_due or keep_due:
-                # One sync per log window; the mean over ranks is the global batch's loss, and a
-                # non-finite loss on any rank is non-finite on all, so every rank stops together.
-                losses = world.all_reduce_mean(torch.stack([p[2] for p in pending]).float()).cpu()
-                bad = (~torch.isfinite(losses)).nonzero()
-                if len(bad):
-                    bad_step, bad_samples, _ = pending[int(bad[0])]
-                    raise NonFiniteLoss(f"non-finite loss ({losses[int(bad[0])].item()}) at step {bad_step} "
-                                        f"({bad_samples} samples seen); last checkpoint kept at {ckpt_path}")
-                last_loss = float(losses.mean())
-                now = time.perf_counter()
-                ips = (samples_seen - samples_window) / max(now - t_window, 1e-9)
-                stall, wait_window = wait_window / max(now - t_window, 1e-9), 0.0  # time waiting for data
-                t_window, samples_window = now, samples_seen
-                pending.clear()
-                if main:
-                    row = {"step": step, "samples_seen": samples_seen, "loss": last_loss, "lr": lr,
-                           "wall_s": round(wall_before + now - t0, 4), "images_per_s": round(ips, 2),
-                           "data_stall": round(stall, 4)}
-                    if data_cfg.skip_bad:
-                        row["skipped_bad"] = data.skipped_bad
-                    metrics_file.write(json.dumps(row) + "\n")
-                    metrics_file.flush()
-                    report({"kind": "progress", **row})
-                    if bar is not None:
-                        bar[0].update(bar[1], completed=samples_seen, loss=last_loss, lr=lr, ips=ips)
-            if keep_due:
-                keep_copy(final=done)
-            at_window_end = step % cfg.log_every == 0 or checkpoint_due or keep_due
-            preempt = (should_stop is not None and at_window_end and not done
-                       and not world.all_true(not should_stop(), device))
-            if checkpoint_due or preempt:
-                save(final=done)
-            if preempt:
-                raise Preempted(samples_seen, ckpt_path)
-            if checkpoint_due:
-                next_ckpt += cfg.checkpoint_every
-                if (main and faults.crash_once_at_samples is not None and samples_seen >= faults.crash_once_at_samples
-                        and not (run_dir / ".fault-crashed").exists()):
-                    (run_dir / ".fault-crashed").write_text(str(samples_seen))
-                    raise RuntimeError(f"injected fault: crash once at {samples_seen} samples (XTRA_FAULT_CRASH_ONCE)")
-                if (world.distributed and world.rank == world.size - 1 and not done
-                        and faults.kill_worker_once_at_samples is not None
-                        and samples_seen >= faults.kill_worker_once_at_samples
-                        and not (run_dir / ".fault-killed").exists()):
-                    (run_dir / ".fault-killed").write_text(f"rank {world.rank} at {samples_seen}")
-                    os._exit(1)  # a worker dies without a word (XTRA_FAULT_KILL_WORKER)
-    finally:
-        data.close()
-        if metrics_file is not None:
-            metrics_file.close()
-        if bar is not None:
-            bar[0].stop()
-
-    if not main:
-        return {"samples_seen": samples_seen, "steps": step, "train_loss": last_loss, "val_loss": float("nan"),
-                "wall_s": wall_before + time.perf_counter() - t0, "images_per_s": float("nan"),
-                "attention_backend": backend, "device": str(device), "checkpoint": str(ckpt_path),
-                "workers": world.size}
+def _final_metrics(run: TrainingRun, last_loss: float, run_dir: Path, ckpt_path: Path) -> dict[str, Any]:
+    where = {"attention_backend": run.backend, "device": str(run.device), "checkpoint": str(ckpt_path),
+             "workers": run.world.size}
+    if not run.world.main:
+        return {"samples_seen": run.samples_seen, "steps": run.step, "train_loss": last_loss, "val_loss": float("nan"),
+                "wall_s": run.wall_s(), "images_per_s": float("nan"), **where}
     if last_loss != last_loss and ckpt_path.exists():  # resumed a finished run: read the last logged loss
-        last_loss = _last_logged_loss(run_dir / METRICS)
-    val_loss = evaluate_loss(model, val_images)
-    wall = wall_before + time.perf_counter() - t0
-    return {"samples_seen": samples_seen, "steps": step, "train_loss": last_loss, "val_loss": val_loss,
-            "wall_s": wall, "images_per_s": samples_seen / max(wall, 1e-9), "attention_backend": backend,
-            "device": str(device), "checkpoint": str(ckpt_path), "workers": world.size,
-            "init_samples": init["samples_seen"] if init else 0, "init_wall_s": init["wall_s"] if init else 0.0}
-
-
-def _last_logged_loss(path: Path) -> float:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    return rows[-1]["loss"] if rows else float("nan")
+        rows = td.read_metrics(run_dir)
+        last_loss = rows[-1]["loss"] if rows else float("nan")
+    val_loss = evaluate_loss(run.model, run.val_images)
+    wall = run.wall_s()
+    return {"samples_seen": run.samples_seen, "steps": run.step, "train_loss": last_loss, "val_loss": val_loss,
+            "wall_s": wall, "images_per_s": run.samples_seen / max(wall, 1e-9), **where,
+            "init_samples": run.init["samples_seen"] if run.init else 0,
+            "init_wall_s": run.init["wall_s"] if run.init else 0.0}
 
 
 def _progress_bar(total: int, completed: int):

@@ -25,17 +25,15 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from xtra import lease
 from xtra import trialdir as td
 from xtra.config import IDENTITY_VERSION
 from xtra.errors import StudyError
 from xtra.fileio import atomic_path, atomic_write_json, atomic_write_text  # noqa: F401 - atomic_write_text re-exported
-
-if TYPE_CHECKING:  # the runner's spec; this module needs only its name, preset, swept keys and trials
-    from xtra.studies.spec import Study
 from xtra.trialdir import TrialState, append_jsonl, read_jsonl  # noqa: F401 - re-exported for callers and tests
 
 TRIALS = "trials"
@@ -54,6 +52,22 @@ EXTRA_COLUMNS = ("preset", "images_per_s", "attempts", "probe_hash")
 CURVE_COLUMNS = ("study", "trial_id", "config_hash", "step", "samples_seen", "loss", "lr", "wall_s")
 PROBE_COLUMNS = ("study", "trial_id", "config_hash", "probe_hash", "seed", "samples", "dataset", "kind", "top1",
                  "best_lr", "best_val_top1", "still_improving")
+
+
+class StudyLike(Protocol):
+    """What this module needs of a study (``xtra.studies.spec.Study`` is one; the study layer sits
+    above this one, so it is described here rather than imported): its name and preset, the keys it
+    sweeps, whether it is a search, and its trials."""
+
+    name: str
+    preset: str | None
+    search: Any
+
+    @property
+    def swept_keys(self) -> Any: ...
+
+    def expand(self) -> Iterable[Any]: ...
+
 
 # ---------------------------------------------------------------------------------------------
 # study.toml: the resolved spec as last run
@@ -119,25 +133,10 @@ def write_ladder(study_dir: Path, ladder: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# A halving search's rung ladder (xtra.studies.halving decides it; the report draws it)
-
-LADDER = "halving.json"  # the configurations proposed, and per decided rung each trial's metric and the promoted
-
-
-def read_ladder(study_dir: Path) -> dict[str, Any] | None:
-    ladder = td.read_json(Path(study_dir) / LADDER)
-    return ladder if isinstance(ladder, dict) and isinstance(ladder.get("rungs"), list) else None
-
-
-def write_ladder(study_dir: Path, ladder: dict[str, Any]) -> None:
-    write_json(Path(study_dir) / LADDER, ladder)  # atomic: a reader sees the old ladder or the new one
-
-
-# ---------------------------------------------------------------------------------------------
 # Trials, as xtra.trialdir reads them
 
 
-def study_trials(study: Study, study_dir: Path, running: bool | None = None) -> list[TrialState]:
+def study_trials(study: StudyLike, study_dir: Path, running: bool | None = None) -> list[TrialState]:
     """The trials of ``study`` as they stand on disk: a grid's expansion, or every trial a search ran."""
     study_dir = Path(study_dir)
     if running is None:
@@ -168,7 +167,7 @@ def is_trunk(state: TrialState) -> bool:
 # results.parquet and curves.parquet
 
 
-def result_rows(study: Study, states: list[TrialState]) -> list[dict[str, Any]]:
+def result_rows(study: StudyLike, states: list[TrialState]) -> list[dict[str, Any]]:
     rows = []
     for s in states:
         row = td.result_row(s, study.name, study.swept_keys, METRIC_COLUMNS)
@@ -198,7 +197,7 @@ def _write_parquet(df: Any, path: Path) -> None:
         df.write_parquet(tmp)
 
 
-def results_frame(study: Study, states: list[TrialState]) -> Any:
+def results_frame(study: StudyLike, states: list[TrialState]) -> Any:
     """results.parquet's frame: the contract columns first, then swept keys, metrics and extras."""
     import polars as pl
 
@@ -230,7 +229,7 @@ def curves_frame(study_name: str, states: list[TrialState], study_dir: Path, not
     return pl.DataFrame({c: [r[c] for r in rows] for c in CURVE_COLUMNS}, schema=schema, strict=False)
 
 
-def probes_frame(study: Study, states: list[TrialState], study_dir: Path) -> Any:
+def probes_frame(study: StudyLike, states: list[TrialState], study_dir: Path) -> Any:
     """probes.parquet: long format, one row per trial x checkpoint (samples seen) x probe dataset x kind,
     for each finished trial's current probe protocol; the swept keys ride along for grouping."""
     import polars as pl
@@ -250,7 +249,7 @@ def probes_frame(study: Study, states: list[TrialState], study_dir: Path) -> Any
     return pl.DataFrame(series)
 
 
-def write_results(study: Study, study_dir: Path, states: list[TrialState] | None = None) -> tuple[Path, Path]:
+def write_results(study: StudyLike, study_dir: Path, states: list[TrialState] | None = None) -> tuple[Path, Path]:
     """Write results.parquet, curves.parquet and probes.parquet (atomically) from the trial directories."""
     study_dir = Path(study_dir)
     states = study_trials(study, study_dir) if states is None else states

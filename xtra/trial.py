@@ -13,6 +13,7 @@ others return None.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import time
 from collections.abc import Callable
@@ -22,24 +23,12 @@ from typing import Any
 from xtra import trialdir as td
 from xtra.config import TrialConfig
 from xtra.distributed import World
-from xtra.pretrain import Faults, Preempted, pretrain
+from xtra.pretrain import Preempted, PretrainHook, pretrain
 
 TRIAL_JSON = td.RESULT
 PRETRAIN_FIELDS = ("samples_seen", "train_loss", "val_loss", "images_per_s", "attention_backend", "device")
 PROBE_JSON = td.PROBE
-
-
-def _fault_at(cfg: TrialConfig, variable: str) -> int | None:
-    """Parse `KEY=VALUE@SAMPLES` from the environment; applies when the trial's config matches."""
-    spec = os.environ.get(variable, "").strip()
-    if not spec:
-        return None
-    match, _, at = spec.rpartition("@")
-    key, _, value = match.partition("=")
-    node: Any = cfg
-    for part in key.split("."):
-        node = getattr(node, part, None)
-    return int(at) if str(node) == value.strip() else None
+HOOKS_ENV = "XTRA_PRETRAIN_HOOKS"
 
 
 def result_row(cfg: TrialConfig) -> dict[str, Any]:
@@ -55,11 +44,24 @@ def read_finished(run_dir: Path, cfg: TrialConfig | None = None) -> dict[str, An
     return row
 
 
-def faults_from_env(cfg: TrialConfig) -> Faults:
-    """Fault injection for orchestration tests: ``XTRA_FAULT_<KIND>=KEY=VALUE@SAMPLES``."""
-    return Faults(nan_at_samples=_fault_at(cfg, "XTRA_FAULT_NAN"),
-                  crash_once_at_samples=_fault_at(cfg, "XTRA_FAULT_CRASH_ONCE"),
-                  kill_worker_once_at_samples=_fault_at(cfg, "XTRA_FAULT_KILL_WORKER"))
+def hooks_from_env(cfg: TrialConfig) -> tuple[PretrainHook, ...]:
+    """The pretraining hooks named by ``XTRA_PRETRAIN_HOOKS=FILE.py:FACTORY`` (read once per trial, not in
+    the loop): ``FACTORY(cfg)`` returns the `PretrainHook`s for this trial. This is how tests inject faults
+    into trials that Ray workers run (``tests/faults.py``); it loads that file's code, like PYTHONPATH would,
+    so it is for a test or a deliberate tool, never set by xtra itself."""
+    spec = os.environ.get(HOOKS_ENV, "").strip()
+    if not spec:
+        return ()
+    path, _, factory = spec.rpartition(":")
+    if not path.endswith(".py") or not Path(path).is_file() or not factory.isidentifier():
+        raise ValueError(f"{HOOKS_ENV}={spec!r}: expected FILE.py:FACTORY naming an existing Python file and a "
+                         f"function in it")
+    loader = importlib.util.spec_from_file_location(f"xtra_pretrain_hooks_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    if not callable(getattr(module, factory, None)):
+        raise ValueError(f"{HOOKS_ENV}={spec!r}: {path} has no function {factory}")
+    return tuple(getattr(module, factory)(cfg))
 
 
 def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | None = None,
@@ -89,7 +91,7 @@ def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | 
     init_from = _wait_for_trunk(job, run_dir, report, world, should_stop) if role == "branch" else None
     if not world.main:  # a peer: pretrain in step with rank 0; files and probing are rank 0's
         pretrain(cfg.model, cfg.data, cfg.pretrain, run_dir, seed=cfg.seed, report=report,
-                 faults=faults_from_env(cfg), world=world, keep_at=keep, init_from=init_from, should_stop=should_stop)
+                 hooks=hooks_from_env(cfg), world=world, keep_at=keep, init_from=init_from, should_stop=should_stop)
         return None
     td.write_config(run_dir, cfg)
     log_file = open(run_dir / td.LOG, "a")  # noqa: SIM115 - closed below
@@ -112,7 +114,7 @@ def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | 
             if init_from is not None:
                 log(f"wsd branch: starts from the trunk's checkpoint {init_from}")
             trained = pretrain(cfg.model, cfg.data, cfg.pretrain, run_dir, seed=cfg.seed, report=report,
-                               progress=progress, faults=faults_from_env(cfg), log=log, world=world,
+                               progress=progress, hooks=hooks_from_env(cfg), log=log, world=world,
                                keep_at=keep, init_from=init_from, should_stop=should_stop)
             log(f"pretrain done: {trained['samples_seen']} samples, loss {trained['train_loss']:.4f}, "
                 f"val loss {trained['val_loss']:.4f}")

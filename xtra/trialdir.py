@@ -36,7 +36,7 @@ from typing import Any
 
 from xtra.config import TrialConfig, from_dict
 from xtra.costs import size_columns
-from xtra.fileio import atomic_write_json
+from xtra.fileio import atomic_write_json, atomic_write_text
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
@@ -118,6 +118,27 @@ def read_jsonl(path: Path, notes: list[str] | None = None) -> list[dict[str, Any
     if bad and notes is not None:
         notes.append(f"{path}: skipped {bad} unreadable line(s)")
     return rows
+
+
+# metrics.jsonl, the trial's curve: one row per log window, appended by pretraining (rank 0)
+
+
+def read_metrics(run_dir: Path, upto: int | None = None, notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """The trial's curve rows in the order logged (a line cut short by a kill is skipped, as in every
+    JSON-lines file here); with ``upto``, only the rows logged at or before that many samples seen."""
+    rows = read_jsonl(Path(run_dir) / METRICS, notes)
+    return rows if upto is None else [r for r in rows if r.get("samples_seen", upto + 1) <= upto]
+
+
+def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace the curve at once (a resumed run drops rows past its checkpoint; a branch starts from
+    its trunk's curve)."""
+    atomic_write_text(Path(run_dir) / METRICS, "".join(f"{json.dumps(row)}\n" for row in rows))
+
+
+def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
+    """One log window's row, flushed: a reader mid-run sees whole lines."""
+    append_jsonl(Path(run_dir) / METRICS, row)
 
 
 def now() -> str:
@@ -213,7 +234,7 @@ def checkpoint_samples(run_dir: Path) -> int | None:
     meta = read_json(run_dir / TUNE_CHECKPOINT)
     if isinstance(meta, dict) and "samples_seen" in meta:
         return int(meta["samples_seen"])
-    rows = read_jsonl(run_dir / METRICS)
+    rows = read_metrics(run_dir)
     return int(rows[-1].get("samples_seen", 0)) if rows else 0
 
 
@@ -268,7 +289,7 @@ def read_state(run_dir: Path, *, running: bool, trial_id: str | None = None, par
     rec = rec if isinstance(rec, dict) else {}
     config = config or read_config(run_dir)
     attempts = read_jsonl(run_dir / ATTEMPTS)
-    steps = [m for m in read_jsonl(run_dir / METRICS, notes) if "step" in m]
+    steps = [m for m in read_metrics(run_dir, notes=notes) if "step" in m]
     result = read_json(run_dir / RESULT)
     if result is not None and not (isinstance(result, dict) and result.get("status") == FINISHED):
         if notes is not None:
@@ -335,7 +356,7 @@ def result_row(state: TrialState, study: str, swept: list[str], metric_columns: 
 def curve_rows(run_dir: Path, notes: list[str] | None = None) -> list[dict[str, Any]]:
     """Logged steps of a trial, one per step (a resumed run may log a step twice: the last wins)."""
     seen: dict[int, dict[str, Any]] = {}
-    for m in read_jsonl(Path(run_dir) / METRICS, notes):
+    for m in read_metrics(run_dir, notes=notes):
         if "step" in m:
             seen[int(m["step"])] = m
     return [{"step": step, "samples_seen": seen[step].get("samples_seen"), "loss": clean(seen[step].get("loss")),

@@ -150,16 +150,16 @@ def _train_worker(config: dict[str, Any]) -> None:
 def _pretrain_on_worker(cfg: Any, run_dir: Path, world: Any, reporter: _WorkerReporter,
                         probe: bool) -> dict[str, Any] | None:
     from xtra.pretrain import pretrain
-    from xtra.trial import faults_from_env
+    from xtra.trial import hooks_from_env
 
     def log(msg: str) -> None:
         reporter.send({"kind": "log", "message": msg})
 
     result = pretrain(cfg.model, cfg.data, cfg.pretrain, run_dir, seed=cfg.seed, report=reporter,
-                      faults=faults_from_env(cfg), log=log, world=world)
+                      hooks=hooks_from_env(cfg), log=log, world=world)
     if not world.main:
         return None
-    rows = td.read_jsonl(run_dir / td.METRICS)
+    rows = td.read_metrics(run_dir)
     rates = sorted(r["images_per_s"] for r in rows[2:] if r.get("images_per_s"))  # past the warm-up
     result["images_per_s_steady"] = rates[len(rates) // 2] if rates else result["images_per_s"]
     if probe:
