@@ -33,6 +33,7 @@ from .collect import Study, StudyError, load_study
 from .evaluation import evaluation
 from .figures import PALETTE, Panel, loss_column, panels
 from .halving import ladder_panels
+from .isoflop_panels import isoflop_panels
 from .tables import Table, ablation_tables, failed_table, fmt_value, md_escape, short, top1_scale, trials_table
 
 IMAGE_FORMATS = ("png", "svg")
@@ -329,6 +330,7 @@ def _prepare(study_dir: str | Path, out: Path | None, images: str | None, pictur
     study = load_study(study_dir)
     pans = panels(study, n_boot=n_boot, pictures=pictures)
     pans += ladder_panels(study_dir)  # a halving search's rung ladder (none otherwise)
+    pans += isoflop_panels(study, n_boot=n_boot)  # trials on isoFLOP lines: three approaches, multiplier, extrapolation
     tables = _study_tables(study)
     notes = list(study.notes)
     eval_panels, eval_tables, efficiency = evaluation(study)

@@ -35,6 +35,7 @@ class Extrapolation:
     inside: int  # runs inside the 95% prediction interval
     reason: str = ""  # why the test could not run (then the numbers are NaN)
     weak: bool = False  # refitted on fewer points than a law needs
+    runs: tuple[tuple[float, float, float, float], ...] = ()  # (actual, predicted, lo, hi) per run left out
 
     @property
     def ran(self) -> bool:
@@ -65,8 +66,10 @@ def _one(X: np.ndarray, L: np.ndarray, holdout: np.ndarray, what: str, n_boot: i
         return Extrapolation(what, train_points, int(holdout.sum()), float("nan"), 0, reason=str(e))
     if isinstance(res, str):
         return Extrapolation(what, train_points, int(holdout.sum()), float("nan"), 0, reason=res)
+    runs = tuple((float(a), float(p), float(lo), float(hi)) for a, p, lo, hi in zip(res.actual, res.predicted, res.lo,
+                                                                                     res.hi))
     return Extrapolation(what, train_points, len(res.actual), res.mean_abs_rel_error, int(res.inside.sum()),
-                         weak=train_points < NEED_LAW)
+                         weak=train_points < NEED_LAW, runs=runs)
 
 
 def extrapolation_tests(N: Any, D: Any, L: Any, n_boot: int = 200, seed: int = 0) -> list[Extrapolation]:

@@ -98,7 +98,9 @@ def per_budget(base: dict[str, Any], other: dict[str, Any], n_draws: int = 2000,
         ox, oY = _curves(o["N"], o["D"], -np.log(o["L"]), o["seed"], n)
         if len(bx) < 2:
             continue
-        scale = intervals.t_scale_draws(rng, n_draws, df)
+        # with seeds, the seed-clustered draws' own degrees of freedom (as efficiency.ratio_interval): the
+        # seeds of the two curves at this size, not every point's
+        scale = intervals.t_scale_draws(rng, n_draws, (len(bY) - 1) + (len(oY) - 1) if several else df)
         bdraw = _draws(bY, ses[0], dfs[0], rng, n_draws, scale)
         odraw = _draws(oY, ses[1], dfs[1], rng, n_draws, scale)
         noisy = not np.allclose(bdraw, bdraw[:1])
