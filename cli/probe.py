@@ -53,6 +53,9 @@ def probe_cmd(
     augment: Annotated[bool, typer.Option(
         "--augment/--no-augment",
         help="The official augmentation (crop + flip; attentive: + RandAugment, erasing).")] = False,
+    head_init: Annotated[str, typer.Option("--head-init", help="official (XTRA's cls.py: PyTorch's Linear "
+                                                               "default) | trunc_normal (xtra before #34).")] = (
+        "official"),
     random_init: Annotated[bool, typer.Option("--random-init", help="Probe an untrained encoder of the same "
                                                                     "config (writes probe-random.json).")] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -68,7 +71,7 @@ def probe_cmd(
             raise ValueError(f"--kind={kind!r} is not allowed (allowed: {', '.join(KINDS)})")
         cfg = ProbeConfig(kinds=KINDS[kind], lrs=_parse_lrs(lrs), epochs=epochs, warmup_epochs=warmup_epochs,
                           batch_size=batch_size, accumulate=accumulate, layers=layers, features=features,
-                          mask=mask, cache=cache, augment=augment)
+                          mask=mask, cache=cache, augment=augment, head_init=head_init)
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"--device={device!r} is not allowed (allowed: auto, cpu, cuda)")
         if data is not None:
@@ -107,8 +110,10 @@ def _print_table(console, result: dict) -> None:
                           f"{100 * entry['test_top1']:.2f}%" if chosen else "")
     console.print(table)
     for kind in ("linear", "attentive"):
-        if result.get(kind, {}).get("still_improving"):
-            console.print(f"note: the {kind} probe was still improving at its last epoch (val top-1 curve "
-                          f"{result[kind]['val_curve']}); more epochs would likely raise it", highlight=False,
-                          markup=False)
+        entry = result.get(kind, {})
+        if entry.get("still_improving"):
+            gain = 100 * (entry["best_val_top1"] - entry["half_val_top1"])
+            console.print(f"note: the {kind} probe is still improving: doubling its schedule ({entry['half_epochs']} -> "
+                          f"{meta['probe']['epochs']} epochs) raised val top-1 by {gain:.2f} points; more epochs "
+                          "would likely raise it", highlight=False, markup=False)
     console.print(f"wrote {meta['path']}", highlight=False, markup=False)

@@ -311,6 +311,7 @@ def test_cli_probe_prints_table_and_writes_json(run_dir):
     written = json.loads((run_dir / "probe.json").read_text())
     assert set(written["linear"]["val_top1"]) == {"0.01", "0.1"}
     assert written["meta"]["probe"]["epochs"] == 2 and "attentive" not in written
+    assert written["meta"]["probe"]["head_init"] == "official"  # the CLI starts the heads as cls.py does
 
 
 @pytest.mark.parametrize("args,message", [
@@ -319,6 +320,7 @@ def test_cli_probe_prints_table_and_writes_json(run_dir):
     (["--epochs", "0"], "probe.epochs=0 is out of range"),
     (["--mask", "causal"], "probe.mask='causal' is not allowed"),
     (["--features", "pooled"], "probe.features='pooled' is not allowed"),
+    (["--head-init", "xavier"], "probe.head_init='xavier' is not allowed"),
     (["--data", "cifar11"], "data.name='cifar11' is not a known dataset"),
     (["--data", "imagefolder:/nonexistent/xtra"], "not found"),
 ])
@@ -474,6 +476,69 @@ def test_heads_match_the_official_definitions(train):
     torch.testing.assert_close(ours_l(tokens.mean(dim=1)), official_l(tokens), rtol=1e-5, atol=1e-5)
 
 
+def test_official_head_init_is_pytorchs_linear_default_and_a_normal_query():
+    """cls.py builds its heads and keeps nn.Linear's default init (weights and bias uniform in
+    +-1/sqrt(fan_in)) and a Normal(0, 0.02) query, untruncated; `head_init="official"` starts there,
+    seeded; "trunc_normal" (the key-keeping default) is xtra's earlier init."""
+    cfg = model_config("cpu-s")  # width 96, 10 classes
+    official = ProbeConfig(head_init="official")
+    att, lin = make_head("attentive", cfg, 10, official, seed=0), make_head("linear", cfg, 10, official, seed=0)
+    bound = 96 ** -0.5
+    for layer in (att.k, att.v, att.fc, lin.fc):
+        w = layer.weight.detach()
+        assert 0.97 * bound < w.abs().max() <= bound  # uniform up to the edge
+        assert abs(float(w.std()) - bound / 3**0.5) < 0.08 * bound / 3**0.5  # the uniform's std
+    for layer in (att.fc, lin.fc):
+        assert layer.bias.abs().max() <= bound and layer.bias.abs().max() > 0.5 * bound  # drawn, not zero
+    query = att.query.detach()
+    assert abs(float(query.std()) - 0.02) < 0.004 and query.abs().max() > 2 * 0.02  # a Normal, not truncated
+    again = make_head("attentive", cfg, 10, official, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(att.state_dict().values(), again.state_dict().values()))
+    old = make_head("attentive", cfg, 10, ProbeConfig(), seed=0)
+    assert ProbeConfig().head_init == "trunc_normal" and not old.fc.bias.any()
+    assert old.k.weight.abs().max() <= 0.04 and old.fc.weight.abs().max() <= 0.02
+
+
+def test_whitened_tokens_have_identity_covariance_and_the_head_folds_back_onto_raw_tokens():
+    """`probe.attentive_whiten`: a head trained on whitened tokens is folded into the official head on
+    the raw tokens, the same function (eval mode) up to float rounding."""
+    from xtra.probe import AttentiveHead, Whitening
+
+    torch.manual_seed(0)
+    raw = (torch.randn(64, 10, 24) @ torch.randn(24, 24)) * 3 + 2  # correlated, off-centre channels
+    source = _Source(None, raw, "attentive", ProbeConfig(), torch.device("cpu"), "memory", None, "x",
+                     prebuilt=raw.clone())
+    whitening = Whitening(source)
+    whitening.apply_(source)
+    z = source.cache.reshape(-1, 24)
+    torch.testing.assert_close(z.mean(dim=0), torch.zeros(24), rtol=0, atol=1e-4)
+    torch.testing.assert_close(z.t() @ z / len(z), torch.eye(24), rtol=0, atol=1e-3)
+    head = AttentiveHead(24, 4, 2, 10)
+    head.reset(torch.Generator().manual_seed(1), "official")
+    head.train()
+    with torch.no_grad():
+        for part in source.cache.split(16):  # running statistics as training leaves them
+            head(part)
+    head.eval()
+    with torch.no_grad():
+        on_whitened = head(source.cache)
+        whitening.fold(head)
+        on_raw = head(raw)
+    torch.testing.assert_close(on_raw, on_whitened, rtol=1e-4, atol=1e-4)
+
+
+def test_a_whitened_attentive_probe_returns_heads_that_read_raw_features(encoder, small):
+    cfg = dataclasses.replace(FAST, kinds=("attentive",), lrs=(1e-2, 1e-1), epochs=2, warmup_epochs=0,
+                              attentive_whiten=True)
+    heads, info = train_probe("attentive", encoder, small, cfg, seed=0)
+    val = _Source(encoder, small.val.images, "attentive", cfg, torch.device("cpu"), "memory", None, "val")
+    got = evaluate(heads, val, small.val.labels, 256)
+    for want, have in zip(info["val_top1"].values(), got):
+        assert abs(want - have) <= 2 / len(small.val), (info["val_top1"], got)
+    with pytest.raises(ValueError, match="probe.attentive_whiten=true whitens cached token features"):
+        dataclasses.replace(cfg, cache="off")
+
+
 def test_features_are_raw_block_outputs_and_the_attentive_input_averages_the_last_blocks(encoder):
     from xtra.probe import head_inputs_all
 
@@ -503,23 +568,38 @@ def test_heads_and_layers_are_clamped_to_the_encoder_and_recorded(encoder, small
     assert (result["layers"], result["heads"], result["features"]) == (2, 16, "raw")
 
 
-def test_still_improving_flag_from_the_val_curve():
+def test_still_improving_is_a_doubling_test():
     from xtra.probe import IMPROVING_TOL, check_epochs, still_improving
 
     assert check_epochs(100) == (50, 75, 100) and check_epochs(2) == (1, 2) and check_epochs(1) == (1,)
-    assert still_improving({50: 0.70, 75: 0.75, 100: 0.76}, 100) is True
-    assert still_improving({50: 0.70, 75: 0.76, 100: 0.76 + IMPROVING_TOL / 2}, 100) is False
-    assert still_improving({1: 0.5}, 1) is None
+    assert still_improving(0.76, 0.75) is True  # doubling the schedule gained a point
+    assert still_improving(0.76 + IMPROVING_TOL / 2, 0.76) is False
+    assert still_improving(0.75, 0.76) is False
 
 
-def test_an_undertrained_probe_is_flagged_and_a_longer_one_is_not(encoder, small):
+def test_an_undertrained_probe_is_flagged_and_a_converged_one_is_not(encoder, small):
+    """The flag compares the chosen head with its twin on a half-length schedule (trained in the same
+    pass): a small flat lr still gains from doubling, a converged probe does not."""
     short = dataclasses.replace(FAST, lrs=(1e-3,), min_lr=1e-3, epochs=8, warmup_epochs=0)  # a small, flat lr
     result = probe(encoder, small, short, seed=0)["linear"]
-    assert result["still_improving"] is True, result["val_curve"]
+    assert result["still_improving"] is True and result["half_epochs"] == 4, result
     assert sorted(result["val_curve"]) == [4, 6, 8]
-    longer = dataclasses.replace(FAST, lrs=(3e-2,), epochs=16, warmup_epochs=1)
-    result = probe(encoder, small, longer, seed=0)["linear"]
-    assert result["still_improving"] is False, result["val_curve"]
+    converged = dataclasses.replace(FAST, lrs=(3e-1,), epochs=64, warmup_epochs=1)
+    result = probe(encoder, small, converged, seed=0)["linear"]
+    assert result["still_improving"] is False, result
+    assert result["best_val_top1"] - result["half_val_top1"] <= 0.0025
+
+
+def test_a_twin_on_a_half_schedule_is_the_head_trained_alone_for_half_the_epochs(encoder, small):
+    cfg = dataclasses.replace(FAST, kinds=("attentive",), lrs=(1e-2,), epochs=4, warmup_epochs=2)
+    train = _Source(encoder, small.train.images, "attentive", cfg, torch.device("cpu"), "memory", None, "train")
+    full, twin, alone = (make_head("attentive", encoder.cfg, small.num_classes, cfg, 0) for _ in range(3))
+    train_heads("attentive", [full, twin], (1e-2, 1e-2), train, small.train.labels, cfg, 0, epochs=[4, 2])
+    half_cfg = dataclasses.replace(cfg, epochs=2, warmup_epochs=1)
+    train_heads("attentive", [alone], (1e-2,), train, small.train.labels, half_cfg, 0)
+    for a, b in zip(twin.state_dict().values(), alone.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(full.fc.weight, twin.fc.weight)
 
 
 def test_probe_checkpoints_long_format_rows(run_dir, tmp_path):
@@ -607,15 +687,19 @@ def test_lbfgs_head_is_the_penalized_logistic_regression_optimum(encoder, small)
 
 @pytest.mark.parametrize("l2", [1e-2, 1e-4])
 def test_whitened_lbfgs_reaches_the_optimum_of_plain_lbfgs(encoder, small, l2):
-    """Whitening only preconditions: the same objective, the same optimum (probabilities within float32
-    solve noise) as the reference L-BFGS on the standardized features, also from a cap of 200 iterations."""
+    """Whitening only preconditions: the same objective, the same optimum (probabilities within solve
+    noise) as the reference L-BFGS on the standardized features, also from a cap of 200 iterations.
+    Solved in float64: the weakly penalized optimum is flat, and float32 solves of it scatter by ~5e-3
+    in probability whichever preconditioning they use."""
     from xtra.probe import fit_linear_lbfgs
 
     cfg = dataclasses.replace(FAST, linear_solver="lbfgs")
-    train = _Source(encoder, small.train.images, "linear", cfg, torch.device("cpu"), "memory", None, "train")
+    built = _Source(encoder, small.train.images, "linear", cfg, torch.device("cpu"), "memory", None, "train")
+    train = _Source(encoder, small.train.images, "linear", cfg, torch.device("cpu"), "memory", None, "train",
+                    prebuilt=built.cache.double())
     probs = {}
     for whiten, max_iter in ((False, 5000), (True, 1000), (True, 200)):
-        (head,) = [make_head("linear", encoder.cfg, small.num_classes, cfg, 0)]
+        (head,) = [make_head("linear", encoder.cfg, small.num_classes, cfg, 0).double()]
         fit_linear_lbfgs([head], (l2,), train, small.train.labels, whiten=whiten, max_iter=max_iter)
         head.eval()
         with torch.no_grad():
@@ -649,7 +733,8 @@ def test_new_probe_fields_at_their_defaults_keep_the_probe_key():
     old = {k: v for k, v in dataclasses.asdict(cfg.probe).items()
            if k not in PROBE_KEYS_IF_SET and f"probe.{k}" not in RESOURCE_KEYS}
     assert cfg.probe_hash() == _digest({"pretrain": cfg.config_hash(), "probe": old})
-    for changes in ({"linear_max_iter": 200}, {"feature_dtype": "bfloat16"}):
+    for changes in ({"linear_max_iter": 200}, {"feature_dtype": "bfloat16"}, {"head_init": "official"},
+                    {"attentive_whiten": True}):
         assert dataclasses.replace(cfg, probe=ProbeConfig(**changes)).probe_hash() != cfg.probe_hash()
 
 
@@ -676,6 +761,40 @@ def test_bad_solver_settings_are_one_line(changes, message):
     with pytest.raises(ValueError) as err:
         ProbeConfig(**changes)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_cpu_preset_probes_as_the_benchmarked_protocol():
+    """docs/bench-cpu-2core-probe.md measures `CPU_PROBE`: the block-size study's cpu preset must be it
+    (its `points` aside: the study probes completed budgets only)."""
+    from xtra.bench_probe import CPU_PROBE
+    from xtra.studies.load import load_study
+
+    probe_cfg = load_study("block-size", preset="cpu").expand()[0].config.probe
+    assert dataclasses.replace(probe_cfg, points=CPU_PROBE.points) == CPU_PROBE
+    assert probe_cfg.head_init == "official" and probe_cfg.attentive_whiten
+
+
+def test_bench_probe_points_times_both_presets_against_pretraining_and_checks_convergence(run_dir):
+    from xtra.bench_probe import bench_probe_points
+    from xtra.config import TrialConfig
+
+    state = load_checkpoint(run_dir)
+    model_cfg, _, _ = run_configs(state, run_dir)
+    cfg = TrialConfig(model=model_cfg, data=DATA, pretrain=PretrainConfig(samples=2048, batch_size=128,
+                                                                          warmup_samples=256))
+    short = ProbeConfig(lrs=(1e-2, 1e-1), epochs=2, warmup_epochs=0, limit_train=512, linear_solver="lbfgs",
+                        linear_l2=(1e-6,), linear_max_iter=20, attentive_whiten=True, head_init="official")
+    presets = {"before": dataclasses.replace(short, attentive_whiten=False, head_init="trunc_normal"), "after": short}
+    out = bench_probe_points([{"trial": "t", "config": cfg, "checkpoint": run_dir / "checkpoint.pt"}], 10_000, 9,
+                             presets, rate_samples=256)
+    assert [e["preset"] for e in out["probes"]] == ["before", "after"]
+    assert all({r["kind"] for r in e["rows"]} == {"linear", "attentive"} for e in out["probes"])
+    for name, study in out["study"].items():
+        assert study["ratio"] == pytest.approx(9 * study["probe_s_mean"] / out["pretrain_s"])
+    (check,) = out["converge"]
+    assert (check["epochs"], check["epochs_4x"]) == (2, 8) and 0 < check["top1_4x"] <= 1
+    row = next(r for r in out["probes"][1]["rows"] if r["kind"] == "attentive")
+    assert row["half_val_top1"] is not None and row["ci95"][0] < row["top1"] < row["ci95"][1]
 
 
 def test_wilson_interval_of_a_test_top1():

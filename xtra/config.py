@@ -298,6 +298,14 @@ class ProbeConfig:
     layers: int = 6  # attentive probe: mean of the last `layers` encoder blocks (clamped to the depth)
     attentive_heads: int = 16  # clamped to the largest divisor of the width that is <= this
     attentive_queries: int = 1
+    # official = the heads' init in XTRA's cls.py (PyTorch's nn.Linear default, query Normal(0, 0.02));
+    # trunc_normal = xtra's before issue #34, kept as the default so the probe key of every study resolved
+    # before stays the same (the presets and `xtra probe` set official)
+    head_init: str = "trunc_normal"
+    # the attentive head trains on whitened token features (ZCA of the train split's tokens), then the
+    # whitening is folded into it: the same official head, the same function class, only AdamW's
+    # conditioning changes (docs/bench-cpu-2core-probe.md: several points higher in the same epochs)
+    attentive_whiten: bool = False
     mask: str = "block"  # block = the pretraining mask; none = full attention
     cache: str = "auto"  # feature cache: auto | memory | disk | off
     augment: bool = False  # official augmentation (below); training then recomputes features every step
@@ -334,6 +342,10 @@ class ProbeConfig:
         _require(self.linear_weight_decay >= 0 and self.attentive_weight_decay >= 0,
                  "probe.linear_weight_decay and probe.attentive_weight_decay must be >= 0")
         _one_of("probe.linear_solver", self.linear_solver, ("adamw", "lbfgs"))
+        _one_of("probe.head_init", self.head_init, ("official", "trunc_normal"))
+        _require(not (self.attentive_whiten and (self.augment or self.cache == "off")),
+                 "probe.attentive_whiten=true whitens cached token features, which probe.augment=true or "
+                 "probe.cache=off never has (allowed: attentive_whiten=false with them)")
         _positive(self, "linear_max_iter")
         _one_of("probe.feature_dtype", self.feature_dtype, ("auto", "float32", "bfloat16"))
         _require(len(self.linear_l2) > 0 and all(v >= 0 for v in self.linear_l2),
@@ -440,7 +452,7 @@ RESOURCE_KEYS = frozenset({
 
 # Probe fields added after probed studies existed: left out of the probe key while at their default,
 # so those studies are not probed again.
-PROBE_KEYS_IF_SET = ("linear_max_iter", "feature_dtype")
+PROBE_KEYS_IF_SET = ("linear_max_iter", "feature_dtype", "head_init", "attentive_whiten")
 _PROBE_DEFAULTS = ProbeConfig()
 
 # Keys that changed what a trial trains after trials existed, with the value every earlier trial had

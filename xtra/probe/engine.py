@@ -44,54 +44,60 @@ def evaluate(heads: list[nn.Module], source: _Source, labels: torch.Tensor, batc
 
 def train_heads(kind: str, heads: list[nn.Module], lrs: tuple[float, ...], source: _Source, labels: torch.Tensor,
                 cfg: ProbeConfig, seed: int, on_epoch: Callable[[int, int], None] | None = None,
-                batched: bool = True) -> None:
-    """Train every head for cfg.epochs on the same batches (one input computation per micro-batch).
+                batched: bool = True, epochs: list[int] | None = None) -> None:
+    """Train every head on the same batches (one input computation per micro-batch), head i for
+    `epochs[i]` epochs (default: cfg.epochs each; its warmup scaled alike, cfg.warmup_epochs * epochs[i]
+    // cfg.epochs): a head with a shorter schedule is the head trained alone for that many epochs (the
+    same init and shuffles), and stops there while the others go on.
 
-    Each head has its own AdamW, follows `lr_at(step, ..., lr_i)`, and clips its own gradient norm:
-    the heads share nothing but their (read-only) inputs, so each one is exactly what it would be if
-    trained alone. A step of cfg.batch_size images is cfg.accumulate micro-batches (BatchNorm sees
-    each micro-batch, as in the official code). `batched`: the heads' forward and backward as one
-    module (`batched_logits`: one matmul per layer for all lrs), the same training up to float
-    rounding; else each head in turn (the reference path)."""
+    Each head has its own AdamW, follows `lr_at(step, ..., lr_i)` over its own schedule, and clips its
+    own gradient norm: the heads share nothing but their (read-only) inputs, so each one is exactly
+    what it would be if trained alone. A step of cfg.batch_size images is cfg.accumulate micro-batches
+    (BatchNorm sees each micro-batch, as in the official code). `batched`: the heads' forward and
+    backward as one module (`batched_logits`: one matmul per layer for all lrs), the same training up
+    to float rounding; else each head in turn (the reference path). `on_epoch(epoch, step)` hears the
+    end of every epoch (0-based), when each head still training holds its BatchNorm statistics."""
+    epochs = list(epochs) if epochs is not None else [cfg.epochs] * len(heads)
     optimizers = [make_optimizer(kind, head, lr, cfg) for head, lr in zip(heads, lrs)]
     n, bs = len(source), cfg.batch_size
     per_epoch = steps_per_epoch(n, bs)
-    total, warmup = per_epoch * cfg.epochs, per_epoch * cfg.warmup_epochs
+    totals = [per_epoch * e for e in epochs]
+    warmups = [per_epoch * (cfg.warmup_epochs * e // cfg.epochs) for e in epochs]
     labels = labels.to(source.device)
     for head in heads:
         head.train()
     step = 0
-    for epoch in range(cfg.epochs):
+    for epoch in range(max(epochs)):
+        active = [i for i, e in enumerate(epochs) if epoch < e]  # the heads whose schedule goes on
+        live = [heads[i] for i in active]
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, kind, "shuffle", epoch)))
         for s in range(per_epoch):
             idx = perm[s * bs: (s + 1) * bs]
-            for opt, lr in zip(optimizers, lrs):
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(step, total, warmup, lr, cfg)
-                opt.zero_grad(set_to_none=True)
+            for i in active:
+                for group in optimizers[i].param_groups:
+                    group["lr"] = lr_at(step, totals[i], warmups[i], lrs[i], cfg)
+                optimizers[i].zero_grad(set_to_none=True)
             micro = idx.chunk(cfg.accumulate) if cfg.accumulate > 1 else (idx,)
             for j, part in enumerate(micro):
                 x = source.batch(part, step * cfg.accumulate + j)
                 y = labels[part.to(labels.device)]
                 weight = len(part) / len(idx)  # the step's gradient is the mean over its images
-                if batched and len(heads) > 1:  # the sum of the heads' losses: each gets its own gradient
-                    logits = batched_logits(heads, x)  # (L, B, C)
-                    loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(heads)), reduction="sum")
+                if batched and len(live) > 1:  # the sum of the heads' losses: each gets its own gradient
+                    logits = batched_logits(live, x)  # (L, B, C)
+                    loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(live)), reduction="sum")
                     (loss * (weight / len(y))).backward()
                 else:
-                    for head in heads:
+                    for head in live:
                         (F.cross_entropy(head(x), y) * weight).backward()
-            for head, opt in zip(heads, optimizers):
+            for i in active:
                 if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
-                opt.step()
+                    torch.nn.utils.clip_grad_norm_(heads[i].parameters(), cfg.grad_clip)
+                optimizers[i].step()
             step += 1
-            if on_epoch is not None and s == per_epoch - 1:
-                if batched:
-                    share_norm(heads)
-                on_epoch(epoch, step)
-    if batched:
-        share_norm(heads)
+        if batched:  # one BatchNorm ran for all (the first live head's): every live head gets its statistics,
+            share_norm(live)  # and a head whose schedule ends here keeps them
+        if on_epoch is not None:
+            on_epoch(epoch, step)
 
 
 LBFGS_MAX_ITER = 1000  # default full-batch iterations per head (each one pass over the cached train features)

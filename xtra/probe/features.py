@@ -118,3 +118,77 @@ class _Source:
         if self.augment is not None and step is not None:
             images = self.augment(images, step)
         return head_inputs(self.encoder, images, self.kind, self.cfg)
+
+    def transform_(self, weight: torch.Tensor, bias: torch.Tensor, chunk: int = 1024) -> None:
+        """Replace every cached row x by x @ weight + bias, in place (memory or disk), `chunk` rows at a
+        time: a fixed linear map of the head inputs (the whitening) paid once instead of every step."""
+        if self.cache is None:
+            raise ValueError("whitening needs cached head inputs (allowed: probe.cache=auto|memory|disk, "
+                             "probe.augment=false)")
+        for start in range(0, len(self.cache), chunk):
+            rows = torch.as_tensor(self.cache[start: start + chunk], device=weight.device)
+            out = rows @ weight + bias
+            if isinstance(self.cache, torch.Tensor):
+                self.cache[start: start + chunk] = out
+            else:
+                self.cache[start: start + chunk] = out.cpu().numpy()
+
+
+class Whitening:
+    """The attentive head's preconditioner (`probe.attentive_whiten`): each token feature x (a row of D
+    channels) becomes z = ((x - mean) / std) @ P, with mean and std per channel over every token of the
+    train split and P = C^(-1/2) (symmetric, ZCA) for C the covariance of the standardized tokens, so
+    the train tokens have identity covariance. The head on z is the same function class as the head on
+    x (its key and value maps absorb any invertible linear map, and a shift of every token moves no
+    attention weight), so only AdamW's conditioning changes; `fold` turns a head trained on z back into
+    the official head on x. Eigenvalues are floored at 1e-6 of the largest (a degenerate channel stays
+    finite)."""
+
+    def __init__(self, train: _Source, chunk: int = 1024):
+        cache = train.cache
+        if cache is None:
+            raise ValueError("whitening needs cached head inputs (allowed: probe.cache=auto|memory|disk, "
+                             "probe.augment=false)")
+        d = cache.shape[-1]
+        total, sq, n = torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64), 0
+        for start in range(0, len(cache), chunk):  # sums over every train token, in float64
+            rows = torch.as_tensor(cache[start: start + chunk]).reshape(-1, d).double().cpu()  # (chunk*T, D)
+            total += rows.sum(dim=0)
+            sq += rows.t() @ rows
+            n += len(rows)
+        mean = total / n
+        cov_x = sq / n - torch.outer(mean, mean)  # (D, D)
+        var = cov_x.diagonal().clamp_min(1e-12)
+        std = var.sqrt()
+        corr = cov_x / torch.outer(std, std)  # the covariance of the standardized tokens
+        evals, evecs = torch.linalg.eigh(corr)
+        evals = evals.clamp_min(float(evals.max()) * 1e-6)
+        p = (evecs * evals.rsqrt()) @ evecs.t()  # (D, D)
+        device = train.device
+        self.mean, self.var = mean.float().to(device), var.float().to(device)
+        self.weight = (p / std[:, None]).float().to(device)  # z = x @ weight + bias
+        self.bias = (-(mean / std) @ p).float().to(device)
+
+    def apply_(self, *sources: _Source) -> None:
+        for source in sources:
+            source.transform_(self.weight, self.bias)
+
+    @torch.no_grad()
+    def fold(self, head) -> None:
+        """Turn `head` (an AttentiveHead trained on whitened tokens, read in eval mode: its BatchNorm at
+        its running statistics) into the same function of the raw tokens: its BatchNorm takes the raw
+        train statistics and its key / value maps and classifier bias absorb the rest. Exact up to float
+        rounding (tested)."""
+        bn = head.bn
+        s_z = (bn.running_var + bn.eps).sqrt()  # the trained head's normalization of z
+        s_x = (self.var + bn.eps).sqrt()  # the folded head's normalization of x
+        # u = BN_z(z) = BN_x(x) @ m + d  with  m = diag(s_x) W diag(1/s_z),  d = (mean W + b - mean_z) / s_z
+        m = (s_x[:, None] * self.weight) / s_z[None, :]  # (D, D)
+        d = (self.mean @ self.weight + self.bias - bn.running_mean) / s_z  # (D,)
+        shift = head.v.weight @ d  # every token moves by d: the keys' shift moves no attention weight, the
+        head.fc.bias += head.fc.weight @ shift  # values' shift moves the pooled vector by W_v d (weights sum to 1)
+        head.k.weight.copy_(head.k.weight @ m.t())
+        head.v.weight.copy_(head.v.weight @ m.t())
+        bn.running_mean.copy_(self.mean)
+        bn.running_var.copy_(self.var)
+

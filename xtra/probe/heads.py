@@ -3,6 +3,7 @@ initialization and their AdamW; both read raw block outputs (no final LayerNorm)
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -13,6 +14,20 @@ from xtra.probe.schedule import _seed
 
 BN_EPS = 1e-6
 
+# How a head's weights start (`probe.head_init`): "official" = cls.py's heads as built, every Linear at
+# PyTorch's default (weights and bias uniform in +-1/sqrt(fan_in)), the attentive query Normal(0, 0.02);
+# "trunc_normal" = xtra before issue #34 (Linear weights truncated Normal, std 0.02 for k/v and 0.01 for
+# the classifier, zero bias; the query truncated Normal(0, 0.02)).
+HEAD_INITS = ("official", "trunc_normal")
+
+
+def _official_linear(lin: nn.Linear, gen: torch.Generator) -> None:
+    """`nn.Linear.reset_parameters` (the init the official heads keep), drawn from `gen`."""
+    nn.init.kaiming_uniform_(lin.weight, a=math.sqrt(5), generator=gen)  # = uniform(+-1/sqrt(fan_in))
+    if lin.bias is not None:
+        bound = 1 / math.sqrt(lin.in_features)
+        nn.init.uniform_(lin.bias, -bound, bound, generator=gen)
+
 
 class LinearHead(nn.Module):
     """Average-pooled last-block tokens -> BatchNorm1d(affine=False) -> Linear."""
@@ -22,8 +37,11 @@ class LinearHead(nn.Module):
         self.bn = nn.BatchNorm1d(dim, affine=False, eps=BN_EPS)
         self.fc = nn.Linear(dim, num_classes)
 
-    def reset(self, gen: torch.Generator) -> None:
+    def reset(self, gen: torch.Generator, init: str = "official") -> None:
         with torch.no_grad():
+            if init == "official":
+                _official_linear(self.fc, gen)
+                return
             self.fc.weight.copy_(_trunc_normal(self.fc.weight.shape, 0.01, gen))
             self.fc.bias.zero_()
 
@@ -47,8 +65,13 @@ class AttentiveHead(nn.Module):
         self.v = nn.Linear(dim, dim, bias=False)
         self.fc = nn.Linear(dim, num_classes)
 
-    def reset(self, gen: torch.Generator) -> None:
+    def reset(self, gen: torch.Generator, init: str = "official") -> None:
         with torch.no_grad():
+            if init == "official":
+                nn.init.normal_(self.query, std=0.02, generator=gen)
+                for lin in (self.k, self.v, self.fc):
+                    _official_linear(lin, gen)
+                return
             self.query.copy_(_trunc_normal(self.query.shape, 0.02, gen))
             for lin, std in ((self.k, 0.02), (self.v, 0.02), (self.fc, 0.01)):
                 lin.weight.copy_(_trunc_normal(lin.weight.shape, std, gen))
@@ -158,7 +181,8 @@ def _trunc_normal(shape, std: float, gen: torch.Generator) -> torch.Tensor:
 
 
 def make_head(kind: str, encoder_cfg: ModelConfig, num_classes: int, cfg: ProbeConfig, seed: int) -> nn.Module:
-    """A head whose initial state depends only on (seed, kind): every lr starts from the same point."""
+    """A head whose initial state (`cfg.head_init`) depends only on (seed, kind): every lr starts from the
+    same point."""
     if kind == "linear":
         head: nn.Module = LinearHead(encoder_cfg.width, num_classes)
     elif kind == "attentive":
@@ -166,7 +190,7 @@ def make_head(kind: str, encoder_cfg: ModelConfig, num_classes: int, cfg: ProbeC
                              cfg.attentive_queries, num_classes)
     else:
         raise ValueError(f"probe kind {kind!r} is not allowed (allowed: 'linear', 'attentive')")
-    head.reset(torch.Generator().manual_seed(_seed(seed, kind, "init")))
+    head.reset(torch.Generator().manual_seed(_seed(seed, kind, "init")), cfg.head_init)
     return head
 
 

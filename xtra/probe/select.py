@@ -20,7 +20,7 @@ from xtra.data import Split
 from xtra.model import Encoder
 from xtra.probe.augment import _augmenter
 from xtra.probe.engine import evaluate, fit_linear_lbfgs, train_heads
-from xtra.probe.features import _build_caches, _Source, cache_mode
+from xtra.probe.features import Whitening, _build_caches, _Source, cache_mode
 from xtra.probe.heads import make_head, protocol
 from xtra.probe.schedule import check_epochs, steps_per_epoch, still_improving
 
@@ -81,10 +81,19 @@ def _run_kind(kind: str, encoder: Encoder, dataset, cfg: ProbeConfig, seed: int,
         train = _Source(encoder, dataset.train.images, kind, cfg, device, mode, scratch, "train", augment,
                         prebuilt.get("train"))
         val = _Source(encoder, dataset.val.images, kind, cfg, device, mode, scratch, "val", None, prebuilt.get("val"))
+        # the attentive head trains on whitened tokens (a preconditioner), folded back into the official head
+        whitening = Whitening(train) if kind == "attentive" and cfg.attentive_whiten else None
+        if whitening is not None:
+            whitening.apply_(train, val)
         t_cache = time.perf_counter() - t0
         lbfgs = kind == "linear" and cfg.linear_solver == "lbfgs"
         grid = cfg.linear_l2 if lbfgs else cfg.lrs  # one head per value, the best chosen on val
         heads = [make_head(kind, model_cfg, dataset.num_classes, cfg, seed).to(device) for _ in grid]
+        # The convergence check: beside each head, its twin on a schedule half as long (the same init and
+        # shuffles, trained in the same pass); a head that gained on val from doubling its schedule is
+        # flagged as still improving
+        half = cfg.epochs // 2 if not lbfgs and cfg.epochs >= 2 else 0
+        twins = [make_head(kind, model_cfg, dataset.num_classes, cfg, seed).to(device) for _ in grid] if half else []
         shape = protocol(kind, model_cfg, cfg)
         if log:
             log(f"{kind} probe: {len(heads)} heads ("
@@ -97,11 +106,16 @@ def _run_kind(kind: str, encoder: Encoder, dataset, cfg: ProbeConfig, seed: int,
         bar = _ProbeBar(kind, cfg.epochs * steps_per_epoch(len(train), cfg.batch_size), cfg) if progress else None
         marks = check_epochs(cfg.epochs)
         curves: dict[int, list[float]] = {}  # epoch -> val top-1 of every head
+        half_val: list[float] = []  # val top-1 of every twin, at the end of its schedule
 
         def on_epoch(epoch: int, step: int) -> None:
-            if bar is None and epoch + 1 not in marks:
+            if bar is None and epoch + 1 not in marks and epoch + 1 != half:
                 return
-            accs = evaluate(heads, val, dataset.val.labels, cfg.batch_size)
+            scored = heads + twins if epoch + 1 == half else heads  # the twins end here
+            accs = evaluate(scored, val, dataset.val.labels, cfg.batch_size)
+            if epoch + 1 == half:
+                half_val[:] = accs[len(heads):]
+            accs = accs[:len(heads)]
             if epoch + 1 in marks:
                 curves[epoch + 1] = accs
             if bar is not None:
@@ -113,7 +127,8 @@ def _run_kind(kind: str, encoder: Encoder, dataset, cfg: ProbeConfig, seed: int,
                 fit_linear_lbfgs(heads, grid, train, dataset.train.labels, max_iter=cfg.linear_max_iter)
                 curves[cfg.epochs] = evaluate(heads, val, dataset.val.labels, cfg.batch_size)
             else:
-                train_heads(kind, heads, cfg.lrs, train, dataset.train.labels, cfg, seed, on_epoch)
+                train_heads(kind, heads + twins, cfg.lrs * (2 if twins else 1), train, dataset.train.labels, cfg, seed,
+                            on_epoch, epochs=[cfg.epochs] * len(heads) + [half] * len(twins))
         finally:
             if bar is not None:
                 bar.stop()
@@ -123,14 +138,20 @@ def _run_kind(kind: str, encoder: Encoder, dataset, cfg: ProbeConfig, seed: int,
         info: dict[str, Any] = {"val_top1": {v: acc for v, acc in zip(grid, val_acc)},
                                 "best_lr": None if lbfgs else cfg.lrs[best], "best_l2": grid[best] if lbfgs else None,
                                 "best_index": best, "cache": mode, "cache_s": t_cache, "val_curve": curve,
-                                "still_improving": None if lbfgs else still_improving(curve, cfg.epochs),
+                                "half_epochs": half or None, "half_val_top1": half_val[best] if half_val else None,
+                                "still_improving": still_improving(val_acc[best], half_val[best]) if half_val else None,
                                 "lr_at_edge": len(grid) > 1 and grid[best] in (min(grid), max(grid)),
                                 "solver": "lbfgs" if lbfgs else "adamw", **shape}
         test_acc = None
         if evaluate_test:  # only the head chosen on val ever sees the test split
             test = _Source(encoder, dataset.test.images, kind, cfg, device, mode, scratch, "test", None,
                            prebuilt.get("test"))
+            if whitening is not None:
+                whitening.apply_(test)
             test_acc = evaluate([heads[best]], test, dataset.test.labels, cfg.batch_size)[0]
+        if whitening is not None:  # every head returned reads the raw tokens, as the official one
+            for head in heads:
+                whitening.fold(head)
         info["wall_s"] = time.perf_counter() - t0
         return heads, info, test_acc
     finally:
@@ -155,7 +176,9 @@ def probe(encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, progress: bool
 
     Returns {kind: {"val_top1": {lr: acc}, "best_lr": lr, "best_val_top1": acc, "test_top1": acc (best lr only),
     "epochs": n, "cache": memory|disk|off, "val_curve": {epoch: val top-1 of the chosen lr},
-    "still_improving": bool | None, "lr_at_edge": the chosen lr is the grid's smallest or largest
+    "half_epochs": n // 2, "half_val_top1": val top-1 of the chosen lr's head on a schedule half as long,
+    "still_improving": bool | None (doubling the schedule raised val top-1 by more than IMPROVING_TOL;
+    None where nothing was trained in epochs: L-BFGS, a 1-epoch probe), "lr_at_edge": the chosen lr is the grid's smallest or largest
     (the grid may not hold the best lr: widen it), "layers": blocks averaged, "heads": attention heads (None for
     linear), "features": raw|normed}}; accuracies are fractions in [0, 1]. `data_cfg` is unused
     (kept for callers; the augmentation's parameters are in `cfg`)."""
@@ -186,6 +209,7 @@ def probe(encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, progress: bool
                              "test_top1": test_acc,
                              "epochs": cfg.epochs, "cache": info["cache"], "val_curve": info["val_curve"],
                              "still_improving": info["still_improving"], "lr_at_edge": info["lr_at_edge"],
+                             "half_epochs": info["half_epochs"], "half_val_top1": info["half_val_top1"],
                              "layers": info["layers"],
                              "heads": info["heads"], "features": cfg.features}
     finally:
