@@ -42,7 +42,6 @@ TORCH = os.environ.get("TORCH", "torch==2.13.0")
 CPU_EXTRAS, CUDA_EXTRAS = "dev", "dev,gpu"
 PYPI_SIMPLE = "https://pypi.org/simple/{name}/"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu/"  # where the torch project serves `+cpu` wheels
-URL_LINE = re.compile(r'^url = "(?P<url>[^"]+)"$', re.MULTILINE)
 
 
 def without_project(text: str) -> str:
