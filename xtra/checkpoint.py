@@ -9,9 +9,8 @@ import torch
 
 from xtra.config import with_legacy_values
 from xtra.fileio import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: F401 - re-exported
-from xtra.trialdir import CHECKPOINT  # file names: trialdir is their one owner
+from xtra.trialdir import CHECKPOINT, CHECKPOINTS  # file names: trialdir is their one owner
 
-KEPT_DIR = "checkpoints"  # immutable copies at chosen sample counts (`pretrain(keep_at=...)`)
 FORMAT = 1
 
 
@@ -21,12 +20,12 @@ class CheckpointError(ValueError):
 
 def kept_checkpoint(run_dir: Path, samples: int) -> Path:
     """Where a run keeps its immutable copy of the state after exactly `samples` samples."""
-    return Path(run_dir) / KEPT_DIR / f"samples-{int(samples)}.pt"
+    return Path(run_dir) / CHECKPOINTS / f"samples-{int(samples)}.pt"
 
 
 def kept_samples(run_dir: Path) -> list[int]:
     """The sample counts a run has kept copies at, ascending (temp files of a torn write excluded)."""
-    folder = Path(run_dir) / KEPT_DIR
+    folder = Path(run_dir) / CHECKPOINTS
     found = []
     for path in folder.glob("samples-*.pt") if folder.is_dir() else []:
         tail = path.stem[len("samples-"):]
