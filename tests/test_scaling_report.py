@@ -229,7 +229,7 @@ def test_laws_and_figures_use_encoder_parameters_when_only_the_encoder_scales(tm
     assert figure_json(page, "param-efficiency")["layout"]["xaxis"]["title"]["text"] == "encoder parameters"
     md = (root / "report" / "summary.md").read_text()
     # the compute is the trials' own FLOPs per image, affine in N (the fixed 5M do not scale with it)
-    assert "N = encoder parameters" in md and "C = D·(fixed + per\\_param·N)" in md
+    assert "N = encoder parameters" in md and "C = D·(fixed + per_param·N)" in md
 
 
 def test_a_wsd_learning_curve_law_is_fitted_within_its_stable_phase() -> None:
