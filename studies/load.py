@@ -42,7 +42,7 @@ from xtra.studies.spec import (
 )
 
 # Shipped study files are package data: found through importlib.resources, wheel or editable install.
-STUDIES_DIR = Path(str(resources.files("xtra.studies")))
+STUDIES_DIR = Path(str(resources.files("xtra.studies"))).resolve()  # the shipped files, links followed
 SHARED_PRESETS = STUDIES_DIR / "_presets.toml"
 
 def shipped_studies() -> list[str]:
