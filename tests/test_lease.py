@@ -116,6 +116,13 @@ def _driver(*args: str, env: dict[str, str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _kill(*procs: subprocess.Popen | None) -> None:
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _started(study_dir: Path) -> bool:
     """A trial of the first driver has started and committed a checkpoint."""
     return any((d / "checkpoint.pt").is_file() for d in (study_dir / st.TRIALS).glob("*"))
@@ -146,10 +153,7 @@ def test_a_driver_whose_lock_is_broken_stops_and_writes_nothing(tmp_path: Path) 
         out2, _ = second.communicate(timeout=400)
         assert second.returncode == 0, out2
     finally:
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _kill(first, second)
     rows = pl.read_parquet(study_dir / st.RESULTS)
     assert rows["status"].to_list() == ["finished"] * 2
     for h in rows["config_hash"]:
@@ -234,10 +238,7 @@ def test_a_driver_of_a_study_in_s3_that_loses_its_lease_stops_and_writes_nothing
             out2, _ = second.communicate(timeout=400)
             assert second.returncode == 0, out2
         finally:
-            for proc in (first, second):
-                if proc is not None and proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+            _kill(first, second)
         _finished_once(tmp_path / "b", stor)
         runs = stor.read_json(st.RUNS)
         assert runs[-1]["driver_pid"] == second.pid and "ended" not in runs[0]  # the first wrote nothing after
