@@ -143,8 +143,10 @@ def nominal_budgets(study: Any) -> list[float]:
 def lines(study: Any) -> list[str]:
     """What ``xtra study show`` says of an isoFLOP grid: each line's compute, sizes, samples and how far
     its trials are from it; then whether the grid supports the extrapolation test. [] for other studies."""
+    if not any(a.name == LINE_AXIS and "pretrain.samples" in a.keys for a in study.axes):
+        return []
     specs = study.expand()
-    if not specs or not any(a.name == LINE_AXIS and "pretrain.samples" in a.keys for a in study.axes):
+    if not specs:
         return []
     from xtra.costs import n_params
     from xtra.reports.approaches import group_lines
