@@ -31,12 +31,15 @@ def _rows(study: Study) -> tuple[pl.DataFrame, str, str, str]:
     df = fin.select(pl.col(n_col).cast(pl.Float64).alias("N"), pl.col("samples_seen").cast(pl.Float64).alias("D"),
                     pl.col(loss).cast(pl.Float64).alias("L"), pl.col("flops_per_image").cast(pl.Float64).alias("F"),
                     pl.col("seed").fill_null(0).alias("seed"),
+                    # one size across k: N may count a pixel head that grows with k, the encoder does not
+                    pl.col("n_params_encoder" if "n_params_encoder" in fin.columns else n_col).cast(pl.Float64)
+                    .alias("S"),
                     (pl.col("block_size") if "block_size" in fin.columns else pl.lit(BASELINE_K)).alias("k"))
     return df, n_name, loss_name, n_col
 
 
 def _arrays(df: pl.DataFrame) -> dict[str, Any]:
-    return {c: df.get_column(c).to_numpy() for c in ("N", "D", "L", "F", "seed")}
+    return {c: df.get_column(c).to_numpy() for c in ("N", "D", "L", "F", "seed", "S")}
 
 
 def _k(k: Any) -> str:

@@ -74,10 +74,25 @@ def _draws(Y: np.ndarray, se: float, df: int, rng: np.random.Generator, n_draws:
     return Y.mean(axis=0) + rng.standard_normal((n_draws, Y.shape[1])) * se * scale[:, None]
 
 
+def same_sizes(base: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """``other`` with the baseline's N for each size: with an ``S`` array (a size key both share, e.g. encoder
+    parameters) a size is matched on it, since N may count a pixel head that grows with k; the rows of a size
+    the baseline lacks are left out. Without ``S``, ``other`` as it is."""
+    if "S" not in base or "S" not in other:
+        return other
+    n_of = {float(s): float(n) for s, n in zip(base["S"], base["N"])}
+    keep = np.array([float(s) in n_of for s in other["S"]], dtype=bool)
+    out = {k: np.asarray(v)[keep] for k, v in other.items()}
+    out["N"] = np.array([n_of[float(s)] for s in out["S"]], dtype=float)
+    return out
+
+
 def per_budget(base: dict[str, Any], other: dict[str, Any], n_draws: int = 2000, seed: int = 0,
                level: float = LEVEL) -> tuple[list[Multiplier], str]:
     """M(D) at every (N, D) where both groups have completed runs and the baseline has >= 2 budgets at N.
-    ``base``/``other``: arrays N, D, L, F (FLOPs per image), seed (one row per trial)."""
+    ``base``/``other``: arrays N, D, L, F (FLOPs per image), seed (one row per trial), optionally S (a size
+    key, see ``same_sizes``)."""
+    other = same_sizes(base, other)
     rng = np.random.default_rng(seed)
     arrays = [{k: np.asarray(g[k], dtype=float if k != "seed" else object) for k in ("N", "D", "L", "F", "seed")}
               for g in (base, other)]
@@ -156,6 +171,7 @@ def in_law(base: dict[str, Any], other: dict[str, Any], n_boot: int = 200, seed:
     """One multiplier for ``other`` inside the baseline's fitted law (rows as in ``per_budget``)."""
     from .scaling import fit_chinchilla
 
+    other = same_sizes(base, other)
     N, D, L = (np.asarray(other[k], dtype=float) for k in ("N", "D", "L"))
     points = len(np.unique(np.column_stack([N, D]), axis=0)) if len(N) else 0
     try:

@@ -152,3 +152,14 @@ def test_the_report_shows_the_three_approaches_the_multiplier_and_the_extrapolat
     assert "k=1: three approaches" in summary and "k=2: three approaches" in summary
     assert "k=2: data multiplier" in summary and "inside the law L(N, M·D) fitted to the baseline: M = " in summary
     assert "k=1: extrapolation" in summary and "without the largest N" in summary
+
+
+def test_multiplier_matches_a_size_across_k_by_its_encoder_not_its_pixel_head() -> None:
+    base, other = _study(), _study(mult=2.0)
+    other["N"] = other["N"] + 7_000  # k's larger pixel head: the whole-model count moves, the size does not
+    assert multiplier.per_budget(base, other, n_draws=50)[0] == []  # no N in common: nothing is compared
+    base["S"], other["S"] = base["N"].copy(), other["N"] - 7_000
+    ms, _ = multiplier.per_budget(base, other, n_draws=50)
+    reached = [m for m in ms if m.status == "reached"]
+    assert len(ms) == 15 and reached and all(abs(m.value / 2.0 - 1) < 0.05 for m in reached)
+    assert abs(multiplier.in_law(base, other, n_boot=5).value / 2.0 - 1) < 0.05
