@@ -572,9 +572,16 @@ def test_still_improving_is_a_doubling_test():
     from xtra.probe import IMPROVING_TOL, check_epochs, still_improving
 
     assert check_epochs(100) == (50, 75, 100) and check_epochs(2) == (1, 2) and check_epochs(1) == (1,)
-    assert still_improving(0.76, 0.75) is True  # doubling the schedule gained a point
-    assert still_improving(0.76 + IMPROVING_TOL / 2, 0.76) is False
-    assert still_improving(0.75, 0.76) is False
+    def pair(both: int, only_head: int, only_twin: int, neither: int) -> tuple[torch.Tensor, torch.Tensor]:
+        head = [True] * both + [True] * only_head + [False] * only_twin + [False] * neither
+        twin = [True] * both + [False] * only_head + [True] * only_twin + [False] * neither
+        return torch.tensor(head), torch.tensor(twin)
+
+    assert still_improving(*pair(4500, 150, 90, 1260)) is True  # +1 point of 6000, z = 60 / sqrt(240) = 3.9
+    assert still_improving(*pair(4500, 130, 110, 1260)) is False  # +0.33 points, z = 1.3: val noise
+    assert still_improving(*pair(4500, 10, 0, 1490)) is False  # significant (z = 3.2) but only 0.17 points
+    assert still_improving(*pair(4500, 90, 150, 1260)) is False  # doubling lost
+    assert IMPROVING_TOL == 0.0025
 
 
 def test_an_undertrained_probe_is_flagged_and_a_converged_one_is_not(encoder, small):

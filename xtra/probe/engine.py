@@ -42,6 +42,17 @@ def evaluate(heads: list[nn.Module], source: _Source, labels: torch.Tensor, batc
     return [c / max(len(source), 1) for c in correct]
 
 
+@torch.no_grad()
+def right_per_image(head: nn.Module, source: _Source, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(N,) bool: whether `head` classifies each image of the split right (eval mode)."""
+    head.eval()
+    labels = labels.to(source.device)
+    out = torch.cat([head(source.batch(torch.arange(i, min(i + batch_size, len(source))))).argmax(dim=-1)
+                     == labels[i: i + batch_size] for i in range(0, len(source), batch_size)])
+    head.train()
+    return out.cpu()
+
+
 def train_heads(kind: str, heads: list[nn.Module], lrs: tuple[float, ...], source: _Source, labels: torch.Tensor,
                 cfg: ProbeConfig, seed: int, on_epoch: Callable[[int, int], None] | None = None,
                 batched: bool = True, epochs: list[int] | None = None) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 import zlib
 
+import torch
+
 from xtra.config import ProbeConfig
 
 
@@ -37,11 +39,17 @@ def check_epochs(epochs: int) -> tuple[int, ...]:
 
 
 IMPROVING_TOL = 0.0025  # a probe whose val top-1 rose by more than this when its schedule doubled is flagged
+IMPROVING_Z = 1.645  # ... and significantly so: McNemar's one-sided test at 95%
 
 
-def still_improving(val_top1: float, half_val_top1: float) -> bool:
-    """True when the chosen head's val top-1 exceeds that of its twin trained on a schedule half as long
-    (the same lr, init and shuffles) by more than IMPROVING_TOL: doubling the epochs still paid, so more
-    would likely pay too. A converged probe gains nothing from doubling; under a cosine schedule the last
-    quarter of a run gains from annealing alone, so the run's own val curve cannot tell."""
-    return val_top1 - half_val_top1 > IMPROVING_TOL
+def still_improving(right: torch.Tensor, twin_right: torch.Tensor) -> bool:
+    """Whether doubling the schedule paid: `right` / `twin_right` say per val image whether the chosen
+    head / its twin trained on a schedule half as long (the same lr, init and shuffles) is right. True
+    when the head's val top-1 exceeds the twin's by more than IMPROVING_TOL and significantly: on the
+    images where they disagree (b only the head right, c only the twin), McNemar's z = (b - c) /
+    sqrt(b + c) > IMPROVING_Z, so the val noise between two nearly equal heads raises no flag. A
+    converged probe gains nothing from doubling; under a cosine schedule a run's last quarter gains
+    from annealing alone, so its own val curve cannot tell."""
+    b = int((right & ~twin_right).sum())
+    c = int((~right & twin_right).sum())
+    return (b - c) / max(len(right), 1) > IMPROVING_TOL and (b - c) > IMPROVING_Z * math.sqrt(b + c)

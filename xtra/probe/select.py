@@ -19,7 +19,7 @@ from xtra.config import DataConfig, ModelConfig, ProbeConfig
 from xtra.data import Split
 from xtra.model import Encoder
 from xtra.probe.augment import _augmenter
-from xtra.probe.engine import evaluate, fit_linear_lbfgs, train_heads
+from xtra.probe.engine import evaluate, fit_linear_lbfgs, right_per_image, train_heads
 from xtra.probe.features import Whitening, _build_caches, _Source, cache_mode
 from xtra.probe.heads import make_head, protocol
 from xtra.probe.schedule import check_epochs, steps_per_epoch, still_improving
@@ -134,12 +134,16 @@ def _run_kind(kind: str, encoder: Encoder, dataset, cfg: ProbeConfig, seed: int,
                 bar.stop()
         val_acc = curves[cfg.epochs]  # scored after the last epoch
         best = int(np.argmax(val_acc))  # ties: the first value listed
+        improving = None
+        if half_val:  # the chosen head against its twin, image by image
+            improving = still_improving(right_per_image(heads[best], val, dataset.val.labels, cfg.batch_size),
+                                        right_per_image(twins[best], val, dataset.val.labels, cfg.batch_size))
         curve = {epoch: accs[best] for epoch, accs in curves.items()}
         info: dict[str, Any] = {"val_top1": {v: acc for v, acc in zip(grid, val_acc)},
                                 "best_lr": None if lbfgs else cfg.lrs[best], "best_l2": grid[best] if lbfgs else None,
                                 "best_index": best, "cache": mode, "cache_s": t_cache, "val_curve": curve,
                                 "half_epochs": half or None, "half_val_top1": half_val[best] if half_val else None,
-                                "still_improving": still_improving(val_acc[best], half_val[best]) if half_val else None,
+                                "still_improving": improving,
                                 "lr_at_edge": len(grid) > 1 and grid[best] in (min(grid), max(grid)),
                                 "solver": "lbfgs" if lbfgs else "adamw", **shape}
         test_acc = None
@@ -177,8 +181,8 @@ def probe(encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, progress: bool
     Returns {kind: {"val_top1": {lr: acc}, "best_lr": lr, "best_val_top1": acc, "test_top1": acc (best lr only),
     "epochs": n, "cache": memory|disk|off, "val_curve": {epoch: val top-1 of the chosen lr},
     "half_epochs": n // 2, "half_val_top1": val top-1 of the chosen lr's head on a schedule half as long,
-    "still_improving": bool | None (doubling the schedule raised val top-1 by more than IMPROVING_TOL;
-    None where nothing was trained in epochs: L-BFGS, a 1-epoch probe), "lr_at_edge": the chosen lr is the grid's smallest or largest
+    "still_improving": bool | None (doubling the schedule raised val top-1 by more than IMPROVING_TOL,
+    significantly: `still_improving`; None where nothing was trained in epochs: L-BFGS, a 1-epoch probe), "lr_at_edge": the chosen lr is the grid's smallest or largest
     (the grid may not hold the best lr: widen it), "layers": blocks averaged, "heads": attention heads (None for
     linear), "features": raw|normed}}; accuracies are fractions in [0, 1]. `data_cfg` is unused
     (kept for callers; the augmentation's parameters are in `cfg`)."""
