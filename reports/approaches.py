@@ -226,6 +226,10 @@ def empirical_exponent(p: Points, approach: int, draws: np.ndarray, level: float
     lo, hi = intervals.percentile_interval(slopes, level) if noisy else (float("nan"), float("nan"))
     failed = float(np.mean(~np.isfinite(slopes))) if noisy else float(not math.isfinite(value))
     note = ""
+    if not math.isfinite(value):  # no exponent from the data themselves: a few draws' slopes are no interval
+        lo = hi = float("nan")
+    elif noisy and failed > (1 - level) / 2:
+        note = f"interval over the {1 - failed:.0%} of draws with an optimum on >= {MIN_LINES} lines"
     if approach == 1 and math.isfinite(value):
         # N_opt is one of the grid's sizes: each line's is known to half a step either way, so the slope
         # only to within step / (the lines' span in log C); the interval is widened by that much.
@@ -234,7 +238,7 @@ def empirical_exponent(p: Points, approach: int, draws: np.ndarray, level: float
         if math.isfinite(res):
             lo = (lo if math.isfinite(lo) else value) - res
             hi = (hi if math.isfinite(hi) else value) + res
-            note = f"widened by +-{res:.2g}: N_opt is resolved to the grid's step"
+            note = "; ".join(x for x in (note, f"widened by +-{res:.2g}: N_opt is resolved to the grid's step") if x)
     rows = []
     for i, c in enumerate(p.line_compute):
         blo, bhi = intervals.percentile_interval(per_draw[:, i], level) if noisy else (float("nan"),) * 2
@@ -262,7 +266,13 @@ def law_exponent(p: Points, rows: dict[str, np.ndarray], n_boot: int, seed: int 
         for c in p.line_compute:
             band = fit.allocation(float(c))["N_opt"]
             lines.append({"C": float(c), "N_opt": band[0], "lo": band[1], "hi": band[2], "no_optimum": 0.0})
-    return Exponent(APPROACHES[2], float(a), lo, hi, 0.0, lines), fit
+    notes = [] if math.isfinite(a) else ["the fitted law gives no compute-optimal N at these budgets"]
+    if not math.isfinite(a):
+        lo = hi = float("nan")
+    if not fit.identifiable:
+        notes.append("the full L(N, D) is not identifiable by the report's checks: descriptive")
+    note = "; ".join(notes)
+    return Exponent(APPROACHES[2], float(a), lo, hi, 0.0, lines, note), fit
 
 
 def agreement(exps: list[Exponent]) -> str:
