@@ -122,3 +122,17 @@ def test_kept_copies_are_exactly_the_state_at_their_point_and_immutable(tmp_path
     assert kept_samples(tmp_path) == [512, 1536]
     last, final = load_checkpoint(kept_checkpoint(tmp_path, 1536)), load_checkpoint(tmp_path)
     assert last["final"] and all(torch.equal(last["model"][k], final["model"][k]) for k in final["model"])
+
+
+def test_given_weights_start_a_run_whatever_rule_initialised_them(tmp_path):
+    """pretrain.init loads another run's weights: how those were initialised (model.patch_init, the rule
+    before or after issue #34) is not the model's science, so it is not compared; the width is."""
+    pretrain(model_config("tiny", block_size=2, patch_init="xavier"), DATA, _cfg(samples=128), tmp_path / "xavier")
+    weights = load_checkpoint(tmp_path / "xavier")["model"]
+    pretrain(TINY, DATA, _cfg(samples=64, warmup_samples=0, init=str(tmp_path / "xavier" / "checkpoint.pt")), tmp_path / "kaiming",
+             seed=1)
+    first = load_checkpoint(tmp_path / "kaiming")["model"]
+    assert first.keys() == weights.keys()  # started from those weights (one step of training since)
+    with pytest.raises(CheckpointError, match=r"model\.width="):
+        pretrain(model_config("tiny", block_size=2, width=64), DATA, _cfg(samples=64, warmup_samples=0, init=str(
+            tmp_path / "xavier" / "checkpoint.pt")), tmp_path / "wider")

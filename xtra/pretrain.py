@@ -46,6 +46,7 @@ from xtra.precision import autocast
 from xtra.schedule import continuation_error, lr_at  # noqa: F401 - lr_at is part of this module's API
 
 VAL_IMAGES = 1024  # a fixed slice of the validation split for the val loss
+INIT_ONLY_KEYS = frozenset({"model.patch_init"})  # shape a fresh model's weights, nothing after
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -147,8 +148,9 @@ def _load_init_weights(model: torch.nn.Module, expected: dict, path: Path) -> No
     model config must be the same science (one-line CheckpointError naming the keys that differ)."""
     state = load_checkpoint(path, map_location="cpu")
     stored = state.get("config", {}).get("model", {})
-    old = {k: v for k, v in stored.items() if f"model.{k}" not in RESOURCE_KEYS}
-    new = {k: v for k, v in expected["model"].items() if f"model.{k}" not in RESOURCE_KEYS}
+    ignored = {*RESOURCE_KEYS, *INIT_ONLY_KEYS}  # how the weights were initialised is moot once they are loaded
+    old = {k: v for k, v in stored.items() if f"model.{k}" not in ignored}
+    new = {k: v for k, v in expected["model"].items() if f"model.{k}" not in ignored}
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise CheckpointError(f"pretrain.init={path}: its weights are for another model config (differs in: "
