@@ -113,7 +113,8 @@ def _print_table(console, result: dict) -> None:
         entry = result.get(kind, {})
         if entry.get("still_improving"):
             gain = 100 * (entry["best_val_top1"] - entry["half_val_top1"])
-            console.print(f"note: the {kind} probe is still improving: doubling its schedule ({entry['half_epochs']} -> "
+            console.print(f"note: the {kind} probe is still improving: doubling its schedule "
+                          f"({entry['half_epochs']} -> "
                           f"{meta['probe']['epochs']} epochs) raised val top-1 by {gain:.2f} points; more epochs "
                           "would likely raise it", highlight=False, markup=False)
     console.print(f"wrote {meta['path']}", highlight=False, markup=False)

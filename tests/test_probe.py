@@ -796,7 +796,7 @@ def test_bench_probe_points_times_both_presets_against_pretraining_and_checks_co
                              presets, rate_samples=256)
     assert [e["preset"] for e in out["probes"]] == ["before", "after"]
     assert all({r["kind"] for r in e["rows"]} == {"linear", "attentive"} for e in out["probes"])
-    for name, study in out["study"].items():
+    for study in out["study"].values():
         assert study["ratio"] == pytest.approx(9 * study["probe_s_mean"] / out["pretrain_s"])
     (check,) = out["converge"]
     assert (check["epochs"], check["epochs_4x"]) == (2, 8) and 0 < check["top1_4x"] <= 1

@@ -563,8 +563,8 @@ def bench_probe_points(points: list[dict[str, Any]], pretrained: int, n_probes: 
     presets = presets or {"before": CPU_PROBE_ISSUE25, "after": CPU_PROBE}
     log = log or (lambda msg: None)
     out: dict[str, Any] = {"device": "cpu", "torch_threads": torch.get_num_threads(),
-                           "pretrained_samples": pretrained, "presets": {n: _cfg_summary(c) for n, c in presets.items()},
-                           "probes": []}
+                           "pretrained_samples": pretrained,
+                           "presets": {n: _cfg_summary(c) for n, c in presets.items()}, "probes": []}
     rates = [pretrain_rate(rate_samples)]
     log(f"pretraining rate {rates[0] * 1e3:.2f} ms/sample")
     for i, point in enumerate(points):
@@ -594,7 +594,8 @@ def bench_probe_points(points: list[dict[str, Any]], pretrained: int, n_probes: 
     n = n_probes
     out["study"] = {name: {"probes_timed": len(times), "probe_s_mean": sum(times) / len(times),
                            "study_probe_s": n * sum(times) / len(times),
-                           "ratio": n * sum(times) / len(times) / out["pretrain_s"]} for name, times in by_preset.items()}
+                           "ratio": n * sum(times) / len(times) / out["pretrain_s"]}
+                    for name, times in by_preset.items()}
     out["n_points"] = n
     out["converge"] = []
     for point in points[:converge_trials]:

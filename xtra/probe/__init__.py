@@ -75,7 +75,8 @@ from xtra.probe.schedule import (  # noqa: F401 - _seed: tests
 from xtra.probe.select import Log, _device_of, check_fits, limit_train, probe, train_probe  # noqa: F401 - _device_of: bench
 
 __all__ = [
-    "BN_EPS", "DISK_CACHE_BYTES", "IMPROVING_TOL", "IMPROVING_Z", "LBFGS_MAX_ITER", "MEMORY_CACHE_BYTES", "PROBE_JSON", "Whitening",
+    "BN_EPS", "DISK_CACHE_BYTES", "IMPROVING_TOL", "IMPROVING_Z", "LBFGS_MAX_ITER", "MEMORY_CACHE_BYTES", "PROBE_JSON",
+    "Whitening",
     "PROBE_RANDOM_JSON", "AttentiveHead", "LinearHead", "Log", "after_crop", "attentive_heads", "cache_mode",
     "check_epochs", "check_fits", "evaluate", "fit_linear_lbfgs", "head_inputs", "head_inputs_all", "input_shape",
     "limit_train", "load_encoder", "lr_at", "make_head", "make_optimizer", "probe", "probe_augment",

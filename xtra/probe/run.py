@@ -168,8 +168,9 @@ def probe_checkpoints(paths_by_samples: dict[int, Path | str], data_cfg: DataCon
     (largest samples) with every kind of `probe.kinds`, the earlier ones with `probe.along_kinds`.
     Returns long-format rows, one per (samples, dataset, kind), sorted that way:
     {"samples", "dataset", "kind", "top1" (test, the lr chosen on val), "best_lr", "best_val_top1",
-    "half_val_top1" (its twin's on half the schedule), "still_improving", "lr_at_edge", "epochs", "layers", "heads", "features", "n_train", "n_test", "num_classes",
-    "wall_s"}. `data_cfg` is the trial's data (its own set is probed with its split settings).
+    "half_val_top1" (its twin's on half the schedule), "still_improving", "lr_at_edge", "epochs", "layers",
+    "heads", "features", "n_train", "n_test", "num_classes", "wall_s"}. `data_cfg` is the trial's data (its
+    own set is probed with its split settings).
 
     Every input is checked before any compute: each checkpoint exists and is an xtra checkpoint of
     one model config (`expect_model` if given), each probe dataset is found and fits. Nothing is

@@ -182,9 +182,10 @@ def probe(encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, progress: bool
     "epochs": n, "cache": memory|disk|off, "val_curve": {epoch: val top-1 of the chosen lr},
     "half_epochs": n // 2, "half_val_top1": val top-1 of the chosen lr's head on a schedule half as long,
     "still_improving": bool | None (doubling the schedule raised val top-1 by more than IMPROVING_TOL,
-    significantly: `still_improving`; None where nothing was trained in epochs: L-BFGS, a 1-epoch probe), "lr_at_edge": the chosen lr is the grid's smallest or largest
-    (the grid may not hold the best lr: widen it), "layers": blocks averaged, "heads": attention heads (None for
-    linear), "features": raw|normed}}; accuracies are fractions in [0, 1]. `data_cfg` is unused
+    significantly: `still_improving`; None where nothing was trained in epochs: L-BFGS, a 1-epoch probe),
+    "lr_at_edge": the chosen lr is the grid's smallest or largest (the grid may not hold the best lr: widen
+    it), "layers": blocks averaged, "heads": attention heads (None for linear), "features": raw|normed}};
+    accuracies are fractions in [0, 1]. `data_cfg` is unused
     (kept for callers; the augmentation's parameters are in `cfg`)."""
     check_fits(encoder.cfg, dataset, cfg)
     dataset = limit_train(dataset, cfg.limit_train)
