@@ -30,7 +30,7 @@ def bench_cmd(
     """Measure xtra on this machine; figures are ratios measured in one run (nothing is asserted)."""
     import torch
 
-    from xtra import bench
+    from xtra import benchmarks as bench
 
     with user_errors():
         chosen = [s.strip() for s in sections.split(",") if s.strip()]
@@ -78,7 +78,7 @@ def bench_cmd(
         for row in results["attention"]:
             console.print(_line("attention", row))
     if "probe" in chosen:
-        from xtra.bench_probe import bench_probe
+        from xtra.benchmarks.probe import bench_probe
 
         results["probe"] = bench_probe(epochs=1 if quick else 2, n_train=4000 if quick else 0,
                                        repeats=1 if quick else 2)
@@ -86,7 +86,10 @@ def bench_cmd(
         console.print(_line("probe", {k: v for k, v in results["probe"].items() if not isinstance(v, dict)}))
         for key in ("linear", "attentive", "linear_cache"):
             console.print(_line(f"probe {key}", results["probe"][key]))
-        from xtra.bench_probe import QUICK_PROTOCOL, bench_probe_protocol  # convergence, official cost, checkpoints
+        from xtra.benchmarks.probe import (  # convergence, official cost, checkpoints
+            QUICK_PROTOCOL,
+            bench_probe_protocol,
+        )
 
         # the pretrained encoder is kept beside the figures: a second full run reuses it (same config)
         protocol = bench_probe_protocol(**(QUICK_PROTOCOL if quick else {"run_dir": out.parent / "probe-encoder"}),
@@ -96,7 +99,7 @@ def bench_cmd(
             results["probe"][key] = protocol[key]
             console.print(_line(f"probe {key}", protocol[key]))
         if not quick:  # issue #25's figures on the same encoder: the cpu preset's probing before/after, side by side
-            from xtra.bench_probe import bench_probe_costs, bench_probe_overhead
+            from xtra.benchmarks.probe import bench_probe_costs, bench_probe_overhead
 
             encoder_dir = out.parent / "probe-encoder"
             for key, fn in (("costs", bench_probe_costs), ("overhead", bench_probe_overhead)):
@@ -122,7 +125,7 @@ def bench_cmd(
         console.print(_line("scaling", results["scaling"]))
 
     if "data" in chosen:
-        from xtra.bench_data import bench_data
+        from xtra.benchmarks.data import bench_data
 
         results.update(bench_data(Path("runs/bench/data-cache"), quick=quick))
         for key in ("data_decode", "data_memory", "data_stall", "data_workers"):

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from xtra.attention import attend, backend_status, resolve_backend, skipped_fraction  # noqa: E402
-from xtra.bench import environment, matmul_peak, timed  # noqa: E402
+from xtra.benchmarks import environment, matmul_peak, timed  # noqa: E402
 from xtra.config import PretrainConfig, TrialConfig, model_config, override  # noqa: E402
 from xtra.costs import flops_per_image  # noqa: E402
 from xtra.model import XTRA  # noqa: E402

@@ -80,7 +80,7 @@ def bench_upload(run_dir: Path, cfg: Any, repeats: int = 3) -> dict[str, Any]:
     one) and per trial (the first commit, then one per later checkpoint and the final one), as ratios
     to the trial's wall time."""
     from xtra import trialdir as td
-    from xtra.storage import measure_upload_local_s3
+    from xtra.benchmarks.storage import measure_upload_local_s3
 
     row = td.read_result(run_dir) or {}
     wall = float(row.get("wall_s") or 0.0)

@@ -88,7 +88,7 @@ def test_bench_markdown_gives_each_probe_measurement_its_own_table():
     measurement, the protocol's cost per kind and for both."""
     from pathlib import Path
 
-    from xtra.bench import to_markdown
+    from xtra.benchmarks import to_markdown
     from xtra.cli.bench import _probe_tables
 
     results = json.loads((Path(__file__).parents[1] / "docs" / "bench-cpu-2core-probe.json").read_text())

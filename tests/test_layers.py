@@ -29,7 +29,7 @@ LEVELS = (
     ("records", "core", ("xtra.trialdir", "xtra.checkpoint", "xtra.lease", "xtra.studydir")),
     ("training", "core", ("xtra.pretrain", "xtra.probe", "xtra.official", "xtra.pictures")),
     ("trial", "core", ("xtra.trial",)),
-    ("core benchmarks", "core", ("xtra.bench", "xtra.bench_data", "xtra.bench_probe")),
+    ("benchmarks", "core", ("xtra.benchmarks",)),  # `xtra bench`'s package: the library never imports it
     ("reports", "reports", ("xtra.reports",)),
     ("study files", "studies", ("xtra.studies",)),
     ("ray", "studies", ("xtra.studies.ray",)),
@@ -153,6 +153,14 @@ def test_reports_and_core_never_import_the_study_runner_or_ray():
     for m, deps in GRAPH.items():
         if layer(m) in ("core", "reports"):
             assert not [d for d in deps if d.startswith("xtra.studies")], m
+
+
+def test_only_benchmarks_and_entry_points_import_the_benchmarks():
+    """Benchmarks are not the library: core, reports and the study runner never import them."""
+    importers = {m for m, deps in GRAPH.items() for d in deps if d.startswith("xtra.benchmarks")}
+    allowed = ("xtra.benchmarks", "xtra.cli", "scripts", "xtra.studies.bench", "xtra.studies.wsd_bench",
+               "xtra.studies.halving_bench")
+    assert sorted(m for m in importers if not m.startswith(allowed)) == []
 
 
 def test_no_import_cycles():

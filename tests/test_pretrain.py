@@ -129,8 +129,8 @@ def test_given_weights_start_a_run_whatever_rule_initialised_them(tmp_path):
     before or after issue #34) is not the model's science, so it is not compared; the width is."""
     pretrain(model_config("tiny", block_size=2, patch_init="xavier"), DATA, _cfg(samples=128), tmp_path / "xavier")
     weights = load_checkpoint(tmp_path / "xavier")["model"]
-    pretrain(TINY, DATA, _cfg(samples=64, warmup_samples=0, init=str(tmp_path / "xavier" / "checkpoint.pt")), tmp_path / "kaiming",
-             seed=1)
+    given = str(tmp_path / "xavier" / "checkpoint.pt")
+    pretrain(TINY, DATA, _cfg(samples=64, warmup_samples=0, init=given), tmp_path / "kaiming", seed=1)
     first = load_checkpoint(tmp_path / "kaiming")["model"]
     assert first.keys() == weights.keys()  # started from those weights (one step of training since)
     with pytest.raises(CheckpointError, match=r"model\.width="):

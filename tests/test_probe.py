@@ -12,7 +12,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from xtra.bench_probe import bench_probe, protocol_cost
+from xtra.benchmarks.probe import bench_probe, protocol_cost
 from xtra.checkpoint import CheckpointError, load_checkpoint
 from xtra.cli.probe import probe_cmd
 from xtra.config import DataConfig, PretrainConfig, ProbeConfig, model_config
@@ -773,7 +773,7 @@ def test_bad_solver_settings_are_one_line(changes, message):
 def test_the_cpu_preset_probes_as_the_benchmarked_protocol():
     """docs/bench-cpu-2core-probe.md measures `CPU_PROBE`: the block-size study's cpu preset must be it
     (its `points` aside: the study probes completed budgets only)."""
-    from xtra.bench_probe import CPU_PROBE
+    from xtra.benchmarks.probe import CPU_PROBE
     from xtra.studies.load import load_study
 
     probe_cfg = load_study("block-size", preset="cpu").expand()[0].config.probe
@@ -782,7 +782,7 @@ def test_the_cpu_preset_probes_as_the_benchmarked_protocol():
 
 
 def test_bench_probe_points_times_both_presets_against_pretraining_and_checks_convergence(run_dir):
-    from xtra.bench_probe import bench_probe_points
+    from xtra.benchmarks.probe_study import bench_probe_points
     from xtra.config import TrialConfig
 
     state = load_checkpoint(run_dir)
@@ -805,7 +805,7 @@ def test_bench_probe_points_times_both_presets_against_pretraining_and_checks_co
 
 
 def test_wilson_interval_of_a_test_top1():
-    from xtra.bench_probe import wilson
+    from xtra.benchmarks.probe import wilson
 
     lo, hi = wilson(0.8, 10_000)
     assert lo < 0.8 < hi and abs((hi - lo) / 2 - 1.96 * (0.8 * 0.2 / 10_000) ** 0.5) < 2e-4  # ~ +-0.78 points

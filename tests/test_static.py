@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_layers import MODULES
 
 jedi = pytest.importorskip("jedi")  # in the lock (dev extra): skipped only outside the locked environment

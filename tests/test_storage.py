@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from xtra.benchmarks.storage import measure_upload, measure_upload_local_s3
 from xtra.s3server import LocalS3Server, free_port
-from xtra.storage import GENERATIONS, Storage, StorageError, check, measure_upload, measure_upload_local_s3, pull
+from xtra.storage import GENERATIONS, Storage, StorageError, check, pull
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -41,7 +41,6 @@ directories: upload, download), `sync` (`pull`), `check` (fail-fast diagnosis), 
 """
 
 from xtra.storage.backends import REQUEST_TIMEOUT_S, SCHEMES
-from xtra.storage.bench import measure_upload, measure_upload_local_s3
 from xtra.storage.check import check
 from xtra.storage.manifest import GENERATIONS, MANIFEST, MANIFEST_FORMAT, Entry, FileRecord, Manifest, SyncResult
 from xtra.storage.names import StorageError
@@ -49,5 +48,5 @@ from xtra.storage.store import Storage
 from xtra.storage.sync import pull
 
 __all__ = ["GENERATIONS", "MANIFEST", "MANIFEST_FORMAT", "REQUEST_TIMEOUT_S", "SCHEMES", "Entry", "FileRecord",
-           "Manifest", "Storage", "StorageError", "SyncResult", "check", "measure_upload", "measure_upload_local_s3",
+           "Manifest", "Storage", "StorageError", "SyncResult", "check",
            "pull"]

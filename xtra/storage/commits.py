@@ -30,10 +30,10 @@ from xtra.storage.names import (
     PLAIN_GROWTH,
     StorageError,
     _join,
-    _local_files,
     _one_line,
     check_name,
     check_size,
+    local_files,
     local_target,
 )
 
@@ -100,11 +100,11 @@ class CommittedDirs:
         if not local_dir.is_dir():
             raise StorageError(f"{local_dir}: not a directory (uploading to {self.uri_of(rel)})")
         if self.is_directory_itself(local_dir, rel):  # the files are already where storage keeps them
-            return SyncResult(transferred=(), unchanged=tuple(_local_files(local_dir)))
+            return SyncResult(transferred=(), unchanged=tuple(local_files(local_dir)))
         prev = self.manifest(rel)
         seq = (prev.seq if prev else 0) + 1
         gen = f"{seq:06d}-{secrets.token_hex(4)}"
-        names = [n for n in _local_files(local_dir) if include is None or include(n)]
+        names = [n for n in local_files(local_dir) if include is None or include(n)]
         records: dict[str, FileRecord] = {}
         todo: list[str] = []
         for name in names:
@@ -141,7 +141,7 @@ class CommittedDirs:
         storage does not have."""
         local_dir = Path(local_dir)
         if self.is_directory_itself(local_dir, rel):
-            names = tuple(_local_files(local_dir)) if local_dir.is_dir() else ()
+            names = tuple(local_files(local_dir)) if local_dir.is_dir() else ()
             return SyncResult(transferred=(), unchanged=names) if names else None
         for _ in range(3):
             m = self.manifest(rel)
@@ -176,7 +176,7 @@ class CommittedDirs:
                 continue  # a newer commit replaced the generation mid-download: start over from its manifest
             removed: list[str] = []
             if prune and local_dir.is_dir():
-                for name in _local_files(local_dir):
+                for name in local_files(local_dir):
                     if name not in keep:
                         (local_dir / name).unlink()
                         removed.append(name)

@@ -98,7 +98,7 @@ def _join(*parts: str) -> str:
     return "/".join(p for p in (_clean(x) for x in parts) if p)
 
 
-def _local_files(root: Path) -> list[str]:
+def local_files(root: Path) -> list[str]:
     """Regular files below `root` as sorted posix paths, without in-flight atomic-write temp files."""
     out = []
     for dirpath, _dirs, files in os.walk(root):
@@ -118,7 +118,7 @@ def _same_dir(a: Path, b: Path) -> bool:
         return False
 
 
-def _touch(path: Path) -> None:
+def touch(path: Path) -> None:
     """A new mtime (as a rewritten checkpoint would have), content unchanged."""
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xtra.storage.names import StorageError, _local_files, _touch
-from xtra.storage.store import Storage
+from xtra.storage import Storage, StorageError
+from xtra.storage.names import local_files, touch
 
 
 def measure_upload(storage: Storage, trial_dir: str | os.PathLike[str], *, trial_wall_s: float,
@@ -33,7 +33,7 @@ def measure_upload(storage: Storage, trial_dir: str | os.PathLike[str], *, trial
     with tempfile.TemporaryDirectory(prefix="xtra-upload-bench-") as tmp:
         work = Path(tmp) / "trial"
         shutil.copytree(trial_dir, work)
-        files = _local_files(work)
+        files = local_files(work)
         total = sum((work / n).stat().st_size for n in files)
         ck_size = (work / checkpoint).stat().st_size
         try:
@@ -44,7 +44,7 @@ def measure_upload(storage: Storage, trial_dir: str | os.PathLike[str], *, trial
                 t = time.perf_counter()
                 storage.upload_dir(work, f"{rel}/dir{i}")
                 full_s.append(time.perf_counter() - t)
-                _touch(work / checkpoint)
+                touch(work / checkpoint)
                 t = time.perf_counter()
                 storage.upload_dir(work, f"{rel}/dir{i}")
                 incr_s.append(time.perf_counter() - t)
