@@ -194,14 +194,14 @@ def planned_samples(study: Study, configs: list[dict[str, Any]] | None = None) -
             "grid_gpu_hours": sum(gpu_hours(f, budgets[-1]) for f in flops)}
 
 
-def run_rungs(plan: Any, study_dir: Any, fit_rung: Any, *, display: Any, notes: list[str], stop: Any = None
-              ) -> tuple[str | None, bool]:
+def run_rungs(plan: Any, study_dir: Any, fit_rung: Any, replan: Any, *, display: Any, notes: list[str],
+              stop: Any = None) -> tuple[str | None, bool]:
     """Run a halving search rung by rung: write the ladder (configurations, rungs decided so far), run the
     plan's rung as one Tune experiment (``fit_rung(plan) -> (name, finished)``), plan the next from the
-    trials on disk. Stops when a rung is left unfinished (interrupted, stopped, a trial that crashed past
-    its retries): ``xtra study resume`` continues that rung with its finished branches kept."""
+    trials on disk (``replan()``: ``xtra.studies.plan.make_plan``, which imports this module, not the
+    reverse). Stops when a rung is left unfinished (interrupted, stopped, a trial that crashed past its
+    retries): ``xtra study resume`` continues that rung with its finished branches kept."""
     from xtra import studydir as st
-    from xtra.studies.plan import make_plan
 
     name, finished, ran = None, True, set()
     if plan.ladder is not None and not plan.ladder["rungs"]:
@@ -225,7 +225,7 @@ def run_rungs(plan: Any, study_dir: Any, fit_rung: Any, *, display: Any, notes: 
         if not finished or (stop is not None and getattr(stop, "signal", None)):
             finished = False
             break
-        plan = make_plan(plan.study, study_dir)
+        plan = replan()
     if finished and plan.ladder is not None and plan.ladder["rungs"]:
         last = plan.ladder["rungs"][-1]
         if len(plan.ladder["rungs"]) == len(rung_budgets(plan.study)) and last["promoted"]:

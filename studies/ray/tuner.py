@@ -271,10 +271,11 @@ def fit(plan: Plan, study_dir: Path, *, address: str | None, storage_path: str, 
             return _fit_one(plan, study_dir, info, storage_path=storage_path, runs=runs, display=display,
                             write_runs=write_runs, stop=stop)
         from xtra.studies.halving import run_rungs
+        from xtra.studies.plan import make_plan
 
         return run_rungs(plan, study_dir, lambda p: _fit_one(p, study_dir, info, storage_path=storage_path, runs=runs,
                                                              display=display, write_runs=write_runs, stop=stop),
-                         display=display, notes=notes, stop=stop)
+                         lambda: make_plan(study, study_dir), display=display, notes=notes, stop=stop)
 
 
 def _fit_one(plan: Plan, study_dir: Path, info: dict[str, Any], *, storage_path: str, runs: list[dict[str, Any]],
