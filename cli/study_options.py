@@ -30,7 +30,7 @@ LoggerOpt = Annotated[list[str] | None, typer.Option(
 
 def _load(study: str, preset: str | None, sets: list[str] | None, seeds: int | None) -> Any:
     from xtra.studies.load import load_study
-    from xtra.studies.parse import parse_sets
+    from xtra.studies.spec import parse_sets
 
     try:
         return load_study(study, preset=preset, sets=parse_sets(sets), seeds=seeds)

@@ -28,7 +28,7 @@ from typing import Any
 
 from xtra.config import TrialConfig, model_config, override
 from xtra.costs import flops_per_image
-from xtra.studies.spec import Axis, StudyError, _fmt, _one_line
+from xtra.studies.spec import Axis, StudyError, _fmt, _one_line, parse_set
 
 COMPUTE_AXIS = "compute"  # the derived axis' name in [axes]
 LINE_AXIS = "samples"  # the zip group it becomes: pretrain.samples first, so trial ids read samples=D
@@ -120,8 +120,6 @@ def nominal_budgets(study: Any) -> list[float]:
     """The compute budgets the study asked for, read again from its file (--set, then its preset's axes, then
     its own [axes]); [] for a resolved study.toml, which holds the expanded points only."""
     import tomllib
-
-    from xtra.studies.parse import parse_set
 
     for text in reversed(study.sets):
         key, value = parse_set(text)

@@ -29,7 +29,6 @@ from xtra.studies.parse import (
     _parse_axis,
     _parse_search,
     _parse_seeds,
-    parse_sets,
 )
 from xtra.studies.spec import (
     TOP_KEYS,
@@ -39,6 +38,7 @@ from xtra.studies.spec import (
     _fmt,
     _one_line,
     _parse_resources,
+    parse_sets,
 )
 
 # Shipped study files are package data: found through importlib.resources, wheel or editable install.

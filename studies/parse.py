@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import tomllib
 from typing import Any
 
 from xtra.config import TrialConfig, _leaf_keys, valid_keys
@@ -264,27 +263,5 @@ def _flatten_space(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------
 # --set parsing
-
-
-def parse_set(text: str) -> tuple[str, Any]:
-    """``"model.block_size=2"`` -> ``("model.block_size", 2)``. The value is a TOML literal
-    (``[1e-3, 3e-3]``, ``true``, ``"x"``); anything TOML cannot read is taken as a bare string."""
-    key, sep, raw = text.partition("=")
-    key, raw = key.strip(), raw.strip()
-    if not sep or not key:
-        raise StudyError(f"--set {text!r}: expected KEY=VALUE (e.g. --set model.block_size=2)")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key, value
-
-
-def parse_sets(items: list[str] | tuple[str, ...] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items or ():
-        key, value = parse_set(item)
-        out[key] = value
-    return out
 
 

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -388,3 +389,27 @@ def _check_workers(study: Study) -> None:
                              f"not divisible by workers x pretrain.accumulate = {w} x {p.accumulate}")
 
 
+# ---------------------------------------------------------------------------------------------
+# --set KEY=VALUE, the same for every command and study file
+
+
+def parse_set(text: str) -> tuple[str, Any]:
+    """``"model.block_size=2"`` -> ``("model.block_size", 2)``. The value is a TOML literal
+    (``[1e-3, 3e-3]``, ``true``, ``"x"``); anything TOML cannot read is taken as a bare string."""
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key:
+        raise StudyError(f"--set {text!r}: expected KEY=VALUE (e.g. --set model.block_size=2)")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def parse_sets(items: list[str] | tuple[str, ...] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, value = parse_set(item)
+        out[key] = value
+    return out

@@ -11,8 +11,7 @@ from typer.testing import CliRunner
 
 from xtra.cli.study import app
 from xtra.studies.load import STUDIES_DIR, load_study, preset_names, shipped_studies
-from xtra.studies.parse import parse_set, parse_sets
-from xtra.studies.spec import StudyError
+from xtra.studies.spec import StudyError, parse_set, parse_sets
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 CASES = [(name, preset) for name in shipped_studies() for preset in preset_names(name)]
