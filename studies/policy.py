@@ -17,7 +17,12 @@ DEFAULT_ROOT = Path("runs") / "studies"
 
 
 def estimated_gpu_hours(study: Study) -> float:
-    """The study's pretraining cost as `xtra study show` estimates it (O(trials), no model built)."""
+    """The study's pretraining cost as `xtra study show` estimates it (O(trials), no model built); a
+    halving search costs what its rungs train, not its full grid."""
+    if study.search is not None and study.search.halving:
+        from xtra.studies.halving import planned_samples
+
+        return float(planned_samples(study)["gpu_hours"])
     total = sum(gpu_hours(flops_per_image(t.config.model), t.config.pretrain.samples) for t in study.expand())
     if study.search is not None:
         base = study.base_config()

@@ -57,3 +57,11 @@ def test_report_options_are_checked_in_one_place(tmp_path: Path, kwargs: dict, a
         build_report(tmp_path, **options)  # before the study directory is even looked at
     res = CliRunner().invoke(app, ["report", "build", str(tmp_path), *cli_args])
     assert res.exit_code == 2 and cli_line in " ".join(res.output.split()), res.output
+
+
+def test_a_halving_search_is_confirmed_on_what_its_rungs_train() -> None:
+    from xtra.studies.halving import planned_samples
+
+    study = load_study("lr-halving", preset="cpu")
+    plan = planned_samples(study)
+    assert estimated_gpu_hours(study) == pytest.approx(plan["gpu_hours"]) and plan["gpu_hours"] < plan["grid_gpu_hours"]
