@@ -321,7 +321,7 @@ def _run_locked(study: Study, study_dir: Path, lock: lease.StudyLock, *, address
             display.rows[s.config_hash].loss = s.row.get("train_loss")
     for job in plan.trunks:
         display.add(job.config_hash, f"trunk-{job.trunk}", {"role": "wsd trunk"}, job.config.pretrain.samples)
-    if plan.samples:
+    if plan.samples and not (study.search is not None and study.search.halving):  # halving notes its own total
         done, cosine = plan.samples["trained"], plan.samples["cosine_equivalent"]
         notes.append(f"wsd: {len(plan.branches)} trial(s) branch off {len(plan.trunks)} trunk run(s): this run "
                      f"trains {done:,} samples where separate runs would train {cosine:,} "
@@ -377,7 +377,7 @@ def _write_results(study: Study, study_dir: Path, stor: Storage, notes: list[str
     after = make_plan(study, study_dir)
     results, curves = st.write_results(study, study_dir, list(after.states))
     try:
-        _push(stor, study_dir, st.RESULTS, st.CURVES, st.PROBES, st.OPTUNA_DB)  # a search resumes anywhere
+        _push(stor, study_dir, st.RESULTS, st.CURVES, st.PROBES, st.OPTUNA_DB, st.LADDER)  # a search resumes anywhere
     except StorageError as err:
         notes.append(f"results not written to storage: {' '.join(str(err).split())}")
     return after, results, curves
