@@ -26,9 +26,10 @@ def official_cmd(
 ) -> None:
     """Import an official checkpoint (weights only; no optimizer state) so `xtra probe`, `xtra pretrain`
     (`pretrain.init`) and studies use it like any xtra run."""
-    from xtra.config import DataConfig, ModelConfig, override
+    from xtra.config import DataConfig, ModelConfig
     from xtra.costs import describe
     from xtra.official import import_official
+    from xtra.overrides import override
 
     with user_errors():
         data_cfg = DataConfig(name=data) if data else None

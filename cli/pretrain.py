@@ -33,9 +33,10 @@ def pretrain_cmd(
 ) -> None:
     """Pretrain one XTRA model (resumable), optionally probe it."""
     from xtra.checkpoint import CHECKPOINT, atomic_write_json
-    from xtra.config import SIZES, TrialConfig, override
+    from xtra.config import SIZES, TrialConfig
     from xtra.costs import describe
     from xtra.data import locate
+    from xtra.overrides import override
     from xtra.pretrain import pretrain
 
     with user_errors():

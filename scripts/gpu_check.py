@@ -47,9 +47,10 @@ import torch  # noqa: E402
 
 from xtra.attention import attend, backend_status, resolve_backend, skipped_fraction  # noqa: E402
 from xtra.benchmarks import environment, matmul_peak, timed  # noqa: E402
-from xtra.config import PretrainConfig, TrialConfig, model_config, override  # noqa: E402
+from xtra.config import PretrainConfig, TrialConfig, model_config  # noqa: E402
 from xtra.costs import flops_per_image  # noqa: E402
 from xtra.model import XTRA  # noqa: E402
+from xtra.overrides import override  # noqa: E402
 from xtra.pretrain import make_optimizer, train_step  # noqa: E402
 from xtra.trial import run_trial  # noqa: E402
 

@@ -142,7 +142,8 @@ def check_ladder(study: Study, ladder: dict[str, Any], where: str) -> None:
 
 def trial_spec(study: Study, index: int, params: dict[str, Any], budget: int) -> TrialSpec:
     """Configuration ``index`` trained to ``budget``: a wsd trial like any (its identity is the config)."""
-    from xtra.config import TrialConfig, model_config, override
+    from xtra.config import TrialConfig, model_config
+    from xtra.overrides import override
 
     base = override(TrialConfig(model=model_config(study.size)), study.base)
     cfg = override(base, {**params, "pretrain.samples": budget, "seed": study.seeds[0]})

@@ -26,8 +26,9 @@ import itertools
 import math
 from typing import Any
 
-from xtra.config import TrialConfig, model_config, override
+from xtra.config import TrialConfig, model_config
 from xtra.costs import flops_per_image
+from xtra.overrides import override
 from xtra.studies.spec import Axis, StudyError, _fmt, _one_line, parse_set
 
 COMPUTE_AXIS = "compute"  # the derived axis' name in [axes]

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from xtra import studydir
-from xtra.config import SIZES, TrialConfig, _coerce, model_config, override, recorded_values
+from xtra.config import SIZES, TrialConfig, model_config, recorded_values
+from xtra.overrides import coerce, override
 from xtra.studies.isoflop import expand as expand_isoflop
 from xtra.studies.parse import (
     _LEAVES,
@@ -340,7 +341,7 @@ def _validate(study: Study, labels: dict[str, str], axis_labels: dict[str, str])
         label = labels.get(key, f"{src}: base.{key}")
         _check_config_key(key, f"{label}={_fmt(value)}")
         try:
-            _coerce(key, _LEAVES[key], value)
+            coerce(key, _LEAVES[key], value)
         except ValueError as e:
             raise StudyError(f"{label}={_fmt(value)}: {_one_line(e)}") from None
     # all together: blame the first overridden key the config's message names

@@ -6,7 +6,8 @@ import difflib
 import math
 from typing import Any
 
-from xtra.config import TrialConfig, _leaf_keys, valid_keys
+from xtra.config import TrialConfig
+from xtra.overrides import leaf_keys, valid_keys
 from xtra.studies.spec import (
     METRICS,
     SAMPLERS,
@@ -32,7 +33,7 @@ def _flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-_LEAVES = _leaf_keys(TrialConfig)
+_LEAVES = leaf_keys(TrialConfig)
 
 
 def _check_config_key(key: str, label: str) -> None:

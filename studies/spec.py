@@ -76,7 +76,8 @@ from typing import Any
 
 import tomli_w
 
-from xtra.config import TrialConfig, model_config, override
+from xtra.config import TrialConfig, model_config
+from xtra.overrides import override
 from xtra.studydir import StudyError
 
 TOP_KEYS = ("name", "description", "size", "seeds", "default_preset", "base", "axes", "zip", "resources",

@@ -2,16 +2,8 @@
 
 import pytest
 
-from xtra.config import (
-    DataConfig,
-    PretrainConfig,
-    ProbeConfig,
-    TrialConfig,
-    from_dict,
-    model_config,
-    override,
-    valid_keys,
-)
+from xtra.config import DataConfig, PretrainConfig, ProbeConfig, TrialConfig, model_config
+from xtra.overrides import from_dict, override, valid_keys
 
 
 def test_bad_block_size_names_the_grid_and_allowed_values():

@@ -25,8 +25,9 @@ import pytest
 import torch
 
 from xtra import studydir as st
-from xtra.config import SIZES, TrialConfig, override
+from xtra.config import SIZES, TrialConfig
 from xtra.distributed import World, spawn
+from xtra.overrides import override
 from xtra.studies.load import load_study
 from xtra.studies.spec import StudyError
 

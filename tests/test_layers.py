@@ -23,7 +23,7 @@ FOLDERS = {"xtra": "xtra", "studies": "xtra.studies", "reports": "xtra.reports",
 LEVELS = (
     ("base", "core", ("xtra.errors", "xtra.fileio", "xtra.limits", "xtra.precision", "xtra.distributed",
                       "xtra.environment", "xtra.attention", "xtra.s3server")),
-    ("config", "core", ("xtra.config", "xtra.costs", "xtra.schedule")),
+    ("config", "core", ("xtra.config", "xtra.costs", "xtra.schedule", "xtra.overrides")),
     ("model and storage", "core", ("xtra.model", "xtra.storage")),
     ("data", "core", ("xtra.data",)),
     ("records", "core", ("xtra.trialdir", "xtra.checkpoint", "xtra.lease", "xtra.studydir")),

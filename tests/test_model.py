@@ -111,7 +111,8 @@ def test_same_seed_same_model_and_loss():
 
 
 def test_activation_checkpointing_is_the_same_function_with_the_same_gradients():
-    from xtra.config import TrialConfig, override
+    from xtra.config import TrialConfig
+    from xtra.overrides import override
 
     torch.manual_seed(0)
     images = torch.randn(4, 1, 32, 32)

@@ -271,7 +271,8 @@ def test_cli_imports_continues_pretraining_and_probes(tmp_path):
 
 
 def test_init_weights_are_identity_their_path_is_not(tmp_path):
-    from xtra.config import TrialConfig, override
+    from xtra.config import TrialConfig
+    from xtra.overrides import override
 
     import_official(FIXTURE / "lightning-k2.ckpt", tmp_path / "a")
     import_official(FIXTURE / "lightning-k2.ckpt", tmp_path / "b")  # same weights, another place

@@ -648,7 +648,8 @@ def test_probe_checkpoints_rejects_bad_input_before_compute(run_dir, tmp_path):
 
 
 def test_at_samples_beyond_the_budget_is_one_line():
-    from xtra.config import TrialConfig, override
+    from xtra.config import TrialConfig
+    from xtra.overrides import override
 
     with pytest.raises(ValueError, match=r"probe.at_samples=\(1000, 90000\): \[90000\] exceed pretrain.samples=60000"):
         override(TrialConfig(), {"probe.at_samples": [1000, 90000]})

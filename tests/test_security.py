@@ -504,7 +504,7 @@ def test_property_set_values_end_in_a_study_or_one_line():
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as hs
 
-    from xtra.config import valid_keys
+    from xtra.overrides import valid_keys
 
     keys = hs.one_of(hs.sampled_from(valid_keys()), hs.sampled_from(["axes.model.block_size", "seeds",
                                                                       "search.num_samples", "nope.key"]))
@@ -524,7 +524,7 @@ def test_property_study_files_end_in_a_study_or_one_line(tmp_path):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as hs
 
-    from xtra.config import valid_keys
+    from xtra.overrides import valid_keys
 
     key = hs.sampled_from([k for k in valid_keys() if k.startswith(("model.", "pretrain.", "data.", "probe."))])
 

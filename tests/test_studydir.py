@@ -15,7 +15,8 @@ from xtra import lease
 from xtra import studydir as st
 from xtra import trialdir as td
 from xtra.cli.study import app
-from xtra.config import RESOURCE_KEYS, TrialConfig, override
+from xtra.config import RESOURCE_KEYS, TrialConfig
+from xtra.overrides import override
 from xtra.studies.load import load_study
 from xtra.studies.plan import make_plan
 from xtra.studies.spec import StudyError

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from xtra import trialdir as td
-from xtra.config import TrialConfig, override
+from xtra.config import TrialConfig
 from xtra.model import XTRA, block_crops
+from xtra.overrides import override
 from xtra.pictures import predicted_images, study_pictures
 from xtra.pretrain import pretrain
 from xtra.trial import _probe, keep_at, run_trial

@@ -2,7 +2,7 @@
 
 Every error names the field, the value and what is allowed. Sizes are data (``SIZES``), and the
 parameter / FLOP counts are pure functions of a ``ModelConfig`` so reports and cost estimates need
-no model.
+no model. Dotted overrides of the tree (``override``, ``from_dict``) are ``xtra.overrides``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, get_type_hints
+from dataclasses import dataclass, field
+from typing import Any
 
 from xtra.limits import in_range
 
@@ -564,91 +564,3 @@ def model_config(size: str, **overrides: Any) -> ModelConfig:
     if size not in SIZES:
         raise ValueError(f"size={size!r} is not known (allowed: {', '.join(SIZES)})")
     return ModelConfig(**{**SIZES[size], **overrides})
-
-
-# ---------------------------------------------------------------------------------------------
-# Dotted overrides: {"model.block_size": 2, "pretrain.lr": 3e-4, "seed": 1}
-
-
-def _leaf_keys(cls: type, prefix: str = "") -> dict[str, Any]:
-    keys: dict[str, Any] = {}
-    hints = get_type_hints(cls)
-    for f in fields(cls):
-        hint = hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            keys.update(_leaf_keys(hint, f"{prefix}{f.name}."))
-        else:
-            keys[f"{prefix}{f.name}"] = hint
-    return keys
-
-
-def valid_keys(cls: type = TrialConfig) -> list[str]:
-    return sorted(_leaf_keys(cls))
-
-
-def _coerce(key: str, hint: Any, value: Any) -> Any:
-    """Check a value against a field's annotation; accept ints for floats and lists for tuples."""
-    origin = getattr(hint, "__origin__", None)
-    if hint is bool:
-        ok = isinstance(value, bool)
-    elif hint is int:
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            value = int(value)  # 1e6 is an integer written in TOML's float syntax
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif hint is str:
-        ok = isinstance(value, str)
-    elif origin is tuple:
-        ok = isinstance(value, (list, tuple))
-        if ok:
-            inner = hint.__args__[0]
-            value = tuple(_coerce(key, inner, v) for v in value)
-    else:  # pragma: no cover - every field is one of the above
-        ok = True
-    if not ok:
-        raise ValueError(f"{key}={value!r} has the wrong type (expected {getattr(hint, '__name__', hint)})")
-    return value
-
-
-def override(cfg: Any, updates: dict[str, Any]) -> Any:
-    """Return a new config with dotted keys replaced; unknown keys are errors listing the valid ones."""
-    leaves = _leaf_keys(type(cfg))
-    nested: dict[str, Any] = {}
-    for key, value in updates.items():
-        if key not in leaves:
-            raise ValueError(f"unknown config key {key!r} (valid keys: {', '.join(sorted(leaves))})")
-        value = _coerce(key, leaves[key], value)
-        node = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return _apply(cfg, nested)
-
-
-def _apply(cfg: Any, nested: dict[str, Any]) -> Any:
-    changes = {k: _apply(getattr(cfg, k), v) if isinstance(v, dict) else v for k, v in nested.items()}
-    return replace(cfg, **changes)
-
-
-def from_dict(data: dict[str, Any]) -> TrialConfig:
-    """Inverse of ``TrialConfig.to_dict`` (e.g. a config stored beside a checkpoint); a key of
-    LEGACY_VALUES that the stored dict predates reads as its legacy value."""
-    data = with_legacy_values(data)
-    flat: dict[str, Any] = {}
-
-    def walk(node: dict[str, Any], prefix: str) -> None:
-        for k, v in node.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                flat[f"{prefix}{k}"] = v
-
-    walk(data, "")
-    return override(TrialConfig(), flat)
-
-
-def log_spaced(lo: float, hi: float, n: int) -> list[int]:
-    return [int(round(math.exp(math.log(lo) + i * (math.log(hi) - math.log(lo)) / (n - 1)))) for i in range(n)]

@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xtra.config import TrialConfig, from_dict
+from xtra.config import TrialConfig
 from xtra.costs import size_columns
 from xtra.fileio import atomic_write_json, atomic_write_text
+from xtra.overrides import from_dict
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"

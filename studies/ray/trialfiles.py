@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from xtra import trialdir as td
-from xtra.config import from_dict, override
 from xtra.fileio import atomic_path
+from xtra.overrides import from_dict, override
 from xtra.storage import Storage
 
 PROGRESS_EVERY_S = 1.0  # at most one progress report per second per trial (each is a round trip)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from xtra import trialdir as td
-from xtra.config import from_dict
+from xtra.overrides import from_dict
 from xtra.studies.ray.session import ray_session
 from xtra.studies.ray.stopping import PREEMPTED, stop_checker
 from xtra.studies.ray.trialfiles import PROGRESS_EVERY_S, TrialSync, checkpoint_dir, restore_checkpoint
@@ -320,7 +320,8 @@ def bench_scaling(n_workers: int = 2, *, size: str | None = None, batch_per_work
     of ``n_workers`` Ray Train workers over ``n_workers`` x that of one worker, each worker with the
     same share of the machine (a GPU each where there are ``n_workers`` GPUs, else CPUs split
     evenly) and the same per-worker batch (weak scaling), on synthetic images."""
-    from xtra.config import SIZES, TrialConfig, override
+    from xtra.config import SIZES, TrialConfig
+    from xtra.overrides import override
 
     with tempfile.TemporaryDirectory(prefix="xtra-bench-scaling-") as tmp:
         root = Path(tmp)

@@ -13,10 +13,11 @@ import torch
 
 from xtra import trialdir as td
 from xtra.checkpoint import CHECKPOINT, CheckpointError, atomic_write_json, load_checkpoint
-from xtra.config import DataConfig, ModelConfig, ProbeConfig, override
+from xtra.config import DataConfig, ModelConfig, ProbeConfig
 from xtra.data import load_dataset, locate
 from xtra.data.sampler import step_seed
 from xtra.model import XTRA, Encoder
+from xtra.overrides import override
 from xtra.pretrain import resolve_device
 from xtra.probe.select import Log, check_fits, limit_train, probe
 
