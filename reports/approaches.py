@@ -2,8 +2,8 @@
 Sec. 3; Besiroglu et al. 2024), each giving N_opt(C) ∝ C^a with an interval on a:
 
 1. **Envelope.** For each compute line, the size whose completed run has the lowest loss. Only runs
-   with their schedule completed count (a separate run or a wsd branch after its cooldown: DESIGN.md,
-   contract 12), so each run gives one point, not a whole training curve; N_opt can only be one of the
+   with their schedule completed count (a separate run or a wsd branch after its cooldown: docs/design.md,
+   principle 4), so each run gives one point, not a whole training curve; N_opt can only be one of the
    grid's sizes, so a is resolved to the grid's step.
 2. **isoFLOP parabolas.** For each line with >= 3 sizes, a parabola in log N through log L; its vertex
    is N_opt(C). A line whose parabola opens downward, or whose vertex lies more than one grid step past

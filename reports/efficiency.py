@@ -358,7 +358,7 @@ def ratio_sentences(ratios: pl.DataFrame, *, what: str = "samples", kind: str = 
 
 def _evidence(r: dict[str, Any]) -> str:
     """'; seed-clustered t-bootstrap, coverage: docs/reports.md#...': the method and where its measured
-    coverage for this many seeds is published (DESIGN.md contract 15)."""
+    coverage for this many seeds is published (docs/design.md, principle 5)."""
     return f"; {r['method']}, coverage: {intervals.EVIDENCE}" if r.get("method") else ""
 
 

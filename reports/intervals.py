@@ -1,7 +1,7 @@
 """Interval estimators with measured coverage, shared by the efficiency ratios and the scaling fits.
 
 Each one is run on synthetic studies from a known truth by ``reports.calibration`` and its measured
-coverage is published in docs/reports.md (DESIGN.md, contract 15). Two ideas carry them:
+coverage is published in docs/reports.md (docs/design.md, principle 5). Two ideas carry them:
 
 * **Seed-clustered draws.** A seed is one replicate of a whole curve (its budgets share the seed's
   initialisation and data order, so their noise is correlated). Draws of a mean curve perturb it by a

@@ -1,4 +1,4 @@
-"""Calibration of the isoFLOP estimators from a known truth (DESIGN.md, contract 15): simulated isoFLOP
+"""Calibration of the isoFLOP estimators from a known truth (docs/design.md, principle 5): simulated isoFLOP
 studies from L(N, D) = E + A/N^alpha + B/D^beta under an affine FLOPs per image, with seed offsets and
 per-run noise in log loss, run through the report's own estimators; per interval kind, the coverage of
 the nominal 95% interval (with its Monte Carlo error), bias and RMSE of the point estimate, and how often

@@ -1,6 +1,6 @@
 """Study files: schema, load, validate, expand.
 
-A study is a base plus a diff (DESIGN.md, example 4). A study file (``studies/<name>.toml`` or any
+A study is a base plus a diff (docs/design.md, principle 3). A study file (``studies/<name>.toml`` or any
 path) holds::
 
     name = "block-size"                 # defaults to the file's stem

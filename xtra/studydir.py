@@ -6,7 +6,7 @@ builder can look at a study while it runs, after it crashed, or on another machi
 files belong to ``xtra.trialdir`` (the one definition of a trial's status); this module only
 asks it.
 
-Layout (DESIGN.md, "Study directory")::
+Layout (docs/design.md, "The owner of every file on disk")::
 
     STUDY_DIR/
       study.toml            the resolved spec as last run (presets and --set applied)

@@ -1,5 +1,5 @@
 """The calibration suite: every interval the report prints, run on synthetic studies from a known truth
-(DESIGN.md, contract 15). ``run_suite(size)`` returns one row per interval kind and design: empirical
+(docs/design.md, principle 5). ``run_suite(size)`` returns one row per interval kind and design: empirical
 coverage of the nominal 95% interval with its Monte Carlo standard error, the rate of "significant"
 (under no effect: a false claim), bias and RMSE of the point estimate. ``failures`` lists the rows that
 break the suite's promises; ``to_markdown`` is docs/calibration-cpu.md. `xtra bench --sections
