@@ -296,6 +296,7 @@ def _run_locked(study: Study, study_dir: Path, lock: lease.StudyLock, *, address
         from xtra.studies.ray.stopping import grace_s
 
         notes.append(lock.wait_for_broken(timeout=lease.stale_after(lock.broke) + grace_s()))
+        _pull(stor, study_dir)  # what it finished while stopping is in storage, not yet in this copy
     elif lock.took_over:
         notes.append(f"took over the lock of {lease.describe_holder(lock.took_over)} (no longer running)")
     root = stor.local_path()  # trial directories of a study kept in an object store are never renamed
