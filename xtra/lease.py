@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xtra import trialdir as td
 from xtra.errors import StudyError
 from xtra.fileio import atomic_write_json
 from xtra.storage import StorageError, conditional
@@ -91,7 +92,7 @@ def _alive(info: dict[str, Any]) -> bool:
 
 
 def read_lock(study_dir: Path) -> dict[str, Any] | None:
-    info = _read_json(Path(study_dir) / LOCK)
+    info = td.read_json(Path(study_dir) / LOCK)
     return info if isinstance(info, dict) else None
 
 
@@ -386,13 +387,6 @@ class StudyLeaseLost(StudyError):
     """This driver lost its study while running it (see ``StudyLock``): it wrote nothing more."""
 
     exit_code = 3  # the CLI's exit status: neither bad input (2) nor a stop to requeue on (75)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def is_running(study_dir: Path) -> bool:
