@@ -5,8 +5,33 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def driver_env(**extra: str) -> dict[str, str]:
+    """The environment of a study driver a test starts: this one, less faults injected for another test
+    and the user's RAY_ADDRESS (every test starts its own Ray), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XTRA_FAULT_") and k != "RAY_ADDRESS"}
+    return {**env, **extra}
+
+
+def study_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``xtra study ARGS --no-report --logger none`` as a user runs it, output merged into ``stdout``."""
+    return subprocess.Popen([sys.executable, "-m", "xtra.cli.main", "study", *args, "--no-report", "--logger", "none"],
+                            cwd=ROOT, env=env or driver_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def starts(run_dir: Path) -> int:
+    """How many attempts a trial directory records as started."""
+    from xtra import trialdir as td
+
+    return sum(1 for a in td.read_jsonl(Path(run_dir) / td.ATTEMPTS) if a.get("event") == "start")
 
 
 def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], *, timeout: float, what: str,

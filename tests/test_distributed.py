@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import faults
 import polars as pl
 import pytest
 import torch
+from drivers import driver_env
 
 from xtra import studydir as st
 from xtra.config import SIZES, TrialConfig
@@ -256,12 +256,6 @@ def test_two_workers_follow_one_worker(runs: dict[str, Path]) -> None:
 # Slow: real Ray
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XTRA_FAULT_") and k != "RAY_ADDRESS"}
-    env.update(extra)
-    return env
-
-
 def xtra(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "xtra.cli.main", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True,
@@ -278,7 +272,7 @@ def test_study_with_two_workers_per_trial(tmp_path: Path) -> None:
     study_dir = tmp_path / "study"
     proc = xtra("study", "run", "block-size", "--preset", "smoke", "--workers-per-trial", "2", "--set",
                 "axes.model.block_size=[2]", "--out", str(study_dir), "--no-report", "--logger", "none",
-                env=_env(**faults.env(KILL_WORKER="model.block_size=2@128")))
+                env=driver_env(**faults.env(KILL_WORKER="model.block_size=2@128")))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     df = pl.read_parquet(study_dir / st.RESULTS)
     assert df.height == 1

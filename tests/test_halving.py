@@ -4,14 +4,11 @@ rung, and a real driver killed in the middle of a rung that resumes with nothing
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
-from drivers import kill_when
+from drivers import kill_when, starts, study_process
 from typer.testing import CliRunner
 
 from xtra import studydir as st
@@ -105,16 +102,6 @@ def test_the_first_rung_is_a_grid_of_wsd_branches(tmp_path: Path) -> None:
         make_plan(study, tmp_path)
 
 
-def _xtra(*args: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XTRA_FAULT_") and k != "RAY_ADDRESS"}
-    return subprocess.Popen([sys.executable, "-m", "xtra.cli.main", "study", *args, "--no-report", "--logger", "none"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _starts(run: Path) -> int:
-    return sum(1 for a in td.read_jsonl(run / td.ATTEMPTS) if a.get("event") == "start")
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST is not installed")
 def test_a_driver_killed_mid_rung_resumes_with_nothing_finished_rerun(tmp_path: Path) -> None:
@@ -131,15 +118,15 @@ def test_a_driver_killed_mid_rung_resumes_with_nothing_finished_rerun(tmp_path: 
         return 0 < len(finished_at_kill) < len(first)
 
     # SIGKILL the driver while the first rung has finished branches and unfinished ones
-    kill_when(_xtra("run", "lr-halving", "--preset", "smoke", *sets, "--out", str(study_dir)), mid_rung,
+    kill_when(study_process("run", "lr-halving", "--preset", "smoke", *sets, "--out", str(study_dir)), mid_rung,
               timeout=400, what="a rung with a finished branch", every=0.02)
     assert st.read_ladder(study_dir)["rungs"] == []
-    resumed = _xtra("resume", str(study_dir))
+    resumed = study_process("resume", str(study_dir))
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
 
     for h in finished_at_kill:
-        assert _starts(td.path(study_dir, h)) == 1, "a finished branch was rerun"
+        assert starts(td.path(study_dir, h)) == 1, "a finished branch was rerun"
     ladder = st.read_ladder(study_dir)
     [rung0, rung1] = ladder["rungs"]
     values = {e["config"]: e["value"] for e in rung0["entries"]}

@@ -13,19 +13,18 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import polars as pl
 import pytest
+from drivers import driver_env, study_process
 
 from xtra import lease
 from xtra import studydir as st
 from xtra.s3server import LocalS3Server
 from xtra.storage import Storage
 
-ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -106,16 +105,6 @@ def test_a_lease_that_cannot_be_refreshed_past_the_stale_time_is_lost(tmp_path: 
 # End to end: two drivers on one study
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XTRA_FAULT_") and k != "RAY_ADDRESS"}
-    return {**env, **extra}
-
-
-def _driver(*args: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "xtra.cli.main", "study", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 def _kill(*procs: subprocess.Popen | None) -> None:
     for proc in procs:
         if proc is not None and proc.poll() is None:
@@ -132,16 +121,16 @@ def _started(study_dir: Path) -> bool:
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST is not installed")
 def test_a_driver_whose_lock_is_broken_stops_and_writes_nothing(tmp_path: Path) -> None:
     study_dir = tmp_path / "study"
-    run = ("block-size", "--preset", "smoke", "--out", str(study_dir), "--no-report", "--logger", "none",
+    run = ("block-size", "--preset", "smoke", "--out", str(study_dir),
            "--set", "pretrain.samples=3072", "--set", "pretrain.checkpoint_every=256", "--max-concurrent", "1")
-    first = _driver("run", *run, env=_env(XTRA_HEARTBEAT_S="0.3", XTRA_STOP_GRACE_S="30"))
+    first = study_process("run", *run, env=driver_env(XTRA_HEARTBEAT_S="0.3", XTRA_STOP_GRACE_S="30"))
     second = None
     try:
         wait_for("the first driver's trial checkpointing", lambda: _started(study_dir) or first.poll() is not None,
                  timeout=240, every=0.2)
         assert first.poll() is None, first.stdout.read()
-        second = _driver("resume", str(study_dir), "--break-lock", "--no-report", "--logger", "none",
-                         env=_env(XTRA_HEARTBEAT_S="0.3"))
+        second = study_process("resume", str(study_dir), "--break-lock",
+                         env=driver_env(XTRA_HEARTBEAT_S="0.3"))
         out, _ = first.communicate(timeout=240)
         assert second.poll() is None, "the second driver finished before the first stopped: make the trials longer"
         assert not (study_dir / st.RESULTS).exists()  # the first driver wrote no results
@@ -183,7 +172,7 @@ def _finished_once(study_dir: Path, stor: Storage) -> pl.DataFrame:
     return rows
 
 
-S3_RUN = ("--preset", "smoke", "--no-report", "--logger", "none", "--max-concurrent", "1")
+S3_RUN = ("--preset", "smoke", "--max-concurrent", "1")
 S3_SETS = ["pretrain.samples=3072", "pretrain.checkpoint_every=256"]
 
 
@@ -207,8 +196,8 @@ def test_a_driver_of_a_study_in_s3_that_loses_its_lease_stops_and_writes_nothing
             monkeypatch.setenv(key, value)
         bucket = server.create_bucket(f"lease-{fault}")
         stor = Storage.from_uri(f"{bucket}/studies/study")
-        env = _env(**server.env)
-        first = _driver("run", "block-size", *S3_RUN, *sets, "--out", str(tmp_path / "a" / "study"),
+        env = driver_env(**server.env)
+        first = study_process("run", "block-size", *S3_RUN, *sets, "--out", str(tmp_path / "a" / "study"),
                         "--storage", f"{bucket}/studies",
                         env={**env, "XTRA_HEARTBEAT_S": "0.3", "XTRA_STOP_GRACE_S": "30"})
         second = None
@@ -217,8 +206,7 @@ def test_a_driver_of_a_study_in_s3_that_loses_its_lease_stops_and_writes_nothing
                      lambda: _checkpointed_in(stor, hashes) or first.poll() is not None, timeout=240, every=0.2)
             assert first.poll() is None, first.stdout.read()
             if fault == "break-lock":
-                second = _driver("resume", stor.uri, "--copy", str(tmp_path / "b"), "--break-lock", "--no-report",
-                                 "--logger", "none", env=env)
+                second = study_process("resume", stor.uri, "--copy", str(tmp_path / "b"), "--break-lock", env=env)
                 expected = f"{stor.uri_of(lease.LOCK)}: taken by pid {second.pid} on {socket.gethostname()}"
             else:
                 server.pause()  # the lease's beats (0.3 s: stale after 1.8 s) and the trials' commits go unanswered
@@ -233,8 +221,7 @@ def test_a_driver_of_a_study_in_s3_that_loses_its_lease_stops_and_writes_nothing
             assert line.startswith(f"error: lost the study: {expected}") and "wrote nothing more" in line, out
             assert "results:" not in out and not stor.is_file(st.RESULTS), out  # the first driver wrote none
             if second is None:  # the study goes on from its URI alone, on "another machine"
-                second = _driver("resume", stor.uri, "--copy", str(tmp_path / "b"), "--no-report", "--logger",
-                                 "none", env=env)
+                second = study_process("resume", stor.uri, "--copy", str(tmp_path / "b"), env=env)
             out2, _ = second.communicate(timeout=400)
             assert second.returncode == 0, out2
         finally:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from drivers import driver_env
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -20,9 +21,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not FASHION.is_dir(), reason=
 
 
 def _xtra(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XTRA_FAULT_") and k != "RAY_ADDRESS"}
-    return subprocess.run([sys.executable, "-m", "xtra.cli.main", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "xtra.cli.main", *args], cwd=ROOT, env=driver_env(),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def _tfrecords(path: Path) -> list[bytes]:

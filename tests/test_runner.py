@@ -20,6 +20,7 @@ from pathlib import Path
 import faults
 import polars as pl
 import pytest
+from drivers import driver_env
 from typer.testing import CliRunner
 
 from xtra import lease
@@ -44,14 +45,8 @@ def _study_cmd() -> list[str]:
     return [sys.executable, "-m", "xtra.cli.main", "study"]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XTRA_FAULT_") and k != "RAY_ADDRESS"}
-    env.update(extra)
-    return env
-
-
 def xtra(*args: str, env: dict[str, str] | None = None, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
-    return subprocess.run([*_study_cmd(), *args], cwd=ROOT, env=env or _env(), capture_output=True, text=True,
+    return subprocess.run([*_study_cmd(), *args], cwd=ROOT, env=env or driver_env(), capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -174,7 +169,7 @@ def test_a_crash_is_retried_exactly_and_a_nan_fails_alone(reference: Reference, 
                                                            tmp_path: Path) -> None:
     study_dir = tmp_path / "faults"
     k1, k2 = smoke_hashes[1], smoke_hashes[2]
-    env = _env(**faults.env(CRASH_ONCE="model.block_size=1@128", NAN="model.block_size=2@64"))
+    env = driver_env(**faults.env(CRASH_ONCE="model.block_size=1@128", NAN="model.block_size=2@64"))
     proc = smoke(study_dir, env=env)
     assert proc.returncode == 1, proc.stdout + proc.stderr  # one trial failed
     assert "1 trial(s) failed" in proc.stdout

@@ -4,14 +4,11 @@ branches, a kill -9 of the driver loses nothing, and a budget added later costs 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
-from drivers import kill_when
+from drivers import kill_when, starts, study_process
 
 from xtra import trialdir as td
 from xtra.schedule import trunk_identity
@@ -48,16 +45,6 @@ def test_the_plan_shares_one_trunk_per_group_and_counts_the_samples(tmp_path: Pa
     assert make_plan(cosine, tmp_path).trunks == ()
 
 
-def _xtra(*args: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XTRA_FAULT_") and k != "RAY_ADDRESS"}
-    return subprocess.Popen([sys.executable, "-m", "xtra.cli.main", "study", *args, "--no-report", "--logger", "none"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _starts(run: Path) -> int:
-    return sum(1 for a in td.read_jsonl(run / td.ATTEMPTS) if a.get("event") == "start")
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST is not installed")
 def test_trunk_and_branches_survive_a_kill_and_a_new_budget_costs_its_cooldown(tmp_path: Path) -> None:
@@ -75,15 +62,15 @@ def test_trunk_and_branches_survive_a_kill_and_a_new_budget_costs_its_cooldown(t
         return len(done) == 1
 
     # SIGKILL the driver once one branch is finished and the other is not
-    kill_when(_xtra(*args), one_branch_done, timeout=300, what="one finished branch", every=0.02)
+    kill_when(study_process(*args), one_branch_done, timeout=300, what="one finished branch", every=0.02)
     [finished] = done
-    resumed = _xtra("resume", str(study_dir))
+    resumed = study_process("resume", str(study_dir))
     out, _ = resumed.communicate(timeout=400)
     assert resumed.returncode == 0, out
     df = pl.read_parquet(study_dir / "results.parquet")
     assert df.height == 2 and set(df["status"]) == {"finished"}, df
-    assert _starts(td.path(study_dir, finished.config_hash)) == 1, "a finished branch was rerun"
-    assert _starts(trunk_dir) <= 2 and td.read_result(trunk_dir)["role"] == "trunk"
+    assert starts(td.path(study_dir, finished.config_hash)) == 1, "a finished branch was rerun"
+    assert starts(trunk_dir) <= 2 and td.read_result(trunk_dir)["role"] == "trunk"
     rows = {r["config_hash"]: r for r in df.to_dicts()}
     assert {r["trunk"] for r in rows.values()} == {trunk_dir.name}
     assert [rows[s.config_hash]["branch_start"] for s in (small, large)] == [192, 384]
@@ -107,7 +94,7 @@ def test_trunk_and_branches_survive_a_kill_and_a_new_budget_costs_its_cooldown(t
 
     # One more run adds a wsd budget below the trunk's reach and the same budgets under cosine beside them.
     # The new branch starts at a kept trunk checkpoint and costs only its cooldown; the trunk does not rerun.
-    both = _xtra(*args[:-2], "--set", "axes.pretrain.samples=[256,384,512]", "--set",
+    both = study_process(*args[:-2], "--set", "axes.pretrain.samples=[256,384,512]", "--set",
                  'axes.pretrain.schedule=["cosine","wsd"]', "--out", str(study_dir))
     out, _ = both.communicate(timeout=400)
     assert both.returncode == 0, out
@@ -115,7 +102,7 @@ def test_trunk_and_branches_survive_a_kill_and_a_new_budget_costs_its_cooldown(t
     df = pl.read_parquet(study_dir / "results.parquet")
     new = df.filter((pl.col("pretrain.samples") == 384) & (pl.col("pretrain.schedule") == "wsd")).row(0, named=True)
     assert new["branch_start"] == 256 and new["samples_trained"] == 128 and new["samples_seen"] == 384
-    assert _starts(trunk_dir) <= 2, "the trunk ran again"
+    assert starts(trunk_dir) <= 2, "the trunk ran again"
     assert json.loads((study_dir / "runs.json").read_text())[-1].get("trunks") == []
 
     # the report states what the wsd trials trained (one trunk to 384, cooldowns from 192, 256 and 384)
