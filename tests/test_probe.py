@@ -20,7 +20,7 @@ from xtra.data import Split, load_dataset
 from xtra.pretrain import pretrain
 from xtra.probe import (
     MEMORY_CACHE_BYTES,
-    _Source,
+    Source,
     cache_mode,
     evaluate,
     head_inputs_all,
@@ -162,9 +162,9 @@ def test_the_reference_path_trains_each_head_bitwise_as_alone_and_the_batched_pa
     module gives the same heads and the same val top-1 (up to rounding)."""
     cfg = ProbeConfig(kinds=(kind,), lrs=(3e-3, 3e-2), epochs=2, warmup_epochs=1, batch_size=128, layers=2)
     inputs = head_inputs_all(encoder, small.train.images, (kind,), cfg)[kind]
-    source = _Source(encoder, small.train.images, kind, cfg, torch.device("cpu"), "memory", None, "train",
+    source = Source(encoder, small.train.images, kind, cfg, torch.device("cpu"), "memory", None, "train",
                      prebuilt=inputs)
-    val = _Source(encoder, small.val.images, kind, cfg, torch.device("cpu"), "memory", None, "val",
+    val = Source(encoder, small.val.images, kind, cfg, torch.device("cpu"), "memory", None, "val",
                   prebuilt=head_inputs_all(encoder, small.val.images, (kind,), cfg)[kind])
     runs = {}
     for batched in (False, True):
@@ -232,8 +232,8 @@ def test_cache_in_memory_on_disk_and_off_give_the_same_linear_probe(encoder, sma
 
 def test_disk_cache_round_trips_rows_in_batch_order(encoder, small, tmp_path):
     cfg = dataclasses.replace(FAST, cache="disk")
-    disk = _Source(encoder, small.val.images, "linear", cfg, torch.device("cpu"), "disk", tmp_path, "val")
-    mem = _Source(encoder, small.val.images, "linear", cfg, torch.device("cpu"), "memory", None, "val")
+    disk = Source(encoder, small.val.images, "linear", cfg, torch.device("cpu"), "disk", tmp_path, "val")
+    mem = Source(encoder, small.val.images, "linear", cfg, torch.device("cpu"), "memory", None, "val")
     idx = torch.tensor([7, 3, 500, 0, 3])
     assert (tmp_path / "linear-val.npy").exists()
     torch.testing.assert_close(disk.batch(idx), mem.batch(idx), rtol=0, atol=0)
@@ -258,8 +258,8 @@ def test_lr_is_chosen_on_val_and_only_that_head_is_tested(encoder, small):
     be chosen, although it is the worst on test. Training never sees val, so probe() retrains it bitwise."""
     cfg = dataclasses.replace(FAST, lrs=(1e-4, 1e-1), epochs=2)
     heads, _ = train_probe("linear", encoder, small, cfg, seed=0)
-    val_src = _Source(encoder, small.val.images, "linear", cfg, torch.device("cpu"), "memory", None, "val")
-    test_src = _Source(encoder, small.test.images, "linear", cfg, torch.device("cpu"), "memory", None, "test")
+    val_src = Source(encoder, small.val.images, "linear", cfg, torch.device("cpu"), "memory", None, "val")
+    test_src = Source(encoder, small.test.images, "linear", cfg, torch.device("cpu"), "memory", None, "test")
     with torch.no_grad():
         heads[0].eval()
         rigged = heads[0](val_src.cache).argmax(dim=-1)
@@ -506,7 +506,7 @@ def test_whitened_tokens_have_identity_covariance_and_the_head_folds_back_onto_r
 
     torch.manual_seed(0)
     raw = (torch.randn(64, 10, 24) @ torch.randn(24, 24)) * 3 + 2  # correlated, off-centre channels
-    source = _Source(None, raw, "attentive", ProbeConfig(), torch.device("cpu"), "memory", None, "x",
+    source = Source(None, raw, "attentive", ProbeConfig(), torch.device("cpu"), "memory", None, "x",
                      prebuilt=raw.clone())
     whitening = Whitening(source)
     whitening.apply_(source)
@@ -531,7 +531,7 @@ def test_a_whitened_attentive_probe_returns_heads_that_read_raw_features(encoder
     cfg = dataclasses.replace(FAST, kinds=("attentive",), lrs=(1e-2, 1e-1), epochs=2, warmup_epochs=0,
                               attentive_whiten=True)
     heads, info = train_probe("attentive", encoder, small, cfg, seed=0)
-    val = _Source(encoder, small.val.images, "attentive", cfg, torch.device("cpu"), "memory", None, "val")
+    val = Source(encoder, small.val.images, "attentive", cfg, torch.device("cpu"), "memory", None, "val")
     got = evaluate(heads, val, small.val.labels, 256)
     for want, have in zip(info["val_top1"].values(), got):
         assert abs(want - have) <= 2 / len(small.val), (info["val_top1"], got)
@@ -585,8 +585,9 @@ def test_still_improving_is_a_doubling_test():
 
 
 def test_an_undertrained_probe_is_flagged_and_a_converged_one_is_not(encoder, small):
-    """The flag compares the chosen head with its twin on a half-length schedule (trained in the same
-    pass): a small flat lr still gains from doubling, a converged probe does not."""
+    """The flag compares the chosen head with its twin on a half-length schedule (its lr, init and
+    shuffles, trained once the lr is chosen): a small flat lr still gains from doubling, a converged
+    probe does not."""
     short = dataclasses.replace(FAST, lrs=(1e-3,), min_lr=1e-3, epochs=8, warmup_epochs=0)  # a small, flat lr
     result = probe(encoder, small, short, seed=0)["linear"]
     assert result["still_improving"] is True and result["half_epochs"] == 4, result
@@ -597,9 +598,33 @@ def test_an_undertrained_probe_is_flagged_and_a_converged_one_is_not(encoder, sm
     assert result["best_val_top1"] - result["half_val_top1"] <= 0.0025
 
 
+def test_select_epoch_returns_each_head_at_its_best_val_epoch(encoder, small):
+    """`probe.select_epoch`: every head is scored on val after every epoch and comes back at its best
+    epoch (lr and epoch chosen on val), so a longer schedule cannot score lower by overfitting."""
+    from xtra.probe import train_adamw
+
+    cfg = dataclasses.replace(FAST, lrs=(3e-1, 1e-2), epochs=6, warmup_epochs=0, select_epoch=True)
+    result = probe(encoder, small, cfg, seed=0)["linear"]
+    curve = result["val_curve"]
+    assert sorted(curve) == [1, 2, 3, 4, 5, 6]  # every epoch scored (without: 3, 4, 6)
+    assert result["best_val_top1"] == max(curve.values())
+    assert result["best_epoch"] == min(e for e, acc in curve.items() if acc == max(curve.values()))
+    # the heads returned are those epochs' heads: scoring them again gives their best val top-1
+    train = Source(encoder, small.train.images, "linear", cfg, torch.device("cpu"), "memory", None, "train")
+    val = Source(encoder, small.val.images, "linear", cfg, torch.device("cpu"), "memory", None, "val")
+    heads = [make_head("linear", encoder.cfg, small.num_classes, cfg, 0) for _ in cfg.lrs]
+    best, curves, at_epoch = train_adamw("linear", heads, cfg.lrs, cfg.epochs, train, val, small, cfg, 0)
+    assert evaluate(heads, val, small.val.labels, cfg.batch_size) == best
+    assert [max(curves[e][i] for e in curves) for i in range(len(heads))] == best
+    assert all(curves[at_epoch[i]][i] == best[i] for i in range(len(heads)))
+    last = probe(encoder, small, dataclasses.replace(cfg, select_epoch=False), seed=0)["linear"]
+    assert sorted(last["val_curve"]) == [3, 4, 6] and last["best_epoch"] == 6
+    assert result["best_val_top1"] >= last["best_val_top1"]
+
+
 def test_a_twin_on_a_half_schedule_is_the_head_trained_alone_for_half_the_epochs(encoder, small):
     cfg = dataclasses.replace(FAST, kinds=("attentive",), lrs=(1e-2,), epochs=4, warmup_epochs=2)
-    train = _Source(encoder, small.train.images, "attentive", cfg, torch.device("cpu"), "memory", None, "train")
+    train = Source(encoder, small.train.images, "attentive", cfg, torch.device("cpu"), "memory", None, "train")
     full, twin, alone = (make_head("attentive", encoder.cfg, small.num_classes, cfg, 0) for _ in range(3))
     train_heads("attentive", [full, twin], (1e-2, 1e-2), train, small.train.labels, cfg, 0, epochs=[4, 2])
     half_cfg = dataclasses.replace(cfg, epochs=2, warmup_epochs=1)
@@ -676,7 +701,7 @@ def test_lbfgs_head_is_the_penalized_logistic_regression_optimum(encoder, small)
     from xtra.probe import fit_linear_lbfgs
 
     cfg = dataclasses.replace(FAST, linear_solver="lbfgs", linear_l2=(1e-2, 1e-3))
-    train = _Source(encoder, small.train.images, "linear", cfg, torch.device("cpu"), "memory", None, "train")
+    train = Source(encoder, small.train.images, "linear", cfg, torch.device("cpu"), "memory", None, "train")
     heads = [make_head("linear", encoder.cfg, small.num_classes, cfg, 0) for _ in cfg.linear_l2]
     fit_linear_lbfgs(heads, cfg.linear_l2, train, small.train.labels)
     x = train.cache.double()
@@ -702,8 +727,8 @@ def test_whitened_lbfgs_reaches_the_optimum_of_plain_lbfgs(encoder, small, l2):
     from xtra.probe import fit_linear_lbfgs
 
     cfg = dataclasses.replace(FAST, linear_solver="lbfgs")
-    built = _Source(encoder, small.train.images, "linear", cfg, torch.device("cpu"), "memory", None, "train")
-    train = _Source(encoder, small.train.images, "linear", cfg, torch.device("cpu"), "memory", None, "train",
+    built = Source(encoder, small.train.images, "linear", cfg, torch.device("cpu"), "memory", None, "train")
+    train = Source(encoder, small.train.images, "linear", cfg, torch.device("cpu"), "memory", None, "train",
                     prebuilt=built.cache.double())
     probs = {}
     for whiten, max_iter in ((False, 5000), (True, 1000), (True, 200)):
@@ -742,7 +767,7 @@ def test_new_probe_fields_at_their_defaults_keep_the_probe_key():
            if k not in PROBE_KEYS_IF_SET and f"probe.{k}" not in RESOURCE_KEYS}
     assert cfg.probe_hash() == _digest({"pretrain": cfg.config_hash(), "probe": old})
     for changes in ({"linear_max_iter": 200}, {"feature_dtype": "bfloat16"}, {"head_init": "official"},
-                    {"attentive_whiten": True}):
+                    {"attentive_whiten": True}, {"select_epoch": True}):
         assert dataclasses.replace(cfg, probe=ProbeConfig(**changes)).probe_hash() != cfg.probe_hash()
 
 

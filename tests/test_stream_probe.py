@@ -14,7 +14,7 @@ import torch
 from xtra.config import DataConfig, ProbeConfig, model_config
 from xtra.data import Split, clear_cache, load_dataset, transforms
 from xtra.data.generate import make_imagefolder
-from xtra.probe import _augmenter, _seed, limit_train, probe, random_encoder
+from xtra.probe import augmenter, limit_train, probe, probe_seed, random_encoder
 
 TINY = model_config("tiny", block_size=2)
 
@@ -90,7 +90,7 @@ def test_in_order_reads_prefetch_and_random_reads_agree(folder):
 
 
 def _crops(dataset, kind: str, step: int, idx: torch.Tensor, cfg: ProbeConfig) -> torch.Tensor:
-    augment = _augmenter(cfg, dataset, 7, kind, torch.device("cpu"))
+    augment = augmenter(cfg, dataset, 7, kind, torch.device("cpu"))
     return augment.from_files(dataset.train.images, idx, step)
 
 
@@ -112,7 +112,7 @@ def test_augmented_streamed_batches_are_deterministic_and_cut_from_the_files(fol
         for j, i in enumerate(idx.tolist()):
             pixels = transforms.train_image(listing.read(i), TINY.img_size, TINY.channels, cfg.crop_scale,
                                             cfg.crop_ratio, one.hflip,
-                                            transforms.sample_rng(_seed(7, kind, "crop"), 3, j))
+                                            transforms.sample_rng(probe_seed(7, kind, "crop"), 3, j))
             ref = (torch.from_numpy(pixels.copy()).float() - torch.tensor(mean).view(-1, 1, 1) * 255) / (
                 torch.tensor(std).view(-1, 1, 1) * 255)
             assert torch.equal(a[j], ref)

@@ -306,6 +306,9 @@ class ProbeConfig:
     # whitening is folded into it: the same official head, the same function class, only AdamW's
     # conditioning changes (docs/bench-cpu-2core-probe.md: several points higher in the same epochs)
     attentive_whiten: bool = False
+    # score every AdamW head on val after every epoch and keep its best epoch (lr and epoch chosen on val,
+    # the test split untouched): a longer schedule can no longer score lower by overfitting
+    select_epoch: bool = False
     mask: str = "block"  # block = the pretraining mask; none = full attention
     cache: str = "auto"  # feature cache: auto | memory | disk | off
     augment: bool = False  # official augmentation (below); training then recomputes features every step
@@ -452,7 +455,7 @@ RESOURCE_KEYS = frozenset({
 
 # Probe fields added after probed studies existed: left out of the probe key while at their default,
 # so those studies are not probed again.
-PROBE_KEYS_IF_SET = ("linear_max_iter", "feature_dtype", "head_init", "attentive_whiten")
+PROBE_KEYS_IF_SET = ("linear_max_iter", "feature_dtype", "head_init", "attentive_whiten", "select_epoch")
 _PROBE_DEFAULTS = ProbeConfig()
 
 # Keys that changed what a trial trains after trials existed, with the value every earlier trial had

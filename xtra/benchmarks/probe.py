@@ -27,10 +27,10 @@ from xtra.config import DataConfig, ProbeConfig
 from xtra.model import Encoder
 from xtra.probe import (
     Log,
-    _build_caches,
-    _device_of,
+    build_caches,
     check_epochs,
     check_fits,
+    device_of,
     limit_train,
     load_encoder,
     probe,
@@ -136,10 +136,10 @@ def reference_top1(encoder: Encoder, dataset, cfg: ProbeConfig,
     from sklearn.linear_model import LogisticRegression
 
     dataset = limit_train(dataset, cfg.limit_train)
-    device = _device_of(encoder)
+    device = device_of(encoder)
 
     def feats(split) -> np.ndarray:
-        caches = _build_caches(encoder, split.images, {"linear": "memory"}, cfg, device, None, "x")
+        caches = build_caches(encoder, split.images, {"linear": "memory"}, cfg, device, None, "x")
         return caches["linear"].cpu().numpy()
 
     t0 = time.perf_counter()
@@ -430,7 +430,7 @@ def bench_probe_costs(run_dir: Path, presets: dict[str, ProbeConfig] | None = No
     and its overhead that sum over the pretraining of `samples`. Also each preset's linear test top-1
     on its own features. `caches` ({dtype: {kind: {split: tensor}}}, float32 and bfloat16 head inputs
     of the final checkpoint's train subset / val / test) skip recomputing them."""
-    from xtra.probe import _Source, evaluate, fit_linear_lbfgs, make_head, train_heads
+    from xtra.probe import Source, evaluate, fit_linear_lbfgs, make_head, train_heads
 
     presets = presets or {"before": CPU_PROBE_BEFORE, "after": CPU_PROBE_ISSUE25}
     log = log or (lambda msg: None)
@@ -448,7 +448,7 @@ def bench_probe_costs(run_dir: Path, presets: dict[str, ProbeConfig] | None = No
         caches = {}
         for dtype in {cfg.feature_dtype for cfg in presets.values()}:
             cfg = dataclasses.replace(CPU_PROBE_ISSUE25, feature_dtype=dtype)
-            built = {s: _build_caches(encoder, getattr(dataset, s).images, {"linear": "memory", "attentive": "memory"},
+            built = {s: build_caches(encoder, getattr(dataset, s).images, {"linear": "memory", "attentive": "memory"},
                                       cfg, device, None, s) for s in n}
             caches[dtype] = {kind: {s: built[s][kind] for s in n} for kind in ("linear", "attentive")}
     images = dataset.val.images[:n_images]
@@ -461,9 +461,9 @@ def bench_probe_costs(run_dir: Path, presets: dict[str, ProbeConfig] | None = No
             u = units[name]
             for kinds in (("linear",), ("linear", "attentive")):
                 t0 = time.perf_counter()
-                _build_caches(encoder, images, {k: "memory" for k in kinds}, cfg, device, None, "x")
+                build_caches(encoder, images, {k: "memory" for k in kinds}, cfg, device, None, "x")
                 u.setdefault(f"forward_{len(kinds)}_s_per_image", []).append((time.perf_counter() - t0) / n_images)
-            lin = {s: _Source(encoder, getattr(dataset, s).images, "linear", cfg, device, "memory", None, s,
+            lin = {s: Source(encoder, getattr(dataset, s).images, "linear", cfg, device, "memory", None, s,
                               prebuilt=caches[cfg.feature_dtype]["linear"][s]) for s in n}
             heads = [make_head("linear", model_cfg, dataset.num_classes, cfg, seed) for _ in cfg.linear_l2]
             whiten = batched = name != "before"  # before #25: plain L-BFGS, one attentive head after the other
@@ -474,12 +474,12 @@ def bench_probe_costs(run_dir: Path, presets: dict[str, ProbeConfig] | None = No
             val = evaluate(heads, lin["val"], dataset.val.labels, 1024)
             best = int(np.argmax(val))
             top1[name] = evaluate([heads[best]], lin["test"], dataset.test.labels, 1024)[0]
-            att = _Source(encoder, dataset.train.images, "attentive", cfg, device, "memory", None, "train",
+            att = Source(encoder, dataset.train.images, "attentive", cfg, device, "memory", None, "train",
                           prebuilt=caches[cfg.feature_dtype]["attentive"]["train"])
             att_heads = [make_head("attentive", model_cfg, dataset.num_classes, cfg, seed) for _ in cfg.lrs]
             short = dataclasses.replace(cfg, epochs=1, warmup_epochs=0, limit_train=0)
             first = att.cache[: steps * cfg.batch_size]  # type: ignore[index]
-            sub = _Source(encoder, first, "attentive", cfg, device, "memory", None, "x", prebuilt=first)
+            sub = Source(encoder, first, "attentive", cfg, device, "memory", None, "x", prebuilt=first)
             train_heads("attentive", att_heads, cfg.lrs, sub, dataset.train.labels[: steps * cfg.batch_size],
                         short, seed, batched=batched)  # warm-up
             t0 = time.perf_counter()

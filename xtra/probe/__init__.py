@@ -28,14 +28,14 @@ optimizer), `features` (head inputs and their caches), `augment` (the training a
 chosen on val), `run` (probing checkpoints: `probe_run`, `probe_checkpoints`).
 """
 
-from xtra.probe.augment import _augmenter, after_crop, probe_augment  # noqa: F401 - _augmenter: tests
+from xtra.probe.augment import after_crop, augmenter, probe_augment
 from xtra.probe.engine import LBFGS_MAX_ITER, evaluate, fit_linear_lbfgs, train_heads
-from xtra.probe.features import (  # noqa: F401 - _Source, _build_caches: tests and the bench
+from xtra.probe.features import (
     DISK_CACHE_BYTES,
     MEMORY_CACHE_BYTES,
+    Source,
     Whitening,
-    _build_caches,
-    _Source,
+    build_caches,
     cache_mode,
     head_inputs,
     head_inputs_all,
@@ -63,23 +63,24 @@ from xtra.probe.run import (
     random_encoder,
     run_configs,
 )
-from xtra.probe.schedule import (  # noqa: F401 - _seed: tests
+from xtra.probe.schedule import (
     IMPROVING_TOL,
     IMPROVING_Z,
-    _seed,
     check_epochs,
     lr_at,
+    probe_seed,
     steps_per_epoch,
     still_improving,
 )
-from xtra.probe.select import Log, _device_of, check_fits, limit_train, probe, train_probe  # noqa: F401 - _device_of: bench
+from xtra.probe.select import Log, check_fits, device_of, limit_train, probe, train_adamw, train_probe
 
 __all__ = [
     "BN_EPS", "DISK_CACHE_BYTES", "IMPROVING_TOL", "IMPROVING_Z", "LBFGS_MAX_ITER", "MEMORY_CACHE_BYTES", "PROBE_JSON",
-    "Whitening",
+    "Source", "Whitening", "augmenter", "build_caches", "device_of", "probe_seed",
     "PROBE_RANDOM_JSON", "AttentiveHead", "LinearHead", "Log", "after_crop", "attentive_heads", "cache_mode",
     "check_epochs", "check_fits", "evaluate", "fit_linear_lbfgs", "head_inputs", "head_inputs_all", "input_shape",
     "limit_train", "load_encoder", "lr_at", "make_head", "make_optimizer", "probe", "probe_augment",
     "probe_checkpoints", "probe_data_configs", "probe_layers", "probe_run", "protocol", "random_encoder",
-    "run_configs", "share_norm", "batched_logits", "steps_per_epoch", "still_improving", "train_heads", "train_probe",
+    "run_configs", "share_norm", "batched_logits", "steps_per_epoch", "still_improving", "train_adamw",
+    "train_heads", "train_probe",
 ]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from xtra.config import DataConfig, ProbeConfig, parse_randaugment
 from xtra.data import augment
 from xtra.data.lazy import Crop
-from xtra.probe.schedule import _seed
+from xtra.probe.schedule import probe_seed
 
 OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd",
        "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing", "ShearX", "ShearY",
@@ -294,22 +294,22 @@ def after_crop(x: torch.Tensor, gen: torch.Generator, kind: str, cfg: ProbeConfi
     return x
 
 
-def _augmenter(cfg: ProbeConfig, dataset, seed: int, kind: str, device: torch.device) -> Callable:
+def augmenter(cfg: ProbeConfig, dataset, seed: int, kind: str, device: torch.device) -> Callable:
     """The official training augmentation of `kind` for normalized image batches (see
     `probe_augment`), seeded by (seed, kind, micro-batch)."""
     def run(images: torch.Tensor, step: int) -> torch.Tensor:
-        gen = torch.Generator(device=device).manual_seed(_seed(seed, kind, "augment", step))
+        gen = torch.Generator(device=device).manual_seed(probe_seed(seed, kind, "augment", step))
         return probe_augment(images, gen, kind, cfg, dataset.mean, dataset.std, dataset.hflip)
 
     if getattr(dataset.train.images, "lazy", False):
-        crop_seed = _seed(seed, kind, "crop")
+        crop_seed = probe_seed(seed, kind, "crop")
 
         def from_files(images, idx: torch.Tensor, step: int) -> torch.Tensor:
             """A streamed collection's batch: RandomResizedCrop (bicubic) + flip cut from the decoded
             full-resolution files in the loader workers (sample j of micro-batch `step` seeded by
             (seed, kind, step, j)), then the rest of `probe_augment` on the device."""
             x = images.cropped(idx, Crop(crop_seed, step, cfg.crop_scale, cfg.crop_ratio, dataset.hflip)).to(device)
-            gen = torch.Generator(device=device).manual_seed(_seed(seed, kind, "augment", step))
+            gen = torch.Generator(device=device).manual_seed(probe_seed(seed, kind, "augment", step))
             return after_crop(x, gen, kind, cfg, dataset.mean, dataset.std)
 
         run.from_files = from_files  # type: ignore[attr-defined]

@@ -10,13 +10,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from xtra.config import ProbeConfig
-from xtra.probe.features import _Source
+from xtra.probe.features import Source
 from xtra.probe.heads import batched_logits, make_optimizer, share_norm
-from xtra.probe.schedule import _seed, lr_at, steps_per_epoch
+from xtra.probe.schedule import lr_at, probe_seed, steps_per_epoch
 
 
 @torch.no_grad()
-def evaluate(heads: list[nn.Module], source: _Source, labels: torch.Tensor, batch_size: int,
+def evaluate(heads: list[nn.Module], source: Source, labels: torch.Tensor, batch_size: int,
              batched: bool = True) -> list[float]:
     """Top-1 of every head on a split; one pass over the inputs feeds all heads (`batched`: as one
     module, `batched_logits`; else one head after the other, the reference)."""
@@ -43,7 +43,7 @@ def evaluate(heads: list[nn.Module], source: _Source, labels: torch.Tensor, batc
 
 
 @torch.no_grad()
-def right_per_image(head: nn.Module, source: _Source, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
+def right_per_image(head: nn.Module, source: Source, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
     """(N,) bool: whether `head` classifies each image of the split right (eval mode)."""
     head.eval()
     labels = labels.to(source.device)
@@ -53,7 +53,7 @@ def right_per_image(head: nn.Module, source: _Source, labels: torch.Tensor, batc
     return out.cpu()
 
 
-def train_heads(kind: str, heads: list[nn.Module], lrs: tuple[float, ...], source: _Source, labels: torch.Tensor,
+def train_heads(kind: str, heads: list[nn.Module], lrs: tuple[float, ...], source: Source, labels: torch.Tensor,
                 cfg: ProbeConfig, seed: int, on_epoch: Callable[[int, int], None] | None = None,
                 batched: bool = True, epochs: list[int] | None = None) -> None:
     """Train every head on the same batches (one input computation per micro-batch), head i for
@@ -81,7 +81,7 @@ def train_heads(kind: str, heads: list[nn.Module], lrs: tuple[float, ...], sourc
     for epoch in range(max(epochs)):
         active = [i for i, e in enumerate(epochs) if epoch < e]  # the heads whose schedule goes on
         live = [heads[i] for i in active]
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, kind, "shuffle", epoch)))
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(probe_seed(seed, kind, "shuffle", epoch)))
         for s in range(per_epoch):
             idx = perm[s * bs: (s + 1) * bs]
             for i in active:
@@ -114,7 +114,7 @@ def train_heads(kind: str, heads: list[nn.Module], lrs: tuple[float, ...], sourc
 LBFGS_MAX_ITER = 1000  # default full-batch iterations per head (each one pass over the cached train features)
 
 
-def fit_linear_lbfgs(heads: list[nn.Module], l2s: tuple[float, ...], source: _Source, labels: torch.Tensor,
+def fit_linear_lbfgs(heads: list[nn.Module], l2s: tuple[float, ...], source: Source, labels: torch.Tensor,
                      whiten: bool = True, max_iter: int = LBFGS_MAX_ITER) -> None:
     """Solve each linear head to convergence on the cached train features: its BatchNorm (no affine
     part) takes the train split's mean and variance, which is what its running statistics estimate,

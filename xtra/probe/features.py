@@ -60,7 +60,7 @@ def cache_mode(kind: str, cfg: ProbeConfig, n_images: int, model_cfg: ModelConfi
     return "disk" if nbytes <= DISK_CACHE_BYTES else "off"
 
 
-def _build_caches(encoder: Encoder, images: torch.Tensor, modes: dict[str, str], cfg: ProbeConfig,
+def build_caches(encoder: Encoder, images: torch.Tensor, modes: dict[str, str], cfg: ProbeConfig,
                   device: torch.device, scratch: Path | None, name: str) -> dict[str, Any]:
     """Cache the head inputs of every kind in `modes` (memory | disk) for one split, in one encoder pass."""
     n = len(images)
@@ -83,7 +83,7 @@ def _build_caches(encoder: Encoder, images: torch.Tensor, modes: dict[str, str],
     return caches
 
 
-class _Source:
+class Source:
     """Head inputs for one split, by index: gathered from a cache or computed by the encoder."""
 
     def __init__(self, encoder: Encoder, images: torch.Tensor, kind: str, cfg: ProbeConfig, device: torch.device,
@@ -94,7 +94,7 @@ class _Source:
         if prebuilt is not None:
             self.cache = prebuilt
         elif mode in ("memory", "disk"):
-            self.cache = _build_caches(encoder, images, {kind: mode}, cfg, device, scratch, name)[kind]
+            self.cache = build_caches(encoder, images, {kind: mode}, cfg, device, scratch, name)[kind]
         elif device.type == "cuda" and not getattr(images, "lazy", False):  # uncached: keep in-memory images
             self.images = images.to(device)  # on the device and gather there (lazy ones decode on demand)
 
@@ -144,7 +144,7 @@ class Whitening:
     the official head on x. Eigenvalues are floored at 1e-6 of the largest (a degenerate channel stays
     finite)."""
 
-    def __init__(self, train: _Source, chunk: int = 1024):
+    def __init__(self, train: Source, chunk: int = 1024):
         cache = train.cache
         if cache is None:
             raise ValueError("whitening needs cached head inputs (allowed: probe.cache=auto|memory|disk, "
@@ -169,7 +169,7 @@ class Whitening:
         self.weight = (p / std[:, None]).float().to(device)  # z = x @ weight + bias
         self.bias = (-(mean / std) @ p).float().to(device)
 
-    def apply_(self, *sources: _Source) -> None:
+    def apply_(self, *sources: Source) -> None:
         for source in sources:
             source.transform_(self.weight, self.bias)
 

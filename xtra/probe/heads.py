@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from xtra.config import ModelConfig, ProbeConfig
-from xtra.probe.schedule import _seed
+from xtra.probe.schedule import probe_seed
 
 BN_EPS = 1e-6
 
@@ -190,7 +190,7 @@ def make_head(kind: str, encoder_cfg: ModelConfig, num_classes: int, cfg: ProbeC
                              cfg.attentive_queries, num_classes)
     else:
         raise ValueError(f"probe kind {kind!r} is not allowed (allowed: 'linear', 'attentive')")
-    head.reset(torch.Generator().manual_seed(_seed(seed, kind, "init")), cfg.head_init)
+    head.reset(torch.Generator().manual_seed(probe_seed(seed, kind, "init")), cfg.head_init)
     return head
 
 

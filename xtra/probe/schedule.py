@@ -21,7 +21,7 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, cfg: ProbeC
     return cfg.min_lr + (lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _seed(seed: int, kind: str, what: str, index: int = 0) -> int:
+def probe_seed(seed: int, kind: str, what: str, index: int = 0) -> int:
     """A seed from (seed, kind, what, index) only: never from the number of heads."""
     tag = zlib.crc32(f"{kind}/{what}".encode())
     return (seed * 1_000_003 + tag * 7_919 + index * 104_729 + 13) % (2**63 - 1)

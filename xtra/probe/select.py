@@ -18,9 +18,9 @@ import torch.nn as nn
 from xtra.config import DataConfig, ModelConfig, ProbeConfig
 from xtra.data import Split
 from xtra.model import Encoder
-from xtra.probe.augment import _augmenter
+from xtra.probe.augment import augmenter
 from xtra.probe.engine import evaluate, fit_linear_lbfgs, right_per_image, train_heads
-from xtra.probe.features import Whitening, _build_caches, _Source, cache_mode
+from xtra.probe.features import Source, Whitening, build_caches, cache_mode
 from xtra.probe.heads import make_head, protocol
 from xtra.probe.schedule import check_epochs, steps_per_epoch, still_improving
 
@@ -48,7 +48,7 @@ def _shape_words(shape: tuple) -> str:
     return f"{c}-channel {h}x{w}"
 
 
-def _device_of(module: nn.Module) -> torch.device:
+def device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
@@ -62,12 +62,48 @@ def train_probe(kind: str, encoder: Encoder, dataset, cfg: ProbeConfig, seed: in
     return heads, info
 
 
+def train_adamw(kind: str, heads: list[nn.Module], lrs: tuple[float, ...], epochs: int, train: Source, val: Source,
+                dataset, cfg: ProbeConfig, seed: int, bar: _ProbeBar | None = None
+                ) -> tuple[list[float], dict[int, list[float]], list[int]]:
+    """Train head i with lr i for `epochs` epochs of the cfg.epochs schedule (`train_heads`: fewer is the
+    same head stopped at a schedule that many epochs long). Returns (the val top-1 of every head as
+    returned, {epoch: val top-1 of every head} at the scored epochs, the epoch each returned head is
+    from). With cfg.select_epoch every head is scored on val after every epoch and returned at its best
+    epoch (ties: the earliest), else at its last, scored at `check_epochs`."""
+    marks = set(range(1, epochs + 1)) if cfg.select_epoch else set(check_epochs(epochs))
+    curves: dict[int, list[float]] = {}
+    best_acc, at_epoch = [-1.0] * len(heads), [epochs] * len(heads)
+    states: list[dict[str, torch.Tensor] | None] = [None] * len(heads)
+
+    def on_epoch(epoch: int, step: int) -> None:
+        if bar is None and epoch + 1 not in marks:
+            return
+        accs = evaluate(heads, val, dataset.val.labels, cfg.batch_size)
+        if epoch + 1 in marks:
+            curves[epoch + 1] = accs
+        for i, acc in enumerate(accs):
+            if cfg.select_epoch and acc > best_acc[i]:  # a copy of a small head, kept on its device
+                best_acc[i], at_epoch[i] = acc, epoch + 1
+                states[i] = {k: v.detach().clone() for k, v in heads[i].state_dict().items()}
+        if bar is not None:
+            chosen = int(np.argmax(accs))
+            bar.update(step, epoch + 1, accs[chosen], lrs[chosen])
+
+    train_heads(kind, heads, lrs, train, dataset.train.labels, cfg, seed, on_epoch, epochs=[epochs] * len(heads))
+    if not cfg.select_epoch:
+        return curves[epochs], curves, at_epoch
+    for head, state in zip(heads, states):
+        assert state is not None
+        head.load_state_dict(state)
+    return best_acc, curves, at_epoch
+
+
 def _run_kind(kind: str, encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, *, data_cfg: DataConfig | None,
               cache_dir: Path | None, progress: bool, log: Log | None, evaluate_test: bool,
               shared: dict[str, dict[str, Any]] | None = None):
     """`shared`: {split: {kind: cache}} built by `probe` in one encoder pass for all kinds."""
     model_cfg = encoder.cfg
-    device = _device_of(encoder)
+    device = device_of(encoder)
     n_all = len(dataset.train) + len(dataset.val) + len(dataset.test)
     mode = cache_mode(kind, cfg, n_all, model_cfg)
     prebuilt = {split: caches[kind] for split, caches in (shared or {}).items() if kind in caches}
@@ -77,10 +113,10 @@ def _run_kind(kind: str, encoder: Encoder, dataset, cfg: ProbeConfig, seed: int,
                if mode == "disk" and not prebuilt else None)
     t0 = time.perf_counter()
     try:
-        augment = _augmenter(cfg, dataset, seed, kind, device) if cfg.augment else None
-        train = _Source(encoder, dataset.train.images, kind, cfg, device, mode, scratch, "train", augment,
+        augment = augmenter(cfg, dataset, seed, kind, device) if cfg.augment else None
+        train = Source(encoder, dataset.train.images, kind, cfg, device, mode, scratch, "train", augment,
                         prebuilt.get("train"))
-        val = _Source(encoder, dataset.val.images, kind, cfg, device, mode, scratch, "val", None, prebuilt.get("val"))
+        val = Source(encoder, dataset.val.images, kind, cfg, device, mode, scratch, "val", None, prebuilt.get("val"))
         # the attentive head trains on whitened tokens (a preconditioner), folded back into the official head
         whitening = Whitening(train) if kind == "attentive" and cfg.attentive_whiten else None
         if whitening is not None:
@@ -89,11 +125,10 @@ def _run_kind(kind: str, encoder: Encoder, dataset, cfg: ProbeConfig, seed: int,
         lbfgs = kind == "linear" and cfg.linear_solver == "lbfgs"
         grid = cfg.linear_l2 if lbfgs else cfg.lrs  # one head per value, the best chosen on val
         heads = [make_head(kind, model_cfg, dataset.num_classes, cfg, seed).to(device) for _ in grid]
-        # The convergence check: beside each head, its twin on a schedule half as long (the same init and
-        # shuffles, trained in the same pass); a head that gained on val from doubling its schedule is
-        # flagged as still improving
+        # The convergence check: the chosen head against its twin on a schedule half as long (the same lr,
+        # init and shuffles), trained after the lr is chosen; a head that gained on val from doubling its
+        # schedule is flagged as still improving
         half = cfg.epochs // 2 if not lbfgs and cfg.epochs >= 2 else 0
-        twins = [make_head(kind, model_cfg, dataset.num_classes, cfg, seed).to(device) for _ in grid] if half else []
         shape = protocol(kind, model_cfg, cfg)
         if log:
             log(f"{kind} probe: {len(heads)} heads ("
@@ -104,51 +139,35 @@ def _run_kind(kind: str, encoder: Encoder, dataset, cfg: ProbeConfig, seed: int,
                    + (f" (clamped from {cfg.attentive_heads} to divide width {model_cfg.width})"
                       if shape["heads"] != cfg.attentive_heads else "") if kind == "attentive" else ""))
         bar = _ProbeBar(kind, cfg.epochs * steps_per_epoch(len(train), cfg.batch_size), cfg) if progress else None
-        marks = check_epochs(cfg.epochs)
-        curves: dict[int, list[float]] = {}  # epoch -> val top-1 of every head
-        half_val: list[float] = []  # val top-1 of every twin, at the end of its schedule
-
-        def on_epoch(epoch: int, step: int) -> None:
-            if bar is None and epoch + 1 not in marks and epoch + 1 != half:
-                return
-            scored = heads + twins if epoch + 1 == half else heads  # the twins end here
-            accs = evaluate(scored, val, dataset.val.labels, cfg.batch_size)
-            if epoch + 1 == half:
-                half_val[:] = accs[len(heads):]
-            accs = accs[:len(heads)]
-            if epoch + 1 in marks:
-                curves[epoch + 1] = accs
-            if bar is not None:
-                best = int(np.argmax(accs))
-                bar.update(step, epoch + 1, accs[best], cfg.lrs[best])
-
         try:
             if lbfgs:
                 fit_linear_lbfgs(heads, grid, train, dataset.train.labels, max_iter=cfg.linear_max_iter)
-                curves[cfg.epochs] = evaluate(heads, val, dataset.val.labels, cfg.batch_size)
+                val_acc = evaluate(heads, val, dataset.val.labels, cfg.batch_size)
+                curves, at_epoch = {cfg.epochs: val_acc}, [None] * len(heads)
             else:
-                train_heads(kind, heads + twins, cfg.lrs * (2 if twins else 1), train, dataset.train.labels, cfg, seed,
-                            on_epoch, epochs=[cfg.epochs] * len(heads) + [half] * len(twins))
+                val_acc, curves, at_epoch = train_adamw(kind, heads, cfg.lrs, cfg.epochs, train, val, dataset, cfg,
+                                                        seed, bar)
         finally:
             if bar is not None:
                 bar.stop()
-        val_acc = curves[cfg.epochs]  # scored after the last epoch
         best = int(np.argmax(val_acc))  # ties: the first value listed
-        improving = None
-        if half_val:  # the chosen head against its twin, image by image
+        improving, half_val = None, None
+        if half:  # the chosen head against its twin, image by image
+            twin = make_head(kind, model_cfg, dataset.num_classes, cfg, seed).to(device)
+            (half_val,), _, _ = train_adamw(kind, [twin], (cfg.lrs[best],), half, train, val, dataset, cfg, seed)
             improving = still_improving(right_per_image(heads[best], val, dataset.val.labels, cfg.batch_size),
-                                        right_per_image(twins[best], val, dataset.val.labels, cfg.batch_size))
+                                        right_per_image(twin, val, dataset.val.labels, cfg.batch_size))
         curve = {epoch: accs[best] for epoch, accs in curves.items()}
         info: dict[str, Any] = {"val_top1": {v: acc for v, acc in zip(grid, val_acc)},
                                 "best_lr": None if lbfgs else cfg.lrs[best], "best_l2": grid[best] if lbfgs else None,
                                 "best_index": best, "cache": mode, "cache_s": t_cache, "val_curve": curve,
-                                "half_epochs": half or None, "half_val_top1": half_val[best] if half_val else None,
+                                "half_epochs": half or None, "half_val_top1": half_val, "best_epoch": at_epoch[best],
                                 "still_improving": improving,
                                 "lr_at_edge": len(grid) > 1 and grid[best] in (min(grid), max(grid)),
                                 "solver": "lbfgs" if lbfgs else "adamw", **shape}
         test_acc = None
         if evaluate_test:  # only the head chosen on val ever sees the test split
-            test = _Source(encoder, dataset.test.images, kind, cfg, device, mode, scratch, "test", None,
+            test = Source(encoder, dataset.test.images, kind, cfg, device, mode, scratch, "test", None,
                            prebuilt.get("test"))
             if whitening is not None:
                 whitening.apply_(test)
@@ -181,6 +200,8 @@ def probe(encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, progress: bool
     Returns {kind: {"val_top1": {lr: acc}, "best_lr": lr, "best_val_top1": acc, "test_top1": acc (best lr only),
     "epochs": n, "cache": memory|disk|off, "val_curve": {epoch: val top-1 of the chosen lr},
     "half_epochs": n // 2, "half_val_top1": val top-1 of the chosen lr's head on a schedule half as long,
+    "best_epoch": the epoch the chosen head is from (its last, or its best on val with cfg.select_epoch; None
+    for L-BFGS),
     "still_improving": bool | None (doubling the schedule raised val top-1 by more than IMPROVING_TOL,
     significantly: `still_improving`; None where nothing was trained in epochs: L-BFGS, a 1-epoch probe),
     "lr_at_edge": the chosen lr is the grid's smallest or largest (the grid may not hold the best lr: widen
@@ -203,8 +224,8 @@ def probe(encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, progress: bool
                 if cache_dir is not None:
                     Path(cache_dir).mkdir(parents=True, exist_ok=True)
                 scratch = Path(tempfile.mkdtemp(prefix=".probe-shared-", dir=cache_dir))
-            device = _device_of(encoder)
-            shared = {split: _build_caches(encoder, getattr(dataset, split).images, modes, cfg, device, scratch, split)
+            device = device_of(encoder)
+            shared = {split: build_caches(encoder, getattr(dataset, split).images, modes, cfg, device, scratch, split)
                       for split in ("train", "val", "test")}
         for kind in cfg.kinds:
             _, info, test_acc = _run_kind(kind, encoder, dataset, cfg, seed, data_cfg=data_cfg, cache_dir=cache_dir,
@@ -215,6 +236,7 @@ def probe(encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, progress: bool
                              "epochs": cfg.epochs, "cache": info["cache"], "val_curve": info["val_curve"],
                              "still_improving": info["still_improving"], "lr_at_edge": info["lr_at_edge"],
                              "half_epochs": info["half_epochs"], "half_val_top1": info["half_val_top1"],
+                             "best_epoch": info["best_epoch"],
                              "layers": info["layers"],
                              "heads": info["heads"], "features": cfg.features}
     finally:
