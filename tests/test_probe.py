@@ -584,15 +584,17 @@ def test_still_improving_is_a_doubling_test():
     assert IMPROVING_TOL == 0.0025
 
 
-def test_an_undertrained_probe_is_flagged_and_a_converged_one_is_not(encoder, small):
+@pytest.mark.parametrize("select_epoch", [False, True])
+def test_an_undertrained_probe_is_flagged_and_a_converged_one_is_not(encoder, small, select_epoch):
     """The flag compares the chosen head with its twin on a half-length schedule (its lr, init and
     shuffles, trained once the lr is chosen): a small flat lr still gains from doubling, a converged
     probe does not."""
-    short = dataclasses.replace(FAST, lrs=(1e-3,), min_lr=1e-3, epochs=8, warmup_epochs=0)  # a small, flat lr
+    short = dataclasses.replace(FAST, lrs=(1e-3,), min_lr=1e-3, epochs=8, warmup_epochs=0,  # a small, flat lr
+                                select_epoch=select_epoch)
     result = probe(encoder, small, short, seed=0)["linear"]
     assert result["still_improving"] is True and result["half_epochs"] == 4, result
-    assert sorted(result["val_curve"]) == [4, 6, 8]
-    converged = dataclasses.replace(FAST, lrs=(3e-1,), epochs=64, warmup_epochs=1)
+    assert sorted(result["val_curve"]) == (list(range(1, 9)) if select_epoch else [4, 6, 8])
+    converged = dataclasses.replace(FAST, lrs=(3e-1,), epochs=64, warmup_epochs=1, select_epoch=select_epoch)
     result = probe(encoder, small, converged, seed=0)["linear"]
     assert result["still_improving"] is False, result
     assert result["best_val_top1"] - result["half_val_top1"] <= 0.0025
