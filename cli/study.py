@@ -153,7 +153,7 @@ def show_cmd(study: StudyArg, preset: PresetOpt = None, sets: SetOpt = None, see
         console.print(_halving_cost(s), highlight=False, soft_wrap=True)
     for line in _law_checks(s):
         console.print(line, highlight=False, soft_wrap=True)
-    from xtra.studies.isoflop import lines as isoflop_lines  # an isoFLOP grid: its lines, the extrapolation test
+    from xtra.studies.isoflop_lines import lines as isoflop_lines  # an isoFLOP grid: its lines, the extrapolation test
 
     for line in isoflop_lines(s):
         console.print(line, highlight=False, soft_wrap=True)

@@ -29,7 +29,7 @@ import polars as pl
 
 from xtra.fileio import atomic_write_bytes
 
-from .collect import Study, StudyError, load_study
+from .collect import StudyError, StudyResults, collect_results
 from .evaluation import evaluation
 from .figures import PALETTE, Panel, loss_column, panels
 from .halving import ladder_panels
@@ -176,7 +176,7 @@ def _table_html(table: Table, prefix: str) -> str:
     return table.to_html()
 
 
-def _setup_html(study: Study) -> str:
+def _setup_html(study: StudyResults) -> str:
     if not study.swept:
         return '<p class="note">No swept keys: a single configuration.</p>'
     rows = []
@@ -190,7 +190,7 @@ def _setup_html(study: Study) -> str:
     return Table("Swept keys", ["key", "values", "default"], rows, id="table-setup").to_html()
 
 
-def _counts(study: Study) -> dict[str, int]:
+def _counts(study: StudyResults) -> dict[str, int]:
     status = study.results.get_column("status").fill_null("unknown").to_list()
     out: dict[str, int] = {"trials": len(status)}
     for s in status:
@@ -198,7 +198,7 @@ def _counts(study: Study) -> dict[str, int]:
     return out
 
 
-def _study_body(study: Study, pans: list[Panel], tables: list[Table], notes: list[str], prefix: str,
+def _study_body(study: StudyResults, pans: list[Panel], tables: list[Table], notes: list[str], prefix: str,
                 images: dict[str, Path], heading: str = "h1") -> str:
     counts = _counts(study)
     count_text = ", ".join(f"{v} {k}" for k, v in counts.items())
@@ -274,7 +274,7 @@ def _fit_tables(pans: Sequence[Panel]) -> list[Table]:
     return [t for p in pans for t in p.tables]
 
 
-def summary_markdown(study: Study, pans: Sequence[Panel], tables: Sequence[Table], notes: Sequence[str],
+def summary_markdown(study: StudyResults, pans: Sequence[Panel], tables: Sequence[Table], notes: Sequence[str],
                      level: int = 1) -> str:
     h = "#" * level
     counts = _counts(study)
@@ -315,7 +315,7 @@ def check_options(images: str | None, plotlyjs: str, n_boot: int, spell: Any = l
         raise ValueError(f"{spell('n_boot')}{n_boot!r}: expected an integer >= 0")
 
 
-def _study_tables(study: Study) -> list[Table]:
+def _study_tables(study: StudyResults) -> list[Table]:
     tables = ablation_tables(study)
     failed = failed_table(study)
     if failed is not None:
@@ -326,8 +326,8 @@ def _study_tables(study: Study) -> list[Table]:
 
 
 def _prepare(study_dir: str | Path, out: Path | None, images: str | None, pictures: Any, n_boot: int,
-             prefix: str) -> tuple[Study, list[Panel], list[Table], list[str], dict[str, Path]]:
-    study = load_study(study_dir)
+             prefix: str) -> tuple[StudyResults, list[Panel], list[Table], list[str], dict[str, Path]]:
+    study = collect_results(study_dir)
     pans = panels(study, n_boot=n_boot, pictures=pictures)
     pans += ladder_panels(study_dir)  # a halving search's rung ladder (none otherwise)
     pans += isoflop_panels(study, n_boot=n_boot)  # trials on isoFLOP lines: three approaches, multiplier, extrapolation
@@ -366,7 +366,7 @@ def build_report(study_dir: str | Path, out: str | Path | None = None, images: s
     return index
 
 
-def _overview(studies: Sequence[Study]) -> Table:
+def _overview(studies: Sequence[StudyResults]) -> Table:
     rows = []
     for s in studies:
         counts = _counts(s)
@@ -390,7 +390,7 @@ def _overview(studies: Sequence[Study]) -> Table:
                              "best attentive top-1", "lowest final loss"], rows, id="table-studies")
 
 
-def _compare_figures(studies: Sequence[Study]) -> list[Panel]:
+def _compare_figures(studies: Sequence[StudyResults]) -> list[Panel]:
     out = []
     fig = go.Figure()
     for i, s in enumerate(studies):
@@ -469,7 +469,7 @@ def bench_report(n_trials: int = 1000, n_curve_rows: int = 1000, n_boot: int = 2
                    samples=(5_000, 10_000, 20_000, 40_000, 80_000, 160_000), seeds=(0,), n_trials=n_trials,
                    n_curve_rows=n_curve_rows, failed=range(7, n_trials, 50))
         t1 = time.perf_counter()
-        study = load_study(root)
+        study = collect_results(root)
         t2 = time.perf_counter()
         index = build_report(root, n_boot=n_boot)
         t3 = time.perf_counter()

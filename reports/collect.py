@@ -8,8 +8,9 @@ seed), ``trial.json`` (the result row, once finished), ``status.json`` / ``attem
 unfinished trial stopped) and ``metrics.jsonl`` (curve rows). Unfinished trials are listed with
 their status (failed, stopped, running, pending) and error; nothing is dropped silently.
 
-``study.toml`` names the study and its swept keys (``[axes]``, dotted keys) and their defaults
-(``[base]``). Without it, the swept keys are the dotted result columns whose values vary.
+``study.toml`` (read by ``xtra.studies.load.read_study_dir`` into the one typed ``Study``) names the
+study, its swept keys and their defaults. Without it, the swept keys are the dotted result columns
+whose values vary.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from typing import Any
 import polars as pl
 
 from xtra import studydir
-from xtra.studydir import StudyError, read_study_toml  # the one owner of study.toml; one error type
+from xtra.config import SIZES, TrialConfig
+from xtra.studies.load import read_study_dir  # the study file, parsed the one way the runner parses it
+from xtra.studies.spec import Study
+from xtra.studydir import StudyError  # one error type
 
 FINISHED = "finished"
 REPLICATE_KEYS = ("seed",)  # swept for error bars, never an ablation axis
@@ -42,21 +46,39 @@ _KEY_ALIASES = {"model.block_size": "block_size", "model.width": "width", "model
 
 
 @dataclass
-class Study:
+class StudyResults:
+    """A study directory as the report reads it: the study file it ran (``study``, the one typed ``Study``
+    of ``xtra.studies.load``; None without study.toml) and its rows (results, curves, probes)."""
+
     path: Path
     name: str
-    description: str
+    study: Study | None
     swept: list[str]  # swept dotted keys present as result columns, in study.toml order (zip companions left out)
-    axes: dict[str, list[Any]]  # every swept key (seed and zip companions included) -> its values
-    base: dict[str, Any]  # dotted defaults
+    axes: dict[str, list[Any]]  # every swept key (zip companions and a search's space keys included) -> its values
     results: pl.DataFrame
     curves: pl.DataFrame
     source: str  # "parquet" or "trials" (per-trial files, mid-run)
     notes: list[str] = field(default_factory=list)
-    size: str = ""  # the size preset the study ran (model.* defaults come from it)
-    preset: str = ""
     companions: dict[str, list[str]] = field(default_factory=dict)  # zip group: first key -> keys moving with it
     probes: pl.DataFrame = field(default_factory=pl.DataFrame)  # long format: trial x samples x dataset x kind
+
+    @property
+    def description(self) -> str:
+        return self.study.description if self.study else ""
+
+    @property
+    def size(self) -> str:
+        """The size preset the study ran (model.* defaults come from it); "" without study.toml."""
+        return self.study.size if self.study else ""
+
+    @property
+    def preset(self) -> str:
+        return (self.study.preset or "") if self.study else ""
+
+    @property
+    def base(self) -> dict[str, Any]:
+        """Dotted defaults: every override the study applied to its base config."""
+        return dict(self.study.base) if self.study else {}
 
     @property
     def finished(self) -> pl.DataFrame:
@@ -69,18 +91,15 @@ class Study:
 
     def default(self, key: str) -> Any:
         """The base value of a swept key: ``[base]``, else the size preset's value, else the config default."""
-        if key in self.base:
-            return self.base[key]
+        base = self.base
+        if key in base:
+            return base[key]
         return config_default(key, self.size)
 
 
 def config_default(key: str, size: str = "") -> Any:
     """Default of a dotted key: ``xtra.config.SIZES[size]`` for model keys, else ``TrialConfig()``
-    (None when unknown or when xtra is not importable)."""
-    try:
-        from xtra.config import SIZES, TrialConfig
-    except Exception:  # reports work without the model package
-        return None
+    (None when unknown)."""
     section, _, leaf = key.partition(".")
     if section == "model" and leaf in SIZES.get(size, {}):
         return SIZES[size][leaf]
@@ -92,43 +111,14 @@ def config_default(key: str, size: str = "") -> Any:
     return node
 
 
-def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"block_size": [1, 2]}}`` and ``{"model.block_size": [1, 2]}`` both become the latter."""
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+def swept_values(study: Study) -> dict[str, list[Any]]:
+    """Every swept dotted key of a study file -> its values (a zip group: one list per key)."""
+    return {k: [v[k] for v in axis.values] for axis in study.axes for k in axis.keys}
 
 
-def read_spec(study_dir: str | Path) -> dict[str, Any] | None:
-    """study.toml with flat dotted keys: name, description, size, preset, axes, base, companions
-    (zip groups: first key -> the keys that move with it) and search (search-space keys); None if absent."""
-    raw = read_study_toml(Path(study_dir))
-    if raw is None:
-        return None
-    axes = {k: v if isinstance(v, list) else [v] for k, v in flatten(raw.get("axes", {})).items()}
-    zips = raw.get("zip", {}) if isinstance(raw.get("zip"), dict) else {}
-    companions = {keys[0]: list(keys[1:]) for keys in zips.values() if isinstance(keys, list) and len(keys) > 1}
-    search = raw.get("search", {}) if isinstance(raw.get("search"), dict) else {}
-    space = search.get("space", {}) if isinstance(search.get("space"), dict) else {}
-    return {"name": str(raw.get("name", "")), "description": str(raw.get("description", "")),
-            "size": str(raw.get("size", "")), "preset": str(raw.get("preset", "")),
-            "axes": axes, "base": flatten(raw.get("base", {})), "companions": companions,
-            "search": _space_keys(space)}
-
-
-def _space_keys(space: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys of a ``[search.space]`` table (a leaf is a table with a ``type``)."""
-    keys = []
-    for key, value in space.items():
-        if isinstance(value, dict) and "type" not in value:
-            keys += _space_keys(value, f"{prefix}{key}.")
-        else:
-            keys.append(f"{prefix}{key}")
-    return keys
+def zip_companions(study: Study) -> dict[str, list[str]]:
+    """Each zip group's first key -> the keys that move with it."""
+    return {axis.keys[0]: list(axis.keys[1:]) for axis in study.axes if axis.zipped and len(axis.keys) > 1}
 
 
 def _normalize(lf: pl.LazyFrame, strings: tuple[str, ...], numeric: tuple[str, ...]) -> pl.LazyFrame:
@@ -272,7 +262,7 @@ def _groupable(df: pl.DataFrame, col: str) -> pl.DataFrame:
     return df
 
 
-def load_study(study_dir: str | Path) -> Study:
+def collect_results(study_dir: str | Path) -> StudyResults:
     """Collect a study directory (see module docstring). Raises StudyError naming the path on bad input."""
     study_dir = Path(study_dir)
     if not study_dir.exists():
@@ -280,7 +270,7 @@ def load_study(study_dir: str | Path) -> Study:
     if not study_dir.is_dir():
         raise StudyError(f"{study_dir}: is not a directory (expected a study directory with results.parquet)")
     notes: list[str] = []
-    spec = read_spec(study_dir)
+    study = read_study_dir(study_dir)
     try:
         results = scan_results(study_dir, notes).collect()
         curves = scan_curves(study_dir, notes).collect()
@@ -289,42 +279,14 @@ def load_study(study_dir: str | Path) -> Study:
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise StudyError(f"{study_dir}: cannot read the study's parquet files ({type(exc).__name__}: {exc})") from None
     source = "trials" if any("rows read from trials/" in n for n in notes) else "parquet"
-
-    # Curves carry trial ids from the results where they lack their own.
-    if curves.height and results.height:
-        ids = results.select("config_hash", pl.col("trial_id").alias("_tid"), pl.col("study").alias("_study"))
-        ids = ids.unique("config_hash", keep="first")
-        curves = (curves.join(ids, on="config_hash", how="left")
-                  .with_columns(pl.coalesce("trial_id", "_tid").alias("trial_id"),
-                                pl.coalesce("study", "_study").alias("study"))
-                  .drop("_tid", "_study"))
-    results = results.with_columns(pl.coalesce("trial_id", "config_hash").alias("trial_id"))
-
-    companions: dict[str, list[str]] = {}
-    if spec is not None:
-        axes = dict(spec["axes"])
-        for key in spec["search"]:  # an Optuna search: its space keys vary per trial
-            if key in results.columns:
-                axes.setdefault(key, sorted(results.get_column(key).drop_nulls().unique().to_list(), key=sort_key))
-        base = dict(spec["base"])
-        companions = spec["companions"]
-        for key in list(axes):
-            if key not in results.columns and _KEY_ALIASES.get(key) in results.columns:
-                results = results.with_columns(pl.col(_KEY_ALIASES[key]).alias(key))
-        missing = [k for k in axes if k not in results.columns and k not in REPLICATE_KEYS]
-        if missing:
-            notes.append(f"swept key(s) {', '.join(missing)} from study.toml have no results column; not tabulated")
-    else:
-        notes.append("no study.toml: swept keys inferred from the dotted result columns that vary")
-        axes = {c: sorted(results.get_column(c).drop_nulls().unique().to_list(), key=sort_key)
-                for c in results.columns if "." in c and _varies(results, c)}
-        base = {}
+    curves, results = _with_trial_ids(curves, results)
+    axes, companions, results = _swept(study, results, notes)
     moving = {k for keys in companions.values() for k in keys}
     swept = [k for k in axes if k in results.columns and k not in REPLICATE_KEYS and k not in moving]
     for key in swept:
         results = _groupable(results, key)
 
-    name = spec["name"] if spec and spec["name"] else ""
+    name = study.name if study is not None else ""
     if not name and results.height:
         name = next(iter(results.get_column("study").drop_nulls().to_list()), "") or ""
     try:
@@ -332,10 +294,43 @@ def load_study(study_dir: str | Path) -> Study:
     except (pl.exceptions.PolarsError, OSError) as exc:
         notes.append(f"probes.parquet unreadable ({type(exc).__name__}); probe curves not shown")
         probes = pl.DataFrame()
-    return Study(path=study_dir, name=name or study_dir.name, description=spec["description"] if spec else "",
-                 swept=swept, axes=axes, base=base, results=results, curves=curves, source=source, notes=notes,
-                 size=spec["size"] if spec else "", preset=spec["preset"] if spec else "",
-                 companions={k: v for k, v in companions.items() if k in swept}, probes=probes)
+    return StudyResults(path=study_dir, name=name or study_dir.name, study=study, swept=swept, axes=axes,
+                   results=results, curves=curves, source=source, notes=notes,
+                   companions={k: v for k, v in companions.items() if k in swept}, probes=probes)
+
+
+def _with_trial_ids(curves: pl.DataFrame, results: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Curves carry trial ids from the results where they lack their own."""
+    if curves.height and results.height:
+        ids = results.select("config_hash", pl.col("trial_id").alias("_tid"), pl.col("study").alias("_study"))
+        ids = ids.unique("config_hash", keep="first")
+        curves = (curves.join(ids, on="config_hash", how="left")
+                  .with_columns(pl.coalesce("trial_id", "_tid").alias("trial_id"),
+                                pl.coalesce("study", "_study").alias("study"))
+                  .drop("_tid", "_study"))
+    return curves, results.with_columns(pl.coalesce("trial_id", "config_hash").alias("trial_id"))
+
+
+def _swept(study: Study | None, results: pl.DataFrame, notes: list[str]
+           ) -> tuple[dict[str, list[Any]], dict[str, list[str]], pl.DataFrame]:
+    """The swept keys and their values (from the study file, else the dotted result columns that vary),
+    the zip groups, and the results with a column for each swept key the contract stores under another name."""
+    if study is None:
+        notes.append("no study.toml: swept keys inferred from the dotted result columns that vary")
+        axes = {c: sorted(results.get_column(c).drop_nulls().unique().to_list(), key=sort_key)
+                for c in results.columns if "." in c and _varies(results, c)}
+        return axes, {}, results
+    axes = swept_values(study)
+    for key in study.search.space if study.search is not None else ():  # an Optuna search: its space keys vary
+        if key in results.columns:
+            axes.setdefault(key, sorted(results.get_column(key).drop_nulls().unique().to_list(), key=sort_key))
+    for key in list(axes):
+        if key not in results.columns and _KEY_ALIASES.get(key) in results.columns:
+            results = results.with_columns(pl.col(_KEY_ALIASES[key]).alias(key))
+    missing = [k for k in axes if k not in results.columns and k not in REPLICATE_KEYS]
+    if missing:
+        notes.append(f"swept key(s) {', '.join(missing)} from study.toml have no results column; not tabulated")
+    return axes, zip_companions(study), results
 
 
 def sort_key(value: Any) -> tuple[int, Any]:

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from .collect import Study
+from .collect import StudyResults
 from .law_panels import (
     comparison_table,
     draw_held,
@@ -36,7 +36,7 @@ MIN_CHINCHILLA_PAIRS = 6  # distinct (N, D) pairs before the 5-parameter surface
 ChinchillaResult = Mapping[str, tuple[LawAnalysis, pl.DataFrame]]
 
 
-def chinchilla_fits(study: Study, n_boot: int = 200) -> tuple[dict[str, tuple[LawAnalysis, pl.DataFrame]], str]:
+def chinchilla_fits(study: StudyResults, n_boot: int = 200) -> tuple[dict[str, tuple[LawAnalysis, pl.DataFrame]], str]:
     """One L(N, D) analysis per group of the keys that are neither size nor samples, where N and D both vary."""
     lcol, _ = loss_column(study)
     ncol, _ = param_axis(study)
@@ -110,7 +110,7 @@ def _no_frontier_reason(chinchilla: ChinchillaResult, why: str) -> str:
     return "; ".join(bits + ([why] if why else []))
 
 
-def compute_figure(study: Study, chinchilla: ChinchillaResult, n_boot: int = 200) -> Panel:
+def compute_figure(study: StudyResults, chinchilla: ChinchillaResult, n_boot: int = 200) -> Panel:
     pid = "compute"
     lcol, ltitle = loss_column(study)
     ncol, nname = param_axis(study)
@@ -179,13 +179,13 @@ def compute_figure(study: Study, chinchilla: ChinchillaResult, n_boot: int = 200
                  laws=verdicts(f"{ltitle} vs training FLOPs", analyses, skipped))
 
 
-def _default_group(study: Study, fits: Mapping[str, Any]) -> str:
+def _default_group(study: StudyResults, fits: Mapping[str, Any]) -> str:
     keys = group_keys(study, (*SIZE_KEYS, *SAMPLE_KEYS))
     want = label(keys, [study.default(k) for k in keys])
     return want if want in fits else next(iter(fits))
 
 
-def isoflop_figure(study: Study, chinchilla: ChinchillaResult, why: str) -> Panel:
+def isoflop_figure(study: StudyResults, chinchilla: ChinchillaResult, why: str) -> Panel:
     """Iso-FLOP curves of the L(N, D) law: solid within the trials' N range, dashed beyond."""
     pid, title = "isoflop", "Iso-FLOP curves of the L(N, D) law"
     _, ltitle = loss_column(study)
@@ -241,7 +241,7 @@ def isoflop_figure(study: Study, chinchilla: ChinchillaResult, why: str) -> Pane
     return Panel(pid, title, fig, note=note, tables=tables, laws=laws)
 
 
-def frontier_figure(study: Study, chinchilla: ChinchillaResult) -> Panel:
+def frontier_figure(study: StudyResults, chinchilla: ChinchillaResult) -> Panel:
     pid, title = "frontier", "Compute-optimal frontier"
     usable = _laws_with_frontier(chinchilla)
     if not usable:

@@ -10,12 +10,12 @@ import plotly.graph_objects as go
 import polars as pl
 
 from . import efficiency as eff
-from .collect import Study
+from .collect import StudyResults
 from .panel import PALETTE, Panel, block_key, layout, param_axis
 from .tables import SAMPLE_KEYS, SIZE_KEYS, Table, at_defaults, mean_ci
 
 
-def _probe_rows(study: Study) -> pl.DataFrame:
+def _probe_rows(study: StudyResults) -> pl.DataFrame:
     """Probe rows of finished trials joined with the size columns they are grouped by."""
     rows = study.probes
     if rows.is_empty() or "top1" not in rows.columns:
@@ -34,7 +34,7 @@ def _own_dataset(rows: pl.DataFrame) -> str | None:
     return names[0] if len(names) == 1 else None
 
 
-def learning_curves(study: Study, kind: str = "linear") -> Panel:
+def learning_curves(study: StudyResults, kind: str = "linear") -> Panel:
     """Top-1 at the checkpoints probed along each run, one line per k (mean over seeds, 95% band). A
     mid-schedule checkpoint is not a model trained to that budget (its lr never decayed), so these are
     learning curves: drawn, labelled so, and never used for a ratio."""
@@ -69,7 +69,7 @@ def learning_curves(study: Study, kind: str = "linear") -> Panel:
     return Panel(pid, title, fig, note=note)
 
 
-def budget_rows(study: Study, kind: str = "linear") -> tuple[pl.DataFrame, str]:
+def budget_rows(study: StudyResults, kind: str = "linear") -> tuple[pl.DataFrame, str]:
     """One row per finished trial at its completed budget (a separate run, or a wsd branch after its
     cooldown): config_hash, block_size, seed, samples (= samples seen), top1. Swept keys other than k,
     the budget and the seed are held at their defaults; a (k, seed, budget) with several trials left
@@ -90,7 +90,7 @@ def budget_rows(study: Study, kind: str = "linear") -> tuple[pl.DataFrame, str]:
     return rows, ""
 
 
-def sample_ratios(study: Study, kind: str = "linear") -> list[str]:
+def sample_ratios(study: StudyResults, kind: str = "linear") -> list[str]:
     """'k reaches k=1's top-1 with X x fewer samples' from completed budgets (several budgets per k,
     k=1 among them), with censored bootstrap intervals over seeds."""
     rows, _ = budget_rows(study, kind)
@@ -104,7 +104,7 @@ def sample_ratios(study: Study, kind: str = "linear") -> list[str]:
     return [f"{s} (completed budgets)" for s in eff.ratio_sentences(ratios, what="samples", kind=kind)]
 
 
-def parameter_ratios(study: Study, kind: str = "linear") -> list[str]:
+def parameter_ratios(study: StudyResults, kind: str = "linear") -> list[str]:
     """'X x fewer parameters' from a width sweep (several sizes per k, k=1 among them), in the one
     parameter count the report uses (``param_axis``), at completed budgets: keys other than k and the
     size held at their defaults; several trials left at one (k, seed, size) give no sentence."""
@@ -125,7 +125,7 @@ def parameter_ratios(study: Study, kind: str = "linear") -> list[str]:
     return eff.ratio_sentences(ratios, what=nname.split(" (")[0], kind=kind)
 
 
-def suite_tables(study: Study) -> list[Table]:
+def suite_tables(study: StudyResults) -> list[Table]:
     """With several probe datasets: one table per kind, a row per trial, a column per dataset + average."""
     rows = _probe_rows(study)
     if rows.is_empty() or rows["dataset"].n_unique() < 2:
@@ -142,7 +142,7 @@ def suite_tables(study: Study) -> list[Table]:
     return out
 
 
-def wsd_samples(study: Study) -> list[str]:
+def wsd_samples(study: StudyResults) -> list[str]:
     """For a study whose trials branch off wsd trunks: the samples it trained against running every
     budget on its own (each trunk counted once, to its deepest branch start)."""
     res = study.finished
@@ -187,7 +187,7 @@ def schedule_comparison(results: pl.DataFrame, metrics: tuple[str, ...] = ("val_
     return pl.DataFrame(rows, infer_schema_length=None).sort(keys)
 
 
-def schedule_table(study: Study) -> list[Table]:
+def schedule_table(study: StudyResults) -> list[Table]:
     df = schedule_comparison(study.finished)
     if df.is_empty():
         return []
@@ -214,7 +214,7 @@ def schedule_table(study: Study) -> list[Table]:
                   note="Each wsd trial branched off a shared trunk; each cosine trial ran alone.")]
 
 
-def still_improving(study: Study) -> list[str]:
+def still_improving_notes(study: StudyResults) -> list[str]:
     """A sentence naming the final probes whose chosen head was still improving over its last quarter
     of epochs: their top-1 understates the encoder (the probe wants more epochs)."""
     rows = _probe_rows(study)
@@ -230,9 +230,9 @@ def still_improving(study: Study) -> list[str]:
             f"probe epochs would raise them): {', '.join(names)}."]
 
 
-def evaluation(study: Study) -> tuple[list[Panel], list[Table], list[str]]:
+def evaluation(study: StudyResults) -> tuple[list[Panel], list[Table], list[str]]:
     """Panels, tables and the efficiency sentences (for the page and summary.md)."""
-    panels, sentences = [], wsd_samples(study) + still_improving(study)
+    panels, sentences = [], wsd_samples(study) + still_improving_notes(study)
     for kind in ("linear", "attentive"):
         panel = learning_curves(study, kind)
         if panel.figure is not None or kind == "linear":

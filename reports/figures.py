@@ -21,7 +21,7 @@ from typing import Any
 import plotly.graph_objects as go
 import polars as pl
 
-from .collect import Study
+from .collect import StudyResults
 from .compute_panels import chinchilla_fits, compute_figure, frontier_figure, isoflop_figure
 from .law_panels import learning_curve_laws, loss_scaling
 from .panel import (
@@ -51,7 +51,7 @@ __all__ = ["PALETTE", "Panel", "loss_column", "panels"]
 # Training curves
 
 
-def loss_curves(study: Study, per_trial_limit: int = 40) -> Panel:
+def loss_curves(study: StudyResults, per_trial_limit: int = 40) -> Panel:
     pid, title = "loss-curves", "Pretraining loss vs samples seen"
     cur = positive(study.curves, "samples_seen", "loss")
     if cur.height == 0:
@@ -101,7 +101,7 @@ def loss_curves(study: Study, per_trial_limit: int = 40) -> Panel:
 
 
 
-def probe_vs_block_size(study: Study) -> Panel:
+def probe_vs_block_size(study: StudyResults) -> Panel:
     pid, title = "probe-vs-k", "Probe top-1 vs block size k"
     fin = study.finished
     if fin.get_column("block_size").drop_nulls().n_unique() < 2:
@@ -136,7 +136,7 @@ def probe_vs_block_size(study: Study) -> Panel:
     return Panel(pid, title, fig, note=note)
 
 
-def _efficiency(study: Study, pid: str, title: str, x: str, xtitle: str, exclude: Sequence[str],
+def _efficiency(study: StudyResults, pid: str, title: str, x: str, xtitle: str, exclude: Sequence[str],
                 skip: str) -> Panel:
     fin = positive(study.finished, x)
     probes = probe_columns(fin)
@@ -163,12 +163,12 @@ def _efficiency(study: Study, pid: str, title: str, x: str, xtitle: str, exclude
 
 
 
-def sample_efficiency(study: Study) -> Panel:
+def sample_efficiency_panel(study: StudyResults) -> Panel:
     return _efficiency(study, "sample-efficiency", "Sample efficiency: probe top-1 vs samples seen", "samples_seen",
                        "samples seen", SAMPLE_KEYS, "Skipped: samples seen do not vary within any configuration.")
 
 
-def parameter_efficiency(study: Study) -> Panel:
+def parameter_efficiency_panel(study: StudyResults) -> Panel:
     ncol, nname = param_axis(study)
     return _efficiency(study, "param-efficiency", f"Parameter efficiency: probe top-1 vs {nname.split(' (')[0]}",
                        ncol, nname, SIZE_KEYS, "Skipped: the parameter count does not vary within any "
@@ -176,14 +176,14 @@ def parameter_efficiency(study: Study) -> Panel:
 
 
 
-def panels(study: Study, n_boot: int = 200, pictures: Any = None) -> list[Panel]:
+def panels(study: StudyResults, n_boot: int = 200, pictures: Any = None) -> list[Panel]:
     """Every panel of a study's report, skipped ones included (figure None, with the reason)."""
     chinchilla, why = chinchilla_fits(study, n_boot)
     return [
         loss_curves(study),
         probe_vs_block_size(study),
-        sample_efficiency(study),
-        parameter_efficiency(study),
+        sample_efficiency_panel(study),
+        parameter_efficiency_panel(study),
         compute_figure(study, chinchilla, n_boot),
         loss_scaling(study, "samples_seen", "samples seen", SAMPLE_KEYS, n_boot),
         loss_scaling(study, *param_axis(study), SIZE_KEYS, n_boot),

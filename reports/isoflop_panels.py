@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import polars as pl
 
 from . import approaches, extrapolation, multiplier
-from .collect import Study
+from .collect import StudyResults
 from .panel import Panel, colors, layout, loss_column, param_axis, positive
 from .tables import Table
 
@@ -23,7 +23,7 @@ SYMBOLS = {approaches.APPROACHES[0]: "square", approaches.APPROACHES[1]: "circle
 EVIDENCE = "docs/reports.md#isoflop-approaches-multiplier-extrapolation"
 
 
-def _rows(study: Study) -> tuple[pl.DataFrame, str, str, str]:
+def _rows(study: StudyResults) -> tuple[pl.DataFrame, str, str, str]:
     """Completed trials with the columns the estimators need: N, D, L, F, seed, k."""
     n_col, n_name = param_axis(study)
     loss, loss_name = loss_column(study)
@@ -161,7 +161,7 @@ def extrapolation_panel(groups: dict[Any, dict[str, Any]], loss_name: str, n_boo
                  note="" if every else "no run could be predicted (see the table)", tables=[table], laws=laws)
 
 
-def isoflop_panels(study: Study, n_boot: int = 200, n_draws: int = 2000) -> list[Panel]:
+def isoflop_panels(study: StudyResults, n_boot: int = 200, n_draws: int = 2000) -> list[Panel]:
     """The section's panels ([] when the completed trials do not lie on isoFLOP lines)."""
     if study.finished.height == 0 or "flops_per_image" not in study.finished.columns:
         return []

@@ -14,7 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 import polars as pl
 
-from .collect import Study
+from .collect import StudyResults
 from .intervals import EVIDENCE
 from .panel import (
     Panel,
@@ -222,7 +222,7 @@ def law_note(analyses: Mapping[str, LawAnalysis], skipped: Sequence[str],
     return note.strip()
 
 
-def loss_scaling(study: Study, x: str, xtitle: str, exclude: Sequence[str], n_boot: int = 200) -> Panel:
+def loss_scaling(study: StudyResults, x: str, xtitle: str, exclude: Sequence[str], n_boot: int = 200) -> Panel:
     """Final loss vs ``x`` per configuration; a power law per group where the data identify one."""
     pid = "loss-vs-" + ("samples" if x == "samples_seen" else "params")
     lcol, ltitle = loss_column(study)
@@ -268,7 +268,7 @@ def verdicts(what: str, analyses: Mapping[str, LawAnalysis], skipped: Sequence[s
     return out
 
 
-def _schedules(study: Study) -> dict[str, str]:
+def _schedules(study: StudyResults) -> dict[str, str]:
     """LR schedule per config_hash: the ``pretrain.schedule`` column, else the study's default, else cosine
     (the only schedule before the key existed)."""
     res = study.results
@@ -288,7 +288,8 @@ def stable_phase(curve: pl.DataFrame, tol: float = 1e-3) -> pl.DataFrame | None:
     return stable if stable.get_column("samples_seen").n_unique() >= MIN_FIT_X else None
 
 
-def learning_curve_laws(study: Study, n_boot: int = 200, max_trials: int = 12, warmup_fraction: float = 0.1) -> Panel:
+def learning_curve_laws(study: StudyResults, n_boot: int = 200, max_trials: int = 12,
+                        warmup_fraction: float = 0.1) -> Panel:
     """Each finished trial's own pretraining curve, L(s) = E + A·s^-alpha, fitted past the warmup.
 
     Every study has these curves, even one with a single budget: they say how far each configuration's

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.colors import qualitative
 
-from .collect import REPLICATE_KEYS, Study
+from .collect import REPLICATE_KEYS, StudyResults
 from .tables import SAMPLE_KEYS, SIZE_KEYS, Table, label, mean_ci
 
 PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Dark24
@@ -44,7 +44,7 @@ def colors(labels: Sequence[str]) -> dict[str, str]:
     return {lab: PALETTE[i % len(PALETTE)] for i, lab in enumerate(dict.fromkeys(labels))}
 
 
-def group_keys(study: Study, exclude: Sequence[str] = ()) -> list[str]:
+def group_keys(study: StudyResults, exclude: Sequence[str] = ()) -> list[str]:
     return [k for k in study.swept if k not in exclude and k not in REPLICATE_KEYS]
 
 
@@ -56,7 +56,7 @@ def groups(df: pl.DataFrame, keys: Sequence[str]) -> list[tuple[str, pl.DataFram
     return [(label(keys, vals), part) for vals, part in parts.items()]
 
 
-def loss_column(study: Study) -> tuple[str, str]:
+def loss_column(study: StudyResults) -> tuple[str, str]:
     fin = study.finished
     if fin.height and fin.get_column("val_loss").is_not_null().all():
         return "val_loss", "final val loss"
@@ -90,7 +90,7 @@ def varies_within(parts: list[tuple[str, pl.DataFrame]], col: str, at_least: int
 
 
 
-def block_key(study: Study) -> str:
+def block_key(study: StudyResults) -> str:
     return next((k for k in study.swept if k.split(".")[-1] == "block_size"), "block_size")
 
 
@@ -129,7 +129,7 @@ ENCODER = ("n_params_encoder", "encoder parameters")
 WHOLE_MODEL = ("n_params", "parameters (whole model: the study scales the predictor and heads with the encoder)")
 
 
-def param_axis(study: Study) -> tuple[str, str]:
+def param_axis(study: StudyResults) -> tuple[str, str]:
     """(column, name) of the one parameter count the figures, laws and sentences use: the encoder's,
     unless the study scales the rest of the model with it (the non-encoder parameters vary along with the
     encoder's within a configuration), then the whole model's. A count that changes only with k (the pixel

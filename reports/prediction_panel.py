@@ -12,7 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .collect import Study
+from .collect import StudyResults
 from .panel import Panel
 
 
@@ -79,7 +79,7 @@ def prediction_grid(pictures: Pictures, title: str = "Next-block predictions pas
     return fig
 
 
-def predictions_panel(study: Study, pictures: Pictures | Callable[[Any], Pictures] | None) -> Panel:
+def predictions_panel(study: StudyResults, pictures: Pictures | Callable[[Any], Pictures] | None) -> Panel:
     pid, title = "predictions", "Predictions"
     if pictures is None:
         return Panel(pid, title, note="No prediction pictures: pass pictures=[(k, HxWxC array in [0, 1]), ...] "

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import tomli_w
 
 from xtra import studydir
 
@@ -33,6 +32,17 @@ def _n_params(width: int, depth: int) -> int:
 
 def _config_hash(cfg: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def study_toml(name: str, description: str, base: dict[str, Any], axes: dict[str, list[Any]]) -> str:
+    """The study.toml the runner would write for these axes (a ``seed`` axis: the study's seeds), through
+    the study file's own writer (``xtra.studies.spec.Study.to_toml``)."""
+    from xtra.studies.spec import Axis, Study
+
+    seeds = tuple(axes.get("seed", [0]))
+    swept = tuple(Axis(k, (k,), tuple({k: v} for v in values)) for k, values in axes.items() if k != "seed")
+    return Study(name=name, description=description, size="cpu-s", preset=None, source=name, base=dict(base),
+                 axes=swept, seeds=seeds).to_toml()
 
 
 @dataclass(frozen=True)
@@ -55,8 +65,7 @@ def write_trials(path: str | Path, *, name: str, axes: dict[str, list[Any]], bas
 
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
-    studydir.write_study_toml(root, tomli_w.dumps({"name": name, "description": "synthetic study from a known truth",
-                                                   "base": dict(base), "axes": dict(axes)}))
+    studydir.write_study_toml(root, study_toml(name, "synthetic study from a known truth", base, axes))
     for t in trials:
         tdir = td.path(root, t["config_hash"])
         tdir.mkdir(parents=True, exist_ok=True)
@@ -191,9 +200,7 @@ def make_study(
         "study", "trial_id", "config_hash", "step", "samples_seen", "loss", "lr", "wall_s")
 
     if write_spec:
-        spec = {"name": name, "description": "synthetic study for reports", "base": dict(base),
-                "axes": {k: list(v) if isinstance(v, tuple) else v for k, v in axes.items()}}
-        studydir.write_study_toml(root, tomli_w.dumps(spec))
+        studydir.write_study_toml(root, study_toml(name, "synthetic study for reports", base, axes))
     if layout in ("trials", "both"):  # the runner's layout: params.json, then trial.json or status.json
         swept_keys = ("model.block_size", "model.width", "pretrain.samples")
         from xtra import trialdir as td  # the one owner of the trial-directory layout

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from .collect import FINISHED, Study, sort_key
+from .collect import FINISHED, StudyResults, sort_key
 
 SAMPLE_KEYS = ("pretrain.samples",)
 SIZE_KEYS = ("size", "model.size", "model.width", "model.depth", "model.num_heads", "model.mlp_ratio",
@@ -159,7 +159,7 @@ class Table:
 # Slicing a study for one key
 
 
-def at_defaults(study: Study, df: pl.DataFrame, key: str,
+def at_defaults(study: StudyResults, df: pl.DataFrame, key: str,
                 exclude: Sequence[str] = ()) -> tuple[pl.DataFrame, list[str]]:
     """Hold every other swept key at its default where the study ran that default.
 
@@ -179,7 +179,7 @@ def at_defaults(study: Study, df: pl.DataFrame, key: str,
     return df, free
 
 
-def ablation_table(study: Study, key: str, level: float = 0.95) -> Table:
+def ablation_table(study: StudyResults, key: str, level: float = 0.95) -> Table:
     df, free = at_defaults(study, study.results, key)
     fin = df.filter(pl.col("status") == FINISHED)
     scale = top1_scale(study.finished)
@@ -247,11 +247,11 @@ def _delta(m: float, ref: float, scale: float, digits: str, is_default: bool) ->
     return f"{(m - ref) * scale:+{digits}}"
 
 
-def ablation_tables(study: Study) -> list[Table]:
+def ablation_tables(study: StudyResults) -> list[Table]:
     return [ablation_table(study, key) for key in study.swept if study.results.get_column(key).n_unique() > 1]
 
 
-def trials_table(study: Study, limit: int = 200) -> Table:
+def trials_table(study: StudyResults, limit: int = 200) -> Table:
     """One row per finished trial (first ``limit``), sorted by swept values then seed."""
     fin = study.finished.sort([*study.swept, "seed"], nulls_last=True) if study.finished.height else study.finished
     scale = top1_scale(study.finished)
@@ -272,7 +272,7 @@ def trials_table(study: Study, limit: int = 200) -> Table:
     return Table(title="Finished trials", columns=cols, rows=rows, note=note, id="table-trials")
 
 
-def failed_table(study: Study) -> Table | None:
+def failed_table(study: StudyResults) -> Table | None:
     bad = study.failed
     if bad.height == 0:
         return None

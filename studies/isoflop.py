@@ -14,7 +14,7 @@ D = C / F(N) from xtra's own training FLOPs per image (``xtra.costs.flops_per_im
 rounded to whole batches. The block size is left a crossed axis (the reports compare k on it); F moves
 with k by the pixel head only, so the line is defined at the smallest k swept and every other k is
 checked to stay on it. A trial more than ``MAX_OFF_LINE`` off its line is refused in one line; how far
-each line's trials are from it is what ``lines`` reports (``xtra study show``).
+each line's trials are from it is what ``xtra.studies.isoflop_lines.lines`` reports (``xtra study show``).
 
 The study.toml written into a study directory holds the expanded zip group, so a study resumes with
 the same trials without this module; the reports find the lines again from each trial's FLOPs.
@@ -137,41 +137,3 @@ def nominal_budgets(study: Any) -> list[float]:
     preset = raw.get("presets", {}).get(study.preset or "", {}).get("axes", {})
     values = preset.get(COMPUTE_AXIS, raw.get("axes", {}).get(COMPUTE_AXIS, []))
     return [float(v) for v in values] if isinstance(values, list) else []
-
-
-def lines(study: Any) -> list[str]:
-    """What ``xtra study show`` says of an isoFLOP grid: each line's compute, sizes, samples and how far
-    its trials are from it; then whether the grid supports the extrapolation test. [] for other studies."""
-    if not any(a.name == LINE_AXIS and "pretrain.samples" in a.keys for a in study.axes):
-        return []
-    specs = study.expand()
-    if not specs:
-        return []
-    from xtra.costs import n_params
-    from xtra.reports.approaches import group_lines
-
-    flops = [flops_per_image(s.config.model) * s.config.pretrain.samples for s in specs]
-    budgets = nominal_budgets(study)
-    if budgets:  # each trial on the line of the budget nearest its compute
-        index = [min(range(len(budgets)), key=lambda i: abs(math.log(f / budgets[i]))) for f in flops]
-    else:  # a resolved study: lines found again from the trials, centred on their geometric mean
-        index = group_lines(flops)
-    out = []
-    for line in sorted(set(index)):
-        members = [(s, f) for s, f, i in zip(specs, flops, index) if i == line]
-        centre = budgets[line] if budgets else math.exp(sum(math.log(f) for _, f in members) / len(members))
-        offs = [f / centre - 1 for _, f in members]
-        sizes: dict[int, int] = {}  # samples -> the smallest model trained them (k moves N by its pixel head)
-        for s, _ in members:
-            d = s.config.pretrain.samples
-            sizes[d] = min(sizes.get(d, n_params(s.config.model)), n_params(s.config.model))
-        shown = ", ".join(f"N={n / 1e6:.3g}M D={d:,}" for d, n in sorted(sizes.items(), reverse=True))
-        out.append(f"isoFLOP line C = {centre:.3g} FLOPs: {len(sizes)} sizes ({shown}); its trials lie within "
-                   f"{min(offs):+.2%} to {max(offs):+.2%} of it (samples rounded to whole batches)")
-    from xtra.reports.extrapolation import support_lines
-
-    line_k = min(s.config.model.block_size for s in specs)  # one k's grid: the others repeat it
-    points = [(n_params(s.config.model), s.config.pretrain.samples) for s in specs
-              if s.config.model.block_size == line_k]
-    out += support_lines(points)
-    return out

@@ -10,6 +10,7 @@ import itertools
 import math
 import re
 import tomllib
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from xtra.studies.parse import (
 )
 from xtra.studies.spec import (
     TOP_KEYS,
+    Axis,
     Study,
     StudyError,
     _check_workers,
@@ -123,13 +125,70 @@ def default_preset(path_or_name: str | Path) -> str | None:
     return raw.get("default_preset") or None
 
 
+@dataclass
+class _Draft:
+    """A study while its layers are applied (the file, its preset, --set): each value with where it came
+    from, so an error names the layer that set it."""
+
+    src: str
+    size: Any = "cpu-s"
+    size_label: str = ""
+    seeds: Any = 1
+    seeds_label: str = ""
+    base: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # dotted key -> where its value came from
+    axes: dict[str, Axis] = field(default_factory=dict)
+    axis_labels: dict[str, str] = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Any] | None = None
+    search_label: str = ""
+    kept: list[str] = field(default_factory=list)
+    set_texts: list[str] = field(default_factory=list)
+
+
 def load_study(path_or_name: str | Path, preset: str | None = None, sets: dict[str, Any] | list[str] | None = None,
                seeds: int | list[int] | None = None) -> Study:
     """Load, layer and validate a study. Raises StudyError (a ValueError) with one line."""
     path = resolve_path(path_or_name)
+    study, draft = _parse(path, preset, sets, seeds)
+    _check_runnable(study, draft)
+    return study
+
+
+def read_study_dir(study_dir: str | Path) -> Study | None:
+    """The resolved spec in a study directory's study.toml as a ``Study`` (None when there is none): parsed
+    and layered like ``load_study``, without building every trial's config, which the runner checked when
+    it wrote the file. What a report reads (``xtra.reports.collect``): it shows a study, it does not run it."""
+    path = Path(study_dir) / studydir.STUDY_TOML
+    if not path.is_file():
+        return None
+    return _parse(path, None, None, None)[0]
+
+
+def _parse(path: Path, preset: str | None, sets: dict[str, Any] | list[str] | None,
+           seeds: int | list[int] | None) -> tuple[Study, _Draft]:
+    """A study file (any path), its preset, --set and --seeds -> the typed ``Study``, in the precedence of
+    ``xtra.studies.spec``; the draft keeps where each value came from, for the checks that follow."""
     src = display_path(path)
     if path.parent == STUDIES_DIR and path.name != "study.toml":
         src = f"studies/{path.name}"
+    raw = _read_study_file(path, src)
+    name, description = _name_and_description(raw, path, src)
+    preset, layers = _choose_layers(raw, preset, src)
+    draft = _read_own(raw, src)
+    _apply_layers(draft, layers, raw)
+    _apply_sets(draft, parse_sets(sets) if isinstance(sets, (list, tuple)) else dict(sets or {}))
+    if seeds is not None:
+        draft.seeds, draft.seeds_label = seeds, f"{src}: --seeds"
+    if "zip" in raw:
+        draft.axes = _apply_zip(draft.axes, raw["zip"], f"{src}: zip", draft.axis_labels)
+    # a `compute` axis -> points on isoFLOP lines
+    draft.axes = expand_isoflop(draft.axes, draft.size, draft.base, src, draft.axis_labels)
+    _record_legacy_values(draft, stored="preset" in raw)
+    return _build(draft, name, description, preset, path), draft
+
+
+def _read_study_file(path: Path, src: str) -> dict[str, Any]:
     raw = _read_toml(path, src)
     if not raw:
         raise StudyError(f"{src}: the study file is empty (expected at least [axes] or a preset; "
@@ -137,7 +196,10 @@ def load_study(path_or_name: str | Path, preset: str | None = None, sets: dict[s
     for k in raw:
         if k not in TOP_KEYS:
             raise StudyError(f"{src}: unknown key {k!r} (allowed: {', '.join(TOP_KEYS)})")
+    return raw
 
+
+def _name_and_description(raw: dict[str, Any], path: Path, src: str) -> tuple[str, str]:
     name = raw.get("name", path.stem if path.name != "study.toml" else path.parent.name)
     description = raw.get("description", "")
     for key, v in (("name", name), ("description", description)):
@@ -145,8 +207,13 @@ def load_study(path_or_name: str | Path, preset: str | None = None, sets: dict[s
             raise StudyError(f"{src}: {key}={_fmt(v)}: must be a string")
     if not name.strip():
         raise StudyError(f"{src}: name={_fmt(name)}: a study needs a name (it names results, trials and reports)")
+    return name, description
 
-    # -- which preset ----------------------------------------------------------------------------
+
+def _choose_layers(raw: dict[str, Any], preset: str | None, src: str
+                   ) -> tuple[str | None, list[tuple[dict[str, Any], str]]]:
+    """Which preset, and the preset tables to apply over the file (shared first, then the study's own);
+    a resolved study.toml names its preset and has none left to apply."""
     resolved_preset = raw.get("preset") or None
     if resolved_preset is not None:  # a resolved study.toml: presets already applied
         if "presets" in raw:
@@ -154,183 +221,193 @@ def load_study(path_or_name: str | Path, preset: str | None = None, sets: dict[s
         if preset not in (None, resolved_preset):
             raise StudyError(f"{src}: already resolved with preset {resolved_preset!r}; "
                              f"run the original study file to use preset {preset!r}")
-        preset = resolved_preset
-        layers: list[tuple[dict[str, Any], str]] = []
-    else:
-        own = raw.get("presets", {})
-        if not isinstance(own, dict) or not all(isinstance(v, dict) for v in own.values()):
-            raise StudyError(f"{src}: presets must be tables ([presets.<name>])")
-        shared = _shared_presets()
-        if preset is None:
-            preset = raw.get("default_preset") or None
-        available = list(shared) + [n for n in own if n not in shared]
-        if preset is not None and preset not in available:
-            raise StudyError(f"{src}: preset {preset!r} is not defined "
-                             f"(allowed: {', '.join(available) if available else 'none'})")
-        layers = []
-        if preset is not None:
-            if preset in shared:
-                layers.append((shared[preset], f"{display_path(SHARED_PRESETS)}: presets.{preset}"))
-            if preset in own:
-                layers.append((own[preset], f"{src}: presets.{preset}"))
-    shared_label = f"{display_path(SHARED_PRESETS)}: presets."
+        return resolved_preset, []
+    own = raw.get("presets", {})
+    if not isinstance(own, dict) or not all(isinstance(v, dict) for v in own.values()):
+        raise StudyError(f"{src}: presets must be tables ([presets.<name>])")
+    shared = _shared_presets()
+    if preset is None:
+        preset = raw.get("default_preset") or None
+    available = list(shared) + [n for n in own if n not in shared]
+    if preset is not None and preset not in available:
+        raise StudyError(f"{src}: preset {preset!r} is not defined "
+                         f"(allowed: {', '.join(available) if available else 'none'})")
+    layers = []
+    if preset is not None:
+        if preset in shared:
+            layers.append((shared[preset], f"{display_path(SHARED_PRESETS)}: presets.{preset}"))
+        if preset in own:
+            layers.append((own[preset], f"{src}: presets.{preset}"))
+    return preset, layers
 
-    # -- base layers --------------------------------------------------------------------------
-    size = raw.get("size", "cpu-s")
-    size_label = f"{src}: size"
-    seeds_val: Any = raw.get("seeds", 1)
-    seeds_label = f"{src}: seeds"
-    base: dict[str, Any] = {}
-    labels: dict[str, str] = {}  # key -> where its value came from (for error messages)
+
+def _read_own(raw: dict[str, Any], src: str) -> _Draft:
+    """The study file's own values: size, seeds, [base], [axes], [resources], [search]."""
+    draft = _Draft(src=src, size=raw.get("size", "cpu-s"), size_label=f"{src}: size", seeds=raw.get("seeds", 1),
+                   seeds_label=f"{src}: seeds", search_label=f"{src}: search")
     base_node = raw.get("base", {})
     if not isinstance(base_node, dict):
         raise StudyError(f"{src}: base must be a table of dotted keys")
     for k, v in _flatten(base_node).items():
-        base[k], labels[k] = v, f"{src}: base.{k}"
-    axis_labels: dict[str, str] = {}
-    axes = _parse_axes(raw.get("axes", {}), f"{src}: axes", axis_labels)
-    res_node: dict[str, Any] = {}
+        draft.base[k], draft.labels[k] = v, f"{src}: base.{k}"
+    draft.axes = _parse_axes(raw.get("axes", {}), f"{src}: axes", draft.axis_labels)
     if "resources" in raw:
         _parse_resources(raw["resources"], f"{src}: resources")
-        res_node.update(raw["resources"])
-    search_node: dict[str, Any] | None = None
+        draft.resources.update(raw["resources"])
     if "search" in raw:
         if not isinstance(raw["search"], dict):
             raise StudyError(f"{src}: search must be a table")
-        search_node = dict(raw["search"])
-    search_label = f"{src}: search"
+        draft.search = dict(raw["search"])
+    return draft
 
-    # A study file means what it says: its own size and [base] win over the shared presets (which fill
-    # in what it leaves out); its own [presets.*], --set and axes win over both. Each shared value not
-    # applied is listed in one line (`xtra study show` prints them).
-    kept: list[str] = []
+
+def _apply_layers(draft: _Draft, layers: list[tuple[dict[str, Any], str]], raw: dict[str, Any]) -> None:
+    """A study file means what it says: its own size and [base] win over the shared presets (which fill
+    in what it leaves out); its own [presets.*], --set and axes win over both. Each shared value not
+    applied is listed in one line (`xtra study show` prints them)."""
+    src, shared_label = draft.src, f"{display_path(SHARED_PRESETS)}: presets."
     for layer, lab in layers:
         from_shared = lab.startswith(shared_label)
         for k, v in layer.items():
             if k == "size" and from_shared and "size" in raw:
-                if v != size:
-                    kept.append(f"size={_fmt(size)} from {src} kept ({lab}.size={_fmt(v)} not applied)")
+                if v != draft.size:
+                    draft.kept.append(f"size={_fmt(draft.size)} from {src} kept ({lab}.size={_fmt(v)} not applied)")
             elif k == "size":
-                size, size_label = v, f"{lab}.size"
+                draft.size, draft.size_label = v, f"{lab}.size"
             elif k == "seeds":
-                seeds_val, seeds_label = v, f"{lab}.seeds"
+                draft.seeds, draft.seeds_label = v, f"{lab}.seeds"
             elif k == "axes":
-                axes.update(_parse_axes(v, f"{lab}.axes", axis_labels))
+                draft.axes.update(_parse_axes(v, f"{lab}.axes", draft.axis_labels))
             elif k == "resources":
                 _parse_resources(v, f"{lab}.resources")
-                res_node.update(v)
+                draft.resources.update(v)
             elif k == "search":
-                if not isinstance(v, dict):
-                    raise StudyError(f"{lab}.search: must be a table")
-                if search_node is None:
-                    raise StudyError(f"{lab}.search: the study has no [search] to adjust")
-                merged = {**search_node, **{kk: vv for kk, vv in v.items() if kk != "space"}}
-                if "space" in v:
-                    merged["space"] = {**_flatten_space(search_node.get("space", {})), **_flatten_space(v["space"])}
-                search_node, search_label = merged, f"{lab}.search"
+                _adjust_search(draft, v, lab)
             else:
                 for kk, vv in (_flatten(v, f"{k}.") if isinstance(v, dict) else {k: v}).items():
-                    if from_shared and labels.get(kk, "").startswith(f"{src}: base."):
-                        if vv != base[kk]:
-                            kept.append(f"{kk}={_fmt(base[kk])} from {src} [base] kept ({lab}.{kk}={_fmt(vv)} "
-                                        f"not applied)")
+                    if from_shared and draft.labels.get(kk, "").startswith(f"{src}: base."):
+                        if vv != draft.base[kk]:
+                            draft.kept.append(f"{kk}={_fmt(draft.base[kk])} from {src} [base] kept "
+                                              f"({lab}.{kk}={_fmt(vv)} not applied)")
                         continue
-                    base[kk], labels[kk] = vv, f"{lab}.{kk}"
+                    draft.base[kk], draft.labels[kk] = vv, f"{lab}.{kk}"
 
-    # -- --set ----------------------------------------------------------------------------------
-    set_items = parse_sets(sets) if isinstance(sets, (list, tuple)) else dict(sets or {})
-    set_texts: list[str] = []
+
+def _adjust_search(draft: _Draft, node: Any, lab: str) -> None:
+    """A preset's [search] table: its keys replace the study's, its space entries join the study's space."""
+    if not isinstance(node, dict):
+        raise StudyError(f"{lab}.search: must be a table")
+    if draft.search is None:
+        raise StudyError(f"{lab}.search: the study has no [search] to adjust")
+    merged = {**draft.search, **{k: v for k, v in node.items() if k != "space"}}
+    if "space" in node:
+        merged["space"] = {**_flatten_space(draft.search.get("space", {})), **_flatten_space(node["space"])}
+    draft.search, draft.search_label = merged, f"{lab}.search"
+
+
+def _apply_sets(draft: _Draft, set_items: dict[str, Any]) -> None:
+    """``--set KEY=VALUE``: a config key, an axis (or ``axes.NAME``), size, seeds, resources.* or search.*."""
+    src = draft.src
     for key, value in set_items.items():
         lab = f"{src}: --set {key}"
-        set_texts.append(f"{key}={_fmt(value)}")
+        draft.set_texts.append(f"{key}={_fmt(value)}")
         if key == "size":
-            size, size_label = value, lab
+            draft.size, draft.size_label = value, lab
         elif key == "seeds":
-            seeds_val, seeds_label = value, lab
+            draft.seeds, draft.seeds_label = value, lab
         elif key.startswith("search."):
-            if search_node is None:
-                raise StudyError(f"{lab}={_fmt(value)}: the study has no [search]")
-            sub = key[len("search."):]
-            if sub.startswith("space."):
-                space = _flatten_space(search_node.get("space", {}))
-                space[sub[len("space."):]] = value
-                search_node = {**search_node, "space": space}
-            else:
-                search_node = {**search_node, sub: value}
-            search_label = f"{src}: --set search"
+            _set_search(draft, key[len("search."):], value, lab)
         elif key.startswith("resources."):
             _parse_resources({key.split(".", 1)[1]: value}, f"{src}: --set resources")
-            res_node[key.split(".", 1)[1]] = value
+            draft.resources[key.split(".", 1)[1]] = value
         elif key.startswith("axes."):
             axis_name = key[len("axes."):]
-            axes[axis_name] = _parse_axis(axis_name, value if isinstance(value, list) else [value], lab)
-            axis_labels[axis_name] = lab
-        elif key in axes and not axes[key].zipped:
+            draft.axes[axis_name] = _parse_axis(axis_name, value if isinstance(value, list) else [value], lab)
+            draft.axis_labels[axis_name] = lab
+        elif key in draft.axes and not draft.axes[key].zipped:
             single = not isinstance(value, list) or (_is_tuple_key(key) and not any(isinstance(v, list) for v in value))
-            axes[key] = _parse_axis(key, [value] if single else value, lab)
-            axis_labels[key] = lab
+            draft.axes[key] = _parse_axis(key, [value] if single else value, lab)
+            draft.axis_labels[key] = lab
         else:
-            zipped = [a.name for a in axes.values() if a.zipped and key in a.keys]
+            zipped = [a.name for a in draft.axes.values() if a.zipped and key in a.keys]
             if zipped:
                 raise StudyError(f"{lab}={_fmt(value)}: {key} is swept by the zip group {zipped[0]!r}; "
                                  f"replace the group with --set axes.{zipped[0]}=[{{...}}, ...]")
             _check_config_key(key, f"{lab}={_fmt(value)}")
-            base[key], labels[key] = value, lab
-    if seeds is not None:
-        seeds_val, seeds_label = seeds, f"{src}: --seeds"
-    if "zip" in raw:
-        axes = _apply_zip(axes, raw["zip"], f"{src}: zip", axis_labels)
-    axes = expand_isoflop(axes, size, base, src, axis_labels)  # a `compute` axis -> points on isoFLOP lines
+            draft.base[key], draft.labels[key] = value, lab
 
-    # Keys that changed what a trial trains (xtra.config.LEGACY_VALUES): a resolved study.toml that lacks
-    # one was run before it existed, so its trials keep the rule they were trained under; a study
-    # resolved now records today's default, so it resumes under the same rule.
-    swept = {k for axis in axes.values() for k in axis.keys}
-    swept |= set(_flatten_space(search_node.get("space", {}))) if search_node else set()
-    for key, value in recorded_values(stored="preset" in raw).items():
-        if key not in base and key not in swept:
-            base[key], labels[key] = value, f"{src}: {key} (recorded)"
 
-    # -- validate -------------------------------------------------------------------------------
-    if not isinstance(size, str) or size not in SIZES:
-        raise StudyError(f"{size_label}={_fmt(size)}: unknown size (allowed: {', '.join(SIZES)})")
-    seed_list = _parse_seeds(seeds_val, seeds_label)
-    if "seed" in base:
-        raise StudyError(f"{labels['seed']}={_fmt(base['seed'])}: set seeds with `seeds = ...` or --seeds, "
-                         f"not the seed key")
-    resources = _parse_resources(res_node, f"{src}: resources")
-    search = _parse_search(search_node, search_label) if search_node is not None else None
+def _set_search(draft: _Draft, sub: str, value: Any, lab: str) -> None:
+    if draft.search is None:
+        raise StudyError(f"{lab}={_fmt(value)}: the study has no [search]")
+    if sub.startswith("space."):
+        space = _flatten_space(draft.search.get("space", {}))
+        space[sub[len("space."):]] = value
+        draft.search = {**draft.search, "space": space}
+    else:
+        draft.search = {**draft.search, sub: value}
+    draft.search_label = f"{draft.src}: --set search"
+
+
+def _record_legacy_values(draft: _Draft, stored: bool) -> None:
+    """Keys that changed what a trial trains (xtra.config.LEGACY_VALUES): a resolved study.toml that lacks
+    one was run before it existed, so its trials keep the rule they were trained under; a study resolved
+    now records today's default, so it resumes under the same rule."""
+    swept = {k for axis in draft.axes.values() for k in axis.keys}
+    swept |= set(_flatten_space(draft.search.get("space", {}))) if draft.search else set()
+    for key, value in recorded_values(stored=stored).items():
+        if key not in draft.base and key not in swept:
+            draft.base[key], draft.labels[key] = value, f"{draft.src}: {key} (recorded)"
+
+
+def _build(draft: _Draft, name: str, description: str, preset: str | None, path: Path) -> Study:
+    """Validate the layered values that need no trial config (size, seeds, resources, search, axes) and
+    make the ``Study``."""
+    src = draft.src
+    if not isinstance(draft.size, str) or draft.size not in SIZES:
+        raise StudyError(f"{draft.size_label}={_fmt(draft.size)}: unknown size (allowed: {', '.join(SIZES)})")
+    seed_list = _parse_seeds(draft.seeds, draft.seeds_label)
+    if "seed" in draft.base:
+        raise StudyError(f"{draft.labels['seed']}={_fmt(draft.base['seed'])}: set seeds with `seeds = ...` or "
+                         f"--seeds, not the seed key")
+    resources = _parse_resources(draft.resources, f"{src}: resources")
+    search = _parse_search(draft.search, draft.search_label) if draft.search is not None else None
     if search is not None:
-        if axes:
-            raise StudyError(f"{src}: axes.{next(iter(axes))}: a search study cannot also have axes "
+        if draft.axes:
+            raise StudyError(f"{src}: axes.{next(iter(draft.axes))}: a search study cannot also have axes "
                              f"(fix the value in [base] or add it to search.space as a choice)")
         if len(seed_list) != 1:
-            raise StudyError(f"{seeds_label}={_fmt(seeds_val)}: a search study runs one seed")
+            raise StudyError(f"{draft.seeds_label}={_fmt(draft.seeds)}: a search study runs one seed")
     axis_keys: dict[str, str] = {}
-    for axis in axes.values():
+    for axis in draft.axes.values():
         for k in axis.keys:
             if k in axis_keys:
                 raise StudyError(f"{src}: axes.{axis.name}: {k} is already swept by axis {axis_keys[k]!r}")
             axis_keys[k] = axis.name
+    return Study(name=name, description=description, size=draft.size, preset=preset, source=src, base=draft.base,
+                 axes=tuple(draft.axes.values()), seeds=seed_list, resources=resources, search=search,
+                 sets=tuple(draft.set_texts), path=path, kept=tuple(draft.kept))
 
-    n_trials = len(seed_list) * math.prod(len(a.values) for a in axes.values())
+
+def _check_runnable(study: Study, draft: _Draft) -> None:
+    """What running the study needs: a bounded grid, every trial's config valid, the workers' batch split,
+    a halving ladder that fits the recipe."""
+    n_trials = len(study.seeds) * math.prod(len(a.values) for a in study.axes)
     if n_trials > MAX_TRIALS:
-        raise StudyError(f"{src}: {n_trials:,} trials ({len(seed_list)} seed(s) x the axes' values; allowed: at most "
-                         f"{MAX_TRIALS:,} in one study)")
-    study = Study(name=name, description=description, size=size, preset=preset, source=src, base=base,
-                  axes=tuple(axes.values()), seeds=seed_list, resources=resources, search=search,
-                  sets=tuple(set_texts), path=path, kept=tuple(kept))
-    _validate(study, labels, axis_labels)
+        raise StudyError(f"{study.source}: {n_trials:,} trials ({len(study.seeds)} seed(s) x the axes' values; "
+                         f"allowed: at most {MAX_TRIALS:,} in one study)")
+    base = _check_base(study, draft.labels)
+    _check_axes(study, base, draft.axis_labels)
     _check_workers(study)
-    if search is not None and search.halving:  # its rungs against the recipe (xtra.studies.halving)
+    if study.search is not None and study.search.halving:  # its rungs against the recipe (xtra.studies.halving)
         from xtra.studies.halving import check as check_halving
 
         check_halving(study)
-    return study
 
 
-def _validate(study: Study, labels: dict[str, str], axis_labels: dict[str, str]) -> None:
-    """Build every config once so that a bad value fails here, with its origin, not inside a trial."""
+def _check_base(study: Study, labels: dict[str, str]) -> TrialConfig:
+    """The base config, each key checked alone first so that a bad value fails here with its origin,
+    not inside a trial."""
     src = study.source
     try:
         root = TrialConfig(model=model_config(study.size))
@@ -354,7 +431,13 @@ def _validate(study: Study, labels: dict[str, str], axis_labels: dict[str, str])
             key = named[0]
             raise StudyError(f"{labels.get(key, src + ': base.' + key)}={_fmt(study.base[key])}: {msg}") from None
         raise StudyError(f"{src}: base: {msg}") from None
-    # each axis value alone on the base
+    return base
+
+
+def _check_axes(study: Study, base: TrialConfig, axis_labels: dict[str, str]) -> None:
+    """Build every trial's config once (each axis value alone, then every combination: a width that only
+    fails with one head count), no two alike; and a search space's corners and choices."""
+    src = study.source
     for axis in study.axes:
         for i, value in enumerate(axis.values):
             try:
@@ -363,7 +446,6 @@ def _validate(study: Study, labels: dict[str, str], axis_labels: dict[str, str])
                 lab = axis_labels.get(axis.name, f"{src}: axes.{axis.name}")
                 shown = f"={_fmt(value[axis.name])}" if not axis.zipped else f"[{i}]={_fmt(value)}"
                 raise StudyError(f"{lab}{shown}: {_one_line(e)}") from None
-    # every combination (e.g. a width that only fails with one head count); no two alike
     hashes: dict[str, str] = {}
     for seed in study.seeds:
         for combo in itertools.product(*(axis.values for axis in study.axes)):

@@ -83,7 +83,7 @@ from xtra.studydir import StudyError
 TOP_KEYS = ("name", "description", "size", "seeds", "default_preset", "base", "axes", "zip", "resources",
             "presets", "search", "preset", "source", "sets")
 PRESET_KEYS = ("size", "seeds", "axes", "resources", "search")  # everything else: dotted overrides
-RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "workers_per_trial", "loggers")
+RESOURCE_TABLE_KEYS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "workers_per_trial", "loggers")
 LOGGERS = ("tensorboard", "mlflow", "wandb")  # experiment trackers (xtra.studies.ray.tuner.tracker_callbacks)
 DEFAULT_LOGGERS = ("tensorboard",)  # cheap (bench: orchestration), so on unless a study says loggers = []
 SEARCH_KEYS = ("kind", "metric", "mode", "num_samples", "space", "asha", "grace_samples", "seed", "sampler", "eta",
@@ -294,7 +294,7 @@ class Study:
             "axes": {k: [v[k] for v in a.values] for a in self.axes for k in a.keys},
             "zip": {a.name: list(a.keys) for a in self.axes if a.zipped},
             "resources": {k: list(v) if isinstance(v := getattr(self.resources, k), tuple) else v
-                          for k in RESOURCE_KEYS},
+                          for k in RESOURCE_TABLE_KEYS},
         }
         if not doc["zip"]:
             del doc["zip"]
@@ -351,8 +351,8 @@ def _parse_resources(node: Any, label: str) -> Resources:
     if not isinstance(node, dict):
         raise StudyError(f"{label}: must be a table")
     for k, v in node.items():
-        if k not in RESOURCE_KEYS:
-            raise StudyError(f"{label}.{k}: unknown key (allowed: {', '.join(RESOURCE_KEYS)})")
+        if k not in RESOURCE_TABLE_KEYS:
+            raise StudyError(f"{label}.{k}: unknown key (allowed: {', '.join(RESOURCE_TABLE_KEYS)})")
         number = isinstance(v, (int, float)) and not isinstance(v, bool)
         if k == "max_concurrent":
             if not (isinstance(v, int) and not isinstance(v, bool)) or v < 0:

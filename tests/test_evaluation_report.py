@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 
 from xtra.reports.build import build_report
-from xtra.reports.collect import load_study
+from xtra.reports.collect import collect_results
 from xtra.reports.evaluation import evaluation
 from xtra.reports.synthetic import make_study
 
@@ -19,9 +19,9 @@ BUDGETS = (5000, 10000, 20000, 40000)
 def test_sample_efficiency_comes_from_completed_budgets_and_checkpoints_are_learning_curves(tmp_path: Path) -> None:
     root = make_study(tmp_path / "s", block_sizes=(1, 2, 4), seeds=(0, 1, 2), samples=BUDGETS,
                       probe_points=(0.25, 0.5, 0.75), layout="both", n_curve_rows=5)
-    study = load_study(root)
+    study = collect_results(root)
     assert study.probes.height == 3 * 3 * 4 * 4 * 2  # trials x checkpoints x kinds
-    from_trials = load_study(make_study(tmp_path / "t", block_sizes=(1, 2, 4), seeds=(0, 1, 2), samples=BUDGETS,
+    from_trials = collect_results(make_study(tmp_path / "t", block_sizes=(1, 2, 4), seeds=(0, 1, 2), samples=BUDGETS,
                                         probe_points=(0.25, 0.5, 0.75), layout="trials", n_curve_rows=5))
     cols = ["config_hash", "samples", "kind", "top1"]
     assert study.probes.select(cols).sort(cols).equals(from_trials.probes.select(cols).sort(cols))
@@ -51,7 +51,7 @@ def test_checkpoints_of_one_budget_give_no_sample_ratio(tmp_path: Path) -> None:
     """Probe points along one cosine run per trial (the old cpu preset): learning curves, and no ratio."""
     root = make_study(tmp_path / "s", block_sizes=(1, 2, 4), seeds=(0, 1), probe_points=(0.25, 0.5, 0.75),
                       n_curve_rows=5)
-    panels, _, sentences = evaluation(load_study(root))
+    panels, _, sentences = evaluation(collect_results(root))
     assert next(p for p in panels if p.id == "probe-curves-linear").figure is not None
     assert not [s for s in sentences if "fewer samples" in s or "never reaches" in s], sentences
 
@@ -73,7 +73,7 @@ def test_a_suite_gets_a_per_dataset_table_with_its_average(tmp_path: Path) -> No
     probes = pl.read_parquet(root / "probes.parquet")
     other = probes.with_columns(pl.lit("digits").alias("dataset"), (pl.col("top1") - 0.1).alias("top1"))
     pl.concat([probes, other]).write_parquet(root / "probes.parquet")
-    _, tables, _ = evaluation(load_study(root))
+    _, tables, _ = evaluation(collect_results(root))
     linear = next(t for t in tables if t.id == "table-suite-linear")
     assert sorted(linear.columns) == ["average", "digits", "fashion-mnist", "trial_id"]
     for row in linear.rows:
@@ -103,13 +103,13 @@ def test_wsd_vs_cosine_per_budget_is_paired_by_seed() -> None:
 
 def test_a_probe_still_improving_at_its_last_epoch_is_flagged(tmp_path: Path) -> None:
     root = make_study(tmp_path / "s", block_sizes=(1, 2), probe_points=(0.5,), layout="parquet", n_curve_rows=5)
-    assert not any("Still improving" in s for s in evaluation(load_study(root))[2])
+    assert not any("Still improving" in s for s in evaluation(collect_results(root))[2])
     probes = pl.read_parquet(root / "probes.parquet")
     last = pl.col("samples") == pl.col("samples").max().over("config_hash")
     flag = (pl.col("kind") == "attentive") & last & (pl.col("config_hash") == probes["config_hash"][0])
     probes.with_columns(pl.when(flag).then(True).otherwise(pl.col("still_improving")).alias("still_improving")) \
         .write_parquet(root / "probes.parquet")
-    study = load_study(root)
+    study = collect_results(root)
     (said,) = [s for s in evaluation(study)[2] if "Still improving" in s]
     trial = study.finished.filter(pl.col("config_hash") == probes["config_hash"][0])["trial_id"][0]
     assert f"attentive on fashion-mnist of {trial} (" in said and said.count(" of ") == 1, said

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from xtra.cli.study import app
 from xtra.costs import flops_per_image
 from xtra.schedule import plan_trunks
-from xtra.studies.isoflop import MAX_OFF_LINE, lines, nominal_budgets
+from xtra.studies.isoflop import MAX_OFF_LINE, nominal_budgets
+from xtra.studies.isoflop_lines import lines
 from xtra.studies.load import load_study
 from xtra.studies.spec import StudyError
 

@@ -2,8 +2,8 @@
 others (docs/design.md, "Layers").
 
 Every module (``xtra/``, ``reports/``, ``studies/``, ``cli/`` and ``scripts/``) belongs to one level of
-LEVELS, lowest first, and may import only its own level and the ones below. The four layers (core <
-reports < studies < entry points) are groups of levels, so core's own order (eight import levels), a
+LEVELS, lowest first, and may import only its own level and the ones below. The five layers (core <
+study files < reports < studies < entry points) are groups of levels, so core's own order (eight import levels), a
 package against the modules around it (``xtra.storage``, ``xtra.studies.ray``) and the scripts are all
 held to it. Imports inside functions count; so do imports under ``if TYPE_CHECKING:`` (a type-only
 import is still a dependency in that direction); only its body is type-only, never its ``else:``.
@@ -26,15 +26,18 @@ LEVELS = (
     ("config", "core", ("xtra.config", "xtra.costs", "xtra.schedule", "xtra.overrides")),
     ("model and storage", "core", ("xtra.model", "xtra.storage")),
     ("data", "core", ("xtra.data",)),
-    ("records", "core", ("xtra.trialdir", "xtra.checkpoint", "xtra.lease", "xtra.studydir")),
+    ("records", "core", ("xtra.trialdir", "xtra.checkpoint", "xtra.lease", "xtra.results", "xtra.studydir")),
     ("training", "core", ("xtra.pretrain", "xtra.probe", "xtra.official", "xtra.pictures")),
     ("trial", "core", ("xtra.trial",)),
     ("benchmarks", "core", ("xtra.benchmarks",)),  # `xtra bench`'s package: the library never imports it
+    # The study file, parsed once into one typed Study that the reports read too: below the reports.
+    ("study files", "study files", ("xtra.studies",)),
     ("reports", "reports", ("xtra.reports",)),
-    ("study files", "studies", ("xtra.studies",)),
+    ("study summaries", "studies", ("xtra.studies.isoflop_lines",)),  # `xtra study show`, with the reports' estimators
     ("ray", "studies", ("xtra.studies.ray",)),
     ("runner", "studies", ("xtra.studies.runner",)),
-    ("study benchmarks", "studies", ("xtra.studies.bench", "xtra.studies.wsd_bench", "xtra.studies.halving_bench")),
+    ("study benchmarks", "studies", ("xtra.studies.bench", "xtra.studies.wsd_bench", "xtra.studies.halving_bench",
+                                     "xtra.studies.fault_campaign", "xtra.studies.fault_checks")),
     ("entry points", "entry", ("xtra.cli", "scripts")),
 )
 NOTEBOOK_API = "xtra"  # xtra/__init__.py: the entry points for notebooks, above everything
@@ -150,9 +153,12 @@ def test_levels_import_only_downwards():
 
 
 def test_reports_and_core_never_import_the_study_runner_or_ray():
+    """Core imports nothing of the studies; the reports only the study files (the typed Study)."""
     for m, deps in GRAPH.items():
-        if layer(m) in ("core", "reports"):
+        if layer(m) == "core":
             assert not [d for d in deps if d.startswith("xtra.studies")], m
+        if layer(m) in ("study files", "reports"):
+            assert not [d for d in deps if d.startswith("xtra.studies") and layer(d) != "study files"], m
 
 
 def test_only_benchmarks_and_entry_points_import_the_benchmarks():
@@ -239,3 +245,11 @@ def test_scripts_are_in_the_graph(tmp_path):
     assert all(layer(m) == "entry" for m in MODULES if m.startswith("scripts."))
     graph = _planted(tmp_path, {"xtra/data/planted.py": "def f():\n    import scripts.lock\n"})
     assert upward_imports(graph) == ["xtra.data.planted (data) imports scripts.lock (entry points)"]
+
+
+def test_a_study_file_importing_the_reports_is_seen():
+    """The study files sit below the reports (which read the typed Study): isoflop's `show` lines, which
+    ask the reports' estimators, live above them in xtra.studies.isoflop_lines."""
+    graph = {**GRAPH, "xtra.studies.isoflop": GRAPH["xtra.studies.isoflop"] | {"xtra.reports.approaches"}}
+    assert "xtra.studies.isoflop (study files) imports xtra.reports.approaches (reports)" in upward_imports(graph)
+    assert "xtra.reports.approaches" in GRAPH["xtra.studies.isoflop_lines"]

@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from xtra.cli.report import app
 from xtra.config import SIZES
 from xtra.reports.build import bench_report, build_report, compare_reports
-from xtra.reports.collect import RESULT_COLUMNS, StudyError, load_study
+from xtra.reports.collect import RESULT_COLUMNS, StudyError, collect_results
 from xtra.reports.prediction_panel import prediction_grid
 from xtra.reports.synthetic import make_study
 
@@ -165,7 +165,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_collect_reads_parquet_with_spec(grid: Path) -> None:
-    study = load_study(grid)
+    study = collect_results(grid)
     raw = pl.read_parquet(grid / "results.parquet")
     assert study.source == "parquet" and study.name == "grid"
     assert study.swept == ["model.block_size", "model.width", "pretrain.samples"]
@@ -185,7 +185,7 @@ def test_per_trial_fallback_matches_parquet(tmp_path: Path) -> None:
     shutil.copytree(both, mid)
     (mid / "results.parquet").unlink()
     (mid / "curves.parquet").unlink()
-    a, b = load_study(both), load_study(mid)
+    a, b = collect_results(both), collect_results(mid)
     assert (a.source, b.source) == ("parquet", "trials")
     assert any("results.parquet is missing" in n for n in b.notes)
     cols = sorted(set(RESULT_COLUMNS) | {"model.block_size"})
@@ -207,7 +207,7 @@ def test_per_trial_fallback_matches_parquet(tmp_path: Path) -> None:
                                                      "params": {"model.block_size": 8}}))
     (running / "metrics.jsonl").write_text('{"step": 1, "samples_seen": 128, "loss": 2.5, "lr": 0.001, '
                                            '"wall_s": 0.5}\n')
-    c = load_study(mid)
+    c = collect_results(mid)
     assert c.results.height == a.results.height + 1
     row = c.results.filter(pl.col("config_hash") == "feedfacecafe").row(0, named=True)
     assert (row["status"], row["trial_id"], row["model.block_size"], row["samples_seen"]) == (
@@ -220,14 +220,14 @@ def test_per_trial_fallback_matches_parquet(tmp_path: Path) -> None:
 def test_running_study_reads_trial_files(tmp_path: Path) -> None:
     """A resumed run holds study.lock: its trial files, not the earlier parquet, are the current state."""
     root = make_study(tmp_path / "s", block_sizes=(1, 2), layout="both", n_curve_rows=5)
-    assert load_study(root).source == "parquet"
+    assert collect_results(root).source == "parquet"
     some = next((root / "trials").iterdir())
     result = json.loads((some / "trial.json").read_text())
     result["linear_top1"] = 0.999
     (some / "trial.json").write_text(json.dumps(result))
-    assert load_study(root).results.filter(pl.col("config_hash") == some.name)["linear_top1"].item() != 0.999
+    assert collect_results(root).results.filter(pl.col("config_hash") == some.name)["linear_top1"].item() != 0.999
     (root / "study.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "heartbeat": time.time()}))
-    study = load_study(root)
+    study = collect_results(root)
     assert study.source == "trials" and any("study.lock" in n for n in study.notes)
     assert study.results.filter(pl.col("config_hash") == some.name)["linear_top1"].item() == 0.999
 
@@ -244,7 +244,7 @@ def test_resolved_spec_zip_groups_and_size_defaults(tmp_path: Path) -> None:
         '[base]\n"pretrain.samples" = 20000\n'
         f'[axes]\n"model.width" = [{w // 2}, {w}, {2 * w}]\n"model.num_heads" = [1, 2, 4]\n'
         '[zip]\nwidth = ["model.width", "model.num_heads"]\n')
-    study = load_study(root)
+    study = collect_results(root)
     assert study.swept == ["model.width"] and study.companions == {"model.width": ["model.num_heads"]}
     assert study.default("model.width") == w  # the size preset's width, not TrialConfig's
     index = build_report(root, n_boot=0)
@@ -255,17 +255,17 @@ def test_resolved_spec_zip_groups_and_size_defaults(tmp_path: Path) -> None:
 
 def test_collect_without_spec_infers_swept_keys(tmp_path: Path) -> None:
     root = make_study(tmp_path / "nospec", block_sizes=(2, 4), widths=(64, 128), write_spec=False)
-    study = load_study(root)
+    study = collect_results(root)
     assert study.swept == ["model.block_size", "model.width"]  # pretrain.samples is constant
     assert any("no study.toml" in n for n in study.notes)
 
 
 def test_bad_study_dirs_raise_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(StudyError, match="does not exist"):
-        load_study(tmp_path / "nope")
+        collect_results(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(StudyError, match="no results.parquet"):
-        load_study(tmp_path / "empty")
+        collect_results(tmp_path / "empty")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,7 +367,7 @@ def test_minimal_schema_and_corrupt_parquet(tmp_path: Path) -> None:
         "model.block_size": [1, 2, 4], "block_size": [1, 2, 4], "train_loss": [0.5, 0.45, None],
         "linear_top1": [0.61, float("nan"), None],
     }).write_parquet(root / "results.parquet")
-    study = load_study(root)
+    study = collect_results(root)
     assert study.swept == ["model.block_size"] and study.results["attentive_top1"].null_count() == 3
     page = build_report(root, n_boot=0).read_text()
     assert figures_in(page) == []  # no curves, and probe results for one block size only
@@ -379,7 +379,7 @@ def test_minimal_schema_and_corrupt_parquet(tmp_path: Path) -> None:
 
     (root / "results.parquet").write_bytes(b"not a parquet file")
     with pytest.raises(StudyError, match="cannot read"):
-        load_study(root)
+        collect_results(root)
     res = CliRunner().invoke(app, ["build", str(root)])
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1 and str(root) in res.output
 

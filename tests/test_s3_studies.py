@@ -253,7 +253,7 @@ def test_kill_driver_delete_copy_resume_from_uri(cluster_study: dict, hashes: di
     res = CliRunner().invoke(study_app, ["status", str(out)])
     assert res.exit_code == 0 and "1 finished · 0 running · 1 interrupted · 0 failed · 0 pending" in res.output, \
         res.output
-    from xtra.reports.collect import load_study as collect
+    from xtra.reports.collect import collect_results as collect
 
     seen = {r["config_hash"]: r["status"] for r in collect(out).results.to_dicts()}
     assert seen == {finished: "finished", unfinished: "interrupted"}, seen

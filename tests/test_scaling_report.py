@@ -16,7 +16,7 @@ import pytest
 from test_reports import dump_dom, figures_in, md_table, needs_chromium, skipped_in
 
 from xtra.reports.build import build_report
-from xtra.reports.collect import load_study
+from xtra.reports.collect import collect_results
 from xtra.reports.law_panels import loss_scaling
 from xtra.reports.scaling import FORMS_2D
 from xtra.reports.synthetic import TRUE_LAW, make_study
@@ -160,7 +160,7 @@ def test_a_diverging_band_does_not_set_the_axis(tmp_path: Path) -> None:
     loss = 5.0 * s**-0.3 * np.exp(np.random.default_rng(2).normal(0.0, 0.2, len(s)))
     res.with_columns(pl.Series("train_loss", loss), pl.Series("val_loss", loss)).write_parquet(
         root / "results.parquet")
-    panel = loss_scaling(load_study(root), "samples_seen", "samples seen", SAMPLE_KEYS, n_boot=N_BOOT)
+    panel = loss_scaling(collect_results(root), "samples_seen", "samples seen", SAMPLE_KEYS, n_boot=N_BOOT)
     fig = json.loads(pio.to_json(panel.figure))  # what the page embeds
     bands = [t for t in fig["data"] if t.get("fill") == "toself"]
     assert bands, "the test needs a drawn law with a band"

@@ -219,7 +219,7 @@ def test_plan_reuses_finished_continues_interrupted_and_reprobes_a_new_protocol(
 def test_status_and_report_agree_on_every_trial(tmp_path: Path) -> None:
     """Finished, failed, interrupted (killed driver) and pending trials, read by `xtra study status`'s
     state module and by the report's collector."""
-    from xtra.reports.collect import load_study as collect
+    from xtra.reports.collect import collect_results as collect
 
     study = load_study("block-size", preset="smoke", seeds=3)
     specs = study.expand()

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..collect import load_study
+from ..collect import collect_results
 from ..scaling import FORMS_1D, FORMS_2D, AffineCompute, allocation_bands, fit_chinchilla, fit_power_law
 from ..scaling.select import held_out
 from ..synthetic import write_trials
@@ -93,7 +93,7 @@ def _round_trip(design: LawDesign, N: np.ndarray | None, D: np.ndarray, L: np.nd
         axes["model.width"] = sorted({int(math.sqrt(int(n))) for n in N})
     root = write_trials(tmp / design.name.replace(" ", "-"), name="law", axes=axes,
                         base={"pretrain.samples": int(D.max())}, trials=trials)
-    fin = load_study(root).finished
+    fin = collect_results(root).finished
     cols = ["n_params_encoder", "samples_seen", "val_loss"] if N is not None else ["samples_seen", "val_loss"]
     back = fin.select(cols).sort(cols[:-1] + ["val_loss"]).to_numpy()
     mine = np.column_stack(([N.astype(int)] if N is not None else []) + [D.astype(int), L])

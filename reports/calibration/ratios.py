@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 
 from .. import efficiency as eff
-from ..collect import load_study
+from ..collect import collect_results
 from ..evaluation import budget_rows
 from ..panel import param_axis
 from ..synthetic import write_trials
@@ -108,7 +108,7 @@ def report_estimator(rows: pl.DataFrame, what: str, n_draws: int, seed: int) -> 
 
 def study_rows(root: Path, what: str) -> pl.DataFrame:
     """The rows the report computes a ratio from, read back through collect and the report's selection."""
-    study = load_study(root)
+    study = collect_results(root)
     if what == "samples":
         rows, why = budget_rows(study, "linear")
         if rows.is_empty():
