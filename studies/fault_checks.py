@@ -1,0 +1,197 @@
+"""What a fault campaign (`xtra.studies.fault_campaign`) checks after each study: every planned trial
+finished exactly once (attempts.jsonl: none lost, none finished twice, none left running), its results,
+metrics, probe files and checkpoints equal to an uninterrupted run of the same study (timings aside:
+they are the only fields a rerun may change), results.parquet, optuna.db and the report consistent with
+the trial directories, and the work each fault cost (samples retrained).
+
+A search's resumed driver draws new points (its sampler's seed moves on with the trials the study holds),
+so a searched trial with no counterpart in the uninterrupted run is held against that config trained
+alone here (`run_trial`, one thread like a Ray trial): the reference the campaign reconstructs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from xtra import studydir as st
+from xtra import trialdir as td
+
+# Fields that measure the machine, not the model: the only ones a rerun or a resume may change.
+TIMING_KEYS = {"wall_s", "pretrain_wall_s", "images_per_s", "data_stall", "time", "seconds", "probe_s",
+               "encode_s", "fit_s"}
+
+
+def science(obj: Any) -> Any:
+    """`obj` without its timings (keys in TIMING_KEYS or ending in `_s` / `per_s`)."""
+    if isinstance(obj, dict):
+        return {k: science(v) for k, v in obj.items()
+                if k not in TIMING_KEYS and not k.endswith(("_s", "per_s", "_seconds"))}
+    if isinstance(obj, list):
+        return [science(v) for v in obj]
+    return obj
+
+
+def _tensors_equal(a: Any, b: Any, where: str, diffs: list[str]) -> None:
+    import torch
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and torch.equal(a, b)):
+            diffs.append(where)
+    elif isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            diffs.append(f"{where}: keys {sorted(set(a) ^ set(b), key=str)[:4]}")
+        for k in set(a) & set(b):
+            _tensors_equal(a[k], b[k], f"{where}.{k}", diffs)
+    elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            diffs.append(f"{where}: length {len(a)} vs {len(b)}")
+        for i, (x, y) in enumerate(zip(a, b)):
+            _tensors_equal(x, y, f"{where}[{i}]", diffs)
+    elif a != b and not (isinstance(a, float) and isinstance(b, float) and a != a and b != b):
+        diffs.append(f"{where}: {a!r} vs {b!r}")
+
+
+def _checkpoint(path: Path) -> dict[str, Any]:
+    import torch
+
+    ckpt = torch.load(path, weights_only=False, map_location="cpu")
+    return {k: ckpt.get(k) for k in ("model", "optimizer", "step", "samples_seen", "rng", "data", "final")}
+
+
+def trial_differences(mine: Path, ref: Path) -> list[str]:
+    """Where trial directory `mine` differs from `ref` in what it trained and measured."""
+    diffs: list[str] = []
+    a, b = td.read_result(mine), td.read_result(ref)
+    if science(a) != science(b):
+        keys = sorted(k for k in set(science(a) or {}) | set(science(b) or {})
+                      if (science(a) or {}).get(k) != (science(b) or {}).get(k))
+        diffs.append(f"{td.RESULT}: {keys}")
+    if science(td.read_metrics(mine)) != science(td.read_metrics(ref)):
+        diffs.append(td.METRICS)
+    probes = sorted(p.name for p in (ref / td.PROBES).glob("*.json"))
+    if sorted(p.name for p in (mine / td.PROBES).glob("*.json")) != probes:
+        diffs.append(f"{td.PROBES}/: other files")
+    for name in probes:
+        if science(td.read_json(mine / td.PROBES / name)) != science(td.read_json(ref / td.PROBES / name)):
+            diffs.append(f"{td.PROBES}/{name}")
+    for name in (td.PROBE, td.PROBE_RANDOM):
+        if (ref / name).is_file() and science(td.read_json(mine / name)) != science(td.read_json(ref / name)):
+            diffs.append(name)
+    kept = sorted(p.name for p in (ref / td.CHECKPOINTS).glob("*"))
+    if sorted(p.name for p in (mine / td.CHECKPOINTS).glob("*")) != kept:
+        diffs.append(f"{td.CHECKPOINTS}/: other files")
+    for rel in [td.CHECKPOINT, *(f"{td.CHECKPOINTS}/{k}" for k in kept)]:
+        if (ref / rel).is_file() and (mine / rel).is_file():
+            _tensors_equal(_checkpoint(mine / rel), _checkpoint(ref / rel), rel, diffs)
+        elif (ref / rel).is_file():
+            diffs.append(f"{rel}: missing")
+    return diffs
+
+
+def attempts_of(run_dir: Path) -> list[dict[str, Any]]:
+    return td.read_jsonl(Path(run_dir) / td.ATTEMPTS)
+
+
+def reconstruct(run_dir: Path, into: Path) -> Path:
+    """The trial of `run_dir` trained alone (its config, one thread): the reference of a searched point
+    the uninterrupted run did not draw."""
+    import torch
+
+    from xtra.trial import run_trial
+
+    target = into / run_dir.name
+    if td.read_result(target) is None:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            run_trial(td.read_config(run_dir), target)
+        finally:
+            torch.set_num_threads(threads)
+    return target
+
+
+def optuna_values(study_dir: Path) -> list[float]:
+    """The values of the COMPLETE trials in the search's optuna.db."""
+    with contextlib.closing(sqlite3.connect(Path(study_dir) / st.OPTUNA_DB)) as db:
+        rows = db.execute("SELECT v.value FROM trial_values v JOIN trials t ON t.trial_id = v.trial_id "
+                          "WHERE t.state = 'COMPLETE'").fetchall()
+    return sorted(float(r[0]) for r in rows)
+
+
+def work_lost(faults: list[dict[str, Any]], study_dir: Path) -> None:
+    """Per fault, the samples retrained: for each trial it hit, what the trial had logged then minus the
+    checkpoint its next attempt started from (set in place as `lost_samples`)."""
+    for fault in faults:
+        lost = 0
+        for hit in fault.get("hit", []):
+            since = int(fault["time"])
+            later = [a for a in attempts_of(td.path(study_dir, hit["trial"])) if a.get("event") == "start"
+                     and time.mktime(time.strptime(a["time"], "%Y-%m-%d %H:%M:%S")) >= since]
+            if later:
+                lost += max(0, int(hit["samples"]) - int(later[0].get("checkpoint_samples") or 0))
+        fault["lost_samples"] = lost
+
+
+def check_study(study_dir: Path, reference: Path, scratch: Path, *, search: bool, report: bool = True
+                ) -> dict[str, Any]:
+    """Every check of one study directory (a full local copy) against its uninterrupted run."""
+    import polars as pl
+
+    from xtra.studies.load import load_study_dir
+
+    study = load_study_dir(study_dir)
+    expected = study.search.num_samples if search else len(study.expand())
+    trials, problems = {}, []
+    for run_dir in td.trial_dirs(study_dir):
+        events = [a.get("event") for a in attempts_of(run_dir)]
+        result = td.read_result(run_dir) or {}
+        trials[run_dir.name] = {"starts": events.count("start"), "finishes": events.count("finish"),
+                                "last": events[-1] if events else None, "role": result.get("role"),
+                                "status": result.get("status")}
+    finished = {h for h, t in trials.items() if t["finishes"] >= 1}
+    duplicated = sorted(h for h, t in trials.items() if t["finishes"] > 1)
+    unfinished = sorted(h for h, t in trials.items() if t["last"] != "finish")
+    rows = pl.read_parquet(study_dir / st.RESULTS) if (study_dir / st.RESULTS).is_file() else pl.DataFrame()
+    results = rows.filter(pl.col("status") == "finished")["config_hash"].to_list() if rows.height else []
+    lost = max(0, expected - len(results))
+    if rows.height != expected or len(results) != expected:
+        problems.append(f"results.parquet: {rows.height} rows, {len(results)} finished, {expected} planned")
+    if not set(results) <= finished:
+        problems.append(f"results.parquet names trials not finished in attempts.jsonl: {set(results) - finished}")
+    if search:
+        values = optuna_values(study_dir)
+        metric = sorted(float(v) for v in rows[study.search.metric].to_list()) if rows.height else []
+        if values != metric:
+            problems.append(f"optuna.db COMPLETE values {values} != results.parquet {study.search.metric} {metric}")
+    if report:
+        from xtra.reports.build import build_report
+
+        summary = (Path(build_report(study_dir, n_boot=0)).parent / "summary.md").read_text()
+        line = f"{expected} trials, {expected} finished."
+        if line not in summary:
+            problems.append(f"report/summary.md does not say {line!r}")
+    compared, reconstructed, different = 0, 0, {}
+    for h in sorted(finished):
+        ref = td.path(reference, h)
+        if td.read_result(ref) is None:
+            if trials[h]["role"] == "trunk":
+                continue
+            ref = reconstruct(td.path(study_dir, h), scratch)
+            reconstructed += 1
+        diffs = trial_differences(td.path(study_dir, h), ref)
+        compared += 1
+        if diffs:
+            different[h] = diffs
+    return {"planned": expected, "trial_dirs": len(trials), "finished": len(results), "lost": lost,
+            "duplicated": duplicated, "left_running": unfinished, "starts": sum(t["starts"] for t in trials.values()),
+            "compared": compared, "reconstructed": reconstructed, "different": different, "problems": problems}
+
+
+def summary_json(obj: Any) -> str:
+    return json.dumps(obj, indent=1, default=str) + "\n"
