@@ -150,14 +150,18 @@ class Whitening:
             raise ValueError("whitening needs cached head inputs (allowed: probe.cache=auto|memory|disk, "
                              "probe.augment=false)")
         d = cache.shape[-1]
-        total, sq, n = torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64), 0
-        for start in range(0, len(cache), chunk):  # sums over every train token, in float64
-            rows = torch.as_tensor(cache[start: start + chunk]).reshape(-1, d).double().cpu()  # (chunk*T, D)
-            total += rows.sum(dim=0)
-            sq += rows.t() @ rows
+        total, n = torch.zeros(d, dtype=torch.float64), 0
+        for start in range(0, len(cache), chunk):  # the mean over every train token, summed in float64
+            rows = torch.as_tensor(cache[start: start + chunk]).reshape(-1, d).cpu()  # (chunk*T, D)
+            total += rows.sum(dim=0).double()  # float32 within a chunk: a float64 reduction is ~20x slower
             n += len(rows)
         mean = total / n
-        cov_x = sq / n - torch.outer(mean, mean)  # (D, D)
+        sq, centre = torch.zeros(d, d, dtype=torch.float64), mean.float()
+        for start in range(0, len(cache), chunk):  # then the covariance of the centred tokens: float32 products
+            rows = torch.as_tensor(cache[start: start + chunk]).reshape(-1, d).cpu() - centre  # per chunk, summed
+            sq += (rows.t() @ rows).double()  # in float64 (several times faster than float64 products)
+        shift = mean - centre.double()  # what float32 rounding left of the mean
+        cov_x = sq / n - torch.outer(shift, shift)  # (D, D)
         var = cov_x.diagonal().clamp_min(1e-12)
         std = var.sqrt()
         corr = cov_x / torch.outer(std, std)  # the covariance of the standardized tokens

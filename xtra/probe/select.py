@@ -165,16 +165,14 @@ def _run_kind(kind: str, encoder: Encoder, dataset, cfg: ProbeConfig, seed: int,
                                 "still_improving": improving,
                                 "lr_at_edge": len(grid) > 1 and grid[best] in (min(grid), max(grid)),
                                 "solver": "lbfgs" if lbfgs else "adamw", **shape}
+        if whitening is not None:  # every head returned reads the raw tokens, as the official one (so the
+            for head in heads:  # test split is scored raw: never whitened)
+                whitening.fold(head)
         test_acc = None
         if evaluate_test:  # only the head chosen on val ever sees the test split
             test = Source(encoder, dataset.test.images, kind, cfg, device, mode, scratch, "test", None,
-                           prebuilt.get("test"))
-            if whitening is not None:
-                whitening.apply_(test)
+                          prebuilt.get("test"))
             test_acc = evaluate([heads[best]], test, dataset.test.labels, cfg.batch_size)[0]
-        if whitening is not None:  # every head returned reads the raw tokens, as the official one
-            for head in heads:
-                whitening.fold(head)
         info["wall_s"] = time.perf_counter() - t0
         return heads, info, test_acc
     finally:
