@@ -199,7 +199,8 @@ def probe(encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, progress: bool
     "epochs": n, "cache": memory|disk|off, "val_curve": {epoch: val top-1 of the chosen lr},
     "half_epochs": n // 2, "half_val_top1": val top-1 of the chosen lr's head on a schedule half as long,
     "best_epoch": the epoch the chosen head is from (its last, or its best on val with cfg.select_epoch; None
-    for L-BFGS),
+    for L-BFGS), "encode_s": seconds of the one encoder pass shared by both kinds (None when not shared),
+    "head_s": seconds of this kind after it (its own caching if any, whitening, training, scoring),
     "still_improving": bool | None (doubling the schedule raised val top-1 by more than IMPROVING_TOL,
     significantly: `still_improving`; None where nothing was trained in epochs: L-BFGS, a 1-epoch probe),
     "lr_at_edge": the chosen lr is the grid's smallest or largest (the grid may not hold the best lr: widen
@@ -216,7 +217,7 @@ def probe(encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, progress: bool
     modes = {kind: mode for kind, mode in modes.items() if mode != "off"}
     scratch = None
     try:
-        shared = None
+        shared, t0 = None, time.perf_counter()
         if len(modes) > 1:  # both probes cached: one encoder pass over each split feeds both
             if "disk" in modes.values():
                 if cache_dir is not None:
@@ -225,6 +226,7 @@ def probe(encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, progress: bool
             device = device_of(encoder)
             shared = {split: build_caches(encoder, getattr(dataset, split).images, modes, cfg, device, scratch, split)
                       for split in ("train", "val", "test")}
+        encode_s = time.perf_counter() - t0 if shared is not None else None
         for kind in cfg.kinds:
             _, info, test_acc = _run_kind(kind, encoder, dataset, cfg, seed, data_cfg=data_cfg, cache_dir=cache_dir,
                                           progress=progress, log=log, evaluate_test=True, shared=shared)
@@ -234,7 +236,7 @@ def probe(encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, progress: bool
                              "epochs": cfg.epochs, "cache": info["cache"], "val_curve": info["val_curve"],
                              "still_improving": info["still_improving"], "lr_at_edge": info["lr_at_edge"],
                              "half_epochs": info["half_epochs"], "half_val_top1": info["half_val_top1"],
-                             "best_epoch": info["best_epoch"],
+                             "best_epoch": info["best_epoch"], "encode_s": encode_s, "head_s": info["wall_s"],
                              "layers": info["layers"],
                              "heads": info["heads"], "features": cfg.features}
     finally:
