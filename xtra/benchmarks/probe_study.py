@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from xtra import trialdir as td
-from xtra.benchmarks.probe import CPU_PROBE, CPU_PROBE_ISSUE25, cfg_summary, pretrain_rate, wilson
+from xtra.benchmarks.probe import CPU_PROBE, CPU_PROBE_WHITENED_8, cfg_summary, pretrain_rate, wilson
 from xtra.checkpoint import CHECKPOINT
 from xtra.config import ProbeConfig
 from xtra.probe import Log, probe_checkpoints
@@ -59,13 +59,13 @@ def bench_probe_points(points: list[dict[str, Any]], pretrained: int, n_probes: 
     the study ({"trial", "config" (its TrialConfig), "checkpoint"}); `pretrained`: the samples the study
     pretrains; `n_probes`: the probes it runs (one per trial). The preset `converge` (default: the `cpu`
     preset now) probes every point as a trial does (`probe_checkpoints`, both kinds), each other preset
-    (default: the preset of issue #25) the first `before_trials` of them, in turn; the study's
+    (default: the 8-epoch preset of issue #34's first pass) the first `before_trials` of them, in turn; the study's
     probing is `n_probes` x the mean probe time, its pretraining `pretrained` samples at the rate of the
     `cpu` recipe timed here before and after (`pretrain_rate`, the faster), so probing / pretraining is
     a ratio of times taken under the same load. Convergence: on the first `converge_trials` points, the
     attentive probe of `converge` against the same probe trained 4x longer (epochs and warmup). Every
     test top-1 with its 95% Wilson interval (the test split is the whole 10,000-image test set)."""
-    presets = presets or {"before": CPU_PROBE_ISSUE25, "after": CPU_PROBE}
+    presets = presets or {"before": CPU_PROBE_WHITENED_8, "after": CPU_PROBE}
     log = log or (lambda msg: None)
     out: dict[str, Any] = {"device": "cpu", "torch_threads": torch.get_num_threads(),
                            "pretrained_samples": pretrained,
