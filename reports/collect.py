@@ -3,10 +3,9 @@
 A finished study has ``results.parquet`` (one row per trial) and ``curves.parquet`` (one row per
 trial and report step), both scanned lazily. Mid-run (either file missing, or ``study.lock``
 present: a runner is at work and the parquet files are from an earlier run) the rows come from the
-trial directories instead: ``trials/<config_hash>/`` with ``params.json`` (trial id, swept params,
-seed), ``trial.json`` (the result row, once finished), ``status.json`` / ``attempts.jsonl`` (why an
-unfinished trial stopped) and ``metrics.jsonl`` (curve rows). Unfinished trials are listed with
-their status (failed, stopped, running, pending) and error; nothing is dropped silently.
+trial directories instead, read through ``xtra.trialdir`` (a trial's state) and made rows by the
+writer's own function (``xtra.results.result_row``): the same columns either way. Unfinished trials
+are listed with their status (failed, stopped, running, pending) and error; nothing is dropped silently.
 
 ``study.toml`` (read by ``xtra.studies.load.read_study_dir`` into the one typed ``Study``) names the
 study, its swept keys and their defaults. Without it, the swept keys are the dotted result columns
@@ -24,20 +23,19 @@ import polars as pl
 
 from xtra import studydir
 from xtra.config import SIZES, TrialConfig
+from xtra.results import CONTRACT, CURVE_SCHEMA, METRICS, RESULT_SCHEMA, result_row
 from xtra.studies.load import read_study_dir  # the study file, parsed the one way the runner parses it
 from xtra.studies.spec import Study
 from xtra.studydir import StudyError  # one error type
+from xtra.trialdir import FINISHED
 
-FINISHED = "finished"
 REPLICATE_KEYS = ("seed",)  # swept for error bars, never an ablation axis
 
-STRING_COLUMNS = ("study", "trial_id", "config_hash", "status", "error")
-RESULT_NUMERIC = ("seed", "block_size", "width", "depth", "n_params", "n_params_encoder", "flops_per_image",
-                  "samples_seen", "train_loss", "val_loss", "linear_top1", "attentive_top1", "linear_best_lr",
-                  "attentive_best_lr", "wall_s")
-CURVE_NUMERIC = ("step", "samples_seen", "loss", "lr", "wall_s")
-RESULT_COLUMNS = STRING_COLUMNS + RESULT_NUMERIC
-CURVE_COLUMNS = ("study", "trial_id", "config_hash") + CURVE_NUMERIC
+# The result schema is xtra.results' (the writer's own): a report reads the contract columns as String and
+# every size and metric as Float64 (NaN -> null), whichever source the rows came from.
+RESULT_COLUMNS = (*CONTRACT, *METRICS)
+CURVE_COLUMNS = tuple(CURVE_SCHEMA)
+
 
 # Swept keys whose result column may be missing but whose value the contract already stores.
 _KEY_ALIASES = {"model.block_size": "block_size", "model.width": "width", "model.depth": "depth"}
@@ -121,14 +119,14 @@ def zip_companions(study: Study) -> dict[str, list[str]]:
     return {axis.keys[0]: list(axis.keys[1:]) for axis in study.axes if axis.zipped and len(axis.keys) > 1}
 
 
-def _normalize(lf: pl.LazyFrame, strings: tuple[str, ...], numeric: tuple[str, ...]) -> pl.LazyFrame:
-    """Add missing contract columns as nulls; strings as String, metrics as Float64 with NaN -> null."""
+def _normalize(lf: pl.LazyFrame, columns: tuple[str, ...], schema: dict[str, str]) -> pl.LazyFrame:
+    """Add missing schema columns as nulls; strings as String, numbers as Float64 with NaN -> null."""
     have = lf.collect_schema()
     exprs = []
-    for name in strings:
-        exprs.append(pl.col(name).cast(pl.String) if name in have else pl.lit(None, pl.String).alias(name))
-    for name in numeric:
-        if name in have and have[name].is_numeric():
+    for name in columns:
+        if schema[name] == "String":
+            exprs.append(pl.col(name).cast(pl.String) if name in have else pl.lit(None, pl.String).alias(name))
+        elif name in have and have[name].is_numeric():
             exprs.append(pl.col(name).cast(pl.Float64).fill_nan(None))
         elif name in have:  # a metric stored as text: parse what parses
             exprs.append(pl.col(name).cast(pl.String).cast(pl.Float64, strict=False).alias(name))
@@ -137,33 +135,15 @@ def _normalize(lf: pl.LazyFrame, strings: tuple[str, ...], numeric: tuple[str, .
     return lf.with_columns(exprs)
 
 
-def _trial_row(state: Any, notes: list[str]) -> dict[str, Any]:
-    """One result row from a trial's state (``xtra.trialdir``: the one definition of its status)."""
-    from xtra import trialdir as td
-
-    row: dict[str, Any] = {"config_hash": state.config_hash, "trial_id": state.trial_id, "study": state.study,
-                           "seed": state.seed}
-    row.update(state.params)
-    if state.row is not None:
-        row.update({k: v for k, v in state.row.items() if v is not None or k not in row})
-    else:
-        from xtra.costs import size_columns
-
-        row.update(status=state.status, error=state.error or ("not started" if state.status == "pending" else None))
-        if state.config is not None:
-            for key, value in size_columns(state.config.model).items():
-                row.setdefault(key, value)
-        if state.last:
-            row.setdefault("samples_seen", state.last.get("samples_seen"))
-            row.setdefault("train_loss", state.last.get("loss"))
-    row["status"] = state.status if state.row is None else td.FINISHED
-    return row
-
-
-def _read_trial_rows(study_dir: Path, notes: list[str]) -> pl.DataFrame:
-    from xtra.studydir import all_trials
-
-    rows = [_trial_row(s, notes) for s in all_trials(study_dir, notes=notes)]
+def _read_trial_rows(study_dir: Path, study: Study | None, notes: list[str]) -> pl.DataFrame:
+    """The rows results.parquet will have (``xtra.results.result_row``, the writer's own function), from the
+    trial directories as they stand; without study.toml, every trial's params are its swept values."""
+    swept = list(study.swept_keys) if study is not None else None
+    preset = study.preset if study is not None else None
+    rows = []
+    for state in studydir.all_trials(study_dir, notes=notes):
+        name = study.name if study is not None else state.study
+        rows.append(result_row(state, name, swept, preset))
     if not rows:
         return pl.DataFrame()
     return pl.DataFrame(rows, infer_schema_length=None, strict=False)
@@ -178,24 +158,27 @@ def _running(study_dir: Path) -> bool:
     return is_running(study_dir)
 
 
-def scan_results(study_dir: str | Path, notes: list[str] | None = None) -> pl.LazyFrame:
+def scan_results(study_dir: str | Path, notes: list[str] | None = None, study: Study | None = None) -> pl.LazyFrame:
     """results.parquet (lazy) or, when it is missing or older than the trial files, rows rebuilt from
-    ``trials/<config_hash>/``; contract columns added."""
+    ``trials/<config_hash>/``; contract columns added. ``study``: the study file, when read already."""
     study_dir = Path(study_dir)
+    study = read_study_dir(study_dir) if study is None else study
     notes = [] if notes is None else notes
     parquet = study_dir / studydir.RESULTS
     stale = parquet.is_file() and _running(study_dir)
     if parquet.is_file() and not stale:
         lf = pl.scan_parquet(parquet)
     else:
-        df = _read_trial_rows(study_dir, notes)
+        df = _read_trial_rows(study_dir, study, notes)
         if df.is_empty():
             raise StudyError(f"{study_dir}: no results.parquet and no trials/<config_hash>/trial.json "
                              f"(expected a study directory written by `xtra study run`)")
         notes.append("the study is running (study.lock): rows read from trials/, not the older results.parquet"
                      if stale else "results.parquet is missing: rows read from trials/ (study still running?)")
         lf = df.lazy()
-    return _normalize(lf, STRING_COLUMNS, RESULT_NUMERIC)
+    lf = _normalize(lf, RESULT_COLUMNS, RESULT_SCHEMA)
+    pending = (pl.col("status") == "pending") & pl.col("error").is_null()  # what the failed-trials table says
+    return lf.with_columns(pl.when(pending).then(pl.lit("not started")).otherwise(pl.col("error")).alias("error"))
 
 
 def _scan_metrics(study_dir: Path, notes: list[str]) -> pl.LazyFrame | None:
@@ -228,7 +211,7 @@ def scan_curves(study_dir: str | Path, notes: list[str] | None = None) -> pl.Laz
         else:
             notes.append("curves read from trials/*/metrics.jsonl (curves.parquet "
                          + ("is from an earlier run)" if stale else "is missing)"))
-    return _normalize(lf, ("study", "trial_id", "config_hash"), CURVE_NUMERIC)
+    return _normalize(lf, CURVE_COLUMNS, CURVE_SCHEMA)
 
 
 def scan_probes(study_dir: str | Path, notes: list[str] | None = None) -> pl.DataFrame:
@@ -272,7 +255,7 @@ def collect_results(study_dir: str | Path) -> StudyResults:
     notes: list[str] = []
     study = read_study_dir(study_dir)
     try:
-        results = scan_results(study_dir, notes).collect()
+        results = scan_results(study_dir, notes, study).collect()
         curves = scan_curves(study_dir, notes).collect()
     except StudyError:
         raise

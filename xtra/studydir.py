@@ -16,7 +16,7 @@ Layout (docs/design.md, "The owner of every file on disk")::
       ray.log               Ray's own log lines (kept off the terminal)
       run-<n>/              Ray Tune's experiment state
       trials/<config_hash>/ the trial's own directory (see xtra.trialdir)
-      results.parquet       one row per trial (contract columns, see RESULT_COLUMNS)
+      results.parquet       one row per trial (its columns: xtra.results.RESULT_SCHEMA)
       curves.parquet        one row per trial and logged step
       report/index.html     built by xtra.reports.build
 """
@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from xtra import lease
+from xtra import lease, results
 from xtra import trialdir as td
 from xtra.config import IDENTITY_VERSION
 from xtra.errors import StudyError
@@ -44,14 +44,6 @@ CURVES = "curves.parquet"
 PROBES = "probes.parquet"
 OPTUNA_DB = "optuna.db"
 
-RESULT_COLUMNS = ("study", "trial_id", "config_hash", "status", "error", "seed")
-METRIC_COLUMNS = ("block_size", "width", "depth", "n_params", "n_params_encoder", "flops_per_image", "samples_seen",
-                  "train_loss", "val_loss", "linear_top1", "attentive_top1", "linear_best_lr", "attentive_best_lr",
-                  "wall_s")
-EXTRA_COLUMNS = ("preset", "images_per_s", "attempts", "probe_hash")
-CURVE_COLUMNS = ("study", "trial_id", "config_hash", "step", "samples_seen", "loss", "lr", "wall_s")
-PROBE_COLUMNS = ("study", "trial_id", "config_hash", "probe_hash", "seed", "samples", "dataset", "kind", "top1",
-                 "best_lr", "best_val_top1", "still_improving")
 
 
 class StudyLike(Protocol):
@@ -168,28 +160,7 @@ def is_trunk(state: TrialState) -> bool:
 
 
 def result_rows(study: StudyLike, states: list[TrialState]) -> list[dict[str, Any]]:
-    rows = []
-    for s in states:
-        row = td.result_row(s, study.name, study.swept_keys, METRIC_COLUMNS)
-        row["preset"] = study.preset
-        rows.append(row)
-    return rows
-
-
-def _schema() -> dict[str, Any]:
-    import polars as pl
-
-    ints = {"seed", "block_size", "width", "depth", "n_params", "n_params_encoder", "flops_per_image", "samples_seen",
-            "attempts"}
-    schema: dict[str, Any] = {}
-    for col in RESULT_COLUMNS + METRIC_COLUMNS + EXTRA_COLUMNS:
-        if col in ints:
-            schema[col] = pl.Int64
-        elif col in ("study", "trial_id", "config_hash", "status", "error", "preset", "probe_hash"):
-            schema[col] = pl.String
-        else:
-            schema[col] = pl.Float64
-    return schema
+    return [results.result_row(s, study.name, list(study.swept_keys), study.preset) for s in states]
 
 
 def _write_parquet(df: Any, path: Path) -> None:
@@ -198,23 +169,18 @@ def _write_parquet(df: Any, path: Path) -> None:
 
 
 def results_frame(study: StudyLike, states: list[TrialState]) -> Any:
-    """results.parquet's frame: the contract columns first, then swept keys, metrics and extras."""
+    """results.parquet's frame (``xtra.results.RESULT_SCHEMA``): the contract columns first, then swept keys,
+    metrics and extras; a wsd branch's columns and any other only when some row has them."""
     import polars as pl
 
     rows = result_rows(study, states)
-    schema = _schema()
-    swept = study.swept_keys
-    columns = list(RESULT_COLUMNS) + [k for k in swept if k not in RESULT_COLUMNS + METRIC_COLUMNS] + \
-        list(METRIC_COLUMNS) + list(EXTRA_COLUMNS)
+    schema = results.polars_types(results.RESULT_SCHEMA)
+    fixed = (*results.CONTRACT, *results.METRICS, *results.EXTRAS)
+    columns = list(results.CONTRACT) + [k for k in study.swept_keys if k not in fixed] + \
+        list(results.METRICS) + list(results.EXTRAS)
     columns += sorted({k for r in rows for k in r} - set(columns))
-    series = []
-    for col in columns:
-        values = [r.get(col) for r in rows]
-        if col in schema:
-            series.append(pl.Series(col, values, dtype=schema[col], strict=False))
-        else:
-            series.append(pl.Series(col, values, strict=False))
-    return pl.DataFrame(series)
+    return pl.DataFrame([pl.Series(col, [r.get(col) for r in rows], dtype=schema.get(col), strict=False)
+                         for col in columns])
 
 
 def curves_frame(study_name: str, states: list[TrialState], study_dir: Path, notes: list[str] | None = None) -> Any:
@@ -224,9 +190,8 @@ def curves_frame(study_name: str, states: list[TrialState], study_dir: Path, not
     for s in states:
         for r in td.curve_rows(trial_dir(study_dir, s.config_hash), notes):
             rows.append({"study": study_name, "trial_id": s.trial_id, "config_hash": s.config_hash, **r})
-    schema = {"study": pl.String, "trial_id": pl.String, "config_hash": pl.String, "step": pl.Int64,
-              "samples_seen": pl.Int64, "loss": pl.Float64, "lr": pl.Float64, "wall_s": pl.Float64}
-    return pl.DataFrame({c: [r[c] for r in rows] for c in CURVE_COLUMNS}, schema=schema, strict=False)
+    return pl.DataFrame({c: [r[c] for r in rows] for c in results.CURVE_SCHEMA},
+                        schema=results.polars_types(results.CURVE_SCHEMA), strict=False)
 
 
 def probes_frame(study: StudyLike, states: list[TrialState], study_dir: Path) -> Any:
@@ -234,19 +199,17 @@ def probes_frame(study: StudyLike, states: list[TrialState], study_dir: Path) ->
     for each finished trial's current probe protocol; the swept keys ride along for grouping."""
     import polars as pl
 
+    measured = list(results.PROBE_SCHEMA)[5:]  # what a probe row holds; the first five name the trial
     rows: list[dict[str, Any]] = []
     for s in states:
         probe_hash = (s.row or {}).get("probe_hash")
         for r in td.probe_rows(trial_dir(study_dir, s.config_hash), probe_hash):
             rows.append({"study": study.name, "trial_id": s.trial_id, "config_hash": s.config_hash,
-                         "probe_hash": probe_hash, "seed": s.seed, **{k: r.get(k) for k in PROBE_COLUMNS[5:]},
+                         "probe_hash": probe_hash, "seed": s.seed, **{k: r.get(k) for k in measured},
                          **{k: td.clean(s.params.get(k)) for k in study.swept_keys}})
-    schema = {"study": pl.String, "trial_id": pl.String, "config_hash": pl.String, "probe_hash": pl.String,
-              "seed": pl.Int64, "samples": pl.Int64, "dataset": pl.String, "kind": pl.String, "top1": pl.Float64,
-              "best_lr": pl.Float64, "best_val_top1": pl.Float64, "still_improving": pl.Boolean}
-    columns = list(PROBE_COLUMNS) + [k for k in study.swept_keys if k not in PROBE_COLUMNS]
-    series = [pl.Series(c, [r.get(c) for r in rows], dtype=schema.get(c), strict=False) for c in columns]
-    return pl.DataFrame(series)
+    schema = results.polars_types(results.PROBE_SCHEMA)
+    columns = list(schema) + [k for k in study.swept_keys if k not in schema]
+    return pl.DataFrame([pl.Series(c, [r.get(c) for r in rows], dtype=schema.get(c), strict=False) for c in columns])
 
 
 def write_results(study: StudyLike, study_dir: Path, states: list[TrialState] | None = None) -> tuple[Path, Path]:

@@ -24,16 +24,12 @@ from xtra import trialdir as td
 from xtra.config import TrialConfig
 from xtra.distributed import World
 from xtra.pretrain import Preempted, PretrainHook, pretrain
+from xtra.results import static_row
 
 TRIAL_JSON = td.RESULT
 PRETRAIN_FIELDS = ("samples_seen", "train_loss", "val_loss", "images_per_s", "attention_backend", "device")
 PROBE_JSON = td.PROBE
 HOOKS_ENV = "XTRA_PRETRAIN_HOOKS"
-
-
-def result_row(cfg: TrialConfig) -> dict[str, Any]:
-    """The static part of a result row (knowable before any compute)."""
-    return td.static_row(cfg)
 
 
 def read_finished(run_dir: Path, cfg: TrialConfig | None = None) -> dict[str, Any] | None:
@@ -119,7 +115,7 @@ def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | 
             log(f"pretrain done: {trained['samples_seen']} samples, loss {trained['train_loss']:.4f}, "
                 f"val loss {trained['val_loss']:.4f}")
         if role == "trunk":  # a trunk is pretraining only: its branches are the study's trials
-            row = {**result_row(cfg), "role": "trunk", "keep_at": list(keep), **{k: trained.get(k) for k in
+            row = {**static_row(cfg), "role": "trunk", "keep_at": list(keep), **{k: trained.get(k) for k in
                    PRETRAIN_FIELDS}, "pretrain_wall_s": trained["wall_s"], "wall_s": time.perf_counter() - t0}
             td.write_result(run_dir, row)
             log(f"trunk finished at {trained['samples_seen']} samples; checkpoints kept at {list(keep)}")
@@ -127,7 +123,7 @@ def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | 
         report({"kind": "probing", "samples_seen": trained["samples_seen"]})  # also when pretraining was reused
         probed = probe_summary(cfg, _probe(cfg, run_dir, log, trunk_dir=job.get("trunk_dir")))
         report({"kind": "probe", **{f"{k}_top1": v.get("top1") for k, v in probed.items()}})
-        row = {**result_row(cfg), "status": "finished", "error": None,
+        row = {**static_row(cfg), "status": "finished", "error": None,
                "samples_seen": trained["samples_seen"], "train_loss": trained["train_loss"],
                "val_loss": trained["val_loss"], "images_per_s": trained["images_per_s"],
                "pretrain_wall_s": trained["wall_s"], "wall_s": trained["wall_s"] + time.perf_counter() - t0,

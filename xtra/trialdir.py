@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from xtra.config import TrialConfig
-from xtra.costs import size_columns
 from xtra.fileio import atomic_write_json, atomic_write_text
 from xtra.overrides import from_dict
 
@@ -323,35 +322,6 @@ def clean(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
-
-
-def static_row(cfg: TrialConfig) -> dict[str, Any]:
-    """The part of a result row knowable before any compute."""
-    return {"config_hash": cfg.config_hash(), "probe_hash": cfg.probe_hash(), "seed": cfg.seed,
-            **size_columns(cfg.model)}
-
-
-def result_row(state: TrialState, study: str, swept: list[str], metric_columns: tuple[str, ...]) -> dict[str, Any]:
-    """One row of results.parquet: identity, status, the swept values, metrics (finished or last seen)."""
-    src = state.row or {}
-    row: dict[str, Any] = {"study": study, "trial_id": state.trial_id, "config_hash": state.config_hash,
-                           "status": state.status, "error": state.error if state.status != FINISHED else None,
-                           "seed": state.seed}
-    for key in swept:
-        row[key] = clean(state.params.get(key))
-    static = size_columns(state.config.model) if state.config is not None else {}
-    for col in metric_columns:
-        value = src.get(col, static.get(col))
-        if value is None and col == "samples_seen":
-            value = state.samples_seen
-        if value is None and col == "train_loss" and state.last:
-            value = state.last.get("loss")
-        row[col] = clean(value)
-    for col in ("images_per_s", "probe_hash", "trunk", "branch_start", "samples_trained"):
-        if col in src or (state.extra and col in state.extra):
-            row[col] = clean(src.get(col, (state.extra or {}).get(col)))
-    row["attempts"] = state.starts
-    return row
 
 
 def curve_rows(run_dir: Path, notes: list[str] | None = None) -> list[dict[str, Any]]:
