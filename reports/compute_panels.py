@@ -81,8 +81,9 @@ def chinchilla_table(fits: ChinchillaResult, ltitle: str, nname: str = "paramete
                  columns=["group", "verdict", "form", "points", "E", "A", "B", "C", "alpha", "beta",
                           "a = dlog N_opt/dlog C", "b = dlog D_opt/dlog C", "RMSE log L", "points/param",
                           "held-out error", "held-out in 95% PI", "why"], rows=rows,
-                 note=f"N = {nname}, D = samples seen; [95% cluster-bootstrap interval: the seeds of one (N, D) "
-                      "resampled together; measured coverage: docs/reports.md#calibrated-intervals]; C is the "
+                 note=f"N = {nname}, D = samples seen; [95% interval of the linearised least-squares "
+                      "fit, t with runs - parameters df; measured coverage: "
+                      "docs/reports.md#calibrated-intervals]; C is the "
                       "coefficient of the log-linear form L = C·N^-alpha·D^-beta. Compute-optimal allocation under "
                       "training FLOPs C = D·(fixed + per_param·N), fitted to the trials' own FLOPs per image "
                       f"({'; '.join(flops) or 'no fit'}), solved numerically; a and b are local exponents at C_max "
@@ -276,8 +277,8 @@ def frontier_figure(study: StudyResults, chinchilla: ChinchillaResult) -> Panel:
 
 def allocation_sentence(lab: str, fit: ChinchillaFit) -> str:
     """'At C = 3.1e15 FLOPs (the largest run): N_opt 2.1M [1.2M, 4.0M], D_opt ..., D/N ..., a ...': the
-    compute-optimal allocation with 95% bands over the law's bootstrap draws, and where its coverage is."""
-    if fit.compute is None or not fit.reference_compute or len(fit._boot) < 2:
+    compute-optimal allocation with 95% bands over the law's t-calibrated parameter draws, and where its coverage is."""
+    if fit.compute is None or not fit.reference_compute or len(fit.draws) < 2:
         return ""
     band = fit.allocation(fit.reference_compute)
 
@@ -287,6 +288,6 @@ def allocation_sentence(lab: str, fit: ChinchillaFit) -> str:
 
     return (f"{lab}: at C = {fit.reference_compute:.3g} FLOPs (the largest run) " + ", ".join(
         (cell("N_opt", ".3g"), cell("D_opt", ".3g"), cell("D/N", ".3g"), cell("a", ".2f"), cell("b", ".2f")))
-        + " (95% cluster-bootstrap bands; coverage: docs/reports.md#calibrated-intervals).")
+        + " (95% bands over the law's t-calibrated draws; coverage: docs/reports.md#calibrated-intervals).")
 
 

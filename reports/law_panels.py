@@ -92,8 +92,8 @@ def law_table(title: str, analyses: Mapping[str, LawAnalysis], xname: str, tid: 
                                        "RMSE log L", "points/param", "held-out error", "held-out in 95% PI", "why"],
                  rows=rows, id=tid,
                  note=f"Forms: L = E + A·{xname}^-alpha (full), A·{xname}^-alpha (E = 0, log-linear), a constant "
-                      "(no scaling); fitted on log L (Huber, delta 1e-3, L-BFGS-B), [95% percentile interval of a "
-                      "cluster bootstrap: the seeds of one point resampled together; measured coverage in "
+                      "(no scaling); fitted on log L (Huber, delta 1e-3, L-BFGS-B), [95% interval of the linearised "
+                      "least-squares fit, t with runs - parameters df; measured coverage in "
                       "docs/reports.md#calibrated-intervals]. The form is the simplest within one standard "
                       "error of the best cross-validated "
                       "error; it is a law only if identifiable (no parameter at a bound, E and alpha intervals "
@@ -133,7 +133,7 @@ def held_out_table(title: str, analyses: Mapping[str, LawAnalysis], columns: Seq
     what = next((a.held.what for a in analyses.values() if a.held is not None), "")
     return Table(title=title, columns=["group", *columns, "actual", "predicted", "95% PI", "error", "inside PI"],
                  rows=rows, id=tid, note=f"Held out: {what}; the chosen form refitted on the other runs predicts "
-                                         "them. PI: cluster-bootstrap fits times a new run's scatter (s·t_{n-p}); "
+                                         "them. PI: the least-squares prediction ± t_{n-p}·sqrt(se² + s²) in log L; "
                                          f"its measured coverage per design: {EVIDENCE}.")
 
 
@@ -195,7 +195,7 @@ def points_and_law(fig: go.Figure, xs: np.ndarray, ys: np.ndarray, lab: str, col
     if held is not None:
         x_train_max = held.fit.x_range[0][1]
         ext = np.logspace(np.log10(x_train_max), np.log10(xs.max()), 30)
-        fig.add_trace(go.Scatter(x=ext, y=held.fit._predict_matrix(ext[:, None]), mode="lines", showlegend=False,
+        fig.add_trace(go.Scatter(x=ext, y=held.fit.predict_matrix(ext[:, None]), mode="lines", showlegend=False,
                                  legendgroup=lab, line=dict(color=color, dash="dash", width=1.5),
                                  hoverinfo="skip"))  # the held-out fit, extrapolated
         draw_held(fig, held, held.X[:, 0], lab, color)
@@ -212,11 +212,11 @@ def law_note(analyses: Mapping[str, LawAnalysis], skipped: Sequence[str],
         note = (f"{n_laws} of {len(analyses)} fitted group(s) hold a law"
                 + (f", {n_descriptive} give a descriptive fit" if n_descriptive else "") + ". ")
     if n_laws:
-        note += ("Solid: the law over the data's range, band: 95% bootstrap interval; dashed: the fit without the "
-                 "held-out runs, extrapolated; open diamonds: held-out runs; crosses: their predictions with 95% "
-                 "prediction intervals. ")
+        note += ("Solid: the law over the data's range, band: 95% interval of the law's mean; dashed: the fit "
+                 "without the held-out runs, extrapolated; open diamonds: held-out runs; crosses: their predictions "
+                 "with 95% prediction intervals. ")
     elif n_descriptive:
-        note += "Solid: the fit over the data's range, band: 95% bootstrap interval. "
+        note += "Solid: the fit over the data's range, band: 95% interval of its mean. "
     if skipped:
         note += "No law: " + "; ".join(skipped) + "."
     return note.strip()

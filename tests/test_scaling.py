@@ -333,14 +333,14 @@ def test_a_law_that_fails_its_held_out_check_is_no_law():
 
 def test_seeds_of_one_point_are_resampled_and_held_out_together() -> None:
     from xtra.reports.intervals import grouped_resamples, point_groups
-    from xtra.reports.scaling.select import _folds
+    from xtra.reports.scaling.select import cv_folds
 
     X = np.repeat([[1.0, 10.0], [2.0, 10.0], [1.0, 20.0]], 3, axis=0)  # 3 (N, D) points x 3 seeds
     groups = point_groups(X)
     assert groups.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     idx = grouped_resamples(groups, np.random.default_rng(0))
     assert len(idx) == 9 and all(np.isin(np.flatnonzero(groups == groups[i]), idx).all() for i in idx)
-    folds, method = _folds(X, 0)
+    folds, method = cv_folds(X, 0)
     assert method == "leave-one-point-out" and [f.tolist() for f in folds] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
 
 

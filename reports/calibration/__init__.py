@@ -11,8 +11,10 @@ Sizes are data: ``fast`` runs in the tests (seconds), ``default`` is the publish
 from __future__ import annotations
 
 import math
+import multiprocessing
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from . import laws, ratios
@@ -27,39 +29,69 @@ SIZES: dict[str, dict[str, Any]] = {
     "fast": {"ratio_reps": 120, "ratio_draws": 400, "disk_reps": 1, "ratio_seeds": (3,),
              "ratio_designs": ("samples r=1 n=3", "samples r=1.3 n=3", "samples r=1 n=3, k=2 lacks 60k in one seed",
                                "samples r=2 n=3, k=2 lacks 60k in one seed"),
-             "law_reps": 2, "law_reps_2d": 1, "law_boot": 10, "law_designs": ("1-D n=3",)},
-    # the published size (docs/calibration-cpu.md): 163 s of CPU; 15 min wall on 2 cores shared at load ~20
+             "law_reps": 20, "law_reps_2d": 0, "law_draws": 200, "law_designs": ("1-D n=3",)},
+    # the published size (docs/calibration-cpu.md): 200 studies per law design (Monte Carlo error 1.5 points
+    # at 95% coverage)
     "default": {"ratio_reps": 400, "ratio_draws": 1000, "disk_reps": 2, "ratio_seeds": (3, 5, 10),
-                "ratio_designs": None, "law_reps": 20, "law_reps_2d": 12, "law_boot": 50, "law_designs": None},
+                "ratio_designs": None, "law_reps": 200, "law_reps_2d": 200, "law_draws": 1000, "law_designs": None,
+                "workers": 2},
 }
+
+
+def _ratio_job(index: int, name: str, cfg: dict[str, Any], estimator: ratios.Estimator) -> list[dict[str, Any]]:
+    design = next(d for d in ratios.designs(cfg["ratio_seeds"]) if d.name == name)
+    t, cpu = time.perf_counter(), time.process_time()
+    row = ratios.run_design(design, cfg["ratio_reps"], cfg["ratio_draws"], seed=1000 + index,
+                            disk_reps=cfg["disk_reps"], estimator=estimator)
+    return [{**row, "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - cpu}]
+
+
+def _law_job(index: int, name: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    design = next(d for d in laws.designs() if d.name == name)
+    t, cpu = time.perf_counter(), time.process_time()
+    part = laws.run_design(design, cfg["law_reps_2d"] if design.two_d else cfg["law_reps"], cfg["law_draws"],
+                           seed=2000 + index)
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+    return [{**row, "seconds": wall / len(part), "cpu_seconds": cpu / len(part)} for row in part]
 
 
 def run_suite(size: str = "default", estimator: ratios.Estimator = ratios.report_estimator,
               log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
-    """Run every design of `size`; returns {"size", "rows", "seconds"}. `estimator` replaces the report's
-    ratio estimator (the tests run the old percentile bootstrap through it to show the suite fails it)."""
+    """Run every design of `size`; returns {"size", "rows", "seconds", "cpu_seconds", "workers"}. `estimator`
+    replaces the report's ratio estimator (the tests run the old percentile bootstrap through it to show the
+    suite fails it). The default size runs its designs in ``workers`` processes (one per core); each design
+    has its own seed, so the rows do not depend on the number of workers."""
     if size not in SIZES:
         raise ValueError(f"calibration size={size!r} is not known (allowed: {', '.join(SIZES)})")
     cfg = SIZES[size]
     start = time.perf_counter()
-    rows: list[dict[str, Any]] = []
+    jobs: list[tuple[Callable[..., list[dict[str, Any]]], tuple[Any, ...]]] = []
+    law_designs = [d for d in laws.designs() if cfg["law_designs"] is None or d.name in cfg["law_designs"]]
+    for i, design in enumerate(law_designs):  # the longest jobs first: two workers then end together
+        if cfg["law_reps_2d"] if design.two_d else cfg["law_reps"]:
+            jobs.append((_law_job, (i, design.name, cfg)))
     chosen = [d for d in ratios.designs(cfg["ratio_seeds"])
               if cfg["ratio_designs"] is None or d.name in cfg["ratio_designs"]]
-    for i, design in enumerate(chosen):
-        t = time.perf_counter()
-        row = ratios.run_design(design, cfg["ratio_reps"], cfg["ratio_draws"], seed=1000 + i,
-                                disk_reps=cfg["disk_reps"], estimator=estimator)
-        rows.append({**row, "seconds": time.perf_counter() - t})
-        log(_line(rows[-1]))
-    law_designs = [d for d in laws.designs() if cfg["law_designs"] is None or d.name in cfg["law_designs"]]
-    for i, design in enumerate(law_designs):
-        t = time.perf_counter()
-        reps = cfg["law_reps_2d"] if design.two_d else cfg["law_reps"]
-        part = laws.run_design(design, reps, cfg["law_boot"], seed=2000 + i)
-        for row in part:
-            rows.append({**row, "seconds": (time.perf_counter() - t) / len(part)})
-            log(_line(rows[-1]))
-    return {"size": size, "rows": rows, "seconds": time.perf_counter() - start}
+    jobs += [(_ratio_job, (i, design.name, cfg, estimator)) for i, design in enumerate(chosen)]
+    workers = cfg.get("workers", 1)
+    parts: list[list[dict[str, Any]]] = []
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(fn, *args) for fn, args in jobs]
+            for future in futures:
+                parts.append(future.result())
+                for row in parts[-1]:
+                    log(_line(row))
+    else:
+        for fn, args in jobs:
+            parts.append(fn(*args))
+            for row in parts[-1]:
+                log(_line(row))
+    # ratio rows first, as the page shows them
+    rows = [r for part in parts for r in part if r["kind"].endswith("ratio")]
+    rows += [r for part in parts for r in part if not r["kind"].endswith("ratio")]
+    return {"size": size, "rows": rows, "seconds": time.perf_counter() - start, "workers": workers,
+            "cpu_seconds": sum(r["cpu_seconds"] for r in rows)}
 
 
 def _line(row: dict[str, Any]) -> str:
@@ -99,6 +131,40 @@ def failures(result: dict[str, Any], kinds: tuple[str, ...] = ("samples ratio", 
             if r["kind"] in kinds and verdict(r) != "ok"]
 
 
+def method_of(kind: str) -> str:
+    """The estimator behind an interval kind, as docs/reports.md names it."""
+    if kind.endswith("ratio"):
+        return "seed-clustered t-bootstrap"
+    if kind.startswith("compute-optimal"):
+        return "numeric frontier per t-calibrated parameter draw"
+    if "95% PI" in kind:
+        return "least-squares prediction ± t·sqrt(se² + s²)"
+    return "linearised least-squares t-interval"
+
+
+def coverage_summary(result: dict[str, Any]) -> str:
+    """One row per interval kind and number of seeds: its designs, the coverage measured over them (a range
+    when several; with its Monte Carlo error when one), the largest false-significance rate, the verdicts
+    (the table docs/reports.md#calibrated-intervals publishes)."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in result["rows"]:
+        groups.setdefault((r["kind"], r["seeds"]), []).append(r)
+    lines = ["| interval | method | seeds | designs | studies each | coverage | false significance | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (kind, seeds), rows in groups.items():
+        covs = [r["coverage"] for r in rows]
+        if len(rows) == 1:
+            cov = f"{_pct(covs[0])}% ± {_pct(rows[0]['mc_se'])}"
+        else:
+            cov = f"{_pct(min(covs))}-{_pct(max(covs))}%"
+        null = [r["significant"] for r in rows if r.get("true") == 1.0 and r.get("significant") is not None]
+        fs = f"at most {_pct(max(null))}%" if null else "-"
+        verdicts = sorted({verdict(r) for r in rows})
+        lines.append(f"| {kind} | {method_of(kind)} | {seeds} | {len(rows)} | {min(r['reps'] for r in rows)} | {cov} | "
+                     f"{fs} | {'; '.join(verdicts)} |")
+    return "\n".join(lines)
+
+
 def _pct(v: Any) -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{100 * v:.1f}"
 
@@ -119,7 +185,9 @@ def to_markdown(result: dict[str, Any], environment: str = "") -> str:
              "allowed). Method and noise models: docs/reports.md#calibrated-intervals.", ""]
     if environment:
         lines += [environment, ""]
-    lines += [f"Wall time: {result['seconds']:.0f} s.", ""]
+    lines += [f"Wall time: {result['seconds']:.0f} s in {result.get('workers', 1)} process(es), "
+              f"{result.get('cpu_seconds', float('nan')):.0f} s of CPU.", ""]
+    lines += ["## Summary", "", coverage_summary(result), ""]
     ratio_rows = [r for r in rows if r["kind"].endswith("ratio")]
     if ratio_rows:
         lines += ["## Efficiency ratios (seed-clustered t-bootstrap)", "",
@@ -134,15 +202,16 @@ def to_markdown(result: dict[str, Any], environment: str = "") -> str:
         lines.append("")
     law_rows = [r for r in rows if "law" in r["kind"] or r["kind"].startswith("compute-optimal")]
     if law_rows:
-        lines += ["## Law fits (cluster bootstrap over design points; PI: bootstrap fits x s*t draws)", "",
-                  "| kind | design | true | seeds | points | studies | intervals | coverage % | ± MC | bias | RMSE | "
-                  "held-out check rejects the true law % | bootstrap | verdict |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["## Law fits (linearised least-squares t-intervals, t with runs - parameters df; derived "
+                  "quantities: percentiles of t-calibrated parameter draws)", "",
+                  "| kind | design | true | seeds | points | studies | intervals | studies with one % | coverage % "
+                  "| ± MC | bias | RMSE | held-out check rejects the true law % | draws | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in law_rows:
             true = "-" if r["true"] is None else f"{r['true']:g}"
             lines.append(f"| {r['kind']} | {r['design']} | {true} | {r['seeds']} | {r['points']} | {r['reps']} | "
-                         f"{r['intervals']} | {_pct(r['coverage'])} | {_pct(r['mc_se'])} | {_num(r['bias'])} | "
-                         f"{_num(r['rmse'])} | {_pct(r.get('held_out_rejects_true_law'))} | {r['n_boot']} | "
-                         f"{verdict(r)} |")
+                         f"{r['intervals']} | {_pct(r.get('with_interval', 1.0))} | {_pct(r['coverage'])} | "
+                         f"{_pct(r['mc_se'])} | {_num(r['bias'])} | {_num(r['rmse'])} | "
+                         f"{_pct(r.get('held_out_rejects_true_law'))} | {r['n_draws']} | {verdict(r)} |")
         lines.append("")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from ..collect import collect_results
 from ..scaling import FORMS_1D, FORMS_2D, AffineCompute, allocation_bands, fit_chinchilla, fit_power_law
 from ..scaling.select import held_out
 from ..synthetic import write_trials
-from .ratios import _hash
+from .ratios import trial_hash
 from .stats import mc_se
 
 TRUE_1D = {"E": 0.3, "A": 30.0, "alpha": 0.4}
@@ -82,7 +82,7 @@ def _round_trip(design: LawDesign, N: np.ndarray | None, D: np.ndarray, L: np.nd
     for i, (d, loss, s) in enumerate(zip(D, L, seeds)):
         n = int(N[i]) if N is not None else 1_000_000
         params = {"pretrain.samples": int(d)} | ({"model.width": int(math.sqrt(n))} if N is not None else {})
-        trials.append({"config_hash": _hash(design.name, i), "trial_id": f"t{i}", "seed": int(s),
+        trials.append({"config_hash": trial_hash(design.name, i), "trial_id": f"t{i}", "seed": int(s),
                        "params": params, "result": {"block_size": 1, "width": int(math.sqrt(n)), "depth": 4,
                                                     "n_params": n + 1000, "n_params_encoder": n,
                                                     "flops_per_image": 1e9, "samples_seen": int(d),
@@ -103,7 +103,7 @@ def _round_trip(design: LawDesign, N: np.ndarray | None, D: np.ndarray, L: np.nd
                              "simulated ones")
 
 
-def run_design(design: LawDesign, reps: int, n_boot: int, seed: int = 0) -> list[dict[str, Any]]:
+def run_design(design: LawDesign, reps: int, n_draws: int, seed: int = 0) -> list[dict[str, Any]]:
     """Simulate `reps` studies, fit each with the report's estimator, and return one result per interval
     kind: each parameter's 95% interval, the 95% prediction interval of a new run at the held-out largest
     budget (fitted without it), and the rate at which the held-out check rejects the true law."""
@@ -112,6 +112,7 @@ def run_design(design: LawDesign, reps: int, n_boot: int, seed: int = 0) -> list
     hits: dict[str, list[bool]] = {k: [] for k in truth}
     errors: dict[str, list[float]] = {k: [] for k in truth}
     pi_hits: list[bool] = []
+    with_pi: list[bool] = []  # studies whose held-out refit gave a prediction interval
     rejected: list[bool] = []
     compute = AffineCompute(FIXED_FLOPS, PER_PARAM_FLOPS)
     c_ref = float(max(d * compute.per_image(n) for n in design.ns for d in design.xs)) if design.two_d else 0.0
@@ -126,7 +127,7 @@ def run_design(design: LawDesign, reps: int, n_boot: int, seed: int = 0) -> list
                 _round_trip(design, N, D, L, seeds, Path(tmp))
             if design.two_d:
                 assert N is not None
-                fit = fit_chinchilla(N, D, L, n_boot=n_boot, seed=rep, compute=compute, reference_compute=c_ref)
+                fit = fit_chinchilla(N, D, L, n_boot=n_draws, seed=rep, compute=compute, reference_compute=c_ref)
                 X = np.column_stack([N, D])
                 form = FORMS_2D[0]
                 for k, (value, lo, hi) in fit.allocation(c_ref).items():
@@ -135,7 +136,7 @@ def run_design(design: LawDesign, reps: int, n_boot: int, seed: int = 0) -> list
                     alloc_errors[k].append(math.log(value / true_k) if k in ("N_opt", "D_opt", "D/N")
                                            else value - true_k)
             else:
-                fit = fit_power_law(D, L, n_boot=n_boot, seed=rep)
+                fit = fit_power_law(D, L, n_boot=n_draws, seed=rep)
                 X = D[:, None]
                 form = FORMS_1D[0]
             for k, v in truth.items():
@@ -143,8 +144,9 @@ def run_design(design: LawDesign, reps: int, n_boot: int, seed: int = 0) -> list
                 hits[k].append(bool(lo <= v <= hi))
                 errors[k].append(fit.params[k] - v)
             mask = D == D.max()
-            h = held_out(form, X, L, mask, "the largest budget", n_boot=n_boot, seed=rep)
-            if not isinstance(h, str) and h.has_interval:
+            h = held_out(form, X, L, mask, "the largest budget", n_boot=n_draws, seed=rep)
+            with_pi.append(not isinstance(h, str) and h.has_interval)
+            if with_pi[-1]:
                 # a new run at each held-out point, from the truth and the noise model
                 new = true_loss(design, X[mask, 0] if design.two_d else None, X[mask, -1]) * np.exp(
                     rng.normal(0.0, design.seed_sd) + rng.normal(0.0, design.run_sd, int(mask.sum())))
@@ -153,32 +155,37 @@ def run_design(design: LawDesign, reps: int, n_boot: int, seed: int = 0) -> list
     kind = "2-D law" if design.two_d else "1-D law"
     out = []
     for k in truth:
-        out.append(_summary(f"{kind}: {k}", design, reps, hits[k], errors[k], truth[k], n_boot))
+        out.append(_summary(f"{kind}: {k}", design, reps, hits[k], errors[k], truth[k], n_draws))
     for k in alloc_truth:  # bias and RMSE in log for N_opt, D_opt, D/N; in units for the exponents
         out.append(_summary(f"compute-optimal {k} at C_max (affine FLOPs)", design, reps, alloc_hits[k],
-                            alloc_errors[k], alloc_truth[k][0], n_boot))
+                            alloc_errors[k], alloc_truth[k][0], n_draws))
     out.append(_summary(f"{kind}: 95% PI of a new run at the held-out largest budget", design, reps, pi_hits, [],
-                        None, n_boot, extra={"held_out_rejects_true_law": float(np.mean(rejected)) if rejected
-                                             else None}))
+                        None, n_draws, units=int(np.sum(with_pi)),
+                        extra={"held_out_rejects_true_law": float(np.mean(rejected)) if rejected else None,
+                               "with_interval": float(np.mean(with_pi))}))
     return out
 
 
 def _summary(kind: str, design: LawDesign, reps: int, hits: list[bool], errors: list[float], truth: float | None,
-             n_boot: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+             n_draws: int, units: int | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     n = len(hits)
     cov = float(np.mean(hits)) if n else float("nan")
-    # the Monte Carlo error counts studies: the held-out runs of one study share its fit, so its several
-    # prediction intervals are not independent trials
+    # the Monte Carlo error counts studies (`units`: those that gave an interval): the held-out runs of one
+    # study share its fit, so its several prediction intervals are not independent trials
     err = np.asarray(errors, dtype=float)
     return {"kind": kind, "design": design.name, "true": truth, "seeds": design.seeds,
             "points": len(design.xs) * max(1, len(design.ns)), "reps": reps, "intervals": n, "coverage": cov,
-            "mc_se": mc_se(cov, min(n, reps)) if n else None, "significant": None,
+            "mc_se": mc_se(cov, min(n, reps if units is None else units)) if n else None, "significant": None,
             "bias": float(err.mean()) if err.size else None,
-            "rmse": float(np.sqrt(np.mean(err**2))) if err.size else None, "n_boot": n_boot,
+            "rmse": float(np.sqrt(np.mean(err**2))) if err.size else None, "n_draws": n_draws,
             **(extra or {}), "tags": list(design.tags)}
 
 
 def designs(seeds: tuple[int, ...] = (3, 5, 10)) -> list[LawDesign]:
+    """1-D: 5 budgets a factor 2 apart; 2-D: 3 sizes x 4 budgets (the held-out fit keeps 3 budgets, the
+    fewest that pin B and beta beside E), each at 3, 5 and 10 seeds; and the 2-D grid with 3 budgets, whose
+    held-out fit has 2 (E then mostly goes to its bound, where the report gives no prediction interval)."""
     out = [LawDesign(f"1-D n={n}", n) for n in seeds]
-    out += [LawDesign("2-D n=3", 3, xs=(1e4, 3e4, 1e5), ns=(1e6, 3e6, 1e7))]
+    out += [LawDesign(f"2-D n={n}", n, xs=(1e4, 2.5e4, 6e4, 1.5e5), ns=(1e6, 3e6, 1e7)) for n in seeds]
+    out += [LawDesign("2-D n=3, 3 budgets", 3, xs=(1e4, 3e4, 1e5), ns=(1e6, 3e6, 1e7))]
     return out

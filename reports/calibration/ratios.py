@@ -55,7 +55,7 @@ class RatioDesign:
         return f"{self.what} ratio"
 
 
-def _hash(*parts: Any) -> str:
+def trial_hash(*parts: Any) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
 
@@ -70,7 +70,7 @@ def simulate_trials(design: RatioDesign, rng: np.random.Generator) -> tuple[dict
             offset = rng.normal(0.0, design.seed_sd)
             for xi, x in enumerate(design.xs):
                 top1 = TOP + SLOPE * math.log2(speed * x / largest) + offset + rng.normal(0.0, design.model_sd)
-                chash = _hash(design.name, k, si, x)
+                chash = trial_hash(design.name, k, si, x)
                 if design.what == "samples":
                     width, samples, n_enc = 128, int(x), 1_000_000
                 else:

@@ -12,7 +12,7 @@ is solved numerically under C = D * (fixed + per_param * N):
 whose first-order condition  alpha A N^-alpha = beta B C^-beta f(N)^(beta-1) per_param N  has one root
 (the difference of the two sides is increasing in log N), found by bisection for many C and many
 bootstrap draws at once. The exponents are local: a(C) = d log N_opt / d log C (1/(alpha/beta + 1) only
-when fixed = 0). Bands: percentiles over the law's bootstrap draws (cluster bootstrap over design points).
+when fixed = 0). Bands: percentiles over the law's t-calibrated parameter draws (``linearised``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 from ..intervals import percentile_interval
 
 LOG_N_RANGE = (0.0, 80.0)  # natural log of N searched: 1 to 5e34 parameters
-BISECTIONS = 200
+BISECTIONS = 64  # the log-N range of 80 halved 64 times: 4e-18, below float precision of log N
 LOCAL_STEP = 0.01  # relative step of C for the local exponent
 
 
@@ -63,7 +63,7 @@ class AffineCompute:
 
 
 def optimal_log_n(params: dict[str, Any], compute: AffineCompute, C: Any) -> np.ndarray:
-    """log N_opt for every C (broadcast against arrays of parameters, e.g. bootstrap draws)."""
+    """log N_opt for every C (broadcast against arrays of parameters, e.g. the law's parameter draws)."""
     A, B = np.asarray(params["A"], dtype=float), np.asarray(params["B"], dtype=float)
     alpha, beta = np.asarray(params["alpha"], dtype=float), np.asarray(params["beta"], dtype=float)
     log_c = np.log(np.asarray(C, dtype=float))
@@ -105,7 +105,7 @@ def local_exponents(params: dict[str, Any], compute: AffineCompute, C: Any) -> t
 def allocation_bands(point: dict[str, float], draws: dict[str, np.ndarray], compute: AffineCompute,
                      C: float, level: float = 0.95) -> dict[str, tuple[float, float, float]]:
     """At compute C: N_opt, D_opt, D/N and the local exponents a, b, each as (value, lo, hi) with the
-    percentile band over the bootstrap draws of the law's parameters."""
+    percentile band over the draws of the law's parameters."""
     out: dict[str, tuple[float, float, float]] = {}
     n, d = optimal_allocation(point, compute, C)
     a, b = local_exponents(point, compute, C)

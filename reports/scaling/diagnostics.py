@@ -1,5 +1,5 @@
 """Diagnostics: what decides whether a fitted form is a law (parameters at a bound or negligible, in
-many bootstrap refits too, interval widths, points per parameter)."""
+many of the interval's draws too, interval widths, points per parameter)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from .forms import (
     NAMES_2D,
     NEGLIGIBLE,
     Form,
-    _log_predict,
+    log_predict,
 )
 
 
@@ -30,9 +30,9 @@ class Diagnostics:
     n_points: int  # distinct design points (replicate seeds of one point count once)
     n_params: int
     rmse_log: float  # RMSE of log(prediction) - log(L) on the fitted points
-    rel_ci: dict[str, float]  # (hi - lo) / |value| per parameter (NaN without bootstrap)
+    rel_ci: dict[str, float]  # (hi - lo) / |value| per parameter (NaN without intervals)
     at_bounds: tuple[str, ...]  # "alpha = 0 (its lower bound)", "E negligible", ...
-    boot_at_bounds: dict[str, float]  # share of bootstrap refits with the parameter at a bound
+    boot_at_bounds: dict[str, float]  # share of the draws with the parameter at or beyond a bound
     problems: tuple[str, ...]
     caveats: tuple[str, ...] = ()
 
@@ -75,7 +75,7 @@ def _bound_hits(form: Form, theta: np.ndarray, logs: Sequence[np.ndarray], names
             name = e_name if (form.has_e and i == m) else names[i]
             hits.append((name, f"{name} at its bound"))
     # Shares of each term in the prediction at every point: one below NEGLIGIBLE everywhere is not determined.
-    z = _log_predict(form, theta, logs)
+    z = log_predict(form, theta, logs)
     for j in range(m):
         share = np.exp(theta[j] - theta[off + j] * logs[j] - z)
         if share.max() < NEGLIGIBLE:
@@ -85,12 +85,45 @@ def _bound_hits(form: Form, theta: np.ndarray, logs: Sequence[np.ndarray], names
     return hits
 
 
-def _diagnose(form: Form, theta: np.ndarray, boot: np.ndarray, logs: Sequence[np.ndarray], ly: np.ndarray,
+def _draw_bound_shares(form: Form, draws: np.ndarray, logs: Sequence[np.ndarray], names: Sequence[str],
+                       e_name: str = "E") -> dict[str, float]:
+    """Per parameter, the share of `draws` (k, ...) in which ``_bound_hits`` would name it (all at once)."""
+    m, n = len(form.terms), len(draws)
+    hit: dict[str, np.ndarray] = {}
+
+    def add(name: str, mask: np.ndarray) -> None:
+        hit[name] = hit.get(name, np.zeros(n, dtype=bool)) | mask
+
+    if form.is_constant or not n:
+        return {}
+    if form.loglinear:
+        for j in range(m):
+            add(names[1 + j], np.abs(draws[:, 1 + j]) >= 0.99 * LOGLIN_EXP_BOUND)
+    else:
+        off = m + int(form.has_e)
+        lo, hi = EXP_BOUNDS
+        for j in range(m):
+            p = draws[:, off + j]
+            flat = p * float(np.ptp(logs[j])) < 1e-2 if form.has_e else np.zeros(n, dtype=bool)
+            add(names[m + j], (p <= lo + 1e-3) | (p >= hi - 1e-2) | flat)
+        for i in range(m + int(form.has_e)):
+            add(e_name if (form.has_e and i == m) else names[i], np.abs(draws[:, i]) >= COEF_BOUND - 1.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = log_predict(form, draws, logs)
+            for j in range(m):
+                share = np.exp(draws[:, j, None] - draws[:, off + j, None] * logs[j] - z)
+                add(names[j], share.max(axis=1) < NEGLIGIBLE)
+            if form.has_e:
+                add(e_name, np.exp(draws[:, m, None] - z).max(axis=1) < NEGLIGIBLE)
+    return {name: float(mask.mean()) for name, mask in hit.items() if mask.any()}
+
+
+def diagnose(form: Form, theta: np.ndarray, boot: np.ndarray, logs: Sequence[np.ndarray], ly: np.ndarray,
               params: dict[str, float], ci: dict[str, tuple[float, float]], internal_names: Sequence[str],
               n_boot_asked: int, n_design_points: int | None = None) -> Diagnostics:
     # points per parameter count design points: the seeds of one (N, D) are replicates, not new points
     n, k = (len(ly) if n_design_points is None else n_design_points), form.n_params
-    resid = _log_predict(form, theta, logs, len(ly)) - ly
+    resid = log_predict(form, theta, logs, len(ly)) - ly
     rmse = float(np.sqrt(np.mean(resid**2)))
     problems: list[str] = []
     caveats: list[str] = []
@@ -101,15 +134,11 @@ def _diagnose(form: Form, theta: np.ndarray, boot: np.ndarray, logs: Sequence[np
     problems += [why for _, why in hits]
     boot_hits: dict[str, float] = {}
     if len(boot):
-        counts: dict[str, int] = {}
-        for b in boot:
-            for name in {nm for nm, _ in _bound_hits(form, b, logs, internal_names)}:
-                counts[name] = counts.get(name, 0) + 1
-        boot_hits = {nm: c / len(boot) for nm, c in counts.items()}
+        boot_hits = _draw_bound_shares(form, boot, logs, internal_names)
         already = {nm for nm, _ in hits}
         for nm, share in boot_hits.items():
             if share > MAX_BOOT_AT_BOUND and nm not in already:
-                problems.append(f"{nm} at a bound in {share:.0%} of bootstrap refits")
+                problems.append(f"{nm} beyond a bound in {share:.0%} of its interval's draws")
     rel: dict[str, float] = {}
     for name, value in params.items():
         lo, hi = ci[name]
@@ -120,9 +149,9 @@ def _diagnose(form: Form, theta: np.ndarray, boot: np.ndarray, logs: Sequence[np
             lo, hi = ci[nm]
             problems.append(f"{nm}'s 95% interval [{lo:.3g}, {hi:.3g}] is {rel[nm]:.1f}x its value {params[nm]:.3g}")
     if n_boot_asked == 0:
-        caveats.append("no bootstrap: intervals not computed, identifiability judged without them")
-    elif len(boot) < max(2, n_boot_asked // 2):
-        problems.append(f"only {len(boot)} of {n_boot_asked} bootstrap resamples could be fitted")
+        caveats.append("no intervals asked for (n_boot=0): identifiability judged without them")
+    elif not len(boot):
+        problems.append(f"no interval: {n} runs leave no residual degrees of freedom for {k} parameters")
     if form.is_constant:
         problems.append("a constant is not a scaling law")
     return Diagnostics(n_points=n, n_params=k, rmse_log=rmse, rel_ci=rel, at_bounds=tuple(w for _, w in hits),

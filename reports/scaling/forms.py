@@ -25,13 +25,13 @@ LOGLIN_EXP_BOUND = 10.0  # |exponent| of the log-linear form
 MIN_POINTS_PER_PARAM = 2.0  # fewer points per parameter than this: not a law
 MAX_REL_CI = 1.0  # E or an exponent whose 95% interval is wider than its value: not determined
 NEGLIGIBLE = 1e-4  # a term below this share of the prediction at every point is not determined
-MAX_BOOT_AT_BOUND = 0.25  # share of bootstrap refits with a parameter at a bound before it counts
+MAX_BOOT_AT_BOUND = 0.25  # share of a fit's parameter draws at or beyond a bound before it counts
 LOO_MAX_POINTS = 20  # leave-one-out up to this many points, else K-fold
 K_FOLDS = 5
 
 
 @contextlib.contextmanager
-def _one_blas_thread() -> Iterator[None]:
+def one_blas_thread() -> Iterator[None]:
     """L-BFGS-B makes thousands of tiny BLAS calls; a threaded BLAS on a busy machine spins on each
     (30x slower measured on 2 shared cores). One thread is always fastest for these 3-5 parameters."""
     try:
@@ -57,7 +57,7 @@ def _as_array(name: str, values: Any) -> np.ndarray:
     return arr
 
 
-def _check(arrays: dict[str, Any], n_params: int, what: str) -> list[np.ndarray]:
+def check_arrays(arrays: dict[str, Any], n_params: int, what: str) -> list[np.ndarray]:
     out = [_as_array(name, v) for name, v in arrays.items()]
     lengths = {name: len(a) for name, a in zip(arrays, out)}
     if len(set(lengths.values())) > 1:
@@ -76,16 +76,16 @@ def _check(arrays: dict[str, Any], n_params: int, what: str) -> list[np.ndarray]
     return out
 
 
-def _check_boot(n_boot: int) -> None:
+def check_boot(n_boot: int) -> None:
     if not isinstance(n_boot, (int, np.integer)) or isinstance(n_boot, bool) or n_boot < 0:
         raise ValueError(f"n_boot={n_boot!r} must be an integer >= 0")
 
 
-def _geomean(a: np.ndarray) -> float:
+def geomean(a: np.ndarray) -> float:
     return float(np.exp(np.mean(np.log(a))))
 
 
-def _percentiles(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+def percentile_ci(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     samples = samples[np.isfinite(samples)]
     if samples.size < 2:
         return (float("nan"), float("nan"))
@@ -132,14 +132,14 @@ FORMS_2D = (Form("full", (0, 1)), Form("E = 0", (0, 1), has_e=False), Form("N on
 
 
 @dataclass(frozen=True)
-class _Names:
+class ParamNames:
     variables: tuple[str, ...]
     coefs: tuple[str, ...]
     exponents: tuple[str, ...]
 
 
-NAMES_1D = _Names(("x",), ("A",), ("alpha",))
-NAMES_2D = _Names(("N", "D"), ("A", "B"), ("alpha", "beta"))
+NAMES_1D = ParamNames(("x",), ("A",), ("alpha",))
+NAMES_2D = ParamNames(("N", "D"), ("A", "B"), ("alpha", "beta"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def _linear_objective(theta: np.ndarray, logs: Sequence[np.ndarray], ly: np.ndar
     return float(h.sum()) / delta, grad
 
 
-def _log_predict(form: Form, theta: np.ndarray, logs: Sequence[np.ndarray], n: int | None = None) -> np.ndarray:
+def log_predict(form: Form, theta: np.ndarray, logs: Sequence[np.ndarray], n: int | None = None) -> np.ndarray:
     """theta (..., k) -> log-predictions (..., n) on the normalised scale (``n`` for the constant form)."""
     theta = np.asarray(theta, dtype=float)
     n = len(logs[0]) if logs else int(n or 0)
@@ -225,11 +225,11 @@ def _bounds(form: Form) -> list[tuple[float | None, float | None]]:
 
 
 FIT_OPTIONS = {"maxiter": 1000, "ftol": 1e-13, "gtol": 1e-10}
-# Refits (bootstrap, cross-validation) stop earlier: there are hundreds of them per report.
+# Refits (cross-validation folds) stop earlier: there are hundreds of them per report.
 REFIT_OPTIONS = {"maxiter": 200, "ftol": 1e-10, "gtol": 1e-7}
 
 
-def _minimize(form: Form, starts: Sequence[np.ndarray], logs: Sequence[np.ndarray], ly: np.ndarray,
+def minimize_from_starts(form: Form, starts: Sequence[np.ndarray], logs: Sequence[np.ndarray], ly: np.ndarray,
               delta: float, options: dict[str, float] = FIT_OPTIONS) -> tuple[np.ndarray, float]:
     if form.loglinear or form.is_constant:
         fun: Callable[..., tuple[float, np.ndarray]] = _linear_objective
@@ -246,7 +246,7 @@ def _minimize(form: Form, starts: Sequence[np.ndarray], logs: Sequence[np.ndarra
     return best_theta, best_f
 
 
-def _starts(form: Form, logs: Sequence[np.ndarray], ly: np.ndarray, delta: float, n: int = 5) -> list[np.ndarray]:
+def grid_starts(form: Form, logs: Sequence[np.ndarray], ly: np.ndarray, delta: float, n: int = 5) -> list[np.ndarray]:
     """The ``n`` best points of the grid of starts on these data (the least-squares line for log-linear)."""
     if form.is_constant:
         return [np.array([float(np.median(ly))])]
@@ -256,9 +256,13 @@ def _starts(form: Form, logs: Sequence[np.ndarray], ly: np.ndarray, delta: float
         return [sol]
     grid = _grid(len(logs), form.has_e)
     losses = np.empty(len(grid))
+    # predictions at each distinct design point only (the seeds of a point share it), losses on every run
+    points, inverse = np.unique(np.column_stack(logs), axis=0, return_inverse=True)
+    point_logs = [points[:, j] for j in range(points.shape[1])]
+    inverse = np.asarray(inverse).ravel()
     chunk = max(1, 2_000_000 // max(1, len(ly) * (len(logs) + 1)))
     for i in range(0, len(grid), chunk):
-        z = _log_predict(form, grid[i:i + chunk], logs)
+        z = log_predict(form, grid[i:i + chunk], point_logs)[:, inverse]
         losses[i:i + chunk] = _huber(z - ly, delta)[0].sum(axis=-1)
     return [grid[i] for i in np.argsort(losses)[:n]]
 
@@ -268,8 +272,8 @@ REFIT_STARTS = 2  # grid starts of a refit's own data, beside the warm start
 
 def refit_starts(form: Form, logs: Sequence[np.ndarray], ly: np.ndarray, warm: np.ndarray | None = None
                  ) -> list[np.ndarray]:
-    """Starts for a refit on a subset (bootstrap resample, cross-validation fold): the best grid points
+    """Starts for a refit on a subset (a cross-validation fold): the best grid points
     of the subset's own data, so a refit can leave the full fit's basin, plus ``warm`` when given. A
     cross-validation fold gets no warm start: the full fit has seen its held-out points."""
-    own = _starts(form, logs, ly, HUBER_DELTA, n=REFIT_STARTS)
+    own = grid_starts(form, logs, ly, HUBER_DELTA, n=REFIT_STARTS)
     return own if warm is None else [warm, *own]

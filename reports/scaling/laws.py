@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 
 from .compute import AffineCompute, allocation_bands, local_exponents, optimal_allocation
-from .fit import FormFit, _natural, fit_form
-from .forms import FORMS_1D, FORMS_2D, NAMES_1D, NAMES_2D, Form, _check, _check_boot, _percentiles
+from .fit import FormFit, fit_form, natural_params
+from .forms import FORMS_1D, FORMS_2D, NAMES_1D, NAMES_2D, Form, check_arrays, check_boot, percentile_ci
 
 
 @dataclass
 class PowerLawFit(FormFit):
-    """``L(x) = E + A * x**-alpha`` or a reduced form; ``ci`` holds percentile bootstrap intervals."""
+    """``L(x) = E + A * x**-alpha`` or a reduced form; ``ci`` holds linearised least-squares t-intervals."""
 
     @property
     def E(self) -> float:
@@ -31,15 +31,15 @@ class PowerLawFit(FormFit):
 
     def predict(self, x: Any) -> np.ndarray:
         x = np.asarray(x, dtype=float)
-        return self._predict_matrix(x.reshape(-1, 1)).reshape(x.shape)
+        return self.predict_matrix(x.reshape(-1, 1)).reshape(x.shape)
 
     def predict_interval(self, x: Any, level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Pointwise percentile band of the bootstrap fits' predictions (NaN without bootstrap)."""
-        return self._band(np.asarray(x, dtype=float).reshape(-1, 1), level)
+        """Pointwise 95% interval of the law's mean at x (NaN without intervals)."""
+        return self.confidence_band(np.asarray(x, dtype=float).reshape(-1, 1), level)
 
     def prediction_interval(self, x: Any, level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Where a new run at x should land: the band plus the residual scatter."""
-        return self._pred_band(np.asarray(x, dtype=float).reshape(-1, 1), level)
+        return self.prediction_band(np.asarray(x, dtype=float).reshape(-1, 1), level)
 
     def describe(self) -> str:
         return self._describe().replace("·x", " * x")
@@ -47,8 +47,8 @@ class PowerLawFit(FormFit):
 
 def fit_power_law(x: Any, y: Any, n_boot: int = 200, seed: int = 0, form: Form = FORMS_1D[0]) -> PowerLawFit:
     """Fit ``y = E + A * x**-alpha`` (x, y > 0), or a reduced ``form``. Raises ValueError on degenerate input."""
-    _check_boot(n_boot)
-    x, y = _check({"x": x, "y": y}, 3, "the power law E + A*x^-alpha")
+    check_boot(n_boot)
+    x, y = check_arrays({"x": x, "y": y}, 3, "the power law E + A*x^-alpha")
     if len(np.unique(x)) < 3:
         raise ValueError(f"the power law needs at least 3 distinct x values (got {len(np.unique(x))})")
     fit = fit_form(form, x[:, None], y, n_boot=n_boot, seed=seed, names=NAMES_1D, cls=PowerLawFit)
@@ -105,23 +105,23 @@ class ChinchillaFit(FormFit):
 
     def predict(self, N: Any, D: Any) -> np.ndarray:
         X, shape = self._nd(N, D)
-        return self._predict_matrix(X).reshape(shape)
+        return self.predict_matrix(X).reshape(shape)
 
     def predict_interval(self, N: Any, D: Any, level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         X, shape = self._nd(N, D)
-        lo, hi = self._band(X, level)
+        lo, hi = self.confidence_band(X, level)
         return lo.reshape(shape), hi.reshape(shape)
 
     def prediction_interval(self, N: Any, D: Any, level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         X, shape = self._nd(N, D)
-        lo, hi = self._pred_band(X, level)
+        lo, hi = self.prediction_band(X, level)
         return lo.reshape(shape), hi.reshape(shape)
 
     # -- compute-optimal allocation ----------------------------------------------------------
 
     def boot_params(self) -> dict[str, np.ndarray]:
-        """The bootstrap draws of the named parameters, in the caller's units."""
-        return _natural(self.form, self._boot, self._refs, self.names)
+        """The t-calibrated draws of the named parameters (``linearised``), in the caller's units."""
+        return natural_params(self.form, self.draws, self._refs, self.names)
 
     def _frontier_params(self) -> dict[str, float]:
         return {"A": self.A, "B": self.B, "alpha": self.alpha, "beta": self.beta}
@@ -141,20 +141,20 @@ class ChinchillaFit(FormFit):
 
     @property
     def exponents_ci(self) -> dict[str, tuple[float, float]]:
-        if len(self._boot) < 2 or not self.has_frontier:
+        if len(self.draws) < 2 or not self.has_frontier:
             return {"a": (float("nan"),) * 2, "b": (float("nan"),) * 2}
         if self.compute is not None and self.reference_compute:
             a, b = local_exponents(self.boot_params(), self.compute, self.reference_compute)
-            return {"a": _percentiles(np.asarray(a)), "b": _percentiles(np.asarray(b))}
+            return {"a": percentile_ci(np.asarray(a)), "b": percentile_ci(np.asarray(b))}
         off = 2 + int(self.form.has_e)
-        alpha, beta = self._boot[:, off], self._boot[:, off + 1]
+        alpha, beta = self.draws[:, off], self.draws[:, off + 1]
         s = alpha + self.flops_exponent * beta
         with np.errstate(divide="ignore", invalid="ignore"):
-            return {"a": _percentiles(beta / s), "b": _percentiles(alpha / s)}
+            return {"a": percentile_ci(beta / s), "b": percentile_ci(alpha / s)}
 
     def allocation(self, C: float, level: float = 0.95) -> dict[str, tuple[float, float, float]]:
         """At compute C (the affine ``compute`` required): N_opt, D_opt, D/N, a and b as (value, lo, hi),
-        the band over the bootstrap draws."""
+        the band over the parameter draws."""
         if self.compute is None or not self.has_frontier:
             raise ValueError("allocation: needs a law with both power terms and an affine compute model")
         return allocation_bands(self._frontier_params(), self.boot_params(), self.compute, C, level)
@@ -207,8 +207,8 @@ class ChinchillaFit(FormFit):
         return self._describe().replace("·N^-", " / N^").replace("·D^-", " / D^")
 
 
-def _check_chinchilla(N: Any, D: Any, L: Any, n_min: int = 5) -> list[np.ndarray]:
-    N, D, L = _check({"N": N, "D": D, "L": L}, n_min, "the Chinchilla law E + A/N^alpha + B/D^beta")
+def check_chinchilla(N: Any, D: Any, L: Any, n_min: int = 5) -> list[np.ndarray]:
+    N, D, L = check_arrays({"N": N, "D": D, "L": L}, n_min, "the Chinchilla law E + A/N^alpha + B/D^beta")
     for name, arr in (("N", N), ("D", D)):
         if len(np.unique(arr)) < 2:
             raise ValueError(f"the Chinchilla law needs at least 2 distinct {name} values (got 1): "
@@ -243,8 +243,8 @@ def fit_chinchilla(N: Any, D: Any, L: Any, n_boot: int = 200, seed: int = 0,
                    reference_compute: float | None = None) -> ChinchillaFit:
     """Fit ``L = E + A / N**alpha + B / D**beta`` (N, D, L > 0), or a reduced ``form``.
     Raises ValueError on degenerate input."""
-    _check_boot(n_boot)
-    N, D, L = _check_chinchilla(N, D, L)
+    check_boot(n_boot)
+    N, D, L = check_chinchilla(N, D, L)
     check_flops(flops_per_param_sample, flops_exponent)
     fit = fit_form(form, np.column_stack([N, D]), L, n_boot=n_boot, seed=seed, names=NAMES_2D, cls=ChinchillaFit,
                    flops_per_param_sample=float(flops_per_param_sample), flops_exponent=float(flops_exponent),

@@ -22,16 +22,16 @@ from .forms import (
     NAMES_2D,
     REFIT_OPTIONS,
     Form,
-    _check,
-    _check_boot,
-    _geomean,
-    _log_predict,
-    _minimize,
-    _Names,
-    _one_blas_thread,
+    ParamNames,
+    check_arrays,
+    check_boot,
+    geomean,
+    log_predict,
+    minimize_from_starts,
+    one_blas_thread,
     refit_starts,
 )
-from .laws import ChinchillaFit, PowerLawFit, _check_chinchilla, check_flops
+from .laws import ChinchillaFit, PowerLawFit, check_chinchilla, check_flops
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Comparison:
         return self.chosen
 
 
-def _folds(X: np.ndarray, seed: int) -> tuple[list[np.ndarray], str]:
+def cv_folds(X: np.ndarray, seed: int) -> tuple[list[np.ndarray], str]:
     """Cross-validation folds over design points: every replicate (seed) of a held-out point leaves with
     it, so no copy of the point stays in training. One point per fold up to LOO_MAX_POINTS points."""
     groups = point_groups(X)
@@ -80,17 +80,17 @@ def _cv(form: Form, X: np.ndarray, y: np.ndarray, folds: list[np.ndarray]) -> Fo
     n = len(y)
     if n - max(len(f) for f in folds) < form.n_params:
         return FormScore(form, float("nan"), float("nan"), f"too few points for {form.n_params} parameters")
-    refs = tuple(_geomean(X[:, j]) for j in range(X.shape[1])) + (_geomean(y),)
+    refs = tuple(geomean(X[:, j]) for j in range(X.shape[1])) + (geomean(y),)
     logs_all = [np.log(X[:, j] / refs[j]) for j in form.terms]
     ly_all = np.log(y / refs[-1])
     errs = np.full(n, np.nan)
-    with _one_blas_thread():
+    with one_blas_thread():
         for test in folds:
             train = np.setdiff1d(np.arange(n), test)
             lt = [lg[train] for lg in logs_all]
-            theta, _ = _minimize(form, refit_starts(form, lt, ly_all[train]), lt, ly_all[train], HUBER_DELTA,
+            theta, _ = minimize_from_starts(form, refit_starts(form, lt, ly_all[train]), lt, ly_all[train], HUBER_DELTA,
                                  REFIT_OPTIONS)  # the fold's own starts: the full fit has seen the held-out points
-            errs[test] = _log_predict(form, theta, [lg[test] for lg in logs_all], len(test)) - ly_all[test]
+            errs[test] = log_predict(form, theta, [lg[test] for lg in logs_all], len(test)) - ly_all[test]
     sq = errs**2
     groups = point_groups(X)  # the standard error counts design points, not the replicates of one
     per_point = np.bincount(groups, weights=sq) / np.bincount(groups)
@@ -100,13 +100,13 @@ def _cv(form: Form, X: np.ndarray, y: np.ndarray, folds: list[np.ndarray]) -> Fo
 
 
 def compare_forms(X: Any, y: Any, forms: Sequence[Form], n_boot: int = 200, seed: int = 0,
-                  names: _Names | None = None, cls: type[FormFit] = FormFit, **extra: Any) -> Comparison:
+                  names: ParamNames | None = None, cls: type[FormFit] = FormFit, **extra: Any) -> Comparison:
     """Score every form by cross-validated log error; choose the simplest identifiable form within one
     standard error of the best. The constant form winning means there is no law."""
     X = np.asarray(X, dtype=float)
     X = X[:, None] if X.ndim == 1 else X
     y = np.asarray(y, dtype=float)
-    folds, method = _folds(X, seed)
+    folds, method = cv_folds(X, seed)
     scores = [_cv(f, X, y, folds) for f in forms]
     scored = [s for s in scores if math.isfinite(s.cv_rmse)]
     if not scored:
@@ -149,8 +149,9 @@ class HeldOut:
     X: np.ndarray  # held-out inputs (n, m)
     actual: np.ndarray
     predicted: np.ndarray
-    lo: np.ndarray  # prediction interval
+    lo: np.ndarray  # prediction interval (NaN when there is none: ``note`` says why)
     hi: np.ndarray
+    note: str = ""
 
     @property
     def rel_error(self) -> np.ndarray:
@@ -171,7 +172,7 @@ class HeldOut:
 
 
 def held_out(form: Form, X: Any, y: Any, holdout: np.ndarray, what: str, n_boot: int = 200, seed: int = 0,
-             names: _Names | None = None, cls: type[FormFit] = FormFit, **extra: Any) -> HeldOut | str:
+             names: ParamNames | None = None, cls: type[FormFit] = FormFit, **extra: Any) -> HeldOut | str:
     """Fit ``form`` on the rows not in ``holdout`` and predict those rows. Returns a reason string when
     the remaining rows cannot support the form."""
     X = np.asarray(X, dtype=float)
@@ -183,16 +184,24 @@ def held_out(form: Form, X: Any, y: Any, holdout: np.ndarray, what: str, n_boot:
     Xt = X[train]
     if train.sum() < form.n_params + 1:
         return f"{int(train.sum())} points left after holding out {what}, too few for {form.n_params} parameters"
-    need = 3 if (len(form.terms) == 1 and form.has_e and not form.loglinear) else 2
+    # a power term beside a constant needs 3 distinct values of its variable to be extrapolated: on 2 (a
+    # 3 x 3 (N, D) grid without its largest budget) E went to its bound and the PI covered 74%
+    need = 3 if (form.has_e and not form.loglinear and not form.is_constant) else 2
     for j in form.terms:
         if len(np.unique(Xt[:, j])) < need:
             return f"{len(np.unique(Xt[:, j]))} distinct {(names or NAMES_1D).variables[j]} values left after " \
                    f"holding out {what} (the form needs {need})"
     fit = fit_form(form, Xt, y[train], n_boot=n_boot, seed=seed, names=names, cls=cls, **extra)
     Xh = X[holdout]
-    pred = fit._predict_matrix(Xh)
-    lo, hi = fit._pred_band(Xh, None, seed)
-    return HeldOut(what=what, fit=fit, X=Xh, actual=y[holdout], predicted=pred, lo=lo, hi=hi)
+    pred = fit.predict_matrix(Xh)
+    lo, hi = fit.prediction_band(Xh, None)
+    note = ""
+    if fit.diagnostics.at_bounds:
+        # a linearised interval describes an optimum inside the bounds; at a bound (E -> 0 on two budgets)
+        # it measured 74% coverage: no interval, so no verdict, rather than a false one
+        lo, hi = np.full(len(Xh), np.nan), np.full(len(Xh), np.nan)
+        note = "no prediction interval: the refit has " + "; ".join(fit.diagnostics.at_bounds)
+    return HeldOut(what=what, fit=fit, X=Xh, actual=y[holdout], predicted=pred, lo=lo, hi=hi, note=note)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +251,7 @@ def held_out_failure(a: LawAnalysis) -> str:
 
 
 def _with_held_out(comp: Comparison, X: np.ndarray, y: np.ndarray, holdout: np.ndarray, what: str, n_boot: int,
-                   seed: int, names: _Names, cls: type[FormFit], **extra: Any) -> LawAnalysis:
+                   seed: int, names: ParamNames, cls: type[FormFit], **extra: Any) -> LawAnalysis:
     if comp.law is None:
         return LawAnalysis(comp, None, "no law to test")
     res = held_out(comp.law.form, X, y, holdout, what, n_boot=n_boot, seed=seed, names=names, cls=cls, **extra)
@@ -257,10 +266,10 @@ def analyze_power_law(x: Any, y: Any, n_boot: int = 200, seed: int = 0, hold_out
     """Compare 1-D forms, keep the chosen one if it is a law, and check it on held-out points:
     ``hold_out="largest"`` holds out the largest x, ``"tail"`` the last 20% of points (at least one),
     None skips the check (``no_hold_out_reason`` says why)."""
-    _check_boot(n_boot)
+    check_boot(n_boot)
     if hold_out not in ("largest", "tail", None):
         raise ValueError(f"hold_out={hold_out!r} is not allowed (allowed: 'largest', 'tail', None)")
-    x, y = _check({"x": x, "y": y}, 3, "the power law E + A*x^-alpha")
+    x, y = check_arrays({"x": x, "y": y}, 3, "the power law E + A*x^-alpha")
     if len(np.unique(x)) < 3:
         raise ValueError(f"the power law needs at least 3 distinct x values (got {len(np.unique(x))})")
     comp = compare_forms(x[:, None], y, forms, n_boot=n_boot, seed=seed, names=NAMES_1D, cls=PowerLawFit)
@@ -283,8 +292,8 @@ def analyze_chinchilla(N: Any, D: Any, L: Any, n_boot: int = 200, seed: int = 0,
     """Compare L(N, D) forms, keep the chosen one if it is a law, and predict the largest budget D
     from a fit on the others. `compute` (an ``AffineCompute``): the study's own FLOPs per image, under
     which the frontier is solved numerically and exponents are read at `reference_compute`."""
-    _check_boot(n_boot)
-    N, D, L = _check_chinchilla(N, D, L, n_min=3)
+    check_boot(n_boot)
+    N, D, L = check_chinchilla(N, D, L, n_min=3)
     check_flops(flops_per_param_sample, flops_exponent)
     X = np.column_stack([N, D])
     extra = {"flops_per_param_sample": float(flops_per_param_sample), "flops_exponent": float(flops_exponent),
