@@ -28,8 +28,9 @@ def official_cmd(
     (`pretrain.init`) and studies use it like any xtra run."""
     from xtra.config import DataConfig, ModelConfig
     from xtra.costs import describe
-    from xtra.official import import_official
+    from xtra.official import PROVENANCE_JSON, import_official
     from xtra.overrides import override
+    from xtra.trialdir import CHECKPOINT
 
     with user_errors():
         data_cfg = DataConfig(name=data) if data else None
@@ -38,7 +39,7 @@ def official_cmd(
     console.print(f"[bold]imported[/] {ckpt} ({info['layout']} layout, {info['enc_arch'] or 'arch not recorded'}, "
                   f"epoch {info['epoch']}, step {info['global_step']}): {describe(model)}, k={model.block_size}, "
                   f"{model.next_heads} head(s) ahead", highlight=False)
-    console.print(f"checkpoint: {out / 'checkpoint.pt'}\nprovenance: {out / 'official.json'}", highlight=False)
+    console.print(f"checkpoint: {out / CHECKPOINT}\nprovenance: {out / PROVENANCE_JSON}", highlight=False)
     console.print(f"probe it:   xtra probe {out} --data {info['data']['name']}", highlight=False, soft_wrap=True)
     sets = " ".join(f"--set {s}" for s in info["continue_sets"])
     if info["data"]["fingerprint"]:

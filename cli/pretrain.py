@@ -32,6 +32,7 @@ def pretrain_cmd(
                                                      "default: start a local one).")] = None,
 ) -> None:
     """Pretrain one XTRA model (resumable), optionally probe it."""
+    from xtra import trialdir as td
     from xtra.checkpoint import CHECKPOINT, atomic_write_json
     from xtra.config import SIZES, TrialConfig
     from xtra.costs import describe
@@ -59,7 +60,7 @@ def pretrain_cmd(
         if address and workers == 1:
             raise ValueError("--address needs --workers N (N > 1): a single worker runs here")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", cfg.to_dict())
+    atomic_write_json(out / td.CONFIG, cfg.to_dict())
     console.print(f"[bold]xtra pretrain[/] {size} k={cfg.model.block_size} on {cfg.data.name} ({where}): "
                   f"{describe(cfg.model)}")
     if workers > 1:
@@ -74,7 +75,7 @@ def pretrain_cmd(
     console.print(f"pretrained {result['samples_seen']} samples in {result['wall_s']:.0f}s "
                   f"({result['images_per_s']:.0f} img/s): train loss {result['train_loss']:.4f}, "
                   f"val loss {result['val_loss']:.4f}")
-    console.print(f"metrics:    {out / 'metrics.jsonl'}\ncheckpoint: {out / CHECKPOINT}")
+    console.print(f"metrics:    {out / td.METRICS}\ncheckpoint: {out / CHECKPOINT}")
     if probe:
         from xtra.probe import probe_run
 
@@ -86,7 +87,7 @@ def pretrain_cmd(
         for kind, res in probed.items():
             console.print(f"probe {kind}: test top-1 {res['test_top1']:.2%} (lr {res['best_lr']:g}, "
                           f"chosen on validation)")
-        console.print(f"probe:      {out / 'probe.json'}")
+        console.print(f"probe:      {out / td.PROBE}")
 
 
 def info_cmd() -> None:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from xtra import trialdir as td
 from xtra.studies.load import load_study
 from xtra.trial import run_trial
 
@@ -24,7 +25,7 @@ def _first_step_seconds(study_dir: Path, n_trials: int, timeout: float = 300.0) 
     first = None
     try:
         while proc.poll() is None and time.perf_counter() - t0 < timeout:
-            if first is None and any(p.stat().st_size > 0 for p in study_dir.glob("trials/*/metrics.jsonl")):
+            if first is None and any(p.stat().st_size > 0 for p in study_dir.glob(f"trials/*/{td.METRICS}")):
                 first = time.perf_counter() - t0
             time.sleep(0.05)
         proc.wait(timeout=max(1.0, timeout - (time.perf_counter() - t0)))

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from xtra import studydir as st
 from xtra import trialdir as td
 
 LRS = (3e-4, 1e-3, 3e-3)
@@ -129,7 +130,7 @@ def run(out: Path, samples: int, probe_train: int) -> dict[str, Any]:
         wall = time.perf_counter() - t0
         if outcome.stopped or outcome.counts.get("finished", 0) == 0:
             raise SystemExit(f"{kind}: the study did not finish ({outcome.counts}); rerun to resume it")
-        df = pl.read_parquet(outcome.study_dir / "results.parquet")
+        df = pl.read_parquet(outcome.study_dir / st.RESULTS)
         trained = samples_trained(outcome.study_dir)
         full = df.filter((pl.col("status") == "finished") & (pl.col("samples_seen") == samples))
         finished = {_key({"pretrain.lr": r["pretrain.lr"], "pretrain.warmup_samples": r["pretrain.warmup_samples"]}):
@@ -139,8 +140,6 @@ def run(out: Path, samples: int, probe_train: int) -> dict[str, Any]:
                                  "notes": outcome.notes, "full_budget_top1": {f"lr={k[0]:g},warmup={k[1]}": v
                                                                               for k, v in finished.items()}}
         if kind == "halving":
-            from xtra import studydir as st
-
             ladder = st.read_ladder(outcome.study_dir)
             [winner] = ladder["rungs"][-1]["promoted"]
             entry["pick"] = _key(ladder["configs"][winner])

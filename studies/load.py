@@ -67,8 +67,8 @@ def resolve_path(path_or_name: str | Path) -> Path:
     """A study name (``block-size``), a ``.toml`` path, or a study directory holding ``study.toml``."""
     p = Path(path_or_name).expanduser()
     if p.is_dir():
-        if (p / "study.toml").is_file():
-            return p / "study.toml"
+        if (p / studydir.STUDY_TOML).is_file():
+            return p / studydir.STUDY_TOML
         raise StudyError(f"{p}: not a study directory (no study.toml in it)")
     if p.is_file():
         return p
@@ -170,7 +170,7 @@ def _parse(path: Path, preset: str | None, sets: dict[str, Any] | list[str] | No
     """A study file (any path), its preset, --set and --seeds -> the typed ``Study``, in the precedence of
     ``xtra.studies.spec``; the draft keeps where each value came from, for the checks that follow."""
     src = display_path(path)
-    if path.parent == STUDIES_DIR and path.name != "study.toml":
+    if path.parent == STUDIES_DIR and path.name != studydir.STUDY_TOML:
         src = f"studies/{path.name}"
     raw = _read_study_file(path, src)
     name, description = _name_and_description(raw, path, src)
@@ -200,7 +200,7 @@ def _read_study_file(path: Path, src: str) -> dict[str, Any]:
 
 
 def _name_and_description(raw: dict[str, Any], path: Path, src: str) -> tuple[str, str]:
-    name = raw.get("name", path.stem if path.name != "study.toml" else path.parent.name)
+    name = raw.get("name", path.stem if path.name != studydir.STUDY_TOML else path.parent.name)
     description = raw.get("description", "")
     for key, v in (("name", name), ("description", description)):
         if not isinstance(v, str):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xtra import trialdir as td
 from xtra.checkpoint import CHECKPOINT, load_checkpoint
 from xtra.config import DataConfig, ModelConfig
 from xtra.data.collection import is_command
@@ -77,7 +78,7 @@ def study_pictures(study_dir: Path, fetch: Callable[[Path], bool] | None = None)
     ``fetch(run_dir)`` brings a finished trial's missing checkpoint (a study copied from an object
     store without checkpoints: only the trials drawn are fetched) and says whether it is there now."""
     chosen: dict[int, Path] = {}
-    for trial_json in sorted(Path(study_dir).glob("trials/*/trial.json")):
+    for trial_json in sorted(Path(study_dir).glob(f"trials/*/{td.RESULT}")):
         row = json.loads(trial_json.read_text())
         k = row.get("block_size")
         if row.get("status") != "finished" or k is None or int(k) in chosen:

@@ -10,12 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from xtra import trialdir as td
 from xtra.storage import Storage, StorageError
 from xtra.storage.names import local_files, touch
 
 
 def measure_upload(storage: Storage, trial_dir: str | os.PathLike[str], *, trial_wall_s: float,
-                   checkpoint: str = "checkpoint.pt", repeats: int = 3, rel: str | None = None) -> dict[str, Any]:
+                   checkpoint: str = td.CHECKPOINT, repeats: int = 3, rel: str | None = None) -> dict[str, Any]:
     """Upload overhead of a trial directory, for `xtra bench --sections orchestration`.
 
     Measures (median of `repeats`): one PUT of the checkpoint file; a first commit of the whole
