@@ -391,14 +391,14 @@ def _shard(path: Path, members: dict[str, bytes]) -> Path:
 
 @pytest.mark.parametrize("member", ["0.cls", "0.name"])
 def test_shard_label_and_name_members_are_capped(tmp_path, member):
-    from xtra.data.collection import BadCollection, _index_shard
+    from xtra.data.collection import BadCollection, index_shard
 
     shard = _shard(tmp_path / "s.tar", {"0.png": b"\x89PNG", member: b"7" * (1 << 20)})
     with pytest.raises(BadCollection, match=rf"member '{member}' is 1048576 bytes \(allowed: at most") as err:
-        _index_shard(str(shard), with_names=True)
+        index_shard(str(shard), with_names=True)
     assert "\n" not in str(err.value)
     ok = _shard(tmp_path / "ok.tar", {"0.png": b"\x89PNG", "0.cls": b"3\n", "0.name": b"cat"})
-    assert [r[4:] for r in _index_shard(str(ok), with_names=True)] == [(3, "cat")]
+    assert [r[4:] for r in index_shard(str(ok), with_names=True)] == [(3, "cat")]
 
 
 def test_data_get_refuses_to_extract_without_the_data_filter(tmp_path, monkeypatch):
@@ -407,7 +407,7 @@ def test_data_get_refuses_to_extract_without_the_data_filter(tmp_path, monkeypat
     import io
     import tarfile
 
-    from xtra.data import DownloadError, _extract
+    from xtra.data import DownloadError, extract_archive
 
     tarball = tmp_path / "evil.tar.gz"
     with tarfile.open(tarball, "w:gz") as tar:
@@ -417,10 +417,10 @@ def test_data_get_refuses_to_extract_without_the_data_filter(tmp_path, monkeypat
     into = tmp_path / "a" / "data"
     into.mkdir(parents=True)
     with pytest.raises(DownloadError, match="cannot extract"):  # with the filter: the member is refused
-        _extract(tarball, into)
+        extract_archive(tarball, into)
     monkeypatch.delattr(tarfile, "data_filter")
     with pytest.raises(DownloadError, match=r"not extracted: Python .* no safe tar extraction"):
-        _extract(tarball, into)
+        extract_archive(tarball, into)
     assert not (tmp_path / "a" / "escaped.txt").exists()
 
 

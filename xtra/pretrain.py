@@ -351,7 +351,7 @@ def pretrain(
     report = report or (lambda event: None)
     run = _setup(model_cfg, data_cfg, cfg, run_dir, seed, world, keep, init_from, log)
     checkpoints = Checkpoints(run_dir, world, report)
-    bar = _progress_bar(cfg.samples, run.samples_seen) if progress and world.main else None
+    bar = progress_bar(cfg.samples, run.samples_seen) if progress and world.main else None
     window = LogWindow(run, run_dir, report, data_cfg.skip_bad, bar)
     next_ckpt = (run.samples_seen // cfg.checkpoint_every + 1) * cfg.checkpoint_every
     try:
@@ -509,7 +509,7 @@ def _final_metrics(run: TrainingRun, last_loss: float, run_dir: Path, ckpt_path:
             "init_wall_s": run.init["wall_s"] if run.init else 0.0}
 
 
-def _progress_bar(total: int, completed: int):
+def progress_bar(total: int, completed: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(TextColumn("pretrain"), BarColumn(), MofNCompleteColumn(),

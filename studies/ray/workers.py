@@ -268,7 +268,7 @@ def run_pretrain_workers(cfg: Any, out: str | Path, workers: int, *, address: st
     GPUs when ``pretrain.device`` is cuda, or auto and the cluster has N of them; CPUs split evenly."""
     from rich.console import Console
 
-    from xtra.pretrain import NonFiniteLoss, _progress_bar
+    from xtra.pretrain import NonFiniteLoss, progress_bar
 
     console = console or Console()
     out = Path(out).expanduser().resolve()
@@ -279,7 +279,7 @@ def run_pretrain_workers(cfg: Any, out: str | Path, workers: int, *, address: st
         console.print(f"{workers} workers x ({cpus:g} CPU{' + 1 GPU' if use_gpu else ''}) on "
                       f"{'the Ray cluster at ' + str(info.get('gcs_address')) if address else 'a local Ray'}; "
                       f"Ray's log: {out / 'ray.log'}", highlight=False)
-        bar = _progress_bar(cfg.pretrain.samples, 0) if console.is_terminal else None
+        bar = progress_bar(cfg.pretrain.samples, 0) if console.is_terminal else None
 
         def on_event(event: dict[str, Any]) -> None:
             kind = event.get("kind")

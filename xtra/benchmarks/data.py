@@ -73,7 +73,7 @@ def decode_rate(folder: Path, size: int, workers: int, *, augment: bool = True, 
     dataset.fast = fast  # False: decode every pixel (what the reduced-scale JPEG decode saves)
     requests = [(np.arange(s, min(s + batch, n)), np.zeros(min(batch, n - s), dtype=np.int64),
                  np.arange(s, min(s + batch, n))) for s in range(0, n, batch)]
-    it = decode._loader(dataset, requests, workers, False)
+    it = decode.batch_loader(dataset, requests, workers, False)
     next(it)  # the first batch includes the workers' start-up
     t0, count = time.perf_counter(), 0
     for item in it:

@@ -40,7 +40,7 @@ from __future__ import annotations
 from xtra.data.advice import MEASURED_WORKER_RATE, workers_advice  # noqa: F401 - tests read the rate here
 from xtra.data.augmentation import augment, denormalize
 from xtra.data.collection import BadCollection
-from xtra.data.downloads import DownloadError, _extract, download  # noqa: F401 - _extract: tests/test_security.py
+from xtra.data.downloads import DownloadError, download, extract_archive  # noqa: F401 - extract_archive: tests/test_security.py
 from xtra.data.memory import Dataset, Split, clear_cache, load_dataset
 from xtra.data.registry import data_home, fingerprint, list_datasets, locate
 from xtra.data.sets import DatasetNotFound

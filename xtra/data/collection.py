@@ -42,12 +42,12 @@ from xtra.data.listing import (
     FolderListing,
     Listing,
     ShardListing,
-    _open_shard,
-    _s3_diagnosis,
-    _s3_fs,
-    _s3_parts,
-    _s3_problem,
     is_s3,
+    open_shard,
+    s3_diagnosis,
+    s3_fs,
+    s3_parts,
+    s3_problem,
 )
 from xtra.data.sets import DatasetNotFound
 
@@ -206,14 +206,14 @@ def _list_s3(folder: str) -> dict[str, tuple[int, int]]:
     """{object name: (size, mtime_ns)} directly under an s3:// prefix, in one listing."""
     import pyarrow.fs as pafs
 
-    bucket, key = _s3_parts(folder)
+    bucket, key = s3_parts(folder)
     try:
-        infos = _s3_fs(bucket, os.getpid()).get_file_info(
+        infos = s3_fs(bucket, os.getpid()).get_file_info(
             pafs.FileSelector(key, recursive=False, allow_not_found=True))
     except OSError as e:
-        raise BadCollection(_s3_problem(folder, e)) from None
+        raise BadCollection(s3_problem(folder, e)) from None
     found = {i.base_name: (int(i.size), int(i.mtime_ns or 0)) for i in infos if i.type == pafs.FileType.File}
-    if not found and (problem := _s3_diagnosis(folder)):  # S3 lists a missing bucket as empty
+    if not found and (problem := s3_diagnosis(folder)):  # S3 lists a missing bucket as empty
         raise BadCollection(problem)
     return found
 
@@ -246,14 +246,14 @@ def _match_s3(pattern: str) -> tuple[list[str], dict[str, tuple[int, int]]]:
 def _read_small(path: str) -> bytes:
     """A manifest or index file, local or on S3."""
     if is_s3(path):
-        bucket, key = _s3_parts(path)
+        bucket, key = s3_parts(path)
         try:
-            with _s3_fs(bucket, os.getpid()).open_input_stream(key) as f:
+            with s3_fs(bucket, os.getpid()).open_input_stream(key) as f:
                 return f.read()
         except FileNotFoundError:
             raise
         except OSError as e:
-            raise BadCollection(_s3_problem(path, e)) from None
+            raise BadCollection(s3_problem(path, e)) from None
     return Path(path).read_bytes()
 
 
@@ -265,13 +265,13 @@ def _tar_for_scan(path: str):
         with tarfile.open(path, "r:") as tar:
             yield tar
         return
-    bucket, key = _s3_parts(path)
-    with _s3_fs(bucket, os.getpid()).open_input_stream(key, buffer_size=8 << 20) as f, \
+    bucket, key = s3_parts(path)
+    with s3_fs(bucket, os.getpid()).open_input_stream(key, buffer_size=8 << 20) as f, \
             tarfile.open(fileobj=f, mode="r|") as tar:
         yield tar
 
 
-def _index_shard(path: str, with_names: bool = False) -> list[tuple[str, str, int, int, int | None, str]]:
+def index_shard(path: str, with_names: bool = False) -> list[tuple[str, str, int, int, int | None, str]]:
     """[(key, ext, offset, size, label, name)] of a shard's images, from its tar headers and .cls members."""
     images: dict[str, tuple[str, int, int]] = {}
     labels: dict[str, int] = {}
@@ -324,7 +324,7 @@ def _cap(path: str, member: tarfile.TarInfo, limit: int) -> None:
 
 
 def index_array(rows_per_shard: list[list[tuple]]) -> np.ndarray:
-    """One structured array (shard, offset, size, label, key) from ``_index_shard`` rows of each shard:
+    """One structured array (shard, offset, size, label, key) from ``index_shard`` rows of each shard:
     what `xtra data pack` stores beside the manifest, so a reader never scans the shards."""
     flat = [(s, off, size, label, f"{key}.{ext}".encode())
             for s, rows in enumerate(rows_per_shard) for key, ext, off, size, label, _ in rows]
@@ -339,7 +339,7 @@ def _listing_from_index(index: np.ndarray, shards: list[str]) -> ShardListing:
 
 
 def _shard_listing(shards: list[str]) -> ShardListing:
-    return _listing_from_index(index_array([_index_shard(path) for path in shards]), shards)
+    return _listing_from_index(index_array([index_shard(path) for path in shards]), shards)
 
 
 # Shards from a command (pipe:CMD): its stdout cannot be seeked, so each shard is streamed once into a
@@ -589,5 +589,5 @@ def open_collection(name: str) -> Collection:
 def clear() -> None:
     _open_folder.cache_clear()
     _open_wds.cache_clear()
-    _open_shard.cache_clear()
-    _s3_fs.cache_clear()
+    open_shard.cache_clear()
+    s3_fs.cache_clear()

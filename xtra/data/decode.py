@@ -44,7 +44,7 @@ class BatchSet(torch.utils.data.Dataset):
         else:
             def transform(data: bytes, j: int) -> np.ndarray:
                 return transforms.eval_image(data, self.size, self.channels)
-        got = _decode(self.listing, samples, self.size, self.channels, self.skip_bad, transform)
+        got = decode_batch(self.listing, samples, self.size, self.channels, self.skip_bad, transform)
         if "error" in got:
             return got
         keep, bad, out = got["keep"], got["bad"], got["images"]
@@ -52,7 +52,7 @@ class BatchSet(torch.utils.data.Dataset):
                 "labels": torch.from_numpy(self.listing.labels[samples][keep]), "bad": bad, "keep": keep}
 
 
-def _decode(listing: Listing, samples: np.ndarray, size: int, channels: int, skip_bad: bool,
+def decode_batch(listing: Listing, samples: np.ndarray, size: int, channels: int, skip_bad: bool,
             transform) -> dict[str, Any]:
     """(len(samples), C, S, S) uint8 of ``transform(bytes, j)`` per sample; an unreadable one stops with
     one line, or with ``skip_bad`` is left as zeros, named in "bad" and False in "keep"."""
@@ -71,7 +71,7 @@ def _decode(listing: Listing, samples: np.ndarray, size: int, channels: int, ski
     return {"images": out, "keep": keep, "bad": bad}
 
 
-def _worker_init(_: int) -> None:
+def worker_init(_: int) -> None:
     torch.set_num_threads(1)  # each worker decodes on one core; the trainer keeps the rest
 
 
@@ -86,7 +86,7 @@ def resolve_workers(requested: int) -> int:
     return max(1, min(8, cores - 1))
 
 
-def _as_is(item: dict[str, Any]) -> dict[str, Any]:
+def as_is(item: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
@@ -98,12 +98,12 @@ def start_method() -> str:
     return "fork" if sys.platform == "linux" and not in_ray else "spawn"
 
 
-def _loader(dataset: BatchSet, requests, workers: int, pin: bool) -> Iterator[dict[str, Any]]:
+def batch_loader(dataset: BatchSet, requests, workers: int, pin: bool) -> Iterator[dict[str, Any]]:
     kw: dict[str, Any] = {}
     if workers > 0:
-        kw = dict(prefetch_factor=PREFETCH, worker_init_fn=_worker_init, multiprocessing_context=start_method())
+        kw = dict(prefetch_factor=PREFETCH, worker_init_fn=worker_init, multiprocessing_context=start_method())
     loader = torch.utils.data.DataLoader(dataset, sampler=requests, batch_size=None, num_workers=workers,
-                                         pin_memory=pin, collate_fn=_as_is, **kw)
+                                         pin_memory=pin, collate_fn=as_is, **kw)
     return iter(loader)
 
 
@@ -123,7 +123,7 @@ def decode_splits(listings: list[Listing], size: int, channels: int, cfg: DataCo
     requests = [(np.arange(s, min(s + batch, n)), np.zeros(min(batch, n - s), dtype=np.int64),
                  np.zeros(min(batch, n - s), dtype=np.int64)) for s in range(0, n, batch)]
     images, labels, kept = [], [], []
-    for item in _loader(dataset, requests, min(workers, len(requests)), False):
+    for item in batch_loader(dataset, requests, min(workers, len(requests)), False):
         if "error" in item:
             raise ValueError(item["error"])
         images.append(item["images"].numpy())

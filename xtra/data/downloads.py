@@ -19,7 +19,7 @@ from pathlib import Path
 from xtra.data.collection import is_path_collection
 from xtra.data.memory import clear_cache
 from xtra.data.registry import data_home
-from xtra.data.sets import _Remote, _spec
+from xtra.data.sets import RemoteFile, dataset_spec
 
 
 class DownloadError(ValueError):
@@ -34,7 +34,7 @@ def _algorithm(expected: str) -> str:
     raise ValueError(f"checksum {expected!r} is neither a sha256 (64 hex digits) nor an md5 (32 hex digits)")
 
 
-def _expected(remote: _Remote, checksums: dict[str, str] | None) -> tuple[str, str, int | None]:
+def _expected(remote: RemoteFile, checksums: dict[str, str] | None) -> tuple[str, str, int | None]:
     """(algorithm, hex digest, size or None) that a downloaded file must match."""
     if checksums and remote.filename in checksums:
         value = checksums[remote.filename].lower()
@@ -76,7 +76,7 @@ def _progress_printer(label: str) -> Callable[[int, int | None], None]:
     return show
 
 
-def _extract(tarball: Path, into: Path) -> None:
+def extract_archive(tarball: Path, into: Path) -> None:
     try:
         if not hasattr(tarfile, "data_filter"):  # Python < 3.11.4: extractall would follow any member path
             raise DownloadError(f"{tarball.name}: not extracted: Python {sys.version.split()[0]} has no safe tar "
@@ -111,7 +111,7 @@ def download(name: str, dest_root: Path | None = None, base_url: str | None = No
     """
     if is_path_collection(name):
         raise ValueError(f"{name}: imagefolder:/wds: collections are your own files; there is nothing to download")
-    spec = _spec(name)
+    spec = dataset_spec(name)
     if not spec.remotes:
         what = "bundled with scikit-learn" if spec.kind == "digits" else "generated on the fly"
         raise ValueError(f"dataset {name!r} is {what}; there is nothing to download")
@@ -141,7 +141,7 @@ def download(name: str, dest_root: Path | None = None, base_url: str | None = No
                                     "the download was removed")
         if spec.kind == "cifar":
             for remote in spec.remotes:
-                _extract(staging / remote.filename, staging)
+                extract_archive(staging / remote.filename, staging)
                 (staging / remote.filename).unlink()
             if not (staging / spec.subdir).is_dir():
                 raise DownloadError(f"{spec.remotes[0].filename}: has no {spec.subdir}/ folder")

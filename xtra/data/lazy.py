@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from xtra.data import transforms
-from xtra.data.decode import PREFETCH, _as_is, _decode, _worker_init, start_method
+from xtra.data.decode import PREFETCH, as_is, decode_batch, start_method, worker_init
 from xtra.data.listing import Listing
 
 
@@ -52,7 +52,7 @@ class ProbeSet(torch.utils.data.Dataset):
             def transform(data: bytes, j: int) -> np.ndarray:
                 rng = transforms.sample_rng(crop.seed, crop.step, int(positions[j]))
                 return transforms.train_image(data, self.size, self.channels, crop.scale, crop.ratio, crop.hflip, rng)
-        got = _decode(self.listing, rows, self.size, self.channels, self.skip_bad, transform)
+        got = decode_batch(self.listing, rows, self.size, self.channels, self.skip_bad, transform)
         if "error" in got:
             return got
         return {"images": torch.from_numpy(got["images"]), "keep": got["keep"], "bad": got["bad"]}
@@ -83,25 +83,25 @@ class ProbeDecoder:
         self._m = torch.tensor(mean).view(1, -1, 1, 1) * 255
         self._s = torch.tensor(std).view(1, -1, 1, 1) * 255
         self._pass = _Pass()
-        self._loader: torch.utils.data.DataLoader | None = None
+        self.batch_loader: torch.utils.data.DataLoader | None = None
         self.pass_id = 0  # which pass the loader's iterator serves now
         self.skipped_bad = 0
         self.bad_names: list[str] = []
 
     def __getstate__(self) -> dict[str, Any]:  # a copy in another process starts its own workers
-        return {**self.__dict__, "_loader": None, "_pass": _Pass()}
+        return {**self.__dict__, "batch_loader": None, "_pass": _Pass()}
 
     def _start(self, requests: Iterator) -> Iterator[dict[str, Any]]:
-        if self._loader is None:
+        if self.batch_loader is None:
             kw: dict[str, Any] = {}
             if self.workers > 0:
-                kw = dict(prefetch_factor=PREFETCH, worker_init_fn=_worker_init,
+                kw = dict(prefetch_factor=PREFETCH, worker_init_fn=worker_init,
                           multiprocessing_context=start_method(), persistent_workers=True)
-            self._loader = torch.utils.data.DataLoader(self.dataset, sampler=self._pass, batch_size=None,
-                                                       num_workers=self.workers, collate_fn=_as_is, **kw)
+            self.batch_loader = torch.utils.data.DataLoader(self.dataset, sampler=self._pass, batch_size=None,
+                                                       num_workers=self.workers, collate_fn=as_is, **kw)
         self.pass_id += 1
         self._pass.requests = iter(requests)
-        return iter(self._loader)
+        return iter(self.batch_loader)
 
     def _images(self, item: dict[str, Any]) -> torch.Tensor:
         if "error" in item:
@@ -131,7 +131,7 @@ class ProbeDecoder:
 
     def close(self) -> None:
         """Stop the workers (they also stop when the decoder is garbage-collected)."""
-        loader, self._loader = self._loader, None
+        loader, self.batch_loader = self.batch_loader, None
         it = getattr(loader, "_iterator", None)
         if it is not None and hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()

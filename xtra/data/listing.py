@@ -57,7 +57,7 @@ class ShardListing(Listing):
             labels, shards, shard, offset, size, keys)
 
     def read(self, i: int) -> bytes:
-        f = _open_shard(self.shards[int(self.shard[i])], os.getpid())
+        f = open_shard(self.shards[int(self.shard[i])], os.getpid())
         if hasattr(f, "read_at"):  # an S3 object: one ranged GET
             data = f.read_at(int(self.size[i]), int(self.offset[i]))
         else:
@@ -97,12 +97,12 @@ class ConcatListing(Listing):
 
 
 @functools.lru_cache(maxsize=8)
-def _open_shard(path: str, pid: int):
+def open_shard(path: str, pid: int):
     """An open handle per shard and process: a forked loader worker must not share its parent's file
     offset or S3 client, hence the pid in the key."""
     if is_s3(path):
-        bucket, key = _s3_parts(path)
-        return _s3_fs(bucket, pid).open_input_file(key)
+        bucket, key = s3_parts(path)
+        return s3_fs(bucket, pid).open_input_file(key)
     return open(path, "rb")  # noqa: SIM115 - kept open on purpose, closed at exit
 
 
@@ -110,30 +110,30 @@ def is_s3(path: str) -> bool:
     return path.startswith("s3://")
 
 
-def _s3_parts(url: str) -> tuple[str, str]:
+def s3_parts(url: str) -> tuple[str, str]:
     """(bucket, path on the filesystem: bucket/key) of s3://bucket/key."""
     rest = url[len("s3://"):]
     return rest.split("/", 1)[0], rest.rstrip("/")
 
 
 @functools.lru_cache(maxsize=8)
-def _s3_fs(bucket: str, pid: int):
+def s3_fs(bucket: str, pid: int):
     from xtra.storage import Storage
 
     return Storage.from_uri(f"s3://{bucket}").fs
 
 
-def _s3_diagnosis(url: str) -> str:
+def s3_diagnosis(url: str) -> str:
     """The storage module's one-line diagnosis of ``url``'s bucket (no such bucket, no credentials,
     endpoint unreachable, denied), or "" when the bucket answers."""
     from xtra.storage import StorageError, check
 
     try:
-        check(f"s3://{_s3_parts(url)[0]}", write=False)
+        check(f"s3://{s3_parts(url)[0]}", write=False)
     except StorageError as err:
         return f"{url}: {str(err).split(': ', 1)[-1]}"
     return ""
 
 
-def _s3_problem(url: str, e: BaseException) -> str:
-    return _s3_diagnosis(url) or f"{url}: cannot read ({' '.join(str(e).split())})"
+def s3_problem(url: str, e: BaseException) -> str:
+    return s3_diagnosis(url) or f"{url}: cannot read ({' '.join(str(e).split())})"

@@ -20,9 +20,9 @@ from xtra.config import DataConfig
 from xtra.data import collection, decode, lazy, splitting, transforms
 from xtra.data.collection import is_path_collection, open_collection
 from xtra.data.listing import ConcatListing
-from xtra.data.readers import _Raw, _read_cifar, _read_digits, _read_idx_set, _read_synthetic
-from xtra.data.registry import _resolve_hflip, locate
-from xtra.data.sets import _spec
+from xtra.data.readers import RawSet, read_cifar, read_digits, read_idx_set, read_synthetic
+from xtra.data.registry import locate, resolve_hflip
+from xtra.data.sets import dataset_spec
 from xtra.data.splitting import carve
 
 
@@ -60,7 +60,7 @@ def _stamp(name: str, where: str) -> tuple:
     """(file, size, mtime) of a located set's files, so memoized data follows changes on disk."""
     if is_path_collection(name):
         return (open_collection(name).fingerprint,)
-    if _spec(name).kind not in ("idx", "cifar"):
+    if dataset_spec(name).kind not in ("idx", "cifar"):
         return ()
     try:
         return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns)
@@ -70,16 +70,16 @@ def _stamp(name: str, where: str) -> tuple:
 
 
 @functools.lru_cache(maxsize=4)
-def _raw(name: str, where: str, stamp: tuple, synthetic_size: int, img_size: int, channels: int) -> _Raw:
+def _raw(name: str, where: str, stamp: tuple, synthetic_size: int, img_size: int, channels: int) -> RawSet:
     """Decoded source arrays; shared by every split/resolution asked of the same files."""
-    spec = _spec(name)
+    spec = dataset_spec(name)
     if spec.kind == "idx":
-        return _read_idx_set(spec, Path(where))
+        return read_idx_set(spec, Path(where))
     if spec.kind == "cifar":
-        return _read_cifar(spec, Path(where))
+        return read_cifar(spec, Path(where))
     if spec.kind == "digits":
-        return _read_digits()
-    return _read_synthetic(synthetic_size)
+        return read_digits()
+    return read_synthetic(synthetic_size)
 
 
 def _pad_margin(h: int, w: int, size: int) -> int | None:
@@ -171,7 +171,7 @@ def load_dataset(cfg: DataConfig, img_size: int, channels: int) -> Dataset:
     where = locate(cfg)
     path_based = is_path_collection(cfg.name)
     return _load(cfg.name, where, _stamp(cfg.name, where), cfg.val_size, cfg.val_fraction, cfg.split_seed,
-                 cfg.limit_train, cfg.synthetic_size if cfg.name == "synthetic" else 0, _resolve_hflip(cfg), img_size,
+                 cfg.limit_train, cfg.synthetic_size if cfg.name == "synthetic" else 0, resolve_hflip(cfg), img_size,
                  channels, cfg.skip_bad and path_based, cfg.workers if path_based else 0)
 
 
@@ -198,5 +198,5 @@ def clear_cache() -> None:
     """Forget memoized datasets (e.g. after files changed on disk)."""
     _load.cache_clear()
     _raw.cache_clear()
-    splitting._splits.cache_clear()
+    splitting.collection_splits.cache_clear()
     collection.clear()

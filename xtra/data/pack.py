@@ -110,7 +110,7 @@ def _write_index(out: Path, split: str, names: list[str]) -> dict[str, Any]:
     """``<split>-index.npy``: every sample's shard, byte offset, size, label and key (``col.index_array``),
     so readers (an S3 bucket above all) never scan the tar headers. Deterministic bytes, like the shards."""
     buf = io.BytesIO()
-    np.save(buf, col.index_array([col._index_shard(str(out / name)) for name in names]), allow_pickle=False)
+    np.save(buf, col.index_array([col.index_shard(str(out / name)) for name in names]), allow_pickle=False)
     name = f"{split}-index.npy"
     atomic_write_bytes(out / name, buf.getvalue())
     return {"name": name, "bytes": len(buf.getvalue()), "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}

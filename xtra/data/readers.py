@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xtra.data.sets import _CIFAR10_CLASSES, _FASHION_CLASSES, _IDX_FILES, _idx_file, _Spec
+from xtra.data.sets import CIFAR10_CLASSES, FASHION_CLASSES, IDX_FILES, DatasetSpec, idx_file
 
 
 @dataclass(frozen=True)
-class _Raw:
+class RawSet:
     train_x: np.ndarray  # (N, C, H, W) uint8, or float32 in [0, 1]
     train_y: np.ndarray  # (N,) int64
     test_x: np.ndarray
@@ -56,9 +56,9 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _read_idx_set(spec: _Spec, folder: Path) -> _Raw:
+def read_idx_set(spec: DatasetSpec, folder: Path) -> RawSet:
     def pair(images: str, labels: str) -> tuple[np.ndarray, np.ndarray]:
-        ipath, lpath = _idx_file(folder, _IDX_FILES[images]), _idx_file(folder, _IDX_FILES[labels])
+        ipath, lpath = idx_file(folder, IDX_FILES[images]), idx_file(folder, IDX_FILES[labels])
         assert ipath is not None and lpath is not None  # located before
         x, y = _read_idx(ipath, 3), _read_idx(lpath, 1)
         if len(x) != len(y):
@@ -69,8 +69,8 @@ def _read_idx_set(spec: _Spec, folder: Path) -> _Raw:
 
     train_x, train_y = pair("train_images", "train_labels")
     test_x, test_y = pair("test_images", "test_labels")
-    names = _FASHION_CLASSES if spec.name == "fashion-mnist" else tuple(str(i) for i in range(10))
-    return _Raw(train_x, train_y, test_x, test_y, spec.num_classes, names)
+    names = FASHION_CLASSES if spec.name == "fashion-mnist" else tuple(str(i) for i in range(10))
+    return RawSet(train_x, train_y, test_x, test_y, spec.num_classes, names)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -108,13 +108,13 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
     return x.reshape(-1, 3, 32, 32), y
 
 
-def _read_cifar(spec: _Spec, folder: Path) -> _Raw:
+def read_cifar(spec: DatasetSpec, folder: Path) -> RawSet:
     if spec.name == "cifar10":
         parts = [_read_cifar_batch(folder / f"data_batch_{i}", "labels") for i in range(1, 6)]
         train_x = np.concatenate([p[0] for p in parts])
         train_y = np.concatenate([p[1] for p in parts])
         test_x, test_y = _read_cifar_batch(folder / "test_batch", "labels")
-        names = _CIFAR10_CLASSES
+        names = CIFAR10_CLASSES
     else:
         train_x, train_y = _read_cifar_batch(folder / "train", "fine_labels")
         test_x, test_y = _read_cifar_batch(folder / "test", "fine_labels")
@@ -125,28 +125,28 @@ def _read_cifar(spec: _Spec, folder: Path) -> _Raw:
     for y, what in ((train_y, "train"), (test_y, "test")):
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= spec.num_classes):
             raise ValueError(f"{folder}: {what} labels out of range (expected 0..{spec.num_classes - 1})")
-    return _Raw(train_x, train_y, test_x, test_y, spec.num_classes, names)
+    return RawSet(train_x, train_y, test_x, test_y, spec.num_classes, names)
 
 
 _HELD_OUT_SEED = 1234  # the fixed test carve of digits / flat image folders (independent of split_seed)
 _HELD_OUT_FRACTION = 0.2
 
 
-def _held_out(n: int, fraction: float = _HELD_OUT_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+def held_out(n: int, fraction: float = _HELD_OUT_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """A fixed (train, test) index carve, the same everywhere and always."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(_HELD_OUT_SEED)).numpy()
     n_test = int(round(n * fraction))
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
-def _read_digits() -> _Raw:
+def read_digits() -> RawSet:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     x = (np.asarray(bunch.images, dtype=np.float32) / 16.0)[:, None]  # (1797, 1, 8, 8) in [0, 1]
     y = np.asarray(bunch.target, dtype=np.int64)
-    train, test = _held_out(len(y))
-    return _Raw(x[train], y[train], x[test], y[test], 10, tuple(str(i) for i in range(10)))
+    train, test = held_out(len(y))
+    return RawSet(x[train], y[train], x[test], y[test], 10, tuple(str(i) for i in range(10)))
 
 
 def _gratings(n: int, generator: torch.Generator, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -181,9 +181,9 @@ def _gratings(n: int, generator: torch.Generator, size: int = 32) -> tuple[np.nd
 _SYNTHETIC_SEED = 20241123
 
 
-def _read_synthetic(n_train: int) -> _Raw:
+def read_synthetic(n_train: int) -> RawSet:
     g = torch.Generator().manual_seed(_SYNTHETIC_SEED)
     train_x, train_y = _gratings(n_train, g)
     test_x, test_y = _gratings(max(64, n_train // 4), g)
     names = tuple(f"{18 * c} deg" for c in range(10))
-    return _Raw(train_x, train_y, test_x, test_y, 10, names)
+    return RawSet(train_x, train_y, test_x, test_y, 10, names)

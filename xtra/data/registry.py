@@ -10,7 +10,7 @@ from pathlib import Path
 
 from xtra.config import DataConfig
 from xtra.data.collection import is_path_collection, open_collection
-from xtra.data.sets import _IDX_FILES, _SPECS, DatasetNotFound, _cifar_files, _idx_file, _Spec, _spec
+from xtra.data.sets import IDX_FILES, SPECS, DatasetNotFound, DatasetSpec, cifar_files, dataset_spec, idx_file
 
 _SYSTEM_ROOT = Path("/usr/share/datasets")
 _DEFAULT_HOME = Path("~/.cache/xtra/data")
@@ -30,17 +30,17 @@ def _candidate_dirs(name: str, root: str) -> list[Path]:
     return [data_home() / name, _SYSTEM_ROOT / name]
 
 
-def _locate_files(spec: _Spec, root: str) -> tuple[Path, list[str]]:
+def _locate_files(spec: DatasetSpec, root: str) -> tuple[Path, list[str]]:
     looked: list[str] = []
     for directory in _candidate_dirs(spec.name, root):
         if spec.kind == "idx":
             looked.append(str(directory))
-            if all(_idx_file(directory, stem) for stem in _IDX_FILES.values()):
+            if all(idx_file(directory, stem) for stem in IDX_FILES.values()):
                 return directory, looked
         else:  # cifar: the extracted folder itself, or a directory holding it
             for folder in (directory, directory / spec.subdir):
                 looked.append(str(folder))
-                if all((folder / f).is_file() for f in _cifar_files(spec)):
+                if all((folder / f).is_file() for f in cifar_files(spec)):
                     return folder, looked
     raise DatasetNotFound(spec.name, looked)
 
@@ -50,7 +50,7 @@ def locate(cfg: DataConfig) -> str:
     name = cfg.name
     if is_path_collection(name):
         return open_collection(name).root  # lists it: every layout error is raised here, before any work
-    spec = _spec(name)
+    spec = dataset_spec(name)
     if spec.kind == "digits":
         import importlib.util
 
@@ -63,12 +63,12 @@ def locate(cfg: DataConfig) -> str:
     return str(folder.resolve())
 
 
-def _resolve_hflip(cfg: DataConfig) -> bool:
+def resolve_hflip(cfg: DataConfig) -> bool:
     if cfg.hflip != "auto":
         return cfg.hflip == "on"
     if is_path_collection(cfg.name):
         return True
-    return _spec(cfg.name).hflip
+    return dataset_spec(cfg.name).hflip
 
 
 def fingerprint(cfg: DataConfig) -> str:
@@ -93,7 +93,7 @@ def list_datasets() -> list[dict]:
     looked_in (those places, when not found), size (bytes on disk or None), n_train, n_test, description.
     ``imagefolder:PATH`` is listed as a pattern."""
     rows: list[dict] = []
-    for spec in _SPECS.values():
+    for spec in SPECS.values():
         row = dict(name=spec.name, found=False, where="", looked_in=[], size=None, n_train=spec.n_train,
                    n_test=spec.n_test, description=spec.description)
         try:
@@ -104,8 +104,8 @@ def list_datasets() -> list[dict]:
             row["found"], row["where"] = True, where
             if spec.kind in ("idx", "cifar"):
                 folder = Path(where)
-                files = ([_idx_file(folder, s) for s in _IDX_FILES.values()] if spec.kind == "idx"
-                         else [folder / f for f in _cifar_files(spec)])
+                files = ([idx_file(folder, s) for s in IDX_FILES.values()] if spec.kind == "idx"
+                         else [folder / f for f in cifar_files(spec)])
                 row["size"] = sum(_dir_size(f) for f in files if f is not None)
             elif spec.kind == "digits":
                 row["size"] = _digits_size()

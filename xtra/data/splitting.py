@@ -1,6 +1,6 @@
 """The train / val / test splits of a path-based collection: val carved by a permutation seeded with
 ``DataConfig.split_seed`` alone (never the trial seed), so every trial of a study probes on the same
-images; a collection without a test split holds out a fixed seeded 20% (``readers._held_out``).
+images; a collection without a test split holds out a fixed seeded 20% (``readers.held_out``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 from xtra.config import DataConfig
 from xtra.data import collection as col
-from xtra.data.readers import _held_out
+from xtra.data.readers import held_out
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,12 +37,12 @@ def carve(n: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=4)
-def _splits(name: str, fingerprint: str, val_size: int, val_fraction: float, split_seed: int,
+def collection_splits(name: str, fingerprint: str, val_size: int, val_fraction: float, split_seed: int,
             limit_train: int) -> Splits:
     c = col.open_collection(name)
     train, test = c.train, c.test
     if test is None:
-        keep, held = _held_out(len(train))
+        keep, held = held_out(len(train))
         train, test = train.take(keep), train.take(held)
     cfg = DataConfig(name=name, val_size=val_size, val_fraction=val_fraction, split_seed=split_seed)
     pool, val_idx = carve(len(train), cfg)
@@ -54,4 +54,4 @@ def _splits(name: str, fingerprint: str, val_size: int, val_fraction: float, spl
 
 def splits(cfg: DataConfig) -> Splits:
     c = col.open_collection(cfg.name)
-    return _splits(cfg.name, c.fingerprint, cfg.val_size, cfg.val_fraction, cfg.split_seed, cfg.limit_train)
+    return collection_splits(cfg.name, c.fingerprint, cfg.val_size, cfg.val_fraction, cfg.split_seed, cfg.limit_train)

@@ -29,9 +29,9 @@ from xtra.config import DataConfig
 from xtra.data import collection as col
 from xtra.data import transforms
 from xtra.data.augmentation import augment
-from xtra.data.decode import BatchSet, _loader, decode_all, resolve_workers
+from xtra.data.decode import BatchSet, batch_loader, decode_all, resolve_workers
 from xtra.data.memory import load_dataset
-from xtra.data.registry import _resolve_hflip
+from xtra.data.registry import resolve_hflip
 from xtra.data.sampler import batch_indices, step_seed
 from xtra.data.splitting import splits
 
@@ -93,7 +93,7 @@ class StreamSource:
         self.n_train = len(self.splits.train)
         if self.n_train == 0:
             raise ValueError(f"{cfg.name}: no training images left (data.limit_train={cfg.limit_train})")
-        self.hflip = _resolve_hflip(cfg)
+        self.hflip = resolve_hflip(cfg)
         self.mean, self.std = transforms.natural_stats(channels)
         self.workers = resolve_workers(cfg.workers)
         self.skipped_bad = 0
@@ -127,7 +127,7 @@ class StreamSource:
                                augment=self.cfg.augment)
             plan = schedule(samples_seen, self.total, self.batch_size, self.share)
             requests = stream_requests(self.n_train, self.seed, self.rank, self.size, plan)
-            self._it = _loader(dataset, requests, self.workers, self.device.type == "cuda")
+            self._it = batch_loader(dataset, requests, self.workers, self.device.type == "cuda")
         expected = next(self._expected, None)
         if expected != (samples_seen, batch):
             raise RuntimeError(f"data stream out of step: asked for {batch} images at {samples_seen}, "

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from xtra.storage.names import StorageError, _one_line
+from xtra.storage.names import StorageError, one_line
 
 SCHEMES = ("local path", "file://", "s3://", "gs://")
 REQUEST_TIMEOUT_S = 120.0  # object stores: the longest wait for the next byte of one request
@@ -48,7 +48,7 @@ def resolve(uri: str | os.PathLike[str], connect_timeout: float | None = None,
         fs = fsspec.filesystem(scheme)
     except (ImportError, ValueError) as e:
         raise StorageError(f"{text}: unsupported scheme {scheme!r} (allowed: {', '.join(SCHEMES)}, "
-                           f"or a scheme an installed fsspec package provides): {_one_line(e)}") from None
+                           f"or a scheme an installed fsspec package provides): {one_line(e)}") from None
     return norm, pafs.PyFileSystem(pafs.FSSpecHandler(fs)), base, "fsspec"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from xtra.storage.backends import s3_endpoint
-from xtra.storage.names import StorageError, _explain, _one_line
+from xtra.storage.names import StorageError, explain_error, one_line
 from xtra.storage.store import Storage
 
 
@@ -64,7 +64,7 @@ def _check_local(st: Storage, write: bool) -> None:
         probe.write_bytes(b"x")
         probe.unlink()
     except OSError as e:
-        raise StorageError(f"{st.uri}: cannot write: {e.strerror or _one_line(e)}") from None
+        raise StorageError(f"{st.uri}: cannot write: {e.strerror or one_line(e)}") from None
 
 
 def _credential_sources() -> list[str]:
@@ -99,7 +99,7 @@ def _diagnose(e: BaseException, kind: str, bucket: str, op: str, base: str = "")
     endpoint = s3_endpoint() if kind == "s3" else None
     where = f"endpoint {endpoint}" if endpoint else f"the {kind.upper()} service"
     if code in ("NETWORK_CONNECTION", "REQUEST_TIME_TOO_SKEWED") or "Could not connect" in msg or "resolve host" in msg:
-        return f"cannot reach {where} ({_one_line(msg.split('Details:')[-1])})"
+        return f"cannot reach {where} ({one_line(msg.split('Details:')[-1])})"
     if code in ("NO_SUCH_BUCKET", "RESOURCE_NOT_FOUND") or "NoSuchBucket" in msg:
         return f"bucket '{bucket}' does not exist"
     if code == "INVALID_ACCESS_KEY_ID" or "InvalidAccessKeyId" in msg:
@@ -112,7 +112,7 @@ def _diagnose(e: BaseException, kind: str, bucket: str, op: str, base: str = "")
     if kind == "s3" and not _credential_sources():
         return ("no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run "
                 f"with an instance role) and the anonymous {operation or op} request was refused "
-                f"({code or _one_line(msg)})")
+                f"({code or one_line(msg)})")
     if code == "ACCESS_DENIED" or "AccessDenied" in msg or "403" in msg:
         # IAM's rules for S3: a listing is s3:ListBucket on the bucket's ARN (limited to a prefix by an
         # s3:prefix condition); object calls are authorised on the objects' ARNs.
@@ -121,5 +121,5 @@ def _diagnose(e: BaseException, kind: str, bucket: str, op: str, base: str = "")
         action = {"list": f"s3:ListBucket on arn:aws:s3:::{bucket}", "write": f"s3:PutObject on {objects}",
                   "read": f"s3:GetObject on {objects}", "delete": f"s3:DeleteObject on {objects}"}.get(op, op)
         return f"permission denied to {op} ({operation or op}; the credentials need {action})"
-    return f"cannot {op}: {_explain(e)}"
+    return f"cannot {op}: {explain_error(e)}"
 

@@ -21,20 +21,20 @@ from xtra.storage.manifest import (
     FileRecord,
     Manifest,
     SyncResult,
-    _in_generations,
-    _matches,
-    _same_stat,
+    in_generations,
+    matches_manifest,
+    same_stat,
 )
 from xtra.storage.names import (
-    _THREADS,
     PLAIN_GROWTH,
+    THREADS,
     StorageError,
-    _join,
-    _one_line,
     check_name,
     check_size,
+    join_key,
     local_files,
     local_target,
+    one_line,
 )
 
 
@@ -44,13 +44,13 @@ class CommittedDirs:
     def manifest(self, rel: str) -> Manifest | None:
         """The committed manifest of directory `rel`, or None (never committed = absent)."""
         try:
-            data = self.read_bytes(_join(rel, MANIFEST), limit=MAX_MANIFEST_BYTES)
+            data = self.read_bytes(join_key(rel, MANIFEST), limit=MAX_MANIFEST_BYTES)
         except FileNotFoundError:
             return None
         try:
-            return Manifest.from_json(data, where=self.uri_of(_join(rel, MANIFEST)))
+            return Manifest.from_json(data, where=self.uri_of(join_key(rel, MANIFEST)))
         except (ValueError, KeyError, TypeError) as e:
-            raise StorageError(f"{self.uri_of(rel)}/{MANIFEST}: unreadable manifest: {_one_line(e)}") from None
+            raise StorageError(f"{self.uri_of(rel)}/{MANIFEST}: unreadable manifest: {one_line(e)}") from None
 
     def committed_dirs(self, rel: str = "") -> list[str]:
         """Names of the immediate subdirectories of `rel` that hold a committed directory (sorted)."""
@@ -60,7 +60,7 @@ class CommittedDirs:
     def subdirs(self, rel: str = "") -> list[str]:
         """Names of the immediate subdirectories of `rel` with anything a reader can see: a commit or
         a plain file (a generation without a commit does not count)."""
-        return sorted({e.path.split("/")[0] for e in self.list(rel) if "/" in e.path and not _in_generations(e.path)})
+        return sorted({e.path.split("/")[0] for e in self.list(rel) if "/" in e.path and not in_generations(e.path)})
 
     def read_member(self, rel: str, name: str) -> bytes:
         """One file of directory `rel`: as of its last commit, else a plain file of that name."""
@@ -68,11 +68,11 @@ class CommittedDirs:
             m = self.manifest(rel)
             if m is None or name not in m.files:
                 try:
-                    return self.read_bytes(_join(rel, name))
+                    return self.read_bytes(join_key(rel, name))
                 except FileNotFoundError:
                     raise FileNotFoundError(f"{self.uri_of(rel)}: no file {name!r} (committed or plain)") from None
             try:
-                return self.read_bytes(_join(rel, m.files[name].key))
+                return self.read_bytes(join_key(rel, m.files[name].key))
             except FileNotFoundError:
                 continue  # a newer commit removed the generation we read from; read its manifest
         raise StorageError(f"{self.uri_of(rel)}: {name!r} kept changing under the reader (3 commits in a row)")
@@ -83,7 +83,7 @@ class CommittedDirs:
         where = self.uri_of(rel)
         out = {}
         for e in self.list(rel):
-            if e.path != MANIFEST and not _in_generations(e.path):
+            if e.path != MANIFEST and not in_generations(e.path):
                 check_name(e.path, where)
                 check_size(e.size, where, e.path)
                 out[e.path] = e
@@ -117,15 +117,15 @@ class CommittedDirs:
 
         def send(name: str) -> tuple[str, FileRecord]:
             key = f"{GENERATIONS}/{gen}/{name}"
-            rec = self.put_file(local_dir / name, _join(rel, key))
+            rec = self.put_file(local_dir / name, join_key(rel, key))
             if progress is not None:
                 progress(name, rec.size)
             return name, dataclasses.replace(rec, key=key)
 
-        with ThreadPoolExecutor(min(_THREADS, max(1, len(todo)))) as pool:
+        with ThreadPoolExecutor(min(THREADS, max(1, len(todo)))) as pool:
             records.update(pool.map(send, todo))
         manifest = Manifest(generation=gen, files=records, written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        self.write_bytes(_join(rel, MANIFEST), manifest.to_json())  # the commit point
+        self.write_bytes(join_key(rel, MANIFEST), manifest.to_json())  # the commit point
         self._collect_garbage(rel, manifest)
         return SyncResult(transferred=tuple(sorted(todo)), unchanged=tuple(sorted(set(records) - set(todo))),
                           bytes=sum(records[n].size for n in todo))
@@ -152,9 +152,9 @@ class CommittedDirs:
             plain = {n: e for n, e in plain.items() if n not in files}
             keep = set(files) | set(plain)
             todo = [n for n, r in files.items() if (include is None or include(n))
-                    and not _matches(local_dir / n, r, checksum)]
+                    and not matches_manifest(local_dir / n, r, checksum)]
             todo_plain = [n for n, e in plain.items() if (include is None or include(n))
-                          and not _same_stat(local_dir / n, e)]
+                          and not same_stat(local_dir / n, e)]
             wanted = {n for n in keep if include is None or include(n)}
             # Every name was checked when read (manifest, listing); before the first byte is written,
             # no target may pass through a link or leave local_dir.
@@ -165,12 +165,12 @@ class CommittedDirs:
                       target: dict[str, Path] = target) -> int:
                 if name in files:
                     rec = files[name]
-                    return self.get_file(_join(rel, rec.key), target[name], mtime_ns=rec.mtime_ns, expect=rec)
-                return self.get_file(_join(rel, name), target[name], mtime_ns=plain[name].mtime_ns,
+                    return self.get_file(join_key(rel, rec.key), target[name], mtime_ns=rec.mtime_ns, expect=rec)
+                return self.get_file(join_key(rel, name), target[name], mtime_ns=plain[name].mtime_ns,
                                      limit=plain[name].size + PLAIN_GROWTH)
 
             try:
-                with ThreadPoolExecutor(min(_THREADS, max(1, len(todo) + len(todo_plain)))) as pool:
+                with ThreadPoolExecutor(min(THREADS, max(1, len(todo) + len(todo_plain)))) as pool:
                     nbytes = sum(pool.map(fetch, todo + todo_plain))
             except FileNotFoundError:
                 continue  # a newer commit replaced the generation mid-download: start over from its manifest
@@ -189,7 +189,7 @@ class CommittedDirs:
         """Delete generations older than `manifest` that it does not reference. Newer ones (an
         upload still in flight from another writer) are left alone."""
         used = {r.key.split("/")[1] for r in manifest.files.values()} | {manifest.generation}
-        root = self.path(_join(rel, GENERATIONS))
+        root = self.path(join_key(rel, GENERATIONS))
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(root, recursive=False, allow_not_found=True))
         except OSError:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from xtra.storage.backends import s3_endpoint
-from xtra.storage.names import StorageError, _explain
+from xtra.storage.names import StorageError, explain_error
 from xtra.storage.store import Storage
 
 MAX_LEASE_BYTES = 1 << 20  # a lease is a small JSON document
@@ -65,7 +65,7 @@ def read(storage: Storage, rel: str, *, timeout: float = TIMEOUT_S) -> tuple[byt
         code, status = _code(e)
         if code in ("NoSuchKey", "404") or status == 404:
             return None
-        raise StorageError(f"{storage.uri_of(rel)}: cannot read: {_explain(e)}") from None
+        raise StorageError(f"{storage.uri_of(rel)}: cannot read: {explain_error(e)}") from None
     if len(data) > MAX_LEASE_BYTES:
         raise StorageError(f"{storage.uri_of(rel)}: refused: longer than {MAX_LEASE_BYTES} bytes")
     return data, obj["ETag"]
@@ -88,5 +88,5 @@ def put(storage: Storage, rel: str, data: bytes, *, etag: str | None = None, tim
             return None  # removed since it was read: the caller looks again
         if status == 501 or code in ("NotImplemented", "InvalidArgument"):
             raise Unsupported(f"the store refused a conditional write ({code})") from None
-        raise StorageError(f"{storage.uri_of(rel)}: cannot write: {_explain(e)}") from None
+        raise StorageError(f"{storage.uri_of(rel)}: cannot write: {explain_error(e)}") from None
     return str(written["ETag"])

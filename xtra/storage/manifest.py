@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from xtra.storage.names import _CHUNK, StorageError, check_name, check_size
+from xtra.storage.names import CHUNK, StorageError, check_name, check_size
 
 MANIFEST = "_manifest.json"
 GENERATIONS = "_gen"
@@ -100,7 +100,7 @@ class SyncResult:
 
 
 
-def _matches(local: Path, rec: FileRecord, checksum: bool) -> bool:
+def matches_manifest(local: Path, rec: FileRecord, checksum: bool) -> bool:
     try:
         st = local.stat()
     except FileNotFoundError:
@@ -111,12 +111,12 @@ def _matches(local: Path, rec: FileRecord, checksum: bool) -> bool:
         return st.st_mtime_ns == rec.mtime_ns
     digest = hashlib.sha256()
     with open(local, "rb") as f:
-        while chunk := f.read(_CHUNK):
+        while chunk := f.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest() == rec.sha256
 
 
-def _same_stat(local: Path, e: Entry) -> bool:
+def same_stat(local: Path, e: Entry) -> bool:
     try:
         st = local.stat()
     except FileNotFoundError:
@@ -124,7 +124,7 @@ def _same_stat(local: Path, e: Entry) -> bool:
     return e.mtime_ns is not None and (st.st_size, st.st_mtime_ns) == (e.size, e.mtime_ns)
 
 
-def _in_generations(path: str) -> bool:
+def in_generations(path: str) -> bool:
     """Whether a path relative to some directory lies under a `_gen/` (objects of a commit)."""
     return GENERATIONS in path.split("/")[:-1]
 

@@ -7,8 +7,8 @@ import os
 import re
 from pathlib import Path
 
-_CHUNK = 8 << 20
-_THREADS = 8
+CHUNK = 8 << 20
+THREADS = 8
 MAX_NAME_CHARS = 1024  # a file name from storage (a relative path), in characters
 MAX_PART_CHARS = 255  # one component of it (the usual filesystem limit)
 MAX_FILE_BYTES = 1 << 40  # the largest file a manifest or listing may announce (1 TiB)
@@ -72,21 +72,21 @@ def local_target(root: Path, name: str, where: str) -> Path:
         if not target.resolve().is_relative_to(real_root):
             raise StorageError(f"{where}: refused file name {name!r}: it resolves outside {root}")
     except OSError as e:
-        raise StorageError(f"{where}: refused file name {name!r}: {_one_line(e)}") from None
+        raise StorageError(f"{where}: refused file name {name!r}: {one_line(e)}") from None
     return target
 
 
 
-def _explain(e: BaseException) -> str:
+def explain_error(e: BaseException) -> str:
     msg = re.sub(r"\s*\(Request ID: [^)]*\)", "", str(e))
-    return _one_line(msg) or type(e).__name__
+    return one_line(msg) or type(e).__name__
 
 
-def _one_line(x: object) -> str:
+def one_line(x: object) -> str:
     return " ".join(str(x).split())
 
 
-def _clean(rel: str) -> str:
+def clean_key(rel: str) -> str:
     rel = str(rel).replace("\\", "/").strip("/")
     parts = [p for p in rel.split("/") if p not in ("", ".")]
     if ".." in parts:
@@ -94,8 +94,8 @@ def _clean(rel: str) -> str:
     return "/".join(parts)
 
 
-def _join(*parts: str) -> str:
-    return "/".join(p for p in (_clean(x) for x in parts) if p)
+def join_key(*parts: str) -> str:
+    return "/".join(p for p in (clean_key(x) for x in parts) if p)
 
 
 def local_files(root: Path) -> list[str]:
@@ -111,7 +111,7 @@ def local_files(root: Path) -> list[str]:
 
 
 
-def _same_dir(a: Path, b: Path) -> bool:
+def same_dir(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve()
     except OSError:

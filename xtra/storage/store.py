@@ -18,7 +18,7 @@ from xtra.fileio import atomic_path, atomic_write_bytes
 from xtra.storage.backends import resolve
 from xtra.storage.commits import CommittedDirs
 from xtra.storage.manifest import Entry, FileRecord
-from xtra.storage.names import _CHUNK, StorageError, _clean, _explain, _same_dir
+from xtra.storage.names import CHUNK, StorageError, clean_key, explain_error, same_dir
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,11 @@ class Storage(CommittedDirs):
     # ---- paths ---------------------------------------------------------------------------------
     def path(self, rel: str = "") -> str:
         """The path on `self.fs` of `rel`."""
-        rel = _clean(rel)
+        rel = clean_key(rel)
         return f"{self.base.rstrip('/')}/{rel}" if rel else self.base
 
     def uri_of(self, rel: str = "") -> str:
-        rel = _clean(rel)
+        rel = clean_key(rel)
         return f"{self.uri.rstrip('/')}/{rel}" if rel else self.uri
 
     def sub(self, rel: str) -> Storage:
@@ -74,7 +74,7 @@ class Storage(CommittedDirs):
         """Whether `local_dir` IS directory `rel` of this (local) storage: a trial running where the
         study's storage is, writing its files in place. Uploads and downloads between the two are
         then no-ops, and its files are plain files (each atomic on its own, no commit)."""
-        return self.is_local and _same_dir(Path(local_dir), Path(self.path(rel)))
+        return self.is_local and same_dir(Path(local_dir), Path(self.path(rel)))
 
     def ray_storage(self) -> tuple[str, pafs.FileSystem | None]:
         """`(storage_path, storage_filesystem)` for `ray.tune.RunConfig` / `ray.train.RunConfig`.
@@ -143,7 +143,7 @@ class Storage(CommittedDirs):
             digest = hashlib.sha256()
 
             def copy(out: Any) -> None:
-                while chunk := src.read(_CHUNK):
+                while chunk := src.read(CHUNK):
                     digest.update(chunk)
                     out.write(chunk)
 
@@ -152,7 +152,7 @@ class Storage(CommittedDirs):
                     copy(out)
             else:
                 self._put(self.path(rel), copy)
-        return FileRecord(key=_clean(rel), size=st.st_size, sha256=digest.hexdigest(), mtime_ns=st.st_mtime_ns)
+        return FileRecord(key=clean_key(rel), size=st.st_size, sha256=digest.hexdigest(), mtime_ns=st.st_mtime_ns)
 
     def get_file(self, rel: str, local: str | os.PathLike[str], *, mtime_ns: int | None = None,
                  expect: FileRecord | None = None, limit: int | None = None) -> int:
@@ -164,7 +164,7 @@ class Storage(CommittedDirs):
         try:
             with self.fs.open_input_stream(self.path(rel)) as src, atomic_path(local) as tmp:
                 with open(tmp, "wb") as out:
-                    while chunk := src.read(_CHUNK):
+                    while chunk := src.read(CHUNK):
                         digest.update(chunk)
                         out.write(chunk)
                         n += len(chunk)
@@ -245,5 +245,5 @@ class Storage(CommittedDirs):
 
 
     def _error(self, rel: str, op: str, e: BaseException) -> StorageError:
-        return StorageError(f"{self.uri_of(rel)}: cannot {op}: {_explain(e)}")
+        return StorageError(f"{self.uri_of(rel)}: cannot {op}: {explain_error(e)}")
 
