@@ -210,6 +210,7 @@ def _print_outcome(console: Console, o: Any) -> int:
         console.print(Text(f"{failed} trial(s) failed; their errors are in results.parquet and "
                            f"`xtra study status {o.study_dir}`", style="red"))
     unfinished = sum(n for k, n in o.counts.items() if k not in ("finished", "failed", "stopped"))
+    unfinished += 0 if getattr(o, "complete", True) else 1  # a search's undrawn points have no trial to count
     if unfinished and getattr(o, "stopped", None):  # Slurm's warning or a kill: the job script requeues on this
         from xtra.studies.slurm import STOPPED_EXIT
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from xtra import trialdir as td
-from xtra.s3server import LocalS3Server, free_port
+from xtra.testing.s3server import LocalS3Server, free_port
 
 DRIVER_KILLS = ("driver_sigkill", "driver_sigterm")
 RIDE_OUT = ("worker_sigkill", "node_sigkill", "storage_outage", "second_driver")

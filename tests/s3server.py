@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from xtra.s3server import LocalS3Server
+from xtra.testing.s3server import LocalS3Server
 
 
 @pytest.fixture(scope="session")

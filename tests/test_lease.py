@@ -22,8 +22,8 @@ from drivers import driver_env, study_process
 
 from xtra import lease
 from xtra import studydir as st
-from xtra.s3server import LocalS3Server
 from xtra.storage import Storage
+from xtra.testing.s3server import LocalS3Server
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

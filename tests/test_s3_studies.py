@@ -54,7 +54,7 @@ def xtra(*args: str, env: dict[str, str], timeout: int = TIMEOUT) -> subprocess.
 
 
 def _free_port() -> int:
-    from xtra.s3server import free_port
+    from xtra.testing.s3server import free_port
 
     return free_port()
 

@@ -202,7 +202,7 @@ def test_no_secret_reaches_the_study_dir_or_rays_logs(tmp_path):
 
     from raycluster import stop_cluster
 
-    from xtra.s3server import free_port
+    from xtra.testing.s3server import free_port
 
     root = Path(__file__).resolve().parents[1]
     base = {k: v for k, v in os.environ.items() if not k.startswith(("XTRA_", "AWS_", "WANDB_", "MLFLOW_"))
@@ -296,7 +296,7 @@ def test_report_build_never_runs_a_command_from_a_checkpoint(tmp_path, monkeypat
 
     from xtra.checkpoint import FORMAT
     from xtra.cli.main import app
-    from xtra.reports.synthetic import make_study
+    from xtra.testing.synthetic import make_study
 
     monkeypatch.setenv("XTRA_ALLOW_PIPE", "1")  # even opted in (for a run), a report runs no data source
     marker = tmp_path / "pwned"

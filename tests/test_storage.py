@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from xtra.benchmarks.storage import measure_upload, measure_upload_local_s3
-from xtra.s3server import LocalS3Server, free_port
 from xtra.storage import GENERATIONS, Storage, StorageError, check, pull
+from xtra.testing.s3server import LocalS3Server, free_port
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from xtra.testing.synthetic import write_trials
+
 from ..collect import collect_results
 from ..scaling import FORMS_1D, FORMS_2D, AffineCompute, allocation_bands, fit_chinchilla, fit_power_law
 from ..scaling.select import held_out
-from ..synthetic import write_trials
 from .ratios import trial_hash
 from .stats import mc_se
 

@@ -67,7 +67,7 @@ def measure_upload(storage: Storage, trial_dir: str | os.PathLike[str], *, trial
 def measure_upload_local_s3(trial_dir: str | os.PathLike[str], *, trial_wall_s: float,
                             repeats: int = 3) -> dict[str, Any]:
     """`measure_upload` against a fresh moto S3 server on 127.0.0.1 (needs the dev extra)."""
-    from xtra.s3server import LocalS3Server
+    from xtra.testing.s3server import LocalS3Server
 
     with LocalS3Server() as server:
         saved = {k: os.environ.get(k) for k in server.env}
