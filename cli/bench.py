@@ -179,7 +179,7 @@ def _faults(quick: bool, out: Path, seed: int) -> dict:
     """The fault campaign (its short size with --quick): the full size writes docs/faults-cpu.*, the
     short one beside `out`. Returns its summary (the per-study records stay in the JSON)."""
     from xtra.checkpoint import atomic_write_text
-    from xtra.studies import fault_campaign
+    from xtra.studies import fault_campaign, fault_checks
 
     command = f"xtra bench --sections faults --seed {seed}" + (" --quick" if quick else "")
     result = fault_campaign.run_campaign(seed, quick=quick, root=out.parent / "faults",
@@ -187,8 +187,8 @@ def _faults(quick: bool, out: Path, seed: int) -> dict:
     target = FAULTS_DOC if not quick else out.parent / "faults-quick.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(target, json.dumps({**result, "command": command}, indent=1, default=str) + "\n")
-    atomic_write_text(target.with_suffix(".md"), fault_campaign.to_markdown(result, command))
-    ok = fault_campaign.passed(result)
+    atomic_write_text(target.with_suffix(".md"), fault_checks.to_markdown(result, command))
+    ok = fault_checks.passed(result)
     console.print(f"wrote {target} and {target.with_suffix('.md')} ({result['wall_s']:.0f} s): {result['faults']} "
                   f"faults, {result['trials']} trials, lost {result['lost']}, duplicated {result['duplicated']}"
                   + ("" if ok else f"; FAILED: {result['problems'] + result['violations']}"))

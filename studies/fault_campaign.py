@@ -57,12 +57,12 @@ class Schedule:
     """How faults are drawn: a gap after trials run (s), the outage's length (s), the kinds and weights."""
 
     seed: int
-    gap_s: tuple[float, float] = (4.0, 12.0)
+    gap_s: tuple[float, float] = (1.5, 6.0)
     outage_s: tuple[float, float] = (10.0, 60.0)
     node_down_s: tuple[float, float] = (2.0, 8.0)
     kinds: tuple[str, ...] = KINDS
     # one per kind of KINDS; the faults a study rides out cost the campaign less time than a resume
-    weights: tuple[float, ...] = (1.0, 1.0, 1.5, 1.0, 1.0, 1.5, 0.7)
+    weights: tuple[float, ...] = (0.8, 0.6, 2.5, 1.2, 0.8, 1.5, 0.4)
     order: tuple[str, ...] = ()  # a fixed sequence of kinds first (the short campaign of the tests)
 
 
@@ -228,6 +228,7 @@ class Context:
     server: LocalS3Server | None
     log: Callable[[str], None]
     drivers: int = 0
+    pending: list[Pending] = field(default_factory=list)
 
     def study_cmd(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "xtra.cli.main", "study", *args, "--no-report", "--logger", "none",
@@ -271,11 +272,15 @@ def progress(run_dir: Path) -> int:
 # Faults
 
 
-def _wait_exit(driver: Driver, timeout: float) -> int | None:
-    try:
-        return driver.proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return None
+def _wait_exit(driver: Driver, timeout: float, ctx: Context | None = None) -> int | None:
+    """The driver's exit code, or None if it runs on past `timeout`; an outage or a node down meanwhile
+    ends when due (`settle`)."""
+    deadline = time.monotonic() + timeout
+    while driver.proc.poll() is None and time.monotonic() < deadline:
+        if ctx is not None:
+            settle(ctx)
+        time.sleep(0.1)
+    return driver.proc.poll()
 
 
 def inject(kind: str, ctx: Context, seg: Segment, study_dir: Path, driver: Driver, rng: random.Random,
@@ -294,10 +299,10 @@ def inject(kind: str, ctx: Context, seg: Segment, study_dir: Path, driver: Drive
             kill([driver.proc.pid])
         else:
             kill([driver.proc.pid], signal.SIGTERM)
-        record["exit"] = _wait_exit(driver, 240)
+        record["exit"] = _wait_exit(driver, 240, ctx)
         if record["exit"] is None:  # a driver that would not stop: what a user does next
             kill([driver.proc.pid])
-            record["exit"] = _wait_exit(driver, 30)
+            record["exit"] = _wait_exit(driver, 30, ctx)
             record["violation"] = "the driver did not exit within 240 s of SIGTERM"
         record["last_line"] = driver.last_line()
         return record, None
@@ -307,42 +312,74 @@ def inject(kind: str, ctx: Context, seg: Segment, study_dir: Path, driver: Drive
             hit([victim])
             kill([int(victim["pid"])])
         return record, driver
+    # The node's restart, the end of an outage and the second driver's verdict come later (`settle`):
+    # meanwhile the campaign goes on injecting, as faults on a shared cluster come several at a time.
     if kind == "node_sigkill":
         on_node = [a for a in running if a["pid"] in descendants(ctx.cluster.node_raylet() or -1)]
         hit(on_node)
         record["killed_pids"] = len(ctx.cluster.kill_node())
-        time.sleep(rng.uniform(*sched.node_down_s))
-        ctx.cluster.start_node()
+        record["down_s"] = round(rng.uniform(*sched.node_down_s), 1)
+        ctx.pending.append(Pending(kind, time.monotonic() + record["down_s"], ctx.cluster.start_node))
         return record, driver
     if kind == "storage_outage":
         assert ctx.server is not None
         record["outage_s"] = round(rng.uniform(*sched.outage_s), 1)
         ctx.server.pause()
-        try:
-            time.sleep(record["outage_s"])
-        finally:
-            ctx.server.resume()
+        ctx.pending.append(Pending(kind, time.monotonic() + record["outage_s"], ctx.server.resume))
         return record, driver
     if kind == "second_driver":
         second = ctx.start_driver("resume", str(study_dir))
-        code = _wait_exit(second, 300)
-        record.update(exit=code, last_line=second.last_line(), lines=len(second.output().strip().splitlines()))
-        if code in (0, None) or record["lines"] != 1 or "in use by" not in record["last_line"]:
-            record["violation"] = f"a second driver was not refused in one line: exit {code}: {record['last_line']}"
-            if code is None:
-                kill([second.proc.pid])
+        ctx.pending.append(Pending(kind, time.monotonic() + 300, lambda: _refused(second, record), second))
         return record, driver
     assert kind == "break_lock", kind
     hit(running)
     second = ctx.start_driver("resume", str(study_dir), "--break-lock")
-    record["exit"] = _wait_exit(driver, 300)
+    record["exit"] = _wait_exit(driver, 300, ctx)
     record["last_line"] = driver.last_line()
     if record["exit"] not in (0, 3):
         record["violation"] = f"the first driver exited {record['exit']} after --break-lock: {record['last_line']}"
     return record, second
 
 
-def _kinds_for(seg: Segment, sched: Schedule) -> tuple[list[str], list[float]]:
+@dataclass
+class Pending:
+    """What a fault leaves to do: `finish` at `due` (monotonic s), or once `driver` has exited."""
+
+    kind: str
+    due: float
+    finish: Callable[[], None]
+    driver: Driver | None = None
+
+    def ready(self) -> bool:
+        return time.monotonic() >= self.due or (self.driver is not None and self.driver.proc.poll() is not None)
+
+
+def settle(ctx: Context, *, block: bool = False, kinds: tuple[str, ...] = KINDS) -> None:
+    """Finish what earlier faults left pending: those that are due, or (`block`) every one of `kinds`."""
+    for item in list(ctx.pending):
+        if item.kind not in kinds:
+            continue
+        if block and item.driver is not None:
+            _wait_exit(item.driver, max(0.0, item.due - time.monotonic()), ctx)
+        elif block:
+            time.sleep(max(0.0, item.due - time.monotonic()))
+        if item in ctx.pending and item.ready():
+            ctx.pending.remove(item)
+            item.finish()
+
+
+def _refused(second: Driver, record: dict[str, Any]) -> None:
+    """A second driver started on a running study must have refused in one line, changing nothing."""
+    code = second.proc.poll()
+    if code is None:
+        kill([second.proc.pid])
+        second.proc.wait()
+    record.update(exit=code, last_line=second.last_line(), lines=len(second.output().strip().splitlines()))
+    if code in (0, None) or record["lines"] != 1 or "in use by" not in record["last_line"]:
+        record["violation"] = f"a second driver was not refused in one line: exit {code}: {record['last_line']}"
+
+
+def kinds_for(seg: Segment, sched: Schedule) -> tuple[list[str], list[float]]:
     kinds = [k for k in sched.kinds if seg.s3 or k not in S3_ONLY]
     weights = [dict(zip(sched.kinds, sched.weights)).get(k, 1.0) if sched.weights else 1.0 for k in kinds]
     return kinds, weights
@@ -352,6 +389,7 @@ def _wait_running(ctx: Context, study_dir: Path, driver: Driver, timeout: float 
     """Until a trial of this driver runs (True) or the driver exits (False)."""
     deadline = time.monotonic() + timeout
     while driver.proc.poll() is None and time.monotonic() < deadline:
+        settle(ctx)
         if any(_after(a, driver.started) for a in running_attempts(study_dir, list(ctx.cluster.scratch.values()))):
             return True
         time.sleep(0.2)
@@ -363,21 +401,53 @@ def _after(attempt: dict[str, Any], since: float) -> bool:
     return started >= int(since)
 
 
+def _counts_line(driver: Driver) -> str:
+    """The driver's closing line, `STUDY_DIR: 3 finished · 1 failed (ran 4, reused 0 finished)`."""
+    return next((line for line in reversed(driver.output().splitlines()) if "(ran " in line and "reused" in line), "")
+
+
+def _all_finished(driver: Driver, study_dir: Path) -> bool:
+    counts = _counts_line(driver).removeprefix(f"{study_dir}: ").split(" (ran ")[0]
+    return all(part.strip().endswith(" finished") for part in counts.split("·"))
+
+
+def _draw(ctx: Context, seg: Segment, sched: Schedule, rng: random.Random, order: list[str]) -> str:
+    """The next kind: the fixed order first, then the seeded draw; a node already down or an outage under
+    way is not drawn again until it is over."""
+    kinds, weights = kinds_for(seg, sched)
+    busy = {p.kind for p in ctx.pending if p.kind in ("node_sigkill", "storage_outage")}
+    if order and order[0] not in busy:
+        kind = order.pop(0)
+        return "worker_sigkill" if kind in S3_ONLY and not seg.s3 else kind
+    free = [(k, w) for k, w in zip(kinds, weights) if k not in busy]
+    return rng.choices([k for k, _ in free], [w for _, w in free])[0]
+
+
+def _sleep(ctx: Context, driver: Driver, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while driver.proc.poll() is None and time.monotonic() < deadline:
+        settle(ctx)
+        time.sleep(0.1)
+
+
 def run_segment(ctx: Context, seg: Segment, study_dir: Path, rng: random.Random, sched: Schedule,
                 order: list[str]) -> dict[str, Any]:
     """Run `seg` to completion under faults; every driver exit but success is followed by a resume."""
-    kinds, weights = _kinds_for(seg, sched)
     faults: list[dict[str, Any]] = []
-    resumes, violations = 0, []
+    resumes, violations, notes = 0, [], []
     driver: Driver | None = ctx.start_driver("run", seg.study, *seg.args, "--out", str(study_dir),
                                              *ctx.storage_of(seg, "faulted"))
     t0 = time.monotonic()
     while True:
+        settle(ctx)
         if driver is None or driver.proc.poll() is not None:
+            settle(ctx, block=True, kinds=("second_driver",))  # its verdict before another driver starts
             code = None if driver is None else driver.proc.returncode
-            if code == 0:
+            if code == 0 and driver is not None and _all_finished(driver, study_dir):
                 break
-            if driver is not None and code not in (3, -signal.SIGTERM, 143, 130):
+            if code == 0 and driver is not None:  # a user who reads "1 failed" resumes, which reruns it
+                notes.append(f"{seg.name}: the driver ended with trials not finished: {_counts_line(driver)}")
+            if driver is not None and code not in (0, 3):  # 3: it lost the study (lease), and says so
                 violations.append(f"{seg.name}: a driver exited {code}: {driver.last_line()}")
             if resumes > 60:
                 violations.append(f"{seg.name}: gave up after {resumes} resumes")
@@ -387,24 +457,21 @@ def run_segment(ctx: Context, seg: Segment, study_dir: Path, rng: random.Random,
             continue
         if not _wait_running(ctx, study_dir, driver):
             continue
-        gap = rng.uniform(*sched.gap_s)
-        deadline = time.monotonic() + gap
-        while driver.proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _sleep(ctx, driver, rng.uniform(*sched.gap_s))
         if driver.proc.poll() is not None:
             continue
-        kind = order.pop(0) if order else rng.choices(kinds, weights)[0]
-        if kind in S3_ONLY and not seg.s3:
-            kind = "worker_sigkill"
+        kind = _draw(ctx, seg, sched, rng, order)
+        if kind not in RIDE_OUT:  # the driver is stopped or replaced: a second driver's verdict first
+            settle(ctx, block=True, kinds=("second_driver",))
         record, driver = inject(kind, ctx, seg, study_dir, driver, rng, sched)
         record["at_s"] = round(time.monotonic() - t0, 1)
         faults.append(record)
-        if "violation" in record:
-            violations.append(f"{seg.name}: {record['kind']}: {record['violation']}")
         ctx.log(f"{seg.name} +{record['at_s']:.0f}s {kind}: hit {len(record['hit'])} trial(s)"
                 + (f", outage {record['outage_s']} s" if "outage_s" in record else "")
                 + (f", driver exit {record['exit']}" if "exit" in record else ""))
-    return {"segment": seg.name, "faults": faults, "resumes": resumes, "violations": violations,
+    settle(ctx, block=True)
+    violations += [f"{seg.name}: {r['kind']}: {r['violation']}" for r in faults if "violation" in r]
+    return {"segment": seg.name, "faults": faults, "resumes": resumes, "violations": violations, "notes": notes,
             "wall_s": round(time.monotonic() - t0, 1)}
 
 
@@ -416,11 +483,9 @@ def _driver_env(server: LocalS3Server | None) -> dict[str, str]:
     """This environment less injected faults and a user's RAY_ADDRESS or AWS settings, plus the S3 server's.
     Drivers and Ray nodes import xtra from where this process did (they run outside the repository): a
     campaign started from a copy of the code is not changed under it by edits to the working tree."""
-    import xtra
-
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("XTRA_FAULT_", "AWS_")) and k not in ("RAY_ADDRESS", "XTRA_PRETRAIN_HOOKS")}
-    code = str(Path(xtra.__file__).resolve().parents[1])
+    code = str(Path(td.__file__).resolve().parents[1])  # the folder holding the xtra package
     return {**env, **(server.env if server else {}),
             "PYTHONPATH": os.pathsep.join([code, *filter(None, [env.get("PYTHONPATH")])])}
 
@@ -486,7 +551,7 @@ def run_campaign(seed: int, *, quick: bool = False, root: Path | None = None, lo
         os.environ.clear()
         os.environ.update(saved)
     load.append(os.getloadavg()[0])
-    return summarise(seed, quick, runs, reference, time.monotonic() - t0, load, sched)
+    return fault_checks.summarise(seed, quick, runs, reference, time.monotonic() - t0, load, sched, KINDS)
 
 
 def _line(run: dict[str, Any]) -> str:
@@ -495,55 +560,3 @@ def _line(run: dict[str, Any]) -> str:
             f"lost {c['lost']}, duplicated {len(c['duplicated'])}, left running {len(c['left_running'])}, "
             f"{c['compared']} compared ({c['reconstructed']} reconstructed), {len(c['different'])} different, "
             f"problems {c['problems']}, violations {run['violations']}")
-
-
-def summarise(seed: int, quick: bool, runs: list[dict[str, Any]], reference: dict[str, float], wall_s: float,
-              load: list[float], sched: Schedule) -> dict[str, Any]:
-    faults = [f for r in runs for f in r["faults"]]
-    kinds = {k: sum(1 for f in faults if f["kind"] == k) for k in KINDS}
-    lost = [int(f.get("lost_samples", 0)) for f in faults]
-    checks = [r["check"] for r in runs]
-    return {
-        "seed": seed, "quick": quick, "wall_s": round(wall_s, 1), "load_1min": [round(x, 2) for x in load],
-        "cpus": os.cpu_count(), "schedule": {"gap_s": sched.gap_s, "outage_s": sched.outage_s,
-                                             "node_down_s": sched.node_down_s},
-        "faults": len(faults), "faults_per_kind": {k: n for k, n in kinds.items() if n},
-        "trials": sum(c["planned"] for c in checks), "resumes": sum(r["resumes"] for r in runs),
-        "lost": sum(c["lost"] for c in checks), "duplicated": sum(len(c["duplicated"]) for c in checks),
-        "left_running": sum(len(c["left_running"]) for c in checks),
-        "different": sum(len(c["different"]) for c in checks), "compared": sum(c["compared"] for c in checks),
-        "problems": [p for c in checks for p in c["problems"]],
-        "violations": [v for r in runs for v in r["violations"]],
-        "work_lost_samples": {"mean": round(sum(lost) / max(len(lost), 1), 1), "worst": max(lost, default=0)},
-        "reference_s": reference, "segments": runs,
-    }
-
-
-def passed(result: dict[str, Any]) -> bool:
-    return not (result["lost"] or result["duplicated"] or result["left_running"] or result["different"]
-                or result["problems"] or result["violations"])
-
-
-def to_markdown(result: dict[str, Any], command: str) -> str:
-    r = result
-    lines = [
-        "# Fault campaign (CPU)", "",
-        f"Command: `{command}` (seed {r['seed']}). {r['cpus']} CPU cores shared with other work: 1-minute load "
-        f"average {r['load_1min'][0]} at the start, {r['load_1min'][-1]} at the end; {r['wall_s'] / 60:.1f} "
-        f"minutes in all (uninterrupted reference runs included).", "",
-        f"**{r['faults']} faults over {r['trials']} trials, {r['resumes']} resumes: {r['lost']} lost, "
-        f"{r['duplicated']} duplicated, {r['left_running']} left running, {r['different']} of {r['compared']} "
-        f"trials different from the uninterrupted run.** Work lost per fault (samples retrained): mean "
-        f"{r['work_lost_samples']['mean']}, worst {r['work_lost_samples']['worst']} (checkpoint interval 256).", "",
-        "| fault | count |", "|---|---|",
-        *(f"| {k} | {n} |" for k, n in r["faults_per_kind"].items()), "",
-        "| study | faults | resumes | planned | finished | lost | duplicated | compared (reconstructed) | "
-        "different | wall (s) |", "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for seg in r["segments"]:
-        c = seg["check"]
-        lines.append(f"| {seg['segment']} | {len(seg['faults'])} | {seg['resumes']} | {c['planned']} | {c['finished']} "
-                     f"| {c['lost']} | {len(c['duplicated'])} | {c['compared']} ({c['reconstructed']}) | "
-                     f"{len(c['different'])} | {seg['wall_s']} |")
-    lines += ["", f"Problems: {r['problems'] or 'none'}. Violations: {r['violations'] or 'none'}."]
-    return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ alone here (`run_trial`, one thread like a Ray trial): the reference the campaig
 from __future__ import annotations
 
 import contextlib
-import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -193,5 +193,95 @@ def check_study(study_dir: Path, reference: Path, scratch: Path, *, search: bool
             "compared": compared, "reconstructed": reconstructed, "different": different, "problems": problems}
 
 
-def summary_json(obj: Any) -> str:
-    return json.dumps(obj, indent=1, default=str) + "\n"
+def summarise(seed: int, quick: bool, runs: list[dict[str, Any]], reference: dict[str, float], wall_s: float,
+              load: list[float], sched: Any, kinds: tuple[str, ...]) -> dict[str, Any]:
+    """The campaign's record: counts per fault kind, trials, resumes, lost, duplicated, work lost."""
+    faults = [f for r in runs for f in r["faults"]]
+    per_kind = {k: sum(1 for f in faults if f["kind"] == k) for k in kinds}
+    lost = [int(f.get("lost_samples", 0)) for f in faults]
+    checks = [r["check"] for r in runs]
+    return {
+        "seed": seed, "quick": quick, "wall_s": round(wall_s, 1), "load_1min": [round(x, 2) for x in load],
+        "cpus": os.cpu_count(), "schedule": {"gap_s": sched.gap_s, "outage_s": sched.outage_s,
+                                             "node_down_s": sched.node_down_s},
+        "faults": len(faults), "faults_per_kind": {k: n for k, n in per_kind.items() if n},
+        "trials": sum(c["planned"] for c in checks), "resumes": sum(r["resumes"] for r in runs),
+        "lost": sum(c["lost"] for c in checks), "duplicated": sum(len(c["duplicated"]) for c in checks),
+        "left_running": sum(len(c["left_running"]) for c in checks),
+        "different": sum(len(c["different"]) for c in checks), "compared": sum(c["compared"] for c in checks),
+        "problems": [p for c in checks for p in c["problems"]],
+        "violations": [v for r in runs for v in r["violations"]],
+        "notes": [n for r in runs for n in r.get("notes", [])],
+        "work_lost_samples": {"mean": round(sum(lost) / max(len(lost), 1), 1), "worst": max(lost, default=0)},
+        "reference_s": reference, "segments": runs,
+    }
+
+
+def passed(result: dict[str, Any]) -> bool:
+    return not (result["lost"] or result["duplicated"] or result["left_running"] or result["different"]
+                or result["problems"] or result["violations"])
+
+
+def to_markdown(result: dict[str, Any], command: str) -> str:
+    r = result
+    lines = [
+        "# Fault campaign (CPU)", "",
+        f"Command: `{command}` (seed {r['seed']}). {r['cpus']} CPU cores shared with other work: 1-minute load "
+        f"average {r['load_1min'][0]} at the start, {r['load_1min'][-1]} at the end; {r['wall_s'] / 60:.1f} "
+        f"minutes in all (uninterrupted reference runs included).", "",
+        f"**{r['faults']} faults over {r['trials']} trials, {r['resumes']} resumes: {r['lost']} lost, "
+        f"{r['duplicated']} duplicated, {r['left_running']} left running, {r['different']} of {r['compared']} "
+        f"trials different from the uninterrupted run.** Work lost per fault (samples retrained): mean "
+        f"{r['work_lost_samples']['mean']}, worst {r['work_lost_samples']['worst']} (checkpoint interval 256).", "",
+        "| fault | count |", "|---|---|",
+        *(f"| {k} | {n} |" for k, n in r["faults_per_kind"].items()), "",
+        "| study | faults | resumes | planned | finished | lost | duplicated | compared (reconstructed) | "
+        "different | wall (s) |", "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for seg in r["segments"]:
+        c = seg["check"]
+        lines.append(f"| {seg['segment']} | {len(seg['faults'])} | {seg['resumes']} | {c['planned']} | {c['finished']} "
+                     f"| {c['lost']} | {len(c['duplicated'])} | {c['compared']} ({c['reconstructed']}) | "
+                     f"{len(c['different'])} | {seg['wall_s']} |")
+    lines += ["", f"Problems: {r['problems'] or 'none'}. Violations: {r['violations'] or 'none'}. "
+              f"Notes: {r.get('notes') or 'none'}.", "", *ABOUT]
+    return "\n".join(lines) + "\n"
+
+
+ABOUT = (
+    "## What the campaign does",
+    "",
+    "Each study runs twice on one two-node Ray cluster of this machine (`ray start --head`, 2 CPUs, and a "
+    "second `ray start` node, 1 CPU): once uninterrupted (the reference), once under faults. While trials "
+    "run, a fault is drawn from the seeded schedule (kind, gap after a trial is running, outage length) and "
+    "injected; afterwards the campaign does what a user would: `xtra study resume DIR` after the driver "
+    "died or stopped (also after a driver that ended with a trial failed), nothing for faults the study "
+    "rides out.",
+    "",
+    "- `driver_sigkill`, `driver_sigterm`: the `xtra study` driver; then `xtra study resume DIR`.",
+    "- `worker_sigkill`: SIGKILL of one running trial's Ray worker process (Tune retries it).",
+    "- `node_sigkill`: SIGKILL of the second node's raylet and every process under it, the node started "
+    "again 2-8 s later.",
+    "- `storage_outage` (studies in S3 only): the local S3 server stopped with SIGSTOP for 10-60 s, then "
+    "SIGCONT (a stop and restart of moto would lose every object: it keeps them in memory). A driver that "
+    "cannot refresh its lease for 60 s gives the study up (exit 3) and is resumed.",
+    "- `second_driver`: `xtra study resume DIR` started while the driver runs: it must refuse in one line.",
+    "- `break_lock`: `xtra study resume DIR --break-lock`: the first driver must stop (exit 3), the new one "
+    "finishes the study.",
+    "- Disk-full is not injected: this machine offers no small filesystem a campaign could fill safely (no "
+    "tmpfs or loop mount without privileges), and filling the shared disk would stop everyone's work.",
+    "",
+    "Checks per study, on a full copy (a study in S3 is pulled from its URI with every checkpoint): every "
+    "planned trial has exactly one `finish` in attempts.jsonl and ends with it (lost, duplicated, left "
+    "running); results.parquet has one finished row per planned trial; a search's optuna.db holds one "
+    "COMPLETE value per row; the report says `N trials, N finished`; each trial's trial.json, metrics.jsonl, "
+    "probe files and checkpoints (model, optimizer, RNG and data state) equal the uninterrupted run's, "
+    "timing fields aside. A searched point the uninterrupted run did not draw (a resumed search's sampler "
+    "moves on) is held against the same config trained alone (`reconstructed`). Work lost per fault: for "
+    "each trial it hit, the samples the trial had logged when the fault fired minus the checkpoint its next "
+    "attempt started from (log rows come every 128 samples, checkpoints every 256).",
+    "",
+    "Regression tests: `tests/test_fault_campaign.py` runs the short campaign (`--quick`: one fault of each "
+    "kind but `break_lock`, which `tests/test_lease.py` covers end to end in a local directory and S3) and "
+    "shows the checks catch a changed weight or metric.",
+)

@@ -50,6 +50,7 @@ class Outcome:
     report: Path | None = None
     notes: list[str] = field(default_factory=list)
     stopped: str | None = None  # the signal (SIGUSR1, SIGTERM) that stopped the run, if one did
+    complete: bool = True  # False: the run ended with work left (a search's points not yet drawn count too)
 
 
 def _storage(study_dir: Path, storage: str | None) -> str:
@@ -125,8 +126,18 @@ def study_copy(where: str | Path, copy: str | Path | None = None, *, write: bool
     store it was run with, if any) or a storage URI or path copied into ``copy`` (for a URI, default
     ``default_copy``). Checks the storage first (StudyError, one line). ``checkpoints`` copies those
     too. Returns the directory, the storage and what the refresh transferred."""
-    text = os.fspath(where)
+    study_dir, stor = locate_study(where, copy, write=write)
     pulled = SyncResult(transferred=(), unchanged=())
+    if _elsewhere(stor, study_dir) and not lease.is_running(study_dir):  # a live driver's copy is read as it is
+        pulled = _refresh_copy(stor, study_dir, checkpoints) or pulled
+    return study_dir, stor, pulled
+
+
+def locate_study(where: str | Path, copy: str | Path | None = None, *, write: bool = False) -> tuple[Path, Storage]:
+    """(the local study directory, its checked storage) for ``where``, as ``study_copy`` finds them, without
+    copying anything: a driver refreshes its copy only once it holds the study's lease (a refresh under a
+    live driver replaces files it has open, e.g. a search's optuna.db)."""
+    text = os.fspath(where)
     if "://" in text or copy is not None:
         uri = text.rstrip("/")
         study_dir = Path(copy).expanduser().resolve() if copy else default_copy(uri)
@@ -134,15 +145,31 @@ def study_copy(where: str | Path, copy: str | Path | None = None, *, write: bool
         study_dir = Path(text).expanduser().resolve()
         uri = _recorded_storage(study_dir) or str(study_dir)
     stor = _check_storage(uri, write=write)
-    if _elsewhere(stor, study_dir):
-        if not stor.is_file(st.STUDY_TOML):
-            raise StudyError(f"{stor.uri}: not a study (no {st.STUDY_TOML} there; check the URI)")
-        try:
-            pulled = _pull(stor, study_dir, include=(lambda p: not p.startswith(("run-", "train/")))
-                           if checkpoints else _light) or pulled
-        except StorageError as err:
-            raise StudyError(" ".join(str(err).split())) from None
-    return study_dir, stor, pulled
+    if _elsewhere(stor, study_dir) and not stor.is_file(st.STUDY_TOML):
+        raise StudyError(f"{stor.uri}: not a study (no {st.STUDY_TOML} there; check the URI)")
+    return study_dir, stor
+
+
+def _refresh_copy(stor: Storage, study_dir: Path, checkpoints: bool = False) -> SyncResult | None:
+    try:
+        return _pull(stor, study_dir, include=(lambda p: not p.startswith(("run-", "train/"))) if checkpoints
+                     else _light)
+    except StorageError as err:
+        raise StudyError(" ".join(str(err).split())) from None
+
+
+def _refresh_locked(lock: lease.StudyLock, stor: Storage, study_dir: Path) -> list[str]:
+    """The copy refreshed from storage by the driver that now holds the study: after a live driver whose
+    lock it broke has stopped (what that one finished while stopping is in storage then). Returns notes."""
+    notes = []
+    if lock.broke:  # a live driver: let it stop its trials before any of them is planned again
+        from xtra.studies.ray.stopping import grace_s
+
+        notes.append(lock.wait_for_broken(timeout=lease.stale_after(lock.broke) + grace_s()))
+    elif lock.took_over:
+        notes.append(f"took over the lock of {lease.describe_holder(lock.took_over)} (no longer running)")
+    _refresh_copy(stor, study_dir)
+    return notes
 
 
 def _check_same_study(study_dir: Path, study: Study) -> None:
@@ -189,20 +216,18 @@ def run_study(study: Study, study_dir: str | Path, *, address: str | None = None
     check_memory(study)
     study = with_data_identity(study)
     stor = _check_storage(_storage(study_dir, storage))  # before any trial starts
-    try:
-        _pull(stor, study_dir)
-    except StorageError as err:
-        raise StudyError(" ".join(str(err).split())) from None
-    _check_same_study(study_dir, study)
-    study = _keep_directory_rules(study_dir, study)
     _check_trackers(study)
     with lease.StudyLock(study_dir, command, break_lock=break_lock, storage=shared_lease(stor, study_dir)) as lock, \
             stop_on_signals() as stop:
         _stop_when_lost(lock, stop)
+        notes = [cost_note] if cost_note else []
+        notes += _refresh_locked(lock, stor, study_dir)
+        _check_same_study(study_dir, study)
+        study = _keep_directory_rules(study_dir, study)
         st.write_study_toml(study_dir, study.to_toml())
         _push(stor, study_dir, st.STUDY_TOML)
         return _run_locked(study, study_dir, lock, address=address, stor=stor, console=console, live=live,
-                           build_report=build_report, resuming=False, stop=stop, notes=[cost_note] if cost_note else [])
+                           build_report=build_report, resuming=False, stop=stop, notes=notes)
 
 
 def resume_study(study_dir: str | Path, *, address: str | None = None, console: Any = None, live: bool | None = None,
@@ -212,17 +237,18 @@ def resume_study(study_dir: str | Path, *, address: str | None = None, console: 
     """Continue an interrupted study: unfinished trials from their checkpoints, finished ones untouched.
     ``study_dir`` may be the study's storage URI (``s3://bucket/prefix/study``): it is copied into
     ``copy`` (default ``default_copy``) and resumed from storage alone, on any machine."""
-    study_dir, stor, _ = study_copy(study_dir, copy, write=True)
-    study = load_study_dir(study_dir)
-    study = study.with_resources(cpus_per_trial, gpus_per_trial, max_concurrent, workers_per_trial, loggers)
-    study.check_data()
-    check_memory(study)
-    _check_trackers(study)
+    study_dir, stor = locate_study(study_dir, copy, write=True)
     with lease.StudyLock(study_dir, "xtra study resume", break_lock=break_lock,
-                      storage=shared_lease(stor, study_dir)) as lock, stop_on_signals() as stop:
+                         storage=shared_lease(stor, study_dir)) as lock, stop_on_signals() as stop:
         _stop_when_lost(lock, stop)
+        notes = _refresh_locked(lock, stor, study_dir)
+        study = load_study_dir(study_dir)
+        study = study.with_resources(cpus_per_trial, gpus_per_trial, max_concurrent, workers_per_trial, loggers)
+        study.check_data()
+        check_memory(study)
+        _check_trackers(study)
         return _run_locked(study, study_dir, lock, address=address, stor=stor, console=console, live=live,
-                           build_report=build_report, resuming=True, stop=stop)
+                           build_report=build_report, resuming=True, stop=stop, notes=notes)
 
 
 def _stop_when_lost(lock: lease.StudyLock, stop: Stop) -> None:
@@ -291,14 +317,7 @@ def _run_locked(study: Study, study_dir: Path, lock: lease.StudyLock, *, address
 
     console = console or Console()
     stop = stop or Stop()  # SIGUSR1 / SIGTERM stop the run the way Ctrl-C does (xtra.studies.slurm)
-    notes = list(notes or [])
-    if lock.broke:  # a live driver: let it stop its trials before any of them is planned again
-        from xtra.studies.ray.stopping import grace_s
-
-        notes.append(lock.wait_for_broken(timeout=lease.stale_after(lock.broke) + grace_s()))
-        _pull(stor, study_dir)  # what it finished while stopping is in storage, not yet in this copy
-    elif lock.took_over:
-        notes.append(f"took over the lock of {lease.describe_holder(lock.took_over)} (no longer running)")
+    notes = [n for n in notes or [] if n]
     root = stor.local_path()  # trial directories of a study kept in an object store are never renamed
     moved = st.migrate(root) if root is not None else []
     if moved and _elsewhere(stor, study_dir):
@@ -332,7 +351,7 @@ def _run_locked(study: Study, study_dir: Path, lock: lease.StudyLock, *, address
     if resuming and plan.empty:
         notes.append("nothing to resume: every trial is finished")
 
-    experiment = None
+    experiment, complete = None, plan.empty
     try:
         if not plan.empty and not stop.signal:
             def write_runs(r: list[dict[str, Any]]) -> None:
@@ -351,6 +370,7 @@ def _run_locked(study: Study, study_dir: Path, lock: lease.StudyLock, *, address
             if stop.signal:
                 notes.append(f"stopped by {stop.signal}: no new trials; "
                              + (stop.note or "running ones keep their last checkpoint"))
+            complete = finished
             if not finished:
                 notes.append(f"interrupted with trials unfinished; continue with `xtra study resume {study_dir}`")
         elif not lock.lost:
@@ -366,7 +386,7 @@ def _run_locked(study: Study, study_dir: Path, lock: lease.StudyLock, *, address
     report = build_study_report(study_dir, stor, notes) if build_report else None
     return Outcome(study_dir=study_dir, experiment=experiment, ran=ran if experiment else [],
                    reused=list(plan.reused), counts=after.counts(), results=results, curves=curves, report=report,
-                   notes=notes, stopped=stop.signal)
+                   notes=notes, stopped=stop.signal, complete=complete)
 
 
 def _write_results(study: Study, study_dir: Path, stor: Storage, notes: list[str]) -> tuple[Any, Path, Path]:

@@ -5,6 +5,9 @@ with the study in S3 on the local server) loses no trial, finishes none twice an
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,11 +41,14 @@ def test_trials_differing_only_in_timings_are_equal_and_a_changed_weight_is_foun
     assert checks.trial_differences(other, ref) == [td.METRICS, "checkpoint.pt.model.w"]
 
 
+def stamp(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
 def test_work_lost_is_what_a_hit_trial_had_logged_past_the_checkpoint_it_restarted_from(tmp_path: Path) -> None:
     run_dir = td.path(tmp_path, "abc")
     run_dir.mkdir(parents=True)
     fault_time = 1_800_000_000.0
-    stamp = lambda t: __import__("time").strftime("%Y-%m-%d %H:%M:%S", __import__("time").localtime(t))  # noqa: E731
     for event in ({"event": "start", "time": stamp(fault_time - 60), "checkpoint_samples": None},
                   {"event": "start", "time": stamp(fault_time + 5), "checkpoint_samples": 512},
                   {"event": "start", "time": stamp(fault_time + 90), "checkpoint_samples": 768}):
@@ -54,7 +60,7 @@ def test_work_lost_is_what_a_hit_trial_had_logged_past_the_checkpoint_it_restart
 
 def test_the_schedule_is_the_seeds() -> None:
     seg = fc.FULL_SEGMENTS[0]
-    kinds, weights = fc._kinds_for(seg, fc.Schedule(seed=3))
+    kinds, weights = fc.kinds_for(seg, fc.Schedule(seed=3))
     assert "storage_outage" not in kinds and set(kinds) == set(fc.KINDS) - {"storage_outage"}  # a local study
     draw = lambda seed: [fc.random.Random(seed).choices(kinds, weights)[0] for _ in range(5)]  # noqa: E731
     assert draw(3) == draw(3)
@@ -70,4 +76,103 @@ def test_a_short_fault_campaign_loses_nothing_and_changes_no_result(tmp_path: Pa
     assert result["compared"] == result["trials"] == 2 and result["different"] == 0, result["segments"]
     assert result["resumes"] >= 2, result  # after the SIGTERM and the SIGKILL of the driver
     assert not result["problems"] and not result["violations"], result
-    assert fc.passed(result)
+    assert checks.passed(result)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the campaign found, each fixed and held here
+
+
+def test_a_refused_second_driver_and_status_leave_a_live_drivers_copy_alone(s3_bucket: str, tmp_path: Path) -> None:
+    """Found by the campaign (break_lock in a search in S3): a second driver refreshed the study's local
+    copy from storage before it asked for the lease, replacing files under the live driver (its optuna.db:
+    the live driver's next Optuna write failed with "attempt to write a readonly database" and it exited 1).
+    Now a driver refreshes its copy only once it holds the lease, and status reads a live driver's copy as
+    it is: a refused `resume` and a `status` change no byte of it."""
+    from typer.testing import CliRunner
+
+    from xtra import lease
+    from xtra import studydir as st
+    from xtra.cli.study import app
+    from xtra.storage import Storage
+    from xtra.studies.load import load_study
+
+    uri = f"{s3_bucket}/studies/live"
+    stor = Storage.from_uri(uri)
+    source = tmp_path / "source"
+    st.write_study_toml(source, load_study("block-size", preset="smoke").to_toml())
+    stor.put_file(source / st.STUDY_TOML, st.STUDY_TOML)
+    stor.write_bytes(st.OPTUNA_DB, b"what storage holds")
+    copy = tmp_path / "live"
+    st.write_study_toml(copy, load_study("block-size", preset="smoke").to_toml())
+    st.write_runs(copy, [{"state": "running", "storage_path": uri}])
+    (copy / st.OPTUNA_DB).write_bytes(b"the live driver's open database")
+    before = {p.name: (p.read_bytes(), p.stat().st_ino) for p in copy.iterdir() if p.is_file()}
+    holder = subprocess.Popen(  # the live driver: another process on this host, holding the lock and lease
+        [sys.executable, "-c", "import sys\nfrom xtra import lease\nfrom xtra.storage import Storage\n"
+         f"lock = lease.StudyLock({str(copy)!r}, 'xtra study run', storage=Storage.from_uri({uri!r}), "
+         "settle_s=0.0).acquire()\nprint('held', flush=True)\nsys.stdin.read()\nlock.release()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        refused = CliRunner().invoke(app, ["resume", str(copy)])
+        assert refused.exit_code != 0 and "in use by pid" in refused.output, refused.output
+        status = CliRunner().invoke(app, ["status", str(copy)])
+        assert status.exit_code == 0, status.output
+        after = {p.name: (p.read_bytes(), p.stat().st_ino) for p in copy.iterdir() if p.is_file()
+                 and p.name != lease.LOCK}
+        assert after == {k: v for k, v in before.items() if k != lease.LOCK}
+    finally:
+        holder.communicate("", timeout=60)
+    assert not (copy / lease.LOCK).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST is not installed")
+def test_a_search_stopped_by_sigterm_exits_for_a_requeue_and_resumes(tmp_path: Path) -> None:
+    """Found by the campaign (driver_sigterm in a search): a search stopped with points not yet drawn
+    exited 0, as if done, so a Slurm job script (which requeues on exit 75) would leave it unfinished
+    (its trial directories hold no trace of the points not drawn; the run's own verdict now decides).
+    And its resume dropped the stopped trial: Ray's Optuna searcher ignored the point to evaluate again
+    (named `pretrain.lr`, not `params/pretrain.lr` as in its space) and drew a fresh one, so the stopped
+    trial stayed interrupted and every later resume exited 1."""
+    import signal
+
+    from drivers import starts, study_process
+
+    from xtra import studydir as st
+    from xtra.studies.slurm import STOPPED_EXIT
+
+    study_dir = tmp_path / "search"
+    args = ("lr-search", "--preset", "smoke", "--set", "pretrain.samples=2048", "--set",
+            "search.num_samples=3", "--max-concurrent", "1", "--out", str(study_dir))
+    first = study_process("run", *args)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(study_dir.glob("trials/*/checkpoint.pt")):
+            assert first.poll() is None, first.stdout.read()
+            assert time.monotonic() < deadline, "no trial checkpointed"
+            time.sleep(0.2)
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=240)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == STOPPED_EXIT, out
+    assert "interrupted with trials unfinished" in out, out
+    resumed = study_process("resume", str(study_dir))
+    out2, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out2
+    finished = [d for d in study_dir.glob("trials/*") if td.read_result(d)]
+    assert len(finished) == 3 and checks.optuna_values(study_dir) == sorted(
+        float(td.read_result(d)["linear_top1"]) for d in finished)
+    stopped = []
+    for run_dir in study_dir.glob("trials/*"):
+        events = [a["event"] for a in checks.attempts_of(run_dir)]
+        assert events.count("finish") == 1 and events[-1] == "finish" and starts(run_dir) >= 1, events
+        if "preempted" in events:  # the trial the SIGTERM stopped: rerun from its checkpoint, not dropped
+            stopped.append(run_dir)
+            resumed_from = [a for a in checks.attempts_of(run_dir) if a["event"] == "start"][-1]
+            assert int(resumed_from["checkpoint_samples"] or 0) > 0, events
+    assert len(stopped) == 1 and len(st.read_runs(study_dir)) == 2

@@ -128,7 +128,9 @@ def _optuna_searcher(study: Study, study_dir: Path, rerun: tuple[dict[str, Any],
     else:
         sampler = optuna.samplers.TPESampler(seed=s.seed + told)
     return _FinalMetricOptuna(metric=s.metric, mode=s.mode, sampler=sampler, study_name=name, storage=storage,
-                              points_to_evaluate=[dict(p) for p in rerun] or None,
+                              # named as Ray names them in the search space ("params/<dotted key>"): a point
+                              # under other names is dropped without a word and a fresh one drawn instead
+                              points_to_evaluate=[{f"params/{k}": v for k, v in p.items()} for p in rerun] or None,
                               after_trial=OptunaDbToStorage(study_dir, storage_uri) if storage_uri else None)
 
 
