@@ -64,6 +64,7 @@ class Schedule:
     # one per kind of KINDS; the faults a study rides out cost the campaign less time than a resume
     weights: tuple[float, ...] = (0.8, 0.6, 2.5, 1.2, 0.8, 1.5, 0.4)
     order: tuple[str, ...] = ()  # a fixed sequence of kinds first (the short campaign of the tests)
+    max_faults: int = 0  # stop injecting after this many (0: inject until every study is done)
 
 
 SMOKE = ("--preset", "smoke", "--set", "pretrain.samples=1024", "--set", "pretrain.checkpoint_every=256")
@@ -228,6 +229,7 @@ class Context:
     server: LocalS3Server | None
     log: Callable[[str], None]
     drivers: int = 0
+    faults: int = 0
     pending: list[Pending] = field(default_factory=list)
 
     def study_cmd(self, *args: str) -> list[str]:
@@ -455,6 +457,9 @@ def run_segment(ctx: Context, seg: Segment, study_dir: Path, rng: random.Random,
             resumes += 1
             driver = ctx.start_driver("resume", str(study_dir))
             continue
+        if sched.max_faults and ctx.faults >= sched.max_faults:  # the rest of the study runs undisturbed
+            _sleep(ctx, driver, 1.0)
+            continue
         if not _wait_running(ctx, study_dir, driver):
             continue
         _sleep(ctx, driver, rng.uniform(*sched.gap_s))
@@ -466,6 +471,7 @@ def run_segment(ctx: Context, seg: Segment, study_dir: Path, rng: random.Random,
         record, driver = inject(kind, ctx, seg, study_dir, driver, rng, sched)
         record["at_s"] = round(time.monotonic() - t0, 1)
         faults.append(record)
+        ctx.faults += 1
         ctx.log(f"{seg.name} +{record['at_s']:.0f}s {kind}: hit {len(record['hit'])} trial(s)"
                 + (f", outage {record['outage_s']} s" if "outage_s" in record else "")
                 + (f", driver exit {record['exit']}" if "exit" in record else ""))
@@ -514,8 +520,9 @@ def run_campaign(seed: int, *, quick: bool = False, root: Path | None = None, lo
     from xtra.studies import fault_checks
 
     segments = segments or (QUICK_SEGMENTS if quick else FULL_SEGMENTS)
-    sched = schedule or Schedule(seed=seed, **({"gap_s": (2.0, 5.0), "outage_s": (10.0, 12.0)} if quick else {}))
-    order = list(sched.order or (QUICK_ORDER if quick else ()))
+    sched = schedule or Schedule(seed=seed, **({"gap_s": (2.0, 5.0), "outage_s": (10.0, 12.0), "order": QUICK_ORDER,
+                                                "max_faults": len(QUICK_ORDER)} if quick else {}))
+    order = list(sched.order)
     root = Path(root or tempfile.mkdtemp(prefix="xtra-faults-")).resolve()
     root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
