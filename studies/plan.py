@@ -23,17 +23,24 @@ from xtra.studies.spec import Study, StudyError, TrialSpec
 class Job:
     """A unit of work for Ray beyond an ordinary trial: a wsd trunk, or a trial run as a branch of one."""
 
-    role: str  # trunk | branch
     config_hash: str  # the directory it runs in
     config: Any  # its TrialConfig (a trunk's: the recipe without cooldown, run to its reach)
     trunk: str  # the trunk's directory name
-    start: int = 0  # branch: samples at which it leaves the trunk
-    keep_at: tuple[int, ...] = ()  # trunk: where it keeps checkpoints
+    wsd: td.WsdJob  # what the run does (xtra.trial.run_trial): the one record of it, from here to the trial
 
-    def as_meta(self, study_dir: Path) -> dict[str, Any]:
-        if self.role == "trunk":
-            return {"role": "trunk", "keep_at": list(self.keep_at)}
-        return {"role": "branch", "trunk_dir": str(td.path(study_dir, self.trunk)), "start": self.start}
+    @property
+    def role(self) -> str:
+        return self.wsd.role
+
+    @property
+    def start(self) -> int:
+        """A branch: samples at which it leaves the trunk."""
+        return self.wsd.start
+
+    @property
+    def keep_at(self) -> tuple[int, ...]:
+        """A trunk: where it keeps checkpoints."""
+        return self.wsd.keep_at
 
 
 @dataclass(frozen=True)
@@ -199,7 +206,7 @@ def _plan_wsd(study_dir: Path, pending: list[TrialSpec]) -> tuple[tuple[Job, ...
         needs_run = reached < trunk.reach
         if needs_run:
             cfg = dataclasses.replace(trunk.config, pretrain=dataclasses.replace(trunk.config.pretrain, samples=reach))
-            jobs.append(Job("trunk", trunk.trunk_id, cfg, trunk.trunk_id, keep_at=tuple(wanted)))
+            jobs.append(Job(trunk.trunk_id, cfg, trunk.trunk_id, td.WsdJob(td.TRUNK, keep_at=tuple(wanted))))
             trained += reach - resume_at
         for b in trunk.branches:
             h = b.config_hash()
@@ -209,5 +216,5 @@ def _plan_wsd(study_dir: Path, pending: list[TrialSpec]) -> tuple[tuple[Job, ...
             cosine += b.pretrain.samples
             trained += b.pretrain.samples - start
             if start > 0 and h in by_hash:
-                branches[h] = Job("branch", h, b, trunk.trunk_id, start=start)
+                branches[h] = Job(h, b, trunk.trunk_id, td.WsdJob(td.BRANCH, trunk_dir=str(tdir), start=start))
     return tuple(jobs), branches, {"trained": trained, "cosine_equivalent": cosine}

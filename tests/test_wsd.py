@@ -218,3 +218,18 @@ def test_init_from_refuses_a_state_that_is_not_on_the_branch(tmp_path):
         with pytest.raises(ValueError, match=rf"keep_at={bad} is not a step boundary .*multiples of "
                                              r"pretrain.batch_size=64 from 64 to 1536"):
             pretrain(TINY, DATA, _wsd(), tmp_path / "b5", seed=0, keep_at=(bad,))
+
+
+def test_a_wsd_job_is_one_typed_record_from_the_plan_to_the_trial():
+    """The plan's job (xtra.trialdir.WsdJob) travels through Ray as plain data and comes back equal;
+    a role that is neither trunk nor branch is a one-line error."""
+    from xtra.trialdir import BRANCH, TRUNK, WsdJob
+
+    trunk = WsdJob(TRUNK, keep_at=(256, 512))
+    branch = WsdJob(BRANCH, trunk_dir="/study/trials/t123", start=512)
+    assert trunk.as_dict() == {"role": "trunk", "keep_at": [256, 512]}  # the form earlier drivers sent
+    assert branch.as_dict() == {"role": "branch", "trunk_dir": "/study/trials/t123", "start": 512}
+    assert [WsdJob.from_dict(json.loads(json.dumps(j.as_dict()))) for j in (trunk, branch)] == [trunk, branch]
+    assert branch.trunk_name == "t123" and WsdJob.from_dict(None) is None and WsdJob.from_dict({}) is None
+    with pytest.raises(ValueError, match=r"^job.role='stem': unknown \(allowed: trunk, branch\)$"):
+        WsdJob.from_dict({"role": "stem"})

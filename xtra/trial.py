@@ -62,20 +62,18 @@ def hooks_from_env(cfg: TrialConfig) -> tuple[PretrainHook, ...]:
 
 def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | None = None,
               progress: bool = False, world: World | None = None,
-              job: dict[str, Any] | None = None, should_stop: Callable[[], bool] | None = None
+              job: td.WsdJob | None = None, should_stop: Callable[[], bool] | None = None
               ) -> dict[str, Any] | None:
-    """``job`` (from the study's plan) makes the run a wsd *trunk* (``{"role": "trunk", "keep_at": [...]}``:
-    pretrain only, keeping checkpoints where branches start) or a *branch* (``{"role": "branch",
-    "trunk_dir": ..., "start": S}``: wait for the trunk's checkpoint at S, continue from it under this
-    trial's own budget and cooldown, then probe like any trial). ``should_stop`` (a time limit or
-    preemption is near) makes pretraining checkpoint and raise ``xtra.pretrain.Preempted``."""
+    """``job`` (``xtra.trialdir.WsdJob``, from the study's plan) makes the run a wsd *trunk* (pretrain only,
+    keeping checkpoints where branches start) or a *branch* (wait for the trunk's checkpoint at its start,
+    continue from it under this trial's own budget and cooldown, then probe like any trial). ``should_stop``
+    (a time limit or preemption is near) makes pretraining checkpoint and raise ``xtra.pretrain.Preempted``."""
     world = world or World()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    job = job or {}
-    role = job.get("role", "trial")
+    role = job.role if job is not None else "trial"
     if world.main:
-        done = _trunk_reached(run_dir, cfg) if role == "trunk" else read_finished(run_dir, cfg)
+        done = _trunk_reached(run_dir, cfg) if role == td.TRUNK else read_finished(run_dir, cfg)
     else:
         done = None
     if world.distributed:  # rank 0's disk decides for everyone
@@ -83,8 +81,8 @@ def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | 
     if done is not None:
         return done if world.main else None
     report = report or (lambda event: None)
-    keep = tuple(job["keep_at"]) if role == "trunk" else keep_at(cfg, start=int(job.get("start", 0)))
-    init_from = _wait_for_trunk(job, run_dir, report, world, should_stop) if role == "branch" else None
+    keep = job.keep_at if job is not None and role == td.TRUNK else keep_at(cfg, start=job.start if job else 0)
+    init_from = _wait_for_trunk(job, run_dir, report, world, should_stop) if job and role == td.BRANCH else None
     if not world.main:  # a peer: pretrain in step with rank 0; files and probing are rank 0's
         pretrain(cfg.model, cfg.data, cfg.pretrain, run_dir, seed=cfg.seed, report=report,
                  hooks=hooks_from_env(cfg), world=world, keep_at=keep, init_from=init_from, should_stop=should_stop)
@@ -101,7 +99,7 @@ def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | 
         log(f"trial {cfg.config_hash()} start (pid {os.getpid()}"
             + (f", rank 0 of {world.size} data-parallel workers)" if world.distributed else ")"))
         # pretrained already, under another probe protocol (a trunk asked to go deeper continues instead)
-        earlier = td.read_result(run_dir) if role != "trunk" else None
+        earlier = td.read_result(run_dir) if role != td.TRUNK else None
         if earlier is not None and not world.distributed:
             trained = {k: earlier.get(k) for k in PRETRAIN_FIELDS}
             trained["wall_s"] = earlier.get("pretrain_wall_s") or 0.0
@@ -114,14 +112,15 @@ def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | 
                                keep_at=keep, init_from=init_from, should_stop=should_stop)
             log(f"pretrain done: {trained['samples_seen']} samples, loss {trained['train_loss']:.4f}, "
                 f"val loss {trained['val_loss']:.4f}")
-        if role == "trunk":  # a trunk is pretraining only: its branches are the study's trials
+        if role == td.TRUNK:  # a trunk is pretraining only: its branches are the study's trials
             row = {**static_row(cfg), "role": "trunk", "keep_at": list(keep), **{k: trained.get(k) for k in
                    PRETRAIN_FIELDS}, "pretrain_wall_s": trained["wall_s"], "wall_s": time.perf_counter() - t0}
             td.write_result(run_dir, row)
             log(f"trunk finished at {trained['samples_seen']} samples; checkpoints kept at {list(keep)}")
             return row
         report({"kind": "probing", "samples_seen": trained["samples_seen"]})  # also when pretraining was reused
-        probed = probe_summary(cfg, _probe(cfg, run_dir, log, trunk_dir=job.get("trunk_dir")))
+        trunk_dir = job.trunk_dir if job is not None and role == td.BRANCH else None
+        probed = probe_summary(cfg, _probe(cfg, run_dir, log, trunk_dir=trunk_dir))
         report({"kind": "probe", **{f"{k}_top1": v.get("top1") for k, v in probed.items()}})
         row = {**static_row(cfg), "status": "finished", "error": None,
                "samples_seen": trained["samples_seen"], "train_loss": trained["train_loss"],
@@ -129,9 +128,9 @@ def run_trial(cfg: TrialConfig, run_dir: Path, report: Callable[[dict], None] | 
                "pretrain_wall_s": trained["wall_s"], "wall_s": trained["wall_s"] + time.perf_counter() - t0,
                "attention_backend": trained["attention_backend"], "device": trained["device"],
                "workers": world.size}
-        if role == "branch":
-            row.update(trunk=Path(job["trunk_dir"]).name, branch_start=int(job["start"]),
-                       samples_trained=trained["samples_seen"] - int(job["start"]))
+        if job is not None and role == td.BRANCH:
+            row.update(trunk=job.trunk_name, branch_start=job.start,
+                       samples_trained=trained["samples_seen"] - job.start)
         for kind in ("linear", "attentive"):
             got = probed.get(kind, {})
             row[f"{kind}_top1"] = got.get("top1")
@@ -170,13 +169,13 @@ def keep_at(cfg: TrialConfig, start: int = 0) -> tuple[int, ...]:
 TRUNK_POLL_S = 2.0
 
 
-def _wait_for_trunk(job: dict[str, Any], run_dir: Path, report: Callable[[dict], None], world: World,
+def _wait_for_trunk(job: td.WsdJob, run_dir: Path, report: Callable[[dict], None], world: World,
                     should_stop: Callable[[], bool] | None = None) -> Path:
     """The trunk's kept checkpoint this branch starts from, once it exists (the branch was scheduled
     beside its trunk). A branch that already has its own checkpoint resumes from that instead."""
     from xtra.checkpoint import kept_checkpoint
 
-    trunk_dir, start = Path(job["trunk_dir"]), int(job["start"])
+    trunk_dir, start = Path(job.trunk_dir), job.start
     source = kept_checkpoint(trunk_dir, start)
     if world.main and not (run_dir / td.CHECKPOINT).exists():
         while not source.is_file():

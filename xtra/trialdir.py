@@ -307,6 +307,50 @@ def read_state(run_dir: Path, *, running: bool, trial_id: str | None = None, par
                       study=rec.get("study"), extra={k: v for k, v in rec.items() if k not in known} or None)
 
 
+# ---------------------------------------------------------------------------------------------
+# A run's part in a wsd schedule
+
+TRUNK, BRANCH = "trunk", "branch"
+
+
+@dataclass(frozen=True)
+class WsdJob:
+    """A run's part in a wsd schedule: a *trunk* pretrains once, keeping checkpoints where its branches
+    start (``keep_at``); a *branch* continues from its trunk's checkpoint at ``start`` samples (in
+    ``trunk_dir``, as this node sees it) under its own budget and cooldown, then probes like any trial.
+    The plan makes it (``xtra.studies.plan``), Ray carries it as ``as_dict()`` (a trial's Tune config is
+    plain data), ``xtra.trial.run_trial`` runs it."""
+
+    role: str
+    keep_at: tuple[int, ...] = ()
+    trunk_dir: str = ""
+    start: int = 0
+
+    def __post_init__(self) -> None:
+        if self.role not in (TRUNK, BRANCH):
+            raise ValueError(f"job.role={self.role!r}: unknown (allowed: {TRUNK}, {BRANCH})")
+
+    @property
+    def trunk_name(self) -> str:
+        """The trunk's directory name: how a branch's row names its trunk."""
+        return Path(self.trunk_dir).name
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.role == TRUNK:
+            return {"role": TRUNK, "keep_at": list(self.keep_at)}
+        return {"role": BRANCH, "trunk_dir": self.trunk_dir, "start": self.start}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | WsdJob | None) -> WsdJob | None:
+        """``as_dict()``'s form back (None or {}: an ordinary trial)."""
+        if raw is None or isinstance(raw, WsdJob):
+            return raw
+        if not raw:
+            return None
+        return cls(role=str(raw.get("role")), keep_at=tuple(int(s) for s in raw.get("keep_at", ())),
+                   trunk_dir=str(raw.get("trunk_dir", "")), start=int(raw.get("start", 0)))
+
+
 def trial_dirs(study_dir: Path) -> list[Path]:
     root = Path(study_dir) / "trials"
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []

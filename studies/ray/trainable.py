@@ -113,9 +113,9 @@ def trainable(config: dict[str, Any]) -> None:
     run_dir = sync.run_dir
     sync.download()  # a retry or a resume on this node continues from what storage holds
     trial_id = trial_id or ctx.get_trial_name()
-    job = meta.get("job") or {}
+    job = td.WsdJob.from_dict(meta.get("job"))
     td.write_params(run_dir, study=meta["study"], preset=meta.get("preset"), trial_id=trial_id, params=params,
-                    seed=cfg.seed, config_hash=h, extra={"role": job["role"]} if job.get("role") == "trunk" else None)
+                    seed=cfg.seed, config_hash=h, extra={"role": job.role} if job and job.role == td.TRUNK else None)
     sync.put(td.PARAMS)
     for stale in run_dir.glob(".tune-checkpoint-*"):  # left by a worker killed mid-report
         shutil.rmtree(stale, ignore_errors=True)
@@ -133,10 +133,10 @@ def trainable(config: dict[str, Any]) -> None:
     try:
         job = sync.trunk(job, reporter) if job and workers == 1 else job  # else rank 0 copies the trunk
         if workers > 1:
-            row = trial_on_workers(cfg, run_dir, {**meta, "job": job or None, "experiment": run},
+            row = trial_on_workers(cfg, run_dir, {**meta, "job": job.as_dict() if job else None, "experiment": run},
                                    reporter)
         else:
-            row = run_trial(cfg, run_dir, report=reporter, job=job or None, should_stop=should_stop)
+            row = run_trial(cfg, run_dir, report=reporter, job=job, should_stop=should_stop)
     except Preempted as err:  # its checkpoint is committed (the report before): the next run continues from it
         td.record_attempt(run_dir, PREEMPTED, samples_seen=err.samples_seen)
         if own is not None:

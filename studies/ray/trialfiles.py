@@ -7,6 +7,7 @@ the other for it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -125,27 +126,27 @@ class TrialSync:
             else:
                 self.storage.delete(f"{self.rel}/{name}")
 
-    def trunk(self, job: dict[str, Any], report: Any) -> dict[str, Any]:
+    def trunk(self, job: td.WsdJob, report: Any) -> td.WsdJob:
         """A wsd branch's job with ``trunk_dir`` where this node sees the trunk: in storage itself
         (local), or this branch's own copy of the trunk's stored directory (never the trunk's scratch
         directory, which a trunk running on this node is writing), refreshed until the trunk's
         checkpoint at the branch's start is there or the trunk has ended (``xtra.trial`` decides then)."""
-        if job.get("role") != "branch":
+        if job.role != td.BRANCH:
             return job
-        name = Path(job["trunk_dir"]).name  # xtra.trial names the row's trunk by this directory's name
+        name = job.trunk_name  # xtra.trial names the row's trunk by this directory's name
         trunk = TrialSync(self.storage.uri, name)
         if not trunk.remote:
-            return {**job, "trunk_dir": str(trunk.run_dir)}
+            return dataclasses.replace(job, trunk_dir=str(trunk.run_dir))
         from xtra.checkpoint import kept_checkpoint
 
         copy = self.run_dir.parent.parent / "trunk-copies" / self.run_dir.name / name
-        start = int(job["start"])
+        start = job.start
         while True:
             copy.mkdir(parents=True, exist_ok=True)
             trunk.storage.download_dir(trunk.rel, copy, include=lambda n: n != td.CHECKPOINT and not n.startswith("."))
             if (self.run_dir / td.CHECKPOINT).exists() or kept_checkpoint(copy, start).is_file() or \
                     td.read_state(copy, running=True).status in td.TERMINAL:
-                return {**job, "trunk_dir": str(copy)}
+                return dataclasses.replace(job, trunk_dir=str(copy))
             report({"kind": "progress", "samples_seen": 0})
             time.sleep(TRUNK_POLL_S)
 

@@ -216,10 +216,10 @@ def _param_space(plan: Plan, study_dir: Path, storage_path: str) -> tuple[dict[s
     if study.search is None or study.search.halving:  # a halving search runs one rung: a grid of wsd branches
         # wsd trunks first: Tune starts trials in this order, so a branch never holds the slot its trunk needs
         trunks = [{"trial_id": f"trunk-{j.trunk}", "hash": j.config_hash, "params": {}, "seed": j.config.seed,
-                   "config": j.config.to_dict(), "job": j.as_meta(study_dir), **common} for j in plan.trunks]
+                   "config": j.config.to_dict(), "job": j.wsd.as_dict(), **common} for j in plan.trunks]
         trials = [{"trial_id": s.trial_id, "hash": s.config_hash, "params": s.params, "seed": s.seed,
                    "config": s.config.to_dict(), **common,
-                   **({"job": plan.branches[s.config_hash].as_meta(study_dir)}
+                   **({"job": plan.branches[s.config_hash].wsd.as_dict()}
                       if s.config_hash in plan.branches else {})} for s in plan.pending]
         return {"trial": tune.grid_search(trunks + trials)}, 1
     int_keys = [k for k, d in study.search.space.items() if d["type"] == "int"]

@@ -125,7 +125,7 @@ def _train_worker(config: dict[str, Any]) -> None:
         if config["mode"] == "trial":
             from xtra.trial import run_trial
 
-            job = config.get("job")
+            job = td.WsdJob.from_dict(config.get("job"))
             if job and reporter.sync is not None:  # rank 0's file decides: its node's view of a wsd trunk
                 job = reporter.sync.trunk(job, reporter)
             row = run_trial(cfg, run_dir, report=reporter, world=world, job=job,
