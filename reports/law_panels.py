@@ -261,7 +261,9 @@ def verdicts(what: str, analyses: Mapping[str, LawAnalysis], skipped: Sequence[s
             if a.held is not None:
                 held = (f"; held-out error {a.held.mean_abs_rel_error:.2%}, "
                         f"{int(a.held.inside.sum())}/{len(a.held.actual)} inside the 95% PI (coverage: "
-                        f"{EVIDENCE})" if a.held.has_interval else f"; held-out error {a.held.mean_abs_rel_error:.2%}")
+                        f"{EVIDENCE})" if a.held.has_interval else
+                        f"; held-out error {a.held.mean_abs_rel_error:.2%}"
+                        + (f" ({a.held.note})" if a.held.note else ""))
             out.append((kind, f"{what}, {lab}: {kind} ({a.law.form.name}): {a.law.describe()}{held}"))
         else:
             out.append(("no law", f"{what}, {lab}: {why_no_law(a)}"))

@@ -143,25 +143,31 @@ def method_of(kind: str) -> str:
 
 
 def coverage_summary(result: dict[str, Any]) -> str:
-    """One row per interval kind and number of seeds: its designs, the coverage measured over them (a range
-    when several; with its Monte Carlo error when one), the largest false-significance rate, the verdicts
-    (the table docs/reports.md#calibrated-intervals publishes)."""
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    """One row per interval kind, number of seeds and design size: its designs, the coverage measured over
+    them (a range when several; with its Monte Carlo error when one), the share of studies that got an
+    interval where some did not, the largest false-significance rate, the verdicts (the table
+    docs/reports.md#calibrated-intervals publishes)."""
+    groups: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
     for r in result["rows"]:
-        groups.setdefault((r["kind"], r["seeds"]), []).append(r)
-    lines = ["| interval | method | seeds | designs | studies each | coverage | false significance | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
-    for (kind, seeds), rows in groups.items():
-        covs = [r["coverage"] for r in rows]
-        if len(rows) == 1:
+        groups.setdefault((r["kind"], r["seeds"], r["points"]), []).append(r)
+    lines = ["| interval | method | seeds | points | designs | studies each | coverage | false significance | "
+             "verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    for (kind, seeds, points), rows in groups.items():
+        covs = [r["coverage"] for r in rows if math.isfinite(r["coverage"])]
+        if not covs:
+            cov = "no interval in any study"
+        elif len(rows) == 1:
             cov = f"{_pct(covs[0])}% ± {_pct(rows[0]['mc_se'])}"
         else:
             cov = f"{_pct(min(covs))}-{_pct(max(covs))}%"
+        given = [r["with_interval"] for r in rows if r.get("with_interval") is not None]
+        if covs and given and min(given) < 1.0:
+            cov += f" (interval in {_pct(min(given))}{'' if len(given) == 1 else '-' + _pct(max(given))}% of studies)"
         null = [r["significant"] for r in rows if r.get("true") == 1.0 and r.get("significant") is not None]
         fs = f"at most {_pct(max(null))}%" if null else "-"
-        verdicts = sorted({verdict(r) for r in rows})
-        lines.append(f"| {kind} | {method_of(kind)} | {seeds} | {len(rows)} | {min(r['reps'] for r in rows)} | {cov} | "
-                     f"{fs} | {'; '.join(verdicts)} |")
+        verdicts = "; ".join(sorted({verdict(r) for r in rows}))
+        lines.append(f"| {kind} | {method_of(kind)} | {seeds} | {points} | {len(rows)} | "
+                     f"{min(r['reps'] for r in rows)} | {cov} | {fs} | {verdicts} |")
     return "\n".join(lines)
 
 

@@ -189,7 +189,8 @@ def held_out(form: Form, X: Any, y: Any, holdout: np.ndarray, what: str, n_boot:
     need = 3 if (form.has_e and not form.loglinear and not form.is_constant) else 2
     for j in form.terms:
         if len(np.unique(Xt[:, j])) < need:
-            return f"{len(np.unique(Xt[:, j]))} distinct {(names or NAMES_1D).variables[j]} values left after " \
+            variable = (names or (NAMES_1D if X.shape[1] == 1 else NAMES_2D)).variables[j]
+            return f"{len(np.unique(Xt[:, j]))} distinct {variable} values left after " \
                    f"holding out {what} (the form needs {need})"
     fit = fit_form(form, Xt, y[train], n_boot=n_boot, seed=seed, names=names, cls=cls, **extra)
     Xh = X[holdout]
