@@ -48,8 +48,8 @@ class FormFit:
     diagnostics: Diagnostics
     names: ParamNames = NAMES_1D
     level: float = LEVEL
-    _refs: tuple[float, ...] = field(default=(1.0, 1.0), repr=False)  # one per variable, then L
-    _theta: np.ndarray = field(default_factory=lambda: np.zeros(1), repr=False, compare=False)
+    refs: tuple[float, ...] = field(default=(1.0, 1.0), repr=False)  # one per variable, then L
+    theta: np.ndarray = field(default_factory=lambda: np.zeros(1), repr=False, compare=False)
     draws: np.ndarray = field(default_factory=lambda: np.zeros((0, 1)), repr=False, compare=False)
     _resid: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
     x_range: tuple[tuple[float, float], ...] = ()  # (min, max) of each variable over the fitted points
@@ -64,11 +64,11 @@ class FormFit:
         return self.form.formula(self.names.variables, self.names.coefs, self.names.exponents)
 
     def _logs(self, X: np.ndarray) -> list[np.ndarray]:
-        return [np.log(X[:, j] / self._refs[j]) for j in self.form.terms]
+        return [np.log(X[:, j] / self.refs[j]) for j in self.form.terms]
 
     def predict_matrix(self, X: np.ndarray, theta: np.ndarray | None = None) -> np.ndarray:
-        t = self._theta if theta is None else theta
-        return self._refs[-1] * np.exp(log_predict(self.form, t, self._logs(X), len(X)))
+        t = self.theta if theta is None else theta
+        return self.refs[-1] * np.exp(log_predict(self.form, t, self._logs(X), len(X)))
 
     def confidence_band(self, X: np.ndarray, level: float | None) -> tuple[np.ndarray, np.ndarray]:
         """Where the law's mean lies at X: the least-squares prediction +- t * its linearised standard error,
@@ -91,9 +91,9 @@ class FormFit:
         var = np.sum((J @ lin.cov_factor) ** 2, axis=1) + (lin.scatter**2 if new_run else 0.0)
         half = lin.t_quantile(level) * np.sqrt(var)
         with np.errstate(over="ignore"):
-            return self._refs[-1] * np.exp(z - half), self._refs[-1] * np.exp(z + half)
+            return self.refs[-1] * np.exp(z - half), self.refs[-1] * np.exp(z + half)
 
-    def _describe(self) -> str:
+    def term_description(self) -> str:
         p = self.params
         if self.form.is_constant:
             return f"L = {p['E']:.4g}"
@@ -105,7 +105,7 @@ class FormFit:
         return "L = " + " + ".join(parts)
 
     def describe(self) -> str:
-        return self._describe()
+        return self.term_description()
 
 
 def natural_params(form: Form, theta: np.ndarray, refs: Sequence[float], names: ParamNames) -> dict[str, np.ndarray]:
@@ -172,6 +172,6 @@ def fit_form(form: Form, X: Any, y: Any, n_boot: int = 200, seed: int = 0, names
                     n_boot, n_design_points=int(groups.max()) + 1 if n else 0)
     resid = ly - log_predict(form, theta, logs, len(ly))
     return cls(form=form, params=best, ci=ci, n_points=n, loss=f * HUBER_DELTA / n, n_boot=len(draws),
-               diagnostics=diag, names=names, _refs=refs, _theta=theta, draws=draws, _resid=resid,
+               diagnostics=diag, names=names, refs=refs, theta=theta, draws=draws, _resid=resid,
                _linearised=lin,
                x_range=tuple((float(X[:, j].min()), float(X[:, j].max())) for j in range(X.shape[1])), **extra)

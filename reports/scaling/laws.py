@@ -42,7 +42,7 @@ class PowerLawFit(FormFit):
         return self.prediction_band(np.asarray(x, dtype=float).reshape(-1, 1), level)
 
     def describe(self) -> str:
-        return self._describe().replace("·x", " * x")
+        return self.term_description().replace("·x", " * x")
 
 
 def fit_power_law(x: Any, y: Any, n_boot: int = 200, seed: int = 0, form: Form = FORMS_1D[0]) -> PowerLawFit:
@@ -121,7 +121,7 @@ class ChinchillaFit(FormFit):
 
     def boot_params(self) -> dict[str, np.ndarray]:
         """The t-calibrated draws of the named parameters (``linearised``), in the caller's units."""
-        return natural_params(self.form, self.draws, self._refs, self.names)
+        return natural_params(self.form, self.draws, self.refs, self.names)
 
     def _frontier_params(self) -> dict[str, float]:
         return {"A": self.A, "B": self.B, "alpha": self.alpha, "beta": self.beta}
@@ -173,8 +173,8 @@ class ChinchillaFit(FormFit):
         # dL/dN = 0 along D = C / (c N^g):  N^(alpha + g beta) = alpha A (C / c)^beta / (g beta B); in logs
         # so huge A, B cannot overflow.
         g = self.flops_exponent
-        a_coef, b_coef = self._theta[0], self._theta[1]
-        n_ref, d_ref = self._refs[0], self._refs[1]
+        a_coef, b_coef = self.theta[0], self.theta[1]
+        n_ref, d_ref = self.refs[0], self.refs[1]
         log_a = a_coef + alpha * np.log(n_ref)
         log_b = b_coef + beta * np.log(d_ref)
         log_cc = np.log(C / c)
@@ -198,13 +198,13 @@ class ChinchillaFit(FormFit):
                         flops_per_param_sample: float | None = None) -> dict[str, np.ndarray]:
         """The iso-FLOP curve of budget C for N within 10**±span of N_opt(C): N, D, L."""
         n_opt, _ = self.compute_optimal(C, flops_per_param_sample)
-        centre = float(n_opt) if np.isfinite(n_opt) else self._refs[0]
+        centre = float(n_opt) if np.isfinite(n_opt) else self.refs[0]
         N = centre * np.logspace(-span, span, n)
         D, L = self.isoflop(C, N, flops_per_param_sample)
         return {"N": N, "D": D, "L": L}
 
     def describe(self) -> str:
-        return self._describe().replace("·N^-", " / N^").replace("·D^-", " / D^")
+        return self.term_description().replace("·N^-", " / N^").replace("·D^-", " / D^")
 
 
 def check_chinchilla(N: Any, D: Any, L: Any, n_min: int = 5) -> list[np.ndarray]:
