@@ -57,9 +57,9 @@ def train_heads(kind: str, heads: list[nn.Module], lrs: tuple[float, ...], sourc
                 cfg: ProbeConfig, seed: int, on_epoch: Callable[[int, int], None] | None = None,
                 batched: bool = True, epochs: list[int] | None = None) -> None:
     """Train every head on the same batches (one input computation per micro-batch), head i for
-    `epochs[i]` epochs (default: cfg.epochs each; its warmup scaled alike, cfg.warmup_epochs * epochs[i]
-    // cfg.epochs): a head with a shorter schedule is the head trained alone for that many epochs (the
-    same init and shuffles), and stops there while the others go on.
+    `epochs[i]` epochs (default: cfg.epochs each; its warmup scaled alike, in steps: steps_per_epoch *
+    cfg.warmup_epochs * epochs[i] // cfg.epochs): a head with a shorter schedule is the head trained alone
+    for that many epochs (the same init and shuffles), and stops there while the others go on.
 
     Each head has its own AdamW, follows `lr_at(step, ..., lr_i)` over its own schedule, and clips its
     own gradient norm: the heads share nothing but their (read-only) inputs, so each one is exactly
@@ -73,7 +73,9 @@ def train_heads(kind: str, heads: list[nn.Module], lrs: tuple[float, ...], sourc
     n, bs = len(source), cfg.batch_size
     per_epoch = steps_per_epoch(n, bs)
     totals = [per_epoch * e for e in epochs]
-    warmups = [per_epoch * (cfg.warmup_epochs * e // cfg.epochs) for e in epochs]
+    # warmup scaled in steps, not whole epochs: a twin on half of an 8-epoch schedule with 1 warmup epoch
+    # warms up for half an epoch (rounded down to whole epochs it had none and started at the full lr)
+    warmups = [per_epoch * cfg.warmup_epochs * e // cfg.epochs for e in epochs]
     labels = labels.to(source.device)
     for head in heads:
         head.train()
