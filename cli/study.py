@@ -24,7 +24,7 @@ from xtra.cli.study_options import (
     SetOpt,
     StudyArg,
     WorkersOpt,
-    _load,
+    load_for_command,
 )
 from xtra.cli.study_submit import submit_cmd
 
@@ -101,7 +101,7 @@ def show_cmd(study: StudyArg, preset: PresetOpt = None, sets: SetOpt = None, see
     from xtra.costs import H200_BF16_PEAK, TARGET_MFU, flops_per_image, gpu_hours, n_params, n_params_encoder
     from xtra.data.collection import PIPE_ENV, is_command
 
-    s = _load(study, preset, sets, seeds)
+    s = load_for_command(study, preset, sets, seeds)
     console = _wide()
     res = s.resources
     console.print(f"[bold]{s.name}[/] — {s.description}", highlight=False)
@@ -249,7 +249,7 @@ def run_cmd(
     from xtra.studies.runner import run_study
     from xtra.studies.spec import StudyError
 
-    s = _load(study, preset, sets, seeds)
+    s = load_for_command(study, preset, sets, seeds)
     try:
         s = s.with_resources(cpus_per_trial, gpus_per_trial, max_concurrent, workers_per_trial, loggers)
     except ValueError as err:
@@ -314,7 +314,7 @@ def probe_cmd(
         raise _fail(f"--set {bad[0]}: `xtra study probe` changes only probe.* keys (use `xtra study run` for others)")
     if not (study_dir / studydir.STUDY_TOML).is_file():
         raise _fail(f"{study_dir}: not a study directory (no study.toml; start one with `xtra study run`)")
-    s = _load(str(study_dir), None, items, None)
+    s = load_for_command(str(study_dir), None, items, None)
     console = Console()
     try:
         outcome = run_study(s, study_dir, address=address, console=console, build_report=report,

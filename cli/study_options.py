@@ -28,7 +28,7 @@ LoggerOpt = Annotated[list[str] | None, typer.Option(
                      "repeatable (default: the study's [resources] loggers, tensorboard)")]
 
 
-def _load(study: str, preset: str | None, sets: list[str] | None, seeds: int | None) -> Any:
+def load_for_command(study: str, preset: str | None, sets: list[str] | None, seeds: int | None) -> Any:
     from xtra.studies.load import load_study
     from xtra.studies.spec import parse_sets
 

@@ -22,7 +22,7 @@ from xtra.cli.study_options import (
     SetOpt,
     StudyArg,
     WorkersOpt,
-    _load,
+    load_for_command,
 )
 
 SlurmOpt = Annotated[str | None, typer.Option(
@@ -55,7 +55,7 @@ def submit_cmd(
     from xtra.studies.slurm import parse_slurm, python_commands, record_job, render, sbatch, write_script
     from xtra.studies.spec import StudyError
 
-    s = _load(study, preset, sets, seeds)
+    s = load_for_command(study, preset, sets, seeds)
     try:
         s.with_resources(cpus_per_trial, gpus_per_trial, max_concurrent, workers_per_trial, loggers)
         options = parse_slurm(slurm)

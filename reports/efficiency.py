@@ -371,19 +371,19 @@ def markdown_table(df: pl.DataFrame, *, percent: Sequence[str] = ()) -> str:
     cols = df.columns
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in df.iter_rows(named=True):
-        lines.append("| " + " | ".join(_cell(row[c], c in percent) for c in cols) + " |")
+        lines.append("| " + " | ".join(table_cell(row[c], c in percent) for c in cols) + " |")
     return "\n".join(lines)
 
 
 def html_table(df: pl.DataFrame, *, percent: Sequence[str] = ()) -> str:
     """The same table as HTML (escaped), for the report page."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(row[c], c in percent))}</td>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(table_cell(row[c], c in percent))}</td>" for c in df.columns)
                    + "</tr>" for row in df.iter_rows(named=True))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _cell(v: Any, percent: bool) -> str:
+def table_cell(v: Any, percent: bool) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if percent and isinstance(v, (int, float)):

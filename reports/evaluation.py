@@ -134,7 +134,7 @@ def suite_tables(study: StudyResults) -> list[Table]:
     for kind in sorted(rows["kind"].unique().to_list()):
         table = eff.suite_table(rows, label="trial_id", kind=kind)
         columns = table.columns
-        body = [[eff._cell(r[c], c != "trial_id") for c in columns] for r in table.iter_rows(named=True)]
+        body = [[eff.table_cell(r[c], c != "trial_id") for c in columns] for r in table.iter_rows(named=True)]
         out.append(Table(title=f"Downstream suite: {kind} top-1 (%) per dataset and average", columns=columns,
                          rows=body, id=f"table-suite-{kind}",
                          note="At each trial's last checkpoint; the average is over every dataset of the suite "

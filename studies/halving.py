@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from xtra.studies.spec import Study, StudyError, TrialSpec, _fmt, _fmt_value
+from xtra.studies.spec import Study, StudyError, TrialSpec, literal, trial_id_value
 
 LADDER_VERSION = 1
 # Keys a halving search sets itself at every rung: the space must leave them alone.
@@ -67,21 +67,21 @@ def check(study: Study) -> None:
     base = study.base_config()
     p = base.pretrain
     if p.schedule != "wsd":
-        raise StudyError(f"{study.source}: pretrain.schedule={_fmt(p.schedule)}: a halving search's rungs are wsd "
+        raise StudyError(f"{study.source}: pretrain.schedule={literal(p.schedule)}: a halving search's rungs are wsd "
                          f"cooldown branches (set \"pretrain.schedule\" = \"wsd\")")
     budgets = rung_budgets(study)
     if budgets[-1] != p.samples:
-        raise StudyError(f"{label}.rungs={_fmt(list(budgets))}: the last rung must be the full budget, "
+        raise StudyError(f"{label}.rungs={literal(list(budgets))}: the last rung must be the full budget, "
                          f"pretrain.samples={p.samples}")
     warmup = _max_value(study, "pretrain.warmup_samples", p.warmup_samples)
     for budget in budgets:
         bp = _branch_point(p, budget)
         if bp <= 0 or bp < warmup or bp == budget:
-            raise StudyError(f"{label}.rungs={_fmt(list(budgets))}: rung {budget} branches at {bp} samples, which "
+            raise StudyError(f"{label}.rungs={literal(list(budgets))}: rung {budget} branches at {bp} samples, which "
                              f"must be > 0, >= the largest warmup ({warmup}) and leave a cooldown (raise the first "
                              f"rung or lower the warmup)")
     if len(set(budgets)) != len(budgets):
-        raise StudyError(f"{label}.rungs={_fmt(list(budgets))}: budgets repeat")
+        raise StudyError(f"{label}.rungs={literal(list(budgets))}: budgets repeat")
 
 
 def propose(study: Study) -> list[dict[str, Any]]:
@@ -147,7 +147,7 @@ def trial_spec(study: Study, index: int, params: dict[str, Any], budget: int) ->
 
     base = override(TrialConfig(model=model_config(study.size)), study.base)
     cfg = override(base, {**params, "pretrain.samples": budget, "seed": study.seeds[0]})
-    shown = ",".join(f"{k.rsplit('.', 1)[-1]}={_fmt_value(v)}" for k, v in params.items())
+    shown = ",".join(f"{k.rsplit('.', 1)[-1]}={trial_id_value(v)}" for k, v in params.items())
     return TrialSpec(f"c{index}:{shown},samples={budget}", cfg, dict(params), study.seeds[0])
 
 

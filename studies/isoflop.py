@@ -29,7 +29,7 @@ from typing import Any
 from xtra.config import TrialConfig, model_config
 from xtra.costs import flops_per_image
 from xtra.overrides import override
-from xtra.studies.spec import Axis, StudyError, _fmt, _one_line, parse_set
+from xtra.studies.spec import Axis, StudyError, literal, one_line, parse_set
 
 COMPUTE_AXIS = "compute"  # the derived axis' name in [axes]
 LINE_AXIS = "samples"  # the zip group it becomes: pretrain.samples first, so trial ids read samples=D
@@ -41,13 +41,13 @@ BLOCK_KEY = "model.block_size"
 def parse_compute_axis(values: Any, label: str) -> Axis:
     """The ``compute`` axis: distinct positive numbers (training FLOPs per trial), one line each."""
     if not isinstance(values, list) or not values or len(values) > MAX_BUDGETS:
-        raise StudyError(f"{label}={_fmt(values)}: must be a list of 1 to {MAX_BUDGETS} compute budgets "
+        raise StudyError(f"{label}={literal(values)}: must be a list of 1 to {MAX_BUDGETS} compute budgets "
                          f"(training FLOPs per trial, e.g. [2e12, 4e12, 8e12])")
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            raise StudyError(f"{label}={_fmt(v)}: a compute budget must be a number of FLOPs > 0")
+            raise StudyError(f"{label}={literal(v)}: a compute budget must be a number of FLOPs > 0")
     if len(set(values)) != len(values):
-        raise StudyError(f"{label}={_fmt(values)}: compute budgets repeat")
+        raise StudyError(f"{label}={literal(values)}: compute budgets repeat")
     return Axis(COMPUTE_AXIS, (COMPUTE_AXIS,), tuple({COMPUTE_AXIS: float(v)} for v in values))
 
 
@@ -84,21 +84,21 @@ def expand(axes: dict[str, Axis], size: str, base: dict[str, Any], src: str,
             params: dict[str, Any] = {}
             for value in combo:
                 params.update(value)
-            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+            shown = ", ".join(f"{k}={literal(v)}" for k, v in params.items())
             try:
                 f_line = flops_per_image(override(root, {**params, BLOCK_KEY: line_k}).model)
                 f_each = [flops_per_image(override(root, {**params, BLOCK_KEY: k}).model) for k in ks]
             except ValueError as e:
-                raise StudyError(f"{src}: axes {shown}: {_one_line(e)}") from None
+                raise StudyError(f"{src}: axes {shown}: {one_line(e)}") from None
             samples = max(1, round(c / f_line / batch)) * batch
             worst = max(f_each, key=lambda f: abs(f * samples / c - 1))
             off = worst * samples / c - 1
             if abs(off) > MAX_OFF_LINE:
-                raise StudyError(f"{label}={_fmt(c)}: {shown} trains {samples:,} samples ({samples // batch} "
+                raise StudyError(f"{label}={literal(c)}: {shown} trains {samples:,} samples ({samples // batch} "
                                  f"batches of {batch}), {off:+.1%} off the line (allowed: within "
                                  f"{MAX_OFF_LINE:.0%}; raise the budget or lower pretrain.batch_size)")
             if samples <= root.pretrain.warmup_samples:
-                raise StudyError(f"{label}={_fmt(c)}: {shown} gets {samples:,} samples, not past "
+                raise StudyError(f"{label}={literal(c)}: {shown} gets {samples:,} samples, not past "
                                  f"pretrain.warmup_samples={root.pretrain.warmup_samples:,} (raise the budget or "
                                  f"lower the warmup)")
             rows.append({"pretrain.samples": samples, **params})

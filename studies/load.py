@@ -20,27 +20,27 @@ from xtra.config import SIZES, TrialConfig, model_config, recorded_values
 from xtra.overrides import coerce, override
 from xtra.studies.isoflop import expand as expand_isoflop
 from xtra.studies.parse import (
-    _LEAVES,
+    CONFIG_LEAVES,
     MAX_TRIALS,
-    _apply_zip,
-    _check_config_key,
-    _flatten,
-    _flatten_space,
-    _is_tuple_key,
-    _parse_axes,
-    _parse_axis,
-    _parse_search,
-    _parse_seeds,
+    apply_zip,
+    check_config_key,
+    flatten,
+    flatten_space,
+    is_tuple_key,
+    parse_axes,
+    parse_axis,
+    parse_search,
+    parse_seeds,
 )
 from xtra.studies.spec import (
     TOP_KEYS,
     Axis,
     Study,
     StudyError,
-    _check_workers,
-    _fmt,
-    _one_line,
-    _parse_resources,
+    check_workers,
+    literal,
+    one_line,
+    parse_resources,
     parse_sets,
 )
 
@@ -87,7 +87,7 @@ def _read_toml(path: Path, label: str) -> dict[str, Any]:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
-        raise StudyError(f"{label}: invalid TOML: {_one_line(e)}") from None
+        raise StudyError(f"{label}: invalid TOML: {one_line(e)}") from None
     except OSError as e:
         raise StudyError(f"{label}: cannot read: {e.strerror}") from None
 
@@ -181,7 +181,7 @@ def _parse(path: Path, preset: str | None, sets: dict[str, Any] | list[str] | No
     if seeds is not None:
         draft.seeds, draft.seeds_label = seeds, f"{src}: --seeds"
     if "zip" in raw:
-        draft.axes = _apply_zip(draft.axes, raw["zip"], f"{src}: zip", draft.axis_labels)
+        draft.axes = apply_zip(draft.axes, raw["zip"], f"{src}: zip", draft.axis_labels)
     # a `compute` axis -> points on isoFLOP lines
     draft.axes = expand_isoflop(draft.axes, draft.size, draft.base, src, draft.axis_labels)
     _record_legacy_values(draft, stored="preset" in raw)
@@ -204,9 +204,9 @@ def _name_and_description(raw: dict[str, Any], path: Path, src: str) -> tuple[st
     description = raw.get("description", "")
     for key, v in (("name", name), ("description", description)):
         if not isinstance(v, str):
-            raise StudyError(f"{src}: {key}={_fmt(v)}: must be a string")
+            raise StudyError(f"{src}: {key}={literal(v)}: must be a string")
     if not name.strip():
-        raise StudyError(f"{src}: name={_fmt(name)}: a study needs a name (it names results, trials and reports)")
+        raise StudyError(f"{src}: name={literal(name)}: a study needs a name (it names results, trials and reports)")
     return name, description
 
 
@@ -248,11 +248,11 @@ def _read_own(raw: dict[str, Any], src: str) -> _Draft:
     base_node = raw.get("base", {})
     if not isinstance(base_node, dict):
         raise StudyError(f"{src}: base must be a table of dotted keys")
-    for k, v in _flatten(base_node).items():
+    for k, v in flatten(base_node).items():
         draft.base[k], draft.labels[k] = v, f"{src}: base.{k}"
-    draft.axes = _parse_axes(raw.get("axes", {}), f"{src}: axes", draft.axis_labels)
+    draft.axes = parse_axes(raw.get("axes", {}), f"{src}: axes", draft.axis_labels)
     if "resources" in raw:
-        _parse_resources(raw["resources"], f"{src}: resources")
+        parse_resources(raw["resources"], f"{src}: resources")
         draft.resources.update(raw["resources"])
     if "search" in raw:
         if not isinstance(raw["search"], dict):
@@ -271,24 +271,25 @@ def _apply_layers(draft: _Draft, layers: list[tuple[dict[str, Any], str]], raw: 
         for k, v in layer.items():
             if k == "size" and from_shared and "size" in raw:
                 if v != draft.size:
-                    draft.kept.append(f"size={_fmt(draft.size)} from {src} kept ({lab}.size={_fmt(v)} not applied)")
+                    draft.kept.append(f"size={literal(draft.size)} from {src} kept ({lab}.size={literal(v)} "
+                                      f"not applied)")
             elif k == "size":
                 draft.size, draft.size_label = v, f"{lab}.size"
             elif k == "seeds":
                 draft.seeds, draft.seeds_label = v, f"{lab}.seeds"
             elif k == "axes":
-                draft.axes.update(_parse_axes(v, f"{lab}.axes", draft.axis_labels))
+                draft.axes.update(parse_axes(v, f"{lab}.axes", draft.axis_labels))
             elif k == "resources":
-                _parse_resources(v, f"{lab}.resources")
+                parse_resources(v, f"{lab}.resources")
                 draft.resources.update(v)
             elif k == "search":
                 _adjust_search(draft, v, lab)
             else:
-                for kk, vv in (_flatten(v, f"{k}.") if isinstance(v, dict) else {k: v}).items():
+                for kk, vv in (flatten(v, f"{k}.") if isinstance(v, dict) else {k: v}).items():
                     if from_shared and draft.labels.get(kk, "").startswith(f"{src}: base."):
                         if vv != draft.base[kk]:
-                            draft.kept.append(f"{kk}={_fmt(draft.base[kk])} from {src} [base] kept "
-                                              f"({lab}.{kk}={_fmt(vv)} not applied)")
+                            draft.kept.append(f"{kk}={literal(draft.base[kk])} from {src} [base] kept "
+                                              f"({lab}.{kk}={literal(vv)} not applied)")
                         continue
                     draft.base[kk], draft.labels[kk] = vv, f"{lab}.{kk}"
 
@@ -301,7 +302,7 @@ def _adjust_search(draft: _Draft, node: Any, lab: str) -> None:
         raise StudyError(f"{lab}.search: the study has no [search] to adjust")
     merged = {**draft.search, **{k: v for k, v in node.items() if k != "space"}}
     if "space" in node:
-        merged["space"] = {**_flatten_space(draft.search.get("space", {})), **_flatten_space(node["space"])}
+        merged["space"] = {**flatten_space(draft.search.get("space", {})), **flatten_space(node["space"])}
     draft.search, draft.search_label = merged, f"{lab}.search"
 
 
@@ -310,7 +311,7 @@ def _apply_sets(draft: _Draft, set_items: dict[str, Any]) -> None:
     src = draft.src
     for key, value in set_items.items():
         lab = f"{src}: --set {key}"
-        draft.set_texts.append(f"{key}={_fmt(value)}")
+        draft.set_texts.append(f"{key}={literal(value)}")
         if key == "size":
             draft.size, draft.size_label = value, lab
         elif key == "seeds":
@@ -318,30 +319,30 @@ def _apply_sets(draft: _Draft, set_items: dict[str, Any]) -> None:
         elif key.startswith("search."):
             _set_search(draft, key[len("search."):], value, lab)
         elif key.startswith("resources."):
-            _parse_resources({key.split(".", 1)[1]: value}, f"{src}: --set resources")
+            parse_resources({key.split(".", 1)[1]: value}, f"{src}: --set resources")
             draft.resources[key.split(".", 1)[1]] = value
         elif key.startswith("axes."):
             axis_name = key[len("axes."):]
-            draft.axes[axis_name] = _parse_axis(axis_name, value if isinstance(value, list) else [value], lab)
+            draft.axes[axis_name] = parse_axis(axis_name, value if isinstance(value, list) else [value], lab)
             draft.axis_labels[axis_name] = lab
         elif key in draft.axes and not draft.axes[key].zipped:
-            single = not isinstance(value, list) or (_is_tuple_key(key) and not any(isinstance(v, list) for v in value))
-            draft.axes[key] = _parse_axis(key, [value] if single else value, lab)
+            single = not isinstance(value, list) or (is_tuple_key(key) and not any(isinstance(v, list) for v in value))
+            draft.axes[key] = parse_axis(key, [value] if single else value, lab)
             draft.axis_labels[key] = lab
         else:
             zipped = [a.name for a in draft.axes.values() if a.zipped and key in a.keys]
             if zipped:
-                raise StudyError(f"{lab}={_fmt(value)}: {key} is swept by the zip group {zipped[0]!r}; "
+                raise StudyError(f"{lab}={literal(value)}: {key} is swept by the zip group {zipped[0]!r}; "
                                  f"replace the group with --set axes.{zipped[0]}=[{{...}}, ...]")
-            _check_config_key(key, f"{lab}={_fmt(value)}")
+            check_config_key(key, f"{lab}={literal(value)}")
             draft.base[key], draft.labels[key] = value, lab
 
 
 def _set_search(draft: _Draft, sub: str, value: Any, lab: str) -> None:
     if draft.search is None:
-        raise StudyError(f"{lab}={_fmt(value)}: the study has no [search]")
+        raise StudyError(f"{lab}={literal(value)}: the study has no [search]")
     if sub.startswith("space."):
-        space = _flatten_space(draft.search.get("space", {}))
+        space = flatten_space(draft.search.get("space", {}))
         space[sub[len("space."):]] = value
         draft.search = {**draft.search, "space": space}
     else:
@@ -354,7 +355,7 @@ def _record_legacy_values(draft: _Draft, stored: bool) -> None:
     one was run before it existed, so its trials keep the rule they were trained under; a study resolved
     now records today's default, so it resumes under the same rule."""
     swept = {k for axis in draft.axes.values() for k in axis.keys}
-    swept |= set(_flatten_space(draft.search.get("space", {}))) if draft.search else set()
+    swept |= set(flatten_space(draft.search.get("space", {}))) if draft.search else set()
     for key, value in recorded_values(stored=stored).items():
         if key not in draft.base and key not in swept:
             draft.base[key], draft.labels[key] = value, f"{draft.src}: {key} (recorded)"
@@ -365,19 +366,19 @@ def _build(draft: _Draft, name: str, description: str, preset: str | None, path:
     make the ``Study``."""
     src = draft.src
     if not isinstance(draft.size, str) or draft.size not in SIZES:
-        raise StudyError(f"{draft.size_label}={_fmt(draft.size)}: unknown size (allowed: {', '.join(SIZES)})")
-    seed_list = _parse_seeds(draft.seeds, draft.seeds_label)
+        raise StudyError(f"{draft.size_label}={literal(draft.size)}: unknown size (allowed: {', '.join(SIZES)})")
+    seed_list = parse_seeds(draft.seeds, draft.seeds_label)
     if "seed" in draft.base:
-        raise StudyError(f"{draft.labels['seed']}={_fmt(draft.base['seed'])}: set seeds with `seeds = ...` or "
+        raise StudyError(f"{draft.labels['seed']}={literal(draft.base['seed'])}: set seeds with `seeds = ...` or "
                          f"--seeds, not the seed key")
-    resources = _parse_resources(draft.resources, f"{src}: resources")
-    search = _parse_search(draft.search, draft.search_label) if draft.search is not None else None
+    resources = parse_resources(draft.resources, f"{src}: resources")
+    search = parse_search(draft.search, draft.search_label) if draft.search is not None else None
     if search is not None:
         if draft.axes:
             raise StudyError(f"{src}: axes.{next(iter(draft.axes))}: a search study cannot also have axes "
                              f"(fix the value in [base] or add it to search.space as a choice)")
         if len(seed_list) != 1:
-            raise StudyError(f"{draft.seeds_label}={_fmt(draft.seeds)}: a search study runs one seed")
+            raise StudyError(f"{draft.seeds_label}={literal(draft.seeds)}: a search study runs one seed")
     axis_keys: dict[str, str] = {}
     for axis in draft.axes.values():
         for k in axis.keys:
@@ -398,7 +399,7 @@ def _check_runnable(study: Study, draft: _Draft) -> None:
                          f"allowed: at most {MAX_TRIALS:,} in one study)")
     base = _check_base(study, draft.labels)
     _check_axes(study, base, draft.axis_labels)
-    _check_workers(study)
+    check_workers(study)
     if study.search is not None and study.search.halving:  # its rungs against the recipe (xtra.studies.halving)
         from xtra.studies.halving import check as check_halving
 
@@ -412,24 +413,24 @@ def _check_base(study: Study, labels: dict[str, str]) -> TrialConfig:
     try:
         root = TrialConfig(model=model_config(study.size))
     except ValueError as e:  # pragma: no cover - SIZES are tested
-        raise StudyError(f"{src}: size={study.size!r}: {_one_line(e)}") from None
+        raise StudyError(f"{src}: size={study.size!r}: {one_line(e)}") from None
     # each key alone: unknown keys and wrong types name their own origin
     for key, value in study.base.items():
         label = labels.get(key, f"{src}: base.{key}")
-        _check_config_key(key, f"{label}={_fmt(value)}")
+        check_config_key(key, f"{label}={literal(value)}")
         try:
-            coerce(key, _LEAVES[key], value)
+            coerce(key, CONFIG_LEAVES[key], value)
         except ValueError as e:
-            raise StudyError(f"{label}={_fmt(value)}: {_one_line(e)}") from None
+            raise StudyError(f"{label}={literal(value)}: {one_line(e)}") from None
     # all together: blame the first overridden key the config's message names
     try:
         base = override(root, study.base)
     except ValueError as e:
-        msg = _one_line(e)
+        msg = one_line(e)
         named = [k for k in re.findall(r"[a-z_]+\.[a-z_0-9]+", msg) if k in study.base]
         if named:
             key = named[0]
-            raise StudyError(f"{labels.get(key, src + ': base.' + key)}={_fmt(study.base[key])}: {msg}") from None
+            raise StudyError(f"{labels.get(key, src + ': base.' + key)}={literal(study.base[key])}: {msg}") from None
         raise StudyError(f"{src}: base: {msg}") from None
     return base
 
@@ -444,8 +445,8 @@ def _check_axes(study: Study, base: TrialConfig, axis_labels: dict[str, str]) ->
                 override(base, value)
             except ValueError as e:
                 lab = axis_labels.get(axis.name, f"{src}: axes.{axis.name}")
-                shown = f"={_fmt(value[axis.name])}" if not axis.zipped else f"[{i}]={_fmt(value)}"
-                raise StudyError(f"{lab}{shown}: {_one_line(e)}") from None
+                shown = f"={literal(value[axis.name])}" if not axis.zipped else f"[{i}]={literal(value)}"
+                raise StudyError(f"{lab}{shown}: {one_line(e)}") from None
     hashes: dict[str, str] = {}
     for seed in study.seeds:
         for combo in itertools.product(*(axis.values for axis in study.axes)):
@@ -455,13 +456,14 @@ def _check_axes(study: Study, base: TrialConfig, axis_labels: dict[str, str]) ->
             try:
                 cfg = override(base, {**params, "seed": seed})
             except ValueError as e:
-                shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
-                raise StudyError(f"{src}: axes {shown}: {_one_line(e)}") from None
+                shown = ", ".join(f"{k}={literal(v)}" for k, v in params.items())
+                raise StudyError(f"{src}: axes {shown}: {one_line(e)}") from None
             h = cfg.config_hash()
             if h in hashes:
-                raise StudyError(f"{src}: axes {', '.join(f'{k}={_fmt(v)}' for k, v in params.items())} (seed {seed}) "
-                                 f"makes the same config as {hashes[h]} (remove the duplicate value)")
-            hashes[h] = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()) + f" (seed {seed})"
+                shown = ", ".join(f"{k}={literal(v)}" for k, v in params.items())
+                raise StudyError(f"{src}: axes {shown} (seed {seed}) makes the same config as {hashes[h]} "
+                                 f"(remove the duplicate value)")
+            hashes[h] = ", ".join(f"{k}={literal(v)}" for k, v in params.items()) + f" (seed {seed})"
     # a search space's corners and choices
     if study.search is not None:
         for key, dom in study.search.space.items():
@@ -470,7 +472,7 @@ def _check_axes(study: Study, base: TrialConfig, axis_labels: dict[str, str]) ->
                 try:
                     override(base, {key: v})
                 except ValueError as e:
-                    raise StudyError(f"{src}: search.space.{key}={_fmt(v)}: {_one_line(e)}") from None
+                    raise StudyError(f"{src}: search.space.{key}={literal(v)}: {one_line(e)}") from None
 
 
 def load_all(preset: str | None = None) -> dict[str, Study]:

@@ -17,67 +17,67 @@ from xtra.studies.spec import (
     Axis,
     Search,
     StudyError,
-    _fmt,
+    literal,
 )
 
 
-def _flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"model": {"block_size": 2}}`` and ``{"model.block_size": 2}`` both -> ``{"model.block_size": 2}``."""
     flat: dict[str, Any] = {}
     for k, v in node.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            flat.update(_flatten(v, f"{key}."))
+            flat.update(flatten(v, f"{key}."))
         else:
             flat[key] = v
     return flat
 
 
-_LEAVES = leaf_keys(TrialConfig)
+CONFIG_LEAVES = leaf_keys(TrialConfig)
 
 
-def _check_config_key(key: str, label: str) -> None:
-    if key not in _LEAVES:
+def check_config_key(key: str, label: str) -> None:
+    if key not in CONFIG_LEAVES:
         close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.8)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise StudyError(f"{label}: unknown config key {key!r} ({hint}valid keys: {', '.join(valid_keys())})")
 
 
-def _is_tuple_key(key: str) -> bool:
-    return getattr(_LEAVES.get(key), "__origin__", None) is tuple
+def is_tuple_key(key: str) -> bool:
+    return getattr(CONFIG_LEAVES.get(key), "__origin__", None) is tuple
 
 
-def _parse_axis(name: str, values: Any, label: str) -> Axis:
+def parse_axis(name: str, values: Any, label: str) -> Axis:
     if name == "compute":  # a derived axis of isoFLOP budgets, expanded by xtra.studies.isoflop
         from xtra.studies.isoflop import parse_compute_axis
 
         return parse_compute_axis(values, label)
     if not isinstance(values, list) or not values:
-        raise StudyError(f"{label}={_fmt(values)}: an axis must be a non-empty list of values")
+        raise StudyError(f"{label}={literal(values)}: an axis must be a non-empty list of values")
     if all(isinstance(v, dict) for v in values):  # a zip group: each value is a table of dotted keys
-        if name in _LEAVES:
+        if name in CONFIG_LEAVES:
             raise StudyError(f"{label}: a zip group needs its own name, not the config key {name!r} "
                              f"(e.g. width = [{{ \"model.width\" = 64, \"model.num_heads\" = 2 }}])")
-        rows = [_flatten(v) for v in values]
+        rows = [flatten(v) for v in values]
         keys = tuple(rows[0])
         if not keys:
             raise StudyError(f"{label}: zip group values must set at least one key")
         for i, row in enumerate(rows):
             if tuple(row) != keys:
-                raise StudyError(f"{label}[{i}]={_fmt(values[i])}: every value of a zip group must set the "
+                raise StudyError(f"{label}[{i}]={literal(values[i])}: every value of a zip group must set the "
                                  f"same keys ({', '.join(keys)})")
             for k in keys:
-                _check_config_key(k, f"{label}[{i}]")
+                check_config_key(k, f"{label}[{i}]")
         return Axis(name, keys, tuple(rows))
     if any(isinstance(v, dict) for v in values):
-        raise StudyError(f"{label}={_fmt(values)}: mixes tables and plain values")
-    _check_config_key(name, label)
+        raise StudyError(f"{label}={literal(values)}: mixes tables and plain values")
+    check_config_key(name, label)
     if name == "seed":
         raise StudyError(f"{label}: sweep seeds with `seeds = N` (or a list), not an axis")
     return Axis(name, (name,), tuple({name: v} for v in values))
 
 
-def _parse_axes(node: Any, label: str, labels: dict[str, str] | None = None) -> dict[str, Axis]:
+def parse_axes(node: Any, label: str, labels: dict[str, str] | None = None) -> dict[str, Axis]:
     """Parse an [axes] table; ``labels`` (if given) records where each axis came from."""
     if not isinstance(node, dict):
         raise StudyError(f"{label}: must be a table of axes")
@@ -89,7 +89,7 @@ def _parse_axes(node: Any, label: str, labels: dict[str, str] | None = None) -> 
             if isinstance(v, dict):
                 walk(v, f"{key}.")
             else:
-                axes[key] = _parse_axis(key, v, f"{label}.{key}")
+                axes[key] = parse_axis(key, v, f"{label}.{key}")
                 if labels is not None:
                     labels[key] = f"{label}.{key}"
 
@@ -97,7 +97,7 @@ def _parse_axes(node: Any, label: str, labels: dict[str, str] | None = None) -> 
     return axes
 
 
-def _apply_zip(axes: dict[str, Axis], node: Any, label: str, axis_labels: dict[str, str]) -> dict[str, Axis]:
+def apply_zip(axes: dict[str, Axis], node: Any, label: str, axis_labels: dict[str, str]) -> dict[str, Axis]:
     """``[zip] width = ["model.width", "model.num_heads"]``: those one-key axes move together."""
     if not isinstance(node, dict):
         raise StudyError(f"{label}: must be a table of name -> [dotted keys]")
@@ -105,7 +105,7 @@ def _apply_zip(axes: dict[str, Axis], node: Any, label: str, axis_labels: dict[s
     for name, keys in node.items():
         lab = f"{label}.{name}"
         if not isinstance(keys, list) or len(keys) < 1 or not all(isinstance(k, str) for k in keys):
-            raise StudyError(f"{lab}={_fmt(keys)}: must be a list of swept dotted keys")
+            raise StudyError(f"{lab}={literal(keys)}: must be a list of swept dotted keys")
         missing = [k for k in keys if k not in out or out[k].zipped]
         if missing:
             raise StudyError(f"{lab}: {missing[0]} is not a one-key axis in [axes]")
@@ -127,9 +127,9 @@ MAX_TRIALS = 10_000  # trials of one grid study, checked from the axes' lengths 
 MAX_SEARCH_SAMPLES = 100_000
 
 
-def _parse_seeds(value: Any, label: str) -> tuple[int, ...]:
+def parse_seeds(value: Any, label: str) -> tuple[int, ...]:
     if isinstance(value, bool):
-        raise StudyError(f"{label}={_fmt(value)}: must be a count or a list of ints")
+        raise StudyError(f"{label}={literal(value)}: must be a count or a list of ints")
     if isinstance(value, int):
         if value < 1:
             raise StudyError(f"{label}={value}: must be >= 1")
@@ -140,13 +140,13 @@ def _parse_seeds(value: Any, label: str) -> tuple[int, ...]:
         raise StudyError(f"{label}: {len(value)} seeds (allowed: at most {MAX_SEEDS})")
     if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         if len(set(value)) != len(value):
-            raise StudyError(f"{label}={_fmt(value)}: seeds repeat")
+            raise StudyError(f"{label}={literal(value)}: seeds repeat")
         return tuple(value)
-    raise StudyError(f"{label}={_fmt(value)}: must be a count or a non-empty list of ints")
+    raise StudyError(f"{label}={literal(value)}: must be a count or a non-empty list of ints")
 
 
 
-def _parse_search(node: Any, label: str) -> Search:
+def parse_search(node: Any, label: str) -> Search:
     if not isinstance(node, dict):
         raise StudyError(f"{label}: must be a table")
     for k in node:
@@ -154,27 +154,28 @@ def _parse_search(node: Any, label: str) -> Search:
             raise StudyError(f"{label}.{k}: unknown key (allowed: {', '.join(SEARCH_KEYS)})")
     kind = node.get("kind", "optuna")
     if kind not in SEARCH_KINDS:
-        raise StudyError(f"{label}.kind={_fmt(kind)}: unknown search (allowed: {', '.join(map(_fmt, SEARCH_KINDS))})")
+        allowed = ", ".join(map(literal, SEARCH_KINDS))
+        raise StudyError(f"{label}.kind={literal(kind)}: unknown search (allowed: {allowed})")
     metric = node.get("metric", "linear_top1")
     if metric not in METRICS:
-        raise StudyError(f"{label}.metric={_fmt(metric)}: unknown metric (allowed: {', '.join(METRICS)})")
+        raise StudyError(f"{label}.metric={literal(metric)}: unknown metric (allowed: {', '.join(METRICS)})")
     mode = node.get("mode", METRICS[metric])
     if mode not in ("max", "min"):
-        raise StudyError(f"{label}.mode={_fmt(mode)}: must be \"max\" or \"min\"")
+        raise StudyError(f"{label}.mode={literal(mode)}: must be \"max\" or \"min\"")
     num_samples = node.get("num_samples", 8)
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or not 1 <= num_samples <= MAX_SEARCH_SAMPLES:
-        raise StudyError(f"{label}.num_samples={_fmt(num_samples)}: must be an int from 1 to {MAX_SEARCH_SAMPLES}")
+        raise StudyError(f"{label}.num_samples={literal(num_samples)}: must be an int from 1 to {MAX_SEARCH_SAMPLES}")
     asha = node.get("asha", False)
     if not isinstance(asha, bool):
-        raise StudyError(f"{label}.asha={_fmt(asha)}: must be true or false")
+        raise StudyError(f"{label}.asha={literal(asha)}: must be true or false")
     for k in ("grace_samples", "seed"):
         v = node.get(k, 0)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise StudyError(f"{label}.{k}={_fmt(v)}: must be an int >= 0")
+            raise StudyError(f"{label}.{k}={literal(v)}: must be an int >= 0")
     sampler = node.get("sampler", "tpe")
     if sampler not in SAMPLERS:
-        allowed = ", ".join(map(_fmt, SAMPLERS))
-        raise StudyError(f"{label}.sampler={_fmt(sampler)}: unknown sampler (allowed: {allowed})")
+        allowed = ", ".join(map(literal, SAMPLERS))
+        raise StudyError(f"{label}.sampler={literal(sampler)}: unknown sampler (allowed: {allowed})")
     eta, rungs = _parse_halving(node, kind, label)
     if kind == "halving" and asha:
         raise StudyError(f"{label}.asha=true: a halving search stops configurations at its own rungs "
@@ -183,17 +184,18 @@ def _parse_search(node: Any, label: str) -> Search:
     if not isinstance(space_node, dict) or not space_node:
         raise StudyError(f"{label}.space: must be a non-empty table of dotted key -> {{type, low, high, values}}")
     space: dict[str, dict[str, Any]] = {}
-    for key, dom in _flatten_space(space_node).items():
+    for key, dom in flatten_space(space_node).items():
         lab = f"{label}.space.{key}"
-        _check_config_key(key, lab)
+        check_config_key(key, lab)
         if not isinstance(dom, dict):
-            raise StudyError(f"{lab}={_fmt(dom)}: must be a table {{type, low, high}} or {{type = \"choice\", values}}")
+            raise StudyError(f"{lab}={literal(dom)}: must be a table {{type, low, high}} or "
+                             f"{{type = \"choice\", values}}")
         for k in dom:
             if k not in ("type", "low", "high", "values"):
                 raise StudyError(f"{lab}.{k}: unknown key (allowed: type, low, high, values)")
         typ = dom.get("type")
         if typ not in SPACE_TYPES:
-            raise StudyError(f"{lab}.type={_fmt(typ)}: unknown type (allowed: {', '.join(SPACE_TYPES)})")
+            raise StudyError(f"{lab}.type={literal(typ)}: unknown type (allowed: {', '.join(SPACE_TYPES)})")
         if typ == "choice":
             values = dom.get("values")
             if not isinstance(values, list) or not values or "low" in dom or "high" in dom:
@@ -203,11 +205,11 @@ def _parse_search(node: Any, label: str) -> Search:
             want = int if typ == "int" else (int, float)
             for name, v in (("low", lo), ("high", hi)):
                 if not isinstance(v, want) or isinstance(v, bool):
-                    raise StudyError(f"{lab}.{name}={_fmt(v)}: must be {'an int' if typ == 'int' else 'a number'}")
+                    raise StudyError(f"{lab}.{name}={literal(v)}: must be {'an int' if typ == 'int' else 'a number'}")
             if not lo < hi:
-                raise StudyError(f"{lab}: low={_fmt(lo)} must be < high={_fmt(hi)}")
+                raise StudyError(f"{lab}: low={literal(lo)} must be < high={literal(hi)}")
             if typ == "loguniform" and lo <= 0:
-                raise StudyError(f"{lab}.low={_fmt(lo)}: loguniform needs low > 0")
+                raise StudyError(f"{lab}.low={literal(lo)}: loguniform needs low > 0")
             if "values" in dom:
                 raise StudyError(f"{lab}.values: only a choice takes values")
         space[key] = dict(dom)
@@ -239,24 +241,24 @@ def _parse_halving(node: dict[str, Any], kind: str, label: str) -> tuple[int, tu
         return 3, ()
     eta = node.get("eta", 3)
     if not isinstance(eta, int) or isinstance(eta, bool) or not 2 <= eta <= 100:
-        raise StudyError(f"{label}.eta={_fmt(eta)}: must be an int from 2 to 100 (the top 1/eta go on)")
+        raise StudyError(f"{label}.eta={literal(eta)}: must be an int from 2 to 100 (the top 1/eta go on)")
     rungs = node.get("rungs", [])
     if not isinstance(rungs, list) or len(rungs) > MAX_RUNGS or not all(
             isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in rungs):
-        raise StudyError(f"{label}.rungs={_fmt(rungs)}: must be a list of at most {MAX_RUNGS} sample budgets > 0 "
+        raise StudyError(f"{label}.rungs={literal(rungs)}: must be a list of at most {MAX_RUNGS} sample budgets > 0 "
                          f"(or left out: pretrain.samples / eta^i)")
     if any(b <= a for a, b in zip(rungs, rungs[1:])):
-        raise StudyError(f"{label}.rungs={_fmt(rungs)}: budgets must increase")
+        raise StudyError(f"{label}.rungs={literal(rungs)}: budgets must increase")
     return eta, tuple(rungs)
 
 
-def _flatten_space(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_space(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Space entries are tables themselves: stop flattening at a table holding `type`."""
     out: dict[str, Any] = {}
     for k, v in node.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and "type" not in v:
-            out.update(_flatten_space(v, f"{key}."))
+            out.update(flatten_space(v, f"{key}."))
         else:
             out[key] = v
     return out

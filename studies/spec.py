@@ -247,7 +247,7 @@ class Study:
             try:
                 found[cfg.data.name] = str(locate(cfg.data))
             except (ValueError, FileNotFoundError) as e:
-                raise StudyError(f"{self.source}: data.name={cfg.data.name!r}: {_one_line(e)}") from None
+                raise StudyError(f"{self.source}: data.name={cfg.data.name!r}: {one_line(e)}") from None
         from xtra.probe import probe_data_configs
 
         probed = set()
@@ -259,7 +259,7 @@ class Study:
             try:
                 probe_data_configs(cfg.probe, cfg.data, cfg.model)
             except (ValueError, FileNotFoundError) as e:
-                raise StudyError(f"{self.source}: {_one_line(e)}") from None
+                raise StudyError(f"{self.source}: {one_line(e)}") from None
         return found
 
     # -- derived studies ------------------------------------------------------------------------
@@ -273,8 +273,8 @@ class Study:
                "max_concurrent": r.max_concurrent if max_concurrent is None else max_concurrent,
                "workers_per_trial": r.workers_per_trial if workers_per_trial is None else workers_per_trial,
                "loggers": list(r.loggers if loggers is None else [x for x in loggers if x != "none"])}
-        study = replace(self, resources=_parse_resources(raw, f"{self.source}: resources"))
-        _check_workers(study)
+        study = replace(self, resources=parse_resources(raw, f"{self.source}: resources"))
+        check_workers(study)
         return study
 
     # -- serialization -----------------------------------------------------------------------
@@ -310,11 +310,11 @@ class Study:
         return header + tomli_w.dumps(doc)
 
 
-def _fmt_value(v: Any) -> str:
+def trial_id_value(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:g}"
     if isinstance(v, (list, tuple)):
-        return "-".join(_fmt_value(x) for x in v)
+        return "-".join(trial_id_value(x) for x in v)
     return str(v)
 
 
@@ -324,30 +324,30 @@ def _trial_id(axes: tuple[Axis, ...], combo: tuple[dict[str, Any], ...], seed: i
         shorts = [a.name for a in axes]
     parts = []
     for short, axis, value in zip(shorts, axes, combo, strict=True):
-        parts.append(f"{short}={_fmt_value(value[axis.keys[0]])}")
+        parts.append(f"{short}={trial_id_value(value[axis.keys[0]])}")
     parts.append(f"seed={seed}")
     return ",".join(parts)
 
 
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
-def _fmt(v: Any) -> str:
+def literal(v: Any) -> str:
     """A value as the user wrote it: a one-line TOML literal (tables inline)."""
     if isinstance(v, dict):
-        keys = [k if str(k).replace("_", "").replace("-", "").isalnum() else _fmt(str(k)) for k in v]
-        return "{ " + ", ".join(f"{k} = {_fmt(x)}" for k, x in zip(keys, v.values(), strict=True)) + " }"
+        keys = [k if str(k).replace("_", "").replace("-", "").isalnum() else literal(str(k)) for k in v]
+        return "{ " + ", ".join(f"{k} = {literal(x)}" for k, x in zip(keys, v.values(), strict=True)) + " }"
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+        return "[" + ", ".join(literal(x) for x in v) + "]"
     if isinstance(v, (str, bool, int, float)):
         return tomli_w.dumps({"v": v}).strip()[len("v = "):]
     return repr(v)
 
 
-def _parse_resources(node: Any, label: str) -> Resources:
+def parse_resources(node: Any, label: str) -> Resources:
     if not isinstance(node, dict):
         raise StudyError(f"{label}: must be a table")
     for k, v in node.items():
@@ -356,29 +356,29 @@ def _parse_resources(node: Any, label: str) -> Resources:
         number = isinstance(v, (int, float)) and not isinstance(v, bool)
         if k == "max_concurrent":
             if not (isinstance(v, int) and not isinstance(v, bool)) or v < 0:
-                raise StudyError(f"{label}.{k}={_fmt(v)}: must be an int >= 0 (0 = as many as fit)")
+                raise StudyError(f"{label}.{k}={literal(v)}: must be an int >= 0 (0 = as many as fit)")
         elif k == "cpus_per_trial" and (not number or v <= 0):
-            raise StudyError(f"{label}.{k}={_fmt(v)}: must be a number > 0")
+            raise StudyError(f"{label}.{k}={literal(v)}: must be a number > 0")
         elif k == "gpus_per_trial" and (not number or v < 0):
-            raise StudyError(f"{label}.{k}={_fmt(v)}: must be a number >= 0")
+            raise StudyError(f"{label}.{k}={literal(v)}: must be a number >= 0")
         elif k == "workers_per_trial" and (not (isinstance(v, int) and not isinstance(v, bool)) or v < 0):
-            raise StudyError(f"{label}.{k}={_fmt(v)}: must be an int >= 0 (0 = one per GPU of the trial, 1 on CPUs)")
+            raise StudyError(f"{label}.{k}={literal(v)}: must be an int >= 0 (0 = one per GPU of the trial, 1 on CPUs)")
         elif k == "loggers":
             if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
-                raise StudyError(f"{label}.{k}={_fmt(v)}: must be a list of names (allowed: {', '.join(LOGGERS)})")
+                raise StudyError(f"{label}.{k}={literal(v)}: must be a list of names (allowed: {', '.join(LOGGERS)})")
             for x in v:
                 if x not in LOGGERS:
-                    raise StudyError(f"{label}.{k}={_fmt(x)}: unknown logger (allowed: {', '.join(LOGGERS)})")
+                    raise StudyError(f"{label}.{k}={literal(x)}: unknown logger (allowed: {', '.join(LOGGERS)})")
     if "loggers" in node:
         node = {**node, "loggers": tuple(dict.fromkeys(node["loggers"]))}
     res = Resources(**node)
     if res.workers > 1 and res.gpus_per_trial and not (res.gpus_per_trial / res.workers).is_integer():
-        raise StudyError(f"{label}.gpus_per_trial={_fmt(res.gpus_per_trial)}: not a whole number of GPUs for each of "
-                         f"workers_per_trial={res.workers} workers (NCCL ranks cannot share a GPU)")
+        raise StudyError(f"{label}.gpus_per_trial={literal(res.gpus_per_trial)}: not a whole number of GPUs for each "
+                         f"of workers_per_trial={res.workers} workers (NCCL ranks cannot share a GPU)")
     return res
 
 
-def _check_workers(study: Study) -> None:
+def check_workers(study: Study) -> None:
     """Every worker takes an equal share of every micro-batch: the batch must split evenly."""
     w = study.resources.workers
     if w <= 1:
