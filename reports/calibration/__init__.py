@@ -29,7 +29,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "fast": {"ratio_reps": 120, "ratio_draws": 400, "disk_reps": 1, "ratio_seeds": (3,),
              "ratio_designs": ("samples r=1 n=3", "samples r=1.3 n=3", "samples r=1 n=3, k=2 lacks 60k in one seed",
                                "samples r=2 n=3, k=2 lacks 60k in one seed"),
-             "law_reps": 20, "law_reps_2d": 0, "law_draws": 200, "law_designs": ("1-D n=3",)},
+             "law_reps": 20, "law_reps_2d": 0, "law_draws": 200, "law_designs": ("1-D n=3, 4 budgets",)},
     # the published size (docs/calibration-cpu.md): 200 studies per law design (Monte Carlo error 1.5 points
     # at 95% coverage)
     "default": {"ratio_reps": 400, "ratio_draws": 1000, "disk_reps": 2, "ratio_seeds": (3, 5, 10),
@@ -46,21 +46,23 @@ def _ratio_job(index: int, name: str, cfg: dict[str, Any], estimator: ratios.Est
     return [{**row, "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - cpu}]
 
 
-def _law_job(index: int, name: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
+def _law_job(index: int, name: str, cfg: dict[str, Any], estimator: laws.LawEstimator) -> list[dict[str, Any]]:
     design = next(d for d in laws.designs() if d.name == name)
     t, cpu = time.perf_counter(), time.process_time()
     part = laws.run_design(design, cfg["law_reps_2d"] if design.two_d else cfg["law_reps"], cfg["law_draws"],
-                           seed=2000 + index)
+                           seed=2000 + index, estimator=estimator)
     wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     return [{**row, "seconds": wall / len(part), "cpu_seconds": cpu / len(part)} for row in part]
 
 
 def run_suite(size: str = "default", estimator: ratios.Estimator = ratios.report_estimator,
-              log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+              log: Callable[[str], None] = lambda msg: None,
+              law_estimator: laws.LawEstimator = laws.report_law_estimator) -> dict[str, Any]:
     """Run every design of `size`; returns {"size", "rows", "seconds", "cpu_seconds", "workers"}. `estimator`
-    replaces the report's ratio estimator (the tests run the old percentile bootstrap through it to show the
-    suite fails it). The default size runs its designs in ``workers`` processes (one per core); each design
-    has its own seed, so the rows do not depend on the number of workers."""
+    replaces the report's ratio estimator and `law_estimator` its 1-D law intervals (the tests run the old
+    percentile bootstrap and the old cluster bootstrap through them to show the suite fails them). The
+    default size runs its designs in ``workers`` processes (one per core); each design has its own seed, so
+    the rows do not depend on the number of workers."""
     if size not in SIZES:
         raise ValueError(f"calibration size={size!r} is not known (allowed: {', '.join(SIZES)})")
     cfg = SIZES[size]
@@ -69,7 +71,7 @@ def run_suite(size: str = "default", estimator: ratios.Estimator = ratios.report
     law_designs = [d for d in laws.designs() if cfg["law_designs"] is None or d.name in cfg["law_designs"]]
     for i, design in enumerate(law_designs):  # the longest jobs first: two workers then end together
         if cfg["law_reps_2d"] if design.two_d else cfg["law_reps"]:
-            jobs.append((_law_job, (i, design.name, cfg)))
+            jobs.append((_law_job, (i, design.name, cfg, law_estimator)))
     chosen = [d for d in ratios.designs(cfg["ratio_seeds"])
               if cfg["ratio_designs"] is None or d.name in cfg["ratio_designs"]]
     jobs += [(_ratio_job, (i, design.name, cfg, estimator)) for i, design in enumerate(chosen)]
