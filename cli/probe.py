@@ -112,9 +112,9 @@ def _print_table(console, result: dict) -> None:
     for kind in ("linear", "attentive"):
         entry = result.get(kind, {})
         if entry.get("still_improving"):
-            gain = 100 * (entry["best_val_top1"] - entry["half_val_top1"])
-            console.print(f"note: the {kind} probe is still improving: doubling its schedule "
-                          f"({entry['half_epochs']} -> "
-                          f"{meta['probe']['epochs']} epochs) raised val top-1 by {gain:.2f} points; more epochs "
-                          "would likely raise it", highlight=False, markup=False)
+            gain = 100 * abs(entry["best_val_top1"] - entry["twin_val_top1"])  # the longer schedule's gain
+            short, long = sorted((entry["twin_epochs"], meta["probe"]["epochs"]))
+            console.print(f"note: the {kind} probe is still improving: doubling its schedule ({short} -> {long} "
+                          f"epochs) raised val top-1 by {gain:.2f} points; more epochs would likely raise it",
+                          highlight=False, markup=False)
     console.print(f"wrote {meta['path']}", highlight=False, markup=False)

@@ -169,8 +169,9 @@ def probe_checkpoints(paths_by_samples: dict[int, Path | str], data_cfg: DataCon
     (largest samples) with every kind of `probe.kinds`, the earlier ones with `probe.along_kinds`.
     Returns long-format rows, one per (samples, dataset, kind), sorted that way:
     {"samples", "dataset", "kind", "top1" (test, the lr chosen on val), "best_lr", "best_val_top1",
-    "half_val_top1" (its twin's on half the schedule), "best_epoch", "encode_s", "head_s", "still_improving",
-    "lr_at_edge", "epochs", "layers", "heads", "features", "n_train", "n_test", "num_classes", "wall_s"}.
+    "twin_val_top1" (its twin's on the doubled or halved schedule), "best_epoch", "encode_s", "head_s",
+    "still_improving", "lr_at_edge", "epochs", "layers", "heads", "features", "n_train", "n_test", "num_classes",
+    "wall_s"}.
     `data_cfg` is the trial's data (its own set is probed with its split settings).
 
     Every input is checked before any compute: each checkpoint exists and is an xtra checkpoint of
@@ -218,7 +219,7 @@ def probe_checkpoints(paths_by_samples: dict[int, Path | str], data_cfg: DataCon
                 r = result[kind]
                 point.append({"samples": samples, "dataset": name, "kind": kind, "top1": r["test_top1"],
                              "best_lr": r["best_lr"], "best_l2": r.get("best_l2"), "solver": r.get("solver"),
-                             "best_val_top1": r["best_val_top1"], "half_val_top1": r["half_val_top1"],
+                             "best_val_top1": r["best_val_top1"], "twin_val_top1": r["twin_val_top1"],
                              "best_epoch": r.get("best_epoch"), "encode_s": r.get("encode_s"),
                              "head_s": r.get("head_s"),
                              "still_improving": r["still_improving"], "lr_at_edge": r["lr_at_edge"],

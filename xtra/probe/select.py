@@ -125,10 +125,10 @@ def _run_kind(kind: str, encoder: Encoder, dataset, cfg: ProbeConfig, seed: int,
         lbfgs = kind == "linear" and cfg.linear_solver == "lbfgs"
         grid = cfg.linear_l2 if lbfgs else cfg.lrs  # one head per value, the best chosen on val
         heads = [make_head(kind, model_cfg, dataset.num_classes, cfg, seed).to(device) for _ in grid]
-        # The convergence check: the chosen head against its twin on a schedule half as long (the same lr,
-        # init and shuffles), trained after the lr is chosen; a head that gained on val from doubling its
-        # schedule is flagged as still improving
-        half = cfg.epochs // 2 if not lbfgs and cfg.epochs >= 2 else 0
+        # The convergence check: the chosen head against its twin (the same lr, init and shuffles), trained
+        # once the lr is chosen, on the schedule doubled (select_epoch; both kept at their best val epoch) or
+        # halved: a probe whose longer schedule beat the shorter one on val is flagged as still improving
+        twin_epochs = (2 * cfg.epochs if cfg.select_epoch else cfg.epochs // 2) if not lbfgs and cfg.epochs >= 2 else 0
         shape = protocol(kind, model_cfg, cfg)
         if log:
             log(f"{kind} probe: {len(heads)} heads ("
@@ -151,17 +151,18 @@ def _run_kind(kind: str, encoder: Encoder, dataset, cfg: ProbeConfig, seed: int,
             if bar is not None:
                 bar.stop()
         best = int(np.argmax(val_acc))  # ties: the first value listed
-        improving, half_val = None, None
-        if half:  # the chosen head against its twin, image by image
+        improving, twin_val = None, None
+        if twin_epochs:  # the chosen head against its twin, image by image: the longer against the shorter
             twin = make_head(kind, model_cfg, dataset.num_classes, cfg, seed).to(device)
-            (half_val,), _, _ = train_adamw(kind, [twin], (cfg.lrs[best],), half, train, val, dataset, cfg, seed)
-            improving = still_improving(right_per_image(heads[best], val, dataset.val.labels, cfg.batch_size),
-                                        right_per_image(twin, val, dataset.val.labels, cfg.batch_size))
+            (twin_val,), _, _ = train_adamw(kind, [twin], (cfg.lrs[best],), twin_epochs, train, val, dataset, cfg, seed)
+            right = [right_per_image(h, val, dataset.val.labels, cfg.batch_size) for h in (heads[best], twin)]
+            improving = still_improving(*(right[::-1] if twin_epochs > cfg.epochs else right))
         curve = {epoch: accs[best] for epoch, accs in curves.items()}
         info: dict[str, Any] = {"val_top1": {v: acc for v, acc in zip(grid, val_acc)},
                                 "best_lr": None if lbfgs else cfg.lrs[best], "best_l2": grid[best] if lbfgs else None,
                                 "best_index": best, "cache": mode, "cache_s": t_cache, "val_curve": curve,
-                                "half_epochs": half or None, "half_val_top1": half_val, "best_epoch": at_epoch[best],
+                                "twin_epochs": twin_epochs or None, "twin_val_top1": twin_val,
+                                "best_epoch": at_epoch[best],
                                 "still_improving": improving,
                                 "lr_at_edge": len(grid) > 1 and grid[best] in (min(grid), max(grid)),
                                 "solver": "lbfgs" if lbfgs else "adamw", **shape}
@@ -197,7 +198,8 @@ def probe(encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, progress: bool
 
     Returns {kind: {"val_top1": {lr: acc}, "best_lr": lr, "best_val_top1": acc, "test_top1": acc (best lr only),
     "epochs": n, "cache": memory|disk|off, "val_curve": {epoch: val top-1 of the chosen lr},
-    "half_epochs": n // 2, "half_val_top1": val top-1 of the chosen lr's head on a schedule half as long,
+    "twin_epochs": 2n with cfg.select_epoch else n // 2, "twin_val_top1": val top-1 of the chosen lr's head on
+    that schedule (the same init and shuffles),
     "best_epoch": the epoch the chosen head is from (its last, or its best on val with cfg.select_epoch; None
     for L-BFGS), "encode_s": seconds of the one encoder pass shared by both kinds (None when not shared),
     "head_s": seconds of this kind after it (its own caching if any, whitening, training, scoring),
@@ -235,7 +237,7 @@ def probe(encoder: Encoder, dataset, cfg: ProbeConfig, seed: int, progress: bool
                              "test_top1": test_acc,
                              "epochs": cfg.epochs, "cache": info["cache"], "val_curve": info["val_curve"],
                              "still_improving": info["still_improving"], "lr_at_edge": info["lr_at_edge"],
-                             "half_epochs": info["half_epochs"], "half_val_top1": info["half_val_top1"],
+                             "twin_epochs": info["twin_epochs"], "twin_val_top1": info["twin_val_top1"],
                              "best_epoch": info["best_epoch"], "encode_s": encode_s, "head_s": info["wall_s"],
                              "layers": info["layers"],
                              "heads": info["heads"], "features": cfg.features}
