@@ -13,8 +13,9 @@ coverage is published in docs/reports.md (docs/design.md, principle 5). Two idea
   means gets exactly the Student-t interval and a smooth non-linear one (a crossing, a ratio) gets its
   delta-method analogue.
 
-``grouped_resamples`` is the cluster bootstrap of the law fits: the replicates (seeds) of one design
-point are resampled together, never one row at a time.
+``grouped_resamples`` resamples design points with all their replicates (seeds) together, never one row
+at a time (the law multiplier's resample of k's points). The law fits' own intervals are linearised
+least-squares t-intervals (``reports.scaling.linearised``).
 """
 
 from __future__ import annotations

@@ -81,12 +81,32 @@ def test_power_law_is_deterministic_for_a_seed() -> None:
     assert a.params == b.params and a.ci == b.ci
 
 
-def test_no_bootstrap_gives_nan_intervals() -> None:
+def test_no_draws_give_nan_intervals() -> None:
     fit = fit_power_law(*power_data(n=10), n_boot=0)
     assert fit.n_boot == 0
     assert all(math.isnan(lo) and math.isnan(hi) for lo, hi in fit.ci.values())
     lo, _ = fit.predict_interval([1e4])
     assert np.isnan(lo).all()
+
+
+def test_the_law_interval_is_the_least_squares_t_interval_where_the_form_is_linear() -> None:
+    """E = 0 makes the law linear in log x: its interval must be exactly ordinary least squares' t-interval
+    (on n - 2 degrees of freedom), widened only to hold the Huber point estimate."""
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    x = np.repeat(np.logspace(3, 6, 6), 3)  # 6 points, 3 seeds each
+    y = 5.0 * x**-0.3 * np.exp(rng.normal(0.0, 0.05, len(x)))
+    fit = fit_power_law(x, y, n_boot=100, form=FORMS_1D[1])
+    design = np.column_stack([np.ones(len(x)), -np.log(x)])
+    coef, rss, *_ = np.linalg.lstsq(design, np.log(y), rcond=None)
+    df = len(x) - 2
+    se = math.sqrt(rss[0] / df * np.linalg.inv(design.T @ design)[1, 1])
+    half = stats.t.ppf(0.975, df) * se
+    lo, hi = fit.ci["alpha"]
+    assert lo == pytest.approx(min(coef[1] - half, fit.alpha), rel=1e-6)
+    assert hi == pytest.approx(max(coef[1] + half, fit.alpha), rel=1e-6)
+    assert hi - lo < 2 * half + abs(fit.alpha - coef[1])  # no wider than that
 
 
 @pytest.mark.slow
@@ -300,7 +320,7 @@ def test_degenerate_fit_is_flagged_at_its_bounds() -> None:
     assert "5 distinct points for 3 parameters" in too_few.summary() and not too_few.identifiable
 
 
-def test_no_bootstrap_still_judges_bounds_but_notes_missing_intervals() -> None:
+def test_without_intervals_bounds_are_still_judged_and_the_gap_noted() -> None:
     fit = fit_power_law(*power_data(n=12), n_boot=0)
     assert fit.diagnostics.identifiable and fit.diagnostics.caveats
     assert all(math.isnan(v) for v in fit.diagnostics.rel_ci.values())
