@@ -65,6 +65,8 @@ class Schedule:
     weights: tuple[float, ...] = (0.8, 0.6, 2.5, 1.2, 0.8, 1.5, 0.4)
     order: tuple[str, ...] = ()  # a fixed sequence of kinds first (the short campaign of the tests)
     max_faults: int = 0  # stop injecting after this many (0: inject until every study is done)
+    # and after this many in one study: a study that takes faults faster than it trains never ends
+    per_study: int = 16
 
 
 SMOKE = ("--preset", "smoke", "--set", "pretrain.samples=1024", "--set", "pretrain.checkpoint_every=256")
@@ -73,7 +75,7 @@ FULL_SEGMENTS = (
     Segment("wsd-s3", "sample-budget", ("--preset", "smoke", "--set", 'pretrain.schedule="wsd"',
                                         "--set", "pretrain.checkpoint_every=256", "--set",
                                         "axes.pretrain.samples=[512,1024]", "--seeds", "2"), s3=True),
-    Segment("search-s3", "lr-search", (*SMOKE, "--set", "search.num_samples=6"), s3=True, search=True),
+    Segment("search-s3", "lr-search", (*SMOKE, "--set", "search.num_samples=8"), s3=True, search=True),
     Segment("grid-s3", "block-size", (*SMOKE, "--seeds", "4"), s3=True),
 )
 QUICK_SEGMENTS = (Segment("grid-s3", "block-size", ("--preset", "smoke", "--set", "pretrain.samples=4096", "--set",
@@ -457,7 +459,8 @@ def run_segment(ctx: Context, seg: Segment, study_dir: Path, rng: random.Random,
             resumes += 1
             driver = ctx.start_driver("resume", str(study_dir))
             continue
-        if sched.max_faults and ctx.faults >= sched.max_faults:  # the rest of the study runs undisturbed
+        if (sched.max_faults and ctx.faults >= sched.max_faults) or len(faults) >= sched.per_study:
+            # the rest of the study runs undisturbed
             _sleep(ctx, driver, 1.0)
             continue
         if not _wait_running(ctx, study_dir, driver):

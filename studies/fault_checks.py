@@ -203,7 +203,7 @@ def summarise(seed: int, quick: bool, runs: list[dict[str, Any]], reference: dic
     return {
         "seed": seed, "quick": quick, "wall_s": round(wall_s, 1), "load_1min": [round(x, 2) for x in load],
         "cpus": os.cpu_count(), "schedule": {"gap_s": sched.gap_s, "outage_s": sched.outage_s,
-                                             "node_down_s": sched.node_down_s},
+                                             "node_down_s": sched.node_down_s, "per_study": sched.per_study},
         "faults": len(faults), "faults_per_kind": {k: n for k, n in per_kind.items() if n},
         "trials": sum(c["planned"] for c in checks), "resumes": sum(r["resumes"] for r in runs),
         "lost": sum(c["lost"] for c in checks), "duplicated": sum(len(c["duplicated"]) for c in checks),
@@ -256,7 +256,8 @@ ABOUT = (
     "run, a fault is drawn from the seeded schedule (kind, gap after a trial is running, outage length) and "
     "injected; afterwards the campaign does what a user would: `xtra study resume DIR` after the driver "
     "died or stopped (also after a driver that ended with a trial failed), nothing for faults the study "
-    "rides out.",
+    "rides out. A study takes at most `per_study` faults (16), then finishes undisturbed: one that takes faults "
+    "faster than it trains would never end.",
     "",
     "- `driver_sigkill`, `driver_sigterm`: the `xtra study` driver; then `xtra study resume DIR`.",
     "- `worker_sigkill`: SIGKILL of one running trial's Ray worker process (Tune retries it).",
@@ -282,6 +283,20 @@ ABOUT = (
     "attempt started from (log rows come every 128 samples, checkpoints every 256).",
     "",
     "Regression tests: `tests/test_fault_campaign.py` runs the short campaign (`--quick`: one fault of each "
-    "kind but `break_lock`, which `tests/test_lease.py` covers end to end in a local directory and S3) and "
-    "shows the checks catch a changed weight or metric.",
+    "kind but `break_lock`, in a study in S3 on a two-node cluster; `tests/test_lease.py` covers `break_lock` "
+    "end to end in a local directory and S3) and shows the checks catch a changed weight or metric.",
+    "",
+    "## What the campaign found (fixed, each with a regression test in tests/test_fault_campaign.py)",
+    "",
+    "1. A second driver on a study in S3 refreshed the local copy from storage before asking for the lease, "
+    "so a refused `resume` (and `status`) replaced files under the live driver; with `--break-lock` on a "
+    "search the live driver's next Optuna write failed (`attempt to write a readonly database`) and it "
+    "exited 1 instead of stopping with exit 3, and the optuna.db it left lacked a finished trial's value. "
+    "Now a driver refreshes its copy only once it holds the lease, and `status` reads a live driver's copy "
+    "as it is (`test_a_refused_second_driver_and_status_leave_a_live_drivers_copy_alone`).",
+    "2. A search stopped by SIGTERM with points not yet drawn exited 0 (a Slurm job script requeues on 75), "
+    "and its resume dropped the trial the stop had checkpointed: Ray's Optuna searcher ignores a point to "
+    "evaluate whose names are not its space's (`pretrain.lr` for `params/pretrain.lr`) and draws a fresh "
+    "one, so the stopped trial stayed interrupted and every later resume exited 1 "
+    "(`test_a_search_stopped_by_sigterm_exits_for_a_requeue_and_resumes`).",
 )
