@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from ..scaling.linearised import METHOD_LAW
 from . import laws, ratios
 from .stats import NOMINAL, mc_se  # noqa: F401 - re-exported
 
@@ -141,7 +142,7 @@ def method_of(kind: str) -> str:
         return "numeric frontier per t-calibrated parameter draw"
     if "95% PI" in kind:
         return "least-squares prediction ± t·sqrt(se² + s²)"
-    return "linearised least-squares t-interval"
+    return METHOD_LAW
 
 
 def coverage_summary(result: dict[str, Any]) -> str:

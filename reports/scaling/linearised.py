@@ -35,6 +35,7 @@ from .forms import COEF_BOUND, EXP_BOUNDS, LOGLIN_EXP_BOUND, Form, ParamNames, l
 METHOD_LAW = "linearised least-squares t-interval"  # the name docs/reports.md and the reports use
 MAX_ITERATIONS = 100
 SINGULAR = 1e-10  # singular values of J below this share of the largest carry no information
+UNSEEN = 1e6  # 1 / singular value given to such a direction (its interval spans any plausible value)
 
 
 def log_jacobian(form: Form, theta: np.ndarray, logs: Sequence[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,10 +105,6 @@ class Linearised:
     scatter: float  # residual standard deviation of one run, log L
     resid: np.ndarray
 
-    @property
-    def cov(self) -> np.ndarray:
-        return self.cov_factor @ self.cov_factor.T
-
     def t_quantile(self, level: float) -> float:
         return float(stats.t.ppf(0.5 + level / 2, self.df))
 
@@ -135,9 +132,9 @@ def linearise(form: Form, theta: np.ndarray, logs: Sequence[np.ndarray], ly: np.
     df = n - k
     s = math.sqrt(float(resid @ resid) / df)
     _, sv, vt = np.linalg.svd(J, full_matrices=False)
-    inv = np.where(sv > SINGULAR * sv[0], 1.0 / np.where(sv > 0, sv, 1.0), 0.0)
-    # a direction J does not see gets an unbounded variance, not none: the data do not pin it
-    inv = np.where(sv > SINGULAR * sv[0], inv, 1e6)
+    seen = sv > SINGULAR * sv[0]
+    # a direction J does not see gets a huge variance, not none: the data do not pin it
+    inv = np.where(seen, 1.0 / np.where(seen, sv, 1.0), UNSEEN)
     return Linearised(centre=centre, cov_factor=(vt.T * inv) * s, df=df, scatter=s, resid=resid)
 
 
