@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import tomllib
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -34,24 +33,6 @@ def allow_commands(enabled: bool) -> None:
         from xtra.data.collection import PIPE_ENV
 
         os.environ[PIPE_ENV] = "1"
-
-
-def parse_value(text: str) -> Any:
-    """A TOML literal (numbers, booleans, lists, quoted strings); anything else is a bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def parse_sets(items: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set {item!r} is not KEY=VALUE (e.g. --set model.block_size=2)")
-        out[key.strip()] = parse_value(value.strip())
-    return out
 
 
 Address = Annotated[str | None, typer.Option("--address", help="A running Ray cluster: auto or HOST:PORT (default: "

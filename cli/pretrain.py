@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from xtra.cli.options import Seed, Sets, parse_sets, user_errors
+from xtra.cli.options import Seed, Sets, user_errors
+from xtra.studies.spec import parse_sets
 
 console = Console()
 

@@ -5,7 +5,7 @@ import json
 from typer.testing import CliRunner
 
 from xtra.cli.main import app
-from xtra.cli.options import parse_sets
+from xtra.studies.spec import parse_sets
 
 runner = CliRunner()
 
@@ -53,7 +53,7 @@ def test_bad_input_is_one_line_before_any_work(tmp_path):
         (["--block-size", "3"], "block_size=3 does not divide the 8x8 patch grid"),
         (["--size", "huge"], "--size 'huge' is not known"),
         (["--set", "model.blocksize=2"], "unknown config key 'model.blocksize'"),
-        (["--set", "pretrain.lr"], "is not KEY=VALUE"),
+        (["--set", "pretrain.lr"], "expected KEY=VALUE"),
         (["--data", "imagefolder:/nonexistent/x"], "/nonexistent/x"),
     ]
     for extra, message in cases:
