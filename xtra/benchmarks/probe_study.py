@@ -84,7 +84,8 @@ def bench_probe_points(points: list[dict[str, Any]], pretrained: int, n_probes: 
             entry = {"preset": name, "trial": point["trial"], "block_size": cfg.model.block_size,
                      "samples": cfg.pretrain.samples, "probe_s": wall,
                      "rows": [{k: r.get(k) for k in ("kind", "top1", "best_lr", "best_l2", "best_val_top1",
-                                                     "twin_val_top1", "still_improving", "n_train", "n_test")}
+                                                     "twin_val_top1", "still_improving", "best_epoch", "encode_s",
+                                                     "head_s", "n_train", "n_test")}
                               | {"ci95": wilson(r["top1"], r["n_test"])} for r in rows]}
             out["probes"].append(entry)
             log(f"{name} k={entry['block_size']} {entry['samples']}: {wall:.0f} s, "
