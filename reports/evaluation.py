@@ -215,8 +215,9 @@ def schedule_table(study: StudyResults) -> list[Table]:
 
 
 def still_improving_notes(study: StudyResults) -> list[str]:
-    """A sentence naming the final probes whose chosen head was still improving over its last quarter
-    of epochs: their top-1 understates the encoder (the probe wants more epochs)."""
+    """A sentence naming the final probes flagged `still_improving` (`xtra.probe.still_improving`: the
+    chosen head's schedule doubled, or halved, moved its val top-1 significantly): their top-1
+    understates the encoder (the probe wants more epochs)."""
     rows = _probe_rows(study)
     if rows.is_empty() or "still_improving" not in rows.columns:
         return []
@@ -226,8 +227,8 @@ def still_improving_notes(study: StudyResults) -> list[str]:
         return []
     names = [f"{r['kind']} on {r['dataset']} of {r['trial_id']} ({100 * r['top1']:.1f}%)"
              for r in flagged.iter_rows(named=True)]
-    return [f"Still improving at the last probe epoch, so these top-1s understate their encoders (more "
-            f"probe epochs would raise them): {', '.join(names)}."]
+    return [f"Still improving: a longer probe schedule scored significantly higher on val, so these top-1s "
+            f"understate their encoders (more probe epochs would raise them): {', '.join(names)}."]
 
 
 def evaluation(study: StudyResults) -> tuple[list[Panel], list[Table], list[str]]:
