@@ -192,6 +192,9 @@ def _plan_wsd(study_dir: Path, pending: list[TrialSpec]) -> tuple[tuple[Job, ...
         state = td.read_state(tdir, running=False)
         reached = int(state.row.get("samples_seen") or 0) if state.row else 0
         kept = set(td.kept_samples(tdir))
+        if state.row and state.row.get("role") == "trunk" and state.status == td.FINISHED:
+            # a copy of a study kept in storage holds no checkpoints: the finished trunk's row names those it kept
+            kept |= {int(s) for s in state.row.get("keep_at") or ()}
         resume_at = td.checkpoint_samples(tdir) or 0
         reach = max(trunk.reach, reached)
         batch = trunk.config.pretrain.batch_size

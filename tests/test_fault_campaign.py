@@ -176,3 +176,25 @@ def test_a_search_stopped_by_sigterm_exits_for_a_requeue_and_resumes(tmp_path: P
             resumed_from = [a for a in checks.attempts_of(run_dir) if a["event"] == "start"][-1]
             assert int(resumed_from["checkpoint_samples"] or 0) > 0, events
     assert len(stopped) == 1 and len(st.read_runs(study_dir)) == 2
+
+
+def test_a_finished_trunk_in_storage_still_gives_its_branches_their_start(tmp_path: Path) -> None:
+    """Found by the campaign (faults in a wsd study in S3): a resume after a trunk had finished trained 4
+    of 8 branches from scratch (the same result, 4x the samples): the plan looked for the trunk's kept
+    checkpoints in the driver's copy, which holds no checkpoints of a study kept in storage. The finished
+    trunk's row names what it kept (`keep_at`); the branches start there."""
+    from xtra.studies.load import load_study
+    from xtra.studies.plan import make_plan
+
+    study = load_study("sample-budget", preset="smoke", sets={"pretrain.schedule": "wsd", "axes.model.block_size": [1],
+                                                              "axes.pretrain.samples": [256, 512]})
+    (trunk,) = make_plan(study, tmp_path).trunks
+    tdir = td.path(tmp_path, trunk.config_hash)
+    tdir.mkdir(parents=True)  # the copy: the trunk's light files, no checkpoints/
+    td.write_result(tdir, {"status": "finished", "role": "trunk", "samples_seen": trunk.config.pretrain.samples,
+                           "keep_at": list(trunk.keep_at)})
+    td.append_jsonl(tdir / td.ATTEMPTS, {"event": "start"})
+    td.append_jsonl(tdir / td.ATTEMPTS, {"event": "finish"})
+    after = make_plan(study, tmp_path)
+    assert after.trunks == () and sorted(b.start for b in after.branches.values()) == [192, 384]
+    assert after.samples["trained"] == (256 - 192) + (512 - 384)
