@@ -79,8 +79,13 @@ def _state(head) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in head.state_dict().items()}
 
 
+def _untimed(entry: dict) -> dict:
+    """A kind's result without its timings (encode_s, head_s), which no rerun repeats."""
+    return {k: v for k, v in entry.items() if k not in ("encode_s", "head_s")}
+
+
 def _without_meta(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k != "meta"}
+    return {k: _untimed(v) if isinstance(v, dict) else v for k, v in result.items() if k != "meta"}
 
 
 def test_schedule_warms_up_from_a_tenth_then_cosine_to_min_lr():
@@ -114,7 +119,7 @@ def test_linear_probe_learns_fashion_mnist_and_is_deterministic(run_dir):
 def test_probe_depends_on_the_seed_only(encoder, small):
     cfg = dataclasses.replace(FAST, kinds=("linear", "attentive"), epochs=2)
     first = probe(encoder, small, cfg, seed=0)
-    assert probe(encoder, small, cfg, seed=0) == first
+    assert _without_meta(probe(encoder, small, cfg, seed=0)) == _without_meta(first)
     assert probe(encoder, small, cfg, seed=1) != first
 
 
@@ -382,7 +387,7 @@ def test_both_kinds_from_one_encoder_pass_equal_each_kind_alone(encoder, small):
     together = probe(encoder, small, cfg, seed=0)
     for kind in cfg.kinds:
         alone = probe(encoder, small, dataclasses.replace(cfg, kinds=(kind,)), seed=0)[kind]
-        assert alone == together[kind]
+        assert _untimed(alone) == _untimed(together[kind])
 
 
 @pytest.mark.parametrize("queries", [1, 3])

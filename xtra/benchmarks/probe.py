@@ -122,11 +122,12 @@ CPU_PROBE_ISSUE25 = dataclasses.replace(CPU_PROBE_BEFORE, feature_dtype="bfloat1
 # The preset of issue #34's first pass (docs/bench-cpu-2core-probe.md): the heads start as the official
 # ones (PyTorch's Linear init); the attentive head trains on whitened tokens and is folded back into the
 # official head (AdamW on the raw tokens stayed ~5 points under it), 8 epochs, each head at its last epoch;
-# the still-improving flag is a doubling test against a twin head on half the schedule.
+# the still-improving flag was a doubling test against a twin head on half the schedule.
 CPU_PROBE_WHITENED_8 = dataclasses.replace(CPU_PROBE_ISSUE25, head_init="official", attentive_whiten=True, epochs=8,
                                            warmup_epochs=1)
 # The preset now (issue #34, "converged at the study's scale"): every head kept at its best epoch on val
-# (`select_epoch`), lrs 0.03 / 0.1 / 0.3 (0.1 wins on whitened tokens, 0.01 never did), still 8 epochs.
+# (`select_epoch`, whose still-improving twin runs the schedule doubled), lrs 0.03 / 0.1 / 0.3 (0.1 wins on
+# whitened tokens, 0.01 never did), still 8 epochs.
 CPU_PROBE = dataclasses.replace(CPU_PROBE_WHITENED_8, lrs=(3e-2, 1e-1, 3e-1), select_epoch=True)
 
 

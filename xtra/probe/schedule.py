@@ -42,14 +42,15 @@ IMPROVING_TOL = 0.0025  # a probe whose val top-1 rose by more than this when it
 IMPROVING_Z = 1.645  # ... and significantly so: McNemar's one-sided test at 95%
 
 
-def still_improving(right: torch.Tensor, twin_right: torch.Tensor) -> bool:
-    """Whether doubling the schedule paid: `right` / `twin_right` say per val image whether the chosen
-    head / its twin trained on a schedule half as long (the same lr, init and shuffles) is right. True
-    when the head's val top-1 exceeds the twin's by more than IMPROVING_TOL and significantly: on the
-    images where they disagree (b only the head right, c only the twin), McNemar's z = (b - c) /
-    sqrt(b + c) > IMPROVING_Z, so the val noise between two nearly equal heads raises no flag. A
-    converged probe gains nothing from doubling; under a cosine schedule a run's last quarter gains
-    from annealing alone, so its own val curve cannot tell."""
-    b = int((right & ~twin_right).sum())
-    c = int((~right & twin_right).sum())
-    return (b - c) / max(len(right), 1) > IMPROVING_TOL and (b - c) > IMPROVING_Z * math.sqrt(b + c)
+def still_improving(longer_right: torch.Tensor, shorter_right: torch.Tensor) -> bool:
+    """Whether doubling the schedule paid: `longer_right` / `shorter_right` say per val image whether the
+    head on the longer / the shorter of two schedules, one twice the other (the same lr, init and
+    shuffles: the chosen head and its twin), is right. True when the longer one's val top-1 exceeds the
+    shorter one's by more than IMPROVING_TOL and significantly: on the images where they disagree (b
+    only the longer right, c only the shorter), McNemar's z = (b - c) / sqrt(b + c) > IMPROVING_Z, so
+    the val noise between two nearly equal heads raises no flag. A converged probe gains nothing from
+    doubling; under a cosine schedule a run's last quarter gains from annealing alone, so its own val
+    curve cannot tell."""
+    b = int((longer_right & ~shorter_right).sum())
+    c = int((~longer_right & shorter_right).sum())
+    return (b - c) / max(len(longer_right), 1) > IMPROVING_TOL and (b - c) > IMPROVING_Z * math.sqrt(b + c)
