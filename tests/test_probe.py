@@ -25,9 +25,9 @@ from xtra.probe import (
     evaluate,
     head_inputs_all,
     load_encoder,
-    lr_at,
     make_head,
     probe,
+    probe_lr_at,
     probe_run,
     random_encoder,
     run_configs,
@@ -92,13 +92,13 @@ def test_schedule_warms_up_from_a_tenth_then_cosine_to_min_lr():
     """The official schedule: warmup epochs starting from lr/10, then cosine down to 1e-5."""
     cfg = ProbeConfig()
     total, warmup, lr = 101, 10, 2e-3
-    f = [lr_at(s, total, warmup, lr, cfg) for s in range(total)]
+    f = [probe_lr_at(s, total, warmup, lr, cfg) for s in range(total)]
     assert f[0] == pytest.approx(lr / 10) and f[5] == pytest.approx(lr * (0.1 + 0.9 * 0.5))
     assert f[10] == pytest.approx(lr) and f[-1] == pytest.approx(1e-5)
     assert all(a < b for a, b in zip(f[:10], f[1:11]))
     assert all(a > b for a, b in zip(f[10:], f[11:]))
     assert f[55] == pytest.approx(1e-5 + (lr - 1e-5) / 2)
-    assert lr_at(0, 10, 0, lr, cfg) == lr
+    assert probe_lr_at(0, 10, 0, lr, cfg) == lr
 
 
 def test_linear_probe_learns_fashion_mnist_and_is_deterministic(run_dir):

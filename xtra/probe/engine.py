@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from xtra.config import ProbeConfig
 from xtra.probe.features import Source
-from xtra.probe.heads import batched_logits, make_optimizer, share_norm
-from xtra.probe.schedule import lr_at, probe_seed, steps_per_epoch
+from xtra.probe.heads import batched_logits, make_head_optimizer, share_norm
+from xtra.probe.schedule import probe_lr_at, probe_seed, steps_per_epoch
 
 
 @torch.no_grad()
@@ -61,7 +61,7 @@ def train_heads(kind: str, heads: list[nn.Module], lrs: tuple[float, ...], sourc
     cfg.warmup_epochs * epochs[i] // cfg.epochs): a head with a shorter schedule is the head trained alone
     for that many epochs (the same init and shuffles), and stops there while the others go on.
 
-    Each head has its own AdamW, follows `lr_at(step, ..., lr_i)` over its own schedule, and clips its
+    Each head has its own AdamW, follows `probe_lr_at(step, ..., lr_i)` over its own schedule, and clips its
     own gradient norm: the heads share nothing but their (read-only) inputs, so each one is exactly
     what it would be if trained alone. A step of cfg.batch_size images is cfg.accumulate micro-batches
     (BatchNorm sees each micro-batch, as in the official code). `batched`: the heads' forward and
@@ -69,7 +69,7 @@ def train_heads(kind: str, heads: list[nn.Module], lrs: tuple[float, ...], sourc
     to float rounding; else each head in turn (the reference path). `on_epoch(epoch, step)` hears the
     end of every epoch (0-based), when each head still training holds its BatchNorm statistics."""
     epochs = list(epochs) if epochs is not None else [cfg.epochs] * len(heads)
-    optimizers = [make_optimizer(kind, head, lr, cfg) for head, lr in zip(heads, lrs)]
+    optimizers = [make_head_optimizer(kind, head, lr, cfg) for head, lr in zip(heads, lrs)]
     n, bs = len(source), cfg.batch_size
     per_epoch = steps_per_epoch(n, bs)
     totals = [per_epoch * e for e in epochs]
@@ -88,7 +88,7 @@ def train_heads(kind: str, heads: list[nn.Module], lrs: tuple[float, ...], sourc
             idx = perm[s * bs: (s + 1) * bs]
             for i in active:
                 for group in optimizers[i].param_groups:
-                    group["lr"] = lr_at(step, totals[i], warmups[i], lrs[i], cfg)
+                    group["lr"] = probe_lr_at(step, totals[i], warmups[i], lrs[i], cfg)
                 optimizers[i].zero_grad(set_to_none=True)
             micro = idx.chunk(cfg.accumulate) if cfg.accumulate > 1 else (idx,)
             for j, part in enumerate(micro):

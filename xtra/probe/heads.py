@@ -194,7 +194,7 @@ def make_head(kind: str, encoder_cfg: ModelConfig, num_classes: int, cfg: ProbeC
     return head
 
 
-def make_optimizer(kind: str, head: nn.Module, lr: float, cfg: ProbeConfig) -> torch.optim.Optimizer:
+def make_head_optimizer(kind: str, head: nn.Module, lr: float, cfg: ProbeConfig) -> torch.optim.Optimizer:
     """AdamW per head. Linear: weight decay `linear_weight_decay` (0, the official protocol);
     attentive: `attentive_weight_decay` on matrices and queries, none on biases."""
     wd = cfg.linear_weight_decay if kind == "linear" else cfg.attentive_weight_decay

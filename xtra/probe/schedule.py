@@ -12,7 +12,7 @@ import torch
 from xtra.config import ProbeConfig
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, cfg: ProbeConfig) -> float:
+def probe_lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, cfg: ProbeConfig) -> float:
     """The official probe schedule: linear warmup from lr * warmup_start to lr over `warmup_steps`,
     then a cosine from lr down to cfg.min_lr at the last step."""
     if step < warmup_steps:
