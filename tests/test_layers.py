@@ -202,6 +202,27 @@ def test_no_module_outside_tests_is_over_600_lines():
     assert long == {}
 
 
+def long_functions(source: str, limit: int) -> dict[str, int]:
+    """Functions (methods and nested ones included) longer than `limit` lines, by name."""
+    return {node.name: n for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and (n := node.end_lineno - node.lineno + 1) > limit}
+
+
+def test_no_function_outside_tests_is_over_120_lines_and_the_training_loop_under_100():
+    long = {f"{p.relative_to(ROOT)}:{name}": n for p in MODULES.values()
+            for name, n in long_functions(p.read_text(), 120).items()}
+    assert long == {}
+    loop = long_functions((ROOT / "xtra" / "pretrain.py").read_text(), 0)["pretrain"]
+    assert loop < 100, f"xtra.pretrain.pretrain is {loop} lines: the loop should read at a glance"
+
+
+def test_a_planted_long_function_is_caught():
+    body = "\n".join(f"    x{i} = {i}" for i in range(121))
+    assert long_functions(f"def f():\n{body}\n", 120) == {"f": 122}
+    assert long_functions(f"def f():\n{body}\n", 122) == {}
+
+
 # ---------------------------------------------------------------------------------------------
 # Planted cases: each rule above fails on the loophole it closes
 
