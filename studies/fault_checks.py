@@ -133,8 +133,8 @@ def work_lost(faults: list[dict[str, Any]], study_dir: Path) -> None:
             since = int(fault["time"])
             later = [a for a in attempts_of(td.path(study_dir, hit["trial"])) if a.get("event") == "start"
                      and time.mktime(time.strptime(a["time"], "%Y-%m-%d %H:%M:%S")) >= since]
-            if later:
-                lost += max(0, int(hit["samples"]) - int(later[0].get("checkpoint_samples") or 0))
+            hit["lost"] = max(0, int(hit["samples"]) - int(later[0].get("checkpoint_samples") or 0)) if later else 0
+            lost += hit["lost"]
         fault["lost_samples"] = lost
 
 
@@ -212,7 +212,9 @@ def summarise(seed: int, quick: bool, runs: list[dict[str, Any]], reference: dic
         "problems": [p for c in checks for p in c["problems"]],
         "violations": [v for r in runs for v in r["violations"]],
         "notes": [n for r in runs for n in r.get("notes", [])],
-        "work_lost_samples": {"mean": round(sum(lost) / max(len(lost), 1), 1), "worst": max(lost, default=0)},
+        "work_lost_samples": {"mean": round(sum(lost) / max(len(lost), 1), 1), "worst": max(lost, default=0),
+                              "worst_per_trial": max((int(h.get("lost", 0)) for f in faults for h in f["hit"]),
+                                                     default=0)},
         "reference_s": reference, "segments": runs,
     }
 
@@ -231,8 +233,11 @@ def to_markdown(result: dict[str, Any], command: str) -> str:
         f"minutes in all (uninterrupted reference runs included).", "",
         f"**{r['faults']} faults over {r['trials']} trials, {r['resumes']} resumes: {r['lost']} lost, "
         f"{r['duplicated']} duplicated, {r['left_running']} left running, {r['different']} of {r['compared']} "
-        f"trials different from the uninterrupted run.** Work lost per fault (samples retrained): mean "
-        f"{r['work_lost_samples']['mean']}, worst {r['work_lost_samples']['worst']} (checkpoint interval 256).", "",
+        f"trial directories (wsd trunks included) different from the uninterrupted run.** Work lost per fault "
+        f"(samples retrained): mean "
+        f"{r['work_lost_samples']['mean']}, worst {r['work_lost_samples']['worst']} (a fault may hit several "
+        f"trials); worst per trial hit {r['work_lost_samples'].get('worst_per_trial', '?')} (checkpoint interval "
+        f"256).", "",
         "| fault | count |", "|---|---|",
         *(f"| {k} | {n} |" for k, n in r["faults_per_kind"].items()), "",
         "| study | faults | resumes | planned | finished | lost | duplicated | compared (reconstructed) | "
@@ -299,4 +304,9 @@ ABOUT = (
     "evaluate whose names are not its space's (`pretrain.lr` for `params/pretrain.lr`) and draws a fresh "
     "one, so the stopped trial stayed interrupted and every later resume exited 1 "
     "(`test_a_search_stopped_by_sigterm_exits_for_a_requeue_and_resumes`).",
+    "3. A resumed wsd study in S3 trained the branches of an already finished trunk from scratch (4 of 8 in "
+    "the campaign: the same weights and results, but 1,024 samples each instead of a 256-sample cooldown): "
+    "the plan looked for the trunk's kept checkpoints in the driver's copy, which holds no checkpoints of a "
+    "study kept in storage. The finished trunk's row names what it kept (`keep_at`); the branches start "
+    "there (`test_a_finished_trunk_in_storage_still_gives_its_branches_their_start`).",
 )

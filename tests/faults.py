@@ -8,6 +8,7 @@ as a subprocess): set `XTRA_PRETRAIN_HOOKS=<this file>:from_env` and `XTRA_FAULT
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,26 @@ class KillWorkerOnce(PretrainHook):
             os._exit(1)
 
 
-KINDS = {"XTRA_FAULT_NAN": NanAt, "XTRA_FAULT_CRASH_ONCE": CrashOnce, "XTRA_FAULT_KILL_WORKER": KillWorkerOnce}
+class HoldOnce(PretrainHook):
+    """The first trial of a study to checkpoint at or past `samples` pauses there for `HOLD_S` seconds,
+    once per study (a marker in the study directory, which names the trial): a test that signals
+    the driver when the marker appears knows the trial is mid-pretraining, however fast the box is."""
+
+    HOLD_S = 20.0
+
+    def __init__(self, samples: int) -> None:
+        self.samples = samples
+
+    def checkpointed(self, run_dir: Path, samples_seen: int, world: World, done: bool) -> None:
+        marker = run_dir.parents[1] / HELD
+        if world.main and not done and samples_seen >= self.samples and not marker.exists():
+            marker.write_text(run_dir.name)
+            time.sleep(self.HOLD_S)
+
+
+HELD = ".fault-held"
+KINDS = {"XTRA_FAULT_NAN": NanAt, "XTRA_FAULT_CRASH_ONCE": CrashOnce, "XTRA_FAULT_KILL_WORKER": KillWorkerOnce,
+         "XTRA_FAULT_HOLD_ONCE": HoldOnce}
 
 
 def _applies(cfg: Any, spec: str) -> int | None:

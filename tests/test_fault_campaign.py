@@ -138,7 +138,8 @@ def test_a_search_stopped_by_sigterm_exits_for_a_requeue_and_resumes(tmp_path: P
     trial stayed interrupted and every later resume exited 1."""
     import signal
 
-    from drivers import starts, study_process
+    import faults
+    from drivers import driver_env, starts, study_process
 
     from xtra import studydir as st
     from xtra.studies.slurm import STOPPED_EXIT
@@ -146,10 +147,13 @@ def test_a_search_stopped_by_sigterm_exits_for_a_requeue_and_resumes(tmp_path: P
     study_dir = tmp_path / "search"
     args = ("lr-search", "--preset", "smoke", "--set", "pretrain.samples=2048", "--set",
             "search.num_samples=3", "--max-concurrent", "1", "--out", str(study_dir))
-    first = study_process("run", *args)
+    # the first trial pauses after its first checkpoint, so the SIGTERM lands mid-pretraining (on a
+    # loaded box a 2,048-sample trial could otherwise be probing by the time the stop flag is raised)
+    first = study_process("run", *args, env=driver_env(**faults.env(HOLD_ONCE="pretrain.samples=2048@128")))
+    held = study_dir / faults.HELD
     try:
         deadline = time.monotonic() + 300
-        while not list(study_dir.glob("trials/*/checkpoint.pt")):
+        while not held.exists():
             assert first.poll() is None, first.stdout.read()
             assert time.monotonic() < deadline, "no trial checkpointed"
             time.sleep(0.2)
@@ -175,7 +179,7 @@ def test_a_search_stopped_by_sigterm_exits_for_a_requeue_and_resumes(tmp_path: P
             stopped.append(run_dir)
             resumed_from = [a for a in checks.attempts_of(run_dir) if a["event"] == "start"][-1]
             assert int(resumed_from["checkpoint_samples"] or 0) > 0, events
-    assert len(stopped) == 1 and len(st.read_runs(study_dir)) == 2
+    assert [d.name for d in stopped] == [held.read_text()] and len(st.read_runs(study_dir)) == 2
 
 
 def test_a_finished_trunk_in_storage_still_gives_its_branches_their_start(tmp_path: Path) -> None:
