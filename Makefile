@@ -71,7 +71,7 @@ demo: setup
 # Every test starts its own Ray, S3 server and Slurm cluster on free ports and in its own directories.
 TEST_WORKERS ?= 2
 test: setup chromium slurm
-	$(PY) -m pytest -q -x --timeout=900 -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -x --timeout=900 -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # The inner loop: no Ray cluster, no Slurm, no servers, under two minutes.
 test-fast: setup

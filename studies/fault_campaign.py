@@ -333,7 +333,8 @@ def inject(kind: str, ctx: Context, seg: Segment, study_dir: Path, driver: Drive
         return record, driver
     if kind == "second_driver":
         second = ctx.start_driver("resume", str(study_dir))
-        ctx.pending.append(Pending(kind, time.monotonic() + 300, lambda: _refused(second, record), second))
+        first = driver
+        ctx.pending.append(Pending(kind, time.monotonic() + 300, lambda: _refused(second, record, first), second))
         return record, driver
     assert kind == "break_lock", kind
     hit(running)
@@ -372,14 +373,19 @@ def settle(ctx: Context, *, block: bool = False, kinds: tuple[str, ...] = KINDS)
             item.finish()
 
 
-def _refused(second: Driver, record: dict[str, Any]) -> None:
-    """A second driver started on a running study must have refused in one line, changing nothing."""
+def _refused(second: Driver, record: dict[str, Any], first: Driver) -> None:
+    """A second driver started on a running study must have refused in one line, changing nothing; one
+    that succeeded after the first had ended (the first was finishing as it started: the lock passed from
+    one to the other) is a note, and the final checks (duplicated, different) hold it to the result."""
     code = second.proc.poll()
     if code is None:
         kill([second.proc.pid])
         second.proc.wait()
     record.update(exit=code, last_line=second.last_line(), lines=len(second.output().strip().splitlines()))
-    if code in (0, None) or record["lines"] != 1 or "in use by" not in record["last_line"]:
+    if code == 0 and first.proc.poll() is not None:
+        record["note"] = (f"the first driver (exit {first.proc.returncode}) ended as the second started; the "
+                          f"second took the study after it and exited 0: {record['last_line']}")
+    elif code in (0, None) or record["lines"] != 1 or "in use by" not in record["last_line"]:
         record["violation"] = f"a second driver was not refused in one line: exit {code}: {record['last_line']}"
 
 
@@ -480,6 +486,7 @@ def run_segment(ctx: Context, seg: Segment, study_dir: Path, rng: random.Random,
                 + (f", driver exit {record['exit']}" if "exit" in record else ""))
     settle(ctx, block=True)
     violations += [f"{seg.name}: {r['kind']}: {r['violation']}" for r in faults if "violation" in r]
+    notes += [f"{seg.name}: {r['kind']}: {r['note']}" for r in faults if "note" in r]
     return {"segment": seg.name, "faults": faults, "resumes": resumes, "violations": violations, "notes": notes,
             "wall_s": round(time.monotonic() - t0, 1)}
 

@@ -154,16 +154,20 @@ def check_study(study_dir: Path, reference: Path, scratch: Path, *, search: bool
         trials[run_dir.name] = {"starts": events.count("start"), "finishes": events.count("finish"),
                                 "last": events[-1] if events else None, "role": result.get("role"),
                                 "status": result.get("status")}
-    finished = {h for h, t in trials.items() if t["finishes"] >= 1}
+    # trial.json is a trial's commit point (``xtra.trialdir.status_of``); its "finish" event goes to storage
+    # after it, so a kill in between leaves a finished trial whose attempts log ends at "start": counted
+    # apart (the log's gap), not as a trial left running
+    finished = {h for h, t in trials.items() if t["status"] == td.FINISHED}
     duplicated = sorted(h for h, t in trials.items() if t["finishes"] > 1)
-    unfinished = sorted(h for h, t in trials.items() if t["last"] != "finish")
+    unfinished = sorted(h for h, t in trials.items() if h not in finished)
+    finish_unlogged = sorted(h for h in finished if trials[h]["last"] != "finish")
     rows = pl.read_parquet(study_dir / st.RESULTS) if (study_dir / st.RESULTS).is_file() else pl.DataFrame()
     results = rows.filter(pl.col("status") == "finished")["config_hash"].to_list() if rows.height else []
     lost = max(0, expected - len(results))
     if rows.height != expected or len(results) != expected:
         problems.append(f"results.parquet: {rows.height} rows, {len(results)} finished, {expected} planned")
     if not set(results) <= finished:
-        problems.append(f"results.parquet names trials not finished in attempts.jsonl: {set(results) - finished}")
+        problems.append(f"results.parquet names trials without a finished trial.json: {set(results) - finished}")
     if search:
         values = optuna_values(study_dir)
         metric = sorted(float(v) for v in rows[study.search.metric].to_list()) if rows.height else []
@@ -189,7 +193,8 @@ def check_study(study_dir: Path, reference: Path, scratch: Path, *, search: bool
         if diffs:
             different[h] = diffs
     return {"planned": expected, "trial_dirs": len(trials), "finished": len(results), "lost": lost,
-            "duplicated": duplicated, "left_running": unfinished, "starts": sum(t["starts"] for t in trials.values()),
+            "duplicated": duplicated, "left_running": unfinished, "finish_unlogged": finish_unlogged,
+            "starts": sum(t["starts"] for t in trials.values()),
             "compared": compared, "reconstructed": reconstructed, "different": different, "problems": problems}
 
 
@@ -208,6 +213,7 @@ def summarise(seed: int, quick: bool, runs: list[dict[str, Any]], reference: dic
         "trials": sum(c["planned"] for c in checks), "resumes": sum(r["resumes"] for r in runs),
         "lost": sum(c["lost"] for c in checks), "duplicated": sum(len(c["duplicated"]) for c in checks),
         "left_running": sum(len(c["left_running"]) for c in checks),
+        "finish_unlogged": sum(len(c.get("finish_unlogged", ())) for c in checks),
         "different": sum(len(c["different"]) for c in checks), "compared": sum(c["compared"] for c in checks),
         "problems": [p for c in checks for p in c["problems"]],
         "violations": [v for r in runs for v in r["violations"]],
@@ -237,7 +243,8 @@ def to_markdown(result: dict[str, Any], command: str) -> str:
         f"(samples retrained): mean "
         f"{r['work_lost_samples']['mean']}, worst {r['work_lost_samples']['worst']} (a fault may hit several "
         f"trials); worst per trial hit {r['work_lost_samples'].get('worst_per_trial', '?')} (checkpoint interval "
-        f"256).", "",
+        f"256). Finished trials whose attempts log lacks its `finish` (a kill between committing trial.json "
+        f"and the log): {r.get('finish_unlogged', 0)}.", "",
         "| fault | count |", "|---|---|",
         *(f"| {k} | {n} |" for k, n in r["faults_per_kind"].items()), "",
         "| study | faults | resumes | planned | finished | lost | duplicated | compared (reconstructed) | "
@@ -278,8 +285,10 @@ ABOUT = (
     "tmpfs or loop mount without privileges), and filling the shared disk would stop everyone's work.",
     "",
     "Checks per study, on a full copy (a study in S3 is pulled from its URI with every checkpoint): every "
-    "planned trial has exactly one `finish` in attempts.jsonl and ends with it (lost, duplicated, left "
-    "running); results.parquet has one finished row per planned trial; a search's optuna.db holds one "
+    "planned trial has a finished trial.json, its commit point (else lost or left running), and at most one "
+    "`finish` in attempts.jsonl (else duplicated: trained to the end twice; a finished trial whose log lacks "
+    "the `finish`, written to storage after trial.json, is counted apart); results.parquet has one finished "
+    "row per planned trial; a search's optuna.db holds one "
     "COMPLETE value per row; the report says `N trials, N finished`; each trial's trial.json, metrics.jsonl, "
     "probe files and checkpoints (model, optimizer, RNG and data state) equal the uninterrupted run's, "
     "timing fields aside. A searched point the uninterrupted run did not draw (a resumed search's sampler "
@@ -309,4 +318,12 @@ ABOUT = (
     "the plan looked for the trunk's kept checkpoints in the driver's copy, which holds no checkpoints of a "
     "study kept in storage. The finished trunk's row names what it kept (`keep_at`); the branches start "
     "there (`test_a_finished_trunk_in_storage_still_gives_its_branches_their_start`).",
+    "",
+    "Two alarms of an earlier run were the checks' own, now corrected: (a) two trials of grid-s3 counted "
+    "'left running' had their trial.json in storage (so `xtra study status` and the results said finished) "
+    "but no `finish` in attempts.jsonl: a driver SIGKILL one second after a 49-s storage outage ended fell "
+    "between a trial committing trial.json and writing its log. trial.json is the commit point; writing the "
+    "log first would instead retrain a trial killed in that gap. The check now holds trials to trial.json "
+    "and counts such log gaps apart. (b) A second driver started as the first was exiting took the study "
+    "after it (the lock passed between them) and exited 0: a note, not a refusal to demand.",
 )
