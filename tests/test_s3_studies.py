@@ -324,8 +324,8 @@ def test_trial_sync_commits_own_files_and_writes_plain_ones(s3_bucket: str, tmp_
     got = {p.relative_to(b.run_dir).as_posix(): p.read_bytes() for p in b.run_dir.rglob("*") if p.is_file()}
     assert got == {k: v for k, v in files.items() if not k.startswith(".")}
     branch = TrialSync(f"{s3_bucket}/s/study", "h2")
-    job = branch.trunk({"role": "branch", "trunk_dir": "/driver/only/trials/h1", "start": 64}, lambda e: None)
-    copy = Path(job["trunk_dir"])
+    job = branch.trunk(td.WsdJob(td.BRANCH, trunk_dir="/driver/only/trials/h1", start=64), lambda e: None)
+    copy = Path(job.trunk_dir)
     assert copy.name == "h1" and copy != b.run_dir and (copy / "checkpoints" / "samples-64.pt").read_bytes() == b"kept"
     assert not (copy / td.CHECKPOINT).exists()  # the trunk's latest checkpoint is not the branch's business
     branch.cleanup()
