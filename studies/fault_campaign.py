@@ -295,7 +295,8 @@ def inject(kind: str, ctx: Context, seg: Segment, study_dir: Path, driver: Drive
     record: dict[str, Any] = {"kind": kind, "segment": seg.name, "time": time.time(), "hit": []}
 
     def hit(attempts: list[dict[str, Any]]) -> None:
-        record["hit"] = [{"trial": a["trial"], "samples": progress(Path(a["dir"]))} for a in attempts]
+        record["hit"] = [{"trial": a["trial"], "samples": progress(Path(a["dir"])), "pid": a.get("pid")}
+                         for a in attempts]
 
     if kind in DRIVER_KILLS:
         hit(running)

@@ -126,14 +126,24 @@ def optuna_values(study_dir: Path) -> list[float]:
 
 def work_lost(faults: list[dict[str, Any]], study_dir: Path) -> None:
     """Per fault, the samples retrained: for each trial it hit, what the trial had logged then minus the
-    checkpoint its next attempt started from (set in place as `lost_samples`)."""
+    checkpoint its next attempt started from (set in place as `lost_samples`). The next attempt is the
+    first start after the one the fault hit (known by its pid: the log's times are whole seconds, so a
+    trial started in the fault's second would otherwise count as its own next attempt); a wsd branch
+    with no checkpoint of its own restarts from its trunk's at ``branch_start``."""
     for fault in faults:
         lost = 0
         for hit in fault.get("hit", []):
-            since = int(fault["time"])
-            later = [a for a in attempts_of(td.path(study_dir, hit["trial"])) if a.get("event") == "start"
-                     and time.mktime(time.strptime(a["time"], "%Y-%m-%d %H:%M:%S")) >= since]
-            hit["lost"] = max(0, int(hit["samples"]) - int(later[0].get("checkpoint_samples") or 0)) if later else 0
+            starts = [a for a in attempts_of(td.path(study_dir, hit["trial"])) if a.get("event") == "start"]
+            own = [i for i, a in enumerate(starts) if hit.get("pid") is not None and a.get("pid") == hit["pid"]]
+            if own:
+                later = starts[own[-1] + 1:]
+            else:
+                since = int(fault["time"])
+                later = [a for a in starts if time.mktime(time.strptime(a["time"], "%Y-%m-%d %H:%M:%S")) >= since]
+            # a wsd branch without a checkpoint of its own starts again from its trunk's, at branch_start
+            floor = int((td.read_result(td.path(study_dir, hit["trial"])) or {}).get("branch_start") or 0)
+            restart = max(int(later[0].get("checkpoint_samples") or 0), floor) if later else 0
+            hit["lost"] = max(0, int(hit["samples"]) - restart) if later else 0
             lost += hit["lost"]
         fault["lost_samples"] = lost
 
@@ -230,6 +240,15 @@ def passed(result: dict[str, Any]) -> bool:
                 or result["problems"] or result["violations"])
 
 
+def _recomputed(work_lost: dict[str, Any]) -> str:
+    """The work-lost figures' provenance when they were recomputed after the run (a corrected rule)."""
+    if "recomputed" not in work_lost:
+        return ""
+    was = work_lost["as_run"]
+    return (f"; recomputed {work_lost['recomputed']}; the run itself printed mean {was['mean']}, worst "
+            f"{was['worst']}, worst per trial {was['worst_per_trial']}")
+
+
 def to_markdown(result: dict[str, Any], command: str) -> str:
     r = result
     lines = [
@@ -243,7 +262,8 @@ def to_markdown(result: dict[str, Any], command: str) -> str:
         f"(samples retrained): mean "
         f"{r['work_lost_samples']['mean']}, worst {r['work_lost_samples']['worst']} (a fault may hit several "
         f"trials); worst per trial hit {r['work_lost_samples'].get('worst_per_trial', '?')} (checkpoint interval "
-        f"256). Finished trials whose attempts log lacks its `finish` (a kill between committing trial.json "
+        f"256){_recomputed(r['work_lost_samples'])}. Finished trials whose attempts log lacks its `finish` "
+        f"(a kill between committing trial.json "
         f"and the log): {r.get('finish_unlogged', 0)}.", "",
         "| fault | count |", "|---|---|",
         *(f"| {k} | {n} |" for k, n in r["faults_per_kind"].items()), "",

@@ -56,6 +56,18 @@ def test_work_lost_is_what_a_hit_trial_had_logged_past_the_checkpoint_it_restart
     faults = [{"time": fault_time, "hit": [{"trial": "abc", "samples": 640}]}, {"time": fault_time, "hit": []}]
     checks.work_lost(faults, tmp_path)
     assert [f["lost_samples"] for f in faults] == [128, 0]
+    # a trial started in the fault's own second, known by its pid: its next attempt is the one after it
+    other = td.path(tmp_path, "def")
+    other.mkdir(parents=True)
+    for event in ({"event": "start", "time": stamp(fault_time), "pid": 11, "checkpoint_samples": None},
+                  {"event": "start", "time": stamp(fault_time + 5), "pid": 12, "checkpoint_samples": 512}):
+        td.append_jsonl(other / td.ATTEMPTS, event)
+    same_second = [{"time": fault_time + 0.5, "hit": [{"trial": "def", "samples": 640, "pid": 11}]}]
+    checks.work_lost(same_second, tmp_path)
+    assert same_second[0]["lost_samples"] == 128
+    td.write_result(other, {"status": "finished", "branch_start": 576})  # a wsd branch restarts at its trunk's
+    checks.work_lost(same_second, tmp_path)
+    assert same_second[0]["lost_samples"] == 640 - 576
 
 
 def test_the_schedule_is_the_seeds() -> None:
