@@ -77,6 +77,11 @@ FULL_SEGMENTS = (
                                         "axes.pretrain.samples=[512,1024]", "--seeds", "2"), s3=True),
     Segment("search-s3", "lr-search", (*SMOKE, "--set", "search.num_samples=8"), s3=True, search=True),
     Segment("grid-s3", "block-size", (*SMOKE, "--seeds", "4"), s3=True),
+    # successive halving over wsd branches: 4 configurations, 4 -> 2 -> 1 branches at 128 / 256 / 512 samples;
+    # its trunks and branches train 64-192 samples at a time, so checkpoints every 128 (the smoke preset's)
+    Segment("halving-s3", "lr-halving", ("--preset", "smoke", "--set", "pretrain.samples=512", "--set",
+                                         "search.rungs=[128,256,512]", "--set", "pretrain.checkpoint_every=128"),
+            s3=True, search=True),
 )
 QUICK_SEGMENTS = (Segment("grid-s3", "block-size", ("--preset", "smoke", "--set", "pretrain.samples=4096", "--set",
                                                      "pretrain.checkpoint_every=512"), s3=True),)
@@ -577,4 +582,5 @@ def _line(run: dict[str, Any]) -> str:
     return (f"{len(run['faults'])} faults, {run['resumes']} resumes, {c['finished']}/{c['planned']} finished, "
             f"lost {c['lost']}, duplicated {len(c['duplicated'])}, left running {len(c['left_running'])}, "
             f"{c['compared']} compared ({c['reconstructed']} reconstructed), {len(c['different'])} different, "
-            f"problems {c['problems']}, violations {run['violations']}")
+            + (f"halving ladder of {c['ladder_rungs']} rungs, " if c.get("ladder_rungs") is not None else "")
+            + f"problems {c['problems']}, violations {run['violations']}")

@@ -7,6 +7,10 @@ the trial directories, and the work each fault cost (samples retrained).
 A search's resumed driver draws new points (its sampler's seed moves on with the trials the study holds),
 so a searched trial with no counterpart in the uninterrupted run is held against that config trained
 alone here (`run_trial`, one thread like a Ray trial): the reference the campaign reconstructs.
+
+A halving search's rung ladder (halving.json: the configurations, and per rung each trial's metric and
+the promoted) must equal the uninterrupted run's (`ladder_differences`): a resume that re-decided a rung
+differently, lost a trial's value or promoted other configurations shows there, before any trial does.
 """
 
 from __future__ import annotations
@@ -148,6 +152,61 @@ def work_lost(faults: list[dict[str, Any]], study_dir: Path) -> None:
         fault["lost_samples"] = lost
 
 
+def planned_trials(study: Any) -> int:
+    """The trials a study finishes (trunks aside): a grid's expansion, a search's samples, or a halving
+    search's rung sizes summed (4 configurations, eta 2: 4 + 2 + 1 branches)."""
+    if study.search is None:
+        return len(study.expand())
+    if study.search.halving:
+        from xtra.studies import halving
+
+        return sum(halving.rung_sizes(study))
+    return study.search.num_samples
+
+
+def _rung_lines(rung: dict[str, Any]) -> dict[int, tuple[Any, ...]]:
+    return {int(e["config"]): (e.get("trial_id"), e.get("config_hash"), e.get("status"), e.get("value"))
+            for e in rung.get("entries", [])}
+
+
+def ladder_differences(mine: dict[str, Any] | None, ref: dict[str, Any] | None) -> list[str]:
+    """Where a halving ladder (``xtra.studydir.read_ladder``) differs from the uninterrupted run's: the
+    search it was built for, the configurations proposed, and per rung its budget, each trial's status and
+    metric value, and the configurations promoted (one line each)."""
+    if ref is None:
+        return [f"{st.LADDER}: the uninterrupted run wrote no ladder"]
+    if mine is None:
+        return [f"{st.LADDER}: missing (the uninterrupted run decided {len(ref['rungs'])} rungs)"]
+    diffs = [f"{st.LADDER}: {key} differ" for key in ("search", "configs") if mine.get(key) != ref.get(key)]
+    if len(mine["rungs"]) != len(ref["rungs"]):
+        diffs.append(f"{st.LADDER}: {len(mine['rungs'])} rungs decided, the uninterrupted run {len(ref['rungs'])}")
+    for r, (a, b) in enumerate(zip(mine["rungs"], ref["rungs"])):
+        where = f"{st.LADDER} rung {r} ({b.get('samples')} samples)"
+        if a.get("samples") != b.get("samples"):
+            diffs.append(f"{where}: budget {a.get('samples')}")
+        lines, ref_lines = _rung_lines(a), _rung_lines(b)
+        if set(lines) != set(ref_lines):
+            diffs.append(f"{where}: configurations {sorted(lines)} vs {sorted(ref_lines)}")
+        for c in sorted(set(lines) & set(ref_lines)):
+            if lines[c] != ref_lines[c]:
+                diffs.append(f"{where}: config {c} (trial id, hash, status, value) {lines[c]} vs {ref_lines[c]}")
+        if a.get("promoted") != b.get("promoted"):
+            diffs.append(f"{where}: promoted {a.get('promoted')} vs {b.get('promoted')}")
+    return diffs
+
+
+def allowed_finishes(rows: Any, halving: bool) -> dict[str, int]:
+    """How many times a trial may finish: once, but a halving trunk is continued once per rung its
+    configuration reaches (each rung's branch names its trunk), finishing each time."""
+    if not halving or not rows.height or "trunk" not in rows.columns:
+        return {}
+    counts: dict[str, int] = {}
+    for trunk in rows["trunk"].to_list():
+        if trunk:
+            counts[trunk] = counts.get(trunk, 0) + 1
+    return counts
+
+
 def check_study(study_dir: Path, reference: Path, scratch: Path, *, search: bool, report: bool = True
                 ) -> dict[str, Any]:
     """Every check of one study directory (a full local copy) against its uninterrupted run."""
@@ -156,7 +215,8 @@ def check_study(study_dir: Path, reference: Path, scratch: Path, *, search: bool
     from xtra.studies.load import load_study_dir
 
     study = load_study_dir(study_dir)
-    expected = study.search.num_samples if search else len(study.expand())
+    halving = study.search is not None and study.search.halving
+    expected = planned_trials(study)
     trials, problems = {}, []
     for run_dir in td.trial_dirs(study_dir):
         events = [a.get("event") for a in attempts_of(run_dir)]
@@ -167,18 +227,21 @@ def check_study(study_dir: Path, reference: Path, scratch: Path, *, search: bool
     # trial.json is a trial's commit point (``xtra.trialdir.status_of``); its "finish" event goes to storage
     # after it, so a kill in between leaves a finished trial whose attempts log ends at "start": counted
     # apart (the log's gap), not as a trial left running
+    rows = pl.read_parquet(study_dir / st.RESULTS) if (study_dir / st.RESULTS).is_file() else pl.DataFrame()
     finished = {h for h, t in trials.items() if t["status"] == td.FINISHED}
-    duplicated = sorted(h for h, t in trials.items() if t["finishes"] > 1)
+    allowed = allowed_finishes(rows, halving)
+    duplicated = sorted(h for h, t in trials.items() if t["finishes"] > allowed.get(h, 1))
     unfinished = sorted(h for h, t in trials.items() if h not in finished)
     finish_unlogged = sorted(h for h in finished if trials[h]["last"] != "finish")
-    rows = pl.read_parquet(study_dir / st.RESULTS) if (study_dir / st.RESULTS).is_file() else pl.DataFrame()
     results = rows.filter(pl.col("status") == "finished")["config_hash"].to_list() if rows.height else []
     lost = max(0, expected - len(results))
     if rows.height != expected or len(results) != expected:
         problems.append(f"results.parquet: {rows.height} rows, {len(results)} finished, {expected} planned")
     if not set(results) <= finished:
         problems.append(f"results.parquet names trials without a finished trial.json: {set(results) - finished}")
-    if search:
+    if halving:  # the promotions a resumed driver made: the same as without the fault
+        problems += ladder_differences(st.read_ladder(study_dir), st.read_ladder(reference))
+    elif search:
         values = optuna_values(study_dir)
         metric = sorted(float(v) for v in rows[study.search.metric].to_list()) if rows.height else []
         if values != metric:
@@ -205,6 +268,7 @@ def check_study(study_dir: Path, reference: Path, scratch: Path, *, search: bool
     return {"planned": expected, "trial_dirs": len(trials), "finished": len(results), "lost": lost,
             "duplicated": duplicated, "left_running": unfinished, "finish_unlogged": finish_unlogged,
             "starts": sum(t["starts"] for t in trials.values()),
+            "ladder_rungs": len((st.read_ladder(study_dir) or {}).get("rungs", [])) if halving else None,
             "compared": compared, "reconstructed": reconstructed, "different": different, "problems": problems}
 
 
@@ -262,8 +326,8 @@ def to_markdown(result: dict[str, Any], command: str) -> str:
         f"(samples retrained): mean "
         f"{r['work_lost_samples']['mean']}, worst {r['work_lost_samples']['worst']} (a fault may hit several "
         f"trials); worst per trial hit {r['work_lost_samples'].get('worst_per_trial', '?')} (checkpoint interval "
-        f"256){_recomputed(r['work_lost_samples'])}. Finished trials whose attempts log lacks its `finish` "
-        f"(a kill between committing trial.json "
+        f"256, 128 in a halving search){_recomputed(r['work_lost_samples'])}. Finished trials whose attempts "
+        f"log lacks its `finish` (a kill between committing trial.json "
         f"and the log): {r.get('finish_unlogged', 0)}.", "",
         "| fault | count |", "|---|---|",
         *(f"| {k} | {n} |" for k, n in r["faults_per_kind"].items()), "",
@@ -308,13 +372,19 @@ ABOUT = (
     "planned trial has a finished trial.json, its commit point (else lost or left running), and at most one "
     "`finish` in attempts.jsonl (else duplicated: trained to the end twice; a finished trial whose log lacks "
     "the `finish`, written to storage after trial.json, is counted apart); results.parquet has one finished "
-    "row per planned trial; a search's optuna.db holds one "
-    "COMPLETE value per row; the report says `N trials, N finished`; each trial's trial.json, metrics.jsonl, "
+    "row per planned trial (a halving search's planned trials: its rungs' sizes summed, 4 + 2 + 1 branches "
+    "for 4 configurations at eta 2; a halving trunk is continued once per rung its configuration reaches, so it "
+    "may finish that many times); an Optuna search's optuna.db holds one "
+    "COMPLETE value per row; a halving search's ladder (halving.json: the configurations proposed, and per rung "
+    "each trial's status and metric value and the configurations promoted) equals the uninterrupted run's, "
+    "so a resume decided every rung as the run without faults did; "
+    "the report says `N trials, N finished`; each trial's trial.json, metrics.jsonl, "
     "probe files and checkpoints (model, optimizer, RNG and data state) equal the uninterrupted run's, "
     "timing fields aside. A searched point the uninterrupted run did not draw (a resumed search's sampler "
     "moves on) is held against the same config trained alone (`reconstructed`). Work lost per fault: for "
     "each trial it hit, the samples the trial had logged when the fault fired minus the checkpoint its next "
-    "attempt started from (log rows come every 128 samples, checkpoints every 256).",
+    "attempt started from (log rows come every 128 samples, checkpoints every 256; every 128 in the halving "
+    "search, whose trunks and branches train 64-192 samples at a time).",
     "",
     "Regression tests: `tests/test_fault_campaign.py` runs the short campaign (`--quick`: one fault of each "
     "kind but `break_lock`, in a study in S3 on a two-node cluster; `tests/test_lease.py` covers `break_lock` "

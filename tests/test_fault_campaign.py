@@ -70,6 +70,63 @@ def test_work_lost_is_what_a_hit_trial_had_logged_past_the_checkpoint_it_restart
     assert same_second[0]["lost_samples"] == 640 - 576
 
 
+def _ladder(values: list[list[float | None]]) -> dict:
+    """The smoke halving search's ladder (4 configurations, eta 2) with these metric values per rung,
+    promoted as the plan promotes (``halving.promote``)."""
+    from xtra.studies import halving
+    from xtra.studies.load import load_study
+
+    study = load_study("lr-halving", preset="smoke")
+    ladder, alive = halving.new_ladder(study), list(range(4))
+    for r, (budget, rung_values) in enumerate(zip(halving.rung_budgets(study), values, strict=True)):
+        entries = [{"config": i, "config_hash": f"h{i}-{budget}", "trial_id": f"c{i}:samples={budget}",
+                    "status": "finished" if v is not None else "failed", "value": v}
+                   for i, v in zip(alive, rung_values, strict=True)]
+        alive = halving.promote(entries, max(1, len(alive) // 2) if r < 2 else 1, "max")
+        ladder["rungs"].append({"samples": budget, "entries": entries, "promoted": alive})
+    return ladder
+
+
+def test_the_halving_ladder_check_finds_a_changed_metric_or_promotion() -> None:
+    from xtra.studies import halving
+    from xtra.studies.load import load_study
+
+    ref = _ladder([[0.28, 0.29, 0.27, 0.30], [0.31, 0.32], [0.33]])
+    assert [r["promoted"] for r in ref["rungs"]] == [[1, 3], [3], [3]]
+    assert checks.ladder_differences(json.loads(json.dumps(ref)), ref) == []
+    # a resumed rung that lost one trial's value: the ranking moved, and so did who went on
+    lost = _ladder([[0.28, None, 0.27, 0.30], [0.31, 0.32], [0.33]])
+    diffs = checks.ladder_differences(lost, ref)
+    assert any("rung 0 (128 samples): config 1" in d and "'failed', None" in d for d in diffs), diffs
+    assert "halving.json rung 0 (128 samples): promoted [0, 3] vs [1, 3]" in diffs, diffs
+    # a promotion changed by hand, every value the same
+    moved = json.loads(json.dumps(ref))
+    moved["rungs"][1]["promoted"] = [1]
+    assert checks.ladder_differences(moved, ref) == ["halving.json rung 1 (256 samples): promoted [1] vs [3]"]
+    # a value off in its last digit, a rung not decided, no ladder at all
+    close = json.loads(json.dumps(ref))
+    close["rungs"][2]["entries"][0]["value"] = 0.3301
+    assert checks.ladder_differences(close, ref) == [
+        "halving.json rung 2 (512 samples): config 3 (trial id, hash, status, value) "
+        "('c3:samples=512', 'h3-512', 'finished', 0.3301) vs ('c3:samples=512', 'h3-512', 'finished', 0.33)"]
+    assert checks.ladder_differences({**ref, "rungs": ref["rungs"][:2]}, ref) == [
+        "halving.json: 2 rungs decided, the uninterrupted run 3"]
+    assert checks.ladder_differences(None, ref) == ["halving.json: missing (the uninterrupted run decided 3 rungs)"]
+    # what a halving search plans: its rung sizes summed; the campaign's segment is that search
+    study = load_study("lr-halving", preset="smoke", sets={"pretrain.samples": 512, "search.rungs": [128, 256, 512],
+                                                           "pretrain.checkpoint_every": 128})
+    assert halving.rung_sizes(study) == (4, 2, 1) and checks.planned_trials(study) == 7
+    assert any(seg.study == "lr-halving" for seg in fc.FULL_SEGMENTS)
+
+
+def test_a_halving_trunk_may_finish_once_per_rung_its_branches_name_it() -> None:
+    import polars as pl
+
+    rows = pl.DataFrame({"config_hash": ["a", "b", "c", "d"], "trunk": ["t1", "t2", "t1", "t1"]})
+    assert checks.allowed_finishes(rows, halving=True) == {"t1": 3, "t2": 1}
+    assert checks.allowed_finishes(rows, halving=False) == {}  # a wsd grid's trunk trains once
+
+
 def test_the_schedule_is_the_seeds() -> None:
     seg = fc.FULL_SEGMENTS[0]
     kinds, weights = fc.kinds_for(seg, fc.Schedule(seed=3))
