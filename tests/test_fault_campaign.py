@@ -251,6 +251,43 @@ def test_a_search_stopped_by_sigterm_exits_for_a_requeue_and_resumes(tmp_path: P
     assert [d.name for d in stopped] == [held.read_text()] and len(st.read_runs(study_dir)) == 2
 
 
+def test_a_halving_branch_in_storage_waits_for_its_trunk_continued_past_the_last_rung(
+        s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the campaign's halving segment (its uninterrupted run, a study in S3): a rung-2 branch
+    scheduled beside its trunk copied the trunk from storage while the trunk was being continued; the stored
+    trunk said finished (at rung 1's branch point, 64 samples), so the branch took that copy as final and
+    xtra.trial waited for the checkpoint at 192 in a copy never refreshed: the study hung. A trunk finished
+    short of the branch's start is refreshed until its checkpoint there is stored."""
+    from xtra.checkpoint import kept_checkpoint
+    from xtra.studies.ray.trialfiles import TrialSync
+
+    monkeypatch.setenv("XTRA_SCRATCH", str(tmp_path / "node"))
+    uri = f"{s3_bucket}/studies/halving"
+    trunk = TrialSync(uri, "trunk1")
+
+    def store_trunk(samples: int) -> None:  # the trunk's commit at the end of a rung's continuation
+        trunk.run_dir.mkdir(parents=True, exist_ok=True)
+        td.write_result(trunk.run_dir, {"status": "finished", "role": "trunk", "samples_seen": samples,
+                                        "keep_at": [samples]})
+        kept_checkpoint(trunk.run_dir, samples).parent.mkdir(exist_ok=True)
+        kept_checkpoint(trunk.run_dir, samples).write_bytes(f"weights at {samples}".encode())
+        trunk.upload()
+
+    store_trunk(64)  # rung 1's trunk, finished; rung 2's continuation (to 192) is under way
+    polls: list[dict] = []
+
+    def report(event: dict) -> None:  # the branch waits: the continuation finishes meanwhile
+        polls.append(event)
+        assert len(polls) < 5, "the branch never saw the trunk's checkpoint at 192"
+        if len(polls) == 1:
+            store_trunk(192)
+
+    job = TrialSync(uri, "branch1").trunk(td.WsdJob(td.BRANCH, trunk_dir="/driver/trials/trunk1", start=192), report)
+    assert len(polls) == 1, "the branch took the trunk's rung-1 copy as final"
+    assert kept_checkpoint(Path(job.trunk_dir), 192).read_bytes() == b"weights at 192"
+    assert td.read_result(Path(job.trunk_dir))["samples_seen"] == 192
+
+
 def test_a_finished_trunk_in_storage_still_gives_its_branches_their_start(tmp_path: Path) -> None:
     """Found by the campaign (faults in a wsd study in S3): a resume after a trunk had finished trained 4
     of 8 branches from scratch (the same result, 4x the samples): the plan looked for the trunk's kept

@@ -144,8 +144,12 @@ class TrialSync:
         while True:
             copy.mkdir(parents=True, exist_ok=True)
             trunk.storage.download_dir(trunk.rel, copy, include=lambda n: n != td.CHECKPOINT and not n.startswith("."))
-            if (self.run_dir / td.CHECKPOINT).exists() or kept_checkpoint(copy, start).is_file() or \
-                    td.read_state(copy, running=True).status in td.TERMINAL:
+            state = td.read_state(copy, running=True)
+            # a trunk finished short of this branch's start (a halving trunk at the last rung's branch point)
+            # is being continued: its stored copy is not final (xtra.trial would wait on a copy never refreshed)
+            ended = state.status in td.TERMINAL and not (
+                state.status == td.FINISHED and int((state.row or {}).get("samples_seen") or 0) < start)
+            if (self.run_dir / td.CHECKPOINT).exists() or kept_checkpoint(copy, start).is_file() or ended:
                 return dataclasses.replace(job, trunk_dir=str(copy))
             report({"kind": "progress", "samples_seen": 0})
             time.sleep(TRUNK_POLL_S)
