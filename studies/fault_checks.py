@@ -408,6 +408,12 @@ ABOUT = (
     "the plan looked for the trunk's kept checkpoints in the driver's copy, which holds no checkpoints of a "
     "study kept in storage. The finished trunk's row names what it kept (`keep_at`); the branches start "
     "there (`test_a_finished_trunk_in_storage_still_gives_its_branches_their_start`).",
+    "4. A halving search in S3 hung at its second rung, faults or not (the halving-s3 segment's uninterrupted "
+    "run): a branch scheduled beside its trunk copied the trunk from storage while the trunk was being "
+    "continued, found it finished (at the previous rung's branch point) and took that copy as final, then "
+    "waited forever for a checkpoint the copy would never get. A trunk finished short of the branch's start "
+    "is now refreshed until that checkpoint is stored "
+    "(`test_a_halving_branch_in_storage_waits_for_its_trunk_continued_past_the_last_rung`).",
     "",
     "Two alarms of an earlier run were the checks' own, now corrected: (a) two trials of grid-s3 counted "
     "'left running' had their trial.json in storage (so `xtra study status` and the results said finished) "
