@@ -57,8 +57,8 @@ slurm:
 		echo "installed slurm-wlm and munge"; \
 	else echo "skipping slurm: needs apt-get as root (the Slurm tests will skip)"; fi
 
-# The main job: the block-size study on real Fashion-MNIST (9 trials, ~18 minutes on 2 cores with setup:
-# docs/results-cpu.md; probing is about 1.9x its pretraining there, docs/bench-cpu-2core-probe.md), its
+# The main job: the block-size study on real Fashion-MNIST (9 trials, ~15 minutes on 2 cores plus ~1.5 for setup:
+# docs/results-cpu.md; probing vs pretraining: docs/bench-cpu-2core-probe.md), its
 # report, and a table of the trials. A second run reuses the finished trials.
 DEMO_DIR ?= runs/studies/block-size-cpu
 demo: setup
