@@ -22,8 +22,8 @@ point's mean log loss by its standard error (the pooled within-point seed spread
 >= 2 seeds somewhere, else the pooled residual of the parabolas), every draw scaled by one
 sqrt(df / chi2_df) (``intervals.t_scale_draws``), then reruns the approach. Draws that give no optimum
 on too few lines are counted and reported beside the interval (``failed``). Approach 3's interval is the
-law's cluster bootstrap (``scaling.fit``). The three are compared, never merged: intervals that do not
-overlap are named as a disagreement. Measured coverage: ``reports.isoflop_calibration``.
+law's t-calibrated linearised draws (``scaling.linearised``). The three are compared, never merged:
+intervals that do not overlap are named as a disagreement. Measured coverage: ``reports.isoflop_calibration``.
 """
 
 from __future__ import annotations

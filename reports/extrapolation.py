@@ -4,9 +4,10 @@ largest data budget) and predict the runs left out: the error, and whether each 
 bet on at a scale nobody ran, so the largest N is the test that matters (Hoffmann et al. 2022 checked
 theirs on a 280B model they had not fitted).
 
-Reuses ``reports.scaling.select.held_out`` (the refit, its cluster bootstrap over design points and the
-prediction interval drawn as fit x s*t_{n-p} scatter): this module only chooses what is left out and
-says whether a grid can support the test before any run (``support_lines``, for `xtra study show`).
+Reuses ``reports.scaling.select.held_out`` (the refit and its linearised least-squares prediction
+interval, t on n - p df; measured to under-cover in this extrapolation: docs/reports.md): this module
+only chooses what is left out and says whether a grid can support the test before any run
+(``support_lines``, for `xtra study show`).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class Extrapolation:
             if self.weak else ""
         return (f"without {self.what}: the law refitted on {self.n_train} design points predicts the "
                 f"{self.n_left} run(s) left out with a mean error of {self.mean_abs_error:.1%}, "
-                f"{self.inside}/{self.n_left} inside the 95% prediction interval{weak}")
+                f"{self.inside}/{self.n_left} inside the nominal 95% prediction interval (measured to "
+                f"under-cover when extrapolating in N: an outside run is weak evidence){weak}")
 
 
 def _one(X: np.ndarray, L: np.ndarray, holdout: np.ndarray, what: str, n_boot: int, seed: int) -> Extrapolation:

@@ -30,7 +30,7 @@ from .scaling.compute import AffineCompute, optimal_allocation
 
 SIZES: dict[str, dict[str, Any]] = {
     "fast": {"reps": 60, "law_reps": 0, "draws": 1000, "n_boot": 20},
-    "default": {"reps": 300, "law_reps": 12, "draws": 2000, "n_boot": 50},
+    "default": {"reps": 300, "law_reps": 300, "draws": 2000, "n_boot": 200},
 }
 
 
