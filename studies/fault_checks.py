@@ -19,6 +19,7 @@ import contextlib
 import os
 import sqlite3
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -144,10 +145,11 @@ def work_lost(faults: list[dict[str, Any]], study_dir: Path) -> None:
             else:
                 since = int(fault["time"])
                 later = [a for a in starts if time.mktime(time.strptime(a["time"], "%Y-%m-%d %H:%M:%S")) >= since]
-            # a wsd branch without a checkpoint of its own starts again from its trunk's, at branch_start
-            floor = int((td.read_result(td.path(study_dir, hit["trial"])) or {}).get("branch_start") or 0)
-            restart = max(int(later[0].get("checkpoint_samples") or 0), floor) if later else 0
-            hit["lost"] = max(0, int(hit["samples"]) - restart) if later else 0
+            hit["lost"] = 0
+            if later:  # a wsd branch without a checkpoint of its own starts again from its trunk's, at branch_start
+                floor = int((td.read_result(td.path(study_dir, hit["trial"])) or {}).get("branch_start") or 0)
+                restart = max(int(later[0].get("checkpoint_samples") or 0), floor)
+                hit["lost"] = max(0, int(hit["samples"]) - restart)
             lost += hit["lost"]
         fault["lost_samples"] = lost
 
@@ -200,11 +202,7 @@ def allowed_finishes(rows: Any, halving: bool) -> dict[str, int]:
     configuration reaches (each rung's branch names its trunk), finishing each time."""
     if not halving or not rows.height or "trunk" not in rows.columns:
         return {}
-    counts: dict[str, int] = {}
-    for trunk in rows["trunk"].to_list():
-        if trunk:
-            counts[trunk] = counts.get(trunk, 0) + 1
-    return counts
+    return dict(Counter(trunk for trunk in rows["trunk"].to_list() if trunk))
 
 
 def check_study(study_dir: Path, reference: Path, scratch: Path, *, search: bool, report: bool = True
@@ -239,8 +237,9 @@ def check_study(study_dir: Path, reference: Path, scratch: Path, *, search: bool
         problems.append(f"results.parquet: {rows.height} rows, {len(results)} finished, {expected} planned")
     if not set(results) <= finished:
         problems.append(f"results.parquet names trials without a finished trial.json: {set(results) - finished}")
+    ladder = st.read_ladder(study_dir) if halving else None
     if halving:  # the promotions a resumed driver made: the same as without the fault
-        problems += ladder_differences(st.read_ladder(study_dir), st.read_ladder(reference))
+        problems += ladder_differences(ladder, st.read_ladder(reference))
     elif search:
         values = optuna_values(study_dir)
         metric = sorted(float(v) for v in rows[study.search.metric].to_list()) if rows.height else []
@@ -268,7 +267,7 @@ def check_study(study_dir: Path, reference: Path, scratch: Path, *, search: bool
     return {"planned": expected, "trial_dirs": len(trials), "finished": len(results), "lost": lost,
             "duplicated": duplicated, "left_running": unfinished, "finish_unlogged": finish_unlogged,
             "starts": sum(t["starts"] for t in trials.values()),
-            "ladder_rungs": len((st.read_ladder(study_dir) or {}).get("rungs", [])) if halving else None,
+            "ladder_rungs": len((ladder or {}).get("rungs", [])) if halving else None,
             "compared": compared, "reconstructed": reconstructed, "different": different, "problems": problems}
 
 
