@@ -4,10 +4,11 @@ largest data budget) and predict the runs left out: the error, and whether each 
 bet on at a scale nobody ran, so the largest N is the test that matters (Hoffmann et al. 2022 checked
 theirs on a 280B model they had not fitted).
 
-Reuses ``reports.scaling.select.held_out`` (the refit and its linearised least-squares prediction
-interval, t on n - p df; measured to under-cover in this extrapolation: docs/reports.md): this module
-only chooses what is left out and says whether a grid can support the test before any run
-(``support_lines``, for `xtra study show`).
+Reuses ``reports.scaling.select.held_out`` (the refit and its prediction interval: linearised least squares,
+t on n - p df, where the refit is inside its bounds; a refitting bootstrap-t where it is not, as it often is
+here: E is hard to pin without the largest N; both measured on the cpu preset's isoFLOP design in
+docs/reports.md#isoflop-calibration): this module only chooses what is left out and says whether a grid can
+support the test before any run (``support_lines``, for `xtra study show`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Extrapolation:
     reason: str = ""  # why the test could not run (then the numbers are NaN)
     weak: bool = False  # refitted on fewer points than a law needs
     runs: tuple[tuple[float, float, float, float], ...] = ()  # (actual, predicted, lo, hi) per run left out
+    note: str = ""  # how the prediction interval was made, where not the linearised one
 
     @property
     def ran(self) -> bool:
@@ -49,8 +51,8 @@ class Extrapolation:
             if self.weak else ""
         return (f"without {self.what}: the law refitted on {self.n_train} design points predicts the "
                 f"{self.n_left} run(s) left out with a mean error of {self.mean_abs_error:.1%}, "
-                f"{self.inside}/{self.n_left} inside the nominal 95% prediction interval (measured to "
-                f"under-cover when extrapolating in N: an outside run is weak evidence){weak}")
+                f"{self.inside}/{self.n_left} inside the 95% prediction interval"
+                f"{f' ({self.note})' if self.note else ''}{weak}")
 
 
 def _one(X: np.ndarray, L: np.ndarray, holdout: np.ndarray, what: str, n_boot: int, seed: int) -> Extrapolation:
@@ -71,7 +73,7 @@ def _one(X: np.ndarray, L: np.ndarray, holdout: np.ndarray, what: str, n_boot: i
     runs = tuple((float(a), float(p), float(lo), float(hi)) for a, p, lo, hi in zip(res.actual, res.predicted, res.lo,
                                                                                      res.hi))
     return Extrapolation(what, train_points, len(res.actual), res.mean_abs_rel_error, int(res.inside.sum()),
-                         weak=train_points < NEED_LAW, runs=runs)
+                         weak=train_points < NEED_LAW, runs=runs, note=res.note)
 
 
 def extrapolation_tests(N: Any, D: Any, L: Any, n_boot: int = 200, seed: int = 0) -> list[Extrapolation]:

@@ -150,8 +150,9 @@ def extrapolation_panel(groups: dict[Any, dict[str, Any]], loss_name: str, n_boo
                                                                 "runs predicted", "mean |error|", "inside 95% PI",
                                                                 "note"], rows, id="table-extrapolation",
                   note="L(N, D) refitted without the largest N (then without the largest D); the prediction "
-                       "interval is the refit's linearised least-squares PI (t on n - p df), measured to "
-                       f"under-cover when extrapolating in N ({EVIDENCE}).")
+                       "interval is the refit's linearised least-squares PI (t on n - p df), or a refitting "
+                       "bootstrap-t where the refit sits at a bound (the note says so); coverage measured on the "
+                       f"cpu preset's isoFLOP design ({EVIDENCE}).")
     every = [v for tr in fig.data for v in (*tr.x, *tr.y)]
     if every:
         fig.add_trace(go.Scatter(x=[min(every), max(every)], y=[min(every), max(every)], mode="lines",

@@ -26,7 +26,7 @@ from .forms import (
     minimize_from_starts,
     one_blas_thread,
 )
-from .linearised import Linearised, least_squares_refit, linearise, log_jacobian, parameter_intervals
+from .linearised import Linearised, bootstrap_t_band, least_squares_refit, linearise, log_jacobian, parameter_intervals
 
 # Starts of the full fit: the least-squares fit from the best grid point, and the second-best grid point.
 # Measured against the five best grid points on 120 simulated studies (1-D and 2-D): never a worse optimum,
@@ -80,6 +80,22 @@ class FormFit:
         log L, s the residual standard deviation of one run (the exact prediction interval of a linear
         model, linearised here; its coverage at a held-out budget is measured in docs/calibration-cpu.md)."""
         return self._log_band(X, level, new_run=True)
+
+    def refitted_prediction_band(self, X_fit: np.ndarray, y_fit: np.ndarray, X: np.ndarray, level: float | None,
+                                 n_draws: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Where a new run at X should land, for a fit where the linearised band does not hold (a parameter at
+        a bound): ``linearised.bootstrap_t_band`` refitting the runs (X_fit, y_fit) this form was fitted to."""
+        level = self.level if level is None else level
+        lin = self._linearised
+        if lin is None or n_draws == 0:
+            nan = np.full(len(X), np.nan)
+            return nan, nan
+        ly = np.log(np.asarray(y_fit, dtype=float) / self.refs[-1])
+        with one_blas_thread():
+            lo, hi = bootstrap_t_band(self.form, lin, self._logs(X_fit), ly, self._logs(X), level, n_draws,
+                                      np.random.default_rng(seed))
+        with np.errstate(over="ignore"):
+            return self.refs[-1] * np.exp(lo), self.refs[-1] * np.exp(hi)
 
     def _log_band(self, X: np.ndarray, level: float | None, new_run: bool) -> tuple[np.ndarray, np.ndarray]:
         level = self.level if level is None else level

@@ -186,3 +186,34 @@ def parameter_intervals(lin: Linearised, form: Form, refs: Sequence[float], name
         value = point[name]
         out[name] = (min(lo, value), max(hi, value)) if math.isfinite(value) else (lo, hi)
     return out
+
+
+METHOD_REFIT = "refitting bootstrap-t"  # the prediction interval where the linearised one does not hold
+
+
+def bootstrap_t_band(form: Form, lin: Linearised, logs: Sequence[np.ndarray], ly: np.ndarray,
+                     logs_new: Sequence[np.ndarray], level: float, n_draws: int, rng: np.random.Generator
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """A prediction interval for new runs (log L, normalised scale) where the linearised one does not hold (the
+    refit sits at a bound, e.g. a negligible E when the largest N is left out): a parametric bootstrap that
+    refits the least-squares law to each simulated data set and studentizes a new run's error by its own
+    linearised standard error (Davison & Hinkley 1997, sec. 6.3.3). The interval is the linearised one's
+    centre and width, with the bootstrap's quantiles of the studentized error in place of t's."""
+    n = len(ly)
+    centre = lin.centre
+    fitted = log_predict(form, centre, logs, n)
+    n_new = len(logs_new[0]) if logs_new else 0
+    z_new, J_new = log_jacobian(form, centre, logs_new, n_new)
+    se_new = np.sqrt(np.sum((J_new @ lin.cov_factor) ** 2, axis=1) + lin.scatter**2)
+    studentized = np.empty((n_draws, n_new))
+    for b in range(n_draws):
+        simulated = fitted + lin.scatter * rng.standard_normal(n)
+        refit = linearise(form, centre, logs, simulated)
+        if refit is None:
+            return np.full(n_new, np.nan), np.full(n_new, np.nan)
+        z_b, J_b = log_jacobian(form, refit.centre, logs_new, n_new)
+        se_b = np.sqrt(np.sum((J_b @ refit.cov_factor) ** 2, axis=1) + refit.scatter**2)
+        new_run = z_new + lin.scatter * rng.standard_normal(n_new)
+        studentized[b] = (z_b - new_run) / se_b
+    q_lo, q_hi = np.quantile(studentized, [0.5 - level / 2, 0.5 + level / 2], axis=0)
+    return z_new - q_hi * se_new, z_new - q_lo * se_new
