@@ -145,7 +145,7 @@ def _probe_section(results: dict, quick: bool, out: Path) -> None:
 def _study_sections(results: dict, chosen: list[str], quick: bool) -> None:
     """The report, orchestration, scaling, data and wsd sections."""
     if "report" in chosen:
-        from xtra.benchmarks.report import bench_report
+        from xtra.studies.report_bench import bench_report
 
         results["report"] = bench_report(n_trials=100 if quick else 1000, n_curve_rows=100 if quick else 1000,
                                          n_boot=20 if quick else 200)

@@ -13,7 +13,7 @@ import pytest
 
 from xtra.reports import approaches, extrapolation, isoflop_calibration, multiplier
 from xtra.reports.build import build_report
-from xtra.testing.synthetic import write_trials
+from xtra.reports.calibration.synthetic import write_trials
 
 DESIGN = isoflop_calibration.designs()[0]
 

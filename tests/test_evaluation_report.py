@@ -9,9 +9,9 @@ from pathlib import Path
 import polars as pl
 
 from xtra.reports.build import build_report
+from xtra.reports.calibration.synthetic import make_study
 from xtra.reports.collect import collect_results
 from xtra.reports.evaluation import evaluation
-from xtra.testing.synthetic import make_study
 
 BUDGETS = (5000, 10000, 20000, 40000)
 

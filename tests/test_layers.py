@@ -22,7 +22,7 @@ FOLDERS = {"xtra": "xtra", "studies": "xtra.studies", "reports": "xtra.reports",
 # (level, layer, module prefixes), lowest first. A module's level is that of its longest matching prefix.
 LEVELS = (
     ("base", "core", ("xtra.errors", "xtra.fileio", "xtra.limits", "xtra.precision", "xtra.distributed",
-                      "xtra.environment", "xtra.attention", "xtra.testing.s3server")),
+                      "xtra.environment", "xtra.attention", "xtra.testing")),
     ("config", "core", ("xtra.config", "xtra.costs", "xtra.schedule", "xtra.overrides")),
     ("model and storage", "core", ("xtra.model", "xtra.storage")),
     ("data", "core", ("xtra.data",)),
@@ -32,16 +32,13 @@ LEVELS = (
     ("benchmarks", "core", ("xtra.benchmarks",)),  # `xtra bench`'s package: the library never imports it
     # The study file, parsed once into one typed Study that the reports read too: below the reports.
     ("study files", "study files", ("xtra.studies",)),
-    # Fixtures (synthetic studies written through the real writers): above the study files, below the reports'
-    # calibration suite; the library never imports them (test_only_tests_benchmarks_and_the_calibration_...).
-    ("fixtures", "study files", ("xtra.testing",)),
     ("reports", "reports", ("xtra.reports",)),
-    ("report benchmark", "reports", ("xtra.benchmarks.report",)),  # builds a report: above the reports
     ("study summaries", "studies", ("xtra.studies.isoflop_lines",)),  # `xtra study show`, with the reports' estimators
     ("ray", "studies", ("xtra.studies.ray",)),
     ("runner", "studies", ("xtra.studies.runner",)),
     ("study benchmarks", "studies", ("xtra.studies.bench", "xtra.studies.wsd_bench", "xtra.studies.halving_bench",
-                                     "xtra.studies.fault_campaign", "xtra.studies.fault_checks")),
+                                     "xtra.studies.fault_campaign", "xtra.studies.fault_checks",
+                                     "xtra.studies.report_bench")),
     ("entry points", "entry", ("xtra.cli", "scripts")),
 )
 NOTEBOOK_API = "xtra"  # xtra/__init__.py: the entry points for notebooks, above everything
@@ -173,24 +170,52 @@ def test_only_benchmarks_and_entry_points_import_the_benchmarks():
     assert sorted(m for m in importers if not m.startswith(allowed)) == []
 
 
-TESTING_IMPORTERS = ("xtra.testing", "xtra.benchmarks", "xtra.reports.calibration", "xtra.studies.bench",
+FIXTURES = ("xtra.testing", "xtra.reports.calibration.synthetic")
+FIXTURE_IMPORTERS = ("xtra.testing", "xtra.benchmarks", "xtra.reports.calibration", "xtra.studies.bench",
                      "xtra.studies.wsd_bench", "xtra.studies.halving_bench", "xtra.studies.fault_campaign",
-                     "xtra.studies.fault_checks", "xtra.cli.bench", "scripts")
+                     "xtra.studies.fault_checks", "xtra.studies.report_bench", "xtra.cli.bench", "scripts")
 
 
 def fixture_importers(graph: dict[str, set[str]]) -> list[str]:
-    """Modules of the library that import the fixtures (xtra.testing): none may."""
-    return sorted(m for m, deps in graph.items() if any(d.startswith("xtra.testing") for d in deps)
-                  and not m.startswith(TESTING_IMPORTERS))
+    """Modules of the library that import the fixtures (the local S3 server, the synthetic studies): none may."""
+    return sorted(m for m, deps in graph.items() if any(d.startswith(FIXTURES) for d in deps)
+                  and not m.startswith(FIXTURE_IMPORTERS))
 
 
 def test_only_tests_benchmarks_and_the_calibration_suite_import_the_fixtures():
     """The local S3 server and the synthetic studies are fixtures: core, the study files, the reports and
     the studies never import them (the tests, the benchmarks and the calibration suite do)."""
     assert fixture_importers(GRAPH) == []
-    assert "xtra.testing.synthetic" in GRAPH["xtra.reports.calibration.laws"]  # the parser sees the real edge
-    planted = {**GRAPH, "xtra.reports.build": GRAPH["xtra.reports.build"] | {"xtra.testing.synthetic"}}
+    synthetic = "xtra.reports.calibration.synthetic"
+    assert synthetic in GRAPH["xtra.reports.calibration.laws"]  # the parser sees the real edge
+    planted = {**GRAPH, "xtra.reports.build": GRAPH["xtra.reports.build"] | {synthetic}}
     assert fixture_importers(planted) == ["xtra.reports.build"]
+
+
+FOLDER_CEILING = {"xtra": "core", "xtra.reports": "reports", "xtra.studies": "studies"}
+LAYER_ORDER = ("core", "study files", "reports", "studies", "entry")
+
+
+def folder_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Imports from a module to a layer above the highest its folder holds."""
+    found = []
+    for module, deps in graph.items():
+        if module == NOTEBOOK_API or module.startswith(("xtra.cli", "scripts")):
+            continue
+        folder = next((f for f in ("xtra.reports", "xtra.studies") if module == f or module.startswith(f + ".")),
+                      "xtra")
+        top = LAYER_ORDER.index(FOLDER_CEILING[folder])
+        found += [f"{module} -> {d}" for d in sorted(deps) if d in MODULES and LAYER_ORDER.index(layer(d)) > top]
+    return found
+
+
+def test_no_module_imports_a_layer_above_what_its_folder_holds():
+    """A module's folder says its layer at a glance: nothing in ``xtra/`` itself (core) imports the study
+    files, the reports or the studies; nothing in ``reports/`` imports the studies (the report benchmark and
+    the synthetic studies once sat in ``xtra/`` and did)."""
+    assert folder_violations(GRAPH) == []
+    planted = {**GRAPH, "xtra.benchmarks.probe": GRAPH["xtra.benchmarks.probe"] | {"xtra.studies.spec"}}
+    assert folder_violations(planted) == ["xtra.benchmarks.probe -> xtra.studies.spec"]
 
 
 def test_no_import_cycles():

@@ -24,13 +24,13 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
-from xtra.benchmarks.report import bench_report
 from xtra.cli.report import app
 from xtra.config import SIZES
 from xtra.reports.build import build_report, compare_reports
+from xtra.reports.calibration.synthetic import make_study
 from xtra.reports.collect import RESULT_COLUMNS, StudyError, collect_results
 from xtra.reports.prediction_panel import prediction_grid
-from xtra.testing.synthetic import make_study
+from xtra.studies.report_bench import bench_report
 
 N_BOOT = 20
 ALL_FIGURES = ["loss-curves", "probe-vs-k", "sample-efficiency", "param-efficiency", "compute", "loss-vs-samples",

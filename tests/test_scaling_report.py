@@ -16,11 +16,11 @@ import pytest
 from test_reports import dump_dom, figures_in, md_table, needs_chromium, skipped_in
 
 from xtra.reports.build import build_report
+from xtra.reports.calibration.synthetic import TRUE_LAW, make_study
 from xtra.reports.collect import collect_results
 from xtra.reports.law_panels import loss_scaling
 from xtra.reports.scaling import FORMS_2D
 from xtra.reports.tables import SAMPLE_KEYS
-from xtra.testing.synthetic import TRUE_LAW, make_study
 
 N_BOOT = 20
 SCALING_FIGURES = ("compute", "loss-vs-samples", "loss-vs-params", "learning-curve-laws", "isoflop")

@@ -296,7 +296,7 @@ def test_report_build_never_runs_a_command_from_a_checkpoint(tmp_path, monkeypat
 
     from xtra.checkpoint import FORMAT
     from xtra.cli.main import app
-    from xtra.testing.synthetic import make_study
+    from xtra.reports.calibration.synthetic import make_study
 
     monkeypatch.setenv("XTRA_ALLOW_PIPE", "1")  # even opted in (for a run), a report runs no data source
     marker = tmp_path / "pwned"

@@ -19,13 +19,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from xtra.testing.synthetic import write_trials
-
 from ..collect import collect_results
 from ..scaling import FORMS_1D, FORMS_2D, AffineCompute, allocation_bands, fit_chinchilla, fit_power_law
 from ..scaling.select import held_out
 from .ratios import trial_hash
 from .stats import mc_se
+from .synthetic import write_trials
 
 TRUE_1D = {"E": 0.3, "A": 30.0, "alpha": 0.4}
 TRUE_2D = {"E": 0.3, "A": 60.0, "alpha": 0.35, "B": 40.0, "beta": 0.4}

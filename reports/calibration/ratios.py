@@ -22,13 +22,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from xtra.testing.synthetic import write_trials
-
 from .. import efficiency as eff
 from ..collect import collect_results
 from ..evaluation import budget_rows
 from ..panel import param_axis
 from .stats import mc_se
+from .synthetic import write_trials
 
 SLOPE = 0.008  # top-1 per doubling of samples: the block-size cpu study's 0.8 points
 TOP = 0.80  # k=1's true top-1 at its largest budget

@@ -1,6 +1,7 @@
 """The report benchmark (``xtra bench --sections report``): a report built from a synthetic study of
-1,000 trials x 1,000 curve rows, timed phase by phase. Above the reports (it builds one), with the
-fixtures (``xtra.testing.synthetic``) that the library itself never imports.
+1,000 trials x 1,000 curve rows, timed phase by phase. A study benchmark, above the reports (it builds one),
+with the synthetic studies of the calibration suite (``xtra.reports.calibration.synthetic``), which the rest of
+the library never imports.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from xtra.reports.build import build_report
+from xtra.reports.calibration.synthetic import make_study
 from xtra.reports.collect import collect_results
-from xtra.testing.synthetic import make_study
 
 
 def bench_report(n_trials: int = 1000, n_curve_rows: int = 1000, n_boot: int = 200,
