@@ -141,7 +141,7 @@ def method_of(kind: str) -> str:
     if kind.startswith("compute-optimal"):
         return "numeric frontier per t-calibrated parameter draw"
     if "95% PI" in kind:
-        return "least-squares prediction ± t·sqrt(se² + s²)"
+        return "least-squares prediction ± t·sqrt(se² + s²); refitting bootstrap-t where the refit is at a bound"
     return METHOD_LAW
 
 
