@@ -17,6 +17,7 @@ import argparse
 import json
 import platform
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,35 @@ def samples_trained(study_dir: Path) -> dict[str, int]:
     return out
 
 
+def finished_within(study_dir: Path, cap: int, full: int) -> list[str]:
+    """The trials of an ASHA study that had finished their full budget (probe included) by the time the
+    study had trained ``cap`` samples in all: what it would have picked had it been stopped at that count.
+    Asynchronous ASHA decides each promotion on the results recorded so far, so its run up to that moment is
+    the run a study capped there would have made. Times: each trial's start record plus its rows' wall_s."""
+    events, finish = [], {}
+    for run in td.trial_dirs(study_dir):
+        records = td.read_jsonl(run / td.ATTEMPTS)
+        starts = [r for r in records if r.get("event") == "start"]
+        if not starts:
+            continue
+        t0 = datetime.strptime(starts[0]["time"], "%Y-%m-%d %H:%M:%S")
+        seen_before = 0
+        for row in td.read_jsonl(run / td.METRICS):
+            if "samples_seen" in row and "wall_s" in row:
+                events.append((t0 + timedelta(seconds=row["wall_s"]), row["samples_seen"] - seen_before, run.name))
+                seen_before = row["samples_seen"]
+        ended = [r for r in records if r.get("event") == "finish"]
+        if seen_before == full and ended:
+            finish[run.name] = datetime.strptime(ended[-1]["time"], "%Y-%m-%d %H:%M:%S")
+    trained, moment = 0, None
+    for when, samples, _ in sorted(events):
+        if trained + samples > cap:
+            moment = when
+            break
+        trained += samples
+    return sorted(name for name, when in finish.items() if moment is None or when <= moment)
+
+
 def _key(params: dict[str, Any]) -> tuple[float, int]:
     return float(params["pretrain.lr"]), int(params["pretrain.warmup_samples"])
 
@@ -155,10 +185,20 @@ def run(out: Path, samples: int, probe_train: int) -> dict[str, Any]:
         else:  # what a user of the search keeps: the best finished (full-budget) configuration
             entry["pick"] = max(finished, key=lambda k: finished[k]) if finished else None
         measured[kind], tops[kind] = entry, finished
+    for kind in KINDS:
+        if kind.startswith("asha"):  # stopped at halving's samples: the best it had finished by then
+            names = finished_within(out / kind, measured["halving"]["samples_trained"], samples)
+            keys = [_key(td.read_json(out / kind / st.TRIALS / n / td.PARAMS)["params"]) for n in names]
+            finished = [k for k in keys if k in tops[kind]]
+            measured[kind]["pick_at_halving_samples"] = max(finished, key=lambda k: tops[kind][k]) if finished else None
     grid = tops["grid"]  # (lr, warmup) -> linear top-1 of every configuration at the full budget
     ranked = sorted(grid, key=lambda k: -grid[k])
     best = grid[ranked[0]]
     for entry in measured.values():
+        capped = entry.pop("pick_at_halving_samples", None)
+        if capped is not None:
+            entry["pick_at_halving_samples"] = {"pretrain.lr": capped[0], "pretrain.warmup_samples": capped[1],
+                                                "grid_top1": grid[capped]}
         pick = entry["pick"]
         entry["pick"] = None if pick is None else {"pretrain.lr": pick[0], "pretrain.warmup_samples": pick[1]}
         if pick is not None:
@@ -196,6 +236,13 @@ def markdown(doc: dict[str, Any], command: str) -> str:
         lines.append(f"| {kind} | {e['samples_trained']:,} | {e['samples_vs_grid']:.2f}x | {e['wall_s'] / 60:.1f} min "
                      f"| {e['wall_vs_grid']:.2f}x | {shown} | {top1} | {e.get('pick_rank_in_grid', '–')} of "
                      f"{doc['configurations']} | {e.get('points_below_grid_best', '–')} points |")
+    for kind in (k for k in KINDS if k.startswith("asha") and k in res):
+        capped = res[kind].get("pick_at_halving_samples")
+        shown = "nothing finished yet" if capped is None else (
+            f"lr {capped['pretrain.lr']:g}, warmup {capped['pretrain.warmup_samples']:,} "
+            f"({100 * capped['grid_top1']:.2f}%)")
+        lines.append(f"\nStopped at halving's {res['halving']['samples_trained']:,} samples, {kind} would have "
+                     f"picked: {shown} (from its own records: the trials that had finished by then).")
     lines += ["", "The full grid's linear top-1 per configuration:", "", "| configuration | linear top-1 |",
               "|---|---|"]
     for k, v in sorted(res["grid"]["full_budget_top1"].items(), key=lambda kv: -kv[1]):
