@@ -7,8 +7,8 @@ theirs on a 280B model they had not fitted).
 Reuses ``reports.scaling.select.held_out`` (the refit and its prediction interval: linearised least squares,
 t on n - p df, where the refit is inside its bounds; a refitting bootstrap-t where it is not, as it often is
 here: E is hard to pin without the largest N; both measured on the cpu preset's isoFLOP design in
-docs/reports.md#isoflop-calibration): this module only chooses what is left out and says whether a grid can
-support the test before any run (``support_lines``, for `xtra study show`).
+docs/reports.md#isoflop-approaches-multiplier-extrapolation): this module only chooses what is left out and
+says whether a grid can support the test before any run (``support_lines``, for `xtra study show`).
 """
 
 from __future__ import annotations

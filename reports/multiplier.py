@@ -151,8 +151,7 @@ class LawMultiplier:
         if not math.isfinite(self.value):
             return f"inside the law: no multiplier ({self.note})"
         edge = f" (at the end of the searched {M_RANGE[0]:.3g}-{M_RANGE[1]:g}: open)" if self.at_edge else ""
-        band = f" (95% CI {self.lo:.2f} to {self.hi:.2f})" \
-            if math.isfinite(self.lo) else ""
+        band = f" (95% CI {self.lo:.2f} to {self.hi:.2f})" if math.isfinite(self.lo) else ""
         note = f"; {self.note}" if self.note else ""
         return (f"inside one law L(N, M·D) fitted to both: M = {self.value:.2f}{band}{edge}, from "
                 f"{self.n_points} design points{note}")
@@ -254,8 +253,8 @@ def in_law(base: dict[str, Any], other: dict[str, Any], n_boot: int = 200, seed:
         ["the baseline's law is not identifiable by the report's checks (read as descriptive)"]
     lo = hi = nan
     seeds = [len(set(np.asarray(g["seed"]).tolist())) for g in (base, other)]
+    z, J = _joint_jacobian(fit.form, solved.x, design)
     if not seed_offsets:
-        z, J = _joint_jacobian(fit.form, solved.x, design)
         df = len(z) - J.shape[1]
         if df >= 1:
             s2 = float(np.sum((design["ly"] - z) ** 2)) / df
@@ -265,7 +264,6 @@ def in_law(base: dict[str, Any], other: dict[str, Any], n_boot: int = 200, seed:
     elif min(seeds) < 2:
         notes.insert(0, "no interval with one seed in a group: its offset cannot be told from M")
     else:
-        z, J = _joint_jacobian(fit.form, solved.x, design)
         components = _variance_components(J, design["ly"] - z, design["cluster"], design["is_k"])
         if components is None:
             notes.insert(0, "no interval: too few runs per seed")

@@ -191,17 +191,17 @@ def held_out(form: Form, X: Any, y: Any, holdout: np.ndarray, what: str, n_boot:
     # a power term beside a constant needs 3 distinct values of its variable to be extrapolated: on 2 (a
     # 3 x 3 (N, D) grid without its largest budget) E went to its bound and the PI covered 74%
     need = 3 if (form.has_e and not form.loglinear and not form.is_constant) else 2
-    for j in form.terms:
-        if len(np.unique(Xt[:, j])) < need:
+    distinct = {j: len(np.unique(Xt[:, j])) for j in form.terms}
+    for j, count in distinct.items():
+        if count < need:
             variable = (names or (NAMES_1D if X.shape[1] == 1 else NAMES_2D)).variables[j]
-            return f"{len(np.unique(Xt[:, j]))} distinct {variable} values left after " \
-                   f"holding out {what} (the form needs {need})"
+            return f"{count} distinct {variable} values left after holding out {what} (the form needs {need})"
     fit = fit_form(form, Xt, y[train], n_boot=n_boot, seed=seed, names=names, cls=cls, **extra)
     Xh = X[holdout]
     pred = fit.predict_matrix(Xh)
     lo, hi = fit.prediction_band(Xh, None)
     note = ""
-    fewest = min(len(np.unique(Xt[:, j])) for j in form.terms) if form.terms else 0
+    fewest = min(distinct.values(), default=0)
     if fit.diagnostics.at_bounds and fewest > need:
         # a linearised interval describes an optimum inside the bounds; at a bound (E negligible once the
         # largest N is left out) it measured 74% coverage: the refitting bootstrap-t there instead (measured
