@@ -765,6 +765,29 @@ def test_bfloat16_features_on_cpu_are_close_and_auto_is_float32(encoder):
         torch.testing.assert_close(half[kind], full[kind], rtol=0.05, atol=0.05 * float(full[kind].abs().max()))
 
 
+@pytest.mark.parametrize("kind", ["linear", "attentive"])
+def test_bfloat16_heads_train_in_bfloat16_and_score_like_float32_heads(encoder, small, kind):
+    """probe.head_dtype=bfloat16: the heads' forward and backward run under autocast (the weights differ
+    from float32 training) while the weights, the optimizer and the scoring stay float32; on the same
+    inputs the heads reach the same val top-1 within a few images."""
+    cfg = ProbeConfig(kinds=(kind,), lrs=(3e-3, 3e-2), epochs=3, warmup_epochs=1, batch_size=128, layers=2)
+    inputs = head_inputs_all(encoder, small.train.images, (kind,), cfg)[kind]
+    source = Source(encoder, small.train.images, kind, cfg, torch.device("cpu"), "memory", None, "train",
+                    prebuilt=inputs)
+    val = Source(encoder, small.val.images, kind, cfg, torch.device("cpu"), "memory", None, "val",
+                 prebuilt=head_inputs_all(encoder, small.val.images, (kind,), cfg)[kind])
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        run_cfg = dataclasses.replace(cfg, head_dtype=dtype)
+        heads = [make_head(kind, encoder.cfg, 10, run_cfg, seed=1) for _ in cfg.lrs]
+        train_heads(kind, heads, cfg.lrs, source, small.train.labels, run_cfg, seed=1)
+        runs[dtype] = heads, evaluate(heads, val, small.val.labels, 128)
+    for full, half in zip(runs["float32"][0], runs["bfloat16"][0]):
+        assert all(v.dtype == torch.float32 for v in _state(half).values() if v.is_floating_point())
+        assert not torch.equal(_state(full)["fc.weight"], _state(half)["fc.weight"])  # it did run in bfloat16
+    assert runs["bfloat16"][1] == pytest.approx(runs["float32"][1], abs=6 / len(small.val))
+
+
 def test_new_probe_fields_at_their_defaults_keep_the_probe_key():
     """Studies probed before `linear_max_iter` / `feature_dtype` existed keep their probe results: at
     the defaults the key is the one computed without those fields; set, they change it."""
@@ -775,7 +798,7 @@ def test_new_probe_fields_at_their_defaults_keep_the_probe_key():
            if k not in PROBE_KEYS_IF_SET and f"probe.{k}" not in RESOURCE_KEYS}
     assert cfg.probe_hash() == _digest({"pretrain": cfg.config_hash(), "probe": old})
     for changes in ({"linear_max_iter": 200}, {"feature_dtype": "bfloat16"}, {"head_init": "official"},
-                    {"attentive_whiten": True}, {"select_epoch": True}):
+                    {"attentive_whiten": True}, {"select_epoch": True}, {"head_dtype": "bfloat16"}):
         assert dataclasses.replace(cfg, probe=ProbeConfig(**changes)).probe_hash() != cfg.probe_hash()
 
 
@@ -797,6 +820,7 @@ def test_lbfgs_probe_chooses_the_penalty_on_val_and_records_it(encoder, small):
     ({"linear_l2": ()}, "probe.linear_l2=() must be a non-empty list"),
     ({"linear_max_iter": 0}, "ProbeConfig.linear_max_iter=0 must be > 0"),
     ({"feature_dtype": "fp16"}, "probe.feature_dtype='fp16' is not allowed"),
+    ({"head_dtype": "auto"}, "probe.head_dtype='auto' is not allowed"),
 ])
 def test_bad_solver_settings_are_one_line(changes, message):
     with pytest.raises(ValueError) as err:

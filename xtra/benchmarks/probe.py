@@ -128,7 +128,10 @@ CPU_PROBE_WHITENED_8 = dataclasses.replace(CPU_PROBE_ISSUE25, head_init="officia
 # The preset now (issue #34, "converged at the study's scale"): every head kept at its best epoch on val
 # (`select_epoch`, whose still-improving twin runs the schedule doubled), lrs 0.03 / 0.1 / 0.3 (0.1 wins on
 # whitened tokens, 0.01 never did), still 8 epochs.
-CPU_PROBE = dataclasses.replace(CPU_PROBE_WHITENED_8, lrs=(3e-2, 1e-1, 3e-1), select_epoch=True)
+CPU_PROBE_FLOAT32_HEADS = dataclasses.replace(CPU_PROBE_WHITENED_8, lrs=(3e-2, 1e-1, 3e-1), select_epoch=True)
+# issue #34, third pass: the attentive heads trained under bfloat16 autocast (~1.3x faster heads, top-1 within
+# their own noise: docs/bench-cpu-2core-probe.md)
+CPU_PROBE = dataclasses.replace(CPU_PROBE_FLOAT32_HEADS, head_dtype="bfloat16")
 
 
 def reference_top1(encoder: Encoder, dataset, cfg: ProbeConfig,
@@ -378,7 +381,7 @@ def bench_probe_overhead(run_dir: Path, presets: dict[str, ProbeConfig] | None =
 def cfg_summary(cfg: ProbeConfig) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in ("epochs", "warmup_epochs", "lrs", "linear_l2", "linear_max_iter",
                                          "feature_dtype", "limit_train", "points", "along_kinds", "head_init",
-                                         "attentive_whiten", "select_epoch")}
+                                         "attentive_whiten", "select_epoch", "head_dtype")}
 
 
 def wilson(p: float, n: int, z: float = 1.96) -> list[float]:

@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from xtra.config import ProbeConfig
+from xtra.precision import autocast
 from xtra.probe.features import Source
 from xtra.probe.heads import batched_logits, make_head_optimizer, share_norm
 from xtra.probe.schedule import probe_lr_at, probe_seed, steps_per_epoch
@@ -95,13 +96,14 @@ def train_heads(kind: str, heads: list[nn.Module], lrs: tuple[float, ...], sourc
                 x = source.batch(part, step * cfg.accumulate + j)
                 y = labels[part.to(labels.device)]
                 weight = len(part) / len(idx)  # the step's gradient is the mean over its images
-                if batched and len(live) > 1:  # the sum of the heads' losses: each gets its own gradient
-                    logits = batched_logits(live, x)  # (L, B, C)
-                    loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(live)), reduction="sum")
-                    (loss * (weight / len(y))).backward()
-                else:
-                    for head in live:
-                        (F.cross_entropy(head(x), y) * weight).backward()
+                with autocast(x.device, "bfloat16" if cfg.head_dtype == "bfloat16" else "float32"):
+                    if batched and len(live) > 1:  # the sum of the heads' losses: each gets its own gradient
+                        logits = batched_logits(live, x)  # (L, B, C)
+                        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.repeat(len(live)), reduction="sum")
+                        (loss * (weight / len(y))).backward()
+                    else:
+                        for head in live:
+                            (F.cross_entropy(head(x).float(), y) * weight).backward()
             for i in active:
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(heads[i].parameters(), cfg.grad_clip)
