@@ -295,7 +295,7 @@ class ProbeConfig:
     linear_max_iter: int = 1000  # L-BFGS iterations per L2 strength (whitened: ~100 reach the optimum)
     feature_dtype: str = "auto"  # encoder forward for the head inputs: auto = bfloat16 on GPUs, float32 on CPUs
     # the AdamW heads' forward and backward while training (weights, optimizer and scoring stay float32):
-    # bfloat16 autocast is ~1.5x faster per step on CPUs with AVX-512 BF16 (docs/bench-cpu-2core-probe.md)
+    # bfloat16 autocast made the attentive heads ~1.4x faster on a CPU with AVX-512 BF16 (docs/bench-cpu-2core-probe.md)
     head_dtype: str = "float32"
     features: str = "raw"  # raw = block outputs as the official probes read them; normed = after the final LayerNorm
     layers: int = 6  # attentive probe: mean of the last `layers` encoder blocks (clamped to the depth)

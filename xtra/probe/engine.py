@@ -67,7 +67,8 @@ def train_heads(kind: str, heads: list[nn.Module], lrs: tuple[float, ...], sourc
     what it would be if trained alone. A step of cfg.batch_size images is cfg.accumulate micro-batches
     (BatchNorm sees each micro-batch, as in the official code). `batched`: the heads' forward and
     backward as one module (`batched_logits`: one matmul per layer for all lrs), the same training up
-    to float rounding; else each head in turn (the reference path). `on_epoch(epoch, step)` hears the
+    to float rounding; else each head in turn (the reference path). `cfg.head_dtype` = bfloat16: each
+    forward under bfloat16 autocast, the weights and AdamW float32. `on_epoch(epoch, step)` hears the
     end of every epoch (0-based), when each head still training holds its BatchNorm statistics."""
     epochs = list(epochs) if epochs is not None else [cfg.epochs] * len(heads)
     optimizers = [make_head_optimizer(kind, head, lr, cfg) for head, lr in zip(heads, lrs)]
@@ -96,14 +97,16 @@ def train_heads(kind: str, heads: list[nn.Module], lrs: tuple[float, ...], sourc
                 x = source.batch(part, step * cfg.accumulate + j)
                 y = labels[part.to(labels.device)]
                 weight = len(part) / len(idx)  # the step's gradient is the mean over its images
-                with autocast(x.device, "bfloat16" if cfg.head_dtype == "bfloat16" else "float32"):
-                    if batched and len(live) > 1:  # the sum of the heads' losses: each gets its own gradient
+                if batched and len(live) > 1:  # the sum of the heads' losses: each gets its own gradient
+                    with autocast(x.device, cfg.head_dtype):
                         logits = batched_logits(live, x)  # (L, B, C)
                         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.repeat(len(live)), reduction="sum")
-                        (loss * (weight / len(y))).backward()
-                    else:
-                        for head in live:
-                            (F.cross_entropy(head(x).float(), y) * weight).backward()
+                    (loss * (weight / len(y))).backward()  # outside autocast: each op's backward in its forward's dtype
+                else:
+                    for head in live:
+                        with autocast(x.device, cfg.head_dtype):
+                            loss = F.cross_entropy(head(x).float(), y)
+                        (loss * weight).backward()
             for i in active:
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(heads[i].parameters(), cfg.grad_clip)
