@@ -161,16 +161,21 @@ def test_heads_trained_together_are_the_heads_trained_alone(encoder, small, kind
                                        msg=lambda m, key=key, lr=lr: f"{kind} head for lr={lr}: {key}: {m}")
 
 
+def _cached_splits(encoder, small, kind: str, cfg: ProbeConfig) -> tuple[Source, Source]:
+    """The train and val head inputs of `kind`, computed once and held in memory."""
+    def split(name: str) -> Source:
+        images = getattr(small, name).images
+        return Source(encoder, images, kind, cfg, torch.device("cpu"), "memory", None, name,
+                      prebuilt=head_inputs_all(encoder, images, (kind,), cfg)[kind])
+    return split("train"), split("val")
+
+
 @pytest.mark.parametrize("kind", ["linear", "attentive"])
 def test_the_reference_path_trains_each_head_bitwise_as_alone_and_the_batched_path_matches_it(encoder, small, kind):
     """train_heads(batched=False), one head after the other, is bitwise each head alone; the batched
     module gives the same heads and the same val top-1 (up to rounding)."""
     cfg = ProbeConfig(kinds=(kind,), lrs=(3e-3, 3e-2), epochs=2, warmup_epochs=1, batch_size=128, layers=2)
-    inputs = head_inputs_all(encoder, small.train.images, (kind,), cfg)[kind]
-    source = Source(encoder, small.train.images, kind, cfg, torch.device("cpu"), "memory", None, "train",
-                     prebuilt=inputs)
-    val = Source(encoder, small.val.images, kind, cfg, torch.device("cpu"), "memory", None, "val",
-                  prebuilt=head_inputs_all(encoder, small.val.images, (kind,), cfg)[kind])
+    source, val = _cached_splits(encoder, small, kind, cfg)
     runs = {}
     for batched in (False, True):
         heads = [make_head(kind, encoder.cfg, 10, cfg, seed=1) for _ in cfg.lrs]
@@ -771,11 +776,7 @@ def test_bfloat16_heads_train_in_bfloat16_and_score_like_float32_heads(encoder, 
     from float32 training) while the weights, the optimizer and the scoring stay float32; on the same
     inputs the heads reach the same val top-1 within a few images."""
     cfg = ProbeConfig(kinds=(kind,), lrs=(3e-3, 3e-2), epochs=3, warmup_epochs=1, batch_size=128, layers=2)
-    inputs = head_inputs_all(encoder, small.train.images, (kind,), cfg)[kind]
-    source = Source(encoder, small.train.images, kind, cfg, torch.device("cpu"), "memory", None, "train",
-                    prebuilt=inputs)
-    val = Source(encoder, small.val.images, kind, cfg, torch.device("cpu"), "memory", None, "val",
-                 prebuilt=head_inputs_all(encoder, small.val.images, (kind,), cfg)[kind])
+    source, val = _cached_splits(encoder, small, kind, cfg)
     runs = {}
     for dtype in ("float32", "bfloat16"):
         run_cfg = dataclasses.replace(cfg, head_dtype=dtype)
