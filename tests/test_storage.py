@@ -488,3 +488,34 @@ def test_shared_lease_falls_back_where_the_store_cannot_write_conditionally(tmp_
         with pytest.raises(StudyLocked, match="in use by"):
             StudyLock(tmp_path / "b", "xtra study run", storage=st, settle_s=0.01).acquire()
     assert not st.exists("study.lock")
+
+
+def test_a_manifest_replaced_while_it_is_read_never_reads_as_broken(s3_bucket, tmp_path):
+    """On S3 a read is a size lookup then ranged GETs: a manifest replaced by a longer one between them
+    reads as torn bytes. A reader polling a live study (status, a test's watcher) must get one of the
+    committed manifests, never an "unreadable manifest" error; a manifest that is broken stays an error."""
+    import threading
+
+    st = Storage.from_uri(s3_bucket + "/live")
+    versions = []
+    for n in (1, 40):  # two real commits of the same directory, manifests of very different lengths
+        st.upload_dir(_tree(tmp_path / f"v{n}", {f"f{i:02d}.txt": b"x" * i for i in range(n)}), "d")
+        versions.append(st.read_bytes("d/_manifest.json"))
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        while not stop.is_set():
+            for data in versions:
+                st.write_bytes("d/_manifest.json", data)
+
+    writer = threading.Thread(target=rewrite, daemon=True)
+    writer.start()
+    try:
+        counts = {len(st.manifest("d").files) for _ in range(300)}
+    finally:
+        stop.set()
+        writer.join()
+    assert counts <= {1, 40}
+    st.write_bytes("d/_manifest.json", versions[1][: len(versions[1]) // 2])  # torn for good: still refused
+    with pytest.raises(StorageError, match="d/_manifest.json: unreadable manifest"):
+        st.manifest("d")
