@@ -377,7 +377,7 @@ def run(out: Path, samples: int, probe_train: int, asha_orders: int = 0) -> dict
         full = df.filter((pl.col("status") == "finished") & (pl.col("samples_seen") == samples))
         finished = {_key({"pretrain.lr": r["pretrain.lr"], "pretrain.warmup_samples": r["pretrain.warmup_samples"]}):
                     r["linear_top1"] for r in full.to_dicts()}
-        entry: dict[str, Any] = {"wall_s": round(wall, 1), "wall_from": "runs.json" if reused else "this run",
+        entry: dict[str, Any] = {"wall_s": round(wall, 1), "wall_from": st.RUNS if reused else "this run",
                                  "samples_trained": sum(trained.values()),
                                  "trial_dirs": len(trained), "trials": df.height, "full_budget_trials": full.height,
                                  "notes": outcome.notes, "full_budget_top1": {f"lr={k[0]:g},warmup={k[1]}": v
@@ -476,7 +476,7 @@ def orders_markdown(doc: dict[str, Any]) -> list[str]:
 
 def markdown(doc: dict[str, Any], command: str) -> str:
     sc, res = doc["scale"], doc["results"]
-    reused = [k for k in KINDS if res.get(k, {}).get("wall_from") == "runs.json"]
+    reused = [k for k in KINDS if res.get(k, {}).get("wall_from") == st.RUNS]
     lines = ["# Halving search vs full grid vs ASHA on training loss (CPU, 2 cores)", "",
              f"Reproduce: `{command}`", "",
              f"{doc['configurations']} configurations: peak lr {', '.join(f'{x:g}' for x in LRS)} x warmup "
