@@ -282,14 +282,23 @@ def recorded_wall(study_dir: Path) -> float:
     return total
 
 
+def _full_budget_rows(df, samples: int):
+    """The rows of a study's results table finished at the full budget."""
+    import polars as pl
+
+    return df.filter((pl.col("status") == "finished") & (pl.col("samples_seen") == samples))
+
+
+def _top1_by_config(full) -> dict[tuple[float, int], float]:
+    return {_key({"pretrain.lr": r["pretrain.lr"], "pretrain.warmup_samples": r["pretrain.warmup_samples"]}):
+            r["linear_top1"] for r in full.to_dicts()}
+
+
 def full_budget_top1(study_dir: Path, samples: int) -> dict[tuple[float, int], float]:
     """(lr, warmup) -> linear top-1 of each configuration the study finished at the full budget."""
     import polars as pl
 
-    df = pl.read_parquet(Path(study_dir) / st.RESULTS)
-    full = df.filter((pl.col("status") == "finished") & (pl.col("samples_seen") == samples))
-    return {_key({"pretrain.lr": r["pretrain.lr"], "pretrain.warmup_samples": r["pretrain.warmup_samples"]}):
-            r["linear_top1"] for r in full.to_dicts()}
+    return _top1_by_config(_full_budget_rows(pl.read_parquet(Path(study_dir) / st.RESULTS), samples))
 
 
 def capped_asha(out: Path, sc: dict[str, Any], probe_train: int, seed: int, cap: int) -> dict[str, Any]:
@@ -374,9 +383,8 @@ def run(out: Path, samples: int, probe_train: int, asha_orders: int = 0) -> dict
             wall = recorded_wall(outcome.study_dir)
         df = pl.read_parquet(outcome.study_dir / st.RESULTS)
         trained = samples_trained(outcome.study_dir)
-        full = df.filter((pl.col("status") == "finished") & (pl.col("samples_seen") == samples))
-        finished = {_key({"pretrain.lr": r["pretrain.lr"], "pretrain.warmup_samples": r["pretrain.warmup_samples"]}):
-                    r["linear_top1"] for r in full.to_dicts()}
+        full = _full_budget_rows(df, samples)
+        finished = _top1_by_config(full)
         entry: dict[str, Any] = {"wall_s": round(wall, 1), "wall_from": st.RUNS if reused else "this run",
                                  "samples_trained": sum(trained.values()),
                                  "trial_dirs": len(trained), "trials": df.height, "full_budget_trials": full.height,
