@@ -21,12 +21,16 @@ $(PY):
 # wheel per package with its sha256, CPython 3.11 on Linux x86_64), then the project itself,
 # editable, built without reaching the index. A second `make` installs nothing. The lock names
 # public URLs; $(VENV)/pylock.toml is the same lock with the wheels found in LOCAL_WHEELS named by
-# their path (pip checks every sha256 either way).
+# their path (pip checks every sha256 either way). The bytecode is compiled afterwards on every core
+# (pip compiles file by file: a fresh `make setup` took 87 s on 2 cores with it, 54 s this way),
+# skipping the packages' own test suites, which nothing imports; it ignores the few files written for
+# newer Pythons than the venv's (their syntax errors are why `|| true`).
 $(STAMP): $(LOCK) pyproject.toml setup.py | $(PY)
 	$(PY) -m pip install -q "pip==$(PIP_VERSION)"
 	$(PY) scripts/lock.py from-disk $(LOCK) $(VENV)/pylock.toml $(LOCAL_WHEELS)
-	$(PY) -m pip install -q -r $(VENV)/pylock.toml
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip install -q --no-compile -r $(VENV)/pylock.toml
+	$(PY) -m pip install -q --no-compile --no-deps --no-build-isolation -e .
+	$(PY) -m compileall -qq -j 0 -x '/tests/' $$($(PY) -c "import sysconfig; print(sysconfig.get_path('purelib'))") || true
 	touch $(STAMP)
 
 setup: $(STAMP) data-system
