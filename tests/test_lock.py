@@ -150,7 +150,8 @@ def test_make_setup_installs_the_chosen_lock_through_its_local_copy(tmp_path, cu
     out = subprocess.run(["make", "-n", "-s", f"VENV={venv}", f"CUDA={cuda}", stamp], cwd=ROOT, text=True,
                          capture_output=True, env={**os.environ, "MAKEFLAGS": ""}, check=True).stdout
     assert f"scripts/lock.py from-disk {expected_lock} {venv}/pylock.toml" in out
-    assert f"pip install -q -r {venv}/pylock.toml" in out
+    assert f"pip install -q --no-compile -r {venv}/pylock.toml" in out
+    assert "-m compileall -qq -j 0 -x '/tests/'" in out  # the bytecode on every core, after pip
 
 
 def test_setup_on_another_python_or_machine_is_one_line_naming_what_the_lock_needs():
