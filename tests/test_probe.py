@@ -863,6 +863,35 @@ def test_bench_probe_points_times_both_presets_against_pretraining_and_checks_co
     assert row["twin_val_top1"] is not None and row["ci95"][0] < row["top1"] < row["ci95"][1]
 
 
+def test_convergence_over_seeds_pairs_each_seed_with_its_longer_probe_and_intervals_the_mean_gap(run_dir):
+    from xtra.benchmarks.probe_study import convergence_over_seeds, gap_summary
+    from xtra.config import TrialConfig
+
+    state = load_checkpoint(run_dir)
+    model_cfg, _, _ = run_configs(state, run_dir)
+    cfg = TrialConfig(model=model_cfg, data=DATA, pretrain=PretrainConfig(samples=2048, batch_size=128,
+                                                                          warmup_samples=256))
+    probe_cfg = ProbeConfig(lrs=(1e-2, 1e-1), epochs=1, warmup_epochs=0, limit_train=512, attentive_whiten=True,
+                            head_init="official")
+    point = {"trial": "t", "config": cfg, "checkpoint": run_dir / "checkpoint.pt"}
+    out = convergence_over_seeds([point], probe_cfg, (0, 1), factor=2)
+    assert (out["epochs"], out["epochs_long"]) == (1, 2) and [p["seed"] for p in out["pairs"]] == [0, 1]
+    gaps = [p["gap_points"] for p in out["pairs"]]
+    for p in out["pairs"]:
+        assert p["gap_points"] == pytest.approx(100 * (p["top1_long"] - p["top1"]))
+    assert out["mean_gap_points"] == pytest.approx(sum(gaps) / 2)
+    low, high = out["mean_gap_interval"]
+    assert low <= out["mean_gap_points"] <= high and out["mean_gap_by_trial"] == {"t": pytest.approx(sum(gaps) / 2)}
+    # a different seed is a different head (its init and shuffles), the same seed the same one
+    first, second = ((p["top1"], p["top1_long"]) for p in out["pairs"])
+    assert first != second
+    again = convergence_over_seeds([point], probe_cfg, (0,), factor=2)["pairs"][0]
+    assert (again["top1"], again["top1_long"]) == first
+    wide = gap_summary([{**out["pairs"][0], "gap_points": g} for g in (-1.0, 1.0, 0.5)], level=0.99)
+    narrow = gap_summary([{**out["pairs"][0], "gap_points": g} for g in (-1.0, 1.0, 0.5)], level=0.5)
+    assert wide["mean_gap_interval"][0] < narrow["mean_gap_interval"][0] < 1 / 6 < narrow["mean_gap_interval"][1]
+
+
 def test_wilson_interval_of_a_test_top1():
     from xtra.benchmarks.probe import wilson
 
