@@ -61,7 +61,7 @@ slurm:
 		echo "installed slurm-wlm and munge"; \
 	else echo "skipping slurm: needs apt-get as root (the Slurm tests will skip)"; fi
 
-# The main job: the block-size study on real Fashion-MNIST (9 trials, ~12 minutes on a fresh clone on 2 cores, setup included:
+# The main job: the block-size study on real Fashion-MNIST (9 trials, ~11.5 minutes on a fresh clone on 2 cores, setup included:
 # docs/results-cpu.md; probing vs pretraining: docs/bench-cpu-2core-probe.md), its
 # report, and a table of the trials. A second run reuses the finished trials.
 DEMO_DIR ?= runs/studies/block-size-cpu
