@@ -876,6 +876,8 @@ def test_convergence_over_seeds_pairs_each_seed_with_its_longer_probe_and_interv
     point = {"trial": "t", "config": cfg, "checkpoint": run_dir / "checkpoint.pt"}
     out = convergence_over_seeds([point], probe_cfg, (0, 1), factor=2)
     assert (out["epochs"], out["epochs_long"]) == (1, 2) and [p["seed"] for p in out["pairs"]] == [0, 1]
+    assert out["flagged"] == sum(bool(p["still_improving"]) for p in out["pairs"])
+    assert out["flagged_long"] == sum(bool(p["still_improving_long"]) for p in out["pairs"])
     gaps = [p["gap_points"] for p in out["pairs"]]
     for p in out["pairs"]:
         assert p["gap_points"] == pytest.approx(100 * (p["top1_long"] - p["top1"]))

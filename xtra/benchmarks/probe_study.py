@@ -124,7 +124,6 @@ def bench_probe_points(points: list[dict[str, Any]], pretrained: int, n_probes: 
     return out
 
 
-
 def convergence_over_seeds(points: list[dict[str, Any]], cfg: ProbeConfig, seeds: tuple[int, ...] = (0, 1, 2), *,
                            factor: int = 4, level: float = 0.95, log: Log | None = None) -> dict[str, Any]:
     """Issue #34's item 7 beyond a single head: on every point (a study's checkpoint), for every probe
@@ -153,6 +152,7 @@ def convergence_over_seeds(points: list[dict[str, Any]], cfg: ProbeConfig, seeds
                     "epochs_long": longer.epochs, "top1": top1["short"]["top1"], "top1_long": top1["long"]["top1"],
                     "best_lr": top1["short"]["best_lr"], "best_lr_long": top1["long"]["best_lr"],
                     "still_improving": top1["short"]["still_improving"],
+                    "still_improving_long": top1["long"]["still_improving"],
                     "gap_points": 100 * (top1["long"]["top1"] - top1["short"]["top1"]),
                     "s": top1["short_s"], "s_long": top1["long_s"]}
             pairs.append(pair)
@@ -178,4 +178,5 @@ def gap_summary(pairs: list[dict[str, Any]], level: float = 0.95) -> dict[str, A
     return {"pairs": pairs, "mean_gap_points": mean, "sd_gap_points": sd, "level": level,
             "mean_gap_interval": [mean - half, mean + half],
             "mean_gap_by_trial": {t: sum(g) / len(g) for t, g in by_point.items()},
-            "flagged": sum(bool(p["still_improving"]) for p in pairs)}
+            "flagged": sum(bool(p["still_improving"]) for p in pairs),
+            "flagged_long": sum(bool(p.get("still_improving_long")) for p in pairs)}
