@@ -519,3 +519,31 @@ def test_a_manifest_replaced_while_it_is_read_never_reads_as_broken(s3_bucket, t
     st.write_bytes("d/_manifest.json", versions[1][: len(versions[1]) // 2])  # torn for good: still refused
     with pytest.raises(StorageError, match="d/_manifest.json: unreadable manifest"):
         st.manifest("d")
+
+
+def test_a_json_file_replaced_while_it_is_read_never_reads_as_garbage(s3_bucket):
+    """The same torn read, one level down (`Storage.read_parsed`): the shared lease (study.lock) is
+    renewed while other drivers and `status` read it, and a torn read there looked like no lease at all."""
+    import threading
+
+    st = Storage.from_uri(s3_bucket + "/lease")
+    versions = [json.dumps({"pid": 1, "note": "x" * n}).encode() for n in (1, 4000)]
+    st.write_bytes("study.lock", versions[0])
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.is_set():
+            for data in versions:
+                st.write_bytes("study.lock", data)
+
+    writer = threading.Thread(target=renew, daemon=True)
+    writer.start()
+    try:
+        lengths = {len(st.read_json("study.lock")["note"]) for _ in range(300)}
+    finally:
+        stop.set()
+        writer.join()
+    assert lengths <= {1, 4000}
+    st.write_bytes("study.lock", versions[1][:100])  # torn for good: still the parser's error
+    with pytest.raises(json.JSONDecodeError):
+        st.read_json("study.lock")

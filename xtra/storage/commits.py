@@ -37,31 +37,21 @@ from xtra.storage.names import (
     one_line,
 )
 
-MANIFEST_READS = 4  # reads of a manifest whose bytes do not parse before it counts as broken
-
 
 class CommittedDirs:
     """Directories committed through a manifest (methods of `Storage`)."""
 
     def manifest(self, rel: str) -> Manifest | None:
-        """The committed manifest of directory `rel`, or None (never committed = absent). An S3 read is a
-        size lookup then ranged GETs, so a manifest replaced while it is read can come back torn: bytes
-        that do not parse are read again, and only bytes that read the same twice (or a manifest torn on
-        every one of MANIFEST_READS reads) are an unreadable manifest."""
-        previous, error = None, None
-        for _ in range(MANIFEST_READS):
-            try:
-                data = self.read_bytes(join_key(rel, MANIFEST), limit=MAX_MANIFEST_BYTES)
-            except FileNotFoundError:
-                return None
-            try:
-                return Manifest.from_json(data, where=self.uri_of(join_key(rel, MANIFEST)))
-            except (ValueError, KeyError, TypeError) as e:
-                error = e
-                if data == previous:
-                    break
-                previous = data
-        raise StorageError(f"{self.uri_of(rel)}/{MANIFEST}: unreadable manifest: {one_line(error)}")
+        """The committed manifest of directory `rel`, or None (never committed = absent); one replaced
+        while it is read is read again (`read_parsed`)."""
+        where = self.uri_of(join_key(rel, MANIFEST))
+        try:
+            return self.read_parsed(join_key(rel, MANIFEST), lambda data: Manifest.from_json(data, where=where),
+                                    limit=MAX_MANIFEST_BYTES)
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as e:
+            raise StorageError(f"{self.uri_of(rel)}/{MANIFEST}: unreadable manifest: {one_line(e)}") from None
 
     def committed_dirs(self, rel: str = "") -> list[str]:
         """Names of the immediate subdirectories of `rel` that hold a committed directory (sorted)."""

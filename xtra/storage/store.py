@@ -20,6 +20,8 @@ from xtra.storage.commits import CommittedDirs
 from xtra.storage.manifest import Entry, FileRecord
 from xtra.storage.names import CHUNK, StorageError, clean_key, explain_error, same_dir
 
+PARSE_READS = 4  # reads of a file whose bytes do not parse before it counts as broken
+
 
 @dataclass(frozen=True)
 class Storage(CommittedDirs):
@@ -118,8 +120,26 @@ class Storage(CommittedDirs):
     def read_text(self, rel: str) -> str:
         return self.read_bytes(rel).decode()
 
+    def read_parsed(self, rel: str, parse: Callable[[bytes], Any], *, limit: int | None = None) -> Any:
+        """`parse` of a file's bytes. An S3 read is a size lookup then ranged GETs, so a file replaced
+        while it is read (a manifest being committed, a lease renewed) can come back torn: bytes that
+        `parse` refuses (ValueError, KeyError, TypeError) are read again, and only bytes that read the
+        same twice (or a file torn on every one of PARSE_READS reads) raise parse's error."""
+        previous, error = None, None
+        for _ in range(PARSE_READS):
+            data = self.read_bytes(rel, limit=limit)
+            try:
+                return parse(data)
+            except (ValueError, KeyError, TypeError) as e:
+                error = e
+                if data == previous:
+                    break
+                previous = data
+        assert error is not None
+        raise error
+
     def read_json(self, rel: str) -> Any:
-        return json.loads(self.read_bytes(rel))
+        return self.read_parsed(rel, json.loads)
 
     def write_bytes(self, rel: str, data: bytes) -> str:
         """Write a whole file atomically; returns its URI."""
