@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from xtra import studydir as st
 from xtra import trialdir as td
@@ -133,26 +133,26 @@ def samples_trained(study_dir: Path) -> dict[str, int]:
     return out
 
 
+class AtCap(NamedTuple):
+    """A study read at the moment it had trained ``cap`` samples in all (`at_cap`)."""
+
+    finished: list[str]  # trials that had finished their full budget, probe included (`finished_within`)
+    trained: dict[str, int]  # samples each trial directory had logged, at most ``cap`` together
+    stopped: list[str]  # trials ASHA had stopped (a ``stopped`` attempt record)
+
+
 def finished_within(study_dir: Path, cap: int, full: int) -> list[str]:
     """The trials of an ASHA study that had finished their full budget (probe included) by the time the
     study had trained ``cap`` samples in all: what it would have picked had it been stopped at that count.
     Asynchronous ASHA decides each promotion on the results recorded so far, so its run up to that moment is
-    the run a study capped there would have made. Times: each trial's start record plus its rows' wall_s."""
-    return _at_cap(study_dir, cap, full)[0]
+    the run a study capped there would have made."""
+    return at_cap(study_dir, cap, full).finished
 
 
-def trained_within(study_dir: Path, cap: int, full: int) -> dict[str, int]:
-    """Samples each trial directory had trained (logged) when the study passed ``cap`` samples in all: the
-    windows logged before that moment (`finished_within`'s), at most ``cap`` together."""
-    return _at_cap(study_dir, cap, full)[1]
-
-
-def stopped_within(study_dir: Path, cap: int, full: int) -> list[str]:
-    """The trials ASHA had stopped (a ``stopped`` attempt record) by the moment `finished_within` reads."""
-    return _at_cap(study_dir, cap, full)[2]
-
-
-def _at_cap(study_dir: Path, cap: int, full: int) -> tuple[list[str], dict[str, int], list[str]]:
+def at_cap(study_dir: Path, cap: int, full: int) -> AtCap:
+    """The study at the moment it passed ``cap`` samples in all (the end, if it never did), from its trial
+    directories. Times: each trial's start record plus its rows' wall_s; trained: the windows logged before
+    that moment."""
     events, finish, stopped = [], {}, {}
     for run in td.trial_dirs(study_dir):
         records = td.read_jsonl(run / td.ATTEMPTS)
@@ -178,8 +178,8 @@ def _at_cap(study_dir: Path, cap: int, full: int) -> tuple[list[str], dict[str, 
             break
         trained += samples
         per[name] += samples
-    return (sorted(name for name, when in finish.items() if moment is None or when <= moment), per,
-            sorted(name for name, when in stopped.items() if moment is None or when <= moment))
+    return AtCap(sorted(name for name, when in finish.items() if moment is None or when <= moment), per,
+                 sorted(name for name, when in stopped.items() if moment is None or when <= moment))
 
 
 def _key(params: dict[str, Any]) -> tuple[float, int]:
@@ -342,11 +342,11 @@ def capped_asha(out: Path, sc: dict[str, Any], probe_train: int, seed: int, cap:
 
 def trained_by_proposal(study_dir: Path, proposed: list[tuple[float, int]], cap: int, full: int) -> dict[str, Any]:
     """Samples trained in all (to the run's end or stop), and per configuration in the order proposed: how far
-    each had got when the study passed ``cap`` samples (`trained_within`; a proposal started after that
-    trained nothing by then), whether it had finished its full budget, probe included (`finished_within`),
-    and whether ASHA had stopped it by then (`stopped_within`)."""
+    each had got when the study passed ``cap`` samples (a proposal started after that trained nothing by
+    then), whether it had finished its full budget, probe included, and whether ASHA had stopped it by
+    then (`at_cap`)."""
     trained = samples_trained(study_dir)
-    finished, upto, stopped = _at_cap(study_dir, cap, full)
+    finished, upto, stopped = at_cap(study_dir, cap, full)
     per = {_key(td.read_json(run / td.PARAMS)["params"]): {"samples_at_cap": upto.get(run.name, 0),
                                                           "finished_at_cap": run.name in finished,
                                                           "asha_stopped_at_cap": run.name in stopped}

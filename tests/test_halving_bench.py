@@ -59,20 +59,20 @@ def test_pick_within_is_the_best_finished_by_then_on_the_study_own_top1(tmp_path
     assert hb.pick_within(study, 5000, FULL, top1) == (1e-3, 0)
 
 
-def test_trained_within_counts_the_windows_logged_before_the_cap_was_passed(tmp_path):
+def test_at_cap_counts_the_windows_logged_before_the_cap_was_passed(tmp_path):
     study = _study(tmp_path)
-    assert hb.trained_within(study, 2500, FULL) == {"a": 1000, "b": 1000, "c": 0}
-    assert hb.trained_within(study, 4500, FULL) == {"a": 2000, "b": 1000, "c": 1000}
-    assert hb.trained_within(study, 5000, FULL) == {"a": 2000, "b": 2000, "c": 1000}
+    assert hb.at_cap(study, 2500, FULL).trained == {"a": 1000, "b": 1000, "c": 0}
+    assert hb.at_cap(study, 4500, FULL).trained == {"a": 2000, "b": 1000, "c": 1000}
+    assert hb.at_cap(study, 5000, FULL).trained == {"a": 2000, "b": 2000, "c": 1000}
     for cap in range(0, 6001, 250):
-        assert sum(hb.trained_within(study, cap, FULL).values()) <= cap
+        assert sum(hb.at_cap(study, cap, FULL).trained.values()) <= cap
     proposed = [(3e-3, 0), (1e-3, 0), (3e-4, 0), (1e-3, 2500)]  # the last one never started
     got = hb.trained_by_proposal(study, proposed, 4500, FULL)
     assert got["samples_trained"] == 5000 and got["trial_dirs"] == 3
     assert [(c["samples_at_cap"], c["finished_at_cap"], c["asha_stopped_at_cap"]) for c in got["by_proposal"]] == [
         (2000, True, False), (1000, False, False), (1000, False, True), (0, False, False)]
-    assert hb.stopped_within(study, 2500, FULL) == []  # passed at 20 s: c stopped at 26 s
-    assert hb.stopped_within(study, 4500, FULL) == ["c"]
+    assert hb.at_cap(study, 2500, FULL).stopped == []  # passed at 20 s: c stopped at 26 s
+    assert hb.at_cap(study, 4500, FULL).stopped == ["c"]
 
 
 def test_over_cap_is_when_finished_within_has_a_moment(tmp_path):
