@@ -840,14 +840,19 @@ def test_the_cpu_preset_probes_as_the_benchmarked_protocol():
     assert probe_cfg.head_init == "official" and probe_cfg.attentive_whiten
 
 
-def test_bench_probe_points_times_both_presets_against_pretraining_and_checks_convergence(run_dir):
-    from xtra.benchmarks.probe_study import bench_probe_points
+def _trial_config(run_dir):
+    """The trial config the module's run was pretrained under, as a study's point carries it."""
     from xtra.config import TrialConfig
 
-    state = load_checkpoint(run_dir)
-    model_cfg, _, _ = run_configs(state, run_dir)
-    cfg = TrialConfig(model=model_cfg, data=DATA, pretrain=PretrainConfig(samples=2048, batch_size=128,
-                                                                          warmup_samples=256))
+    model_cfg, _, _ = run_configs(load_checkpoint(run_dir), run_dir)
+    return TrialConfig(model=model_cfg, data=DATA, pretrain=PretrainConfig(samples=2048, batch_size=128,
+                                                                           warmup_samples=256))
+
+
+def test_bench_probe_points_times_both_presets_against_pretraining_and_checks_convergence(run_dir):
+    from xtra.benchmarks.probe_study import bench_probe_points
+
+    cfg = _trial_config(run_dir)
     short = ProbeConfig(lrs=(1e-2, 1e-1), epochs=2, warmup_epochs=0, limit_train=512, linear_solver="lbfgs",
                         linear_l2=(1e-6,), linear_max_iter=20, attentive_whiten=True, head_init="official")
     presets = {"before": dataclasses.replace(short, attentive_whiten=False, head_init="trunc_normal"), "after": short}
@@ -865,12 +870,8 @@ def test_bench_probe_points_times_both_presets_against_pretraining_and_checks_co
 
 def test_convergence_over_seeds_pairs_each_seed_with_its_longer_probe_and_intervals_the_mean_gap(run_dir):
     from xtra.benchmarks.probe_study import convergence_over_seeds, gap_summary
-    from xtra.config import TrialConfig
 
-    state = load_checkpoint(run_dir)
-    model_cfg, _, _ = run_configs(state, run_dir)
-    cfg = TrialConfig(model=model_cfg, data=DATA, pretrain=PretrainConfig(samples=2048, batch_size=128,
-                                                                          warmup_samples=256))
+    cfg = _trial_config(run_dir)
     probe_cfg = ProbeConfig(lrs=(1e-2, 1e-1), epochs=1, warmup_epochs=0, limit_train=512, attentive_whiten=True,
                             head_init="official")
     point = {"trial": "t", "config": cfg, "checkpoint": run_dir / "checkpoint.pt"}
