@@ -893,6 +893,13 @@ def test_convergence_over_seeds_pairs_each_seed_with_its_longer_probe_and_interv
     wide = gap_summary([{**out["pairs"][0], "gap_points": g} for g in (-1.0, 1.0, 0.5)], level=0.99)
     narrow = gap_summary([{**out["pairs"][0], "gap_points": g} for g in (-1.0, 1.0, 0.5)], level=0.5)
     assert wide["mean_gap_interval"][0] < narrow["mean_gap_interval"][0] < 1 / 6 < narrow["mean_gap_interval"][1]
+    # several checkpoints: the interval is over their means (pairs on one encoder are not independent)
+    two = gap_summary([{**out["pairs"][0], "trial": t, "gap_points": g}
+                       for t, g in (("a", -1.0), ("a", 1.0), ("b", 0.5), ("b", 0.5))])
+    assert two["interval_over"] == "checkpoints" and two["mean_gap_by_trial"] == {"a": 0.0, "b": 0.5}
+    half = 12.706 * (0.5 / 2**0.5) / 2**0.5  # t(0.975, df 1) x sd of {0, 0.5} / sqrt(2)
+    assert two["mean_gap_interval"] == pytest.approx([0.25 - half, 0.25 + half], abs=1e-3)
+    assert out["interval_over"] == "pairs"
 
 
 def test_wilson_interval_of_a_test_top1():

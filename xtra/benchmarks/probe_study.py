@@ -130,9 +130,8 @@ def convergence_over_seeds(points: list[dict[str, Any]], cfg: ProbeConfig, seeds
     seed (the heads' init and shuffles; the probe-train subset stays the same), the attentive probe of
     `cfg` against the same probe trained `factor` times longer (epochs and warmup), each scored on the
     whole test split. One pair differs by the heads' own noise (two heads a float rounding apart ended
-    up to 0.6 points apart), so the claim is about the mean gap: its `level` t-interval over every pair
-    (pairs on one checkpoint share its encoder, so the interval is a little narrower than a
-    per-checkpoint one would be) and each checkpoint's mean."""
+    up to 0.6 points apart), so the claim is about the mean gap and its `level` t-interval
+    (`gap_summary`)."""
     log = log or (lambda msg: None)
     base = dataclasses.replace(cfg, kinds=("attentive",))
     longer = dataclasses.replace(base, epochs=factor * base.epochs, warmup_epochs=factor * base.warmup_epochs)
@@ -164,19 +163,25 @@ def convergence_over_seeds(points: list[dict[str, Any]], cfg: ProbeConfig, seeds
 
 
 def gap_summary(pairs: list[dict[str, Any]], level: float = 0.95) -> dict[str, Any]:
-    """`convergence_over_seeds`' figures from its pairs (also for pairs measured in several processes)."""
+    """`convergence_over_seeds`' figures from its pairs (also for pairs measured in several processes).
+    The mean gap's `level` t-interval is over the checkpoints' means when there are several: pairs on one
+    checkpoint share its encoder, so they are not independent draws of the gap and an interval over
+    every pair would claim more than they hold ("interval_over": "checkpoints", df = checkpoints - 1);
+    on a single checkpoint it is over its pairs, a statement about that checkpoint ("pairs")."""
     from scipy import stats
 
-    gaps = torch.tensor([p["gap_points"] for p in pairs], dtype=torch.float64)
-    n = len(gaps)
-    mean = float(gaps.mean())
-    sd = float(gaps.std()) if n > 1 else float("nan")
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / n**0.5 if n > 1 else float("nan")
     by_point: dict[str, list[float]] = {}
     for p in pairs:
         by_point.setdefault(p["trial"], []).append(p["gap_points"])
-    return {"pairs": pairs, "mean_gap_points": mean, "sd_gap_points": sd, "level": level,
-            "mean_gap_interval": [mean - half, mean + half],
-            "mean_gap_by_trial": {t: sum(g) / len(g) for t, g in by_point.items()},
+    point_means = {t: sum(g) / len(g) for t, g in by_point.items()}
+    gaps = torch.tensor([p["gap_points"] for p in pairs], dtype=torch.float64)
+    units = torch.tensor(list(point_means.values()) if len(point_means) > 1 else gaps.tolist(), dtype=torch.float64)
+    n = len(units)
+    mean = float(units.mean())
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * float(units.std()) / n**0.5 if n > 1 else float("nan")
+    return {"pairs": pairs, "mean_gap_points": mean,
+            "sd_gap_points": float(gaps.std()) if len(gaps) > 1 else float("nan"), "level": level,
+            "interval_over": "checkpoints" if len(point_means) > 1 else "pairs",
+            "mean_gap_interval": [mean - half, mean + half], "mean_gap_by_trial": point_means,
             "flagged": sum(bool(p["still_improving"]) for p in pairs),
             "flagged_long": sum(bool(p.get("still_improving_long")) for p in pairs)}
