@@ -207,7 +207,8 @@ def extend_once_requeued(cluster, job: Job) -> None:  # noqa: ANN001
     deadline = time.monotonic() + 2 * JOB_TIMEOUT
     while int(cluster.job(job.job_id).get("Restarts") or 0) < 1:
         info = cluster.job(job.job_id)
-        if info.get("JobState") not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
+        # SIGNALING: the time limit's warning signal being delivered, which this job is there to get
+        if info.get("JobState") not in ("PENDING", "RUNNING", "SIGNALING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
                                         "REQUEUE_FED") or time.monotonic() > deadline:
             raise AssertionError(f"never requeued: {info}")
         time.sleep(0.5)
