@@ -490,31 +490,36 @@ def test_shared_lease_falls_back_where_the_store_cannot_write_conditionally(tmp_
     assert not st.exists("study.lock")
 
 
-def test_a_manifest_replaced_while_it_is_read_never_reads_as_broken(s3_bucket, tmp_path):
-    """On S3 a read is a size lookup then ranged GETs: a manifest replaced by a longer one between them
-    reads as torn bytes. A reader polling a live study (status, a test's watcher) must get one of the
-    committed manifests, never an "unreadable manifest" error; a manifest that is broken stays an error."""
+def _read_while_rewritten(st: Storage, rel: str, versions: list[bytes], read, reads: int = 300) -> set:
+    """What `read()` returns over `reads` calls while a thread keeps writing `versions` to `rel` in turn."""
     import threading
 
-    st = Storage.from_uri(s3_bucket + "/live")
-    versions = []
-    for n in (1, 40):  # two real commits of the same directory, manifests of very different lengths
-        st.upload_dir(_tree(tmp_path / f"v{n}", {f"f{i:02d}.txt": b"x" * i for i in range(n)}), "d")
-        versions.append(st.read_bytes("d/_manifest.json"))
     stop = threading.Event()
 
     def rewrite() -> None:
         while not stop.is_set():
             for data in versions:
-                st.write_bytes("d/_manifest.json", data)
+                st.write_bytes(rel, data)
 
     writer = threading.Thread(target=rewrite, daemon=True)
     writer.start()
     try:
-        counts = {len(st.manifest("d").files) for _ in range(300)}
+        return {read() for _ in range(reads)}
     finally:
         stop.set()
         writer.join()
+
+
+def test_a_manifest_replaced_while_it_is_read_never_reads_as_broken(s3_bucket, tmp_path):
+    """On S3 a read is a size lookup then ranged GETs: a manifest replaced by a longer one between them
+    reads as torn bytes. A reader polling a live study (status, a test's watcher) must get one of the
+    committed manifests, never an "unreadable manifest" error; a manifest that is broken stays an error."""
+    st = Storage.from_uri(s3_bucket + "/live")
+    versions = []
+    for n in (1, 40):  # two real commits of the same directory, manifests of very different lengths
+        st.upload_dir(_tree(tmp_path / f"v{n}", {f"f{i:02d}.txt": b"x" * i for i in range(n)}), "d")
+        versions.append(st.read_bytes("d/_manifest.json"))
+    counts = _read_while_rewritten(st, "d/_manifest.json", versions, lambda: len(st.manifest("d").files))
     assert counts <= {1, 40}
     st.write_bytes("d/_manifest.json", versions[1][: len(versions[1]) // 2])  # torn for good: still refused
     with pytest.raises(StorageError, match="d/_manifest.json: unreadable manifest"):
@@ -524,25 +529,10 @@ def test_a_manifest_replaced_while_it_is_read_never_reads_as_broken(s3_bucket, t
 def test_a_json_file_replaced_while_it_is_read_never_reads_as_garbage(s3_bucket):
     """The same torn read, one level down (`Storage.read_parsed`): the shared lease (study.lock) is
     renewed while other drivers and `status` read it, and a torn read there looked like no lease at all."""
-    import threading
-
     st = Storage.from_uri(s3_bucket + "/lease")
     versions = [json.dumps({"pid": 1, "note": "x" * n}).encode() for n in (1, 4000)]
     st.write_bytes("study.lock", versions[0])
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.is_set():
-            for data in versions:
-                st.write_bytes("study.lock", data)
-
-    writer = threading.Thread(target=renew, daemon=True)
-    writer.start()
-    try:
-        lengths = {len(st.read_json("study.lock")["note"]) for _ in range(300)}
-    finally:
-        stop.set()
-        writer.join()
+    lengths = _read_while_rewritten(st, "study.lock", versions, lambda: len(st.read_json("study.lock")["note"]))
     assert lengths <= {1, 4000}
     st.write_bytes("study.lock", versions[1][:100])  # torn for good: still the parser's error
     with pytest.raises(json.JSONDecodeError):
